@@ -1,0 +1,425 @@
+"""One market's order book: price-time priority matching, as a pure state machine.
+
+The book actor owns resting orders, price levels, the last trade price and the trade
+and depth-update counters of one market. It receives, once per block, the market's
+share of the block in sequence order -- orders that passed the pre-trade hold and
+cancels -- and returns the events they produced (see ``messages``). It never touches
+balances: the risk actor held the funds before and settles the fills after.
+
+Layout, chosen for speed in pure Python: a dict from price to ``_Level`` per side and
+a binary heap of level keys (asks keyed by price, bids by -price, so "best" is always
+``heap[0]`` and "crosses" is always ``key <= limit_key``). A cancelled order is marked
+dead in place (remaining = 0) and dropped when it reaches the head of its level's
+queue, so a cancel is O(1); a level with no live orders is deleted at once, leaving a
+stale heap key that matching pops when it surfaces. The heap is rebuilt when stale
+keys outnumber live levels, so memory stays proportional to the live book.
+
+Filters applied here, because they need the book's state: tick and step multiples,
+minimum quantity, minimum notional, and the price band around the last trade price
+(limit prices outside it are rejected; market orders do not trade outside it).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from heapq import heapify, heappop, heappush
+
+from satchel.amounts import fee as fee_of
+from satchel.messages import (
+    ASK,
+    BID,
+    CANCELLED,
+    EXPIRED,
+    FILLED,
+    FOK,
+    GTC,
+    IOC,
+    LIMIT,
+    REJECT_BOTH,
+    REJECT_MAKER,
+    REJECT_TAKER,
+    REJECTED,
+    CancelAll,
+    CancelOrder,
+    DepthDelta,
+    Fill,
+    MarketSpec,
+    OrderAccepted,
+    OrderDone,
+    PlaceOrder,
+    TxRejected,
+)
+
+_NO_LIMIT = 1 << 62
+
+
+class _Order:
+    __slots__ = ("oid", "account", "side", "price", "remaining", "executed", "executed_quote", "client_id")
+
+    def __init__(self, oid: int, account: str, side: int, price: int, remaining: int, client_id: int | None):
+        self.oid = oid
+        self.account = account
+        self.side = side
+        self.price = price
+        self.remaining = remaining
+        self.executed = 0
+        self.executed_quote = 0
+        self.client_id = client_id
+
+
+class _Level:
+    __slots__ = ("total", "live", "queue")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.live = 0
+        self.queue: deque[_Order] = deque()
+
+
+class Entry:
+    """An order that passed pre-trade, with the caps its hold allows."""
+
+    __slots__ = ("seq", "tx", "qty_cap", "quote_cap")
+
+    def __init__(self, seq: int, tx: PlaceOrder, qty_cap: int, quote_cap: int | None):
+        self.seq = seq
+        self.tx = tx
+        self.qty_cap = qty_cap  # quantity units the order may fill at most
+        self.quote_cap = quote_cap  # notional it may spend/receive at most; None = no cap
+
+
+class Book:
+    """The state of one market. Call ``run_batch`` once per block."""
+
+    def __init__(self, spec: MarketSpec):
+        self.spec = spec
+        self.last_price = 0
+        self.trade_id = 0
+        self.update_id = 0
+        # index 0 = bids (keyed -price), 1 = asks (keyed price)
+        self._levels: tuple[dict[int, _Level], dict[int, _Level]] = ({}, {})
+        self._heaps: tuple[list[int], list[int]] = ([], [])
+        self._orders: dict[int, _Order] = {}
+        self._by_client: dict[tuple[str, int], int] = {}
+        self._by_account: dict[str, dict[int, None]] = {}
+        self._changed: tuple[dict[int, None], dict[int, None]] = ({}, {})
+
+    # ------------------------------------------------------------------ public
+
+    def set_spec(self, spec: MarketSpec) -> None:
+        self.spec = spec
+
+    def run_batch(self, commands: list, out: list) -> tuple[list, DepthDelta | None]:
+        """Apply one block's commands in order, appending events to ``out``.
+
+        Returns ``out`` and a ``DepthDelta`` of the levels the batch changed (or None).
+        """
+        last_seq = 0
+        for cmd in commands:
+            if cmd.__class__ is Entry:
+                self._place(cmd, out)
+                last_seq = cmd.seq
+            else:
+                seq, tx = cmd
+                last_seq = seq
+                if tx.__class__ is CancelOrder:
+                    self._cancel_one(seq, tx, out)
+                else:
+                    self._cancel_all(seq, tx, out)
+        changed_bids, changed_asks = self._changed
+        if changed_bids or changed_asks:
+            self.update_id += 1
+            bids_lv, asks_lv = self._levels
+            bids = [(-k, bids_lv[k].total if k in bids_lv else 0) for k in changed_bids]
+            asks = [(k, asks_lv[k].total if k in asks_lv else 0) for k in changed_asks]
+            changed_bids.clear()
+            changed_asks.clear()
+            return out, DepthDelta(last_seq, self.spec.symbol, self.update_id, bids, asks)
+        return out, None
+
+    def open_orders(self, account: str) -> list[_Order]:
+        return [self._orders[oid] for oid in self._by_account.get(account, ())]
+
+    def order(self, order_id: int) -> _Order | None:
+        return self._orders.get(order_id)
+
+    def order_by_client(self, account: str, client_id: int) -> _Order | None:
+        oid = self._by_client.get((account, client_id))
+        return self._orders.get(oid) if oid is not None else None
+
+    def depth(self, limit: int | None = None) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Aggregated (price, quantity) levels, best first."""
+        bids = sorted(((-k, lv.total) for k, lv in self._levels[BID].items()), reverse=True)
+        asks = sorted((k, lv.total) for k, lv in self._levels[ASK].items())
+        return (bids[:limit], asks[:limit]) if limit else (bids, asks)
+
+    def best(self, side: int) -> int | None:
+        lv = self._levels[side]
+        if not lv:
+            return None
+        return -min(lv) if side == BID else min(lv)
+
+    def canonical(self) -> list:
+        """Full state as plain data in a fixed order, for the state hash."""
+        sides = []
+        for side in (BID, ASK):
+            levels = []
+            for key in sorted(self._levels[side]):
+                lv = self._levels[side][key]
+                levels.append(
+                    [key, lv.total, [[o.oid, o.account, o.remaining, o.executed, o.executed_quote, o.client_id] for o in lv.queue if o.remaining]]
+                )
+            sides.append(levels)
+        return [self.spec.symbol, self.last_price, self.trade_id, self.update_id, sides]
+
+    # ------------------------------------------------------------------ placing
+
+    def _reject(self, seq: int, tx: PlaceOrder, reason: str, out: list) -> None:
+        out.append(OrderDone(seq, seq, tx.account, tx.symbol, tx.client_id, REJECTED, reason, 0, 0))
+
+    def _place(self, entry: Entry, out: list) -> None:
+        tx = entry.tx
+        seq = entry.seq
+        spec = self.spec
+        side = tx.side
+        price = tx.price
+        is_limit = tx.order_type == LIMIT
+        if is_limit:
+            if price <= 0 or price % spec.tick:
+                return self._reject(seq, tx, "InvalidPrice", out)
+            if tx.quantity < spec.min_quantity or tx.quantity % spec.step:
+                return self._reject(seq, tx, "InvalidQuantity", out)
+            if price * tx.quantity * spec.notional_mult < spec.min_notional:
+                return self._reject(seq, tx, "BelowMinNotional", out)
+            if spec.price_band_bps and self.last_price:
+                band = self.last_price * spec.price_band_bps // 10_000
+                if abs(price - self.last_price) > band:
+                    return self._reject(seq, tx, "PriceOutOfBand", out)
+        else:
+            if tx.quantity and (tx.quantity < spec.min_quantity or tx.quantity % spec.step):
+                return self._reject(seq, tx, "InvalidQuantity", out)
+            if not tx.quantity and tx.quote_quantity < spec.min_notional:
+                return self._reject(seq, tx, "BelowMinNotional", out)
+            if spec.price_band_bps and self.last_price:
+                band = self.last_price * spec.price_band_bps // 10_000
+                # in opposite-side keys: asks are keyed +price, bids -price
+                limit_key = self.last_price + band if side == BID else -(self.last_price - band)
+            else:
+                limit_key = _NO_LIMIT
+        if tx.client_id is not None and (tx.account, tx.client_id) in self._by_client:
+            return self._reject(seq, tx, "DuplicateClientId", out)
+        if is_limit:
+            limit_key = price if side == BID else -price  # the taker's limit in opposite-side keys
+            if tx.post_only:
+                best = self._best_key(ASK if side == BID else BID)
+                if best is not None and best <= limit_key:
+                    return self._reject(seq, tx, "PostOnlyWouldTake", out)
+        out.append(
+            OrderAccepted(seq, seq, tx.account, tx.symbol, side, tx.order_type, tx.tif, price, tx.quantity, tx.quote_quantity, tx.client_id, tx.post_only)
+        )
+        want = entry.qty_cap
+        if tx.tif == FOK and is_limit and not self._fok_fillable(tx, limit_key, want):
+            out.append(OrderDone(seq, seq, tx.account, tx.symbol, tx.client_id, EXPIRED, "FillOrKill", 0, 0))
+            return
+        taker = _Order(seq, tx.account, side, price, want, tx.client_id)
+        halt = self._match(seq, taker, tx.stp, limit_key, entry.quote_cap, out)
+        if halt:
+            status, reason = CANCELLED, halt
+        elif taker.remaining == 0 or (tx.quote_quantity and self._capped):
+            status, reason = FILLED, ""
+        elif not is_limit or tx.tif != GTC:
+            status, reason = EXPIRED, ""
+        else:
+            self._rest(taker)
+            return
+        out.append(OrderDone(seq, seq, tx.account, tx.symbol, tx.client_id, status, reason, taker.executed, taker.executed_quote))
+
+    def _best_key(self, side: int) -> int | None:
+        heap = self._heaps[side]
+        levels = self._levels[side]
+        while heap and heap[0] not in levels:
+            heappop(heap)
+        return heap[0] if heap else None
+
+    def _fok_fillable(self, tx: PlaceOrder, cross_key: int, want: int) -> bool:
+        """Whether a fill-or-kill can fill completely, walking the book without changing it.
+
+        Own resting orders stop the walk under RejectTaker/RejectBoth (the order would be
+        cancelled part-way) and are skipped under RejectMaker (they would be cancelled).
+        """
+        opp = ASK if tx.side == BID else BID
+        levels = self._levels[opp]
+        got = 0
+        for key in sorted(k for k in levels if k <= cross_key):
+            for o in levels[key].queue:
+                if not o.remaining:
+                    continue
+                if o.account == tx.account:
+                    if tx.stp == REJECT_MAKER:
+                        continue
+                    return False
+                got += o.remaining
+                if got >= want:
+                    return True
+        return False
+
+    _capped = False
+
+    def _match(self, seq: int, taker: _Order, stp: int, limit_key: int, quote_cap: int | None, out: list) -> str:
+        """Match ``taker`` against the opposite side; returns an STP stop reason or "".
+
+        Sets ``_capped`` when the order stopped because its quote cap was reached.
+        """
+        spec = self.spec
+        mult = spec.notional_mult
+        maker_bps = spec.maker_fee_bps
+        taker_bps = spec.taker_fee_bps
+        symbol = spec.symbol
+        taker_side = taker.side
+        opp = ASK if taker_side == BID else BID
+        heap = self._heaps[opp]
+        levels = self._levels[opp]
+        changed = self._changed[opp]
+        account = taker.account
+        remaining = taker.remaining
+        executed = 0
+        executed_quote = 0
+        halt = ""
+        capped = False
+        while remaining and heap:
+            key = heap[0]
+            level = levels.get(key)
+            if level is None:
+                heappop(heap)
+                continue
+            if key > limit_key:
+                break
+            price = key if opp == ASK else -key
+            queue = level.queue
+            traded = False
+            while remaining and queue:
+                maker = queue[0]
+                left = maker.remaining
+                if not left:
+                    queue.popleft()
+                    continue
+                if maker.account == account:
+                    if stp == REJECT_TAKER:
+                        halt = "SelfTradePrevention"
+                        break
+                    queue.popleft()
+                    self._kill(maker, level, key, opp, seq, "SelfTradePrevention", out)
+                    if stp == REJECT_BOTH:
+                        halt = "SelfTradePrevention"
+                        break
+                    continue
+                qty = remaining if remaining < left else left
+                quote = price * qty * mult
+                if quote_cap is not None and executed_quote + quote > quote_cap:
+                    capped = True
+                    qty = (quote_cap - executed_quote) // (price * mult)
+                    if qty <= 0:
+                        break
+                    quote = price * qty * mult
+                left -= qty
+                remaining -= qty
+                executed += qty
+                executed_quote += quote
+                maker.remaining = left
+                maker.executed += qty
+                maker.executed_quote += quote
+                level.total -= qty
+                self.trade_id += 1
+                traded = True
+                out.append(
+                    Fill(seq, symbol, self.trade_id, price, qty, quote, taker.oid, maker.oid, account, maker.account,
+                         taker_side, fee_of(quote, taker_bps), fee_of(quote, maker_bps), left)
+                )
+                if not left:
+                    queue.popleft()
+                    level.live -= 1
+                    self._forget(maker)
+                    out.append(OrderDone(seq, maker.oid, maker.account, symbol, maker.client_id, FILLED, "", maker.executed, maker.executed_quote))
+                if capped:
+                    break
+            if traded:
+                changed[key] = None
+                self.last_price = price
+            if level.live == 0:
+                del levels[key]
+                heappop(heap)
+            if halt or capped:
+                break
+        taker.remaining = remaining
+        taker.executed = executed
+        taker.executed_quote = executed_quote
+        self._capped = capped
+        return halt
+
+    def _rest(self, order: _Order) -> None:
+        side = order.side
+        key = -order.price if side == BID else order.price
+        levels = self._levels[side]
+        level = levels.get(key)
+        if level is None:
+            level = levels[key] = _Level()
+            heap = self._heaps[side]
+            heappush(heap, key)
+            if len(heap) > 2 * len(levels) + 64:
+                heap[:] = list(levels)
+                heapify(heap)
+        level.queue.append(order)
+        level.total += order.remaining
+        level.live += 1
+        self._changed[side][key] = None
+        self._orders[order.oid] = order
+        acct = self._by_account.get(order.account)
+        if acct is None:
+            acct = self._by_account[order.account] = {}
+        acct[order.oid] = None
+        if order.client_id is not None:
+            self._by_client[(order.account, order.client_id)] = order.oid
+
+    # ------------------------------------------------------------------ cancelling
+
+    def _forget(self, order: _Order) -> None:
+        del self._orders[order.oid]
+        acct = self._by_account[order.account]
+        del acct[order.oid]
+        if not acct:
+            del self._by_account[order.account]
+        if order.client_id is not None:
+            self._by_client.pop((order.account, order.client_id), None)
+
+    def _kill(self, order: _Order, level: _Level, key: int, side: int, seq: int, reason: str, out: list) -> None:
+        """Remove a resting order (cancel or STP); leaves the dead entry in the queue."""
+        level.total -= order.remaining
+        level.live -= 1
+        order.remaining = 0
+        self._changed[side][key] = None
+        self._forget(order)
+        out.append(OrderDone(seq, order.oid, order.account, self.spec.symbol, order.client_id, CANCELLED, reason, order.executed, order.executed_quote))
+
+    def _cancel_resting(self, order: _Order, seq: int, out: list) -> None:
+        side = order.side
+        key = -order.price if side == BID else order.price
+        level = self._levels[side][key]
+        self._kill(order, level, key, side, seq, "", out)
+        if level.live == 0:
+            del self._levels[side][key]
+
+    def _cancel_one(self, seq: int, tx: CancelOrder, out: list) -> None:
+        if tx.order_id is not None:
+            order = self._orders.get(tx.order_id)
+        elif tx.client_id is not None:
+            order = self.order_by_client(tx.account, tx.client_id)
+        else:
+            order = None
+        if order is None or order.account != tx.account:
+            out.append(TxRejected(seq, tx.account, "RESOURCE_NOT_FOUND", "Order not found"))
+            return
+        self._cancel_resting(order, seq, out)
+
+    def _cancel_all(self, seq: int, tx: CancelAll, out: list) -> None:
+        for oid in sorted(self._by_account.get(tx.account, ())):
+            self._cancel_resting(self._orders[oid], seq, out)

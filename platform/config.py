@@ -1,0 +1,140 @@
+"""Node configuration: the packaged defaults, an optional TOML file, and the genesis.
+
+Markets and assets are written as decimal strings for people; ``market_spec`` turns
+them into the integer ``MarketSpec`` the engine uses, refusing any combination whose
+notional would not be a whole number of the quote asset's smallest unit. They reach
+the engine only as admin transactions in the genesis block, so a journal carries its
+own configuration and replays without this file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from satchel.amounts import decimals_of, to_units
+from satchel.messages import AssetSpec, ListAsset, ListMarket, MarketSpec, SetAdmin
+
+
+DEFAULTS = Path(__file__).with_name("defaults.toml")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class NodeSettings(msgspec.Struct, frozen=True):
+    host: str = "127.0.0.1"
+    port: int = 8765
+    block_max_txs: int = 4096
+    block_interval_ms: float = 2.0
+    segment_bytes: int = 64 << 20
+
+
+class GatewaySettings(msgspec.Struct, frozen=True):
+    max_frame_bytes: int = 16384
+    rate_per_second: float = 2000.0
+    rate_burst: float = 4000.0
+    send_buffer_frames: int = 4096
+    max_window_ms: int = 60_000
+
+
+class AssetConfig(msgspec.Struct, frozen=True):
+    symbol: str
+    decimals: int
+
+
+class MarketConfig(msgspec.Struct, frozen=True):
+    symbol: str
+    base: str
+    quote: str
+    tick_size: str
+    step_size: str
+    min_quantity: str
+    min_notional: str
+    maker_fee_bps: int = 0
+    taker_fee_bps: int = 0
+    price_band_bps: int = 0
+
+
+class DemoConfig(msgspec.Struct, frozen=True):
+    prices: dict[str, str] = {}
+
+
+class Config(msgspec.Struct, frozen=True):
+    rules_version: int = 1
+    node: NodeSettings = NodeSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    assets: list[AssetConfig] = []
+    markets: list[MarketConfig] = []
+    demo: DemoConfig = DemoConfig()
+
+    def asset_specs(self) -> list[AssetSpec]:
+        return [AssetSpec(a.symbol, a.decimals) for a in self.assets]
+
+    def market_specs(self) -> list[MarketSpec]:
+        decimals = {a.symbol: a.decimals for a in self.assets}
+        return [market_spec(m, decimals) for m in self.markets]
+
+
+def market_spec(m: MarketConfig, asset_decimals: dict[str, int]) -> MarketSpec:
+    if m.base not in asset_decimals or m.quote not in asset_decimals:
+        raise ConfigError(f"{m.symbol}: unknown base or quote asset")
+    pdec = decimals_of(m.tick_size)
+    qdec = decimals_of(m.step_size)
+    bdec = asset_decimals[m.base]
+    cdec = asset_decimals[m.quote]
+    if pdec + qdec > cdec:
+        raise ConfigError(f"{m.symbol}: tick and step too fine for {m.quote}'s {cdec} decimals")
+    if qdec > bdec:
+        raise ConfigError(f"{m.symbol}: step finer than {m.base}'s {bdec} decimals")
+    if m.taker_fee_bps < 0 or m.taker_fee_bps + m.maker_fee_bps < 0:
+        raise ConfigError(f"{m.symbol}: the taker fee must cover any maker rebate")
+    tick = to_units(m.tick_size, pdec)
+    step = to_units(m.step_size, qdec)
+    min_qty = to_units(m.min_quantity, qdec)
+    if tick <= 0 or step <= 0 or min_qty % step:
+        raise ConfigError(f"{m.symbol}: bad tick, step or minimum quantity")
+    return MarketSpec(
+        symbol=m.symbol,
+        base=m.base,
+        quote=m.quote,
+        price_decimals=pdec,
+        tick=tick,
+        quantity_decimals=qdec,
+        step=step,
+        min_quantity=max(min_qty, step),
+        min_notional=to_units(m.min_notional, cdec),
+        maker_fee_bps=m.maker_fee_bps,
+        taker_fee_bps=m.taker_fee_bps,
+        price_band_bps=m.price_band_bps,
+        notional_mult=10 ** (cdec - pdec - qdec),
+        base_mult=10 ** (bdec - qdec),
+    )
+
+
+def load(path: str | Path | None = None) -> Config:
+    """The packaged defaults, or a TOML file with the same shape."""
+    if path is None:
+        # beside this module; importlib.resources cannot read namespace packages on 3.11
+        text = DEFAULTS.read_text()
+    else:
+        text = Path(path).read_text()
+    try:
+        raw: dict[str, Any] = tomllib.loads(text)
+        cfg = msgspec.convert(raw, Config)
+        cfg.market_specs()  # validate now, not at genesis
+    except (tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
+        raise ConfigError(f"{path or 'defaults.toml'}: {exc}") from exc
+    return cfg
+
+
+def genesis(cfg: Config, admin_key: str) -> list:
+    """The first block's transactions: admin key, assets, markets."""
+    txs: list = [SetAdmin(admin_key)]
+    txs += [ListAsset(admin_key, spec) for spec in cfg.asset_specs()]
+    txs += [ListMarket(admin_key, spec) for spec in cfg.market_specs()]
+    return txs

@@ -1,0 +1,217 @@
+"""The deterministic engine: applies a block's transactions through the actors in phases.
+
+For each block (DESIGN §2):
+
+0. guard -- signed transactions outside their validity window, or whose signature was
+   already seen, are rejected (``EXPIRED`` / ``DUPLICATE_REQUEST``); admin transactions
+   must name the admin key;
+1. pre-trade -- the risk actor credits deposits and holds funds for new orders;
+2. matching -- each market's book actor matches its share, all markets concurrently;
+3. settlement -- the risk actor applies fills and releases holds.
+
+Configuration transactions (listing an asset or a market) take effect exactly at their
+sequence number: the block is split around them and the phases run for each part.
+A consequence users should know: an order's pre-trade check sees the balances as of
+the start of its part of the block, so funds received from a fill earlier in the same
+block are not yet spendable; this is deterministic because block boundaries are in
+the journal.
+
+The engine's output for a block is its event list; the hash of its msgpack encoding is
+the block's event commitment. ``state_hash`` is sha256 over a canonical serialization
+of every actor's state.
+
+Nothing here reads a clock, randomness, the environment or files: time is the block's
+timestamp, the only input is the block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from heapq import merge
+from operator import attrgetter
+from typing import Any
+
+import msgspec
+import trio
+
+from satchel.actor import Mailbox, spawn
+from satchel.actors.book import Book
+from satchel.actors.risk import Risk
+from satchel.messages import (
+    CancelAll,
+    CancelOrder,
+    ConfigChanged,
+    Deposit,
+    ListAsset,
+    ListMarket,
+    PlaceOrder,
+    SetAdmin,
+    TxRejected,
+    events_encoder,
+)
+
+RULES_VERSION = 1
+# Longest validity window a signed request may ask for (Backpack's maximum). Part of
+# the rules, not the configuration: replay must judge windows exactly as the node did.
+MAX_WINDOW_MS = 60_000
+
+_by_seq = attrgetter("seq")
+_PHASED = frozenset((PlaceOrder, CancelOrder, CancelAll, Deposit))
+_state_encoder = msgspec.msgpack.Encoder()
+
+
+class Guard:
+    """Validity windows and replay protection for signed transactions (engine state)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[bytes, int] = {}  # signature -> expiry (ms), insertion = expiry order
+        self._horizon = 0
+
+    def check(self, auth: Any, now_ms: int, max_window_ms: int) -> str | None:
+        if auth.window <= 0 or auth.window > max_window_ms:
+            return "INVALID_WINDOW"
+        if auth.timestamp + auth.window < now_ms or auth.timestamp - max_window_ms > now_ms:
+            return "EXPIRED"
+        if auth.signature in self._seen:
+            return "DUPLICATE_REQUEST"
+        self._seen[auth.signature] = now_ms + 2 * max_window_ms
+        return None
+
+    def expire(self, now_ms: int) -> None:
+        # entries were inserted with non-decreasing expiry, so the oldest come first
+        seen = self._seen
+        while seen:
+            sig = next(iter(seen))
+            if seen[sig] >= now_ms:
+                break
+            del seen[sig]
+
+    def canonical(self) -> list:
+        return sorted(self._seen.items())
+
+
+class Engine:
+    """Owns the actors; ``apply`` is the state-transition function of one block."""
+
+    def __init__(self, nursery: trio.Nursery):
+        self._nursery = nursery
+        self.admin: str | None = None
+        self.assets: dict[str, Any] = {}
+        self.markets: dict[str, Any] = {}
+        self._risk_state = Risk()
+        self.risk = spawn(nursery, "risk", self._risk_state)
+        self.books: dict[str, Mailbox] = {}
+        self._guard = Guard()
+        self.last_seq = 0
+        self.last_timestamp = 0
+
+    async def apply(self, first_seq: int, timestamp_us: int, txs: list) -> list:
+        """Apply one block; returns its events in deterministic order."""
+        now_ms = timestamp_us // 1000
+        guard = self._guard
+        guard.expire(now_ms)
+        events: list = []
+        part: list[tuple[int, Any]] = []
+        seq = first_seq
+        for tx in txs:
+            cls = tx.__class__
+            auth = getattr(tx, "auth", None)
+            if auth is not None:
+                err = guard.check(auth, now_ms, MAX_WINDOW_MS)
+                if err:
+                    events.append(TxRejected(seq, getattr(tx, "account", ""), err, _GUARD_MESSAGES[err]))
+                    seq += 1
+                    continue
+            if cls in _PHASED:
+                if cls is Deposit and tx.admin != self.admin:
+                    events.append(TxRejected(seq, tx.account, "UNAUTHORIZED", "Deposit not signed by the admin key"))
+                else:
+                    part.append((seq, tx))
+            else:
+                if part:
+                    await self._run_phases(part, events)
+                    part = []
+                self._configure(seq, tx, events)
+            seq += 1
+        if part:
+            await self._run_phases(part, events)
+        self.last_seq = seq - 1
+        self.last_timestamp = timestamp_us
+        return events
+
+    def _configure(self, seq: int, tx: Any, events: list) -> None:
+        cls = tx.__class__
+        if cls is SetAdmin:
+            if self.admin is not None:
+                events.append(TxRejected(seq, tx.key, "UNAUTHORIZED", "Admin key is already set"))
+                return
+            self.admin = tx.key
+            events.append(ConfigChanged(seq, "admin", tx.key))
+            return
+        if tx.admin != self.admin:
+            events.append(TxRejected(seq, tx.admin, "UNAUTHORIZED", "Not signed by the admin key"))
+            return
+        if cls is ListAsset:
+            self.assets[tx.spec.symbol] = tx.spec
+            self._risk_state.list_asset(tx.spec)
+            events.append(ConfigChanged(seq, "asset", tx.spec.symbol))
+        elif cls is ListMarket:
+            spec = tx.spec
+            if spec.base not in self.assets or spec.quote not in self.assets or spec.symbol in self.markets:
+                events.append(TxRejected(seq, tx.admin, "INVALID_MARKET", f"Cannot list {spec.symbol}"))
+                return
+            self.markets[spec.symbol] = spec
+            self._risk_state.list_market(spec)
+            self.books[spec.symbol] = spawn(self._nursery, f"book:{spec.symbol}", Book(spec))
+            events.append(ConfigChanged(seq, "market", spec.symbol))
+
+    async def _run_phases(self, part: list, events: list) -> None:
+        pre: list = []
+        routed = await self.risk.call("pretrade", part, pre)
+        # matching: fan out to every book with work, gather in listing order
+        active = [(sym, self.books[sym]) for sym in self.markets if sym in routed]
+        for sym, box in active:
+            await box.send("run_batch", routed[sym], [])
+        outs = [pre]
+        deltas = []
+        for _sym, box in active:
+            out, delta = await box.receive()
+            outs.append(out)
+            if delta is not None:
+                deltas.append(delta)
+        merged = list(merge(*outs, key=_by_seq)) if len(outs) > 1 else pre
+        settled: list = []
+        await self.risk.call("settle", merged, part[-1][0], settled)
+        events.extend(merged)
+        events.extend(deltas)
+        events.extend(settled)
+
+    # ------------------------------------------------------------------ reads
+
+    async def state_hash(self) -> str:
+        return hashlib.sha256(_state_encoder.encode(await self.canonical())).hexdigest()
+
+    async def canonical(self) -> list:
+        books = [await self.books[sym].call("canonical") for sym in sorted(self.books)]
+        return [
+            RULES_VERSION,
+            self.admin,
+            sorted([a.symbol, a.decimals] for a in self.assets.values()),
+            sorted(msgspec.to_builtins(m) for m in self.markets.values()),
+            await self.risk.call("canonical"),
+            books,
+            self._guard.canonical(),
+            self.last_seq,
+        ]
+
+
+_GUARD_MESSAGES = {
+    "INVALID_WINDOW": "Window must be between 1 and the maximum window",
+    "EXPIRED": "Request timestamp is outside its window",
+    "DUPLICATE_REQUEST": "This signed request was already received",
+}
+
+
+def events_hash(events: list) -> bytes:
+    """The block's commitment to the events it produced."""
+    return hashlib.sha256(events_encoder.encode(events)).digest()

@@ -1,0 +1,163 @@
+"""The durable journal: append-only segment files of checksummed, length-prefixed records.
+
+Layout: ``<dir>/<first height, 20 digits>.seg``. Each segment starts with an 8-byte
+magic; each record is ``u32 length | u32 crc32(payload) | payload`` (little endian),
+one record per block. A segment rolls over once it passes ``segment_bytes``.
+
+Durability: ``append`` writes a group of records and fsyncs before it returns. It is
+blocking on purpose -- the node calls it from a worker thread so the trio thread keeps
+serving, and releases a block's effects only after it returned (group commit: every
+block that piled up meanwhile goes in the next write and fsync).
+
+Recovery tells a crash from corruption:
+* a record cut short or failing its checksum at the very end of the last segment is a
+  torn write from a crash: it is truncated away and logged;
+* a bad record anywhere else cannot come from a crash: ``JournalCorrupt`` names the
+  file and offset, and the node refuses to start.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import structlog
+
+MAGIC = b"SATJRNL1"
+_HEADER = struct.Struct("<II")
+_MAX_RECORD = 1 << 30
+
+log = structlog.get_logger("satchel.journal")
+
+
+class JournalCorrupt(RuntimeError):
+    def __init__(self, path: Path, offset: int, why: str):
+        super().__init__(f"journal corrupt: {path} at offset {offset}: {why}")
+        self.path = path
+        self.offset = offset
+
+
+def _segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.seg"))
+
+
+def _scan(path: Path, data: bytes, last: bool) -> Iterator[tuple[int, bytes | None]]:
+    """Yield (offset, payload); a final (offset, None) marks a torn tail to cut at offset."""
+    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+        if last and MAGIC.startswith(data[: len(MAGIC)]):
+            yield 0, None
+            return
+        raise JournalCorrupt(path, 0, "bad segment magic")
+    pos = len(MAGIC)
+    end = len(data)
+    while pos < end:
+        if pos + _HEADER.size > end:
+            if last:
+                yield pos, None
+                return
+            raise JournalCorrupt(path, pos, "truncated record header")
+        length, crc = _HEADER.unpack_from(data, pos)
+        stop = pos + _HEADER.size + length
+        if length == 0 or length > _MAX_RECORD or stop > end:
+            if last and (stop > end or not any(data[pos:])):
+                yield pos, None
+                return
+            raise JournalCorrupt(path, pos, f"bad record length {length}")
+        payload = data[pos + _HEADER.size : stop]
+        if zlib.crc32(payload) != crc:
+            if last and stop == end:
+                yield pos, None
+                return
+            raise JournalCorrupt(path, pos, "checksum mismatch")
+        yield pos, payload
+        pos = stop
+
+
+def read_records(directory: str | Path) -> Iterator[bytes]:
+    """Every intact record in order, without changing any file (a torn tail is skipped)."""
+    directory = Path(directory)
+    segs = _segments(directory)
+    for i, path in enumerate(segs):
+        data = path.read_bytes()
+        for offset, payload in _scan(path, data, last=i == len(segs) - 1):
+            if payload is None:
+                log.warning("journal.torn_tail", file=str(path), offset=offset, bytes=len(data) - offset)
+                return
+            yield payload
+
+
+class Journal:
+    """Single-writer append handle. Call ``recover`` once before appending."""
+
+    def __init__(self, directory: str | Path, segment_bytes: int = 64 << 20):
+        self.directory = Path(directory)
+        self.segment_bytes = segment_bytes
+        self._file = None
+        self._size = 0
+
+    def recover(self) -> Iterator[bytes]:
+        """Yield every record; truncate a torn tail; raise JournalCorrupt on damage."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        segs = _segments(self.directory)
+        for i, path in enumerate(segs):
+            last = i == len(segs) - 1
+            data = path.read_bytes()
+            for offset, payload in _scan(path, data, last):
+                if payload is None:
+                    log.warning("journal.torn_tail_truncated", file=str(path), offset=offset, bytes=len(data) - offset)
+                    with open(path, "r+b") as f:
+                        f.truncate(max(offset, 0))
+                        f.flush()
+                        os.fsync(f.fileno())
+                    if offset == 0:
+                        path.unlink()
+                    break
+                yield payload
+        segs = _segments(self.directory)
+        if segs:
+            self._file = open(segs[-1], "ab")
+            self._size = self._file.tell()
+
+    def append(self, records: list[tuple[int, bytes]]) -> None:
+        """Write (height, payload) records and fsync. Blocking: run it in a worker thread."""
+        f = self._file
+        parts = []
+        for height, payload in records:
+            if f is None or self._size >= self.segment_bytes:
+                if parts:
+                    f.write(b"".join(parts))
+                    parts = []
+                f = self._roll(height)
+            parts.append(_HEADER.pack(len(payload), zlib.crc32(payload)))
+            parts.append(payload)
+            self._size += _HEADER.size + len(payload)
+        if parts:
+            f.write(b"".join(parts))
+        f.flush()
+        os.fsync(f.fileno())
+
+    def _roll(self, height: int):
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        path = self.directory / f"{height:020d}.seg"
+        self._file = open(path, "ab")
+        self._file.write(MAGIC)
+        self._size = len(MAGIC)
+        dfd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None

@@ -1,0 +1,259 @@
+"""Everything that crosses an actor boundary or lands in the journal.
+
+Transactions are what edges submit and the journal stores; events are what the
+engine emits. Both are msgspec Structs encoded as arrays (``array_like``) with a small
+integer tag, so a journal record is compact and decodes back into exactly these types
+-- the validator of a later issue decodes the same bytes with the same schemas.
+Integers only: prices in price units, quantities in quantity units, balances in an
+asset's smallest unit (see ``amounts``).
+
+New record or event types are added with new tags; existing tags never change meaning.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+BID = 0
+ASK = 1
+SIDE_NAMES = ("Bid", "Ask")
+
+LIMIT = 0
+MARKET = 1
+ORDER_TYPE_NAMES = ("Limit", "Market")
+
+GTC = 0
+IOC = 1
+FOK = 2
+TIF_NAMES = ("GTC", "IOC", "FOK")
+
+REJECT_TAKER = 0
+REJECT_MAKER = 1
+REJECT_BOTH = 2
+STP_NAMES = ("RejectTaker", "RejectMaker", "RejectBoth")
+
+# Order statuses as clients see them (Backpack's names).
+NEW = "New"
+PARTIALLY_FILLED = "PartiallyFilled"
+FILLED = "Filled"
+CANCELLED = "Cancelled"
+EXPIRED = "Expired"
+REJECTED = "Rejected"
+
+
+class _Rec(msgspec.Struct, array_like=True, frozen=True, tag_field="k"):
+    pass
+
+
+# ---------------------------------------------------------------- configuration specs
+
+
+class AssetSpec(msgspec.Struct, array_like=True, frozen=True):
+    symbol: str
+    decimals: int
+
+
+class MarketSpec(msgspec.Struct, array_like=True, frozen=True):
+    """A spot market in integer terms. Built from decimal config by ``config``."""
+
+    symbol: str
+    base: str
+    quote: str
+    price_decimals: int
+    tick: int  # price units per tick
+    quantity_decimals: int
+    step: int  # quantity units per step
+    min_quantity: int  # quantity units
+    min_notional: int  # quote asset units
+    maker_fee_bps: int
+    taker_fee_bps: int
+    price_band_bps: int  # 0 disables the band
+    notional_mult: int  # quote units per (price unit x quantity unit)
+    base_mult: int  # base asset units per quantity unit
+
+
+# ---------------------------------------------------------------- transactions
+
+
+class Auth(msgspec.Struct, array_like=True, frozen=True):
+    """The signed request as it arrived, kept so anyone can re-verify it."""
+
+    message: bytes  # the exact string the key signed
+    signature: bytes  # 64-byte Ed25519 signature
+    timestamp: int  # client's timestamp, ms
+    window: int  # validity window, ms
+
+
+class SetAdmin(_Rec, tag=1):
+    """Genesis: names the key whose signature admin transactions must carry."""
+
+    key: str
+
+
+class ListAsset(_Rec, tag=2):
+    admin: str
+    spec: AssetSpec
+
+
+class ListMarket(_Rec, tag=3):
+    admin: str
+    spec: MarketSpec
+
+
+class Deposit(_Rec, tag=4):
+    admin: str
+    account: str
+    asset: str
+    amount: int
+    auth: Auth | None = None
+
+
+class PlaceOrder(_Rec, tag=10):
+    account: str
+    symbol: str
+    side: int
+    order_type: int
+    tif: int
+    post_only: bool
+    price: int  # 0 for market orders
+    quantity: int  # 0 when a market order gives quote_quantity instead
+    quote_quantity: int
+    client_id: int | None
+    stp: int
+    auth: Auth | None = None
+
+
+class CancelOrder(_Rec, tag=11):
+    account: str
+    symbol: str
+    order_id: int | None
+    client_id: int | None
+    auth: Auth | None = None
+
+
+class CancelAll(_Rec, tag=12):
+    account: str
+    symbol: str
+    auth: Auth | None = None
+
+
+Tx = Union[SetAdmin, ListAsset, ListMarket, Deposit, PlaceOrder, CancelOrder, CancelAll]
+ADMIN_TXS = (SetAdmin, ListAsset, ListMarket)
+
+
+# ---------------------------------------------------------------- events
+# Every event's first field is the sequence number of the transaction that caused it,
+# so the node can route a reply to its submitter in one pass.
+
+
+class OrderAccepted(_Rec, tag=20):
+    seq: int
+    order_id: int
+    account: str
+    symbol: str
+    side: int
+    order_type: int
+    tif: int
+    price: int
+    quantity: int
+    quote_quantity: int
+    client_id: int | None
+    post_only: bool
+
+
+class Fill(_Rec, tag=21):
+    seq: int
+    symbol: str
+    trade_id: int
+    price: int
+    quantity: int
+    quote: int  # notional in quote units
+    taker_order: int
+    maker_order: int
+    taker_account: str
+    maker_account: str
+    taker_side: int
+    taker_fee: int  # quote units; negative is a rebate
+    maker_fee: int
+    maker_left: int  # maker's remaining quantity after this fill
+
+
+class OrderDone(_Rec, tag=22):
+    """An order left the book or never entered it; its hold is released."""
+
+    seq: int
+    order_id: int
+    account: str
+    symbol: str
+    client_id: int | None
+    status: str  # FILLED, CANCELLED, EXPIRED, REJECTED
+    reason: str  # "" or a Backpack-style reason
+    executed_quantity: int
+    executed_quote: int
+
+
+class TxRejected(_Rec, tag=23):
+    seq: int
+    account: str
+    code: str
+    message: str
+
+
+class Deposited(_Rec, tag=24):
+    seq: int
+    account: str
+    asset: str
+    amount: int
+
+
+class BalanceChanged(_Rec, tag=25):
+    seq: int  # last transaction of the block
+    account: str
+    asset: str
+    free: int
+    held: int
+
+
+class DepthDelta(_Rec, tag=26):
+    """Changed price levels of one market in one block: absolute quantities, 0 = gone."""
+
+    seq: int
+    symbol: str
+    update_id: int
+    bids: list[tuple[int, int]]
+    asks: list[tuple[int, int]]
+
+
+class ConfigChanged(_Rec, tag=27):
+    seq: int
+    what: str
+    name: str
+
+
+Event = Union[OrderAccepted, Fill, OrderDone, TxRejected, Deposited, BalanceChanged, DepthDelta, ConfigChanged]
+
+
+# ---------------------------------------------------------------- blocks
+
+
+class BlockHeader(msgspec.Struct, array_like=True, frozen=True):
+    height: int
+    first_seq: int
+    timestamp: int  # microseconds since the epoch, never decreasing
+    prev_hash: bytes
+    rules_version: int
+    tx_count: int
+    events_hash: bytes  # sha256 of the msgpack-encoded event list
+
+
+class Block(msgspec.Struct, array_like=True, frozen=True):
+    header: BlockHeader
+    txs: list[Tx]
+
+
+block_encoder = msgspec.msgpack.Encoder()
+block_decoder = msgspec.msgpack.Decoder(Block)
+events_encoder = msgspec.msgpack.Encoder()
+events_decoder = msgspec.msgpack.Decoder(list[Event])

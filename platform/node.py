@@ -1,0 +1,252 @@
+"""One node: journal recovery, then the pipeline sequencer -> engine -> journal -> publish.
+
+::
+
+    edges --submit--> Sequencer --Stamped--> engine stage --(block, events)--> writer
+                                                                           (fsync, thread)
+                                                   publisher <--durable-------'
+                                     (replies, market data, private streams)
+
+The engine applies a block before it is durable (its header commits to the events it
+produced), but nothing it produced leaves the node until the writer has fsynced it: a
+reply, a fill or a depth update is never seen for a block a crash could lose. A crash
+in between loses the in-memory state too, and replaying the journal on restart
+reproduces exactly the durable prefix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+import trio
+
+from satchel import config as config_mod
+from satchel.engine import RULES_VERSION, Engine, events_hash
+from satchel.journal import Journal
+from satchel.messages import Block, BlockHeader, block_decoder, block_encoder
+from satchel.sequencer import Read, Sequencer, Stamped, now_us
+from satchel.signing import Keypair
+
+log = structlog.get_logger("satchel.node")
+
+_hash_encoder = block_encoder
+
+
+class DivergedError(RuntimeError):
+    """The journal disagrees with this code's replay of it: stop, never guess."""
+
+
+class Subscriber(Protocol):
+    def publish(self, header: BlockHeader, events: list) -> None: ...
+
+
+def header_hash(header: BlockHeader) -> bytes:
+    return hashlib.sha256(_hash_encoder.encode(header)).digest()
+
+
+def load_admin_key(data: Path) -> Keypair:
+    """The node's admin key, created on first start (file mode 0600)."""
+    path = data / "admin.key"
+    if path.exists():
+        return Keypair.from_secret(path.read_text().strip())
+    key = Keypair.generate()
+    data.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(key.secret + "\n")
+    tmp.chmod(0o600)
+    tmp.rename(path)
+    return key
+
+
+class Chain:
+    """Applies blocks in order, checking each against the chain it extends."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.height = 0
+        self.next_seq = 1
+        self.last_timestamp = 0
+        self.prev_hash = b""
+        self.txs = 0
+
+    async def replay(self, block: Block) -> list:
+        h = block.header
+        if h.rules_version != RULES_VERSION:
+            raise DivergedError(f"block {h.height} has rules version {h.rules_version}; this code runs {RULES_VERSION}")
+        if h.height != self.height + 1 or h.first_seq != self.next_seq or h.prev_hash != self.prev_hash:
+            raise DivergedError(f"block {h.height} does not extend block {self.height}")
+        events = await self.engine.apply(h.first_seq, h.timestamp, block.txs)
+        if events_hash(events) != h.events_hash:
+            raise DivergedError(f"block {h.height}: replayed events differ from the journal's commitment")
+        self._advance(h)
+        return events
+
+    async def extend(self, item: Stamped) -> tuple[BlockHeader, bytes, list]:
+        events = await self.engine.apply(item.first_seq, item.timestamp, item.txs)
+        header = BlockHeader(item.height, item.first_seq, item.timestamp, self.prev_hash, RULES_VERSION, len(item.txs), events_hash(events))
+        payload = block_encoder.encode(Block(header, item.txs))
+        self._advance(header)
+        return header, payload, events
+
+    def _advance(self, h: BlockHeader) -> None:
+        self.height = h.height
+        self.next_seq = h.first_seq + h.tx_count
+        self.last_timestamp = h.timestamp
+        self.prev_hash = header_hash(h)
+        self.txs += h.tx_count
+
+
+class Node:
+    """Recover, run the pipeline, and shut down with everything durable."""
+
+    def __init__(self, data: str | Path, cfg: config_mod.Config | None = None):
+        self.data = Path(data)
+        self.cfg = cfg or config_mod.load()
+        self.journal = Journal(self.data / "journal", self.cfg.node.segment_bytes)
+        self.admin = load_admin_key(self.data)
+        self.subscribers: list[Subscriber] = []
+        self.sequencer: Sequencer | None = None
+        self.chain: Chain | None = None
+        self._stopped = trio.Event()
+
+    @property
+    def engine(self) -> Engine:
+        return self.chain.engine
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until ``shutdown``; ``task_status.started()`` once ready for submissions."""
+        async with trio.open_nursery() as actors:
+            self.chain = Chain(Engine(actors))
+            await self._recover()
+            s = self.cfg.node
+            self.sequencer = Sequencer(self.chain.height + 1, self.chain.next_seq, self.chain.last_timestamp, s.block_max_txs, s.block_interval_ms / 1000)
+            async with trio.open_nursery() as pipeline:
+                to_engine_send, to_engine = trio.open_memory_channel(4)
+                to_writer_send, to_writer = trio.open_memory_channel(64)
+                to_pub_send, to_pub = trio.open_memory_channel(64)
+                pipeline.start_soon(self.sequencer.run, to_engine_send)
+                pipeline.start_soon(self._engine_stage, to_engine, to_writer_send)
+                pipeline.start_soon(self._writer_stage, to_writer, to_pub_send)
+                pipeline.start_soon(self._publisher, to_pub)
+                if self.chain.height == 0:
+                    for tx in config_mod.genesis(self.cfg, self.admin.api_key):
+                        self.sequencer.submit(tx, None)
+                log.info("node.ready", height=self.chain.height, data=str(self.data))
+                task_status.started(self)
+            self.journal.close()
+            log.info("node.stopped", height=self.chain.height, txs=self.chain.txs)
+            actors.cancel_scope.cancel()
+        self._stopped.set()
+
+    async def _recover(self) -> None:
+        started = trio.current_time()
+        for payload in self.journal.recover():
+            await self.chain.replay(block_decoder.decode(payload))
+        if self.chain.last_timestamp > now_us():
+            log.warning("node.clock_behind_journal", journal_us=self.chain.last_timestamp)
+        log.info("journal.recovered", blocks=self.chain.height, txs=self.chain.txs, seconds=round(trio.current_time() - started, 3))
+
+    async def _engine_stage(self, recv: trio.MemoryReceiveChannel, send: trio.MemorySendChannel) -> None:
+        async with recv, send:
+            async for item in recv:
+                if item.__class__ is Read:
+                    item.result = await item.fn(self.engine)
+                    await send.send((item, None, None, None))
+                else:
+                    header, payload, events = await self.chain.extend(item)
+                    await send.send((item, header, payload, events))
+
+    async def _writer_stage(self, recv: trio.MemoryReceiveChannel, send: trio.MemorySendChannel) -> None:
+        async with recv, send:
+            async for first in recv:
+                batch = [first]
+                while len(batch) < 256:
+                    try:
+                        batch.append(recv.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                records = [(h.height, payload) for _, h, payload, _ in batch if h is not None]
+                if records:
+                    await trio.to_thread.run_sync(self.journal.append, records)
+                for entry in batch:
+                    await send.send(entry)
+
+    async def _publisher(self, recv: trio.MemoryReceiveChannel) -> None:
+        async with recv:
+            async for item, header, _payload, events in recv:
+                if header is None:
+                    item.callback(item.result)
+                    continue
+                callbacks = item.callbacks
+                routed: dict[int, list] = {}
+                first = item.first_seq
+                n = len(callbacks)
+                for ev in events:
+                    i = ev.seq - first
+                    if 0 <= i < n and callbacks[i] is not None:
+                        bucket = routed.get(i)
+                        if bucket is None:
+                            bucket = routed[i] = []
+                        bucket.append(ev)
+                for i, cb in enumerate(callbacks):
+                    if cb is not None:
+                        try:
+                            cb(routed.get(i, []))
+                        except Exception:
+                            log.exception("publisher.callback_failed", seq=first + i)
+                for sub in self.subscribers:
+                    sub.publish(header, events)
+
+    def submit(self, tx: Any, callback: Callable[[list], None] | None = None) -> None:
+        self.sequencer.submit(tx, callback)
+
+    async def submit_wait(self, tx: Any) -> list:
+        """Submit and wait until the transaction's block is durable; returns its events."""
+        done = trio.Event()
+        box: list = []
+
+        def cb(events: list) -> None:
+            box.append(events)
+            done.set()
+
+        self.sequencer.submit(tx, cb)
+        await done.wait()
+        return box[0]
+
+    async def read(self, fn: Callable) -> Any:
+        """Run ``await fn(engine)`` between blocks; returns once earlier blocks are durable."""
+        done = trio.Event()
+        box: list = []
+
+        def cb(result: Any) -> None:
+            box.append(result)
+            done.set()
+
+        self.sequencer.read(fn, cb)
+        await done.wait()
+        return box[0]
+
+    def shutdown(self) -> None:
+        """Stop taking transactions; the pipeline drains and the journal is flushed."""
+        if self.sequencer is not None:
+            self.sequencer.close()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def replay(data: str | Path) -> tuple[int, int, str]:
+    """Rebuild state from the journal alone: (blocks, txs, state hash)."""
+    from satchel.journal import read_records
+
+    async with trio.open_nursery() as actors:
+        chain = Chain(Engine(actors))
+        for payload in read_records(Path(data) / "journal"):
+            await chain.replay(block_decoder.decode(payload))
+        state = await chain.engine.state_hash()
+        actors.cancel_scope.cancel()
+    return chain.height, chain.txs, state
