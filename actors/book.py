@@ -38,7 +38,6 @@ from satchel.messages import (
     REJECT_BOTH,
     REJECT_MAKER,
     REJECT_TAKER,
-    REJECTED,
     CancelAll,
     CancelOrder,
     DepthDelta,
@@ -48,16 +47,18 @@ from satchel.messages import (
     OrderDone,
     PlaceOrder,
     TxRejected,
+    order_rejected,
 )
 
 _NO_LIMIT = 1 << 62
 
 
 class _Order:
-    __slots__ = ("oid", "account", "side", "price", "remaining", "executed", "executed_quote", "client_id")
+    __slots__ = ("oid", "account", "side", "price", "remaining", "executed", "executed_quote", "client_id", "quantity")
 
-    def __init__(self, oid: int, account: str, side: int, price: int, remaining: int, client_id: int | None):
+    def __init__(self, oid: int, account: str, side: int, price: int, remaining: int, client_id: int | None, quantity: int):
         self.oid = oid
+        self.quantity = quantity
         self.account = account
         self.side = side
         self.price = price
@@ -65,6 +66,11 @@ class _Order:
         self.executed = 0
         self.executed_quote = 0
         self.client_id = client_id
+
+
+def _view(o: _Order) -> tuple:
+    """(order id, client id, side, price, quantity, executed, executed quote) -- plain values."""
+    return (o.oid, o.client_id, o.side, o.price, o.quantity, o.executed, o.executed_quote)
 
 
 class _Level:
@@ -137,13 +143,16 @@ class Book:
             return out, DepthDelta(last_seq, self.spec.symbol, self.update_id, bids, asks)
         return out, None
 
-    def open_orders(self, account: str) -> list[_Order]:
-        return [self._orders[oid] for oid in self._by_account.get(account, ())]
+    def open_orders(self, account: str) -> list[tuple]:
+        """Snapshots of an account's resting orders, oldest first (see ``_view``)."""
+        return [_view(self._orders[oid]) for oid in self._by_account.get(account, ())]
 
-    def order(self, order_id: int) -> _Order | None:
-        return self._orders.get(order_id)
+    def query(self, account: str, order_id: int | None, client_id: int | None) -> tuple | None:
+        """Snapshot of one of the account's resting orders, by id or client id."""
+        o = self._orders.get(order_id) if order_id is not None else self.order_by_client(account, client_id)
+        return _view(o) if o is not None and o.account == account else None
 
-    def order_by_client(self, account: str, client_id: int) -> _Order | None:
+    def order_by_client(self, account: str, client_id: int | None) -> _Order | None:
         oid = self._by_client.get((account, client_id))
         return self._orders.get(oid) if oid is not None else None
 
@@ -175,7 +184,10 @@ class Book:
     # ------------------------------------------------------------------ placing
 
     def _reject(self, seq: int, tx: PlaceOrder, reason: str, out: list) -> None:
-        out.append(OrderDone(seq, seq, tx.account, tx.symbol, tx.client_id, REJECTED, reason, 0, 0))
+        out.append(order_rejected(seq, tx, reason))
+
+    def _done(self, seq: int, o: _Order, status: str, reason: str, out: list) -> None:
+        out.append(OrderDone(seq, o.oid, o.account, self.spec.symbol, o.client_id, o.side, o.price, o.quantity, status, reason, o.executed, o.executed_quote))
 
     def _place(self, entry: Entry, out: list) -> None:
         tx = entry.tx
@@ -219,9 +231,9 @@ class Book:
         )
         want = entry.qty_cap
         if tx.tif == FOK and is_limit and not self._fok_fillable(tx, limit_key, want):
-            out.append(OrderDone(seq, seq, tx.account, tx.symbol, tx.client_id, EXPIRED, "FillOrKill", 0, 0))
+            out.append(OrderDone(seq, seq, tx.account, tx.symbol, tx.client_id, side, price, tx.quantity, EXPIRED, "FillOrKill", 0, 0))
             return
-        taker = _Order(seq, tx.account, side, price, want, tx.client_id)
+        taker = _Order(seq, tx.account, side, price, want, tx.client_id, tx.quantity)
         halt = self._match(seq, taker, tx.stp, limit_key, entry.quote_cap, out)
         if halt:
             status, reason = CANCELLED, halt
@@ -232,7 +244,7 @@ class Book:
         else:
             self._rest(taker)
             return
-        out.append(OrderDone(seq, seq, tx.account, tx.symbol, tx.client_id, status, reason, taker.executed, taker.executed_quote))
+        self._done(seq, taker, status, reason, out)
 
     def _best_key(self, side: int) -> int | None:
         heap = self._heaps[side]
@@ -333,13 +345,13 @@ class Book:
                 traded = True
                 out.append(
                     Fill(seq, symbol, self.trade_id, price, qty, quote, taker.oid, maker.oid, account, maker.account,
-                         taker_side, fee_of(quote, taker_bps), fee_of(quote, maker_bps), left)
+                         taker_side, fee_of(quote, taker_bps), fee_of(quote, maker_bps), left, remaining)
                 )
                 if not left:
                     queue.popleft()
                     level.live -= 1
                     self._forget(maker)
-                    out.append(OrderDone(seq, maker.oid, maker.account, symbol, maker.client_id, FILLED, "", maker.executed, maker.executed_quote))
+                    self._done(seq, maker, FILLED, "", out)
                 if capped:
                     break
             if traded:
@@ -398,7 +410,7 @@ class Book:
         order.remaining = 0
         self._changed[side][key] = None
         self._forget(order)
-        out.append(OrderDone(seq, order.oid, order.account, self.spec.symbol, order.client_id, CANCELLED, reason, order.executed, order.executed_quote))
+        self._done(seq, order, CANCELLED, reason, out)
 
     def _cancel_resting(self, order: _Order, seq: int, out: list) -> None:
         side = order.side

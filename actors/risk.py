@@ -31,7 +31,6 @@ from satchel.messages import (
     REJECT_BOTH,
     REJECT_MAKER,
     REJECT_TAKER,
-    REJECTED,
     AssetSpec,
     BalanceChanged,
     CancelAll,
@@ -43,6 +42,7 @@ from satchel.messages import (
     OrderDone,
     PlaceOrder,
     TxRejected,
+    order_rejected,
 )
 from satchel.actors.book import Entry
 
@@ -133,11 +133,11 @@ class Risk:
             if cls is PlaceOrder:
                 spec = self.markets.get(tx.symbol)
                 if spec is None:
-                    out.append(OrderDone(seq, seq, tx.account, tx.symbol, tx.client_id, REJECTED, "UnknownSymbol", 0, 0))
+                    out.append(order_rejected(seq, tx, "UnknownSymbol"))
                     continue
                 bad = _malformed(tx)
                 if bad:
-                    out.append(OrderDone(seq, seq, tx.account, tx.symbol, tx.client_id, REJECTED, bad, 0, 0))
+                    out.append(order_rejected(seq, tx, bad))
                     continue
                 entry = self._hold(seq, tx, spec, out)
                 if entry is not None:
@@ -192,7 +192,7 @@ class Risk:
                 need = qty_cap * spec.base_mult
                 quote_cap = tx.quote_quantity
         if need <= 0 or bal[0] < need:
-            out.append(OrderDone(seq, seq, tx.account, tx.symbol, tx.client_id, REJECTED, "InsufficientFunds", 0, 0))
+            out.append(order_rejected(seq, tx, "InsufficientFunds"))
             return None
         bal[0] -= need
         bal[1] += need

@@ -178,6 +178,7 @@ class Fill(_Rec, tag=21):
     taker_fee: int  # quote units; negative is a rebate
     maker_fee: int
     maker_left: int  # maker's remaining quantity after this fill
+    taker_left: int  # taker's remaining quantity after this fill (its cap for quote-sized orders)
 
 
 class OrderDone(_Rec, tag=22):
@@ -188,10 +189,18 @@ class OrderDone(_Rec, tag=22):
     account: str
     symbol: str
     client_id: int | None
+    side: int
+    price: int
+    quantity: int  # as ordered (0 for a market order sized in quote)
     status: str  # FILLED, CANCELLED, EXPIRED, REJECTED
     reason: str  # "" or a Backpack-style reason
     executed_quantity: int
     executed_quote: int
+
+
+def order_rejected(seq: int, tx: "PlaceOrder", reason: str) -> OrderDone:
+    """The event for an order refused before it reached the book."""
+    return OrderDone(seq, seq, tx.account, tx.symbol, tx.client_id, tx.side, tx.price, tx.quantity, REJECTED, reason, 0, 0)
 
 
 class TxRejected(_Rec, tag=23):

@@ -133,8 +133,10 @@ class Node:
                 pipeline.start_soon(self._writer_stage, to_writer, to_pub_send)
                 pipeline.start_soon(self._publisher, to_pub)
                 if self.chain.height == 0:
-                    for tx in config_mod.genesis(self.cfg, self.admin.api_key):
+                    *first, last = config_mod.genesis(self.cfg, self.admin.api_key)
+                    for tx in first:
                         self.sequencer.submit(tx, None)
+                    await self.submit_wait(last)
                 log.info("node.ready", height=self.chain.height, data=str(self.data))
                 task_status.started(self)
             self.journal.close()

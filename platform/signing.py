@@ -122,9 +122,10 @@ def _verify_batch(batch: list[tuple[bytes, tuple[bytes, ...], bytes]]) -> list[b
 class Verifier:
     """Checks signatures in worker threads, batching whatever is waiting.
 
-    ``verify`` suspends the caller until its signature is checked; meanwhile other
-    callers' requests pile up and go to the next thread call together, so the thread
-    hop is paid per batch, not per signature.
+    ``check`` queues a signature and returns at once; its callback runs on the trio
+    thread with the matching message (or None). Requests that arrive while a batch is
+    in a thread go to the next batch together, so the thread hop is paid per batch,
+    not per signature; two batches run at once to use both cores.
     """
 
     def __init__(self, threads: int = 2, max_batch: int = 256):
@@ -139,8 +140,8 @@ class Verifier:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
                 while self._pending:
-                    batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
                     await self._slots.acquire()
+                    batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
                     nursery.start_soon(self._check, batch)
 
     async def _check(self, batch: list) -> None:
@@ -148,14 +149,21 @@ class Verifier:
             results = await trio.to_thread.run_sync(_verify_batch, [item[:3] for item in batch])
         finally:
             self._slots.release()
-        for item, ok in zip(batch, results):
-            item[3].append(ok)
-            item[4].set()
+        for item, message in zip(batch, results):
+            item[3](message)
+
+    def check(self, public: bytes, candidates: tuple[bytes, ...], signature: bytes, callback) -> None:
+        self._pending.append((public, candidates, signature, callback))
+        self._wakeup.set()
 
     async def verify(self, public: bytes, candidates: tuple[bytes, ...], signature: bytes) -> bytes | None:
         done = trio.Event()
         box: list = []
-        self._pending.append((public, candidates, signature, box, done))
-        self._wakeup.set()
+
+        def cb(message: bytes | None) -> None:
+            box.append(message)
+            done.set()
+
+        self.check(public, candidates, signature, cb)
         await done.wait()
         return box[0]

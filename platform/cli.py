@@ -1,0 +1,132 @@
+"""``satchel`` command line: serve, keygen, faucet, replay."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+import trio
+
+from satchel import config as config_mod
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Readable console lines on a terminal, one JSON object per line otherwise."""
+    renderer = structlog.dev.ConsoleRenderer() if sys.stderr.isatty() else structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from satchel.demo import MarketMaker
+    from satchel.gateway import Gateway
+    from satchel.node import Node
+
+    cfg = config_mod.load(args.config)
+    host = args.host or cfg.node.host
+    port = cfg.node.port if args.port is None else args.port
+    node = Node(args.data, cfg)
+    async with trio.open_nursery() as outer:
+        await outer.start(node.run)
+        async with trio.open_nursery() as edges:
+            gateway = await edges.start(Gateway(node, host, port).run)
+            print(f"satchel: serving {gateway.url} (data {Path(args.data).resolve()})", file=sys.stderr, flush=True)
+            if not args.no_demo:
+                edges.start_soon(MarketMaker(node).run)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    structlog.get_logger("satchel").info("node.shutdown_requested", signal=signal.Signals(signum).name)
+                    break
+            edges.cancel_scope.cancel()
+        node.shutdown()
+    return 0
+
+
+def _keygen(_: argparse.Namespace) -> int:
+    from satchel.signing import Keypair
+
+    key = Keypair.generate()
+    print(f"api_key={key.api_key}")
+    print(f"secret={key.secret}")
+    return 0
+
+
+async def _faucet(args: argparse.Namespace) -> int:
+    from satchel.client import ReplyError, connect
+    from satchel.node import load_admin_key
+
+    admin_path = Path(args.data) / "admin.key"
+    if not admin_path.exists():
+        print(f"satchel faucet: no admin key at {admin_path}; start the node with --data {args.data} first", file=sys.stderr)
+        return 2
+    admin = load_admin_key(Path(args.data))
+    async with connect(args.url, admin) as client:
+        try:
+            result = await client.request("deposit", {"account": args.account, "asset": args.asset, "quantity": args.amount})
+        except ReplyError as exc:
+            print(f"satchel faucet: {exc}", file=sys.stderr)
+            return 1
+    print(f"deposited {result['quantity']} {result['asset']} to {result['account']}")
+    return 0
+
+
+async def _replay(args: argparse.Namespace) -> int:
+    from satchel.node import replay
+
+    blocks, txs, state = await replay(args.data)
+    print(f"blocks={blocks} txs={txs} state={state}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="satchel", description="Satchel exchange node and tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run a node: sequencer, journal, engine, WebSocket gateway")
+    p.add_argument("--data", default="./data", help="data directory (journal, admin key)")
+    p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="WebSocket port (default 8765; 0 picks a free one)")
+    p.add_argument("--config", default=None, help="TOML file replacing the packaged defaults")
+    p.add_argument("--no-demo", action="store_true", help="no demo accounts and market maker")
+
+    sub.add_parser("keygen", help="print a new Ed25519 key pair")
+
+    p = sub.add_parser("faucet", help="deposit to an account, signed by the node's admin key")
+    p.add_argument("--account", required=True, help="API key (base64 public key)")
+    p.add_argument("--asset", default="USDC")
+    p.add_argument("--amount", default="10000")
+    p.add_argument("--url", default="ws://127.0.0.1:8765")
+    p.add_argument("--data", default="./data", help="the node's data directory (for its admin key)")
+
+    p = sub.add_parser("replay", help="rebuild state from the journal; prints blocks, txs and the state hash")
+    p.add_argument("--data", default="./data")
+
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        if args.command == "keygen":
+            return _keygen(args)
+        runner = {"serve": _serve, "faucet": _faucet, "replay": _replay}[args.command]
+        return trio.run(runner, args)
+    except config_mod.ConfigError as exc:
+        print(f"satchel: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The gateway's listening side: accepts WebSocket connections and owns what they share."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+from trio_websocket import serve_websocket
+
+from satchel.gateway import protocol as P
+from satchel.gateway.session import Session
+from satchel.marketdata import MarketData
+from satchel.signing import Verifier
+
+if TYPE_CHECKING:
+    from satchel.node import Node
+
+log = structlog.get_logger("satchel.gateway")
+
+# Hard cap enforced by trio-websocket (closes the connection); frames above the
+# configured soft cap but under this one get PAYLOAD_TOO_LARGE and the connection lives.
+_HARD_MAX_MESSAGE = 1 << 20
+
+
+class Gateway:
+    def __init__(self, node: "Node", host: str = "127.0.0.1", port: int = 8765):
+        self.node = node
+        self.host = host
+        self.port = port
+        self.settings = node.cfg.gateway
+        engine = node.engine
+        # the engine's listing tables, read-only here: markets listed later appear too
+        self.markets = engine.markets
+        self.assets = _AssetDecimals(engine.assets)
+        self.fmt = P.Formatter(self.markets, self.assets)
+        self.marketdata = MarketData(self.fmt)
+        node.subscribers.append(self.marketdata)
+        self.verifier = Verifier()
+        self.sessions = 0
+        self.slow_consumers = 0
+        self.url = ""
+
+    def quote_decimals(self, symbol: str) -> int | None:
+        spec = self.markets.get(symbol)
+        return self.assets.get(spec.quote) if spec else None
+
+    def check_symbol(self, symbol: str) -> None:
+        if symbol not in self.markets:
+            raise P.RequestError(P.INVALID_SYMBOL, f"Unknown symbol {symbol}")
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.verifier.run)
+            server = await nursery.start(
+                lambda task_status: serve_websocket(
+                    self._handle, self.host, self.port, None, max_message_size=_HARD_MAX_MESSAGE, task_status=task_status
+                )
+            )
+            self.port = server.port
+            self.url = f"ws://{self.host}:{self.port}"
+            log.info("gateway.listening", url=self.url)
+            task_status.started(self)
+
+    async def _handle(self, request: Any) -> None:
+        ws = await request.accept()
+        peer = f"{ws.remote.address}:{ws.remote.port}" if hasattr(ws.remote, "address") else str(ws.remote)
+        self.sessions += 1
+        try:
+            await Session(self, ws, peer).run()
+        finally:
+            self.sessions -= 1
+
+
+class _AssetDecimals(dict):
+    """asset -> decimals, a live view over the engine's asset specs."""
+
+    def __init__(self, specs: dict):
+        super().__init__()
+        self._specs = specs
+
+    def __getitem__(self, key: str) -> int:
+        return self._specs[key].decimals
+
+    def get(self, key: str, default: Any = None) -> Any:
+        spec = self._specs.get(key)
+        return spec.decimals if spec else default
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._specs

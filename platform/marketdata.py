@@ -1,0 +1,273 @@
+"""Market data and private streams, built from each durable block's events.
+
+``MarketData`` mirrors every book as aggregated levels (from the engine's
+``DepthDelta`` events, so it never asks the book actors), keeps 24-hour rolling ticker
+statistics in one-minute buckets, and turns events into Backpack-shaped frames. Each
+public frame is encoded once and the same bytes are handed to every subscriber of its
+stream; a subscriber whose bounded queue is full is dropped by its session, so a slow
+reader never holds up the others or grows server memory.
+
+Depth ids: one ``DepthDelta`` per market per block that changed its book, with
+``U == u == update_id``; update ids are consecutive, so ``U`` is always the previous
+``u`` + 1. A depth subscriber first receives a ``depthSnapshot`` frame (the whole book
+and its ``lastUpdateId``) on the same stream, then the deltas that follow it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Protocol
+
+import msgspec
+from sortedcontainers import SortedDict
+
+from satchel.gateway.protocol import Formatter
+from satchel.messages import (
+    ASK, BID, CANCELLED, EXPIRED, FILLED, ORDER_TYPE_NAMES, PARTIALLY_FILLED, REJECTED, SIDE_NAMES, TIF_NAMES,
+    BalanceChanged, BlockHeader, DepthDelta, Fill, OrderAccepted, OrderDone,
+)
+from satchel.sequencer import now_us
+
+_encode = msgspec.json.encode
+_DAY_US = 86_400_000_000
+_MINUTE_US = 60_000_000
+_TICKER_EVERY_US = 1_000_000
+
+PUBLIC_KINDS = ("depth", "trade", "bookTicker", "ticker")
+PRIVATE_STREAMS = ("account.orderUpdate", "account.balanceUpdate")
+SILENT_STREAMS = ("account.rfqUpdate", "account.positionUpdate")  # accepted so ccxt's watchers work
+
+
+class Sink(Protocol):
+    def push(self, frame: str) -> None: ...
+
+
+class _Market:
+    __slots__ = ("bids", "asks", "update_id", "best", "buckets", "last_ticker", "traded")
+
+    def __init__(self) -> None:
+        self.bids: SortedDict = SortedDict()
+        self.asks: SortedDict = SortedDict()
+        self.update_id = 0
+        self.best: tuple = (None, None)
+        self.buckets: deque[list] = deque()  # [minute, open, high, low, close, base vol, quote vol, trades]
+        self.last_ticker = 0
+        self.traded = False
+
+
+class MarketData:
+    def __init__(self, fmt: Formatter):
+        self.fmt = fmt
+        self._markets: dict[str, _Market] = {s: _Market() for s in fmt.markets}
+        self._subs: dict[str, dict[Sink, None]] = {}
+        self.last_timestamp = 0
+
+    # ------------------------------------------------------------------ subscriptions
+
+    def valid_public(self, stream: str) -> bool:
+        kind, _, symbol = stream.partition(".")
+        return kind in PUBLIC_KINDS and symbol in self._markets
+
+    def subscribe(self, stream: str, sink: Sink) -> None:
+        self._subs.setdefault(stream, {})[sink] = None
+        if stream.startswith("depth.") and stream[6:] in self._markets:
+            sink.push(self._frame(stream, self.snapshot(stream[6:], "depthSnapshot")))
+
+    def unsubscribe(self, stream: str, sink: Sink) -> None:
+        subs = self._subs.get(stream)
+        if subs is not None:
+            subs.pop(sink, None)
+            if not subs:
+                del self._subs[stream]
+
+    def drop(self, sink: Sink, streams: list[str]) -> None:
+        for s in streams:
+            self.unsubscribe(s, sink)
+
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._subs.values())
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot(self, symbol: str, event: str | None = None, limit: int | None = None) -> dict:
+        m = self._markets[symbol]
+        bids = list(m.bids.items())
+        asks = list(m.asks.items())
+        if limit:
+            bids = bids[-limit:]
+            asks = asks[:limit]
+        snap = {
+            "asks": self.fmt.levels(symbol, asks),
+            "bids": self.fmt.levels(symbol, bids),
+            "lastUpdateId": str(m.update_id),
+            "timestamp": self.last_timestamp,
+        }
+        if event:
+            snap = {"e": event, "E": now_us(), "s": symbol, **snap, "T": self.last_timestamp}
+        return snap
+
+    def ticker(self, symbol: str) -> dict:
+        m = self._markets[symbol]
+        cutoff = self.last_timestamp - _DAY_US
+        while m.buckets and m.buckets[0][0] * _MINUTE_US + _MINUTE_US <= cutoff:
+            m.buckets.popleft()
+        fmt = self.fmt
+        if not m.buckets:
+            return {"e": "ticker", "E": now_us(), "s": symbol, "o": None, "c": None, "h": None, "l": None,
+                    "v": "0", "V": "0", "n": 0, "P": "0"}
+        o = m.buckets[0][1]
+        c = m.buckets[-1][4]
+        h = max(b[2] for b in m.buckets)
+        low = min(b[3] for b in m.buckets)
+        v = sum(b[5] for b in m.buckets)
+        qv = sum(b[6] for b in m.buckets)
+        n = sum(b[7] for b in m.buckets)
+        change_bp = (c - o) * 1_000_000 // o  # in 1e-4 percent, integer math
+        return {
+            "e": "ticker", "E": now_us(), "s": symbol,
+            "o": fmt.price(symbol, o), "c": fmt.price(symbol, c), "h": fmt.price(symbol, h), "l": fmt.price(symbol, low),
+            "v": fmt.qty(symbol, v), "V": fmt.quote(symbol, qv), "n": n,
+            "P": f"{change_bp / 10_000:.4f}",
+        }
+
+    # ------------------------------------------------------------------ publishing
+
+    def _frame(self, stream: str, data: dict) -> str:
+        # text frames: clients expect JSON text; encoded once, shared by every subscriber
+        return _encode({"stream": stream, "data": data}).decode()
+
+    def _fanout(self, key: str, data: dict, stream: str | None = None) -> None:
+        subs = self._subs.get(key)
+        if subs:
+            frame = self._frame(stream or key, data)
+            for sink in list(subs):
+                sink.push(frame)
+
+    def _private(self, account: str, stream: str, symbol: str | None, data: dict) -> None:
+        # private subscriptions are keyed "<stream>:<account>"; the frame names the stream
+        self._fanout(f"{stream}:{account}", data, stream)
+        if symbol:
+            self._fanout(f"{stream}.{symbol}:{account}", data, f"{stream}.{symbol}")
+
+    def publish(self, header: BlockHeader, events: list) -> None:
+        ts = header.timestamp
+        self.last_timestamp = ts
+        subs = self._subs
+        fmt = self.fmt
+        for ev in events:
+            cls = ev.__class__
+            if cls is Fill:
+                self._on_fill(ev, ts)
+            elif cls is DepthDelta:
+                self._on_depth(ev, ts)
+            elif cls is OrderAccepted or cls is OrderDone:
+                if subs:
+                    self._on_order(ev, ts)
+            elif cls is BalanceChanged:
+                if subs:
+                    self._private(ev.account, "account.balanceUpdate", None, {
+                        "e": "balanceUpdate", "E": now_us(), "a": ev.asset,
+                        "A": fmt.asset(ev.asset, ev.free), "L": fmt.asset(ev.asset, ev.held), "S": "0", "T": ts,
+                    })
+        for symbol, m in self._markets.items():
+            if m.traded and ts - m.last_ticker >= _TICKER_EVERY_US:
+                m.traded = False
+                m.last_ticker = ts
+                if f"ticker.{symbol}" in subs:
+                    self._fanout(f"ticker.{symbol}", self.ticker(symbol))
+
+    def _on_depth(self, ev: DepthDelta, ts: int) -> None:
+        m = self._markets[ev.symbol]
+        for book, changes in ((m.bids, ev.bids), (m.asks, ev.asks)):
+            for price, qty in changes:
+                if qty:
+                    book[price] = qty
+                else:
+                    book.pop(price, None)
+        m.update_id = ev.update_id
+        sym = ev.symbol
+        fmt = self.fmt
+        if f"depth.{sym}" in self._subs:
+            self._fanout(f"depth.{sym}", {
+                "e": "depth", "E": now_us(), "s": sym, "a": fmt.levels(sym, ev.asks), "b": fmt.levels(sym, ev.bids),
+                "U": ev.update_id, "u": ev.update_id, "T": ts,
+            })
+        best_bid = m.bids.peekitem(-1) if m.bids else None
+        best_ask = m.asks.peekitem(0) if m.asks else None
+        if (best_bid, best_ask) != m.best:
+            m.best = (best_bid, best_ask)
+            if f"bookTicker.{sym}" in self._subs:
+                self._fanout(f"bookTicker.{sym}", {
+                    "e": "bookTicker", "E": now_us(), "s": sym,
+                    "a": fmt.price(sym, best_ask[0]) if best_ask else None, "A": fmt.qty(sym, best_ask[1]) if best_ask else None,
+                    "b": fmt.price(sym, best_bid[0]) if best_bid else None, "B": fmt.qty(sym, best_bid[1]) if best_bid else None,
+                    "u": ev.update_id, "T": ts,
+                })
+
+    def _on_fill(self, ev: Fill, ts: int) -> None:
+        sym = ev.symbol
+        m = self._markets[sym]
+        minute = ts // _MINUTE_US
+        b = m.buckets[-1] if m.buckets else None
+        if b is None or b[0] != minute:
+            m.buckets.append([minute, ev.price, ev.price, ev.price, ev.price, ev.quantity, ev.quote, 1])
+        else:
+            b[2] = max(b[2], ev.price)
+            b[3] = min(b[3], ev.price)
+            b[4] = ev.price
+            b[5] += ev.quantity
+            b[6] += ev.quote
+            b[7] += 1
+        m.traded = True
+        subs = self._subs
+        if not subs:
+            return
+        fmt = self.fmt
+        buyer_is_taker = ev.taker_side == BID
+        if f"trade.{sym}" in subs:
+            self._fanout(f"trade.{sym}", {
+                "e": "trade", "E": now_us(), "s": sym, "p": fmt.price(sym, ev.price), "q": fmt.qty(sym, ev.quantity),
+                "b": str(ev.taker_order if buyer_is_taker else ev.maker_order),
+                "a": str(ev.maker_order if buyer_is_taker else ev.taker_order),
+                "t": ev.trade_id, "T": ts, "m": not buyer_is_taker,
+            })
+        for account, oid, side, fee, left, maker in (
+            (ev.taker_account, ev.taker_order, ev.taker_side, ev.taker_fee, ev.taker_left, False),
+            (ev.maker_account, ev.maker_order, ASK if buyer_is_taker else BID, ev.maker_fee, ev.maker_left, True),
+        ):
+            self._private(account, "account.orderUpdate", sym, {
+                "e": "orderFill", "E": now_us(), "s": sym, "S": SIDE_NAMES[side], "i": str(oid),
+                "X": FILLED if left == 0 else PARTIALLY_FILLED, "t": ev.trade_id,
+                "l": fmt.qty(sym, ev.quantity), "L": fmt.price(sym, ev.price), "m": maker,
+                "n": fmt.quote(sym, fee), "N": fmt.markets[sym].quote, "T": ts, "O": "USER",
+            })
+
+    _ORDER_EVENTS = {CANCELLED: "orderCancelled", EXPIRED: "orderExpired", REJECTED: "orderRejected"}
+
+    def _on_order(self, ev: Any, ts: int) -> None:
+        sym = ev.symbol
+        fmt = self.fmt
+        if sym not in fmt.markets:
+            return
+        if ev.__class__ is OrderAccepted:
+            data = {
+                "e": "orderAccepted", "E": now_us(), "s": sym, "c": ev.client_id, "S": SIDE_NAMES[ev.side],
+                "o": ORDER_TYPE_NAMES[ev.order_type].upper(), "f": TIF_NAMES[ev.tif],
+                "q": fmt.qty(sym, ev.quantity) if ev.quantity else None,
+                "Q": fmt.quote(sym, ev.quote_quantity) if ev.quote_quantity else None,
+                "p": fmt.price(sym, ev.price) if ev.price else None, "X": "New", "i": str(ev.order_id),
+                "z": "0", "Z": "0", "T": ts, "O": "USER",
+            }
+        else:
+            name = self._ORDER_EVENTS.get(ev.status)
+            if name is None:  # Filled: the last orderFill already said so
+                return
+            data = {
+                "e": name, "E": now_us(), "s": sym, "c": ev.client_id, "S": SIDE_NAMES[ev.side],
+                "q": fmt.qty(sym, ev.quantity) if ev.quantity else None,
+                "p": fmt.price(sym, ev.price) if ev.price else None, "X": ev.status, "i": str(ev.order_id),
+                "z": fmt.qty(sym, ev.executed_quantity), "Z": fmt.quote(sym, ev.executed_quote), "T": ts, "O": "USER",
+            }
+            if ev.reason:
+                data["R"] = ev.reason
+        self._private(ev.account, "account.orderUpdate", sym, data)
