@@ -68,3 +68,43 @@ async def ex(nursery):
 
 
 __all__ = ["ASK", "BID", "order", "cancel", "cancel_all"]
+
+
+# ---------------------------------------------------------------- a real node on 127.0.0.1
+
+
+class Server:
+    def __init__(self, node, gateway):
+        self.node = node
+        self.gateway = gateway
+        self.url = gateway.url
+
+    async def fund(self, key, **amounts: int) -> None:
+        from satchel.messages import Deposit as _Deposit
+
+        for asset, units in amounts.items():
+            await self.node.submit_wait(_Deposit(self.node.admin.api_key, key.api_key, asset, units))
+
+    async def balances(self, key) -> dict:
+        return await self.node.read(lambda e: e.risk.call("balances", key.api_key))
+
+    async def open_orders(self, key, symbol: str = "SOL_USDC") -> list:
+        return await self.node.read(lambda e: e.books[symbol].call("open_orders", key.api_key))
+
+
+async def start_server(nursery, tmp_path, **gateway_settings) -> Server:
+    import msgspec
+    from satchel.gateway import Gateway
+    from satchel.node import Node
+
+    cfg = config.load()
+    if gateway_settings:
+        cfg = msgspec.structs.replace(cfg, gateway=msgspec.structs.replace(cfg.gateway, **gateway_settings))
+    node = await nursery.start(Node(tmp_path / "data", cfg).run)
+    gateway = await nursery.start(Gateway(node, "127.0.0.1", 0).run)
+    return Server(node, gateway)
+
+
+@pytest.fixture
+async def server(nursery, tmp_path):
+    return await start_server(nursery, tmp_path)

@@ -131,6 +131,9 @@ def split_params(raw: msgspec.Raw) -> tuple[dict[str, Any], dict[str, str]]:
             values[key], texts[key] = False, "false"
         elif head == b"n":
             values[key] = None  # null: treated as absent, never part of the signed string
+        elif head in (b"{", b"["):
+            values[key] = msgspec.json.decode(b)  # a nested value: the schema will refuse it
+            texts[key] = b.decode()
         else:
             values[key] = texts[key] = b.decode()
     return values, texts
