@@ -19,7 +19,8 @@ class AmountError(ValueError):
     """A decimal string that is malformed, negative, or finer than allowed."""
 
 
-_DIGITS = frozenset("0123456789")
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def decimals_of(text: str) -> int:
@@ -38,7 +39,7 @@ def to_units(text: str, decimals: int) -> int:
     if not isinstance(text, str) or not text or len(text) > 64:
         raise AmountError(f"not a decimal string: {text!r}")
     whole, dot, frac = text.partition(".")
-    if not whole or not set(whole) <= _DIGITS or (dot and (not frac or not set(frac) <= _DIGITS)):
+    if not _digits(whole) or (dot and not _digits(frac)):
         raise AmountError(f"not a decimal string: {text!r}")
     if len(frac) > decimals:
         extra = frac[decimals:]

@@ -12,6 +12,8 @@ import structlog
 import trio
 
 from satchel import config as config_mod
+from satchel.journal import JournalCorrupt
+from satchel.node import DivergedError
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -124,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as exc:
         print(f"satchel: {exc}", file=sys.stderr)
         return 2
+    except (JournalCorrupt, DivergedError) as exc:
+        # exit status 3: the systemd unit does not restart into the same failure
+        structlog.get_logger("satchel").error("node.refused_journal", error=str(exc))
+        print(f"satchel: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130
 

@@ -32,6 +32,7 @@ class Client:
         self._ids = itertools.count(1)
         self._waiting: dict[Any, trio.MemorySendChannel] = {}
         self.errors: list[dict] = []  # error frames with id null (subscription errors)
+        self.closed = False
         self.frames_send, self.frames = trio.open_memory_channel(100_000)
 
     def frame(self, method: str, params: dict | list | None = None, *, sign: bool = True, req_id: Any = None, instruction: str | None = None) -> tuple[Any, bytes]:
@@ -53,10 +54,15 @@ class Client:
 
     async def exchange(self, req_id: Any, text: bytes | str, *, raw: bool = False) -> Any:
         """Send a prepared frame and wait for the reply with its id."""
+        if self.closed:
+            raise ConnectionError("connection closed")
         send, recv = trio.open_memory_channel(1)
         self._waiting[req_id] = send
         await self.send_raw(text)
-        reply = await recv.receive()
+        try:
+            reply = await recv.receive()
+        except trio.EndOfChannel:
+            raise ConnectionError("connection closed before the reply") from None
         if raw:
             return reply
         if "error" in reply:
@@ -91,6 +97,12 @@ class Client:
                     self.frames_send.send_nowait(msg)
         except ConnectionClosed:
             pass
+        finally:
+            # wake every caller still waiting for a reply: none will come
+            self.closed = True
+            for waiter in self._waiting.values():
+                waiter.close()
+            self._waiting.clear()
 
 
 @asynccontextmanager

@@ -26,7 +26,7 @@ import trio
 
 from satchel import config as config_mod
 from satchel.engine import RULES_VERSION, Engine, events_hash
-from satchel.journal import Journal
+from satchel.journal import Journal, JournalCorrupt, read_records
 from satchel.messages import Block, BlockHeader, block_decoder, block_encoder
 from satchel.sequencer import Read, Sequencer, Stamped, now_us
 from satchel.signing import Keypair
@@ -118,7 +118,21 @@ class Node:
         return self.chain.engine
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until ``shutdown``; ``task_status.started()`` once ready for submissions."""
+        """Serve until ``shutdown``; ``task_status.started()`` once ready for submissions.
+
+        A damaged journal or a replay that disagrees with it raises ``JournalCorrupt`` or
+        ``DivergedError`` itself (not wrapped in an exception group), so callers and
+        operators see the file and offset or the block at fault.
+        """
+        try:
+            await self._run(task_status)
+        except BaseExceptionGroup as eg:
+            fatal = _first_leaf(eg, (JournalCorrupt, DivergedError))
+            if fatal is not None:
+                raise fatal from eg
+            raise
+
+    async def _run(self, task_status: Any) -> None:
         async with trio.open_nursery() as actors:
             self.chain = Chain(Engine(actors))
             await self._recover()
@@ -140,7 +154,7 @@ class Node:
                 log.info("node.ready", height=self.chain.height, data=str(self.data))
                 task_status.started(self)
             self.journal.close()
-            log.info("node.stopped", height=self.chain.height, txs=self.chain.txs)
+            log.info("node.stopped", height=self.chain.height, txs=self.chain.txs, state=await self.engine.state_hash())
             actors.cancel_scope.cancel()
         self._stopped.set()
 
@@ -150,7 +164,13 @@ class Node:
             await self.chain.replay(block_decoder.decode(payload))
         if self.chain.last_timestamp > now_us():
             log.warning("node.clock_behind_journal", journal_us=self.chain.last_timestamp)
-        log.info("journal.recovered", blocks=self.chain.height, txs=self.chain.txs, seconds=round(trio.current_time() - started, 3))
+        log.info(
+            "journal.recovered",
+            blocks=self.chain.height,
+            txs=self.chain.txs,
+            state=await self.engine.state_hash(),
+            seconds=round(trio.current_time() - started, 3),
+        )
 
     async def _engine_stage(self, recv: trio.MemoryReceiveChannel, send: trio.MemorySendChannel) -> None:
         async with recv, send:
@@ -241,14 +261,29 @@ class Node:
         await self._stopped.wait()
 
 
+def _first_leaf(eg: BaseExceptionGroup, types: tuple) -> BaseException | None:
+    for exc in eg.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_leaf(exc, types)
+            if found is not None:
+                return found
+        elif isinstance(exc, types):
+            return exc
+    return None
+
+
 async def replay(data: str | Path) -> tuple[int, int, str]:
     """Rebuild state from the journal alone: (blocks, txs, state hash)."""
-    from satchel.journal import read_records
-
-    async with trio.open_nursery() as actors:
-        chain = Chain(Engine(actors))
-        for payload in read_records(Path(data) / "journal"):
-            await chain.replay(block_decoder.decode(payload))
-        state = await chain.engine.state_hash()
-        actors.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as actors:
+            chain = Chain(Engine(actors))
+            for payload in read_records(Path(data) / "journal"):
+                await chain.replay(block_decoder.decode(payload))
+            state = await chain.engine.state_hash()
+            actors.cancel_scope.cancel()
+    except BaseExceptionGroup as eg:
+        fatal = _first_leaf(eg, (JournalCorrupt, DivergedError))
+        if fatal is not None:
+            raise fatal from eg
+        raise
     return chain.height, chain.txs, state

@@ -1,0 +1,106 @@
+"""Crash safety: SIGKILL a node in a subprocess mid-workload, restart it, lose nothing acked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError
+
+from satchel.client import ReplyError, connect
+from satchel.node import load_admin_key
+from satchel.signing import Keypair
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_node(data: Path, port: int, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "satchel.cli", "serve", "--data", str(data), "--port", str(port), "--no-demo"],
+        stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+    )
+
+
+async def wait_ready(url: str, proc: subprocess.Popen) -> None:
+    with trio.fail_after(30):
+        while True:
+            assert proc.poll() is None, "node exited"
+            try:
+                async with connect(url) as c:
+                    await c.request("depth", {"symbol": "SOL_USDC"}, sign=False)
+                    return
+            except* (OSError, HandshakeError, ConnectionClosed):
+                pass
+            await trio.sleep(0.1)
+
+
+def log_state(log: Path, event: str) -> str:
+    for line in log.read_text().splitlines():
+        if line.startswith("{") and json.loads(line).get("event") == event:
+            return json.loads(line)["state"]
+    raise AssertionError(f"no {event} in {log}")
+
+
+async def test_sigkill_loses_nothing_acknowledged(tmp_path):
+    data = tmp_path / "data"
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    proc = start_node(data, port, tmp_path / "run1.log")
+    trader = Keypair.generate()
+    acked: set[str] = set()
+    try:
+        await wait_ready(url, proc)
+        async with connect(url, load_admin_key(data)) as admin:
+            await admin.request("deposit", {"account": trader.api_key, "asset": "USDC", "quantity": "1000000"})
+
+        async def worker(n: int) -> None:
+            try:
+                async with connect(url, trader) as c:
+                    for i in range(100_000):
+                        price = f"{100 + (n * 997 + i) % 4000 / 100:.2f}"
+                        r = await c.request("orderExecute", {"symbol": "SOL_USDC", "side": "Bid", "orderType": "Limit", "price": price, "quantity": "0.1"})
+                        assert r["status"] == "New"
+                        acked.add(r["id"])
+            except* (ConnectionClosed, OSError, HandshakeError):
+                pass  # the node was killed under us
+
+        async with trio.open_nursery() as nursery:
+            for n in range(8):
+                nursery.start_soon(worker, n)
+            with trio.fail_after(60):
+                while len(acked) < 400:
+                    await trio.sleep(0.01)
+            os.kill(proc.pid, signal.SIGKILL)  # mid-workload: requests are in flight
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(acked) >= 400
+
+    proc = start_node(data, port, tmp_path / "run2.log")
+    try:
+        await wait_ready(url, proc)
+        async with connect(url, trader) as c:
+            open_ids = {o["id"] for o in await c.request("orderQueryAll", {"symbol": "SOL_USDC"})}
+        assert acked <= open_ids, f"{len(acked - open_ids)} acknowledged orders lost"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stopped = log_state(tmp_path / "run2.log", "node.stopped")
+    assert log_state(tmp_path / "run2.log", "journal.recovered") == stopped  # nothing happened after restart
+    out = subprocess.run([sys.executable, "-m", "satchel.cli", "replay", "--data", str(data)], capture_output=True, text=True, check=True)
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("blocks=") and last.endswith(f"state={stopped}")
