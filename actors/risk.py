@@ -19,7 +19,7 @@ block (tests check it over generated workloads).
 
 from __future__ import annotations
 
-from satchel.amounts import fee as fee_of
+from satchel.amounts import MAX_UNITS, fee as fee_of
 from satchel.messages import (
     ASK,
     BID,
@@ -49,6 +49,8 @@ from satchel.actors.book import Entry
 
 def _malformed(tx: PlaceOrder) -> str:
     """Why an order cannot be held at all, before looking at funds ("" if it can)."""
+    if not (0 <= tx.price < MAX_UNITS and 0 <= tx.quantity < MAX_UNITS and 0 <= tx.quote_quantity < MAX_UNITS):
+        return "InvalidQuantity"
     if tx.side not in (BID, ASK) or tx.tif not in (GTC, IOC, FOK) or tx.stp not in (REJECT_TAKER, REJECT_MAKER, REJECT_BOTH):
         return "InvalidOrder"
     if tx.order_type == LIMIT:
@@ -154,7 +156,7 @@ class Risk:
                     cmds = routed[tx.symbol] = []
                 cmds.append((seq, tx))
             elif cls is Deposit:
-                if tx.asset not in self.assets or tx.amount <= 0:
+                if tx.asset not in self.assets or not 0 < tx.amount <= MAX_UNITS - self.deposits[tx.asset]:
                     out.append(TxRejected(seq, tx.account, "INVALID_DEPOSIT", "Unknown asset or non-positive amount"))
                     continue
                 self._bal(tx.account, tx.asset)[0] += tx.amount

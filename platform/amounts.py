@@ -15,6 +15,12 @@ out more than the exact rebate.
 from __future__ import annotations
 
 
+# Every integer in the ledger stays below this, so it fits the journal's 64-bit
+# encoding with room for sums: orders and deposits beyond it are refused at the edge
+# and again in the engine.
+MAX_UNITS = 2**62
+
+
 class AmountError(ValueError):
     """A decimal string that is malformed, negative, or finer than allowed."""
 

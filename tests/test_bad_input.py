@@ -107,3 +107,10 @@ async def test_rate_limit(nursery, tmp_path):
             codes.append(r.get("error", {}).get("code"))
         assert codes[:5] == [None] * 5
         assert set(codes[5:]) == {"TOO_MANY_REQUESTS"}
+
+
+async def test_absurd_sizes_refused(server, alice):
+    async with connect(server.url, alice) as c:
+        for params, code in ((order(quantity="9" * 30), "INVALID_QUANTITY"), (order(price="9" * 30), "INVALID_PRICE")):
+            r = await c.exchange(1, signed_frame(alice, params), raw=True)
+            assert r["error"]["code"] == code

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from satchel.amounts import AmountError, format_units, to_units
+from satchel.amounts import MAX_UNITS, AmountError, format_units, to_units
 from satchel.messages import (
     ASK, BID, FOK, GTC, IOC, LIMIT, MARKET, ORDER_TYPE_NAMES, REJECT_BOTH, REJECT_MAKER, REJECT_TAKER,
     SIDE_NAMES, STP_NAMES, TIF_NAMES, NEW, PARTIALLY_FILLED, MarketSpec, PlaceOrder,
@@ -162,6 +162,8 @@ def _units(text: str, decimals: int, step: int, code: str, what: str) -> int:
     scale = 10 ** (30 - decimals)
     if value % scale or (value // scale) % step:
         raise RequestError(code, f"{what} {text} is not a multiple of {format_units(step, decimals)}")
+    if value // scale >= MAX_UNITS:
+        raise RequestError(code, f"{what} {text} is too large")
     return value // scale
 
 
