@@ -100,6 +100,7 @@ class Book:
     def __init__(self, spec: MarketSpec):
         self.spec = spec
         self.last_price = 0
+        self._band: int | None = None  # allowed distance from last_price; None = no band yet
         self.trade_id = 0
         self.update_id = 0
         # index 0 = bids (keyed -price), 1 = asks (keyed price)
@@ -114,6 +115,8 @@ class Book:
 
     def set_spec(self, spec: MarketSpec) -> None:
         self.spec = spec
+        if self.last_price:
+            self._set_last_price(self.last_price)
 
     def run_batch(self, commands: list, out: list) -> tuple[list, DepthDelta | None]:
         """Apply one block's commands in order, appending events to ``out``.
@@ -203,17 +206,16 @@ class Book:
                 return self._reject(seq, tx, "InvalidQuantity", out)
             if price * tx.quantity * spec.notional_mult < spec.min_notional:
                 return self._reject(seq, tx, "BelowMinNotional", out)
-            if spec.price_band_bps and self.last_price:
-                band = self.last_price * spec.price_band_bps // 10_000
-                if abs(price - self.last_price) > band:
-                    return self._reject(seq, tx, "PriceOutOfBand", out)
+            band = self._band
+            if band is not None and abs(price - self.last_price) > band:
+                return self._reject(seq, tx, "PriceOutOfBand", out)
         else:
             if tx.quantity and (tx.quantity < spec.min_quantity or tx.quantity % spec.step):
                 return self._reject(seq, tx, "InvalidQuantity", out)
             if not tx.quantity and tx.quote_quantity < spec.min_notional:
                 return self._reject(seq, tx, "BelowMinNotional", out)
-            if spec.price_band_bps and self.last_price:
-                band = self.last_price * spec.price_band_bps // 10_000
+            band = self._band
+            if band is not None:
                 # in opposite-side keys: asks are keyed +price, bids -price
                 limit_key = self.last_price + band if side == BID else -(self.last_price - band)
             else:
@@ -234,7 +236,14 @@ class Book:
             out.append(OrderDone(seq, seq, tx.account, tx.symbol, tx.client_id, side, price, tx.quantity, EXPIRED, "FillOrKill", 0, 0))
             return
         taker = _Order(seq, tx.account, side, price, want, tx.client_id, tx.quantity)
-        halt = self._match(seq, taker, tx.stp, limit_key, entry.quote_cap, out)
+        opp_heap = self._heaps[ASK if side == BID else BID]
+        # heap[0] is at most the best live key (stale keys only sit lower), so a heap
+        # top above the limit proves nothing crosses: most resting orders stop here
+        if opp_heap and opp_heap[0] <= limit_key:
+            halt = self._match(seq, taker, tx.stp, limit_key, entry.quote_cap, out)
+        else:
+            halt = ""
+            self._capped = False
         if halt:
             status, reason = CANCELLED, halt
         elif taker.remaining == 0 or (tx.quote_quantity and self._capped):
@@ -298,6 +307,7 @@ class Book:
         executed_quote = 0
         halt = ""
         capped = False
+        last = 0
         while remaining and heap:
             key = heap[0]
             level = levels.get(key)
@@ -356,7 +366,7 @@ class Book:
                     break
             if traded:
                 changed[key] = None
-                self.last_price = price
+                last = price
             if level.live == 0:
                 del levels[key]
                 heappop(heap)
@@ -366,7 +376,14 @@ class Book:
         taker.executed = executed
         taker.executed_quote = executed_quote
         self._capped = capped
+        if last:
+            self._set_last_price(last)
         return halt
+
+    def _set_last_price(self, price: int) -> None:
+        self.last_price = price
+        bps = self.spec.price_band_bps
+        self._band = price * bps // 10_000 if bps else None
 
     def _rest(self, order: _Order) -> None:
         side = order.side

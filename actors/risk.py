@@ -19,7 +19,7 @@ block (tests check it over generated workloads).
 
 from __future__ import annotations
 
-from satchel.amounts import MAX_UNITS, fee as fee_of
+from satchel.amounts import MAX_UNITS
 from satchel.messages import (
     ASK,
     BID,
@@ -49,21 +49,25 @@ from satchel.actors.book import Entry
 
 def _malformed(tx: PlaceOrder) -> str:
     """Why an order cannot be held at all, before looking at funds ("" if it can)."""
-    if not (0 <= tx.price < MAX_UNITS and 0 <= tx.quantity < MAX_UNITS and 0 <= tx.quote_quantity < MAX_UNITS):
-        return "InvalidQuantity"
-    if tx.side not in (BID, ASK) or tx.tif not in (GTC, IOC, FOK) or tx.stp not in (REJECT_TAKER, REJECT_MAKER, REJECT_BOTH):
-        return "InvalidOrder"
     if tx.order_type == LIMIT:
-        if tx.price <= 0:
+        if not 0 < tx.price < MAX_UNITS:
             return "InvalidPrice"
-        if tx.quantity <= 0 or tx.quote_quantity:
+        if not 0 < tx.quantity < MAX_UNITS or tx.quote_quantity:
             return "InvalidQuantity"
     elif tx.order_type == MARKET:
-        if tx.price or tx.post_only or (tx.quantity > 0) == (tx.quote_quantity > 0) or tx.quantity < 0 or tx.quote_quantity < 0:
+        qty, quote = tx.quantity, tx.quote_quantity
+        if tx.price or tx.post_only or (qty > 0) == (quote > 0) or not (0 <= qty < MAX_UNITS and 0 <= quote < MAX_UNITS):
             return "InvalidQuantity"
     else:
         return "InvalidOrder"
+    if tx.side not in _SIDES or tx.tif not in _TIFS or tx.stp not in _STPS:
+        return "InvalidOrder"
     return ""
+
+
+_SIDES = (BID, ASK)
+_TIFS = (GTC, IOC, FOK)
+_STPS = (REJECT_TAKER, REJECT_MAKER, REJECT_BOTH)
 
 
 class Risk:
@@ -75,6 +79,7 @@ class Risk:
         self.fees: dict[str, int] = {}
         self.deposits: dict[str, int] = {}
         self._touched: dict[tuple[str, str], None] = {}
+        self._hold_bps: dict[str, int] = {}
 
     # ------------------------------------------------------------------ configuration
 
@@ -85,6 +90,8 @@ class Risk:
 
     def list_market(self, spec: MarketSpec) -> None:
         self.markets[spec.symbol] = spec
+        # bids hold the larger fee rate, so either role's fee is covered (never negative)
+        self._hold_bps[spec.symbol] = max(spec.taker_fee_bps, spec.maker_fee_bps, 0)
 
     # ------------------------------------------------------------------ queries
 
@@ -166,26 +173,32 @@ class Risk:
         return routed
 
     def _hold(self, seq: int, tx: PlaceOrder, spec: MarketSpec, out: list) -> Entry | None:
+        assets = self._balances.get(tx.account)
+        if assets is None:
+            assets = self._balances[tx.account] = {}
+        quote_cap = None
         if tx.side == BID:
             asset = spec.quote
-            bal = self._bal(tx.account, asset)
-            hold_bps = max(spec.taker_fee_bps, spec.maker_fee_bps, 0)
+            bal = assets.get(asset)
+            if bal is None:
+                bal = assets[asset] = [0, 0]
+            hold_bps = self._hold_bps[tx.symbol]
             qty_cap = tx.quantity
-            quote_cap = None
             if tx.order_type == LIMIT:
                 notional = tx.price * tx.quantity * spec.notional_mult
-                need = notional + fee_of(notional, hold_bps)
+                need = notional + notional * hold_bps // 10_000
             elif tx.quantity:
                 need = bal[0]
                 quote_cap = need * 10_000 // (10_000 + hold_bps)
             else:
                 quote_cap = tx.quote_quantity
-                need = quote_cap + fee_of(quote_cap, hold_bps)
-                qty_cap = 1 << 62
+                need = quote_cap + quote_cap * hold_bps // 10_000
+                qty_cap = MAX_UNITS
         else:
             asset = spec.base
-            bal = self._bal(tx.account, asset)
-            quote_cap = None
+            bal = assets.get(asset)
+            if bal is None:
+                bal = assets[asset] = [0, 0]
             if tx.order_type == LIMIT or tx.quantity:
                 qty_cap = tx.quantity
                 need = qty_cap * spec.base_mult

@@ -15,6 +15,7 @@ import time
 from benchmarks._stats import median_of
 from satchel import config
 from satchel.actors.book import Book, Entry
+from satchel.node import tune_gc
 from satchel.messages import ASK, BID, GTC, IOC, LIMIT, MARKET, REJECT_TAKER, CancelOrder, PlaceOrder
 
 
@@ -69,6 +70,7 @@ def main() -> None:
     args = ap.parse_args()
     spec = next(s for s in config.load().market_specs() if s.symbol == "SOL_USDC")
     spec = type(spec)(**{**{f: getattr(spec, f) for f in spec.__struct_fields__}, "price_band_bps": 0})
+    tune_gc()  # as the node runs
     batches = generate(args.orders)
     n = sum(len(b) for b in batches)
     print(f"matching: {n:,} commands in blocks of 1,000 (limits, cancels, crossing limits, market orders)")

@@ -27,7 +27,6 @@ timestamp, the only input is the block.
 from __future__ import annotations
 
 import hashlib
-from heapq import merge
 from operator import attrgetter
 from typing import Any
 
@@ -115,7 +114,7 @@ class Engine:
         seq = first_seq
         for tx in txs:
             cls = tx.__class__
-            auth = getattr(tx, "auth", None)
+            auth = tx.auth
             if auth is not None:
                 err = guard.check(auth, now_ms, MAX_WINDOW_MS)
                 if err:
@@ -179,7 +178,13 @@ class Engine:
             outs.append(out)
             if delta is not None:
                 deltas.append(delta)
-        merged = list(merge(*outs, key=_by_seq)) if len(outs) > 1 else pre
+        if len(outs) > 1:
+            # each list is already in sequence order: a stable sort of the concatenation
+            # merges the runs in C (faster than heapq.merge's generator)
+            merged = [ev for out in outs for ev in out]
+            merged.sort(key=_by_seq)
+        else:
+            merged = pre
         settled: list = []
         await self.risk.call("settle", merged, part[-1][0], settled)
         events.extend(merged)

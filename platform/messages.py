@@ -90,16 +90,19 @@ class SetAdmin(_Rec, tag=1):
     """Genesis: names the key whose signature admin transactions must carry."""
 
     key: str
+    auth: Auth | None = None
 
 
 class ListAsset(_Rec, tag=2):
     admin: str
     spec: AssetSpec
+    auth: Auth | None = None
 
 
 class ListMarket(_Rec, tag=3):
     admin: str
     spec: MarketSpec
+    auth: Auth | None = None
 
 
 class Deposit(_Rec, tag=4):
@@ -139,6 +142,7 @@ class CancelAll(_Rec, tag=12):
     auth: Auth | None = None
 
 
+# Every transaction type has an ``auth`` field (None for the node's own genesis records).
 Tx = Union[SetAdmin, ListAsset, ListMarket, Deposit, PlaceOrder, CancelOrder, CancelAll]
 ADMIN_TXS = (SetAdmin, ListAsset, ListMarket)
 

@@ -16,6 +16,7 @@ reproduces exactly the durable prefix.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,18 @@ class DivergedError(RuntimeError):
 
 class Subscriber(Protocol):
     def publish(self, header: BlockHeader, events: list) -> None: ...
+
+
+def tune_gc() -> None:
+    """Collect young objects every 50,000 allocations instead of every 700.
+
+    The engine allocates a few short-lived, acyclic objects per transaction (events,
+    entries, tuples); with CPython's default threshold the cyclic collector runs every
+    few hundred transactions and costs about a third of the engine's throughput
+    (benchmarks/engine: ~85k tx/s at the default, ~138k tuned). Memory is still
+    reclaimed by reference counting; only cycle detection runs less often.
+    """
+    gc.set_threshold(50_000, 20, 100)
 
 
 def header_hash(header: BlockHeader) -> bytes:
@@ -133,6 +146,7 @@ class Node:
             raise
 
     async def _run(self, task_status: Any) -> None:
+        tune_gc()
         async with trio.open_nursery() as actors:
             self.chain = Chain(Engine(actors))
             await self._recover()
@@ -204,20 +218,21 @@ class Node:
                     item.callback(item.result)
                     continue
                 callbacks = item.callbacks
-                routed: dict[int, list] = {}
                 first = item.first_seq
                 n = len(callbacks)
+                routed: list = [None] * n
                 for ev in events:
                     i = ev.seq - first
-                    if 0 <= i < n and callbacks[i] is not None:
-                        bucket = routed.get(i)
+                    if 0 <= i < n:
+                        bucket = routed[i]
                         if bucket is None:
-                            bucket = routed[i] = []
-                        bucket.append(ev)
+                            routed[i] = [ev]
+                        else:
+                            bucket.append(ev)
                 for i, cb in enumerate(callbacks):
                     if cb is not None:
                         try:
-                            cb(routed.get(i, []))
+                            cb(routed[i] or [])
                         except Exception:
                             log.exception("publisher.callback_failed", seq=first + i)
                 for sub in self.subscribers:

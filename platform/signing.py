@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
 from collections.abc import Mapping
 from urllib.parse import urlencode
 
 import nacl.exceptions
+from nacl.bindings import crypto_sign_open
 import nacl.signing
 import trio
 
@@ -66,6 +68,14 @@ def param_text(value: object) -> str:
     return str(value)
 
 
+_NEEDS_QUOTING = re.compile(r"[^A-Za-z0-9_.~-]")
+
+
+def needs_quoting(params: Mapping[str, str]) -> bool:
+    """Whether percent-encoding would change any key or value (rarely: most are plain)."""
+    return any(_NEEDS_QUOTING.search(k) or _NEEDS_QUOTING.search(v) for k, v in params.items())
+
+
 def signing_string(instruction: str, params: Mapping[str, str], timestamp: int | str, window: int | str, encoded: bool = False) -> bytes:
     items = sorted(params.items())
     if encoded:
@@ -102,15 +112,11 @@ def decode_signature(sig: str) -> bytes | None:
 
 def verify(public: bytes, candidates: tuple[bytes, ...], signature: bytes) -> bytes | None:
     """The first candidate message the signature is valid for, or None."""
-    try:
-        key = nacl.signing.VerifyKey(public)
-    except (nacl.exceptions.CryptoError, ValueError, TypeError):
-        return None
     for msg in candidates:
         try:
-            key.verify(msg, signature)
+            crypto_sign_open(signature + msg, public)
             return msg
-        except nacl.exceptions.BadSignatureError:
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError, TypeError):
             continue
     return None
 

@@ -27,11 +27,12 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from satchel.gateway import protocol as P
+from satchel.gateway.wire import send_frames
 from satchel.marketdata import PRIVATE_STREAMS, SILENT_STREAMS
 from satchel.messages import (
     REJECTED, Auth, CancelAll, CancelOrder, Deposit, Fill, OrderAccepted, OrderDone, PlaceOrder, TxRejected,
 )
-from satchel.signing import decode_key, decode_signature, signing_string
+from satchel.signing import decode_key, decode_signature, needs_quoting, signing_string
 
 if TYPE_CHECKING:
     from satchel.gateway.server import Gateway
@@ -101,9 +102,16 @@ class Session:
 
     async def _writer(self) -> None:
         ws = self.ws
+        recv = self._out_recv
         try:
-            async for frame in self._out_recv:
-                await ws.send_message(frame)
+            async for frame in recv:
+                frames = [frame]
+                while len(frames) < 256:  # whatever else is queued goes in the same write
+                    try:
+                        frames.append(recv.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await send_frames(ws, frames)
         except ConnectionClosed:
             pass
         if self._scope is not None:
@@ -182,10 +190,12 @@ class Session:
         if ts + window < now or ts - window > now:
             raise P.RequestError(P.EXPIRED, "Request timestamp is outside its window")
         raw = signing_string(instruction, texts, sig[2], sig[3])
-        enc = signing_string(instruction, texts, sig[2], sig[3], encoded=True)
         s = _Signed()
         s.account, s.public, s.signature, s.timestamp, s.window = sig[0], public, signature, ts, window
-        s.candidates = (raw,) if raw == enc else (raw, enc)
+        if needs_quoting(texts):  # ccxt signs percent-encoded values: accept that form too
+            s.candidates = (raw, signing_string(instruction, texts, sig[2], sig[3], encoded=True))
+        else:
+            s.candidates = (raw,)
         return s
 
     def _verified(self, req_id: Any, signed: _Signed, action: Callable[[bytes], None]) -> None:
