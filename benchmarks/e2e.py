@@ -183,7 +183,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--conns", type=int, default=20)
-    ap.add_argument("--inflight", type=int, default=8)
+    ap.add_argument("--inflight", type=int, default=32)
     ap.add_argument("--runs", type=int, default=3)
     trio.run(run, ap.parse_args())
 

@@ -40,6 +40,7 @@ class GatewaySettings(msgspec.Struct, frozen=True):
     rate_burst: float = 4000.0
     send_buffer_frames: int = 4096
     max_window_ms: int = 60_000
+    verify_processes: int = 1  # 0 = verify in threads of this process instead
 
 
 class AssetConfig(msgspec.Struct, frozen=True):

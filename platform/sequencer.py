@@ -67,13 +67,15 @@ class Sequencer:
         """Queue a transaction; ``callback(events)`` runs once its block is durable."""
         if self.closed:
             raise trio.ClosedResourceError("sequencer is shut down")
-        if not self._txs:
+        txs = self._txs
+        if not txs:
             self._first_at = trio.current_time()
-        self._txs.append(tx)
+            self._arrived.set()  # wake the task only for a block's first transaction...
+        txs.append(tx)
         self._callbacks.append(callback)
-        if len(self._txs) >= self.max_txs:
+        if len(txs) >= self.max_txs:
             self._cut()
-        self._arrived.set()
+            self._arrived.set()  # ...or when a full block is ready
 
     def read(self, fn: Callable, callback: Callable[[Any], None]) -> None:
         if self.closed:
@@ -102,7 +104,7 @@ class Sequencer:
                     if self._txs:
                         deadline = self._first_at + self.interval
                         with trio.move_on_at(deadline):
-                            while len(self._txs) < self.max_txs and not self._queue:
+                            while not self._queue:
                                 self._arrived = trio.Event()
                                 await self._arrived.wait()
                         self._cut()

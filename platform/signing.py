@@ -16,10 +16,13 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import struct
+import sys
 import time
 from collections.abc import Mapping
 from urllib.parse import urlencode
 
+import msgspec
 import nacl.exceptions
 from nacl.bindings import crypto_sign_open
 import nacl.signing
@@ -112,13 +115,19 @@ def decode_signature(sig: str) -> bytes | None:
 
 def verify(public: bytes, candidates: tuple[bytes, ...], signature: bytes) -> bytes | None:
     """The first candidate message the signature is valid for, or None."""
-    for msg in candidates:
+    i = verify_index(public, candidates, signature)
+    return candidates[i] if i >= 0 else None
+
+
+def verify_index(public: bytes, candidates: "list[bytes] | tuple[bytes, ...]", signature: bytes) -> int:
+    """Index of the first candidate the signature is valid for, or -1."""
+    for i, msg in enumerate(candidates):
         try:
             crypto_sign_open(signature + msg, public)
-            return msg
+            return i
         except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError, TypeError):
             continue
-    return None
+    return -1
 
 
 def _verify_batch(batch: list[tuple[bytes, tuple[bytes, ...], bytes]]) -> list[bytes | None]:
@@ -173,3 +182,55 @@ class Verifier:
         self.check(public, candidates, signature, cb)
         await done.wait()
         return box[0]
+
+
+class ProcessVerifier(Verifier):
+    """Like ``Verifier``, but the checks run in worker processes.
+
+    Threads share the GIL with the trio thread: each signature check re-acquires it
+    when libsodium returns, and under load the trio thread and the verifier threads
+    hand the GIL back and forth (measured: a 128-signature batch took 15-40 ms in a
+    thread next to a busy gateway, versus 5 ms alone). Worker processes have their own
+    interpreter, so the check costs the trio thread only the batch's encoding.
+    """
+
+    def __init__(self, processes: int = 1, max_batch: int = 256):
+        super().__init__(processes, max_batch)
+        self._processes = processes
+        self._idle: list = []
+        self._len = struct.Struct("<I")
+        self._encode = msgspec.msgpack.encode
+        self._decode = msgspec.msgpack.Decoder(list[int]).decode
+
+    async def run(self) -> None:
+        procs = []
+        try:
+            for _ in range(self._processes):
+                procs.append(await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "satchel.verifyproc"], stdin=-1, stdout=-1))
+            self._idle = list(procs)
+            await super().run()
+        finally:
+            for p in procs:
+                with trio.CancelScope(shield=True):
+                    await p.stdin.aclose()
+                    p.kill()
+                    await p.wait()
+
+    async def _check(self, batch: list) -> None:
+        proc = self._idle.pop()
+        try:
+            payload = self._encode([(item[0], item[1], item[2]) for item in batch])
+            await proc.stdin.send_all(self._len.pack(len(payload)) + payload)
+            data = b""
+            while len(data) < 4 or len(data) < 4 + self._len.unpack_from(data)[0]:
+                chunk = await proc.stdout.receive_some(1 << 20)
+                if not chunk:
+                    raise RuntimeError("signature verifier process exited")
+                data += chunk
+            results = self._decode(data[4:])
+        finally:
+            self._idle.append(proc)
+            self._slots.release()
+        for item, idx in zip(batch, results):
+            item[3](item[1][idx] if idx >= 0 else None)

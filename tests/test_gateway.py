@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+import trio
 
 from satchel.client import ReplyError, connect
 from satchel.signing import Keypair, sign_request, signing_string
@@ -146,3 +147,28 @@ async def test_invalid_stream_error(server):
         assert f == {"id": None, "error": {"code": 4006, "message": "Invalid stream"}}
         await c.subscribe(["depth.DOGE_USDC"])
         assert (await c.next_frame())["error"]["code"] == 4006
+
+
+@pytest.mark.parametrize("processes", [0, 2])
+async def test_verifier_modes(nursery, tmp_path, processes):
+    """Threads (0) and several worker processes verify the same way, in arrival order."""
+    from conftest import start_server
+
+    server = await start_server(nursery, tmp_path, verify_processes=processes)
+    alice = Keypair.generate()
+    await server.fund(alice, USDC=100_000 * USDC)
+    async with connect(server.url, alice) as a:
+        ids: dict[int, int] = {}
+
+        async def place(i: int) -> None:
+            ids[i] = int((await a.request("orderExecute", limit("Bid", "140", "0.1", clientId=i)))["id"])
+
+        async with trio.open_nursery() as n:
+            for i in range(40):
+                n.start_soon(place, i)
+        assert len(set(ids.values())) == 40
+        forged = Keypair.generate()
+        _, sig = sign_request(forged, "balanceQuery", {})
+        sig[0] = alice.api_key
+        r = await a.exchange("x", orjson.dumps({"id": "x", "method": "balanceQuery", "signature": sig}), raw=True)
+        assert r["error"]["code"] == "INVALID_SIGNATURE"

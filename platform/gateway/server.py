@@ -11,7 +11,7 @@ from trio_websocket import serve_websocket
 from satchel.gateway import protocol as P
 from satchel.gateway.session import Session
 from satchel.marketdata import MarketData
-from satchel.signing import Verifier
+from satchel.signing import ProcessVerifier, Verifier
 
 if TYPE_CHECKING:
     from satchel.node import Node
@@ -36,7 +36,8 @@ class Gateway:
         self.fmt = P.Formatter(self.markets, self.assets)
         self.marketdata = MarketData(self.fmt)
         node.subscribers.append(self.marketdata)
-        self.verifier = Verifier()
+        n = self.settings.verify_processes
+        self.verifier = ProcessVerifier(n) if n > 0 else Verifier()
         self.sessions = 0
         self.slow_consumers = 0
         self.url = ""
