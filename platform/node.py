@@ -243,29 +243,11 @@ class Node:
 
     async def submit_wait(self, tx: Any) -> list:
         """Submit and wait until the transaction's block is durable; returns its events."""
-        done = trio.Event()
-        box: list = []
-
-        def cb(events: list) -> None:
-            box.append(events)
-            done.set()
-
-        self.sequencer.submit(tx, cb)
-        await done.wait()
-        return box[0]
+        return await _answer(lambda cb: self.sequencer.submit(tx, cb))
 
     async def read(self, fn: Callable) -> Any:
         """Run ``await fn(engine)`` between blocks; returns once earlier blocks are durable."""
-        done = trio.Event()
-        box: list = []
-
-        def cb(result: Any) -> None:
-            box.append(result)
-            done.set()
-
-        self.sequencer.read(fn, cb)
-        await done.wait()
-        return box[0]
+        return await _answer(lambda cb: self.sequencer.read(fn, cb))
 
     def shutdown(self) -> None:
         """Stop taking transactions; the pipeline drains and the journal is flushed."""
@@ -274,6 +256,20 @@ class Node:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+async def _answer(register: Callable[[Callable[[Any], None]], None]) -> Any:
+    """Await the value a callback-style API delivers."""
+    done = trio.Event()
+    box: list = []
+
+    def cb(value: Any) -> None:
+        box.append(value)
+        done.set()
+
+    register(cb)
+    await done.wait()
+    return box[0]
 
 
 def _first_leaf(eg: BaseExceptionGroup, types: tuple) -> BaseException | None:

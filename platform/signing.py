@@ -97,20 +97,22 @@ def sign_request(key: Keypair, instruction: str, params: Mapping[str, object], w
     return msg, [key.api_key, sig, str(ts), str(window)]
 
 
-def decode_key(api_key: str) -> bytes | None:
+def _b64(text: str, size: int) -> bytes | None:
     try:
-        raw = base64.b64decode(api_key, validate=True)
+        raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         return None
-    return raw if len(raw) == 32 else None
+    return raw if len(raw) == size else None
+
+
+def decode_key(api_key: str) -> bytes | None:
+    """The 32-byte public key of a base64 API key, or None."""
+    return _b64(api_key, 32)
 
 
 def decode_signature(sig: str) -> bytes | None:
-    try:
-        raw = base64.b64decode(sig, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return raw if len(raw) == 64 else None
+    """The 64-byte signature from its base64 text, or None."""
+    return _b64(sig, 64)
 
 
 def verify(public: bytes, candidates: tuple[bytes, ...], signature: bytes) -> bytes | None:

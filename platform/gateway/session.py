@@ -244,9 +244,14 @@ class Session:
         except trio.ClosedResourceError as exc:
             raise P.RequestError(P.MAINTENANCE, "Node is shutting down") from exc
 
-    @staticmethod
-    def _auth(signed: _Signed, message: bytes) -> Auth:
-        return Auth(message, signed.signature, signed.timestamp, signed.window)
+    def _submit_signed(self, req_id: Any, signed: _Signed, tx: Any, reply: Callable[[Any, list], str]) -> None:
+        """Once the signature checks out, sequence ``tx`` carrying the signed request."""
+
+        def go(message: bytes) -> None:
+            auth = Auth(message, signed.signature, signed.timestamp, signed.window)
+            self._submit(req_id, msgspec.structs.replace(tx, auth=auth), reply)
+
+        self._verified(req_id, signed, go)
 
     # ------------------------------------------------------------------ order entry
 
@@ -254,10 +259,7 @@ class Session:
         params, signed = self._signed_request(req, "orderExecute", P.OrderExecuteParams)
         tx = P.order_tx(params, signed.account, self.gw.markets, self.gw.quote_decimals(params.symbol))
 
-        def go(message: bytes) -> None:
-            self._submit(req.id, msgspec.structs.replace(tx, auth=self._auth(signed, message)), self._order_reply(tx))
-
-        self._verified(req.id, signed, go)
+        self._submit_signed(req.id, signed, tx, self._order_reply(tx))
 
     def _order_reply(self, tx: PlaceOrder) -> Callable[[Any, list], str]:
         fmt = self.gw.fmt
@@ -296,19 +298,22 @@ class Session:
 
         return reply
 
-    def order_cancel(self, req: P.Request) -> None:
-        params, signed = self._signed_request(req, "orderCancel", P.OrderRefParams)
+    def _order_ref(self, req: P.Request, instruction: str) -> tuple[P.OrderRefParams, _Signed]:
+        params, signed = self._signed_request(req, instruction, P.OrderRefParams)
         self.gw.check_symbol(params.symbol)
         if (params.orderId is None) == (params.clientId is None):
             raise P.RequestError(P.INVALID_REQUEST, "Give exactly one of orderId and clientId")
+        return params, signed
+
+    def order_cancel(self, req: P.Request) -> None:
+        params, signed = self._order_ref(req, "orderCancel")
         tx = CancelOrder(signed.account, params.symbol, params.orderId, params.clientId)
-        self._verified(req.id, signed, lambda m: self._submit(req.id, msgspec.structs.replace(tx, auth=self._auth(signed, m)), self._cancel_reply(False)))
+        self._submit_signed(req.id, signed, tx, self._cancel_reply(False))
 
     def order_cancel_all(self, req: P.Request) -> None:
         params, signed = self._signed_request(req, "orderCancelAll", P.SymbolParams)
         self.gw.check_symbol(params.symbol)
-        tx = CancelAll(signed.account, params.symbol)
-        self._verified(req.id, signed, lambda m: self._submit(req.id, msgspec.structs.replace(tx, auth=self._auth(signed, m)), self._cancel_reply(True)))
+        self._submit_signed(req.id, signed, CancelAll(signed.account, params.symbol), self._cancel_reply(True))
 
     def _cancel_reply(self, many: bool) -> Callable[[Any, list], str]:
         fmt = self.gw.fmt
@@ -328,10 +333,7 @@ class Session:
     # ------------------------------------------------------------------ queries
 
     def order_query(self, req: P.Request) -> None:
-        params, signed = self._signed_request(req, "orderQuery", P.OrderRefParams)
-        self.gw.check_symbol(params.symbol)
-        if (params.orderId is None) == (params.clientId is None):
-            raise P.RequestError(P.INVALID_REQUEST, "Give exactly one of orderId and clientId")
+        params, signed = self._order_ref(req, "orderQuery")
         sym = params.symbol
 
         async def fn(engine: Any) -> Any:
@@ -397,7 +399,7 @@ class Session:
                     return P.error_frame(req_id, ev.code, ev.message)
             return P.result_frame(req_id, {"account": params.account, "asset": params.asset, "quantity": params.quantity, "status": "Confirmed"})
 
-        self._verified(req.id, signed, lambda m: self._submit(req.id, msgspec.structs.replace(tx, auth=self._auth(signed, m)), reply))
+        self._submit_signed(req.id, signed, tx, reply)
 
     # ------------------------------------------------------------------ streams
 
