@@ -138,6 +138,16 @@ async def test_private_streams(server, traders):
                 assert (f["data"]["X"], f["data"]["l"], f["data"]["n"], f["data"]["m"]) == ("Filled", "1", "0.075", False)
         assert events[0] == "orderAccepted"
         assert not a.errors
+        # cancelled, expired and rejected orders are reported too, with reasons
+        rest = await a.request("orderExecute", limit("Bid", "140", "1"))
+        await a.request("orderCancel", {"symbol": "SOL_USDC", "orderId": rest["id"]})
+        await a.request("orderExecute", limit("Bid", "141", "1", timeInForce="IOC"))
+        await a.request("orderExecute", limit("Bid", "140", "100000"))
+        wanted = {"orderCancelled": None, "orderExpired": None, "orderRejected": "InsufficientFunds"}
+        while wanted:
+            d = (await a.next_frame("account.orderUpdate"))["data"]
+            if d["e"] in wanted:
+                assert d.get("R") == wanted.pop(d["e"])
 
 
 async def test_invalid_stream_error(server):

@@ -1,0 +1,55 @@
+"""The command line: keygen output, faucet against a live node, replay's last line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import trio
+
+from satchel.client import connect
+from satchel.signing import Keypair
+from test_crash import free_port, log_state, start_node, wait_ready
+
+
+def satchel(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "satchel.cli", *args], capture_output=True, text=True, **kw)
+
+
+def test_keygen_prints_a_usable_pair():
+    out = satchel("keygen", check=True).stdout.splitlines()
+    fields = dict(line.split("=", 1) for line in out)
+    key = Keypair.from_secret(fields["secret"])
+    assert key.api_key == fields["api_key"]
+
+
+async def test_faucet_and_replay(tmp_path):
+    data = tmp_path / "data"
+    port = free_port()
+    proc = start_node(data, port, tmp_path / "node.log")
+    key = Keypair.generate()
+    try:
+        await wait_ready(f"ws://127.0.0.1:{port}", proc)
+        r = await trio.to_thread.run_sync(lambda: satchel(
+            "faucet", "--account", key.api_key, "--asset", "SOL", "--amount", "12.5",
+            "--url", f"ws://127.0.0.1:{port}", "--data", str(data)))
+        assert r.returncode == 0 and "deposited 12.5 SOL" in r.stdout
+        bad = await trio.to_thread.run_sync(lambda: satchel(
+            "faucet", "--account", key.api_key, "--asset", "DOGE", "--url", f"ws://127.0.0.1:{port}", "--data", str(data)))
+        assert bad.returncode == 1 and "INVALID_ASSET" in bad.stderr
+        async with connect(f"ws://127.0.0.1:{port}", key) as c:
+            assert (await c.request("balanceQuery"))["SOL"]["available"] == "12.5"
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    last = satchel("replay", "--data", str(data), check=True).stdout.strip().splitlines()[-1]
+    blocks, txs, state = (part.split("=")[1] for part in last.split())
+    assert int(blocks) >= 2 and int(txs) >= 9
+    assert state == log_state(tmp_path / "node.log", "node.stopped")
+
+
+def test_faucet_without_admin_key(tmp_path):
+    r = satchel("faucet", "--account", "x", "--data", str(tmp_path))
+    assert r.returncode == 2 and "no admin key" in r.stderr
