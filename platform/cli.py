@@ -113,6 +113,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default="ws://127.0.0.1:8765")
     p.add_argument("--data", default="./data", help="the node's data directory (for its admin key)")
 
+    p = sub.add_parser("loadtest", help="drive a node with many traders; latency histograms and correctness checks")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--url", help="a running node, e.g. ws://127.0.0.1:8765")
+    target.add_argument("--embedded", action="store_true", help="start a node in a temporary data dir (default without --url)")
+    p.add_argument("--data", help="the running node's data dir, to fund traders with its admin key")
+    p.add_argument("--keys", help="file of trader secrets (one per line), already funded")
+    p.add_argument("--traders", type=int, default=20)
+    p.add_argument("--rate", default="max", help="total orders/s (open loop) or 'max' (closed loop)")
+    p.add_argument("--inflight", type=int, default=8, help="requests outstanding per trader with --rate max")
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--subscribers", type=int, default=4)
+    p.add_argument("--slow-subscribers", type=int, default=0)
+    p.add_argument("--scenario", choices=["mm", "takers", "mixed"], default="mixed")
+    p.add_argument("--markets", nargs="+", default=None)
+    p.add_argument("--workers", type=int, default=None, help="trader processes (default: CPU count)")
+    p.add_argument("--out", help="write the JSON report here")
+    p.add_argument("--max-error-rate", type=float, default=None, help="fail if errors/sent exceeds this")
+    p.add_argument("--max-p99-ms", type=float, default=None, help="fail if the ack p99 exceeds this")
+    p.add_argument("--config", default=None)
+    p.add_argument("--seed", type=int, default=1)
+
     p = sub.add_parser("replay", help="rebuild state from the journal; prints blocks, txs and the state hash")
     p.add_argument("--data", default="./data")
 
@@ -121,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "keygen":
             return _keygen(args)
+        if args.command == "loadtest":
+            from satchel.loadtest.runner import run as loadtest
+
+            if not args.url:
+                args.embedded = True
+            return loadtest(args)
         runner = {"serve": _serve, "faucet": _faucet, "replay": _replay}[args.command]
         return trio.run(runner, args)
     except config_mod.ConfigError as exc:

@@ -1,0 +1,81 @@
+"""Merging worker results into one report: HdrHistogram percentiles, table, JSON, verdict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+from rich.console import Console
+from rich.table import Table
+
+from satchel.loadtest.trader import new_hist
+
+PERCENTILES = (50, 90, 99, 99.9)
+
+
+def merge(encoded: list[bytes]) -> HdrHistogram:
+    h = new_hist()
+    for e in encoded:
+        if e:
+            h.decode_and_add(e)
+    return h
+
+
+def summary(h: HdrHistogram) -> dict[str, Any]:
+    """Percentiles in microseconds (count 0: all zero)."""
+    out: dict[str, Any] = {"count": h.get_total_count()}
+    for p in PERCENTILES:
+        out[f"p{p:g}"] = h.get_value_at_percentile(p) if out["count"] else 0
+    out["max"] = h.get_max_value() if out["count"] else 0
+    return out
+
+
+def verdict(report: dict, max_error_rate: float | None, max_p99_ms: float | None) -> list[str]:
+    """Reasons the run fails its thresholds and correctness checks (empty: passed)."""
+    why = []
+    o = report["orders"]
+    if max_error_rate is not None and o["error_rate"] > max_error_rate:
+        why.append(f"error rate {o['error_rate']:.4f} > {max_error_rate}")
+    if max_p99_ms is not None and report["ack_latency_us"]["p99"] > max_p99_ms * 1000:
+        why.append(f"ack p99 {report['ack_latency_us']['p99'] / 1000:.1f} ms > {max_p99_ms} ms")
+    c = report["correctness"]
+    if c["lost_acks"]:
+        why.append(f"{c['lost_acks']} acknowledged orders never appeared in account.orderUpdate")
+    if c["depth_gaps"]:
+        why.append(f"{c['depth_gaps']} depth gaps")
+    if c["book_mismatches"]:
+        why.append(f"{c['book_mismatches']} local books differ from the snapshot")
+    if c.get("conservation_ok") is False:
+        why.append("balances plus fees do not add up to the deposits")
+    return why
+
+
+def _ms(us: int) -> str:
+    return f"{us / 1000:.2f}"
+
+
+def render(report: dict, console: Console | None = None) -> None:
+    console = console or Console(stderr=True)
+    o = report["orders"]
+    t = Table(title=f"satchel loadtest: {report['config']['scenario']}, {report['config']['traders']} traders, "
+                    f"rate {report['config']['rate'] or 'max'}, {report['config']['duration']}s")
+    t.add_column("measure")
+    for p in PERCENTILES:
+        t.add_column(f"p{p:g} ms", justify="right")
+    t.add_column("max ms", justify="right")
+    t.add_column("count", justify="right")
+    for label, key in (("order ack latency", "ack_latency_us"), ("fill -> trade stream", "fill_to_trade_us"), ("feed lag (E -> receive)", "feed_lag_us")):
+        s = report[key]
+        t.add_row(label, *[_ms(s[f"p{p:g}"]) for p in PERCENTILES], _ms(s["max"]), f"{s['count']:,}")
+    console.print(t)
+    console.print(f"orders: sent {o['sent']:,}, acked {o['acked']:,} ({o['acked_per_s']:,.0f}/s), errors {o['errors']:,} "
+                  f"({o['error_rate']:.2%}) {o['errors_by_code'] or ''}; cancels that lost the race to a fill: {o['cancel_races']:,}")
+    f = report["feed"]
+    console.print(f"feed: {f['subscribers']} subscribers, {f['frames']:,} frames ({f['frames_per_s']:,.0f}/s)")
+    c = report["correctness"]
+    console.print(f"correctness: lost acks {c['lost_acks']}, depth gaps {c['depth_gaps']}, book mismatches "
+                  f"{c['book_mismatches']}/{c['books_checked']}, conservation {c.get('conservation_ok', 'n/a')}")
+    s = report.get("slow_subscribers")
+    if s and s["count"]:
+        console.print(f"slow subscribers: {s['dropped']}/{s['count']} disconnected; node RSS {s.get('rss_start_mb', '?')} -> "
+                      f"max {s.get('rss_max_mb', '?')} MB")

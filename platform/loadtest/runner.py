@@ -1,0 +1,241 @@
+"""Orchestrating a load test: node, funding, worker processes, live progress, checks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import queue as queue_mod
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import trio
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from satchel import config as config_mod
+from satchel.amounts import to_units
+from satchel.client import connect
+from satchel.loadtest.feed import run_feed
+from satchel.loadtest.plan import market_plans, roles
+from satchel.loadtest.report import merge, render, summary, verdict
+from satchel.loadtest.trader import run_worker
+from satchel.node import load_admin_key
+from satchel.signing import Keypair
+
+FUNDING = {"USDC": "10000000", "BTC": "1000", "ETH": "10000", "SOL": "1000000"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+async def _wait_ready(url: str, proc: subprocess.Popen | None) -> None:
+    with trio.fail_after(30):
+        while True:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError("the embedded node exited during start-up")
+            try:
+                async with connect(url) as c:
+                    await c.request("depth", {"symbol": "SOL_USDC"}, sign=False)
+                return
+            except* (OSError, Exception):
+                await trio.sleep(0.1)
+
+
+async def _fund(url: str, admin: Keypair, keys: list[Keypair], assets: list[str]) -> None:
+    """Deposits through the node's faucet method, signed by its admin key."""
+    async with connect(url, admin) as c:
+        for key in keys:
+            for asset in assets:
+                await c.request("deposit", {"account": key.api_key, "asset": asset, "quantity": FUNDING[asset]})
+
+
+async def _balances(url: str, keys: list[Keypair]) -> dict[str, Decimal]:
+    totals: dict[str, Decimal] = {}
+    for key in keys:
+        async with connect(url, key) as c:
+            for asset, b in (await c.request("balanceQuery")).items():
+                totals[asset] = totals.get(asset, Decimal(0)) + Decimal(b["available"]) + Decimal(b["locked"])
+    return totals
+
+
+def _progress_table(elapsed: float, rate: float, p99_ms: float, acked: int, errors: int) -> Table:
+    t = Table(show_header=True, header_style="bold")
+    for col in ("elapsed s", "acked/s (last 1 s)", "ack p99 ms (last 1 s)", "acked", "errors"):
+        t.add_column(col, justify="right")
+    t.add_row(f"{elapsed:.1f}", f"{rate:,.0f}", f"{p99_ms:.2f}", f"{acked:,}", f"{errors:,}")
+    return t
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    cfg = config_mod.load(args.config)
+    plans = market_plans(cfg, args.markets)
+    if not plans:
+        console.print("no markets to trade (check --markets)")
+        return 2
+    assets = sorted({a for p in plans for a in p.symbol.split("_")})
+    rate = None if args.rate == "max" else float(args.rate)
+    node_proc = None
+    tmp = None
+    if args.keys:
+        keys = [Keypair.from_secret(s) for s in Path(args.keys).read_text().split()][: args.traders]
+    else:
+        keys = [Keypair.generate() for _ in range(args.traders)]
+    try:
+        if args.embedded:
+            tmp = tempfile.mkdtemp(prefix="satchel-loadtest-")
+            port = _free_port()
+            url = f"ws://127.0.0.1:{port}"
+            node_log = open(Path(tmp) / "node.log", "wb")
+            node_proc = subprocess.Popen([sys.executable, "-m", "satchel.cli", "serve", "--data", tmp, "--port", str(port), "--no-demo"]
+                                         + (["--config", args.config] if args.config else []), stderr=node_log)
+            data = Path(tmp)
+        else:
+            url = args.url
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            data = Path(args.data) if args.data else None
+        trio.run(_wait_ready, url, node_proc)
+        if not args.keys:
+            if data is None or not (data / "admin.key").exists():
+                console.print("to fund traders against an external node give --data DIR (its admin key) or --keys FILE")
+                return 2
+            console.print(f"funding {len(keys)} traders through the faucet...")
+            trio.run(_fund, url, load_admin_key(data), keys, assets)
+        report = _drive(args, console, url, port, keys, plans, rate, node_proc)
+        if node_proc is not None and not args.keys:
+            have = trio.run(_balances, url, keys)
+            fees = {k: Decimal(v) for k, v in report.pop("_fees").items()}
+            diff = {a: str(have.get(a, Decimal(0)) + fees.get(a, Decimal(0)) - Decimal(FUNDING[a]) * len(keys)) for a in assets}
+            report["correctness"]["conservation"] = diff
+            report["correctness"]["conservation_ok"] = all(Decimal(v) == 0 for v in diff.values())
+        else:
+            report.pop("_fees", None)
+    finally:
+        if node_proc is not None:
+            node_proc.send_signal(signal.SIGTERM)
+            try:
+                node_proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                node_proc.kill()
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    failures = verdict(report, args.max_error_rate, args.max_p99_ms)
+    report["passed"] = not failures
+    report["failures"] = failures
+    render(report, console)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    for why in failures:
+        console.print(f"[red]FAIL[/red] {why}")
+    return 0 if not failures else 1
+
+
+def _drive(args, console, url, port, keys, plans, rate, node_proc) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    n_workers = max(1, min(args.workers or os.cpu_count() or 1, len(keys)))
+    role_list = roles(args.scenario, len(keys))
+    start_at = time.time() + 2.0  # spawned interpreters need a moment to import
+    wcfg = {"rate": (rate / len(keys)) if rate else None, "inflight": args.inflight, "duration": args.duration,
+            "warmup": args.warmup, "seed": args.seed, "start_at": start_at}
+    markets = [p.__dict__ for p in plans]
+    procs = []
+    for w in range(n_workers):
+        idx = list(range(w, len(keys), n_workers))
+        procs.append(ctx.Process(target=run_worker, args=(w, url, [keys[i].secret for i in idx], [role_list[i] for i in idx], markets, wcfg, q)))
+    symbols = [p.symbol for p in plans]
+    if args.subscribers or args.slow_subscribers:
+        procs.append(ctx.Process(target=run_feed, args=(url, port, symbols, args.subscribers, args.slow_subscribers, wcfg, q)))
+    for p in procs:
+        p.start()
+    finals: list[dict] = []
+    feed: dict = {}
+    windows: dict[int, bytes] = {}
+    acked: dict[int, int] = {}
+    errors: dict[int, int] = {}
+    history: list[tuple[float, int]] = []
+    rss = [_rss_mb(node_proc.pid)] if node_proc else []
+    expected = len(procs)
+    with Live(console=console, refresh_per_second=4, transient=True) as live:
+        while len(finals) + (1 if feed else 0) < expected:
+            try:
+                msg = q.get(timeout=0.25)
+            except queue_mod.Empty:
+                if not any(p.is_alive() for p in procs):
+                    break
+                continue
+            if msg["type"] == "progress":
+                windows[msg["worker"]] = msg["window"]
+                acked[msg["worker"]] = msg["acked"]
+                errors[msg["worker"]] = msg["errors"]
+                now = time.time()
+                total = sum(acked.values())
+                history.append((now, total))
+                past = [h for h in history if h[0] <= now - 1.0]
+                rate_now = (total - past[-1][1]) / (now - past[-1][0]) if past else 0.0
+                p99 = merge(list(windows.values())).get_value_at_percentile(99) / 1000
+                if node_proc:
+                    rss.append(_rss_mb(node_proc.pid))
+                live.update(_progress_table(max(0.0, now - start_at), rate_now, p99, total, sum(errors.values())))
+            elif msg["type"] == "traders":
+                finals.append(msg)
+            elif msg["type"] == "feed":
+                feed = msg
+    for p in procs:
+        p.join(timeout=30)
+    sent = sum(f["sent"] for f in finals)
+    acked_total = sum(f["acked"] for f in finals)
+    errs: dict[str, int] = {}
+    fees: dict[str, Decimal] = {}
+    for f in finals:
+        for k, v in f["errors"].items():
+            errs[k] = errs.get(k, 0) + v
+        for k, v in f["fees"].items():
+            fees[k] = fees.get(k, Decimal(0)) + Decimal(v)
+    n_err = sum(errs.values())
+    seconds = args.duration + args.warmup
+    rss_values = [r for r in rss if r is not None]
+    return {
+        "config": {"url": url, "embedded": bool(args.embedded), "traders": len(keys), "workers": n_workers,
+                   "scenario": args.scenario, "rate": rate, "inflight": args.inflight, "duration": args.duration,
+                   "warmup": args.warmup, "markets": symbols, "subscribers": args.subscribers},
+        "orders": {"sent": sent, "acked": acked_total, "errors": n_err, "errors_by_code": errs,
+                   "error_rate": n_err / sent if sent else 0.0, "acked_per_s": acked_total / seconds if seconds else 0.0,
+                   "cancel_races": sum(f["cancel_races"] for f in finals)},
+        "ack_latency_us": summary(merge([f["hist"] for f in finals])),
+        "fill_to_trade_us": summary(merge([feed.get("trade_lag", b"")])),
+        "feed_lag_us": summary(merge([feed.get("lag", b"")])),
+        "feed": {"subscribers": args.subscribers, "frames": feed.get("frames", 0),
+                 "frames_per_s": feed.get("frames", 0) / args.duration if args.duration else 0.0,
+                 "disconnects": feed.get("disconnects", 0)},
+        "correctness": {"acked_orders": sum(f["acked_orders"] for f in finals), "lost_acks": sum(f["lost_acks"] for f in finals),
+                        "depth_gaps": feed.get("gaps", 0), "book_mismatches": feed.get("mismatches", 0),
+                        "books_checked": feed.get("checked", 0), "trader_disconnects": sum(f["disconnects"] for f in finals)},
+        "slow_subscribers": {"count": feed.get("slow", 0), "dropped": feed.get("slow_dropped", 0),
+                             "rss_start_mb": rss_values[0] if rss_values else None,
+                             "rss_max_mb": max(rss_values) if rss_values else None},
+        "_fees": {k: str(v) for k, v in fees.items()},
+    }

@@ -1,0 +1,172 @@
+"""A worker process of traders: each with its own key and connection.
+
+Open loop (``rate`` set): every trader sends on a fixed schedule and latency is taken
+from the *intended* send time, so a slow server cannot hide its queueing by slowing the
+client down (no coordinated omission). Closed loop (``rate`` None): each trader keeps
+``inflight`` requests outstanding and sends as fast as acks return.
+
+Each trader also subscribes to its own ``account.orderUpdate`` stream: at the end every
+order the server acknowledged must have appeared there, and the fees it reports feed
+the runner's conservation check.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import trio
+from hdrh.histogram import HdrHistogram
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from satchel.loadtest.plan import Flow, MarketPlan
+from satchel.signing import Keypair, sign_request
+
+MAX_US = 60_000_000
+
+
+def new_hist() -> HdrHistogram:
+    return HdrHistogram(1, MAX_US, 3)
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.sent = 0
+        self.acked = 0
+        self.errors: Counter[str] = Counter()
+        self.hist = new_hist()
+        self.window = new_hist()
+        self.lost = 0
+        self.acked_orders = 0
+        self.fees: dict[str, Decimal] = {}
+        self.disconnects = 0
+        self.cancel_races = 0
+
+
+async def _trader(url: str, key: Keypair, flow: Flow, cfg: dict, stats: _Stats, t0: float) -> None:
+    rate = cfg["rate"]
+    warm_end = t0 + cfg["warmup"]
+    end = t0 + cfg["warmup"] + cfg["duration"]
+    pending: dict[int, tuple[float, str, dict]] = {}
+    acked_ids: set[str] = set()
+    seen_ids: set[str] = set()
+    slots = trio.Semaphore(cfg["inflight"])
+    next_id = 0
+
+    async with open_websocket_url(url, max_message_size=1 << 24) as ws:
+        _, sig = sign_request(key, "subscribe", {})
+        await ws.send_message(orjson.dumps({"method": "SUBSCRIBE", "params": ["account.orderUpdate"], "signature": sig}).decode())
+
+        async def reader() -> None:
+            while True:
+                msg = orjson.loads(await ws.get_message())
+                now = trio.current_time()
+                if "stream" in msg:
+                    d = msg["data"]
+                    seen_ids.add(d.get("i"))
+                    e = d.get("e")
+                    if e == "orderFill":
+                        stats.fees[d["N"]] = stats.fees.get(d["N"], Decimal(0)) + Decimal(d["n"])
+                        if d["X"] == "Filled" and d["m"]:
+                            flow.gone(d["i"])
+                    elif e == "orderCancelled" or e == "orderExpired":
+                        flow.gone(d["i"])
+                    continue
+                entry = pending.pop(msg.get("id"), None)
+                if entry is None:
+                    continue
+                intended, method, params = entry
+                if rate is None:
+                    slots.release()
+                if intended >= warm_end:
+                    us = max(1, int((now - intended) * 1e6))
+                    stats.hist.record_value(min(us, MAX_US))
+                    stats.window.record_value(min(us, MAX_US))
+                if "error" in msg:
+                    code = str(msg["error"]["code"])
+                    if code == "RESOURCE_NOT_FOUND" and method == "orderCancel":
+                        stats.cancel_races += 1  # the quote filled while the cancel was in flight
+                    else:
+                        stats.errors[code] += 1
+                    continue
+                stats.acked += 1
+                result = msg["result"]
+                if method == "orderExecute":
+                    acked_ids.add(result["id"])
+                flow.acked(method, params, result)
+
+        async def send(intended: float) -> None:
+            nonlocal next_id
+            method, params = flow.next()
+            next_id += 1
+            _, sig = sign_request(key, method, params, window=60_000)
+            pending[next_id] = (intended, method, params)
+            stats.sent += 1
+            await ws.send_message(orjson.dumps({"id": next_id, "method": method, "params": params, "signature": sig}).decode())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.sleep_until(t0)
+            if rate:
+                interval = 1.0 / rate
+                t = t0 + flow.rng.random() * interval  # spread the traders' phases
+                while t < end:
+                    if trio.current_time() < t:
+                        await trio.sleep_until(t)
+                    await send(t)
+                    t += interval
+            else:
+                while trio.current_time() < end:
+                    await slots.acquire()
+                    await send(trio.current_time())
+            with trio.move_on_after(10):
+                while pending:
+                    await trio.sleep(0.01)
+            with trio.move_on_after(3):  # order updates trail the acks by at most a block
+                while not acked_ids <= seen_ids:
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+    stats.lost += len(acked_ids - seen_ids)
+    stats.acked_orders += len(acked_ids)
+
+
+def run_worker(worker: int, url: str, secrets: list[str], roles: list[str], markets: list[dict], cfg: dict, queue: Any) -> None:
+    """Process entry point: run these traders, report progress and the final tallies."""
+    plans = [MarketPlan(**m) for m in markets]
+    stats = _Stats()
+
+    async def main() -> None:
+        # all workers start their clocks at the same wall-clock instant
+        t0 = trio.current_time() + max(0.0, cfg["start_at"] - time.time())
+
+        async def progress() -> None:
+            while True:
+                await trio.sleep(0.5)
+                queue.put({"type": "progress", "worker": worker, "sent": stats.sent, "acked": stats.acked,
+                           "errors": sum(stats.errors.values()), "window": stats.window.encode()})
+                stats.window.reset()
+
+        async def guarded(key: Keypair, flow: Flow) -> None:
+            try:
+                await _trader(url, key, flow, cfg, stats, t0)
+            except* (ConnectionClosed, OSError):
+                stats.disconnects += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(progress)
+            async with trio.open_nursery() as traders:
+                for i, (secret, role) in enumerate(zip(secrets, roles)):
+                    flow = Flow(role, plans, seed=cfg["seed"] * 1000 + worker * 100 + i)
+                    traders.start_soon(guarded, Keypair.from_secret(secret), flow)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    queue.put({
+        "type": "traders", "worker": worker, "sent": stats.sent, "acked": stats.acked, "errors": dict(stats.errors),
+        "hist": stats.hist.encode(), "lost_acks": stats.lost, "acked_orders": stats.acked_orders,
+        "fees": {k: str(v) for k, v in stats.fees.items()}, "disconnects": stats.disconnects,
+        "cancel_races": stats.cancel_races,
+    })
