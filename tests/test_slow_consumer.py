@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-import socket
-
-import orjson
 import trio
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Request, TextMessage
 
 from conftest import start_server
 from satchel.client import connect
+from satchel.loadtest.feed import stalled_subscription
 from satchel.messages import ASK, BID, GTC, LIMIT, REJECT_TAKER, CancelAll, Deposit, PlaceOrder
-
-
-async def stalled_subscriber(port: int, streams: list[str]) -> trio.SocketStream:
-    """Handshake and subscribe over a tiny receive buffer, then never read again."""
-    sock = trio.socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    await sock.connect(("127.0.0.1", port))
-    stream = trio.SocketStream(sock)
-    ws = WSConnection(ConnectionType.CLIENT)
-    await stream.send_all(ws.send(Request(host="127.0.0.1", target="/")))
-    while True:
-        ws.receive_data(await stream.receive_some(4096))
-        if any(isinstance(e, AcceptConnection) for e in ws.events()):
-            break
-    await stream.send_all(ws.send(TextMessage(orjson.dumps({"method": "SUBSCRIBE", "params": streams}).decode())))
-    return stream
 
 
 async def test_slow_subscriber_is_dropped(nursery, tmp_path):
     server = await start_server(nursery, tmp_path, send_buffer_frames=64)
     node, gw = server.node, server.gateway
-    stalled = await stalled_subscriber(gw.port, ["depth.SOL_USDC", "trade.SOL_USDC", "bookTicker.SOL_USDC"])
+    stalled = await stalled_subscription(gw.port, ["depth.SOL_USDC", "trade.SOL_USDC", "bookTicker.SOL_USDC"])
     await node.submit_wait(Deposit(node.admin.api_key, "mm", "USDC", 10**15))
     await node.submit_wait(Deposit(node.admin.api_key, "mm", "SOL", 10**15))
     async with connect(server.url) as healthy:

@@ -101,8 +101,8 @@ async def _subscriber(url: str, symbols: list[str], feed: _Feed, warm_end: float
             nursery.cancel_scope.cancel()
 
 
-async def _slow_subscriber(port: int, symbols: list[str], end: float) -> bool:
-    """Subscribe, never read until the end; True if the node had closed the connection."""
+async def stalled_subscription(port: int, streams: list[str]) -> trio.SocketStream:
+    """Handshake and subscribe through a 4 KiB receive buffer; the caller then never reads."""
     sock = trio.socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     await sock.connect(("127.0.0.1", port))
@@ -111,8 +111,13 @@ async def _slow_subscriber(port: int, symbols: list[str], end: float) -> bool:
     await stream.send_all(ws.send(Request(host="127.0.0.1", target="/")))
     while not any(isinstance(e, AcceptConnection) for e in ws.events()):
         ws.receive_data(await stream.receive_some(4096))
-    streams = [f"{kind}.{s}" for s in symbols for kind in ("depth", "trade")]
     await stream.send_all(ws.send(TextMessage(orjson.dumps({"method": "SUBSCRIBE", "params": streams}).decode())))
+    return stream
+
+
+async def _slow_subscriber(port: int, symbols: list[str], end: float) -> bool:
+    """Subscribe, never read until the end; True if the node had closed the connection."""
+    stream = await stalled_subscription(port, [f"{kind}.{s}" for s in symbols for kind in ("depth", "trade")])
     await trio.sleep_until(end)
     try:
         with trio.fail_after(10):
