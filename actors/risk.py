@@ -70,6 +70,16 @@ _TIFS = (GTC, IOC, FOK)
 _STPS = (REJECT_TAKER, REJECT_MAKER, REJECT_BOTH)
 
 
+def spot_forbidden(rules: dict[str, None], symbol: str) -> bool:
+    """The spot-permission rule for an account with trading restrictions.
+
+    ``rules`` holds the markets the account may not trade ("*" = all). Validators must
+    apply exactly this rule; the incident drill swaps it for a faulty one to show that a
+    node running other rules is caught.
+    """
+    return "*" in rules or symbol in rules
+
+
 class Risk:
     def __init__(self) -> None:
         self.assets: dict[str, AssetSpec] = {}
@@ -80,6 +90,8 @@ class Risk:
         self.deposits: dict[str, int] = {}
         self._touched: dict[tuple[str, str], None] = {}
         self._hold_bps: dict[str, int] = {}
+        self._accounts_off: dict[str, dict[str, None]] = {}
+        self._markets_off: dict[str, None] = {}
 
     # ------------------------------------------------------------------ configuration
 
@@ -92,6 +104,32 @@ class Risk:
         self.markets[spec.symbol] = spec
         # bids hold the larger fee rate, so either role's fee is covered (never negative)
         self._hold_bps[spec.symbol] = max(spec.taker_fee_bps, spec.maker_fee_bps, 0)
+
+    def set_trading(self, account: str | None, symbol: str | None, enabled: bool) -> None:
+        """Admin: spot trading on/off for an account (one market or all) or a market."""
+        if account is None:
+            if enabled:
+                self._markets_off.pop(symbol, None)
+            else:
+                self._markets_off[symbol] = None
+            return
+        rules = self._accounts_off.setdefault(account, {})
+        key = symbol or "*"
+        if enabled:
+            rules.pop(key, None)
+            if not rules:
+                del self._accounts_off[account]
+        else:
+            rules[key] = None
+
+    def _permission(self, account: str, symbol: str) -> str:
+        """Why spot trading is not permitted for this order ("" if it is)."""
+        if symbol in self._markets_off:
+            return "MarketTradingDisabled"
+        rules = self._accounts_off.get(account)
+        if rules is not None and spot_forbidden(rules, symbol):
+            return "AccountTradingDisabled"
+        return ""
 
     # ------------------------------------------------------------------ queries
 
@@ -120,6 +158,8 @@ class Risk:
             sorted([oid, h[0], h[1], h[2]] for oid, h in self._holds.items()),
             sorted(self.fees.items()),
             sorted(self.deposits.items()),
+            sorted([a, sorted(r)] for a, r in self._accounts_off.items()),
+            sorted(self._markets_off),
         ]
 
     # ------------------------------------------------------------------ phase 1
@@ -144,7 +184,7 @@ class Risk:
                 if spec is None:
                     out.append(order_rejected(seq, tx, "UnknownSymbol"))
                     continue
-                bad = _malformed(tx)
+                bad = _malformed(tx) or self._permission(tx.account, tx.symbol)
                 if bad:
                     out.append(order_rejected(seq, tx, bad))
                     continue
@@ -235,7 +275,9 @@ class Risk:
                     buyer, buy_order, buy_fee = ev.maker_account, ev.maker_order, ev.maker_fee
                     seller, sell_order, sell_fee = ev.taker_account, ev.taker_order, ev.taker_fee
                 # buyer: quote out of the hold (a rebate is paid to free), base in
-                self._consume(buy_order, buyer, spec.quote, quote_amt + max(buy_fee, 0))
+                short = self._consume(buy_order, buyer, spec.quote, quote_amt + max(buy_fee, 0))
+                if short:
+                    buy_fee -= short  # only after a fee increase: the part no balance covers is waived
                 qb = self._bal(buyer, spec.quote)
                 if buy_fee < 0:
                     qb[0] -= buy_fee
@@ -260,7 +302,22 @@ class Risk:
             out.append(BalanceChanged(last_seq, account, asset, bal[0], bal[1]))
         touched.clear()
 
-    def _consume(self, order_id: int, account: str, asset: str, amount: int) -> None:
+    def _consume(self, order_id: int, account: str, asset: str, amount: int) -> int:
+        """Take ``amount`` from the order's hold; returns what could not be covered.
+
+        Holds always cover fills at the fee rates in force when the order was placed. If
+        an admin raised the fees since, the excess comes from the free balance, and what
+        that cannot cover either is returned (the caller waives it) -- never a negative
+        balance.
+        """
         h = self._holds[order_id]
-        h[2] -= amount
-        self._balances[account][asset][1] -= amount
+        bal = self._balances[account][asset]
+        take = amount if amount <= h[2] else h[2]
+        h[2] -= take
+        bal[1] -= take
+        rest = amount - take
+        if rest:
+            extra = rest if rest <= bal[0] else bal[0]
+            bal[0] -= extra
+            return rest - extra
+        return 0

@@ -85,6 +85,31 @@ async def _faucet(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _admin(args: argparse.Namespace) -> int:
+    """Sign an admin transaction with the node's admin key and send it."""
+    from satchel.client import ReplyError, connect
+    from satchel.node import load_admin_key
+
+    if args.what == "trading":
+        method = "adminSetTrading"
+        params = {"enabled": args.state == "on"}
+        if args.account:
+            params["account"] = args.account
+        if args.symbol:
+            params["symbol"] = args.symbol
+    else:
+        method = "adminSetFees"
+        params = {"symbol": args.symbol, "makerFeeBps": args.maker, "takerFeeBps": args.taker}
+    async with connect(args.url, load_admin_key(Path(args.data))) as client:
+        try:
+            result = await client.request(method, params)
+        except ReplyError as exc:
+            print(f"satchel admin: {exc}", file=sys.stderr)
+            return 1
+    print(f"{method}: {result}")
+    return 0
+
+
 async def _replay(args: argparse.Namespace) -> int:
     from satchel.node import replay
 
@@ -112,6 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amount", default="10000")
     p.add_argument("--url", default="ws://127.0.0.1:8765")
     p.add_argument("--data", default="./data", help="the node's data directory (for its admin key)")
+
+    p = sub.add_parser("admin", help="admin transactions signed by the node's admin key")
+    asub = p.add_subparsers(dest="what", required=True)
+    t = asub.add_parser("trading", help="spot trading on/off for an account and/or a market")
+    t.add_argument("state", choices=["on", "off"])
+    t.add_argument("--account")
+    t.add_argument("--symbol")
+    f = asub.add_parser("fees", help="set a market's fee schedule (basis points)")
+    f.add_argument("--symbol", required=True)
+    f.add_argument("--maker", type=int, required=True)
+    f.add_argument("--taker", type=int, required=True)
+    for q in (t, f):
+        q.add_argument("--url", default="ws://127.0.0.1:8765")
+        q.add_argument("--data", default="./data")
 
     p = sub.add_parser("loadtest", help="drive a node with many traders; latency histograms and correctness checks")
     target = p.add_mutually_exclusive_group()
@@ -149,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.url:
                 args.embedded = True
             return loadtest(args)
-        runner = {"serve": _serve, "faucet": _faucet, "replay": _replay}[args.command]
+        runner = {"serve": _serve, "faucet": _faucet, "replay": _replay, "admin": _admin}[args.command]
         return trio.run(runner, args)
     except config_mod.ConfigError as exc:
         print(f"satchel: {exc}", file=sys.stderr)

@@ -45,6 +45,8 @@ from satchel.messages import (
     ListMarket,
     PlaceOrder,
     SetAdmin,
+    SetFees,
+    SetTrading,
     TxRejected,
     events_encoder,
 )
@@ -130,7 +132,7 @@ class Engine:
                 if part:
                     await self._run_phases(part, events)
                     part = []
-                self._configure(seq, tx, events)
+                await self._configure(seq, tx, events)
             seq += 1
         if part:
             await self._run_phases(part, events)
@@ -138,7 +140,7 @@ class Engine:
         self.last_timestamp = timestamp_us
         return events
 
-    def _configure(self, seq: int, tx: Any, events: list) -> None:
+    async def _configure(self, seq: int, tx: Any, events: list) -> None:
         cls = tx.__class__
         if cls is SetAdmin:
             if self.admin is not None:
@@ -152,7 +154,7 @@ class Engine:
             return
         if cls is ListAsset:
             self.assets[tx.spec.symbol] = tx.spec
-            self._risk_state.list_asset(tx.spec)
+            await self.risk.call("list_asset", tx.spec)
             events.append(ConfigChanged(seq, "asset", tx.spec.symbol))
         elif cls is ListMarket:
             spec = tx.spec
@@ -160,9 +162,26 @@ class Engine:
                 events.append(TxRejected(seq, tx.admin, "INVALID_MARKET", f"Cannot list {spec.symbol}"))
                 return
             self.markets[spec.symbol] = spec
-            self._risk_state.list_market(spec)
+            await self.risk.call("list_market", spec)
             self.books[spec.symbol] = spawn(self._nursery, f"book:{spec.symbol}", Book(spec))
             events.append(ConfigChanged(seq, "market", spec.symbol))
+        elif cls is SetTrading:
+            if (tx.symbol is not None and tx.symbol not in self.markets) or (tx.account is None and tx.symbol is None):
+                events.append(TxRejected(seq, tx.admin, "INVALID_SYMBOL", "Unknown market"))
+                return
+            await self.risk.call("set_trading", tx.account, tx.symbol, tx.enabled)
+            what = "trading.on" if tx.enabled else "trading.off"
+            events.append(ConfigChanged(seq, what, f"{tx.account or '*'}:{tx.symbol or '*'}"))
+        elif cls is SetFees:
+            spec = self.markets.get(tx.symbol)
+            if spec is None or tx.taker_fee_bps < 0 or tx.taker_fee_bps + tx.maker_fee_bps < 0 or tx.taker_fee_bps > 1000:
+                events.append(TxRejected(seq, tx.admin, "INVALID_FEES", "Unknown market or fee schedule out of range"))
+                return
+            spec = msgspec.structs.replace(spec, maker_fee_bps=tx.maker_fee_bps, taker_fee_bps=tx.taker_fee_bps)
+            self.markets[tx.symbol] = spec
+            await self.risk.call("list_market", spec)
+            await self.books[tx.symbol].call("set_spec", spec)
+            events.append(ConfigChanged(seq, "fees", tx.symbol))
 
     async def _run_phases(self, part: list, events: list) -> None:
         pre: list = []

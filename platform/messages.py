@@ -113,6 +113,27 @@ class Deposit(_Rec, tag=4):
     auth: Auth | None = None
 
 
+class SetTrading(_Rec, tag=5):
+    """Enable or disable spot trading: for one account (``account`` set; ``symbol`` set
+    for one market, None for all) or for a whole market (``account`` None)."""
+
+    admin: str
+    account: str | None
+    symbol: str | None
+    enabled: bool
+    auth: Auth | None = None
+
+
+class SetFees(_Rec, tag=6):
+    """Change a market's fee schedule, effective from this transaction on."""
+
+    admin: str
+    symbol: str
+    maker_fee_bps: int
+    taker_fee_bps: int
+    auth: Auth | None = None
+
+
 class PlaceOrder(_Rec, tag=10):
     account: str
     symbol: str
@@ -143,8 +164,8 @@ class CancelAll(_Rec, tag=12):
 
 
 # Every transaction type has an ``auth`` field (None for the node's own genesis records).
-Tx = Union[SetAdmin, ListAsset, ListMarket, Deposit, PlaceOrder, CancelOrder, CancelAll]
-ADMIN_TXS = (SetAdmin, ListAsset, ListMarket)
+Tx = Union[SetAdmin, ListAsset, ListMarket, Deposit, SetTrading, SetFees, PlaceOrder, CancelOrder, CancelAll]
+ADMIN_TXS = (SetAdmin, ListAsset, ListMarket, SetTrading, SetFees)
 
 
 # ---------------------------------------------------------------- events

@@ -5,9 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import trio
 
-from satchel.client import connect
+from satchel.client import ReplyError, connect
 from satchel.signing import Keypair
 from test_crash import free_port, log_state, start_node, wait_ready
 
@@ -53,3 +54,27 @@ async def test_faucet_and_replay(tmp_path):
 def test_faucet_without_admin_key(tmp_path):
     r = satchel("faucet", "--account", "x", "--data", str(tmp_path))
     assert r.returncode == 2 and "no admin key" in r.stderr
+
+
+async def test_admin_commands(tmp_path):
+    data = tmp_path / "data"
+    port = free_port()
+    proc = start_node(data, port, tmp_path / "node.log")
+    key = Keypair.generate()
+    url = f"ws://127.0.0.1:{port}"
+    try:
+        await wait_ready(url, proc)
+        run = lambda *a: trio.to_thread.run_sync(lambda: satchel("admin", *a, "--url", url, "--data", str(data)))
+        assert (await run("trading", "off", "--account", key.api_key)).returncode == 0
+        assert (await run("fees", "--symbol", "SOL_USDC", "--maker", "0", "--taker", "7")).returncode == 0
+        bad = await run("fees", "--symbol", "SOL_USDC", "--maker", "-9", "--taker", "7")
+        assert bad.returncode == 1 and "INVALID_FEES" in bad.stderr
+        await trio.to_thread.run_sync(lambda: satchel("faucet", "--account", key.api_key, "--url", url, "--data", str(data)))
+        async with connect(url, key) as c:
+            r = await c.request("orderExecute", {"symbol": "SOL_USDC", "side": "Bid", "orderType": "Limit", "price": "100", "quantity": "1"})
+            assert (r["status"], r["reason"]) == ("Rejected", "AccountTradingDisabled")
+            with pytest.raises(ReplyError) as e:
+                await c.request("adminSetFees", {"symbol": "SOL_USDC", "makerFeeBps": 0, "takerFeeBps": 0})
+            assert e.value.code == "UNAUTHORIZED"
+    finally:
+        proc.kill()

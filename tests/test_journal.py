@@ -115,3 +115,14 @@ def test_segments_roll_over(tmp_path):
     j2.append([(6, b"six")])
     j2.close()
     assert list(read_records(tmp_path))[-1] == b"six"
+
+
+async def test_rules_version_mismatch_is_refused(tmp_path, monkeypatch):
+    from satchel import node as node_mod
+    from satchel.node import DivergedError
+
+    data = tmp_path / "data"
+    await run_node(data, workload)
+    monkeypatch.setattr(node_mod, "RULES_VERSION", 2)
+    with pytest.raises(DivergedError, match="block 1 has rules version 1; this code runs 2"):
+        await replay(data)

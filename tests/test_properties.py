@@ -10,7 +10,7 @@ from conftest import ADMIN, Exchange
 from satchel import config
 from satchel.engine import Engine, events_hash
 from satchel.messages import (
-    ASK, BID, FOK, GTC, IOC, LIMIT, MARKET, CancelAll, CancelOrder, Deposit, Fill, OrderAccepted, OrderDone, PlaceOrder,
+    ASK, BID, FOK, GTC, IOC, LIMIT, MARKET, CancelAll, CancelOrder, Deposit, Fill, OrderAccepted, OrderDone, PlaceOrder, SetFees, SetTrading,
 )
 
 ACCOUNTS = ["a0", "a1", "a2", "a3", "a4"]
@@ -33,7 +33,12 @@ cancel_st = st.one_of(
 )
 deposit_st = st.builds(lambda a, asset, n: Deposit(ADMIN, a, asset, n), st.sampled_from(ACCOUNTS),
                        st.sampled_from(["USDC", "SOL", "BTC"]), st.integers(1, 10**13))
-tx_st = st.one_of(order_st, order_st, order_st, cancel_st, deposit_st)
+admin_st = st.one_of(
+    st.builds(lambda a, s, on: SetTrading(ADMIN, a, s, on), st.one_of(st.none(), st.sampled_from(ACCOUNTS)),
+              st.sampled_from(SYMBOLS), st.booleans()),
+    st.builds(lambda s, m, t: SetFees(ADMIN, s, max(m, -t), t), st.sampled_from(SYMBOLS), st.integers(-5, 20), st.integers(0, 50)),
+)
+tx_st = st.one_of(order_st, order_st, order_st, order_st, cancel_st, deposit_st, admin_st)
 workload_st = st.lists(st.lists(tx_st, min_size=1, max_size=25), min_size=1, max_size=12)
 
 

@@ -99,6 +99,18 @@ class NoParams(msgspec.Struct):
     pass
 
 
+class SetTradingParams(msgspec.Struct):
+    enabled: bool
+    account: str | None = None
+    symbol: str | None = None
+
+
+class SetFeesParams(msgspec.Struct):
+    symbol: str
+    makerFeeBps: int
+    takerFeeBps: int
+
+
 class DepositParams(msgspec.Struct):
     account: str
     asset: str

@@ -30,7 +30,8 @@ from satchel.gateway import protocol as P
 from satchel.gateway.wire import send_frames
 from satchel.marketdata import PRIVATE_STREAMS, SILENT_STREAMS
 from satchel.messages import (
-    REJECTED, Auth, CancelAll, CancelOrder, Deposit, Fill, OrderAccepted, OrderDone, PlaceOrder, TxRejected,
+    REJECTED, Auth, CancelAll, CancelOrder, Deposit, Fill, OrderAccepted, OrderDone, PlaceOrder, SetFees, SetTrading,
+    TxRejected,
 )
 from satchel.signing import decode_key, decode_signature, needs_quoting, signing_string
 
@@ -381,25 +382,47 @@ class Session:
         self.gw.check_symbol(params.symbol)
         self.push(P.result_frame(req.id, self.gw.marketdata.snapshot(params.symbol)))
 
-    def deposit(self, req: P.Request) -> None:
-        params, signed = self._signed_request(req, "deposit", P.DepositParams)
-        decimals = self.gw.assets.get(params.asset)
-        if decimals is None:
-            raise P.RequestError(P.INVALID_ASSET, f"Unknown asset {params.asset}")
+    def _admin_request(self, req: P.Request, instruction: str, schema: type) -> tuple[Any, _Signed]:
+        params, signed = self._signed_request(req, instruction, schema)
         if signed.account != self.gw.node.admin.api_key:
-            raise P.RequestError(P.UNAUTHORIZED, "Deposits must be signed by the admin key")
-        amount = P.quote_units(params.quantity, decimals)
-        if amount <= 0 or decode_key(params.account) is None:
-            raise P.RequestError(P.INVALID_REQUEST, "account must be an API key and quantity positive")
-        tx = Deposit(signed.account, params.account, params.asset, amount)
+            raise P.RequestError(P.UNAUTHORIZED, f"{instruction} must be signed by the admin key")
+        return params, signed
 
+    def _admin_reply(self, result: dict) -> Callable[[Any, list], str]:
         def reply(req_id: Any, events: list) -> str:
             for ev in events:
                 if ev.__class__ is TxRejected:
                     return P.error_frame(req_id, ev.code, ev.message)
-            return P.result_frame(req_id, {"account": params.account, "asset": params.asset, "quantity": params.quantity, "status": "Confirmed"})
+            return P.result_frame(req_id, result)
 
-        self._submit_signed(req.id, signed, tx, reply)
+        return reply
+
+    def admin_set_trading(self, req: P.Request) -> None:
+        params, signed = self._admin_request(req, "adminSetTrading", P.SetTradingParams)
+        if params.symbol is not None:
+            self.gw.check_symbol(params.symbol)
+        if params.account is None and params.symbol is None:
+            raise P.RequestError(P.INVALID_REQUEST, "Give an account, a symbol or both")
+        tx = SetTrading(signed.account, params.account, params.symbol, params.enabled)
+        self._submit_signed(req.id, signed, tx, self._admin_reply(msgspec.to_builtins(params)))
+
+    def admin_set_fees(self, req: P.Request) -> None:
+        params, signed = self._admin_request(req, "adminSetFees", P.SetFeesParams)
+        self.gw.check_symbol(params.symbol)
+        tx = SetFees(signed.account, params.symbol, params.makerFeeBps, params.takerFeeBps)
+        self._submit_signed(req.id, signed, tx, self._admin_reply(msgspec.to_builtins(params)))
+
+    def deposit(self, req: P.Request) -> None:
+        params, signed = self._admin_request(req, "deposit", P.DepositParams)
+        decimals = self.gw.assets.get(params.asset)
+        if decimals is None:
+            raise P.RequestError(P.INVALID_ASSET, f"Unknown asset {params.asset}")
+        amount = P.quote_units(params.quantity, decimals)
+        if amount <= 0 or decode_key(params.account) is None:
+            raise P.RequestError(P.INVALID_REQUEST, "account must be an API key and quantity positive")
+        tx = Deposit(signed.account, params.account, params.asset, amount)
+        result = {"account": params.account, "asset": params.asset, "quantity": params.quantity, "status": "Confirmed"}
+        self._submit_signed(req.id, signed, tx, self._admin_reply(result))
 
     # ------------------------------------------------------------------ streams
 
@@ -461,4 +484,6 @@ _METHODS: dict[str, Callable[[Session, P.Request], None]] = {
     "balanceQuery": Session.balance_query,
     "depth": Session.depth,
     "deposit": Session.deposit,
+    "adminSetTrading": Session.admin_set_trading,
+    "adminSetFees": Session.admin_set_fees,
 }
