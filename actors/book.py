@@ -178,11 +178,28 @@ class Book:
             levels = []
             for key in sorted(self._levels[side]):
                 lv = self._levels[side][key]
-                levels.append(
-                    [key, lv.total, [[o.oid, o.account, o.remaining, o.executed, o.executed_quote, o.client_id] for o in lv.queue if o.remaining]]
-                )
+                levels.append([key, lv.total, [
+                    [o.oid, o.account, o.remaining, o.executed, o.executed_quote, o.client_id, o.quantity]
+                    for o in lv.queue if o.remaining
+                ]])
             sides.append(levels)
         return [self.spec.symbol, self.last_price, self.trade_id, self.update_id, sides]
+
+    def restore(self, state: list) -> None:
+        """Rebuild from ``canonical()`` output (a snapshot): same orders, same priority."""
+        _symbol, last_price, self.trade_id, self.update_id, sides = state
+        if last_price:
+            self._set_last_price(last_price)
+        for side, levels in zip((BID, ASK), sides):
+            for key, _total, orders in levels:
+                price = -key if side == BID else key
+                for oid, account, remaining, executed, executed_quote, client_id, quantity in orders:
+                    o = _Order(oid, account, side, price, remaining, client_id, quantity)
+                    o.executed = executed
+                    o.executed_quote = executed_quote
+                    self._rest(o)
+        self._changed[BID].clear()
+        self._changed[ASK].clear()
 
     # ------------------------------------------------------------------ placing
 

@@ -162,6 +162,16 @@ class Risk:
             sorted(self._markets_off),
         ]
 
+    def restore(self, state: list) -> None:
+        """Rebuild balances, holds, fees and permissions from ``canonical()`` output."""
+        balances, holds, fees, deposits, accounts_off, markets_off = state
+        self._balances = {acct: {a: [free, held] for a, free, held in assets} for acct, assets in balances}
+        self._holds = {oid: [acct, asset, amount] for oid, acct, asset, amount in holds}
+        self.fees = dict(fees)
+        self.deposits = dict(deposits)
+        self._accounts_off = {a: dict.fromkeys(r) for a, r in accounts_off}
+        self._markets_off = dict.fromkeys(markets_off)
+
     # ------------------------------------------------------------------ phase 1
 
     def _bal(self, account: str, asset: str) -> list[int]:

@@ -110,6 +110,14 @@ async def _admin(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _snapshot(args: argparse.Namespace) -> int:
+    from satchel.node import take_snapshot
+
+    snap = await take_snapshot(args.data)
+    print(f"height={snap.height} txs={snap.txs} state={snap.state_hash}")
+    return 0
+
+
 async def _replay(args: argparse.Namespace) -> int:
     from satchel.node import replay
 
@@ -174,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None)
     p.add_argument("--seed", type=int, default=1)
 
+    p = sub.add_parser("snapshot", help="write a snapshot of the state at the journal's end")
+    p.add_argument("--data", default="./data")
+
     p = sub.add_parser("replay", help="rebuild state from the journal; prints blocks, txs and the state hash")
     p.add_argument("--data", default="./data")
 
@@ -188,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.url:
                 args.embedded = True
             return loadtest(args)
-        runner = {"serve": _serve, "faucet": _faucet, "replay": _replay, "admin": _admin}[args.command]
+        runner = {"serve": _serve, "faucet": _faucet, "replay": _replay, "admin": _admin, "snapshot": _snapshot}[args.command]
         return trio.run(runner, args)
     except config_mod.ConfigError as exc:
         print(f"satchel: {exc}", file=sys.stderr)

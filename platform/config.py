@@ -32,6 +32,7 @@ class NodeSettings(msgspec.Struct, frozen=True):
     block_max_txs: int = 4096
     block_interval_ms: float = 2.0
     segment_bytes: int = 64 << 20
+    snapshot_blocks: int = 10_000
 
 
 class GatewaySettings(msgspec.Struct, frozen=True):

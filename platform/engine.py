@@ -37,12 +37,14 @@ from satchel.actor import Mailbox, spawn
 from satchel.actors.book import Book
 from satchel.actors.risk import Risk
 from satchel.messages import (
+    AssetSpec,
     CancelAll,
     CancelOrder,
     ConfigChanged,
     Deposit,
     ListAsset,
     ListMarket,
+    MarketSpec,
     PlaceOrder,
     SetAdmin,
     SetFees,
@@ -89,6 +91,10 @@ class Guard:
 
     def canonical(self) -> list:
         return sorted(self._seen.items())
+
+    def restore(self, state: list) -> None:
+        # expire() relies on insertion in expiry order
+        self._seen = {sig: expiry for sig, expiry in sorted(state, key=lambda item: (item[1], item[0]))}
 
 
 class Engine:
@@ -216,17 +222,43 @@ class Engine:
         return hashlib.sha256(_state_encoder.encode(await self.canonical())).hexdigest()
 
     async def canonical(self) -> list:
+        """All ledger state as plain data in a fixed order: the state hash's input and a
+        snapshot's content (``restore`` takes it back)."""
         books = [await self.books[sym].call("canonical") for sym in sorted(self.books)]
         return [
             RULES_VERSION,
             self.admin,
             sorted([a.symbol, a.decimals] for a in self.assets.values()),
-            sorted(msgspec.to_builtins(m) for m in self.markets.values()),
+            # listing order matters (matching fans out in it), so it is kept, not sorted
+            [msgspec.to_builtins(m) for m in self.markets.values()],
             await self.risk.call("canonical"),
             books,
             self._guard.canonical(),
             self.last_seq,
+            self.last_timestamp,
         ]
+
+    async def restore(self, state: list) -> None:
+        """Load a snapshot into a fresh engine (no blocks applied yet)."""
+        version, admin, assets, markets, risk, books, guard, last_seq, last_timestamp = state
+        if version != RULES_VERSION:
+            raise ValueError(f"snapshot has rules version {version}; this code runs {RULES_VERSION}")
+        self.admin = admin
+        for symbol, decimals in assets:
+            spec = AssetSpec(symbol, decimals)
+            self.assets[symbol] = spec
+            await self.risk.call("list_asset", spec)
+        for raw in markets:
+            spec = msgspec.convert(raw, MarketSpec)
+            self.markets[spec.symbol] = spec
+            await self.risk.call("list_market", spec)
+            self.books[spec.symbol] = spawn(self._nursery, f"book:{spec.symbol}", Book(spec))
+        await self.risk.call("restore", risk)
+        for book_state in books:
+            await self.books[book_state[0]].call("restore", book_state)
+        self._guard.restore(guard)
+        self.last_seq = last_seq
+        self.last_timestamp = last_timestamp
 
 
 _GUARD_MESSAGES = {

@@ -287,7 +287,15 @@ class Block(msgspec.Struct, array_like=True, frozen=True):
     txs: list[Tx]
 
 
+class BlockHeaderOnly(msgspec.Struct, array_like=True, frozen=True):
+    """A journal record decoded only as far as its header (skipping old blocks fast)."""
+
+    header: BlockHeader
+    txs: msgspec.Raw
+
+
 block_encoder = msgspec.msgpack.Encoder()
+header_decoder = msgspec.msgpack.Decoder(BlockHeaderOnly)
 block_decoder = msgspec.msgpack.Decoder(Block)
 events_encoder = msgspec.msgpack.Encoder()
 events_decoder = msgspec.msgpack.Decoder(list[Event])

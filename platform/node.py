@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import gc
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+import msgspec
 import structlog
 import trio
 
 from satchel import config as config_mod
 from satchel.engine import RULES_VERSION, Engine, events_hash
 from satchel.journal import Journal, JournalCorrupt, read_records
-from satchel.messages import Block, BlockHeader, block_decoder, block_encoder
+from satchel import snapshots
+from satchel.messages import Block, BlockHeader, block_decoder, block_encoder, header_decoder
 from satchel.sequencer import Read, Sequencer, Stamped, now_us
 from satchel.signing import Keypair
 
@@ -105,12 +107,49 @@ class Chain:
         self._advance(header)
         return header, payload, events
 
+    async def load(self, snap: snapshots.Snapshot) -> None:
+        """Start from a snapshot instead of genesis."""
+        await self.engine.restore(snapshots.decode_state(snap))
+        self.height = snap.height
+        self.next_seq = snap.next_seq
+        self.last_timestamp = snap.last_timestamp
+        self.prev_hash = snap.block_hash
+        self.txs = snap.txs
+
+    async def snapshot(self) -> snapshots.Snapshot:
+        raw, digest = snapshots.encode_state(await self.engine.canonical())
+        return snapshots.Snapshot(self.height, self.next_seq, self.last_timestamp, self.prev_hash, self.txs, digest, msgspec.Raw(raw))
+
     def _advance(self, h: BlockHeader) -> None:
         self.height = h.height
         self.next_seq = h.first_seq + h.tx_count
         self.last_timestamp = h.timestamp
         self.prev_hash = header_hash(h)
         self.txs += h.tx_count
+
+
+async def recover_chain(chain: Chain, data: Path, records: Iterable[bytes], use_snapshots: bool = True) -> snapshots.Snapshot | None:
+    """Bring ``chain`` to the end of the journal, from the newest snapshot if there is one."""
+    snap = snapshots.newest(data / "snapshots") if use_snapshots else None
+    covered = snap is None
+    if snap is not None:
+        await chain.load(snap)
+        log.info("snapshot.loaded", height=snap.height, state=snap.state_hash)
+    for payload in records:
+        if not covered:
+            h = header_decoder.decode(payload).header
+            if h.height < snap.height:
+                continue
+            if h.height == snap.height:
+                if header_hash(h) != snap.block_hash:
+                    raise DivergedError(f"snapshot at height {snap.height} does not match the journal's block")
+                covered = True
+                continue
+            raise DivergedError(f"journal skips from before height {snap.height} to {h.height}")
+        await chain.replay(block_decoder.decode(payload))
+    if not covered:
+        raise DivergedError(f"the journal ends before the snapshot's height {snap.height}")
+    return snap
 
 
 class Node:
@@ -125,10 +164,15 @@ class Node:
         self.sequencer: Sequencer | None = None
         self.chain: Chain | None = None
         self._stopped = trio.Event()
+        self._pending_snapshot: snapshots.Snapshot | None = None
 
     @property
     def engine(self) -> Engine:
         return self.chain.engine
+
+    def _last_snapshot_height(self) -> int:
+        snaps = sorted((self.data / "snapshots").glob("*.snap"))
+        return int(snaps[-1].stem) if snaps else 0
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``shutdown``; ``task_status.started()`` once ready for submissions.
@@ -168,14 +212,15 @@ class Node:
                 log.info("node.ready", height=self.chain.height, data=str(self.data))
                 task_status.started(self)
             self.journal.close()
+            if self.chain.height and self.chain.height != self._last_snapshot_height():
+                await trio.to_thread.run_sync(snapshots.write, self.data / "snapshots", await self.chain.snapshot())
             log.info("node.stopped", height=self.chain.height, txs=self.chain.txs, state=await self.engine.state_hash())
             actors.cancel_scope.cancel()
         self._stopped.set()
 
     async def _recover(self) -> None:
         started = trio.current_time()
-        for payload in self.journal.recover():
-            await self.chain.replay(block_decoder.decode(payload))
+        await recover_chain(self.chain, self.data, self.journal.recover())
         if self.chain.last_timestamp > now_us():
             log.warning("node.clock_behind_journal", journal_us=self.chain.last_timestamp)
         log.info(
@@ -194,6 +239,9 @@ class Node:
                     await send.send((item, None, None, None))
                 else:
                     header, payload, events = await self.chain.extend(item)
+                    if header.height % self.cfg.node.snapshot_blocks == 0:
+                        # written by the writer right after this block is durable
+                        self._pending_snapshot = await self.chain.snapshot()
                     await send.send((item, header, payload, events))
 
     async def _writer_stage(self, recv: trio.MemoryReceiveChannel, send: trio.MemorySendChannel) -> None:
@@ -206,8 +254,13 @@ class Node:
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 records = [(h.height, payload) for _, h, payload, _ in batch if h is not None]
+                snap, self._pending_snapshot = self._pending_snapshot, None
+                if snap is not None and records and records[-1][0] < snap.height:
+                    self._pending_snapshot, snap = snap, None  # its block is not in this batch yet
                 if records:
                     await trio.to_thread.run_sync(self.journal.append, records)
+                if snap is not None:
+                    await trio.to_thread.run_sync(snapshots.write, self.data / "snapshots", snap)
                 for entry in batch:
                     await send.send(entry)
 
@@ -298,3 +351,21 @@ async def replay(data: str | Path) -> tuple[int, int, str]:
             raise fatal from eg
         raise
     return chain.height, chain.txs, state
+
+
+async def take_snapshot(data: str | Path) -> snapshots.Snapshot:
+    """Offline: newest snapshot + journal tail (read-only) -> a snapshot at the journal's end."""
+    data = Path(data)
+    try:
+        async with trio.open_nursery() as actors:
+            chain = Chain(Engine(actors))
+            await recover_chain(chain, data, read_records(data / "journal"))
+            snap = await chain.snapshot()
+            actors.cancel_scope.cancel()
+    except BaseExceptionGroup as eg:
+        fatal = _first_leaf(eg, (JournalCorrupt, DivergedError))
+        if fatal is not None:
+            raise fatal from eg
+        raise
+    await trio.to_thread.run_sync(snapshots.write, data / "snapshots", snap)
+    return snap
