@@ -36,6 +36,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from satchel.demo import MarketMaker
     from satchel.gateway import Gateway
     from satchel.node import Node
+    from satchel.replication import Replicator
 
     cfg = config_mod.load(args.config)
     host = args.host or cfg.node.host
@@ -45,6 +46,9 @@ async def _serve(args: argparse.Namespace) -> int:
         await outer.start(node.run)
         async with trio.open_nursery() as edges:
             gateway = await edges.start(Gateway(node, host, port).run)
+            if args.replication_port >= 0:
+                replicator = await edges.start(Replicator(node, host, args.replication_port).run)
+                print(f"satchel: block stream on ws://{host}:{replicator.port}", file=sys.stderr, flush=True)
             print(f"satchel: serving {gateway.url} (data {Path(args.data).resolve()})", file=sys.stderr, flush=True)
             if not args.no_demo:
                 edges.start_soon(MarketMaker(node).run)
@@ -110,6 +114,51 @@ async def _admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _faulty_permission_rule() -> None:
+    """Test-only hook for the incident drill: a validator with a different spot rule.
+
+    The faulty rule treats a restriction on any one market as a ban on all markets.
+    """
+    from satchel.actors import risk
+
+    risk.spot_forbidden = lambda rules, symbol: bool(rules)
+    structlog.get_logger("satchel").warning("validator.faulty_rule_installed", rule="spot_forbidden")
+
+
+async def _validator(args: argparse.Namespace) -> int:
+    from satchel.validator import Divergence, Validator
+
+    if args.test_faulty_permission_rule:
+        _faulty_permission_rule()
+    v = Validator(args.data, verify_processes=args.verify_processes, snapshot_blocks=args.snapshot_blocks)
+    diverged: list[Divergence] = []
+    try:
+        if args.journal:
+            height = await v.check_journal(args.journal)
+            print(f"validated blocks=1..{height} signatures={v.verified_signatures}")
+        else:
+            await v.follow(args.follow)
+    except* Divergence as eg:
+        diverged.extend(eg.exceptions)
+    if diverged:
+        print(f"satchel validator: {diverged[0]}", file=sys.stderr)
+        return 4
+    return 0
+
+
+async def _incident(args: argparse.Namespace) -> int:
+    import json as json_mod
+
+    from satchel.incident import investigate, render
+
+    report = await investigate(args.data, args.from_snapshot)
+    out = Path(args.out or Path(args.data) / f"incident-{report['divergent_height']}.json")
+    out.write_text(json_mod.dumps(report, indent=2))
+    render(report)
+    print(f"report: {out}")
+    return 0
+
+
 async def _snapshot(args: argparse.Namespace) -> int:
     from satchel.node import take_snapshot
 
@@ -136,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=None, help="WebSocket port (default 8765; 0 picks a free one)")
     p.add_argument("--config", default=None, help="TOML file replacing the packaged defaults")
     p.add_argument("--no-demo", action="store_true", help="no demo accounts and market maker")
+    p.add_argument("--replication-port", type=int, default=8766, help="block stream for validators (0: any free port, -1: off)")
 
     sub.add_parser("keygen", help="print a new Ed25519 key pair")
 
@@ -182,6 +232,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None)
     p.add_argument("--seed", type=int, default=1)
 
+    p = sub.add_parser("validator", help="replay and check every block of a node (or a journal)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--follow", help="the node's replication endpoint, e.g. ws://127.0.0.1:8766")
+    src.add_argument("--journal", help="check a journal directory offline")
+    p.add_argument("--data", default="./validator-data", help="the validator's own journal, snapshots and reports")
+    p.add_argument("--verify-processes", type=int, default=2, help="signature worker processes (0: threads, -1: none)")
+    p.add_argument("--snapshot-blocks", type=int, default=10_000)
+    p.add_argument("--test-faulty-permission-rule", action="store_true", help=argparse.SUPPRESS)
+
+    p = sub.add_parser("incident", help="roll back a diverged node and report per-account differences")
+    p.add_argument("--data", required=True, help="the diverged node's (validator's) data directory")
+    p.add_argument("--from-snapshot", type=int, default=None, help="roll back to the snapshot at or below this height")
+    p.add_argument("--out", default=None, help="JSON report path (default DATA/incident-<height>.json)")
+
     p = sub.add_parser("snapshot", help="write a snapshot of the state at the journal's end")
     p.add_argument("--data", default="./data")
 
@@ -199,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.url:
                 args.embedded = True
             return loadtest(args)
-        runner = {"serve": _serve, "faucet": _faucet, "replay": _replay, "admin": _admin, "snapshot": _snapshot}[args.command]
+        runner = {"serve": _serve, "faucet": _faucet, "replay": _replay, "admin": _admin, "snapshot": _snapshot,
+                  "validator": _validator, "incident": _incident}[args.command]
         return trio.run(runner, args)
     except config_mod.ConfigError as exc:
         print(f"satchel: {exc}", file=sys.stderr)

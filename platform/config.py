@@ -134,9 +134,19 @@ def load(path: str | Path | None = None) -> Config:
     return cfg
 
 
-def genesis(cfg: Config, admin_key: str) -> list:
-    """The first block's transactions: admin key, assets, markets."""
-    txs: list = [SetAdmin(admin_key)]
-    txs += [ListAsset(admin_key, spec) for spec in cfg.asset_specs()]
-    txs += [ListMarket(admin_key, spec) for spec in cfg.market_specs()]
+def genesis(cfg: Config, admin: "str | Keypair") -> list:
+    """The first block's transactions: admin key, assets, markets.
+
+    Given the admin ``Keypair`` each is signed by it (what a node writes); given only
+    the API key string they are unsigned (engine-level tests).
+    """
+    from satchel.signing import Keypair, auth_for
+
+    if isinstance(admin, Keypair):
+        key, sign = admin.api_key, lambda name, params: auth_for(admin, name, params)
+    else:
+        key, sign = admin, lambda name, params: None
+    txs: list = [SetAdmin(key, sign("setAdmin", {"key": key}))]
+    txs += [ListAsset(key, spec, sign("listAsset", {"symbol": spec.symbol})) for spec in cfg.asset_specs()]
+    txs += [ListMarket(key, spec, sign("listMarket", {"symbol": spec.symbol})) for spec in cfg.market_specs()]
     return txs

@@ -7,7 +7,6 @@ restarted node quotes with the same accounts; they are funded once, by admin dep
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 from pathlib import Path
@@ -16,8 +15,8 @@ import structlog
 import trio
 
 from satchel.amounts import format_units, to_units
-from satchel.messages import ASK, BID, GTC, IOC, LIMIT, REJECT_TAKER, Auth, CancelAll, Deposit, MarketSpec, PlaceOrder
-from satchel.signing import Keypair, sign_request
+from satchel.messages import ASK, BID, GTC, IOC, LIMIT, REJECT_TAKER, CancelAll, Deposit, MarketSpec, PlaceOrder
+from satchel.signing import Keypair, auth_for
 
 log = structlog.get_logger("satchel.demo")
 
@@ -32,11 +31,6 @@ def _keys(data: Path, n: int) -> list[Keypair]:
     path.write_text(json.dumps([k.secret for k in keys]))
     path.chmod(0o600)
     return keys
-
-
-def signed(key: Keypair, tx_instruction: str, params: dict) -> Auth:
-    msg, sig = sign_request(key, tx_instruction, params)
-    return Auth(msg, base64.b64decode(sig[1]), int(sig[2]), int(sig[3]))
 
 
 class MarketMaker:
@@ -56,7 +50,9 @@ class MarketMaker:
                 for asset, amount in _FUNDING.items():
                     if asset in engine.assets:
                         units = to_units(amount, engine.assets[asset].decimals)
-                        await self.node.submit_wait(Deposit(self.node.admin.api_key, key.api_key, asset, units))
+                        params = {"account": key.api_key, "asset": asset, "quantity": amount}
+                        auth = auth_for(self.node.admin, "deposit", params)
+                        await self.node.submit_wait(Deposit(self.node.admin.api_key, key.api_key, asset, units, auth))
         for sym, spec in engine.markets.items():
             price = self.node.cfg.demo.prices.get(sym)
             if price:
@@ -73,7 +69,7 @@ class MarketMaker:
         # random walk of the mid, a few ticks per period
         mid = max(spec.tick * 10, mid + self.rng.randint(-3, 3) * spec.tick * max(1, mid // spec.tick // 10_000))
         self.mid[sym] = mid
-        self.node.submit(CancelAll(maker.api_key, sym, signed(maker, "orderCancelAll", {"symbol": sym})))
+        self.node.submit(CancelAll(maker.api_key, sym, auth_for(maker, "orderCancelAll", {"symbol": sym})))
         spread = max(spec.tick, mid // 2000 // spec.tick * spec.tick)
         lot = max(spec.min_quantity, -(-spec.min_notional * 20 // (mid * spec.notional_mult)) // spec.step * spec.step)
         for i in range(self.levels):
@@ -91,5 +87,5 @@ class MarketMaker:
             "price": format_units(price, spec.price_decimals), "quantity": format_units(qty, spec.quantity_decimals),
             "timeInForce": "GTC" if tif == GTC else "IOC",
         }
-        auth = signed(key, "orderExecute", params)
+        auth = auth_for(key, "orderExecute", params)
         self.node.submit(PlaceOrder(key.api_key, spec.symbol, side, LIMIT, tif, False, price, qty, 0, None, REJECT_TAKER, auth))

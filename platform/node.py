@@ -30,7 +30,7 @@ from satchel import config as config_mod
 from satchel.engine import RULES_VERSION, Engine, events_hash
 from satchel.journal import Journal, JournalCorrupt, read_records
 from satchel import snapshots
-from satchel.messages import Block, BlockHeader, block_decoder, block_encoder, header_decoder
+from satchel.messages import Block, BlockHeader, block_decoder, block_encoder, events_encoder, header_decoder
 from satchel.sequencer import Read, Sequencer, Stamped, now_us
 from satchel.signing import Keypair
 
@@ -77,6 +77,24 @@ def load_admin_key(data: Path) -> Keypair:
     return key
 
 
+class Applied:
+    """A block the engine has applied, on its way to the journal and then out."""
+
+    __slots__ = ("item", "header", "payload", "events", "events_bytes", "snapshot")
+
+    def __init__(self, item: Stamped, header: BlockHeader, payload: bytes, events: list, events_bytes: bytes):
+        self.item = item
+        self.header = header
+        self.payload = payload
+        self.events = events
+        self.events_bytes = events_bytes
+        self.snapshot: snapshots.Snapshot | None = None
+
+
+class BlockListener(Protocol):
+    def block(self, header: BlockHeader, payload: bytes, events_bytes: bytes, state_hash: str | None) -> None: ...
+
+
 class Chain:
     """Applies blocks in order, checking each against the chain it extends."""
 
@@ -100,12 +118,14 @@ class Chain:
         self._advance(h)
         return events
 
-    async def extend(self, item: Stamped) -> tuple[BlockHeader, bytes, list]:
+    async def extend(self, item: Stamped) -> "Applied":
         events = await self.engine.apply(item.first_seq, item.timestamp, item.txs)
-        header = BlockHeader(item.height, item.first_seq, item.timestamp, self.prev_hash, RULES_VERSION, len(item.txs), events_hash(events))
+        ev_bytes = events_encoder.encode(events)
+        header = BlockHeader(item.height, item.first_seq, item.timestamp, self.prev_hash, RULES_VERSION, len(item.txs),
+                             hashlib.sha256(ev_bytes).digest())
         payload = block_encoder.encode(Block(header, item.txs))
         self._advance(header)
-        return header, payload, events
+        return Applied(item, header, payload, events, ev_bytes)
 
     async def load(self, snap: snapshots.Snapshot) -> None:
         """Start from a snapshot instead of genesis."""
@@ -164,7 +184,7 @@ class Node:
         self.sequencer: Sequencer | None = None
         self.chain: Chain | None = None
         self._stopped = trio.Event()
-        self._pending_snapshot: snapshots.Snapshot | None = None
+        self.block_listeners: list[BlockListener] = []  # replication: every durable block
 
     @property
     def engine(self) -> Engine:
@@ -205,7 +225,7 @@ class Node:
                 pipeline.start_soon(self._writer_stage, to_writer, to_pub_send)
                 pipeline.start_soon(self._publisher, to_pub)
                 if self.chain.height == 0:
-                    *first, last = config_mod.genesis(self.cfg, self.admin.api_key)
+                    *first, last = config_mod.genesis(self.cfg, self.admin)
                     for tx in first:
                         self.sequencer.submit(tx, None)
                     await self.submit_wait(last)
@@ -236,13 +256,13 @@ class Node:
             async for item in recv:
                 if item.__class__ is Read:
                     item.result = await item.fn(self.engine)
-                    await send.send((item, None, None, None))
+                    await send.send(item)
                 else:
-                    header, payload, events = await self.chain.extend(item)
-                    if header.height % self.cfg.node.snapshot_blocks == 0:
+                    applied = await self.chain.extend(item)
+                    if applied.header.height % self.cfg.node.snapshot_blocks == 0:
                         # written by the writer right after this block is durable
-                        self._pending_snapshot = await self.chain.snapshot()
-                    await send.send((item, header, payload, events))
+                        applied.snapshot = await self.chain.snapshot()
+                    await send.send(applied)
 
     async def _writer_stage(self, recv: trio.MemoryReceiveChannel, send: trio.MemorySendChannel) -> None:
         async with recv, send:
@@ -253,23 +273,22 @@ class Node:
                         batch.append(recv.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                records = [(h.height, payload) for _, h, payload, _ in batch if h is not None]
-                snap, self._pending_snapshot = self._pending_snapshot, None
-                if snap is not None and records and records[-1][0] < snap.height:
-                    self._pending_snapshot, snap = snap, None  # its block is not in this batch yet
-                if records:
-                    await trio.to_thread.run_sync(self.journal.append, records)
-                if snap is not None:
-                    await trio.to_thread.run_sync(snapshots.write, self.data / "snapshots", snap)
+                blocks = [a for a in batch if a.__class__ is Applied]
+                if blocks:
+                    await trio.to_thread.run_sync(self.journal.append, [(a.header.height, a.payload) for a in blocks])
+                    for a in blocks:
+                        if a.snapshot is not None:
+                            await trio.to_thread.run_sync(snapshots.write, self.data / "snapshots", a.snapshot)
                 for entry in batch:
                     await send.send(entry)
 
     async def _publisher(self, recv: trio.MemoryReceiveChannel) -> None:
         async with recv:
-            async for item, header, _payload, events in recv:
-                if header is None:
-                    item.callback(item.result)
+            async for applied in recv:
+                if applied.__class__ is Read:
+                    applied.callback(applied.result)
                     continue
+                item, header, events = applied.item, applied.header, applied.events
                 callbacks = item.callbacks
                 first = item.first_seq
                 n = len(callbacks)
@@ -290,6 +309,9 @@ class Node:
                             log.exception("publisher.callback_failed", seq=first + i)
                 for sub in self.subscribers:
                     sub.publish(header, events)
+                state = applied.snapshot.state_hash if applied.snapshot is not None else None
+                for listener in self.block_listeners:
+                    listener.block(header, applied.payload, applied.events_bytes, state)
 
     def submit(self, tx: Any, callback: Callable[[list], None] | None = None) -> None:
         self.sequencer.submit(tx, callback)

@@ -105,6 +105,15 @@ def _b64(text: str, size: int) -> bytes | None:
     return raw if len(raw) == size else None
 
 
+def auth_for(key: Keypair, instruction: str, params: Mapping[str, object], window: int = 60_000) -> "Auth":
+    """A signed-request record for a transaction the node itself originates (genesis,
+    faucet deposits, demo orders), so validators can check every transaction alike."""
+    from satchel.messages import Auth
+
+    msg, sig = sign_request(key, instruction, params, window=window)
+    return Auth(msg, base64.b64decode(sig[1]), int(sig[2]), int(sig[3]))
+
+
 def decode_key(api_key: str) -> bytes | None:
     """The 32-byte public key of a base64 API key, or None."""
     return _b64(api_key, 32)

@@ -1,0 +1,229 @@
+"""A validator: replays every block with its own engine and stops at the first disagreement.
+
+For each block from the node's stream (or a journal directory, offline) it
+
+1. re-verifies every signed transaction: the signer is the account (or the admin key
+   for admin transactions), the signed string names the transaction's instruction and
+   carries its timestamp and window, and the Ed25519 signature is valid -- checked in
+   worker processes/threads while the engine runs;
+2. applies the block with its own engine and compares the events' hash with the
+   block's commitment;
+3. at every height where the node reports a snapshot, compares state hashes.
+
+It keeps its own journal copy and snapshots in its data directory, so a restart
+continues from its newest snapshot. On any mismatch it writes
+``divergence-<height>.json`` (the block, both event hashes, the differing events, both
+state hashes), keeps a snapshot of the state it reached under ``diverged/``, and exits
+with status 4: the input for ``satchel incident``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+import trio
+from trio_websocket import open_websocket_url
+
+from satchel import engine as engine_mod
+from satchel import snapshots
+from satchel.engine import Engine
+from satchel.journal import Journal, read_records
+from satchel.messages import (
+    Block, CancelAll, CancelOrder, Deposit, ListAsset, ListMarket, PlaceOrder, SetAdmin, SetFees, SetTrading,
+    block_decoder, events_decoder, events_encoder,
+)
+from satchel.node import Chain, DivergedError, header_hash, recover_chain, tune_gc
+from satchel.signing import ProcessVerifier, Verifier, decode_key
+
+log = structlog.get_logger("satchel.validator")
+
+INSTRUCTIONS = {
+    PlaceOrder: "orderExecute", CancelOrder: "orderCancel", CancelAll: "orderCancelAll", Deposit: "deposit",
+    SetTrading: "adminSetTrading", SetFees: "adminSetFees", SetAdmin: "setAdmin", ListAsset: "listAsset",
+    ListMarket: "listMarket",
+}
+
+
+def signer_of(tx: Any) -> str:
+    cls = tx.__class__
+    if cls is SetAdmin:
+        return tx.key
+    if cls in (PlaceOrder, CancelOrder, CancelAll):
+        return tx.account
+    return tx.admin
+
+
+class Divergence(Exception):
+    def __init__(self, report: dict):
+        super().__init__(f"diverged at block {report['height']}: {report['kind']}")
+        self.report = report
+
+
+class Validator:
+    def __init__(self, data: str | Path, verify_processes: int = 2, snapshot_blocks: int = 10_000):
+        self.data = Path(data)
+        self.verify_processes = verify_processes
+        self.snapshot_blocks = snapshot_blocks
+        self.verified_signatures = 0
+        self.last_log = 0.0
+        self.chain: Chain | None = None
+        self.verifier: Verifier | None = None
+
+    # ------------------------------------------------------------------ one block
+
+    async def check_signatures(self, block: Block) -> list[str]:
+        """Problems with the block's signed transactions (empty if all verify)."""
+        problems: list[str] = []
+        pending = []
+        seq = block.header.first_seq
+        for tx in block.txs:
+            auth = tx.auth
+            if auth is None:
+                if tx.__class__ in (PlaceOrder, CancelOrder, CancelAll):
+                    problems.append(f"seq {seq}: unsigned user transaction")
+            else:
+                signer = signer_of(tx)
+                public = decode_key(signer)
+                head = f"instruction={INSTRUCTIONS[tx.__class__]}&".encode()
+                tail = f"timestamp={auth.timestamp}&window={auth.window}".encode()
+                if public is None or not auth.message.startswith(head) or not auth.message.endswith(tail):
+                    problems.append(f"seq {seq}: signed string does not match the transaction")
+                else:
+                    pending.append((seq, public, auth))
+            seq += 1
+        if pending:
+            results = await _verify_all(self.verifier, pending)
+            for (s, _, _), ok in zip(pending, results):
+                if ok is None:
+                    problems.append(f"seq {s}: bad signature")
+            self.verified_signatures += len(pending)
+        return problems
+
+    async def apply(self, block: Block, node_events: bytes | None, node_state: str | None, payload: bytes,
+                    journal: Journal | None) -> None:
+        h = block.header
+        chain = self.chain
+        if h.height != chain.height + 1 or h.prev_hash != chain.prev_hash or h.first_seq != chain.next_seq:
+            raise DivergedError(f"block {h.height} does not extend block {chain.height}")
+        if h.rules_version != engine_mod.RULES_VERSION:
+            raise DivergedError(f"block {h.height} has rules version {h.rules_version}; this validator runs {engine_mod.RULES_VERSION}")
+        if self.verifier is not None:
+            problems = await self.check_signatures(block)
+            if problems:
+                raise Divergence({"height": h.height, "kind": "signatures", "problems": problems[:50]})
+        if journal is not None:
+            await trio.to_thread.run_sync(journal.append, [(h.height, payload)])
+        events = await chain.engine.apply(h.first_seq, h.timestamp, block.txs)
+        mine = events_encoder.encode(events)
+        chain._advance(h)
+        if hashlib.sha256(mine).digest() != h.events_hash:
+            raise Divergence(self._event_report(h, events, node_events))
+        if node_state is not None or h.height % self.snapshot_blocks == 0:
+            snap = await chain.snapshot()
+            if node_state is not None and snap.state_hash != node_state:
+                raise Divergence({"height": h.height, "kind": "state", "node_state": node_state, "validator_state": snap.state_hash})
+            if h.height % self.snapshot_blocks == 0 and journal is not None:
+                await trio.to_thread.run_sync(snapshots.write, self.data / "snapshots", snap)
+        now = time.monotonic()
+        if now - self.last_log >= 1.0:
+            self.last_log = now
+            log.info("validator.healthy", height=h.height, lag_ms=round(time.time() * 1000 - h.timestamp / 1000, 1),
+                     last_hash=header_hash(h).hex(), signatures=self.verified_signatures)
+
+    def _event_report(self, h: Any, events: list, node_events: bytes | None) -> dict:
+        mine = [msgspec.to_builtins(e) for e in events]
+        report: dict[str, Any] = {
+            "height": h.height, "kind": "events", "timestamp": h.timestamp,
+            "node_events_hash": h.events_hash.hex(),
+            "validator_events_hash": hashlib.sha256(events_encoder.encode(events)).hexdigest(),
+        }
+        if node_events is not None:
+            theirs = [msgspec.to_builtins(e) for e in events_decoder.decode(node_events)]
+            report["node_only"] = [e for e in theirs if e not in mine]
+            report["validator_only"] = [e for e in mine if e not in theirs]
+        else:
+            report["validator_events"] = mine
+        return report
+
+    # ------------------------------------------------------------------ running
+
+    async def _start(self, nursery: trio.Nursery, own_journal: bool) -> Journal | None:
+        tune_gc()
+        if self.verify_processes > 0:
+            self.verifier = ProcessVerifier(self.verify_processes)
+        elif self.verify_processes == 0:
+            self.verifier = Verifier()
+        if self.verifier is not None:
+            nursery.start_soon(self.verifier.run)
+        self.chain = Chain(Engine(nursery))
+        if not own_journal:
+            return None
+        journal = Journal(self.data / "journal")
+        await recover_chain(self.chain, self.data, journal.recover())
+        log.info("validator.resumed", height=self.chain.height)
+        return journal
+
+    async def follow(self, url: str) -> None:
+        async with trio.open_nursery() as nursery:
+            journal = await self._start(nursery, True)
+            try:
+                async with open_websocket_url(url, max_message_size=1 << 30) as ws:
+                    await ws.send_message(json.dumps({"from": self.chain.height + 1}))
+                    while True:
+                        payload, node_events, node_state = msgspec.msgpack.decode(await ws.get_message())
+                        await self._one(payload, node_events, node_state, journal)
+            finally:
+                journal.close()
+                nursery.cancel_scope.cancel()
+
+    async def check_journal(self, directory: str | Path) -> int:
+        async with trio.open_nursery() as nursery:
+            await self._start(nursery, False)
+            for payload in read_records(directory):
+                await self._one(payload, None, None, None)
+            height = self.chain.height
+            nursery.cancel_scope.cancel()
+        return height
+
+    async def _one(self, payload: bytes, node_events: Any, node_state: str | None, journal: Journal | None) -> None:
+        block = block_decoder.decode(payload)
+        try:
+            await self.apply(block, node_events, node_state, payload, journal)
+        except Divergence as d:
+            await self._record(d.report)
+            raise
+
+    async def _record(self, report: dict) -> None:
+        self.data.mkdir(parents=True, exist_ok=True)
+        path = self.data / f"divergence-{report['height']}.json"
+        report["validator_state"] = report.get("validator_state") or (await self.chain.snapshot()).state_hash
+        path.write_text(json.dumps(report, indent=2, default=str))
+        snap = await self.chain.snapshot()
+        await trio.to_thread.run_sync(snapshots.write, self.data / "diverged", snap)
+        log.error("validator.diverged", height=report["height"], kind=report["kind"], report=str(path))
+
+
+async def _verify_all(verifier: Verifier, pending: list) -> list:
+    results: list = [None] * len(pending)
+    done = trio.Event()
+    left = [len(pending)]
+
+    def make(i: int):
+        def cb(message: bytes | None) -> None:
+            results[i] = message
+            left[0] -= 1
+            if not left[0]:
+                done.set()
+
+        return cb
+
+    for i, (_, public, auth) in enumerate(pending):
+        verifier.check(public, (auth.message,), auth.signature, make(i))
+    await done.wait()
+    return results

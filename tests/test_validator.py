@@ -1,0 +1,143 @@
+"""Validators: agreement with the node, resume from snapshot, and the incident drill."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import trio
+
+from satchel.client import connect
+from satchel.config import DEFAULTS
+from satchel.journal import read_records
+from satchel.messages import PlaceOrder, block_decoder
+from satchel.node import load_admin_key
+from satchel.signing import Keypair
+from satchel.validator import Divergence, Validator
+from test_crash import free_port, wait_ready
+
+
+def start_node(tmp_path, port: int, rport: int) -> subprocess.Popen:
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(DEFAULTS.read_text().replace("snapshot_blocks = 10000", "snapshot_blocks = 5"))
+    return subprocess.Popen(
+        [sys.executable, "-m", "satchel.cli", "serve", "--data", str(tmp_path / "node"), "--port", str(port),
+         "--replication-port", str(rport), "--no-demo", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "node.log", "wb"))
+
+
+def limit(symbol: str, side: str, price: str, qty: str) -> dict:
+    return {"symbol": symbol, "side": side, "orderType": "Limit", "price": price, "quantity": qty}
+
+
+async def workload(url: str, data) -> tuple[Keypair, ...]:
+    alice, bob, carol = Keypair.generate(), Keypair.generate(), Keypair.generate()
+    async with connect(url, load_admin_key(data)) as admin:
+        for key, asset, qty in ((alice, "USDC", "100000"), (carol, "USDC", "100000"), (bob, "SOL", "1000"), (bob, "ETH", "100")):
+            await admin.request("deposit", {"account": key.api_key, "asset": asset, "quantity": qty})
+        # carol may not trade SOL_USDC; ETH_USDC stays open to her
+        await admin.request("adminSetTrading", {"account": carol.api_key, "symbol": "SOL_USDC", "enabled": False})
+    async with connect(url, alice) as a, connect(url, bob) as b, connect(url, carol) as c:
+        for i in range(12):
+            await b.request("orderExecute", limit("SOL_USDC", "Ask", f"{150 + i % 3}", "1"))
+            await b.request("orderExecute", limit("ETH_USDC", "Ask", f"{3000 + i % 3}", "0.1"))
+            await a.request("orderExecute", limit("SOL_USDC", "Bid", "152", "0.5"))
+            if i >= 6:  # the first six blocks' worth of traffic never touches carol's permission
+                r = await c.request("orderExecute", limit("ETH_USDC", "Bid", "3002", "0.1"))
+                assert r["status"] == "Filled"
+                r = await c.request("orderExecute", limit("SOL_USDC", "Bid", "152", "0.1"))
+                assert r["reason"] == "AccountTradingDisabled"
+    return alice, bob, carol
+
+
+def node_height(data) -> int:
+    return block_decoder.decode(list(read_records(data / "journal"))[-1]).header.height
+
+
+async def follow_until(v: Validator, url: str, height: int) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(v.follow, url)
+        with trio.fail_after(30):
+            while v.chain is None or v.chain.height < height:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def node(tmp_path):
+    port, rport = free_port(), free_port()
+    proc = start_node(tmp_path, port, rport)
+    yield proc, f"ws://127.0.0.1:{port}", f"ws://127.0.0.1:{rport}", tmp_path / "node"
+    proc.kill()
+    proc.wait()
+
+
+async def test_validator_agrees_and_resumes(node, tmp_path):
+    proc, url, rurl, data = node
+    await wait_ready(url, proc)
+    await workload(url, data)
+    height = node_height(data)
+    v = Validator(tmp_path / "v", snapshot_blocks=5)
+    await follow_until(v, rurl, height)
+    assert v.verified_signatures > 60  # every deposit, admin change and order, re-verified
+    assert not list((tmp_path / "v").glob("divergence-*.json"))
+    # a restart resumes from the validator's own snapshot and journal
+    v2 = Validator(tmp_path / "v", snapshot_blocks=5)
+    async with connect(url) as c:
+        await c.request("depth", {"symbol": "SOL_USDC"}, sign=False)
+    await follow_until(v2, rurl, height)
+    assert v2.verified_signatures < v.verified_signatures  # only what it had not seen, if anything
+    out = subprocess.run([sys.executable, "-m", "satchel.cli", "validator", "--journal", str(data / "journal"),
+                          "--data", str(tmp_path / "offline")], capture_output=True, text=True)
+    assert out.returncode == 0 and f"blocks=1..{height}" in out.stdout
+
+
+async def test_incident_drill(node, tmp_path, monkeypatch):
+    """A validator with a changed permission rule stops at the first affected block;
+    'satchel incident' then says exactly who gained and who lost."""
+    proc, url, rurl, data = node
+    await wait_ready(url, proc)
+    from satchel.actors import risk
+    monkeypatch.setattr(risk, "spot_forbidden", lambda rules, symbol: bool(rules))  # the faulty rule
+    v = Validator(tmp_path / "v", snapshot_blocks=5)
+    stopped: list[BaseException] = []
+
+    async def run_validator() -> None:
+        try:
+            await v.follow(rurl)
+        except BaseExceptionGroup as eg:
+            stopped.extend(_leaves(eg))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_validator)  # the validator runs alongside the node, live
+        alice, bob, carol = await workload(url, data)
+        with trio.fail_after(30):
+            while not stopped:
+                await trio.sleep(0.05)
+    assert any(isinstance(e, Divergence) for e in stopped), stopped
+    first_affected = next(
+        b.header.height for b in map(block_decoder.decode, read_records(data / "journal"))
+        if any(isinstance(tx, PlaceOrder) and tx.account == carol.api_key and tx.symbol == "ETH_USDC" for tx in b.txs))
+    report = json.loads((tmp_path / "v" / f"divergence-{first_affected}.json").read_text())
+    assert report["kind"] == "events" and report["height"] == first_affected
+    assert report["node_only"] and report["validator_only"]  # the differing events are named
+    monkeypatch.undo()
+
+    out = subprocess.run([sys.executable, "-m", "satchel.cli", "incident", "--data", str(tmp_path / "v")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    inc = json.loads((tmp_path / "v" / f"incident-{first_affected}.json").read_text())
+    assert inc["divergent_height"] == first_affected and inc["rolled_back_to"] < first_affected
+    gained = {(r["account"], r["asset"]) for r in inc["gainers"]}
+    lost = {(r["account"], r["asset"]) for r in inc["losers"]}
+    # under the faulty rule carol's ETH buy never happened: she kept USDC, bob kept ETH
+    assert (carol.api_key, "USDC") in gained and (carol.api_key, "ETH") in lost
+    assert (bob.api_key, "ETH") in gained and (bob.api_key, "USDC") in lost
+    assert "carol" not in out.stdout and "gainer" in out.stdout
+
+
+def _leaves(eg):
+    for e in eg.exceptions:
+        yield from _leaves(e) if isinstance(e, BaseExceptionGroup) else [e]
