@@ -159,11 +159,44 @@ async def _incident(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prove(args: argparse.Namespace) -> int:
+    import json as json_mod
+
+    from satchel import liabilities, snapshots
+
+    snap = snapshots.newest(Path(args.data) / "snapshots")
+    if snap is None:
+        print(f"satchel prove: no snapshot in {args.data}/snapshots (run 'satchel snapshot --data {args.data}')", file=sys.stderr)
+        return 2
+    state = snapshots.decode_state(snap)
+    proofs = liabilities.prove(state, args.account, snap.height, {a: d for a, d in state[2]})
+    if not proofs:
+        print(f"satchel prove: no balances for {args.account} at height {snap.height}", file=sys.stderr)
+        return 1
+    print(json_mod.dumps(proofs, indent=2))
+    return 0
+
+
+def _verify_proof(args: argparse.Namespace) -> int:
+    import json as json_mod
+
+    from satchel import liabilities
+
+    text = sys.stdin.read() if args.proof == "-" else Path(args.proof).read_text()
+    proofs = json_mod.loads(text)
+    proofs = proofs if isinstance(proofs, list) else [proofs]
+    bad = [p.get("asset", "?") for p in proofs if not liabilities.verify(p, args.root)]
+    for p in proofs:
+        print(f"{p.get('account')} {p.get('asset')} {p.get('balance')} at height {p.get('height')}: "
+              f"{'INVALID' if p.get('asset', '?') in bad else 'included in root ' + str(p.get('root'))}")
+    return 1 if bad else 0
+
+
 async def _snapshot(args: argparse.Namespace) -> int:
     from satchel.node import take_snapshot
 
     snap = await take_snapshot(args.data)
-    print(f"height={snap.height} txs={snap.txs} state={snap.state_hash}")
+    print(f"height={snap.height} txs={snap.txs} state={snap.state_hash} liabilities_root={snap.liabilities_root.hex()}")
     return 0
 
 
@@ -246,6 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-snapshot", type=int, default=None, help="roll back to the snapshot at or below this height")
     p.add_argument("--out", default=None, help="JSON report path (default DATA/incident-<height>.json)")
 
+    p = sub.add_parser("prove", help="inclusion proof of an account's balances in the newest snapshot's liabilities root")
+    p.add_argument("--data", default="./data")
+    p.add_argument("--account", required=True)
+
+    p = sub.add_parser("verify-proof", help="check an inclusion proof against its root, offline")
+    p.add_argument("proof", nargs="?", default="-", help="proof JSON file (default: stdin)")
+    p.add_argument("--root", default=None, help="the published root to check against (hex)")
+
     p = sub.add_parser("snapshot", help="write a snapshot of the state at the journal's end")
     p.add_argument("--data", default="./data")
 
@@ -257,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "keygen":
             return _keygen(args)
+        if args.command == "prove":
+            return _prove(args)
+        if args.command == "verify-proof":
+            return _verify_proof(args)
         if args.command == "loadtest":
             from satchel.loadtest.runner import run as loadtest
 

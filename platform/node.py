@@ -29,7 +29,7 @@ import trio
 from satchel import config as config_mod
 from satchel.engine import RULES_VERSION, Engine, events_hash
 from satchel.journal import Journal, JournalCorrupt, read_records
-from satchel import snapshots
+from satchel import liabilities, snapshots
 from satchel.messages import Block, BlockHeader, block_decoder, block_encoder, events_encoder, header_decoder
 from satchel.sequencer import Read, Sequencer, Stamped, now_us
 from satchel.signing import Keypair
@@ -137,8 +137,10 @@ class Chain:
         self.txs = snap.txs
 
     async def snapshot(self) -> snapshots.Snapshot:
-        raw, digest = snapshots.encode_state(await self.engine.canonical())
-        return snapshots.Snapshot(self.height, self.next_seq, self.last_timestamp, self.prev_hash, self.txs, digest, msgspec.Raw(raw))
+        state = await self.engine.canonical()
+        raw, digest = snapshots.encode_state(state)
+        return snapshots.Snapshot(self.height, self.next_seq, self.last_timestamp, self.prev_hash, self.txs, digest,
+                                  msgspec.Raw(raw), liabilities.root(state))
 
     def _advance(self, h: BlockHeader) -> None:
         self.height = h.height

@@ -36,6 +36,7 @@ class Snapshot(msgspec.Struct, array_like=True, frozen=True):
     txs: int
     state_hash: str
     state: msgspec.Raw  # msgpack of Engine.canonical()
+    liabilities_root: bytes = b""  # Merkle root over (account, asset, total): see liabilities.py
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -67,7 +68,8 @@ def write(directory: str | Path, snap: Snapshot) -> Path:
         os.close(dfd)
     for old in sorted(directory.glob("*.snap"))[:-KEEP]:
         old.unlink()
-    log.info("snapshot.written", height=snap.height, state=snap.state_hash, bytes=len(payload), file=str(path))
+    log.info("snapshot.written", height=snap.height, state=snap.state_hash, liabilities_root=snap.liabilities_root.hex(),
+             bytes=len(payload), file=str(path))
     return path
 
 
