@@ -133,8 +133,17 @@ class Validator:
         now = time.monotonic()
         if now - self.last_log >= 1.0:
             self.last_log = now
-            log.info("validator.healthy", height=h.height, lag_ms=round(time.time() * 1000 - h.timestamp / 1000, 1),
-                     last_hash=header_hash(h).hex(), signatures=self.verified_signatures)
+            status = {"height": h.height, "lag_ms": round(time.time() * 1000 - h.timestamp / 1000, 1),
+                      "last_hash": header_hash(h).hex(), "signatures": self.verified_signatures}
+            log.info("validator.healthy", **status)
+            if journal is not None:
+                self._expose(status)
+
+    def _expose(self, status: dict) -> None:
+        """``status.json`` in the data dir: height, lag and last verified hash, for monitoring."""
+        tmp = self.data / "status.json.tmp"
+        tmp.write_text(json.dumps(status))
+        tmp.replace(self.data / "status.json")
 
     def _event_report(self, h: Any, events: list, node_events: bytes | None) -> dict:
         mine = [msgspec.to_builtins(e) for e in events]

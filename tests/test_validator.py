@@ -83,6 +83,7 @@ async def test_validator_agrees_and_resumes(node, tmp_path):
     await follow_until(v, rurl, height)
     assert v.verified_signatures > 60  # every deposit, admin change and order, re-verified
     assert not list((tmp_path / "v").glob("divergence-*.json"))
+    assert json.loads((tmp_path / "v" / "status.json").read_text())["height"] >= 1
     # a restart resumes from the validator's own snapshot and journal
     v2 = Validator(tmp_path / "v", snapshot_blocks=5)
     async with connect(url) as c:
@@ -141,3 +142,17 @@ async def test_incident_drill(node, tmp_path, monkeypatch):
 def _leaves(eg):
     for e in eg.exceptions:
         yield from _leaves(e) if isinstance(e, BaseExceptionGroup) else [e]
+
+
+async def test_validator_refuses_other_rules_version(tmp_path, monkeypatch):
+    from satchel import engine
+    from satchel.node import DivergedError
+    from test_journal import run_node, workload as node_workload
+
+    data = tmp_path / "data"
+    await run_node(data, node_workload)
+    monkeypatch.setattr(engine, "RULES_VERSION", 2)
+    with pytest.raises(BaseExceptionGroup) as group:
+        await Validator(tmp_path / "v", verify_processes=-1).check_journal(data / "journal")
+    (exc,) = [e for e in _leaves(group.value) if isinstance(e, DivergedError)]
+    assert "rules version 1; this validator runs 2" in str(exc)
