@@ -33,7 +33,6 @@ from satchel.messages import (
     FILLED,
     FOK,
     GTC,
-    IOC,
     LIMIT,
     REJECT_BOTH,
     REJECT_MAKER,

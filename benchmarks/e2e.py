@@ -156,7 +156,7 @@ async def run(args: argparse.Namespace) -> None:
         # node
         with tempfile.TemporaryDirectory() as d:
             port = free_port()
-            node = subprocess.Popen([sys.executable, "-m", "satchel.cli", "serve", "--data", d, "--port", str(port), "--no-demo"],
+            node = subprocess.Popen([sys.executable, "-m", "satchel.cli", "serve", "--data", d, "--port", str(port), "--no-demo", "--replication-port", "-1"],
                                     stderr=subprocess.DEVNULL)
             try:
                 await wait_port(port)

@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--follow", help="the node's replication endpoint, e.g. ws://127.0.0.1:8766")
     src.add_argument("--journal", help="check a journal directory offline")
     p.add_argument("--data", default="./validator-data", help="the validator's own journal, snapshots and reports")
-    p.add_argument("--verify-processes", type=int, default=2, help="signature worker processes (0: threads, -1: none)")
+    p.add_argument("--verify-processes", type=int, default=0,
+                   help="signature checks: 0 = two worker threads (default), N = N worker processes, -1 = none")
     p.add_argument("--snapshot-blocks", type=int, default=10_000)
     p.add_argument("--test-faulty-permission-rule", action="store_true", help=argparse.SUPPRESS)
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+
+if TYPE_CHECKING:
+    from satchel.signing import Keypair
 
 from satchel.amounts import decimals_of, to_units
 from satchel.messages import AssetSpec, ListAsset, ListMarket, MarketSpec, SetAdmin

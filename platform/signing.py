@@ -20,6 +20,7 @@ import struct
 import sys
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import msgspec
@@ -27,6 +28,9 @@ import nacl.exceptions
 from nacl.bindings import crypto_sign_open
 import nacl.signing
 import trio
+
+if TYPE_CHECKING:
+    from satchel.messages import Auth
 
 DEFAULT_WINDOW_MS = 5000
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import trio
 import pytest
 
 from satchel import config

@@ -3,7 +3,6 @@ connection stays usable."""
 
 from __future__ import annotations
 
-import base64
 import time
 
 import orjson

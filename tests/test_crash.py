@@ -8,13 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError
 
-from satchel.client import ReplyError, connect
+from satchel.client import connect
 from satchel.node import load_admin_key
 from satchel.signing import Keypair
 
@@ -27,7 +26,8 @@ def free_port() -> int:
 
 def start_node(data: Path, port: int, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "satchel.cli", "serve", "--data", str(data), "--port", str(port), "--no-demo"],
+        [sys.executable, "-m", "satchel.cli", "serve", "--data", str(data), "--port", str(port), "--no-demo",
+         "--replication-port", "-1"],
         stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
     )
 

@@ -7,7 +7,6 @@ import shutil
 import pytest
 import trio
 
-from satchel import config
 from satchel.journal import MAGIC, Journal, JournalCorrupt, read_records
 from satchel.messages import ASK, BID, GTC, LIMIT, REJECT_TAKER, Deposit, PlaceOrder, block_decoder
 from satchel.node import Node, replay

@@ -30,7 +30,7 @@ from satchel.gateway import protocol as P
 from satchel.gateway.wire import send_frames
 from satchel.marketdata import PRIVATE_STREAMS, SILENT_STREAMS
 from satchel.messages import (
-    REJECTED, Auth, CancelAll, CancelOrder, Deposit, Fill, OrderAccepted, OrderDone, PlaceOrder, SetFees, SetTrading,
+    REJECTED, Auth, CancelAll, CancelOrder, Deposit, Fill, OrderDone, PlaceOrder, SetFees, SetTrading,
     TxRejected,
 )
 from satchel.signing import decode_key, decode_signature, needs_quoting, signing_string
@@ -285,8 +285,6 @@ class Session:
                     })
                 elif cls is OrderDone and ev.order_id == oid:
                     status, reason = ev.status, ev.reason
-                elif cls is OrderAccepted:
-                    pass
             if status is None:
                 status = P.PARTIALLY_FILLED if executed else P.NEW
             result = fmt.order(tx.symbol, oid, tx.client_id, tx.side, tx.price, tx.quantity, executed, executed_quote,

@@ -23,7 +23,6 @@ from rich.live import Live
 from rich.table import Table
 
 from satchel import config as config_mod
-from satchel.amounts import to_units
 from satchel.client import connect
 from satchel.loadtest.feed import run_feed
 from satchel.loadtest.plan import market_plans, roles
@@ -110,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             port = _free_port()
             url = f"ws://127.0.0.1:{port}"
             node_log = open(Path(tmp) / "node.log", "wb")
-            node_proc = subprocess.Popen([sys.executable, "-m", "satchel.cli", "serve", "--data", tmp, "--port", str(port), "--no-demo"]
+            node_proc = subprocess.Popen([sys.executable, "-m", "satchel.cli", "serve", "--data", tmp, "--port", str(port), "--no-demo", "--replication-port", "-1"]
                                          + (["--config", args.config] if args.config else []), stderr=node_log)
             data = Path(tmp)
         else:
