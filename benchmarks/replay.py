@@ -26,7 +26,7 @@ from benchmarks.engine import signed_like_clients, workload
 from satchel import config
 from satchel.amounts import format_units
 from satchel.cli import setup_logging
-from satchel.messages import Auth, CancelOrder, Deposit, PlaceOrder
+from satchel.messages import TIF_NAMES, Auth, CancelOrder, Deposit, PlaceOrder
 from satchel.node import Node
 from satchel.signing import Keypair, sign_request
 from satchel.validator import Validator
@@ -42,7 +42,7 @@ def signed_workload(n: int, keys: dict[str, Keypair], base_seq: int) -> list:
         if isinstance(tx, PlaceOrder):
             spec = specs[tx.symbol]
             params = {"symbol": tx.symbol, "side": SIDES[tx.side], "orderType": "Limit" if tx.price else "Market",
-                      "quantity": format_units(tx.quantity, spec.quantity_decimals)}
+                      "quantity": format_units(tx.quantity, spec.quantity_decimals), "timeInForce": TIF_NAMES[tx.tif]}
             if tx.price:
                 params["price"] = format_units(tx.price, spec.price_decimals)
             instruction = "orderExecute"

@@ -156,3 +156,30 @@ async def test_validator_refuses_other_rules_version(tmp_path, monkeypatch):
         await Validator(tmp_path / "v", verify_processes=-1).check_journal(data / "journal")
     (exc,) = [e for e in _leaves(group.value) if isinstance(e, DivergedError)]
     assert "rules version 1; this validator runs 2" in str(exc)
+
+
+async def test_validator_catches_a_signature_reused_for_another_order(tmp_path):
+    """A node that journals an order differing from what its account signed is caught."""
+    import msgspec
+
+    from satchel.messages import Deposit
+    from satchel.node import Node
+    from satchel.signing import auth_for
+    from test_signedtx import signed_order
+
+    data = tmp_path / "data"
+    key = Keypair.generate()
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(data).run)
+        params = {"account": key.api_key, "asset": "USDC", "quantity": "10000"}
+        await node.submit_wait(Deposit(node.admin.api_key, key.api_key, "USDC", 10**10, auth_for(node.admin, "deposit", params)))
+        honest = signed_order(key)
+        await node.submit_wait(honest)
+        forged = msgspec.structs.replace(signed_order(key, clientId=1), price=honest.price + 100)  # not what was signed
+        await node.submit_wait(forged)
+        node.shutdown()
+    with pytest.raises(BaseExceptionGroup) as group:
+        await Validator(tmp_path / "v").check_journal(data / "journal")
+    (d,) = [e for e in _leaves(group.value) if isinstance(e, Divergence)]
+    assert d.report["kind"] == "signatures"
+    assert "does not match the transaction" in d.report["problems"][0]
