@@ -13,7 +13,6 @@ Usage: python -m benchmarks.e2e [--seconds S] [--conns C] [--inflight W] [--runs
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,15 +24,9 @@ import orjson
 import trio
 from trio_websocket import open_websocket_url, serve_websocket
 
-from satchel.client import connect
+from satchel.client import connect, free_port
 from satchel.node import load_admin_key
 from satchel.signing import Keypair, sign_request
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- the echo server process

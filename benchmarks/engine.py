@@ -17,7 +17,7 @@ import time
 import msgspec
 import trio
 
-from benchmarks._stats import median_of
+from benchmarks._stats import median_of, submit_all
 from benchmarks.matching import generate
 from satchel.actors.book import Entry
 from satchel.cli import setup_logging
@@ -72,21 +72,8 @@ async def run_once(txs: list) -> float:
                 for asset in ("USDC", "SOL", "ETH", "BTC"):
                     node.submit(Deposit(admin, f"acct{i}", asset, 10**16))
             await node.submit_wait(Deposit(admin, "x", "USDC", 1))
-            done = trio.Event()
-            remaining = [len(txs)]
-
-            def ack(events: list) -> None:
-                remaining[0] -= 1
-                if not remaining[0]:
-                    done.set()
-
             t = time.perf_counter()
-            submit = node.submit
-            for i, tx in enumerate(txs):
-                submit(tx, ack)
-                if i % 2000 == 1999:
-                    await trio.sleep(0)  # let the pipeline run, as a gateway would
-            await done.wait()
+            await submit_all(node, txs)
             dt = time.perf_counter() - t
             node.shutdown()
     return len(txs) / dt

@@ -31,13 +31,9 @@ import time
 import orjson
 import trio
 
+from satchel.client import free_port
+
 _E = re.compile(rb'"E":(\d+)')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- clients

@@ -22,6 +22,7 @@ from pathlib import Path
 import msgspec
 import trio
 
+from benchmarks._stats import submit_all
 from benchmarks.engine import signed_like_clients, workload
 from satchel import config
 from satchel.amounts import format_units
@@ -70,19 +71,7 @@ async def build_journal(data: Path, n: int) -> int:
         base = node.sequencer.next_seq
         txs = signed_workload(n, keys, base)
         txs = [msgspec.structs.replace(tx, account=names[tx.account]) for tx in txs]
-        done = trio.Event()
-        left = [len(txs)]
-
-        def ack(_events: list) -> None:
-            left[0] -= 1
-            if not left[0]:
-                done.set()
-
-        for i, tx in enumerate(txs):
-            node.submit(tx, ack)
-            if i % 2000 == 1999:
-                await trio.sleep(0)
-        await done.wait()
+        await submit_all(node, txs)
         node.shutdown()
     return len(txs)
 
@@ -108,20 +97,7 @@ async def restart_time(tail: int) -> tuple[float, int]:
         snaps_before = set((data / "snapshots").glob("*.snap"))
         async with trio.open_nursery() as nursery:
             node = await nursery.start(Node(data).run)
-            txs = signed_like_clients(workload(tail))
-            done = trio.Event()
-            left = [len(txs)]
-
-            def ack(_events: list) -> None:
-                left[0] -= 1
-                if not left[0]:
-                    done.set()
-
-            for i, tx in enumerate(txs):
-                node.submit(tx, ack)
-                if i % 2000 == 1999:
-                    await trio.sleep(0)
-            await done.wait()
+            await submit_all(node, signed_like_clients(workload(tail)))
             node.shutdown()
         for snap in set((data / "snapshots").glob("*.snap")) - snaps_before:
             snap.unlink()  # as after a crash: only the old snapshot, then the tail

@@ -7,6 +7,7 @@ protocol an outside client would.
 from __future__ import annotations
 
 import itertools
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +17,13 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from satchel.signing import Keypair, sign_request
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for tests and tools)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class ReplyError(Exception):

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import gc
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -203,13 +204,8 @@ class Node:
         ``DivergedError`` itself (not wrapped in an exception group), so callers and
         operators see the file and offset or the block at fault.
         """
-        try:
+        with fatal_errors_unwrapped():
             await self._run(task_status)
-        except BaseExceptionGroup as eg:
-            fatal = _first_leaf(eg, (JournalCorrupt, DivergedError))
-            if fatal is not None:
-                raise fatal from eg
-            raise
 
     async def _run(self, task_status: Any) -> None:
         tune_gc()
@@ -349,6 +345,19 @@ async def _answer(register: Callable[[Callable[[Any], None]], None]) -> Any:
     return box[0]
 
 
+@contextmanager
+def fatal_errors_unwrapped() -> Iterator[None]:
+    """Re-raise a JournalCorrupt or DivergedError found inside trio's exception groups
+    as itself, so callers and operators see the file, offset or block at fault."""
+    try:
+        yield
+    except BaseExceptionGroup as eg:
+        fatal = _first_leaf(eg, (JournalCorrupt, DivergedError))
+        if fatal is not None:
+            raise fatal from eg
+        raise
+
+
 def _first_leaf(eg: BaseExceptionGroup, types: tuple) -> BaseException | None:
     for exc in eg.exceptions:
         if isinstance(exc, BaseExceptionGroup):
@@ -362,34 +371,24 @@ def _first_leaf(eg: BaseExceptionGroup, types: tuple) -> BaseException | None:
 
 async def replay(data: str | Path) -> tuple[int, int, str]:
     """Rebuild state from the journal alone: (blocks, txs, state hash)."""
-    try:
+    with fatal_errors_unwrapped():
         async with trio.open_nursery() as actors:
             chain = Chain(Engine(actors))
             for payload in read_records(Path(data) / "journal"):
                 await chain.replay(block_decoder.decode(payload))
             state = await chain.engine.state_hash()
             actors.cancel_scope.cancel()
-    except BaseExceptionGroup as eg:
-        fatal = _first_leaf(eg, (JournalCorrupt, DivergedError))
-        if fatal is not None:
-            raise fatal from eg
-        raise
     return chain.height, chain.txs, state
 
 
 async def take_snapshot(data: str | Path) -> snapshots.Snapshot:
     """Offline: newest snapshot + journal tail (read-only) -> a snapshot at the journal's end."""
     data = Path(data)
-    try:
+    with fatal_errors_unwrapped():
         async with trio.open_nursery() as actors:
             chain = Chain(Engine(actors))
             await recover_chain(chain, data, read_records(data / "journal"))
             snap = await chain.snapshot()
             actors.cancel_scope.cancel()
-    except BaseExceptionGroup as eg:
-        fatal = _first_leaf(eg, (JournalCorrupt, DivergedError))
-        if fatal is not None:
-            raise fatal from eg
-        raise
     await trio.to_thread.run_sync(snapshots.write, data / "snapshots", snap)
     return snap

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,15 +12,9 @@ from pathlib import Path
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError
 
-from satchel.client import connect
+from satchel.client import connect, free_port
 from satchel.node import load_admin_key
 from satchel.signing import Keypair
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_node(data: Path, port: int, log: Path) -> subprocess.Popen:

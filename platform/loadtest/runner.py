@@ -9,7 +9,6 @@ import os
 import queue as queue_mod
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 
 from satchel import config as config_mod
-from satchel.client import connect
+from satchel.client import connect, free_port
 from satchel.loadtest.feed import run_feed
 from satchel.loadtest.plan import market_plans, roles
 from satchel.loadtest.report import merge, render, summary, verdict
@@ -32,12 +31,6 @@ from satchel.node import load_admin_key
 from satchel.signing import Keypair
 
 FUNDING = {"USDC": "10000000", "BTC": "1000", "ETH": "10000", "SOL": "1000000"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss_mb(pid: int) -> float | None:
@@ -106,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.embedded:
             tmp = tempfile.mkdtemp(prefix="satchel-loadtest-")
-            port = _free_port()
+            port = free_port()
             url = f"ws://127.0.0.1:{port}"
             node_log = open(Path(tmp) / "node.log", "wb")
             node_proc = subprocess.Popen([sys.executable, "-m", "satchel.cli", "serve", "--data", tmp, "--port", str(port), "--no-demo", "--replication-port", "-1"]
