@@ -45,6 +45,7 @@ class GatewaySettings(msgspec.Struct, frozen=True):
     send_buffer_frames: int = 4096
     max_window_ms: int = 60_000
     verify_processes: int = 1  # 0 = verify in threads of this process instead
+    max_backlog: int = 100_000  # signed requests are refused while more than this wait
 
 
 class AssetConfig(msgspec.Struct, frozen=True):

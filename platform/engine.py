@@ -27,6 +27,7 @@ timestamp, the only input is the block.
 from __future__ import annotations
 
 import hashlib
+from heapq import heapify, heappop, heappush
 from operator import attrgetter
 from typing import Any
 
@@ -64,37 +65,47 @@ _state_encoder = msgspec.msgpack.Encoder()
 
 
 class Guard:
-    """Validity windows and replay protection for signed transactions (engine state)."""
+    """Validity windows and replay protection for signed transactions (engine state).
+
+    A signature is remembered only until its own window closes (timestamp + window):
+    after that a replay is refused as EXPIRED anyway. So memory is bounded by the
+    requests of the last window, not by a fixed horizon; a min-heap of expiries makes
+    forgetting O(log n) per signature.
+    """
 
     def __init__(self) -> None:
-        self._seen: dict[bytes, int] = {}  # signature -> expiry (ms), insertion = expiry order
-        self._horizon = 0
+        self._seen: dict[bytes, int] = {}  # signature -> expiry (ms)
+        self._expiries: list[tuple[int, bytes]] = []
 
     def check(self, auth: Any, now_ms: int, max_window_ms: int) -> str | None:
         if auth.window <= 0 or auth.window > max_window_ms:
             return "INVALID_WINDOW"
-        if auth.timestamp + auth.window < now_ms or auth.timestamp - max_window_ms > now_ms:
+        expiry = auth.timestamp + auth.window
+        if expiry < now_ms or auth.timestamp - max_window_ms > now_ms:
             return "EXPIRED"
-        if auth.signature in self._seen:
+        sig = auth.signature
+        if sig in self._seen:
             return "DUPLICATE_REQUEST"
-        self._seen[auth.signature] = now_ms + 2 * max_window_ms
+        self._seen[sig] = expiry
+        heappush(self._expiries, (expiry, sig))
         return None
 
     def expire(self, now_ms: int) -> None:
-        # entries were inserted with non-decreasing expiry, so the oldest come first
+        heap = self._expiries
         seen = self._seen
-        while seen:
-            sig = next(iter(seen))
-            if seen[sig] >= now_ms:
-                break
-            del seen[sig]
+        while heap and heap[0][0] < now_ms:
+            del seen[heappop(heap)[1]]
 
     def canonical(self) -> list:
         return sorted(self._seen.items())
 
     def restore(self, state: list) -> None:
-        # expire() relies on insertion in expiry order
-        self._seen = {sig: expiry for sig, expiry in sorted(state, key=lambda item: (item[1], item[0]))}
+        self._seen = dict(state)
+        self._expiries = [(expiry, sig) for sig, expiry in state]
+        heapify(self._expiries)
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 class Engine:

@@ -61,6 +61,7 @@ class Sequencer:
         self._queue: list = []  # Stamped | Read in order, waiting for the engine
         self._arrived = trio.Event()
         self._first_at = 0.0
+        self._queued_txs = 0  # in cut blocks not yet handed to the engine
         self.closed = False
 
     def submit(self, tx: Any, callback: Callable[[list], None] | None) -> None:
@@ -95,6 +96,7 @@ class Sequencer:
         self._txs = []
         self._callbacks = []
         self._queue.append(block)
+        self._queued_txs += len(block.txs)
 
     async def run(self, out: trio.MemorySendChannel) -> None:
         """Feed stamped blocks and reads to the engine until closed and drained."""
@@ -117,6 +119,13 @@ class Sequencer:
                 queue, self._queue = self._queue, []
                 for item in queue:
                     await out.send(item)
+                    if item.__class__ is Stamped:
+                        self._queued_txs -= len(item.txs)
+
+    @property
+    def backlog(self) -> int:
+        """Transactions accepted but not yet handed to the engine."""
+        return len(self._txs) + self._queued_txs
 
     def close(self) -> None:
         """Stop accepting; what was submitted is still sequenced and made durable."""

@@ -163,6 +163,7 @@ class Verifier:
         self._max_batch = max_batch
         self._pending: list = []
         self._wakeup = trio.Event()
+        self.backlog = 0  # signatures queued or being checked
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -179,10 +180,15 @@ class Verifier:
             results = await trio.to_thread.run_sync(_verify_batch, [item[:3] for item in batch])
         finally:
             self._slots.release()
+        self._deliver(batch, results)
+
+    def _deliver(self, batch: list, results: list) -> None:
+        self.backlog -= len(batch)
         for item, message in zip(batch, results):
             item[3](message)
 
     def check(self, public: bytes, candidates: tuple[bytes, ...], signature: bytes, callback) -> None:
+        self.backlog += 1
         self._pending.append((public, candidates, signature, callback))
         self._wakeup.set()
 
@@ -247,5 +253,4 @@ class ProcessVerifier(Verifier):
         finally:
             self._idle.append(proc)
             self._slots.release()
-        for item, idx in zip(batch, results):
-            item[3](item[1][idx] if idx >= 0 else None)
+        self._deliver(batch, [item[1][idx] if idx >= 0 else None for item, idx in zip(batch, results)])

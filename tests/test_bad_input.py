@@ -113,3 +113,12 @@ async def test_absurd_sizes_refused(server, alice):
         for params, code in ((order(quantity="9" * 30), "INVALID_QUANTITY"), (order(price="9" * 30), "INVALID_PRICE")):
             r = await c.exchange(1, signed_frame(alice, params), raw=True)
             assert r["error"]["code"] == code
+
+
+async def test_overloaded_node_refuses_signed_requests(nursery, tmp_path):
+    server = await start_server(nursery, tmp_path, max_backlog=-1)  # always "overloaded"
+    key = Keypair.generate()
+    async with connect(server.url, key) as c:
+        r = await c.exchange(1, signed_frame(key, order()), raw=True)
+        assert r["error"] == {"code": "TOO_MANY_REQUESTS", "message": "Node is busy; retry shortly"}
+        assert (await c.request("depth", {"symbol": "SOL_USDC"}, sign=False))["lastUpdateId"] == "0"

@@ -198,3 +198,20 @@ async def test_insufficient_funds_and_duplicate_client_id(ex):
     ev = await ex.block([order("alice", BID, 14000, 100, client_id=5)])
     assert done(ev, ex.seq - 1).reason == "DuplicateClientId"
     assert (await ex.balance("alice", "USDC"))[1] == 140 * USDC + 140 * USDC * 5 // 10_000
+
+
+def test_guard_forgets_signatures_when_their_window_closes():
+    from satchel.engine import Guard
+    from satchel.messages import Auth
+
+    g = Guard()
+    now = 1_000_000
+    assert g.check(Auth(b"m", b"a" * 64, now, 5_000), now, 60_000) is None
+    assert g.check(Auth(b"m", b"b" * 64, now, 60_000), now, 60_000) is None
+    assert g.check(Auth(b"m", b"a" * 64, now, 5_000), now + 1, 60_000) == "DUPLICATE_REQUEST"
+    g.expire(now + 5_001)
+    assert len(g) == 1  # "a" forgotten: a replay of it would now be EXPIRED anyway
+    assert g.check(Auth(b"m", b"a" * 64, now, 5_000), now + 5_001, 60_000) == "EXPIRED"
+    assert g.check(Auth(b"m", b"c" * 64, now + 70_000, 5_000), now, 60_000) == "EXPIRED"  # too far ahead
+    g.expire(now + 60_001)
+    assert len(g) == 0

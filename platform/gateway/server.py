@@ -46,6 +46,11 @@ class Gateway:
         spec = self.markets.get(symbol)
         return self.assets.get(spec.quote) if spec else None
 
+    def overloaded(self) -> bool:
+        """Admission control: the verifier or the sequencer has too much waiting."""
+        limit = self.settings.max_backlog
+        return self.verifier.backlog > limit or self.node.sequencer.backlog > limit
+
     def check_symbol(self, symbol: str) -> None:
         if symbol not in self.markets:
             raise P.RequestError(P.INVALID_SYMBOL, f"Unknown symbol {symbol}")

@@ -154,6 +154,10 @@ class Session:
         if handler is None:
             self.push(P.error_frame(req.id, P.UNKNOWN_METHOD, f"Unknown method {method}"))
             return
+        if method != "depth" and self.gw.overloaded():
+            # bounded memory under overload: refuse now rather than queue without limit
+            self.push(P.error_frame(req.id, P.TOO_MANY_REQUESTS, "Node is busy; retry shortly"))
+            return
         try:
             handler(self, req)
         except P.RequestError as exc:
