@@ -164,12 +164,6 @@ class Book:
         asks = sorted((k, lv.total) for k, lv in self._levels[ASK].items())
         return (bids[:limit], asks[:limit]) if limit else (bids, asks)
 
-    def best(self, side: int) -> int | None:
-        lv = self._levels[side]
-        if not lv:
-            return None
-        return -min(lv) if side == BID else min(lv)
-
     def canonical(self) -> list:
         """Full state as plain data in a fixed order, for the state hash."""
         sides = []

@@ -148,10 +148,6 @@ class Risk:
                 out[asset] = out.get(asset, 0) + free + held
         return out
 
-    def held_for(self, order_id: int) -> int:
-        h = self._holds.get(order_id)
-        return h[2] if h else 0
-
     def canonical(self) -> list:
         return [
             sorted([acct, sorted([a, b[0], b[1]] for a, b in assets.items())] for acct, assets in self._balances.items()),

@@ -116,8 +116,7 @@ class Engine:
         self.admin: str | None = None
         self.assets: dict[str, Any] = {}
         self.markets: dict[str, Any] = {}
-        self._risk_state = Risk()
-        self.risk = spawn(nursery, "risk", self._risk_state)
+        self.risk = spawn(nursery, "risk", Risk())  # reached only through its mailbox
         self.books: dict[str, Mailbox] = {}
         self._guard = Guard()
         self.last_seq = 0

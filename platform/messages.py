@@ -165,7 +165,6 @@ class CancelAll(_Rec, tag=12):
 
 # Every transaction type has an ``auth`` field (None for the node's own genesis records).
 Tx = Union[SetAdmin, ListAsset, ListMarket, Deposit, SetTrading, SetFees, PlaceOrder, CancelOrder, CancelAll]
-ADMIN_TXS = (SetAdmin, ListAsset, ListMarket, SetTrading, SetFees)
 
 
 # ---------------------------------------------------------------- events

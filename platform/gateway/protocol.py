@@ -18,7 +18,7 @@ import msgspec
 from satchel.amounts import MAX_UNITS, AmountError, format_units, to_units
 from satchel.messages import (
     ASK, BID, FOK, GTC, IOC, LIMIT, MARKET, ORDER_TYPE_NAMES, REJECT_BOTH, REJECT_MAKER, REJECT_TAKER,
-    SIDE_NAMES, STP_NAMES, TIF_NAMES, NEW, PARTIALLY_FILLED, MarketSpec, PlaceOrder,
+    SIDE_NAMES, STP_NAMES, TIF_NAMES, NEW, PARTIALLY_FILLED, AssetSpec, MarketSpec, PlaceOrder,
 )
 
 # ------------------------------------------------------------------ errors
@@ -226,9 +226,9 @@ def order_tx(p: OrderExecuteParams, account: str, markets: dict[str, MarketSpec]
 class Formatter:
     """Integer state to Backpack's decimal-string payloads, per market."""
 
-    def __init__(self, markets: dict[str, MarketSpec], asset_decimals: dict[str, int]):
+    def __init__(self, markets: dict[str, MarketSpec], assets: dict[str, AssetSpec]):
         self.markets = markets
-        self.asset_decimals = asset_decimals
+        self.assets = assets
 
     def price(self, symbol: str, units: int) -> str:
         return format_units(units, self.markets[symbol].price_decimals)
@@ -237,10 +237,10 @@ class Formatter:
         return format_units(units, self.markets[symbol].quantity_decimals)
 
     def quote(self, symbol: str, units: int) -> str:
-        return format_units(units, self.asset_decimals[self.markets[symbol].quote])
+        return format_units(units, self.assets[self.markets[symbol].quote].decimals)
 
     def asset(self, asset: str, units: int) -> str:
-        return format_units(units, self.asset_decimals[asset])
+        return format_units(units, self.assets[asset].decimals)
 
     def levels(self, symbol: str, levels: list[tuple[int, int]]) -> list[list[str]]:
         d = self.markets[symbol]

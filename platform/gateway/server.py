@@ -30,9 +30,9 @@ class Gateway:
         self.port = port
         self.settings = node.cfg.gateway
         engine = node.engine
-        # the engine's listing tables, read-only here: markets listed later appear too
+        # the engine's listing tables, read-only here: markets and assets listed later appear too
         self.markets = engine.markets
-        self.assets = _AssetDecimals(engine.assets)
+        self.assets = engine.assets
         self.fmt = P.Formatter(self.markets, self.assets)
         self.marketdata = MarketData(self.fmt)
         node.subscribers.append(self.marketdata)
@@ -42,9 +42,13 @@ class Gateway:
         self.slow_consumers = 0
         self.url = ""
 
+    def decimals(self, asset: str) -> int | None:
+        spec = self.assets.get(asset)
+        return spec.decimals if spec else None
+
     def quote_decimals(self, symbol: str) -> int | None:
         spec = self.markets.get(symbol)
-        return self.assets.get(spec.quote) if spec else None
+        return self.decimals(spec.quote) if spec else None
 
     def overloaded(self) -> bool:
         """Admission control: the verifier or the sequencer has too much waiting."""
@@ -76,21 +80,3 @@ class Gateway:
             await Session(self, ws, peer).run()
         finally:
             self.sessions -= 1
-
-
-class _AssetDecimals(dict):
-    """asset -> decimals, a live view over the engine's asset specs."""
-
-    def __init__(self, specs: dict):
-        super().__init__()
-        self._specs = specs
-
-    def __getitem__(self, key: str) -> int:
-        return self._specs[key].decimals
-
-    def get(self, key: str, default: Any = None) -> Any:
-        spec = self._specs.get(key)
-        return spec.decimals if spec else default
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._specs

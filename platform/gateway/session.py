@@ -416,7 +416,7 @@ class Session:
 
     def deposit(self, req: P.Request) -> None:
         params, signed = self._admin_request(req, "deposit", P.DepositParams)
-        decimals = self.gw.assets.get(params.asset)
+        decimals = self.gw.decimals(params.asset)
         if decimals is None:
             raise P.RequestError(P.INVALID_ASSET, f"Unknown asset {params.asset}")
         amount = P.quote_units(params.quantity, decimals)
