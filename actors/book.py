@@ -50,13 +50,19 @@ from satchel.messages import (
 )
 
 _NO_LIMIT = 1 << 62
+# Resting orders one account may have in one market. Bounds what one account can make
+# the book hold, and keeps a cancelAll or orderQueryAll reply a reasonable size.
+MAX_OPEN_ORDERS = 1000
 
 
 class _Order:
-    __slots__ = ("oid", "account", "side", "price", "remaining", "executed", "executed_quote", "client_id", "quantity")
+    __slots__ = ("oid", "account", "side", "price", "remaining", "executed", "executed_quote", "client_id", "quantity",
+                 "created")
 
-    def __init__(self, oid: int, account: str, side: int, price: int, remaining: int, client_id: int | None, quantity: int):
+    def __init__(self, oid: int, account: str, side: int, price: int, remaining: int, client_id: int | None, quantity: int,
+                 created: int):
         self.oid = oid
+        self.created = created  # block timestamp, us
         self.quantity = quantity
         self.account = account
         self.side = side
@@ -68,8 +74,8 @@ class _Order:
 
 
 def _view(o: _Order) -> tuple:
-    """(order id, client id, side, price, quantity, executed, executed quote) -- plain values."""
-    return (o.oid, o.client_id, o.side, o.price, o.quantity, o.executed, o.executed_quote)
+    """(order id, client id, side, price, quantity, executed, executed quote, created us) -- plain values."""
+    return (o.oid, o.client_id, o.side, o.price, o.quantity, o.executed, o.executed_quote, o.created)
 
 
 class _Level:
@@ -109,6 +115,7 @@ class Book:
         self._by_client: dict[tuple[str, int], int] = {}
         self._by_account: dict[str, dict[int, None]] = {}
         self._changed: tuple[dict[int, None], dict[int, None]] = ({}, {})
+        self._now = 0  # the current block's timestamp, us
 
     # ------------------------------------------------------------------ public
 
@@ -117,11 +124,12 @@ class Book:
         if self.last_price:
             self._set_last_price(self.last_price)
 
-    def run_batch(self, commands: list, out: list) -> tuple[list, DepthDelta | None]:
+    def run_batch(self, commands: list, out: list, timestamp: int) -> tuple[list, DepthDelta | None]:
         """Apply one block's commands in order, appending events to ``out``.
 
         Returns ``out`` and a ``DepthDelta`` of the levels the batch changed (or None).
         """
+        self._now = timestamp
         last_seq = 0
         for cmd in commands:
             if cmd.__class__ is Entry:
@@ -172,7 +180,7 @@ class Book:
             for key in sorted(self._levels[side]):
                 lv = self._levels[side][key]
                 levels.append([key, lv.total, [
-                    [o.oid, o.account, o.remaining, o.executed, o.executed_quote, o.client_id, o.quantity]
+                    [o.oid, o.account, o.remaining, o.executed, o.executed_quote, o.client_id, o.quantity, o.created]
                     for o in lv.queue if o.remaining
                 ]])
             sides.append(levels)
@@ -186,8 +194,8 @@ class Book:
         for side, levels in zip((BID, ASK), sides):
             for key, _total, orders in levels:
                 price = -key if side == BID else key
-                for oid, account, remaining, executed, executed_quote, client_id, quantity in orders:
-                    o = _Order(oid, account, side, price, remaining, client_id, quantity)
+                for oid, account, remaining, executed, executed_quote, client_id, quantity, created in orders:
+                    o = _Order(oid, account, side, price, remaining, client_id, quantity, created)
                     o.executed = executed
                     o.executed_quote = executed_quote
                     self._rest(o)
@@ -200,7 +208,8 @@ class Book:
         out.append(order_rejected(seq, tx, reason))
 
     def _done(self, seq: int, o: _Order, status: str, reason: str, out: list) -> None:
-        out.append(OrderDone(seq, o.oid, o.account, self.spec.symbol, o.client_id, o.side, o.price, o.quantity, status, reason, o.executed, o.executed_quote))
+        out.append(OrderDone(seq, o.oid, o.account, self.spec.symbol, o.client_id, o.side, o.price, o.quantity, status, reason,
+                             o.executed, o.executed_quote, o.created))
 
     def _place(self, entry: Entry, out: list) -> None:
         tx = entry.tx
@@ -232,6 +241,8 @@ class Book:
                 limit_key = _NO_LIMIT
         if tx.client_id is not None and (tx.account, tx.client_id) in self._by_client:
             return self._reject(seq, tx, "DuplicateClientId", out)
+        if is_limit and tx.tif == GTC and len(self._by_account.get(tx.account, ())) >= MAX_OPEN_ORDERS:
+            return self._reject(seq, tx, "TooManyOpenOrders", out)
         if is_limit:
             limit_key = price if side == BID else -price  # the taker's limit in opposite-side keys
             if tx.post_only:
@@ -242,10 +253,11 @@ class Book:
             OrderAccepted(seq, seq, tx.account, tx.symbol, side, tx.order_type, tx.tif, price, tx.quantity, tx.quote_quantity, tx.client_id, tx.post_only)
         )
         want = entry.qty_cap
-        if tx.tif == FOK and is_limit and not self._fok_fillable(tx, limit_key, want):
-            out.append(OrderDone(seq, seq, tx.account, tx.symbol, tx.client_id, side, price, tx.quantity, EXPIRED, "FillOrKill", 0, 0))
+        if tx.tif == FOK and not self._fok_fillable(tx, limit_key, want, entry.quote_cap):
+            out.append(OrderDone(seq, seq, tx.account, tx.symbol, tx.client_id, side, price, tx.quantity, EXPIRED, "FillOrKill",
+                                 0, 0, self._now))
             return
-        taker = _Order(seq, tx.account, side, price, want, tx.client_id, tx.quantity)
+        taker = _Order(seq, tx.account, side, price, want, tx.client_id, tx.quantity, self._now)
         opp_heap = self._heaps[ASK if side == BID else BID]
         # heap[0] is at most the best live key (stale keys only sit lower), so a heap
         # top above the limit proves nothing crosses: most resting orders stop here
@@ -272,16 +284,20 @@ class Book:
             heappop(heap)
         return heap[0] if heap else None
 
-    def _fok_fillable(self, tx: PlaceOrder, cross_key: int, want: int) -> bool:
+    def _fok_fillable(self, tx: PlaceOrder, cross_key: int, want: int, quote_cap: int | None) -> bool:
         """Whether a fill-or-kill can fill completely, walking the book without changing it.
 
-        Own resting orders stop the walk under RejectTaker/RejectBoth (the order would be
+        Complete means: the whole quantity, within the funds held (``quote_cap``) for an
+        order sized in base; the whole ``quoteQuantity`` for one sized in quote. Own
+        resting orders stop the walk under RejectTaker/RejectBoth (the order would be
         cancelled part-way) and are skipped under RejectMaker (they would be cancelled).
         """
         opp = ASK if tx.side == BID else BID
         levels = self._levels[opp]
-        got = 0
+        mult = self.spec.notional_mult
+        got = spent = 0
         for key in sorted(k for k in levels if k <= cross_key):
+            price = key if opp == ASK else -key
             for o in levels[key].queue:
                 if not o.remaining:
                     continue
@@ -289,9 +305,14 @@ class Book:
                     if tx.stp == REJECT_MAKER:
                         continue
                     return False
-                got += o.remaining
+                qty = min(want - got, o.remaining)
+                quote = price * qty * mult
+                if quote_cap is not None and spent + quote > quote_cap:
+                    return bool(tx.quote_quantity)  # the quote target is reached here
+                got += qty
+                spent += quote
                 if got >= want:
-                    return True
+                    return not tx.quote_quantity  # sized in quote: base ran out first
         return False
 
     _capped = False

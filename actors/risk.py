@@ -148,6 +148,14 @@ class Risk:
                 out[asset] = out.get(asset, 0) + free + held
         return out
 
+    def ledger(self) -> dict[str, tuple[int, int, int]]:
+        """Per asset: (deposits, fees collected, sum of every account's free + held)."""
+        out = {asset: [self.deposits.get(asset, 0), fee, 0] for asset, fee in self.fees.items()}
+        for assets in self._balances.values():
+            for asset, (free, held) in assets.items():
+                out[asset][2] += free + held
+        return {asset: (d, f, b) for asset, (d, f, b) in out.items()}
+
     def canonical(self) -> list:
         return [
             sorted([acct, sorted([a, b[0], b[1]] for a, b in assets.items())] for acct, assets in self._balances.items()),

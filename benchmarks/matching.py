@@ -57,7 +57,7 @@ def run_once(batches: list[list], spec) -> tuple[float, int]:
     events = 0
     t = time.perf_counter()
     for batch in batches:
-        out, _ = book.run_batch(batch, [])
+        out, _ = book.run_batch(batch, [], 0)
         events += len(out)
     dt = time.perf_counter() - t
     return dt, events

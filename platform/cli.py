@@ -13,7 +13,7 @@ import trio
 
 from satchel import config as config_mod
 from satchel.journal import JournalCorrupt
-from satchel.node import DivergedError
+from satchel.node import DivergedError, fatal_errors_unwrapped
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -38,18 +38,27 @@ async def _serve(args: argparse.Namespace) -> int:
     from satchel.node import Node
     from satchel.replication import Replicator
 
+    from satchel.signing import decode_key
+
     cfg = config_mod.load(args.config)
     host = args.host or cfg.node.host
     port = cfg.node.port if args.port is None else args.port
+    followers = [decode_key(k) for k in args.allow_follower]
+    if None in followers:
+        bad = args.allow_follower[followers.index(None)]
+        print(f"satchel serve: --allow-follower {bad!r} is not a base64 Ed25519 public key", file=sys.stderr)
+        return 2
     node = Node(args.data, cfg)
     async with trio.open_nursery() as outer:
         await outer.start(node.run)
         async with trio.open_nursery() as edges:
             gateway = await edges.start(Gateway(node, host, port).run)
             if args.replication_port >= 0:
-                replicator = await edges.start(Replicator(node, host, args.replication_port).run)
-                print(f"satchel: block stream on ws://{host}:{replicator.port}", file=sys.stderr, flush=True)
-            print(f"satchel: serving {gateway.url} (data {Path(args.data).resolve()})", file=sys.stderr, flush=True)
+                await edges.start(Replicator(
+                    node, args.replication_host, args.replication_port, max_followers=args.max_followers,
+                    allow=followers).run)
+            # stderr carries log lines only (JSON, or readable on a terminal): no plain prints here
+            structlog.get_logger("satchel").info("node.serving", url=gateway.url, data=str(Path(args.data).resolve()))
             if not args.no_demo:
                 edges.start_soon(MarketMaker(node).run)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -126,12 +135,21 @@ def _faulty_permission_rule() -> None:
 
 
 async def _validator(args: argparse.Namespace) -> int:
-    from satchel.validator import Divergence, Validator
+    from satchel.validator import Divergence, FollowError, Validator, journal_dir, validator_key
 
+    if args.print_key:
+        print(validator_key(args.data).api_key)
+        return 0
+    if args.journal and journal_dir(args.journal) is None:
+        # checking nothing must not read as success
+        print(f"satchel validator: no journal segments (*.seg) in {args.journal} or {Path(args.journal) / 'journal'}",
+              file=sys.stderr)
+        return 2
     if args.test_faulty_permission_rule:
         _faulty_permission_rule()
     v = Validator(args.data, verify_processes=args.verify_processes, snapshot_blocks=args.snapshot_blocks)
     diverged: list[Divergence] = []
+    failed: list[FollowError] = []
     try:
         if args.journal:
             height = await v.check_journal(args.journal)
@@ -140,9 +158,14 @@ async def _validator(args: argparse.Namespace) -> int:
             await v.follow(args.follow)
     except* Divergence as eg:
         diverged.extend(eg.exceptions)
+    except* FollowError as eg:
+        failed.extend(eg.exceptions)
     if diverged:
         print(f"satchel validator: {diverged[0]}", file=sys.stderr)
         return 4
+    if failed:
+        print(f"satchel validator: {failed[0]}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -151,7 +174,11 @@ async def _incident(args: argparse.Namespace) -> int:
 
     from satchel.incident import investigate, render
 
-    report = await investigate(args.data, args.from_snapshot)
+    try:
+        report = await investigate(args.data, args.from_snapshot)
+    except FileNotFoundError as exc:
+        print(f"satchel incident: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out or Path(args.data) / f"incident-{report['divergent_height']}.json")
     out.write_text(json_mod.dumps(report, indent=2))
     render(report)
@@ -169,27 +196,68 @@ def _prove(args: argparse.Namespace) -> int:
         print(f"satchel prove: no snapshot in {args.data}/snapshots (run 'satchel snapshot --data {args.data}')", file=sys.stderr)
         return 2
     state = snapshots.decode_state(snap)
-    proofs = liabilities.prove(state, args.account, snap.height, {a: d for a, d in state[2]})
+    proofs = liabilities.prove(state, args.account, snap.height)
     if not proofs:
         print(f"satchel prove: no balances for {args.account} at height {snap.height}", file=sys.stderr)
+        return 1
+    recorded = snap.liabilities_root.hex()
+    if proofs[0]["root"] != recorded:
+        # e.g. a snapshot written by an older version, whose leaves committed to less
+        print(f"satchel prove: the snapshot at height {snap.height} records liabilities root {recorded or '(none)'}, "
+              f"but its state gives {proofs[0]['root']}; take a new snapshot ('satchel snapshot --data {args.data}')",
+              file=sys.stderr)
         return 1
     print(json_mod.dumps(proofs, indent=2))
     return 0
 
 
 def _verify_proof(args: argparse.Namespace) -> int:
+    """Exit 0: every proof is included in the given --root. 1: some proof is invalid or
+    not in that root. 3: no --root given, every proof is only self-consistent."""
     import json as json_mod
 
     from satchel import liabilities
 
-    text = sys.stdin.read() if args.proof == "-" else Path(args.proof).read_text()
-    proofs = json_mod.loads(text)
+    def show(value: object) -> str:
+        return value if isinstance(value, str) and value.isprintable() and value else repr(value)
+
+    expected = None
+    if args.root is not None:
+        expected = liabilities.normalize_root(args.root)
+        if expected is None:
+            print(f"satchel verify-proof: --root must be 64 hex digits, not {args.root!r}", file=sys.stderr)
+            return 2
+    try:
+        text = sys.stdin.read() if args.proof == "-" else Path(args.proof).read_text()
+        proofs = json_mod.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        print(f"satchel verify-proof: cannot read a proof from {args.proof}: {exc}", file=sys.stderr)
+        return 1
     proofs = proofs if isinstance(proofs, list) else [proofs]
-    bad = [p.get("asset", "?") for p in proofs if not liabilities.verify(p, args.root)]
-    for p in proofs:
-        print(f"{p.get('account')} {p.get('asset')} {p.get('balance')} at height {p.get('height')}: "
-              f"{'INVALID' if p.get('asset', '?') in bad else 'included in root ' + str(p.get('root'))}")
-    return 1 if bad else 0
+    if not proofs:
+        print("satchel verify-proof: the file holds no proofs", file=sys.stderr)
+        return 1
+    bad = 0
+    for n, p in enumerate(proofs, 1):
+        why = liabilities.check(p, expected)
+        if why is not None:
+            bad += 1
+            got = p if isinstance(p, dict) else {}
+            print(f"proof {n} ({show(got.get('account'))} {show(got.get('asset'))}): INVALID: {why}")
+            continue
+        # every figure shown here is one the leaf hash commits to
+        what = f"{show(p['account'])} {show(p['asset'])} {p['balance']} at height {p['height']}"
+        if expected is not None:
+            print(f"{what}: included in root {expected}")
+        else:
+            print(f"{what}: self-consistent with the root in the file, {p['root']} (NOT checked against a published root)")
+    if bad:
+        return 1
+    if expected is None:
+        print("NOT VERIFIED AS INCLUDED: no --root given, so this shows only that the proof is self-consistent, not "
+              "that it is included in a published root; pass --root <the liabilities root the exchange published>")
+        return 3
+    return 0
 
 
 async def _snapshot(args: argparse.Namespace) -> int:
@@ -219,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None, help="TOML file replacing the packaged defaults")
     p.add_argument("--no-demo", action="store_true", help="no demo accounts and market maker")
     p.add_argument("--replication-port", type=int, default=8766, help="block stream for validators (0: any free port, -1: off)")
+    p.add_argument("--replication-host", default="127.0.0.1", help="block stream listen address (default 127.0.0.1)")
+    p.add_argument("--allow-follower", action="append", default=[], metavar="KEY",
+                   help="a validator's API key allowed to follow the block stream (repeatable; also DATA/followers)")
+    p.add_argument("--max-followers", type=int, default=8, help="followers streamed to at once (default 8)")
 
     sub.add_parser("keygen", help="print a new Ed25519 key pair")
 
@@ -268,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("validator", help="replay and check every block of a node (or a journal)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--follow", help="the node's replication endpoint, e.g. ws://127.0.0.1:8766")
-    src.add_argument("--journal", help="check a journal directory offline")
+    src.add_argument("--journal", help="check a journal offline: its directory or the node's data directory")
+    src.add_argument("--print-key", action="store_true",
+                     help="print this validator's API key (created in DATA/validator.key) for the node's allow-list")
     p.add_argument("--data", default="./validator-data", help="the validator's own journal, snapshots and reports")
     p.add_argument("--verify-processes", type=int, default=0,
                    help="signature checks: 0 = two worker threads (default), N = N worker processes, -1 = none")
@@ -284,9 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="./data")
     p.add_argument("--account", required=True)
 
-    p = sub.add_parser("verify-proof", help="check an inclusion proof against its root, offline")
+    p = sub.add_parser("verify-proof", help="check an inclusion proof against a published root, offline "
+                                            "(exit 0 included, 1 invalid, 3 no --root: only self-consistent)")
     p.add_argument("proof", nargs="?", default="-", help="proof JSON file (default: stdin)")
-    p.add_argument("--root", default=None, help="the published root to check against (hex)")
+    p.add_argument("--root", default=None,
+                   help="the published liabilities root to check against (hex); without it the proof is only "
+                        "checked against itself and the exit status is 3")
 
     p = sub.add_parser("snapshot", help="write a snapshot of the state at the journal's end")
     p.add_argument("--data", default="./data")
@@ -311,14 +388,14 @@ def main(argv: list[str] | None = None) -> int:
             return loadtest(args)
         runner = {"serve": _serve, "faucet": _faucet, "replay": _replay, "admin": _admin, "snapshot": _snapshot,
                   "validator": _validator, "incident": _incident}[args.command]
-        return trio.run(runner, args)
+        with fatal_errors_unwrapped():  # the serve/validator nurseries wrap them in groups
+            return trio.run(runner, args)
     except config_mod.ConfigError as exc:
         print(f"satchel: {exc}", file=sys.stderr)
         return 2
     except (JournalCorrupt, DivergedError) as exc:
-        # exit status 3: the systemd unit does not restart into the same failure
+        # one line, and exit status 3: the systemd unit does not restart into the same failure
         structlog.get_logger("satchel").error("node.refused_journal", error=str(exc))
-        print(f"satchel: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         return 130

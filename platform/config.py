@@ -33,7 +33,6 @@ class NodeSettings(msgspec.Struct, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8765
     block_max_txs: int = 4096
-    block_interval_ms: float = 2.0
     segment_bytes: int = 64 << 20
     snapshot_blocks: int = 10_000
 
@@ -43,7 +42,10 @@ class GatewaySettings(msgspec.Struct, frozen=True):
     rate_per_second: float = 2000.0
     rate_burst: float = 4000.0
     send_buffer_frames: int = 4096
-    max_window_ms: int = 60_000
+    send_buffer_bytes: int = 4 << 20
+    max_page: int = 1000
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
     verify_processes: int = 1  # 0 = verify in threads of this process instead
     max_backlog: int = 100_000  # signed requests are refused while more than this wait
 
@@ -144,6 +146,7 @@ def genesis(cfg: Config, admin: "str | Keypair") -> list:
     Given the admin ``Keypair`` each is signed by it (what a node writes); given only
     the API key string they are unsigned (engine-level tests).
     """
+    from satchel.instructions import market_params
     from satchel.signing import Keypair, auth_for
 
     if isinstance(admin, Keypair):
@@ -151,6 +154,7 @@ def genesis(cfg: Config, admin: "str | Keypair") -> list:
     else:
         key, sign = admin, lambda name, params: None
     txs: list = [SetAdmin(key, sign("setAdmin", {"key": key}))]
-    txs += [ListAsset(key, spec, sign("listAsset", {"symbol": spec.symbol})) for spec in cfg.asset_specs()]
-    txs += [ListMarket(key, spec, sign("listMarket", {"symbol": spec.symbol})) for spec in cfg.market_specs()]
+    txs += [ListAsset(key, spec, sign("listAsset", {"symbol": spec.symbol, "decimals": spec.decimals}))
+            for spec in cfg.asset_specs()]
+    txs += [ListMarket(key, spec, sign("listMarket", market_params(spec))) for spec in cfg.market_specs()]
     return txs

@@ -54,7 +54,7 @@ from satchel.messages import (
     events_encoder,
 )
 
-RULES_VERSION = 1
+RULES_VERSION = 2
 # Longest validity window a signed request may ask for (Backpack's maximum). Part of
 # the rules, not the configuration: replay must judge windows exactly as the node did.
 MAX_WINDOW_MS = 60_000
@@ -146,12 +146,12 @@ class Engine:
                     part.append((seq, tx))
             else:
                 if part:
-                    await self._run_phases(part, events)
+                    await self._run_phases(part, events, timestamp_us)
                     part = []
                 await self._configure(seq, tx, events)
             seq += 1
         if part:
-            await self._run_phases(part, events)
+            await self._run_phases(part, events, timestamp_us)
         self.last_seq = seq - 1
         self.last_timestamp = timestamp_us
         return events
@@ -199,13 +199,13 @@ class Engine:
             await self.books[tx.symbol].call("set_spec", spec)
             events.append(ConfigChanged(seq, "fees", tx.symbol))
 
-    async def _run_phases(self, part: list, events: list) -> None:
+    async def _run_phases(self, part: list, events: list, timestamp_us: int) -> None:
         pre: list = []
         routed = await self.risk.call("pretrade", part, pre)
         # matching: fan out to every book with work, gather in listing order
         active = [(sym, self.books[sym]) for sym in self.markets if sym in routed]
         for sym, box in active:
-            await box.send("run_batch", routed[sym], [])
+            await box.send("run_batch", routed[sym], [], timestamp_us)
         outs = [pre]
         deltas = []
         for _sym, box in active:

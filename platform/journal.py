@@ -11,9 +11,10 @@ block that piled up meanwhile goes in the next write and fsync).
 
 Recovery tells a crash from corruption:
 * a record cut short or failing its checksum at the very end of the last segment is a
-  torn write from a crash: it is truncated away and logged;
+  torn write from a crash: once the node has decided to go on, it is truncated away
+  (its bytes kept in ``<segment>.torn``) and logged;
 * a bad record anywhere else cannot come from a crash: ``JournalCorrupt`` names the
-  file and offset, and the node refuses to start.
+  file and offset, and the node refuses to start, changing nothing.
 """
 
 from __future__ import annotations
@@ -90,39 +91,67 @@ def read_records(directory: str | Path) -> Iterator[bytes]:
 
 
 class Journal:
-    """Single-writer append handle. Call ``recover`` once before appending."""
+    """Single-writer append handle: ``recover`` (read only), then ``open``, then ``append``.
+
+    Recovery is decided before anything on disk changes: ``recover`` only reads and
+    notes a torn tail in ``torn``; once the caller has replayed the records and agrees
+    with what it found, ``open`` cuts the torn tail away (keeping its bytes beside the
+    segment as ``<segment>.torn``) and opens the journal for appending. A caller that
+    refuses the journal leaves every file as it was.
+    """
 
     def __init__(self, directory: str | Path, segment_bytes: int = 64 << 20):
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
         self._file = None
         self._size = 0
+        self.torn: tuple[Path, int] | None = None  # (segment, offset) of a torn tail found by recover
+        self._opened = False
 
     def recover(self) -> Iterator[bytes]:
-        """Yield every record; truncate a torn tail; raise JournalCorrupt on damage."""
+        """Yield every intact record; note a torn tail; raise JournalCorrupt on damage."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.torn = None
         segs = _segments(self.directory)
         for i, path in enumerate(segs):
-            last = i == len(segs) - 1
             data = path.read_bytes()
-            for offset, payload in _scan(path, data, last):
+            for offset, payload in _scan(path, data, i == len(segs) - 1):
                 if payload is None:
-                    log.warning("journal.torn_tail_truncated", file=str(path), offset=offset, bytes=len(data) - offset)
-                    with open(path, "r+b") as f:
-                        f.truncate(max(offset, 0))
-                        f.flush()
-                        os.fsync(f.fileno())
-                    if offset == 0:
-                        path.unlink()
+                    log.warning("journal.torn_tail", file=str(path), offset=offset, bytes=len(data) - offset)
+                    self.torn = (path, offset)
                     break
                 yield payload
+
+    def open(self, new_segment_at: int | None = None) -> None:
+        """Cut a torn tail away and open for appending; ``new_segment_at`` starts a new
+        segment at that height (when the next block does not follow the last record)."""
+        if self.torn is not None:
+            path, offset = self.torn
+            with open(path, "r+b") as f:
+                f.seek(offset)
+                tail = f.read()
+                side = path.with_name(f"{path.name}.torn")
+                side.write_bytes(tail)
+                f.truncate(offset)
+                f.flush()
+                os.fsync(f.fileno())
+            if offset == 0:
+                path.unlink()
+            log.warning("journal.torn_tail_truncated", file=str(path), offset=offset, bytes=len(tail), kept=str(side))
+            self.torn = None
+        self._opened = True
+        self.directory.mkdir(parents=True, exist_ok=True)
         segs = _segments(self.directory)
-        if segs:
+        if new_segment_at is not None:
+            self._roll(new_segment_at)
+        elif segs:
             self._file = open(segs[-1], "ab")
             self._size = self._file.tell()
 
     def append(self, records: list[tuple[int, bytes]]) -> None:
         """Write (height, payload) records and fsync. Blocking: run it in a worker thread."""
+        if not self._opened:
+            self.open()
         f = self._file
         parts = []
         for height, payload in records:

@@ -78,9 +78,17 @@ class MarketSpec(msgspec.Struct, array_like=True, frozen=True):
 
 
 class Auth(msgspec.Struct, array_like=True, frozen=True):
-    """The signed request as it arrived, kept so anyone can re-verify it."""
+    """A signed request as it arrived, kept so anyone can re-verify it.
 
-    message: bytes  # the exact string the key signed
+    The parameters are kept as the client signed them -- (key, literal text) pairs,
+    sorted by key -- not as the signed string: a value may hold ``&`` or ``=``, and
+    such a string cannot be split back into its parameters. The signed string is
+    rebuilt from them (``signing.signed_message``) and the transaction is rebuilt
+    from them by the same rules the gateway applied (``instructions.build``).
+    """
+
+    params: tuple[tuple[str, str], ...]
+    encoded: bool  # signed over percent-encoded keys and values (ccxt does), not the raw texts
     signature: bytes  # 64-byte Ed25519 signature
     timestamp: int  # client's timestamp, ms
     window: int  # validity window, ms
@@ -220,6 +228,7 @@ class OrderDone(_Rec, tag=22):
     reason: str  # "" or a Backpack-style reason
     executed_quantity: int
     executed_quote: int
+    created: int = 0  # when the order was placed (block timestamp, us); 0 if it never was
 
 
 def order_rejected(seq: int, tx: "PlaceOrder", reason: str) -> OrderDone:

@@ -30,6 +30,7 @@ import trio
 from satchel import config as config_mod
 from satchel.engine import RULES_VERSION, Engine, events_hash
 from satchel.journal import Journal, JournalCorrupt, read_records
+from satchel.latency import StageLatency
 from satchel import liabilities, snapshots
 from satchel.messages import Block, BlockHeader, block_decoder, block_encoder, events_encoder, header_decoder
 from satchel.sequencer import Read, Sequencer, Stamped, now_us
@@ -64,9 +65,9 @@ def header_hash(header: BlockHeader) -> bytes:
     return hashlib.sha256(_hash_encoder.encode(header)).digest()
 
 
-def load_admin_key(data: Path) -> Keypair:
-    """The node's admin key, created on first start (file mode 0600)."""
-    path = data / "admin.key"
+def load_admin_key(data: Path, name: str = "admin.key") -> Keypair:
+    """The key in ``data/name`` (the node's admin key by default), created on first use (file mode 0600)."""
+    path = data / name
     if path.exists():
         return Keypair.from_secret(path.read_text().strip())
     key = Keypair.generate()
@@ -81,7 +82,7 @@ def load_admin_key(data: Path) -> Keypair:
 class Applied:
     """A block the engine has applied, on its way to the journal and then out."""
 
-    __slots__ = ("item", "header", "payload", "events", "events_bytes", "snapshot")
+    __slots__ = ("item", "header", "payload", "events", "events_bytes", "snapshot", "applied_at", "durable_at")
 
     def __init__(self, item: Stamped, header: BlockHeader, payload: bytes, events: list, events_bytes: bytes):
         self.item = item
@@ -90,6 +91,7 @@ class Applied:
         self.events = events
         self.events_bytes = events_bytes
         self.snapshot: snapshots.Snapshot | None = None
+        self.applied_at = self.durable_at = 0.0
 
 
 class BlockListener(Protocol):
@@ -141,7 +143,7 @@ class Chain:
         state = await self.engine.canonical()
         raw, digest = snapshots.encode_state(state)
         return snapshots.Snapshot(self.height, self.next_seq, self.last_timestamp, self.prev_hash, self.txs, digest,
-                                  msgspec.Raw(raw), liabilities.root(state))
+                                  msgspec.Raw(raw), liabilities.root(state, self.height))
 
     def _advance(self, h: BlockHeader) -> None:
         self.height = h.height
@@ -151,16 +153,25 @@ class Chain:
         self.txs += h.tx_count
 
 
-async def recover_chain(chain: Chain, data: Path, records: Iterable[bytes], use_snapshots: bool = True) -> snapshots.Snapshot | None:
-    """Bring ``chain`` to the end of the journal, from the newest snapshot if there is one."""
+async def recover_chain(chain: Chain, data: Path, records: Iterable[bytes], use_snapshots: bool = True,
+                        journal: Journal | None = None) -> snapshots.Snapshot | None:
+    """Bring ``chain`` to the end of the journal, from the newest snapshot if there is one.
+
+    Reads only; with ``journal`` given (the node's own), it then opens it for appending.
+    One gap is recoverable: the journal's last record torn although a snapshot already
+    covers it (a disk that lost an fsynced write). The snapshot's state is kept, the
+    torn bytes are set aside, and the journal continues in a new segment after the gap.
+    """
     snap = snapshots.newest(data / "snapshots") if use_snapshots else None
     covered = snap is None
+    last = 0
     if snap is not None:
         await chain.load(snap)
         log.info("snapshot.loaded", height=snap.height, state=snap.state_hash)
     for payload in records:
         if not covered:
             h = header_decoder.decode(payload).header
+            last = h.height
             if h.height < snap.height:
                 continue
             if h.height == snap.height:
@@ -168,10 +179,20 @@ async def recover_chain(chain: Chain, data: Path, records: Iterable[bytes], use_
                     raise DivergedError(f"snapshot at height {snap.height} does not match the journal's block")
                 covered = True
                 continue
-            raise DivergedError(f"journal skips from before height {snap.height} to {h.height}")
+            if h.height > snap.height + 1:
+                raise DivergedError(f"journal skips from before height {snap.height} to {h.height}")
+            covered = True  # the block after the snapshot: replay checks that it extends it
         await chain.replay(block_decoder.decode(payload))
+    gap = False
     if not covered:
-        raise DivergedError(f"the journal ends before the snapshot's height {snap.height}")
+        torn = journal is not None and journal.torn is not None
+        if not (torn and last == snap.height - 1):
+            raise DivergedError(f"the journal ends at height {last}, before the snapshot's height {snap.height}")
+        log.warning("journal.torn_block_covered_by_snapshot", height=snap.height,
+                    note="the torn block's transactions are only in the snapshot; the journal continues after it")
+        gap = True
+    if journal is not None:
+        journal.open(new_segment_at=chain.height + 1 if gap else None)
     return snap
 
 
@@ -188,6 +209,9 @@ class Node:
         self.chain: Chain | None = None
         self._stopped = trio.Event()
         self.block_listeners: list[BlockListener] = []  # replication: every durable block
+        self.block_timestamp = 0  # of the block whose replies are being published
+        self.block_times = (0.0, 0.0, 0.0)  # its (sequenced, applied, durable) trio times
+        self.latency = StageLatency()
 
     @property
     def engine(self) -> Engine:
@@ -213,13 +237,11 @@ class Node:
             self.chain = Chain(Engine(actors))
             await self._recover()
             s = self.cfg.node
-            self.sequencer = Sequencer(self.chain.height + 1, self.chain.next_seq, self.chain.last_timestamp, s.block_max_txs, s.block_interval_ms / 1000)
+            self.sequencer = Sequencer(self.chain.height + 1, self.chain.next_seq, self.chain.last_timestamp, s.block_max_txs)
             async with trio.open_nursery() as pipeline:
-                to_engine_send, to_engine = trio.open_memory_channel(4)
                 to_writer_send, to_writer = trio.open_memory_channel(64)
                 to_pub_send, to_pub = trio.open_memory_channel(64)
-                pipeline.start_soon(self.sequencer.run, to_engine_send)
-                pipeline.start_soon(self._engine_stage, to_engine, to_writer_send)
+                pipeline.start_soon(self._engine_stage, to_writer_send)
                 pipeline.start_soon(self._writer_stage, to_writer, to_pub_send)
                 pipeline.start_soon(self._publisher, to_pub)
                 if self.chain.height == 0:
@@ -238,7 +260,7 @@ class Node:
 
     async def _recover(self) -> None:
         started = trio.current_time()
-        await recover_chain(self.chain, self.data, self.journal.recover())
+        await recover_chain(self.chain, self.data, self.journal.recover(), journal=self.journal)
         if self.chain.last_timestamp > now_us():
             log.warning("node.clock_behind_journal", journal_us=self.chain.last_timestamp)
         log.info(
@@ -249,20 +271,23 @@ class Node:
             seconds=round(trio.current_time() - started, 3),
         )
 
-    async def _engine_stage(self, recv: trio.MemoryReceiveChannel, send: trio.MemorySendChannel) -> None:
-        async with recv, send:
-            async for item in recv:
+    async def _engine_stage(self, send: trio.MemorySendChannel) -> None:
+        """Pull the next block whenever the engine is free (natural batching)."""
+        async with send:
+            while (item := await self.sequencer.next_item()) is not None:
                 if item.__class__ is Read:
                     item.result = await item.fn(self.engine)
                     await send.send(item)
                 else:
                     applied = await self.chain.extend(item)
+                    applied.applied_at = trio.current_time()
                     if applied.header.height % self.cfg.node.snapshot_blocks == 0:
                         # written by the writer right after this block is durable
                         applied.snapshot = await self.chain.snapshot()
                     await send.send(applied)
 
     async def _writer_stage(self, recv: trio.MemoryReceiveChannel, send: trio.MemorySendChannel) -> None:
+        """Group commit: every block that piled up during the last fsync goes in the next."""
         async with recv, send:
             async for first in recv:
                 batch = [first]
@@ -274,7 +299,9 @@ class Node:
                 blocks = [a for a in batch if a.__class__ is Applied]
                 if blocks:
                     await trio.to_thread.run_sync(self.journal.append, [(a.header.height, a.payload) for a in blocks])
+                    durable = trio.current_time()
                     for a in blocks:
+                        a.durable_at = durable
                         if a.snapshot is not None:
                             await trio.to_thread.run_sync(snapshots.write, self.data / "snapshots", a.snapshot)
                 for entry in batch:
@@ -287,6 +314,9 @@ class Node:
                     applied.callback(applied.result)
                     continue
                 item, header, events = applied.item, applied.header, applied.events
+                self.block_timestamp = header.timestamp
+                self.block_times = (item.cut_at, applied.applied_at, applied.durable_at)
+                self.latency.record_block(item.cut_at, applied.applied_at, applied.durable_at, len(item.txs))
                 callbacks = item.callbacks
                 first = item.first_seq
                 n = len(callbacks)

@@ -1,20 +1,40 @@
 """The block stream: every durable block, from any height, for validators and replicas.
 
-A follower connects over WebSocket and sends ``{"from": <height>}``. It receives binary
-messages, msgpack ``[payload, events, state_hash]``: ``payload`` is the journal record
-of one block (exactly the bytes the node fsynced), ``events`` the msgpack of the
-events the node's engine produced for it (None for blocks read back from the journal,
-which stores only transactions), and ``state_hash`` the node's state hash after that
-block when it took a snapshot there (else None). Old heights come from the journal
-files, then the stream continues live without a gap: the follower's live queue is
-registered before the journal is read, and blocks already sent are skipped.
+A follower connects over WebSocket and sends a signed hello::
 
-A follower that falls more than ``buffer_blocks`` behind the live stream is
-disconnected; it reconnects from its own height.
+    {"from": <height>, "key": <base64 Ed25519 public key>, "timestamp": <ms>, "window": <ms>,
+     "signature": <base64 signature over "instruction=replicate&from=<height>&timestamp=<ms>&window=<ms>">}
+
+The node streams only to keys in its allow-list -- ``<data>/followers`` (one base64
+public key per line, ``#`` starts a comment; re-read when it changes) plus
+``satchel serve --allow-follower KEY`` -- and only for a hello whose timestamp lies
+within its window (at most 60 s) and that it has not seen before. Anything else is
+closed with code 1008 and the reason; more than ``max_followers`` at once get 1013.
+
+It then receives binary messages, msgpack ``[payload, events, state_hash]``:
+``payload`` is the journal record of one block (exactly the bytes the node fsynced),
+``events`` the msgpack of the events the node's engine produced for it (None for
+blocks read back from the journal, which stores only transactions), and
+``state_hash`` the node's state hash after that block when it took a snapshot there
+(else None). Old heights come from the journal files, then the stream continues live
+without a gap: the follower's live queue is registered before the journal is read,
+and blocks already sent are skipped.
+
+History is read from the segment files a record at a time, in batches of at most
+``_BATCH_BYTES``, and each batch is sent before the next is read: a follower that
+stops reading holds one batch, not a copy of the journal. A follower that falls more
+than ``buffer_blocks`` behind the live stream, or does not take a message within
+``send_timeout`` seconds, is disconnected; it reconnects from its own height.
 """
 
 from __future__ import annotations
 
+import base64
+import os
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -25,45 +45,210 @@ import trio
 from trio_websocket import ConnectionClosed, serve_websocket
 
 from satchel import snapshots
-from satchel.journal import read_records
+from satchel.journal import _HEADER, MAGIC, JournalCorrupt
 from satchel.messages import BlockHeader, header_decoder
+from satchel.signing import Keypair, decode_key, decode_signature, signing_string, verify
 
 log = structlog.get_logger("satchel.replication")
 _encode = msgspec.msgpack.encode
 
+MAX_WINDOW_MS = 60_000
+POLICY_VIOLATION = 1008  # refused hello
+TRY_AGAIN_LATER = 1013  # too many followers
+_BATCH_BYTES = 256 << 10  # journal bytes read per worker-thread hop: bounds memory, amortises the hop
+_HELLO_TIMEOUT_S = 10.0
+_REFUSAL_LOG_EVERY_S = 60.0
 
-def _history(journal: Path, snaps: Path, start: int, upto: int) -> list[bytes]:
-    """Messages for heights start..upto from the journal (blocking: run in a thread)."""
-    checkpoints = {}
-    for path in sorted(snaps.glob("*.snap")):
-        try:
-            snap = snapshots.read(path)
-            checkpoints[snap.height] = snap.state_hash
-        except (OSError, ValueError, msgspec.DecodeError):
+
+# ---------------------------------------------------------------- the signed hello
+
+
+class Refused(Exception):
+    """A hello the node does not accept; ``reason`` is the close reason sent back."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def hello_message(start: int, timestamp: int, window: int) -> bytes:
+    return signing_string("replicate", {"from": str(start)}, timestamp, window)
+
+
+def hello(key: Keypair, start: int, window: int = 10_000, timestamp: int | None = None) -> bytes:
+    """The JSON hello a follower sends to stream from height ``start``."""
+    ts = int(time.time() * 1000) if timestamp is None else timestamp
+    signature = base64.b64encode(key.sign(hello_message(start, ts, window))).decode()
+    return orjson.dumps({"from": start, "key": key.api_key, "timestamp": ts, "window": window, "signature": signature})
+
+
+def check_hello(msg: Any, allowed: set[bytes], now_ms: int) -> tuple[int, bytes, bytes]:
+    """(start height, public key, signature) of an acceptable hello; else ``Refused``."""
+    if not isinstance(msg, dict):
+        raise Refused("send a signed hello: {from, key, timestamp, window, signature}")
+    missing = [f for f in ("from", "key", "timestamp", "window", "signature") if f not in msg]
+    if missing:
+        raise Refused(f"hello lacks {', '.join(missing)}")
+    start, ts, window = msg["from"], msg["timestamp"], msg["window"]
+    if not all(type(v) is int for v in (start, ts, window)):
+        raise Refused("from, timestamp and window must be integers")
+    if not 0 < window <= MAX_WINDOW_MS:
+        raise Refused(f"window must be 1..{MAX_WINDOW_MS} ms")
+    if ts + window < now_ms or ts - window > now_ms:
+        raise Refused("hello timestamp is outside its window (check the follower's clock)")
+    public = decode_key(msg["key"]) if isinstance(msg["key"], str) else None
+    if public is None:
+        raise Refused("key must be a base64 Ed25519 public key")
+    if public not in allowed:
+        raise Refused("follower key not allowed by this node")
+    signature = decode_signature(msg["signature"]) if isinstance(msg["signature"], str) else None
+    if signature is None or verify(public, (hello_message(start, ts, window),), signature) is None:
+        raise Refused("bad signature")
+    return max(1, start), public, signature
+
+
+def parse_followers(text: str, source: str = "followers") -> set[bytes]:
+    """Public keys from an allow-list file: one base64 key per line, ``#`` comments."""
+    keys = set()
+    for n, line in enumerate(text.splitlines(), 1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
             continue
-    out = []
-    for payload in read_records(journal):
-        height = header_decoder.decode(payload).header.height
-        if start <= height <= upto:
-            out.append(_encode([payload, None, checkpoints.get(height)]))
+        public = decode_key(entry)
+        if public is None:
+            log.warning("replication.bad_follower_key", file=source, line=n)
+        else:
+            keys.add(public)
+    return keys
+
+
+# ---------------------------------------------------------------- reading history
+
+
+def _records(directory: Path, start: int, upto: int) -> Iterator[tuple[int, bytes]]:
+    """(height, payload) for heights start..upto, read from the segments a record at a time.
+
+    Blocking: advance it from a worker thread. Segments are named by their first height,
+    so whole segments below ``start`` are skipped unread.
+    """
+    segs = sorted(directory.glob("*.seg"))
+    firsts = [int(p.stem) if p.stem.isdigit() else 0 for p in segs]
+    last = start - 1
+    for i, path in enumerate(segs):
+        if i + 1 < len(segs) and firsts[i + 1] <= start:
+            continue
+        if last >= upto:
+            break
+        with open(path, "rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                raise JournalCorrupt(path, 0, "bad segment magic")
+            while last < upto:
+                pos = f.tell()
+                head = f.read(_HEADER.size)
+                if len(head) < _HEADER.size:
+                    break
+                length, crc = _HEADER.unpack(head)
+                # never ask read() for more than the file holds: a bad length would allocate it
+                if length == 0 or pos + _HEADER.size + length > os.fstat(f.fileno()).st_size:
+                    break
+                payload = f.read(length)
+                if zlib.crc32(payload) != crc:
+                    raise JournalCorrupt(path, pos, "checksum mismatch")
+                height = header_decoder.decode(payload).header.height
+                if height >= start:
+                    last = height
+                    yield height, payload
+    if last < upto:
+        # a gap here would surface at the follower as a chain that does not extend
+        raise JournalCorrupt(directory, 0, f"history ends at height {last}, before the durable height {upto}")
+
+
+def _batch(records: Iterator[tuple[int, bytes]], limit: int = _BATCH_BYTES) -> list[tuple[int, bytes]]:
+    out, size = [], 0
+    for item in records:
+        out.append(item)
+        size += len(item[1])
+        if size >= limit:
+            break
     return out
 
 
+def _checkpoints(snaps: Path) -> dict[int, str]:
+    """Height -> state hash of the snapshots on disk (blocking; read once, at start)."""
+    found = {}
+    for path in sorted(snaps.glob("*.snap")):
+        try:
+            snap = snapshots.read(path)
+            found[snap.height] = snap.state_hash
+        except (OSError, ValueError, msgspec.DecodeError):
+            continue
+    return found
+
+
+class _Stalled(Exception):
+    pass
+
+
+async def _until_closed(ws: Any, scope: trio.CancelScope) -> None:
+    """Followers send nothing after their hello: wait for the close, then stop serving."""
+    try:
+        while True:
+            await ws.get_message()
+    except ConnectionClosed:
+        scope.cancel()
+
+
+# ---------------------------------------------------------------- the server
+
+
 class Replicator:
-    def __init__(self, node: Any, host: str = "127.0.0.1", port: int = 8766, buffer_blocks: int = 10_000):
+    def __init__(self, node: Any, host: str = "127.0.0.1", port: int = 8766, buffer_blocks: int = 10_000,
+                 max_followers: int = 8, allow: Iterable[bytes] = (), send_timeout: float = 30.0):
         self.node = node
         self.host = host
         self.port = port
         self.buffer_blocks = buffer_blocks
+        self.max_followers = max_followers
+        self.send_timeout = send_timeout
         self.durable_height = 0
+        self.active = 0  # authenticated followers being served
+        self.checkpoints: dict[int, str] = {}
+        self._cli_keys = frozenset(allow)
+        self._file_keys: set[bytes] = set()
+        self._file_stamp: tuple[int, int] | str | None = None
+        self._seen: dict[bytes, int] = {}  # hello signature -> when its window closes (ms): no replays
+        self._refusals: dict[str, float] = {}  # peer -> last logged
         self._followers: dict[trio.MemorySendChannel, None] = {}
         node.block_listeners.append(self)
 
+    @property
+    def followers_file(self) -> Path:
+        return Path(self.node.data) / "followers"
+
+    def allowed(self) -> set[bytes]:
+        """The allow-list; the file is re-read when it changes, so adding a follower needs no restart."""
+        path = self.followers_file
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+            if stamp != self._file_stamp:
+                self._file_keys = parse_followers(path.read_text(), str(path))
+        except FileNotFoundError:
+            stamp, self._file_keys = None, set()
+        except (OSError, UnicodeDecodeError) as exc:  # refuse rather than take the node down
+            if self._file_stamp != "unreadable":
+                log.error("replication.followers_unreadable", file=str(path), error=str(exc))
+            stamp, self._file_keys = "unreadable", set()
+        self._file_stamp = stamp
+        return self._file_keys | self._cli_keys
+
     def block(self, header: BlockHeader, payload: bytes, events_bytes: bytes, state_hash: str | None) -> None:
         self.durable_height = header.height
+        if state_hash is not None:
+            self.checkpoints[header.height] = state_hash
         if not self._followers:
             return
-        msg = (header.height, _encode([payload, events_bytes, state_hash]))
+        msg = (header.height, _encode([payload, events_bytes, state_hash]))  # one copy, shared by every follower
         for send in list(self._followers):
             try:
                 send.send_nowait(msg)
@@ -74,33 +259,105 @@ class Replicator:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.durable_height = self.node.chain.height
+        self.checkpoints.update(await trio.to_thread.run_sync(_checkpoints, Path(self.node.data) / "snapshots"))
         async with trio.open_nursery() as nursery:
             server = await nursery.start(lambda task_status: serve_websocket(
-                self._handle, self.host, self.port, None, max_message_size=1 << 16, task_status=task_status))
+                self._handle, self.host, self.port, None, max_message_size=1 << 12, connect_timeout=_HELLO_TIMEOUT_S,
+                disconnect_timeout=5.0, task_status=task_status))
             self.port = server.port
-            log.info("replication.listening", url=f"ws://{self.host}:{self.port}")
+            keys = len(self.allowed())
+            if keys:
+                log.info("replication.listening", url=f"ws://{self.host}:{self.port}", allowed_followers=keys,
+                         max_followers=self.max_followers)
+            else:
+                log.warning("replication.listening_refusing_all", url=f"ws://{self.host}:{self.port}",
+                            why=f"no follower keys allowed: add them to {self.followers_file} or pass --allow-follower")
             task_status.started(self)
 
     async def _handle(self, request: Any) -> None:
         ws = await request.accept()
+        remote = request.remote
+        peer = f"{remote.address}:{remote.port}" if hasattr(remote, "address") else str(remote)
         try:
-            hello = orjson.loads(await ws.get_message())
-            start = max(1, int(hello.get("from", 1)))
-        except (ConnectionClosed, orjson.JSONDecodeError, ValueError, TypeError, AttributeError):
-            await ws.aclose(code=1003, reason="send {\"from\": height}")
+            with trio.fail_after(_HELLO_TIMEOUT_S):
+                text = await ws.get_message()
+            try:
+                msg = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                raise Refused("hello must be JSON") from None
+            now = int(time.time() * 1000)
+            start, public, signature = check_hello(msg, self.allowed(), now)
+            self._seen = {s: until for s, until in self._seen.items() if until >= now}
+            if signature in self._seen:
+                raise Refused("hello replayed")
+            self._seen[signature] = msg["timestamp"] + msg["window"]
+        except trio.TooSlowError:
+            self._log_refusal(peer, "no hello in time")
+            await ws.aclose(code=POLICY_VIOLATION, reason=f"send a signed hello within {_HELLO_TIMEOUT_S:.0f} s")
             return
+        except Refused as exc:
+            self._log_refusal(peer, exc.reason)
+            await ws.aclose(code=POLICY_VIOLATION, reason=exc.reason)
+            return
+        except ConnectionClosed:
+            return
+        if self.active >= self.max_followers:
+            self._log_refusal(peer, "too many followers")
+            await ws.aclose(code=TRY_AGAIN_LATER, reason=f"too many followers (max {self.max_followers})")
+            return
+        self.active += 1
+        try:
+            await self._stream(ws, peer, base64.b64encode(public).decode(), start)
+        finally:
+            self.active -= 1
+
+    async def _stream(self, ws: Any, peer: str, key: str, start: int) -> None:
         send, recv = trio.open_memory_channel(self.buffer_blocks)
         self._followers[send] = None
         upto = self.durable_height
-        log.info("replication.follower", start=start, durable=upto)
+        log.info("replication.follower", peer=peer, key=key, start=start, durable=upto)
         try:
-            data = self.node.data
-            for msg in await trio.to_thread.run_sync(_history, data / "journal", data / "snapshots", start, upto):
-                await ws.send_message(msg)
-            async for height, msg in recv:
-                if height > upto and height >= start:
-                    await ws.send_message(msg)
-        except ConnectionClosed:
-            pass
+            async with trio.open_nursery() as tasks:
+                # an idle follower's slot must come free when it hangs up, not at the next block
+                tasks.start_soon(_until_closed, ws, tasks.cancel_scope)
+                await self._send_blocks(ws, peer, key, start, upto, recv)
+                tasks.cancel_scope.cancel()
         finally:
             self._followers.pop(send, None)
+
+    async def _send_blocks(self, ws: Any, peer: str, key: str, start: int, upto: int,
+                           recv: trio.MemoryReceiveChannel) -> None:
+        try:
+            records = _records(Path(self.node.data) / "journal", start, upto)
+            with closing(records):
+                while batch := await trio.to_thread.run_sync(_batch, records):
+                    for height, payload in batch:
+                        await self._send(ws, _encode([payload, None, self.checkpoints.get(height)]))
+                    del batch  # before the next read: one batch per follower at a time
+            async for height, msg in recv:
+                if height > upto and height >= start:
+                    await self._send(ws, msg)
+        except ConnectionClosed:
+            pass
+        except _Stalled:
+            log.warning("replication.follower_dropped", peer=peer, key=key, reason=f"took no data for {self.send_timeout} s")
+        except JournalCorrupt as exc:
+            log.error("replication.history_unreadable", peer=peer, error=str(exc))
+            await ws.aclose(code=1011, reason="the node cannot read its journal")
+
+    async def _send(self, ws: Any, msg: bytes) -> None:
+        with trio.move_on_after(self.send_timeout) as scope:
+            await ws.send_message(msg)
+        if scope.cancelled_caught:
+            raise _Stalled
+
+    def _log_refusal(self, peer: str, reason: str) -> None:
+        """At most one line per peer address a minute: a scanner must not flood the log."""
+        host = peer.rsplit(":", 1)[0]
+        now = time.monotonic()
+        if now - self._refusals.get(host, -_REFUSAL_LOG_EVERY_S) < _REFUSAL_LOG_EVERY_S:
+            return
+        if len(self._refusals) > 1024:
+            self._refusals.clear()
+        self._refusals[host] = now
+        log.warning("replication.follower_refused", peer=peer, reason=reason)

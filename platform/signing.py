@@ -21,13 +21,15 @@ import sys
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
-from urllib.parse import urlencode
+from urllib.parse import quote
 
 import msgspec
 import nacl.exceptions
 from nacl.bindings import crypto_sign_open
 import nacl.signing
 import trio
+
+from satchel.instructions import is_api_key
 
 if TYPE_CHECKING:
     from satchel.messages import Auth
@@ -84,13 +86,20 @@ def needs_quoting(params: Mapping[str, str]) -> bool:
 
 
 def signing_string(instruction: str, params: Mapping[str, str], timestamp: int | str, window: int | str, encoded: bool = False) -> bytes:
+    """The string a client signs; ``encoded`` percent-encodes keys and values as ccxt
+    does (Python's ``quote(safe='')``: a space is %20, never +)."""
     items = sorted(params.items())
     if encoded:
-        body = urlencode(items)
+        body = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in items)
     else:
         body = "&".join(f"{k}={v}" for k, v in items)
     head = f"instruction={instruction}&{body}" if body else f"instruction={instruction}"
     return f"{head}&timestamp={timestamp}&window={window}".encode()
+
+
+def signed_message(instruction: str, auth: "Auth") -> bytes:
+    """The exact string an ``Auth`` record's signature covers."""
+    return signing_string(instruction, dict(auth.params), auth.timestamp, auth.window, auth.encoded)
 
 
 def sign_request(key: Keypair, instruction: str, params: Mapping[str, object], window: int = DEFAULT_WINDOW_MS, timestamp: int | None = None) -> tuple[bytes, list[str]]:
@@ -114,13 +123,18 @@ def auth_for(key: Keypair, instruction: str, params: Mapping[str, object], windo
     faucet deposits, demo orders), so validators can check every transaction alike."""
     from satchel.messages import Auth
 
-    msg, sig = sign_request(key, instruction, params, window=window)
-    return Auth(msg, base64.b64decode(sig[1]), int(sig[2]), int(sig[3]))
+    texts = {k: param_text(v) for k, v in params.items()}
+    _, sig = sign_request(key, instruction, texts, window=window)
+    return Auth(tuple(sorted(texts.items())), False, base64.b64decode(sig[1]), int(sig[2]), int(sig[3]))
 
 
 def decode_key(api_key: str) -> bytes | None:
-    """The 32-byte public key of a base64 API key, or None."""
-    return _b64(api_key, 32)
+    """The 32-byte public key of an API key in canonical base64, or None.
+
+    Only the canonical spelling is a key: base64 has four spellings of 32 bytes, and
+    each would otherwise be an account of its own.
+    """
+    return _b64(api_key, 32) if is_api_key(api_key) else None
 
 
 def decode_signature(sig: str) -> bytes | None:

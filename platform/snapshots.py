@@ -36,7 +36,7 @@ class Snapshot(msgspec.Struct, array_like=True, frozen=True):
     txs: int
     state_hash: str
     state: msgspec.Raw  # msgpack of Engine.canonical()
-    liabilities_root: bytes = b""  # Merkle root over (account, asset, total): see liabilities.py
+    liabilities_root: bytes = b""  # Merkle root over (height, account, asset, total, decimals): see liabilities.py
 
 
 _encoder = msgspec.msgpack.Encoder()

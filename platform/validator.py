@@ -13,9 +13,12 @@ For each block from the node's stream (or a journal directory, offline) it
 3. at every height where the node reports a snapshot, compares state hashes.
 
 It keeps its own journal copy and snapshots in its data directory, so a restart
-continues from its newest snapshot. On any mismatch it writes
-``divergence-<height>.json`` (the block, both event hashes, the differing events, both
-state hashes), keeps a snapshot of the state it reached under ``diverged/``, and exits
+continues from its newest snapshot, and its key (``validator.key``), which signs its
+hello to the node's block stream: the node streams only to keys it allows. On any
+mismatch it writes ``divergence-<height>.json`` (the block, both event hashes, the
+differing events, both state hashes; for bad signatures the offending seqs, with the
+block's journal record beside it in ``divergence-<height>.block``, since it was never
+applied here), keeps a snapshot of the state it reached under ``diverged/``, and exits
 with status 4: the input for ``satchel incident``.
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -30,41 +34,44 @@ from typing import Any
 import msgspec
 import structlog
 import trio
-from trio_websocket import open_websocket_url
+from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from satchel import engine as engine_mod
-from satchel import signedtx, snapshots
+from satchel import instructions, signedtx, snapshots
 from satchel.engine import Engine
 from satchel.journal import Journal, read_records
-from satchel.messages import (
-    Block, CancelAll, CancelOrder, Deposit, ListAsset, ListMarket, PlaceOrder, SetAdmin, SetFees, SetTrading,
-    block_decoder, events_decoder, events_encoder,
-)
-from satchel.node import Chain, DivergedError, header_hash, recover_chain, tune_gc
-from satchel.signing import ProcessVerifier, Verifier, decode_key
+from satchel.messages import Block, block_decoder, events_decoder, events_encoder
+from satchel.node import Chain, DivergedError, header_hash, load_admin_key, recover_chain, tune_gc
+from satchel.replication import POLICY_VIOLATION, hello
+from satchel.signing import Keypair, ProcessVerifier, Verifier, decode_key, signed_message
 
 log = structlog.get_logger("satchel.validator")
 
-INSTRUCTIONS = {
-    PlaceOrder: "orderExecute", CancelOrder: "orderCancel", CancelAll: "orderCancelAll", Deposit: "deposit",
-    SetTrading: "adminSetTrading", SetFees: "adminSetFees", SetAdmin: "setAdmin", ListAsset: "listAsset",
-    ListMarket: "listMarket",
-}
-
-
-def signer_of(tx: Any) -> str:
-    cls = tx.__class__
-    if cls is SetAdmin:
-        return tx.key
-    if cls in (PlaceOrder, CancelOrder, CancelAll):
-        return tx.account
-    return tx.admin
-
+KEY_FILE = "validator.key"  # in the validator's data dir: signs its hello to the node's block stream
+_SEQ = re.compile(r"^seq (\d+):")
 
 class Divergence(Exception):
     def __init__(self, report: dict):
         super().__init__(f"diverged at block {report['height']}: {report['kind']}")
         self.report = report
+
+
+class FollowError(Exception):
+    """The node's block stream could not be reached or closed on us (e.g. refused our key)."""
+
+
+def journal_dir(path: str | Path) -> Path | None:
+    """Where the segments are: ``path`` itself or, for a node's data dir, ``path/journal``."""
+    path = Path(path)
+    for d in (path, path / "journal"):
+        if any(d.glob("*.seg")):
+            return d
+    return None
+
+
+def validator_key(data: str | Path) -> Keypair:
+    """The validator's own key (created on first use): followers must be allowed by it."""
+    return load_admin_key(Path(data), KEY_FILE)
 
 
 class Validator:
@@ -76,6 +83,7 @@ class Validator:
         self.last_log = 0.0
         self.chain: Chain | None = None
         self.verifier: Verifier | None = None
+        self.source: Path | None = None  # the journal checked offline, for ``satchel incident``
 
     # ------------------------------------------------------------------ one block
 
@@ -85,24 +93,22 @@ class Validator:
         pending = []
         seq = block.header.first_seq
         engine = self.chain.engine
-        decimals = {a: spec.decimals for a, spec in engine.assets.items()}
         for tx in block.txs:
             auth = tx.auth
+            decl = instructions.BY_TX[tx.__class__]
             if auth is None:
-                if tx.__class__ in (PlaceOrder, CancelOrder, CancelAll):
+                if not decl.admin:
                     problems.append(f"seq {seq}: unsigned user transaction")
             else:
-                public = decode_key(signer_of(tx))
-                tail = f"timestamp={auth.timestamp}&window={auth.window}".encode()
-                if public is None or not auth.message.endswith(tail) or not signedtx.matches(
-                        tx, INSTRUCTIONS[tx.__class__], engine.markets, decimals):
-                    problems.append(f"seq {seq}: signed string does not match the transaction")
+                public = decode_key(decl.signer(tx))
+                if public is None or not signedtx.matches(tx, engine):
+                    problems.append(f"seq {seq}: signed parameters do not match the transaction")
                 else:
-                    pending.append((seq, public, auth))
+                    pending.append((seq, public, signed_message(decl.name, auth), auth.signature))
             seq += 1
         if pending:
             results = await _verify_all(self.verifier, pending)
-            for (s, _, _), ok in zip(pending, results):
+            for (s, *_), ok in zip(pending, results):
                 if ok is None:
                     problems.append(f"seq {s}: bad signature")
             self.verified_signatures += len(pending)
@@ -119,7 +125,9 @@ class Validator:
         if self.verifier is not None:
             problems = await self.check_signatures(block)
             if problems:
-                raise Divergence({"height": h.height, "kind": "signatures", "problems": problems[:50]})
+                # the seqs ``satchel incident`` leaves out to rebuild the canonical block
+                bad = sorted({int(m.group(1)) for m in map(_SEQ.match, problems) if m})
+                raise Divergence({"height": h.height, "kind": "signatures", "bad_seqs": bad, "problems": problems[:50]})
         if journal is not None:
             await trio.to_thread.run_sync(journal.append, [(h.height, payload)])
         events = await chain.engine.apply(h.first_seq, h.timestamp, block.txs)
@@ -177,27 +185,41 @@ class Validator:
         if not own_journal:
             return None
         journal = Journal(self.data / "journal")
-        await recover_chain(self.chain, self.data, journal.recover())
+        await recover_chain(self.chain, self.data, journal.recover(), journal=journal)
         log.info("validator.resumed", height=self.chain.height)
         return journal
 
     async def follow(self, url: str) -> None:
+        key = validator_key(self.data)
+        log.info("validator.key", api_key=key.api_key, file=str(self.data / KEY_FILE))
         async with trio.open_nursery() as nursery:
             journal = await self._start(nursery, True)
             try:
                 async with open_websocket_url(url, max_message_size=1 << 30) as ws:
-                    await ws.send_message(json.dumps({"from": self.chain.height + 1}))
+                    await ws.send_message(hello(key, self.chain.height + 1))
                     while True:
                         payload, node_events, node_state = msgspec.msgpack.decode(await ws.get_message())
                         await self._one(payload, node_events, node_state, journal)
+            except ConnectionClosed as exc:
+                code, why = (exc.reason.code, exc.reason.reason or exc.reason.name) if exc.reason else (None, "closed")
+                hint = (f"; this validator's key is {key.api_key}: allow it in the node's DATA/followers or with "
+                        f"'satchel serve --allow-follower'") if code == POLICY_VIOLATION else ""
+                raise FollowError(f"{url} closed the block stream: {why} (code {code}){hint}") from None
+            except HandshakeError as exc:
+                raise FollowError(f"cannot open the block stream at {url}: {str(exc.__cause__ or exc) or type(exc).__name__}") from None
             finally:
                 journal.close()
                 nursery.cancel_scope.cancel()
 
     async def check_journal(self, directory: str | Path) -> int:
+        """Check a journal offline (its directory or the node's data dir); returns the last height."""
+        source = journal_dir(directory)
+        if source is None:
+            raise FileNotFoundError(f"no journal segments (*.seg) in {directory} or {Path(directory) / 'journal'}")
+        self.source = source.resolve()
         async with trio.open_nursery() as nursery:
             await self._start(nursery, False)
-            for payload in read_records(directory):
+            for payload in read_records(source):
                 await self._one(payload, None, None, None)
             height = self.chain.height
             nursery.cancel_scope.cancel()
@@ -208,12 +230,19 @@ class Validator:
         try:
             await self.apply(block, node_events, node_state, payload, journal)
         except Divergence as d:
-            await self._record(d.report)
+            await self._record(d.report, payload)
             raise
 
-    async def _record(self, report: dict) -> None:
+    async def _record(self, report: dict, payload: bytes) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
         path = self.data / f"divergence-{report['height']}.json"
+        if report["kind"] == "signatures":
+            # never applied nor journaled here, yet ``satchel incident`` must replay it
+            block_file = path.with_suffix(".block")
+            block_file.write_bytes(payload)
+            report["block_file"] = block_file.name
+        if self.source is not None:
+            report["journal"] = str(self.source)
         report["validator_state"] = report.get("validator_state") or (await self.chain.snapshot()).state_hash
         path.write_text(json.dumps(report, indent=2, default=str))
         snap = await self.chain.snapshot()
@@ -235,7 +264,7 @@ async def _verify_all(verifier: Verifier, pending: list) -> list:
 
         return cb
 
-    for i, (_, public, auth) in enumerate(pending):
-        verifier.check(public, (auth.message,), auth.signature, make(i))
+    for i, (_, public, message, signature) in enumerate(pending):
+        verifier.check(public, (message,), signature, make(i))
     await done.wait()
     return results

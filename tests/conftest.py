@@ -107,3 +107,14 @@ async def start_server(nursery, tmp_path, **gateway_settings) -> Server:
 @pytest.fixture
 async def server(nursery, tmp_path):
     return await start_server(nursery, tmp_path)
+
+
+@pytest.fixture
+async def traders(server):
+    """Alice with 100,000 USDC and Bob with 1,000 SOL on the live server."""
+    from satchel.signing import Keypair
+
+    alice, bob = Keypair.generate(), Keypair.generate()
+    await server.fund(alice, USDC=100_000 * 10**6)
+    await server.fund(bob, SOL=1_000 * 10**9)
+    return alice, bob

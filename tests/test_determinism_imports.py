@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE = sorted((ROOT / "actors").glob("*.py")) + [ROOT / "platform" / n for n in ("engine.py", "actor.py", "amounts.py", "messages.py")]
+CORE = sorted((ROOT / "actors").glob("*.py")) + [ROOT / "platform" / n for n in ("engine.py", "actor.py", "amounts.py", "messages.py", "instructions.py", "errors.py")]
 FORBIDDEN = {
     "time", "datetime", "random", "secrets", "os", "sys", "socket", "ssl", "select", "selectors", "asyncio",
     "trio_websocket", "io", "pathlib", "shutil", "tempfile", "glob", "urllib", "http", "requests", "subprocess",

@@ -17,14 +17,6 @@ def limit(side: str, price: str, qty: str, **extra) -> dict:
     return {"symbol": "SOL_USDC", "side": side, "orderType": "Limit", "price": price, "quantity": qty, **extra}
 
 
-@pytest.fixture
-async def traders(server):
-    alice, bob = Keypair.generate(), Keypair.generate()
-    await server.fund(alice, USDC=100_000 * USDC)
-    await server.fund(bob, SOL=1_000 * SOL)
-    return alice, bob
-
-
 async def test_order_lifecycle(server, traders):
     alice, bob = traders
     async with connect(server.url, alice) as a, connect(server.url, bob) as b:
@@ -74,11 +66,11 @@ async def test_client_id_as_string_unknown_params_and_percent_encoded_signature(
     async with connect(server.url, alice) as a:
         r = await a.request("orderExecute", limit("Bid", "140", "1", clientId="77", brokerNote="x y/z"))
         assert r["clientId"] == 77
-        # ccxt percent-encodes values before signing: "x y/z" -> "x+y%2Fz"
+        # ccxt percent-encodes values before signing (quote(safe="")): "x y/z" -> "x%20y%2Fz"
         params = limit("Bid", "140", "1", clientId=78, brokerNote="x y/z")
         texts = {k: ("true" if v is True else str(v)) for k, v in params.items()}
         msg = signing_string("orderExecute", texts, 1, 5000, encoded=True)
-        assert b"x+y%2Fz" in msg
+        assert b"x%20y%2Fz" in msg
         import base64, time
         ts = int(time.time() * 1000)
         msg = signing_string("orderExecute", texts, ts, 5000, encoded=True)

@@ -206,12 +206,12 @@ def test_guard_forgets_signatures_when_their_window_closes():
 
     g = Guard()
     now = 1_000_000
-    assert g.check(Auth(b"m", b"a" * 64, now, 5_000), now, 60_000) is None
-    assert g.check(Auth(b"m", b"b" * 64, now, 60_000), now, 60_000) is None
-    assert g.check(Auth(b"m", b"a" * 64, now, 5_000), now + 1, 60_000) == "DUPLICATE_REQUEST"
+    assert g.check(Auth((), False, b"a" * 64, now, 5_000), now, 60_000) is None
+    assert g.check(Auth((), False, b"b" * 64, now, 60_000), now, 60_000) is None
+    assert g.check(Auth((), False, b"a" * 64, now, 5_000), now + 1, 60_000) == "DUPLICATE_REQUEST"
     g.expire(now + 5_001)
     assert len(g) == 1  # "a" forgotten: a replay of it would now be EXPIRED anyway
-    assert g.check(Auth(b"m", b"a" * 64, now, 5_000), now + 5_001, 60_000) == "EXPIRED"
-    assert g.check(Auth(b"m", b"c" * 64, now + 70_000, 5_000), now, 60_000) == "EXPIRED"  # too far ahead
+    assert g.check(Auth((), False, b"a" * 64, now, 5_000), now + 5_001, 60_000) == "EXPIRED"
+    assert g.check(Auth((), False, b"c" * 64, now + 70_000, 5_000), now, 60_000) == "EXPIRED"  # too far ahead
     g.expire(now + 60_001)
     assert len(g) == 0

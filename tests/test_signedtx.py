@@ -1,32 +1,38 @@
-"""A validator rebuilds each transaction from its signed string: a reused signature fails."""
+"""A validator rebuilds each transaction from its signed parameters: a reused signature fails."""
 
 from __future__ import annotations
 
 import msgspec
+import pytest
 
-from satchel import config
-from satchel.gateway import protocol as P
-from satchel.messages import CancelOrder, PlaceOrder
+from satchel import config, instructions
+from satchel.errors import RequestError
+from satchel.messages import AssetSpec, CancelOrder, PlaceOrder
 from satchel.signedtx import matches
-from satchel.signing import Keypair, auth_for, signing_string
+from satchel.signing import Keypair, auth_for, param_text, signed_message, signing_string, verify
 
-MARKETS = {m.symbol: m for m in config.load().market_specs()}
-DECIMALS = {"USDC": 6, "SOL": 9, "BTC": 8, "ETH": 8}
+
+class Listing:
+    markets = {m.symbol: m for m in config.load().market_specs()}
+    assets = {a.symbol: a for a in config.load().asset_specs()}
+
+
+LISTING = Listing()
 
 
 def signed_order(key: Keypair, **extra) -> PlaceOrder:
     params = {"symbol": "SOL_USDC", "side": "Bid", "orderType": "Limit", "price": "150.25", "quantity": "2", **extra}
-    values = {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in params.items()}
-    tx = P.order_tx(P.typed(values, P.OrderExecuteParams), key.api_key, MARKETS, 6)
+    texts = {k: param_text(v) for k, v in params.items()}
+    tx = instructions.build("orderExecute", texts, key.api_key, LISTING)
     return msgspec.structs.replace(tx, auth=auth_for(key, "orderExecute", params))
 
 
 def test_matching_transactions_pass():
     key = Keypair.generate()
-    assert matches(signed_order(key), "orderExecute", MARKETS, DECIMALS)
-    assert matches(signed_order(key, clientId=7, timeInForce="IOC", postOnly=False), "orderExecute", MARKETS, DECIMALS)
+    assert matches(signed_order(key), LISTING)
+    assert matches(signed_order(key, clientId=7, timeInForce="IOC", postOnly=False), LISTING)
     cancel = CancelOrder(key.api_key, "SOL_USDC", 42, None, auth_for(key, "orderCancel", {"symbol": "SOL_USDC", "orderId": 42}))
-    assert matches(cancel, "orderCancel", MARKETS, DECIMALS)
+    assert matches(cancel, LISTING)
 
 
 def test_altered_transactions_fail():
@@ -34,14 +40,62 @@ def test_altered_transactions_fail():
     tx = signed_order(key)
     # (another account is caught by the signature itself: it is checked against tx.account's key)
     for change in ({"price": tx.price + 1}, {"quantity": 1}, {"side": 1}, {"tif": 1}, {"symbol": "ETH_USDC"}):
-        assert not matches(msgspec.structs.replace(tx, **change), "orderExecute", MARKETS, DECIMALS), change
-    assert not matches(tx, "orderCancel", MARKETS, DECIMALS)
+        assert not matches(msgspec.structs.replace(tx, **change), LISTING), change
+    cancel = CancelOrder(key.api_key, "SOL_USDC", 42, None, tx.auth)  # an order's signature on a cancel
+    assert not matches(cancel, LISTING)
+
+
+@pytest.mark.parametrize("note", ["a&b", "x=y&z=w", "a b/c:%", "&timestamp=1&window=2", "ünï&cøde"])
+def test_reserved_characters_in_values_rebuild_exactly(note):
+    """Audit finding 2: a value holding '&' or '=' once made every validator stop for good."""
+    key = Keypair.generate()
+    tx = signed_order(key, note=note)
+    assert matches(tx, LISTING)
+    message = signed_message("orderExecute", tx.auth)
+    assert verify(key.public, (message,), tx.auth.signature) == message
 
 
 def test_percent_encoded_signing_is_understood():
     key = Keypair.generate()
-    params = {"symbol": "SOL_USDC", "side": "Bid", "orderType": "Limit", "price": "150.25", "quantity": "2", "note": "a b/c"}
-    msg = signing_string("orderExecute", params, 1, 5000, encoded=True)
-    tx = signed_order(key)
-    auth = msgspec.structs.replace(tx.auth, message=msg)
-    assert matches(msgspec.structs.replace(tx, auth=auth), "orderExecute", MARKETS, DECIMALS)
+    tx = signed_order(key, note="x y/z:%")
+    texts = dict(tx.auth.params)
+    msg = signing_string("orderExecute", texts, tx.auth.timestamp, tx.auth.window, encoded=True)
+    assert b"note=x%20y%2Fz%3A%25" in msg  # Python's quote(safe=''), as ccxt signs
+    auth = msgspec.structs.replace(tx.auth, encoded=True, signature=key.sign(msg))
+    assert signed_message("orderExecute", auth) == msg
+    assert matches(msgspec.structs.replace(tx, auth=auth), LISTING)
+
+
+@pytest.mark.parametrize("client_id", ["1e3", "1.0", "-1", "4294967296", " 7", "0x10", "true"])
+def test_client_id_must_be_a_uint32_integer(client_id):
+    """Audit finding 12: '1e3' and 1.0 were taken as client ids."""
+    key = Keypair.generate()
+    texts = {"symbol": "SOL_USDC", "side": "Bid", "orderType": "Limit", "price": "150", "quantity": "1", "clientId": client_id}
+    with pytest.raises(RequestError) as err:
+        instructions.build("orderExecute", texts, key.api_key, LISTING)
+    assert err.value.code == "INVALID_CLIENT_REQUEST"
+    texts["clientId"] = "4294967295"
+    assert instructions.build("orderExecute", texts, key.api_key, LISTING).client_id == 2**32 - 1
+
+
+def test_only_the_canonical_spelling_of_a_key_is_an_account():
+    """Audit finding 11: one public key had four valid base64 spellings, each its own account."""
+    import base64
+
+    key = Keypair.generate()
+    canonical = key.api_key
+    last = canonical[42]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    respelled = canonical[:42] + alphabet[alphabet.index(last) + 1] + "="
+    assert base64.b64decode(respelled) == key.public  # base64 itself accepts it...
+    assert instructions.is_api_key(canonical) and not instructions.is_api_key(respelled)  # ...Satchel does not
+    admin = Keypair.generate()
+    with pytest.raises(RequestError):
+        instructions.build("deposit", {"account": respelled, "asset": "USDC", "quantity": "1"}, admin.api_key, LISTING)
+
+
+def test_genesis_listings_rebuild_from_their_signed_parameters():
+    admin = Keypair.generate()
+    for tx in config.genesis(config.load(), admin):
+        assert matches(tx, LISTING), tx
+    assert LISTING.assets["USDC"] == AssetSpec("USDC", 6)

@@ -15,16 +15,18 @@ from satchel.journal import read_records
 from satchel.messages import PlaceOrder, block_decoder
 from satchel.node import load_admin_key
 from satchel.signing import Keypair
-from satchel.validator import Divergence, Validator
+from satchel.validator import Divergence, Validator, validator_key
 from test_crash import free_port, wait_ready
 
 
 def start_node(tmp_path, port: int, rport: int) -> subprocess.Popen:
+    """A node whose block stream allows the validator keeping its data in tmp_path/v."""
     cfg = tmp_path / "node.toml"
     cfg.write_text(DEFAULTS.read_text().replace("snapshot_blocks = 10000", "snapshot_blocks = 5"))
     return subprocess.Popen(
         [sys.executable, "-m", "satchel.cli", "serve", "--data", str(tmp_path / "node"), "--port", str(port),
-         "--replication-port", str(rport), "--no-demo", "--config", str(cfg)],
+         "--replication-port", str(rport), "--no-demo", "--config", str(cfg),
+         "--allow-follower", validator_key(tmp_path / "v").api_key],
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "node.log", "wb"))
 
 
@@ -93,6 +95,26 @@ async def test_validator_agrees_and_resumes(node, tmp_path):
     out = subprocess.run([sys.executable, "-m", "satchel.cli", "validator", "--journal", str(data / "journal"),
                           "--data", str(tmp_path / "offline")], capture_output=True, text=True)
     assert out.returncode == 0 and f"blocks=1..{height}" in out.stdout
+    # the node's data directory, as 'satchel replay --data' takes it, is the same journal
+    out = subprocess.run([sys.executable, "-m", "satchel.cli", "validator", "--journal", str(data),
+                          "--data", str(tmp_path / "offline2")], capture_output=True, text=True)
+    assert out.returncode == 0 and f"blocks=1..{height}" in out.stdout
+
+
+@pytest.mark.parametrize("where", ["empty", "missing", "validator-dir"])
+def test_validator_refuses_a_directory_without_journal(tmp_path, where):
+    """Checking nothing is not a success: no segments means a clear error and exit 2."""
+    target = tmp_path / "target"
+    if where == "empty":
+        target.mkdir()
+    elif where == "validator-dir":  # e.g. a validator's dir: status.json and keys, no segments
+        (target / "journal").mkdir(parents=True)
+        (target / "status.json").write_text("{}")
+    out = subprocess.run([sys.executable, "-m", "satchel.cli", "validator", "--journal", str(target),
+                          "--data", str(tmp_path / "v")], capture_output=True, text=True)
+    assert out.returncode == 2, out
+    assert "validated" not in out.stdout
+    assert out.stderr.strip() == f"satchel validator: no journal segments (*.seg) in {target} or {target / 'journal'}"
 
 
 async def test_incident_drill(node, tmp_path, monkeypatch):
@@ -151,11 +173,12 @@ async def test_validator_refuses_other_rules_version(tmp_path, monkeypatch):
 
     data = tmp_path / "data"
     await run_node(data, node_workload)
-    monkeypatch.setattr(engine, "RULES_VERSION", 2)
+    ours = engine.RULES_VERSION
+    monkeypatch.setattr(engine, "RULES_VERSION", ours + 1)
     with pytest.raises(BaseExceptionGroup) as group:
         await Validator(tmp_path / "v", verify_processes=-1).check_journal(data / "journal")
     (exc,) = [e for e in _leaves(group.value) if isinstance(e, DivergedError)]
-    assert "rules version 1; this validator runs 2" in str(exc)
+    assert f"rules version {ours}; this validator runs {ours + 1}" in str(exc)
 
 
 async def test_validator_catches_a_signature_reused_for_another_order(tmp_path):
@@ -182,4 +205,4 @@ async def test_validator_catches_a_signature_reused_for_another_order(tmp_path):
         await Validator(tmp_path / "v").check_journal(data / "journal")
     (d,) = [e for e in _leaves(group.value) if isinstance(e, Divergence)]
     assert d.report["kind"] == "signatures"
-    assert "does not match the transaction" in d.report["problems"][0]
+    assert "do not match the transaction" in d.report["problems"][0]

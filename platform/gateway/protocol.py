@@ -11,45 +11,22 @@ numeric codes (4006 = invalid stream).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
-from satchel.amounts import MAX_UNITS, AmountError, format_units, to_units
+from satchel.amounts import format_units
 from satchel.messages import (
-    ASK, BID, FOK, GTC, IOC, LIMIT, MARKET, ORDER_TYPE_NAMES, REJECT_BOTH, REJECT_MAKER, REJECT_TAKER,
-    SIDE_NAMES, STP_NAMES, TIF_NAMES, NEW, PARTIALLY_FILLED, AssetSpec, MarketSpec, PlaceOrder,
+    GTC, LIMIT, MARKET, ORDER_TYPE_NAMES, REJECT_TAKER, SIDE_NAMES, STP_NAMES, TIF_NAMES, NEW, PARTIALLY_FILLED,
+    AssetSpec, MarketSpec,
 )
 
-# ------------------------------------------------------------------ errors
-
-INVALID_JSON = "INVALID_JSON"
-INVALID_REQUEST = "INVALID_CLIENT_REQUEST"
-UNKNOWN_METHOD = "UNKNOWN_METHOD"
-INVALID_DECIMAL = "INVALID_DECIMAL"
-INVALID_PRICE = "INVALID_PRICE"
-INVALID_QUANTITY = "INVALID_QUANTITY"
-INVALID_SYMBOL = "INVALID_SYMBOL"
-INVALID_ASSET = "INVALID_ASSET"
-PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
-UNAUTHORIZED = "UNAUTHORIZED"
-INVALID_SIGNATURE = "INVALID_SIGNATURE"
-EXPIRED = "EXPIRED"
-TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
-RESOURCE_NOT_FOUND = "RESOURCE_NOT_FOUND"
-MAINTENANCE = "MAINTENANCE"
-
-INVALID_STREAM = 4006
-INVALID_SUBSCRIPTION = 4000
-SUBSCRIPTION_AUTH = 4003
-
-
-class RequestError(Exception):
-    def __init__(self, code: str | int, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
+from satchel.errors import (  # re-exported: the gateway answers with the core's codes
+    EXPIRED, INTERNAL_ERROR, INVALID_ASSET, INVALID_DECIMAL, INVALID_JSON, INVALID_PRICE, INVALID_QUANTITY,
+    INVALID_REQUEST, INVALID_SIGNATURE, INVALID_STREAM, INVALID_SUBSCRIPTION, INVALID_SYMBOL, MAINTENANCE,
+    PAYLOAD_TOO_LARGE, RESOURCE_NOT_FOUND, SUBSCRIPTION_AUTH, TOO_MANY_REQUESTS, UNAUTHORIZED, UNKNOWN_METHOD,
+    RequestError,
+)
 
 # ------------------------------------------------------------------ inbound schemas
 
@@ -61,163 +38,69 @@ class Request(msgspec.Struct):
     signature: list[str] | None = None
 
 
+class _IdOnly(msgspec.Struct):
+    id: int | str | None = None
+
+
 request_decoder = msgspec.json.Decoder(Request)
-params_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 streams_decoder = msgspec.json.Decoder(list[str])
+_params_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_id_decoder = msgspec.json.Decoder(_IdOnly)
 _str_decoder = msgspec.json.Decoder(str)
 
 
-class OrderExecuteParams(msgspec.Struct):
-    symbol: str
-    side: Literal["Bid", "Ask"]
-    orderType: Literal["Limit", "Market"]
-    quantity: str | None = None
-    quoteQuantity: str | None = None
-    price: str | None = None
-    timeInForce: Literal["GTC", "IOC", "FOK"] = "GTC"
-    postOnly: bool = False
-    reduceOnly: bool = False
-    clientId: int | None = None
-    selfTradePrevention: Literal["RejectTaker", "RejectMaker", "RejectBoth"] = "RejectTaker"
-
-
-class OrderRefParams(msgspec.Struct):
-    symbol: str
-    orderId: int | None = None
-    clientId: int | None = None
-
-
-class SymbolParams(msgspec.Struct):
-    symbol: str
+def request_id(text: str | bytes) -> int | str | None:
+    """Best effort: the ``id`` of a frame that failed validation, so its error names it."""
+    try:
+        return _id_decoder.decode(text).id
+    except (msgspec.DecodeError, RecursionError):
+        return None
 
 
 class OptionalSymbolParams(msgspec.Struct):
     symbol: str | None = None
+    limit: str | None = None
+    offset: str | None = None
 
 
 class NoParams(msgspec.Struct):
     pass
 
 
-class SetTradingParams(msgspec.Struct):
-    enabled: bool
-    account: str | None = None
-    symbol: str | None = None
+def split_params(raw: msgspec.Raw) -> dict[str, str]:
+    """A request's params as the literal texts the client signed.
 
-
-class SetFeesParams(msgspec.Struct):
-    symbol: str
-    makerFeeBps: int
-    takerFeeBps: int
-
-
-class DepositParams(msgspec.Struct):
-    account: str
-    asset: str
-    quantity: str
-
-
-def split_params(raw: msgspec.Raw) -> tuple[dict[str, Any], dict[str, str]]:
-    """Params as (typed-ish values for the schema, literal texts for the signed string).
-
-    JSON strings become str, numbers stay their literal text (so decimal fields keep
-    their digits and ``clientId`` may be a number or a string), booleans stay bool.
+    JSON strings give their value, numbers their literal text (a re-formatted number
+    would not match the signature, and ``clientId`` may be a number or a string),
+    booleans ``true``/``false``; null means absent and is never part of the signed
+    string. Nested objects and arrays are refused here, before anything looks inside.
     """
     if bytes(raw) in (b"null", b""):
-        return {}, {}
+        return {}
     try:
-        fields = params_decoder.decode(raw)
-    except msgspec.DecodeError as exc:
+        fields = _params_decoder.decode(raw)
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise RequestError(INVALID_REQUEST, "params must be an object") from exc
-    values: dict[str, Any] = {}
     texts: dict[str, str] = {}
     for key, rawv in fields.items():
         b = bytes(rawv)
         head = b[:1]
         if head == b'"':
-            v = _str_decoder.decode(b)
-            values[key] = texts[key] = v
-        elif head == b"t" and b == b"true":
-            values[key], texts[key] = True, "true"
-        elif head == b"f" and b == b"false":
-            values[key], texts[key] = False, "false"
+            texts[key] = _str_decoder.decode(b)
         elif head == b"n":
-            values[key] = None  # null: treated as absent, never part of the signed string
+            continue
         elif head in (b"{", b"["):
-            values[key] = msgspec.json.decode(b)  # a nested value: the schema will refuse it
-            texts[key] = b.decode()
+            raise RequestError(INVALID_REQUEST, f"params.{key} must be a string, number or boolean")
         else:
-            values[key] = texts[key] = b.decode()
-    return values, texts
+            texts[key] = b.decode()  # true, false or a number: ASCII by JSON's grammar
+    return texts
 
 
-def typed(values: dict[str, Any], schema: type) -> Any:
+def typed(texts: dict[str, str], schema: type) -> Any:
     try:
-        return msgspec.convert(values, schema, strict=False)
+        return msgspec.convert(texts, schema)
     except msgspec.ValidationError as exc:
         raise RequestError(INVALID_REQUEST, str(exc)) from exc
-
-
-# ------------------------------------------------------------------ orders in
-
-
-_SIDES = {"Bid": BID, "Ask": ASK}
-_TIFS = {"GTC": GTC, "IOC": IOC, "FOK": FOK}
-_STPS = {"RejectTaker": REJECT_TAKER, "RejectMaker": REJECT_MAKER, "RejectBoth": REJECT_BOTH}
-
-
-def _units(text: str, decimals: int, step: int, code: str, what: str) -> int:
-    try:
-        value = to_units(text, 30)
-    except AmountError as exc:
-        raise RequestError(INVALID_DECIMAL, f"{what}: {exc}") from exc
-    scale = 10 ** (30 - decimals)
-    if value % scale or (value // scale) % step:
-        raise RequestError(code, f"{what} {text} is not a multiple of {format_units(step, decimals)}")
-    if value // scale >= MAX_UNITS:
-        raise RequestError(code, f"{what} {text} is too large")
-    return value // scale
-
-
-def price_units(text: str, spec: MarketSpec) -> int:
-    return _units(text, spec.price_decimals, spec.tick, INVALID_PRICE, "price")
-
-
-def quantity_units(text: str, spec: MarketSpec) -> int:
-    return _units(text, spec.quantity_decimals, spec.step, INVALID_QUANTITY, "quantity")
-
-
-def quote_units(text: str, decimals: int) -> int:
-    return _units(text, decimals, 1, INVALID_QUANTITY, "quoteQuantity")
-
-
-def order_tx(p: OrderExecuteParams, account: str, markets: dict[str, MarketSpec], quote_decimals: int | None) -> PlaceOrder:
-    spec = markets.get(p.symbol)
-    if spec is None:
-        raise RequestError(INVALID_SYMBOL, f"Unknown symbol {p.symbol}")
-    if p.reduceOnly:
-        raise RequestError(INVALID_REQUEST, "reduceOnly applies to futures only")
-    if p.clientId is not None and not 0 <= p.clientId < 2**32:
-        raise RequestError(INVALID_REQUEST, "clientId must be a uint32")
-    if p.orderType == "Limit":
-        if p.price is None or p.quantity is None:
-            raise RequestError(INVALID_REQUEST, "Limit orders need price and quantity")
-        price = price_units(p.price, spec)
-        qty = quantity_units(p.quantity, spec)
-        quote = 0
-        order_type = LIMIT
-    else:
-        if (p.quantity is None) == (p.quoteQuantity is None):
-            raise RequestError(INVALID_REQUEST, "Market orders need exactly one of quantity and quoteQuantity")
-        if p.postOnly:
-            raise RequestError(INVALID_REQUEST, "postOnly applies to limit orders")
-        price = 0
-        qty = quantity_units(p.quantity, spec) if p.quantity is not None else 0
-        quote = quote_units(p.quoteQuantity, quote_decimals) if p.quoteQuantity is not None else 0
-        order_type = MARKET
-    if qty == 0 and quote == 0:
-        raise RequestError(INVALID_QUANTITY, "quantity must be positive")
-    return PlaceOrder(account, p.symbol, _SIDES[p.side], order_type, _TIFS[p.timeInForce], p.postOnly, price, qty, quote, p.clientId, _STPS[p.selfTradePrevention])
 
 
 # ------------------------------------------------------------------ payloads out
@@ -274,8 +157,9 @@ class Formatter:
 
     def resting(self, symbol: str, view: tuple) -> dict:
         """A resting order from the book's snapshot tuple (see ``Book.query``)."""
-        oid, cid, side, price, qty, executed, executed_quote = view
-        return self.order(symbol, oid, cid, side, price, qty, executed, executed_quote, PARTIALLY_FILLED if executed else NEW)
+        oid, cid, side, price, qty, executed, executed_quote, created = view
+        return self.order(symbol, oid, cid, side, price, qty, executed, executed_quote,
+                          PARTIALLY_FILLED if executed else NEW, created_us=created)
 
 
 def result_frame(req_id: Any, result: Any) -> str:
@@ -284,3 +168,27 @@ def result_frame(req_id: Any, result: Any) -> str:
 
 def error_frame(req_id: Any, code: str | int, message: str) -> str:
     return msgspec.json.encode({"id": req_id, "error": {"code": code, "message": message}}).decode()
+
+
+__all__ = [
+    "EXPIRED",
+    "INTERNAL_ERROR",
+    "INVALID_ASSET",
+    "INVALID_DECIMAL",
+    "INVALID_JSON",
+    "INVALID_PRICE",
+    "INVALID_QUANTITY",
+    "INVALID_REQUEST",
+    "INVALID_SIGNATURE",
+    "INVALID_STREAM",
+    "INVALID_SUBSCRIPTION",
+    "INVALID_SYMBOL",
+    "MAINTENANCE",
+    "PAYLOAD_TOO_LARGE",
+    "RESOURCE_NOT_FOUND",
+    "SUBSCRIPTION_AUTH",
+    "TOO_MANY_REQUESTS",
+    "UNAUTHORIZED",
+    "UNKNOWN_METHOD",
+    "RequestError",
+]

@@ -40,6 +40,8 @@ class Gateway:
         self.verifier = ProcessVerifier(n) if n > 0 else Verifier()
         self.sessions = 0
         self.slow_consumers = 0
+        self.handler_errors = 0  # frames whose handling failed unexpectedly (answered INTERNAL_ERROR)
+        self.logged_failures: set[str] = set()  # each kind of failure is logged once
         self.url = ""
 
     def decimals(self, asset: str) -> int | None:

@@ -9,9 +9,16 @@ Verification runs concurrently, but a connection's requests reach the sequencer 
 order they arrived (``_pending`` is drained from the head only), so "place then
 cancel" on one connection is never reordered.
 
-Everything sent to the client goes through one bounded queue. When it is full the
-client is not reading; the session is closed and its subscriptions dropped, so one slow
-reader costs neither memory nor other subscribers' latency.
+Everything sent to the client goes through one queue bounded in frames and in bytes.
+When it is full the client is not reading; the session is closed and its
+subscriptions dropped, so one slow reader costs neither memory nor other subscribers'
+latency. A protocol ping every ``ping_interval_s`` that gets no pong within
+``ping_timeout_s`` closes the connection too (a peer that went away, or one stuck
+half-way through a frame).
+
+No input stops the node: any failure while handling a frame becomes an error frame
+(``INTERNAL_ERROR`` when it is not a known refusal), logged once per kind and counted
+in ``Gateway.handler_errors``.
 """
 
 from __future__ import annotations
@@ -26,13 +33,12 @@ import structlog
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from satchel import instructions
 from satchel.gateway import protocol as P
-from satchel.gateway.wire import send_frames
+from satchel.engine import MAX_WINDOW_MS
+from satchel.gateway.wire import abort, send_frames
 from satchel.marketdata import PRIVATE_STREAMS, SILENT_STREAMS
-from satchel.messages import (
-    REJECTED, Auth, CancelAll, CancelOrder, Deposit, Fill, OrderDone, PlaceOrder, SetFees, SetTrading,
-    TxRejected,
-)
+from satchel.messages import REJECTED, Auth, Fill, OrderDone, PlaceOrder, TxRejected
 from satchel.signing import decode_key, decode_signature, needs_quoting, signing_string
 
 if TYPE_CHECKING:
@@ -54,7 +60,12 @@ class _Pending:
 class _Signed:
     """A request's checked signature parts."""
 
-    __slots__ = ("account", "public", "signature", "timestamp", "window", "candidates")
+    __slots__ = ("account", "public", "signature", "timestamp", "window", "texts", "candidates")
+
+    def auth(self, message: bytes) -> Auth:
+        """The journal's record of this request, given the form the signature covered."""
+        encoded = message is not self.candidates[0]
+        return Auth(tuple(sorted(self.texts.items())), encoded, self.signature, self.timestamp, self.window)
 
 
 class Session:
@@ -64,6 +75,8 @@ class Session:
         self.peer = peer
         s = gateway.settings
         self._out_send, self._out_recv = trio.open_memory_channel(s.send_buffer_frames)
+        self._queued_bytes = 0
+        self._received = 0.0  # when the frame being handled arrived (stage latencies)
         self._tokens = s.rate_burst
         self._refilled = time.monotonic()
         self._pending: deque[_Pending] = deque()
@@ -79,6 +92,7 @@ class Session:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
                 nursery.start_soon(self._writer)
+                nursery.start_soon(self._keepalive)
                 await self._reader()
                 nursery.cancel_scope.cancel()
         finally:
@@ -98,8 +112,35 @@ class Session:
                 return
             try:
                 self.handle(text)
-            except P.RequestError as exc:
-                self.push(P.error_frame(None, exc.code, exc.message))
+            except Exception as exc:  # no input may stop the node: answer, count, go on
+                self._failed(P.request_id(text) if isinstance(text, str) else None, exc)
+
+    def _failed(self, req_id: Any, exc: Exception) -> None:
+        gw = self.gw
+        gw.handler_errors += 1
+        kind = f"{type(exc).__name__}:{exc.__traceback__.tb_frame.f_code.co_name if exc.__traceback__ else ''}"
+        if kind not in gw.logged_failures:
+            gw.logged_failures.add(kind)
+            log.exception("session.request_failed", peer=self.peer, kind=kind)
+        self.push(P.error_frame(req_id, P.INTERNAL_ERROR, "The request could not be handled"))
+
+    async def _keepalive(self) -> None:
+        s = self.gw.settings
+        while True:
+            await trio.sleep(s.ping_interval_s)
+            with trio.move_on_after(s.ping_timeout_s):
+                try:
+                    await self.ws.ping()
+                except ConnectionClosed:
+                    return
+                continue
+            log.info("session.unresponsive_closed", peer=self.peer, timeout_s=s.ping_timeout_s)
+            self.closed = True
+            self.gw.marketdata.drop(self, self._streams)
+            await abort(self.ws)  # a close handshake would wait on the same silent peer
+            if self._scope is not None:
+                self._scope.cancel()
+            return
 
     async def _writer(self) -> None:
         ws = self.ws
@@ -113,6 +154,7 @@ class Session:
                     except trio.WouldBlock:
                         break
                 await send_frames(ws, frames)
+                self._queued_bytes -= sum(len(f) for f in frames)
         except ConnectionClosed:
             pass
         if self._scope is not None:
@@ -122,28 +164,43 @@ class Session:
         """Queue a frame for the client; drops the session if its queue is full."""
         if self.closed:
             return
+        size = len(frame)
         try:
+            if self._queued_bytes + size > self.gw.settings.send_buffer_bytes:
+                raise trio.WouldBlock
             self._out_send.send_nowait(frame)
+            self._queued_bytes += size
         except trio.WouldBlock:
             self.closed = True
             self.dropped = True
             self.gw.marketdata.drop(self, self._streams)
             self.gw.slow_consumers += 1
-            log.warning("session.slow_consumer_dropped", peer=self.peer, queued=self.gw.settings.send_buffer_frames)
+            log.warning("session.slow_consumer_dropped", peer=self.peer, queued_bytes=self._queued_bytes)
             if self._scope is not None:
                 self._scope.cancel()
 
     # ------------------------------------------------------------------ dispatch
 
     def handle(self, text: str | bytes) -> None:
-        if len(text) > self.gw.settings.max_frame_bytes:
-            raise P.RequestError(P.PAYLOAD_TOO_LARGE, f"Frame larger than {self.gw.settings.max_frame_bytes} bytes")
+        self._received = trio.current_time()
+        if isinstance(text, bytes):  # a binary frame: accepted if it is UTF-8 JSON
+            try:
+                text = text.decode()
+            except UnicodeDecodeError:
+                self.push(P.error_frame(None, P.INVALID_JSON, "Frame is not UTF-8 text"))
+                return
+        limit = self.gw.settings.max_frame_bytes
+        if len(text) > limit:
+            self.push(P.error_frame(P.request_id(text), P.PAYLOAD_TOO_LARGE, f"Frame larger than {limit} bytes"))
+            return
         try:
             req = P.request_decoder.decode(text)
         except msgspec.ValidationError as exc:
-            raise P.RequestError(P.INVALID_REQUEST, str(exc)) from exc
-        except msgspec.DecodeError as exc:
-            raise P.RequestError(P.INVALID_JSON, "Malformed JSON") from exc
+            self.push(P.error_frame(P.request_id(text), P.INVALID_REQUEST, str(exc)))
+            return
+        except (msgspec.DecodeError, RecursionError):
+            self.push(P.error_frame(None, P.INVALID_JSON, "Malformed JSON"))
+            return
         if not self._take_token():
             self.push(P.error_frame(req.id, P.TOO_MANY_REQUESTS, "Rate limit exceeded"))
             return
@@ -162,6 +219,8 @@ class Session:
             handler(self, req)
         except P.RequestError as exc:
             self.push(P.error_frame(req.id, exc.code, exc.message))
+        except Exception as exc:
+            self._failed(req.id, exc)
 
     def _take_token(self) -> bool:
         s = self.gw.settings
@@ -185,20 +244,19 @@ class Session:
         signature = decode_signature(sig[1])
         if public is None or signature is None:
             raise P.RequestError(P.INVALID_SIGNATURE, "Malformed API key or signature")
-        try:
-            ts, window = int(sig[2]), int(sig[3])
-        except ValueError as exc:
-            raise P.RequestError(P.INVALID_REQUEST, "timestamp and window must be integers") from exc
-        if not 0 < window <= self.gw.settings.max_window_ms:
-            raise P.RequestError(P.INVALID_REQUEST, f"window must be 1..{self.gw.settings.max_window_ms}")
+        ts = instructions.uint(sig[2], "timestamp")
+        window = instructions.uint(sig[3], "window")
+        if not 0 < window <= MAX_WINDOW_MS:
+            raise P.RequestError(P.INVALID_REQUEST, f"window must be 1..{MAX_WINDOW_MS}")
         now = int(time.time() * 1000)
         if ts + window < now or ts - window > now:
             raise P.RequestError(P.EXPIRED, "Request timestamp is outside its window")
-        raw = signing_string(instruction, texts, sig[2], sig[3])
+        # the signed string uses the integers as parsed, so the journal can rebuild it
+        raw = signing_string(instruction, texts, ts, window)
         s = _Signed()
-        s.account, s.public, s.signature, s.timestamp, s.window = sig[0], public, signature, ts, window
+        s.account, s.public, s.signature, s.timestamp, s.window, s.texts = sig[0], public, signature, ts, window, texts
         if needs_quoting(texts):  # ccxt signs percent-encoded values: accept that form too
-            s.candidates = (raw, signing_string(instruction, texts, sig[2], sig[3], encoded=True))
+            s.candidates = (raw, signing_string(instruction, texts, ts, window, encoded=True))
         else:
             s.candidates = (raw,)
         return s
@@ -228,15 +286,26 @@ class Session:
                 p.action(p.message)
             except P.RequestError as exc:
                 self.push(P.error_frame(p.req_id, exc.code, exc.message))
+            except Exception as exc:  # runs in the verifier's task: never let it fail there
+                self._failed(p.req_id, exc)
+
+    def _signed_texts(self, req: P.Request, instruction: str) -> tuple[dict[str, str], _Signed]:
+        texts = P.split_params(req.params)
+        return texts, self._check_signature(req, instruction, texts)
 
     def _signed_request(self, req: P.Request, instruction: str, schema: type) -> tuple[Any, _Signed]:
-        values, texts = P.split_params(req.params)
-        params = P.typed(values, schema)
-        return params, self._check_signature(req, instruction, texts)
+        texts, signed = self._signed_texts(req, instruction)
+        return P.typed(texts, schema), signed
 
-    def _submit(self, req_id: Any, tx: Any, reply: Callable[[Any, list], str]) -> None:
+    def _submit(self, req_id: Any, tx: Any, reply: Callable[[Any, list], str], received: float) -> None:
+        node = self.gw.node
+        verified = trio.current_time()
+
         def done(events: list) -> None:
             self.push(reply(req_id, events))
+            if node.latency.sampled():
+                cut, _, durable = node.block_times
+                node.latency.record_request(received, verified, cut, durable, trio.current_time())
 
         try:
             self.gw.node.submit(tx, done)
@@ -249,22 +318,27 @@ class Session:
         except trio.ClosedResourceError as exc:
             raise P.RequestError(P.MAINTENANCE, "Node is shutting down") from exc
 
-    def _submit_signed(self, req_id: Any, signed: _Signed, tx: Any, reply: Callable[[Any, list], str]) -> None:
-        """Once the signature checks out, sequence ``tx`` carrying the signed request."""
+    def _transaction(self, req: P.Request, instruction: str, reply_for: Callable[[Any, dict], Callable[[Any, list], str]]) -> None:
+        """Check, build (``instructions.build``), verify and sequence a signed transaction;
+        ``reply_for(tx, texts)`` gives the function that turns its events into the reply."""
+        texts, signed = self._signed_texts(req, instruction)
+        decl = instructions.BY_NAME[instruction]
+        if decl.admin and signed.account != self.gw.node.admin.api_key:
+            raise P.RequestError(P.UNAUTHORIZED, f"{instruction} must be signed by the admin key")
+        tx = instructions.build(instruction, texts, signed.account, self.gw)
+        reply = reply_for(tx, texts)
+
+        received = self._received
 
         def go(message: bytes) -> None:
-            auth = Auth(message, signed.signature, signed.timestamp, signed.window)
-            self._submit(req_id, msgspec.structs.replace(tx, auth=auth), reply)
+            self._submit(req.id, msgspec.structs.replace(tx, auth=signed.auth(message)), reply, received)
 
-        self._verified(req_id, signed, go)
+        self._verified(req.id, signed, go)
 
     # ------------------------------------------------------------------ order entry
 
     def order_execute(self, req: P.Request) -> None:
-        params, signed = self._signed_request(req, "orderExecute", P.OrderExecuteParams)
-        tx = P.order_tx(params, signed.account, self.gw.markets, self.gw.quote_decimals(params.symbol))
-
-        self._submit_signed(req.id, signed, tx, self._order_reply(tx))
+        self._transaction(req, "orderExecute", lambda tx, texts: self._order_reply(tx))
 
     def _order_reply(self, tx: PlaceOrder) -> Callable[[Any, list], str]:
         fmt = self.gw.fmt
@@ -293,7 +367,7 @@ class Session:
                 status = P.PARTIALLY_FILLED if executed else P.NEW
             result = fmt.order(tx.symbol, oid, tx.client_id, tx.side, tx.price, tx.quantity, executed, executed_quote,
                                status, order_type=tx.order_type, tif=tx.tif, stp=tx.stp, post_only=tx.post_only,
-                               quote_quantity=tx.quote_quantity, created_us=self.gw.marketdata.last_timestamp)
+                               quote_quantity=tx.quote_quantity, created_us=self.gw.node.block_timestamp)
             result["fills"] = fills
             if status == REJECTED or reason:
                 result["reason"] = reason
@@ -301,22 +375,11 @@ class Session:
 
         return reply
 
-    def _order_ref(self, req: P.Request, instruction: str) -> tuple[P.OrderRefParams, _Signed]:
-        params, signed = self._signed_request(req, instruction, P.OrderRefParams)
-        self.gw.check_symbol(params.symbol)
-        if (params.orderId is None) == (params.clientId is None):
-            raise P.RequestError(P.INVALID_REQUEST, "Give exactly one of orderId and clientId")
-        return params, signed
-
     def order_cancel(self, req: P.Request) -> None:
-        params, signed = self._order_ref(req, "orderCancel")
-        tx = CancelOrder(signed.account, params.symbol, params.orderId, params.clientId)
-        self._submit_signed(req.id, signed, tx, self._cancel_reply(False))
+        self._transaction(req, "orderCancel", lambda tx, texts: self._cancel_reply(False))
 
     def order_cancel_all(self, req: P.Request) -> None:
-        params, signed = self._signed_request(req, "orderCancelAll", P.SymbolParams)
-        self.gw.check_symbol(params.symbol)
-        self._submit_signed(req.id, signed, CancelAll(signed.account, params.symbol), self._cancel_reply(True))
+        self._transaction(req, "orderCancelAll", lambda tx, texts: self._cancel_reply(True))
 
     def _cancel_reply(self, many: bool) -> Callable[[Any, list], str]:
         fmt = self.gw.fmt
@@ -328,7 +391,7 @@ class Session:
                     return P.error_frame(req_id, ev.code, ev.message)
                 if ev.__class__ is OrderDone:
                     orders.append(fmt.order(ev.symbol, ev.order_id, ev.client_id, ev.side, ev.price, ev.quantity,
-                                            ev.executed_quantity, ev.executed_quote, ev.status))
+                                            ev.executed_quantity, ev.executed_quote, ev.status, created_us=ev.created))
             return P.result_frame(req_id, orders if many else orders[0])
 
         return reply
@@ -336,11 +399,11 @@ class Session:
     # ------------------------------------------------------------------ queries
 
     def order_query(self, req: P.Request) -> None:
-        params, signed = self._order_ref(req, "orderQuery")
-        sym = params.symbol
+        texts, signed = self._signed_texts(req, "orderQuery")
+        sym, order_id, client_id = instructions.order_ref(P.typed(texts, instructions.OrderRefParams), self.gw)
 
         async def fn(engine: Any) -> Any:
-            return await engine.books[sym].call("query", signed.account, params.orderId, params.clientId)
+            return await engine.books[sym].call("query", signed.account, order_id, client_id)
 
         def reply(view: Any) -> str:
             if view is None:
@@ -350,16 +413,21 @@ class Session:
         self._verified(req.id, signed, lambda m: self._read(req.id, fn, reply))
 
     def order_query_all(self, req: P.Request) -> None:
+        """Resting orders, oldest first per market, a page at a time (``limit``/``offset``)."""
         params, signed = self._signed_request(req, "orderQueryAll", P.OptionalSymbolParams)
         symbols = [params.symbol] if params.symbol else list(self.gw.markets)
         for s in symbols:
             self.gw.check_symbol(s)
+        page = self.gw.settings.max_page
+        limit = instructions.uint(params.limit, "limit", page + 1) if params.limit is not None else page
+        offset = instructions.uint(params.offset, "offset") if params.offset is not None else 0
 
         async def fn(engine: Any) -> Any:
             return [(s, await engine.books[s].call("open_orders", signed.account)) for s in symbols]
 
         def reply(result: Any) -> str:
-            return P.result_frame(req.id, [self.gw.fmt.resting(s, v) for s, views in result for v in views])
+            views = [(s, v) for s, vs in result for v in vs][offset:offset + limit]
+            return P.result_frame(req.id, [self.gw.fmt.resting(s, v) for s, v in views])
 
         self._verified(req.id, signed, lambda m: self._read(req.id, fn, reply))
 
@@ -378,17 +446,38 @@ class Session:
 
         self._verified(req.id, signed, lambda m: self._read(req.id, fn, reply))
 
+    def ledger_totals(self, req: P.Request) -> None:
+        """Per asset: deposits, withdrawals, fees collected and the sum of all balances,
+        so anyone can check that deposits - withdrawals = balances + fees."""
+
+        async def fn(engine: Any) -> Any:
+            return await engine.risk.call("ledger")
+
+        def reply(ledger: dict) -> str:
+            fmt = self.gw.fmt
+            return P.result_frame(req.id, {
+                a: {"deposits": fmt.asset(a, dep), "withdrawals": "0", "fees": fmt.asset(a, fees),
+                    "balances": fmt.asset(a, bal)}
+                for a, (dep, fees, bal) in sorted(ledger.items())
+            })
+
+        self._read(req.id, fn, reply)
+
+    def node_stats(self, req: P.Request) -> None:
+        """Per-stage latency percentiles (us) since the node started, or since the last
+        ``{"reset": true}``; see ``satchel.latency``."""
+        texts = P.split_params(req.params)
+        latency = self.gw.node.latency
+        result = {"stages": latency.summary(), "sessions": self.gw.sessions, "slowConsumers": self.gw.slow_consumers,
+                  "handlerErrors": self.gw.handler_errors}
+        if texts.get("reset") == "true":
+            latency.reset()
+        self.push(P.result_frame(req.id, result))
+
     def depth(self, req: P.Request) -> None:
-        values, _ = P.split_params(req.params)
-        params = P.typed(values, P.SymbolParams)
+        params = P.typed(P.split_params(req.params), instructions.SymbolParams)
         self.gw.check_symbol(params.symbol)
         self.push(P.result_frame(req.id, self.gw.marketdata.snapshot(params.symbol)))
-
-    def _admin_request(self, req: P.Request, instruction: str, schema: type) -> tuple[Any, _Signed]:
-        params, signed = self._signed_request(req, instruction, schema)
-        if signed.account != self.gw.node.admin.api_key:
-            raise P.RequestError(P.UNAUTHORIZED, f"{instruction} must be signed by the admin key")
-        return params, signed
 
     def _admin_reply(self, result: dict) -> Callable[[Any, list], str]:
         def reply(req_id: Any, events: list) -> str:
@@ -400,38 +489,20 @@ class Session:
         return reply
 
     def admin_set_trading(self, req: P.Request) -> None:
-        params, signed = self._admin_request(req, "adminSetTrading", P.SetTradingParams)
-        if params.symbol is not None:
-            self.gw.check_symbol(params.symbol)
-        if params.account is None and params.symbol is None:
-            raise P.RequestError(P.INVALID_REQUEST, "Give an account, a symbol or both")
-        tx = SetTrading(signed.account, params.account, params.symbol, params.enabled)
-        self._submit_signed(req.id, signed, tx, self._admin_reply(msgspec.to_builtins(params)))
+        self._transaction(req, "adminSetTrading", lambda tx, texts: self._admin_reply(texts))
 
     def admin_set_fees(self, req: P.Request) -> None:
-        params, signed = self._admin_request(req, "adminSetFees", P.SetFeesParams)
-        self.gw.check_symbol(params.symbol)
-        tx = SetFees(signed.account, params.symbol, params.makerFeeBps, params.takerFeeBps)
-        self._submit_signed(req.id, signed, tx, self._admin_reply(msgspec.to_builtins(params)))
+        self._transaction(req, "adminSetFees", lambda tx, texts: self._admin_reply(texts))
 
     def deposit(self, req: P.Request) -> None:
-        params, signed = self._admin_request(req, "deposit", P.DepositParams)
-        decimals = self.gw.decimals(params.asset)
-        if decimals is None:
-            raise P.RequestError(P.INVALID_ASSET, f"Unknown asset {params.asset}")
-        amount = P.quote_units(params.quantity, decimals)
-        if amount <= 0 or decode_key(params.account) is None:
-            raise P.RequestError(P.INVALID_REQUEST, "account must be an API key and quantity positive")
-        tx = Deposit(signed.account, params.account, params.asset, amount)
-        result = {"account": params.account, "asset": params.asset, "quantity": params.quantity, "status": "Confirmed"}
-        self._submit_signed(req.id, signed, tx, self._admin_reply(result))
+        self._transaction(req, "deposit", lambda tx, texts: self._admin_reply({**texts, "status": "Confirmed"}))
 
     # ------------------------------------------------------------------ streams
 
     def _subscription(self, req: P.Request, subscribe: bool) -> None:
         try:
             streams = P.streams_decoder.decode(req.params)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
             self.push(P.error_frame(req.id, P.INVALID_SUBSCRIPTION, "params must be a list of stream names"))
             return
         md = self.gw.marketdata
@@ -445,23 +516,23 @@ class Session:
                 if name in SILENT_STREAMS:
                     continue
                 if name not in PRIVATE_STREAMS or (symbol and (name == "account.balanceUpdate" or symbol not in self.gw.markets)):
-                    self.push(P.error_frame(None, P.INVALID_STREAM, "Invalid stream"))
+                    self.push(P.error_frame(req.id, P.INVALID_STREAM, "Invalid stream"))
                     return
                 private.append(stream)
             else:
-                self.push(P.error_frame(None, P.INVALID_STREAM, "Invalid stream"))
+                self.push(P.error_frame(req.id, P.INVALID_STREAM, "Invalid stream"))
                 return
         if private:
             try:
                 signed = self._check_signature(req, "subscribe", {})
             except P.RequestError as exc:
-                self.push(P.error_frame(None, P.SUBSCRIPTION_AUTH, f"{exc.code}: {exc.message}"))
+                self.push(P.error_frame(req.id, P.SUBSCRIPTION_AUTH, f"{exc.code}: {exc.message}"))
                 return
 
             def go(message: bytes) -> None:
                 self._apply(public + [f"{s}:{signed.account}" for s in private], subscribe)
 
-            self._verified(None, signed, go)
+            self._verified(req.id, signed, go)
         else:
             self._apply(public, subscribe)
 
@@ -485,6 +556,8 @@ _METHODS: dict[str, Callable[[Session, P.Request], None]] = {
     "orderQueryAll": Session.order_query_all,
     "balanceQuery": Session.balance_query,
     "depth": Session.depth,
+    "ledgerTotals": Session.ledger_totals,
+    "nodeStats": Session.node_stats,
     "deposit": Session.deposit,
     "adminSetTrading": Session.admin_set_trading,
     "adminSetFees": Session.admin_set_fees,

@@ -39,3 +39,17 @@ async def send_frames(ws: WebSocketConnection, frames: list[str]) -> None:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await ws._abort_web_socket()
             raise ConnectionClosed(ws._close_reason) from None
+
+
+async def abort(ws: WebSocketConnection) -> None:
+    """Drop a connection at once, without the close handshake (for a silent peer)."""
+    aborter = getattr(ws, "_abort_web_socket", None)
+    stream = getattr(ws, "_stream", None)
+    if aborter is not None and stream is not None:
+        # shielded: aborting wakes this session's reader, which cancels its tasks
+        with trio.CancelScope(shield=True):
+            await aborter()
+            await stream.aclose()  # also ends trio-websocket's reader, which waits on the socket
+    else:
+        with trio.move_on_after(1):
+            await ws.aclose(code=1001)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
@@ -45,8 +46,12 @@ def verdict(report: dict, max_error_rate: float | None, max_p99_ms: float | None
         why.append(f"{c['depth_gaps']} depth gaps")
     if c["book_mismatches"]:
         why.append(f"{c['book_mismatches']} local books differ from the snapshot")
-    if c.get("conservation_ok") is False:
-        why.append("balances plus fees do not add up to the deposits")
+    if c.get("conservation_error"):
+        why.append(f"conservation not checked: {c['conservation_error']}")
+    elif c.get("conservation_ok") is False:
+        off = [f"{asset} {k.removesuffix('_diff')} off by {v}" for asset, row in c.get("conservation", {}).items()
+               for k, v in row.items() if k.endswith("_diff") and Decimal(v) != 0]
+        why.append("by the node's ledgerTotals, balances plus fees do not add up to the deposits: " + "; ".join(off))
     return why
 
 
@@ -74,7 +79,8 @@ def render(report: dict, console: Console | None = None) -> None:
     console.print(f"feed: {f['subscribers']} subscribers, {f['frames']:,} frames ({f['frames_per_s']:,.0f}/s)")
     c = report["correctness"]
     console.print(f"correctness: lost acks {c['lost_acks']}, depth gaps {c['depth_gaps']}, book mismatches "
-                  f"{c['book_mismatches']}/{c['books_checked']}, conservation {c.get('conservation_ok', 'n/a')}")
+                  f"{c['book_mismatches']}/{c['books_checked']}, conservation "
+                  f"{'not checked' if c.get('conservation_error') else c.get('conservation_ok', 'n/a')}")
     s = report.get("slow_subscribers")
     if s and s["count"]:
         console.print(f"slow subscribers: {s['dropped']}/{s['count']} disconnected; node RSS {s.get('rss_start_mb', '?')} -> "

@@ -6,8 +6,10 @@ client down (no coordinated omission). Closed loop (``rate`` None): each trader 
 ``inflight`` requests outstanding and sends as fast as acks return.
 
 Each trader also subscribes to its own ``account.orderUpdate`` stream: at the end every
-order the server acknowledged must have appeared there, and the fees it reports feed
-the runner's conservation check.
+order the server acknowledged must have appeared there. The fees its fills report are
+tallied for information only: a trader stops reading once its own orders are settled, so a
+maker fill that lands later is missing, and the runner's conservation check takes the fees
+from the node (``ledgerTotals``) instead.
 """
 
 from __future__ import annotations

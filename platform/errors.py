@@ -1,0 +1,37 @@
+"""Error codes every front end answers with, and the exception that carries them.
+
+Codes are strings that never change meaning (clients dispatch on them); subscription
+errors use Backpack's numeric codes (4006 = invalid stream). The deterministic core
+raises ``RequestError`` while turning signed parameters into a transaction, so the
+gateway, a REST front end and the validator all refuse the same input the same way.
+"""
+
+from __future__ import annotations
+
+INVALID_JSON = "INVALID_JSON"
+INVALID_REQUEST = "INVALID_CLIENT_REQUEST"
+UNKNOWN_METHOD = "UNKNOWN_METHOD"
+INVALID_DECIMAL = "INVALID_DECIMAL"
+INVALID_PRICE = "INVALID_PRICE"
+INVALID_QUANTITY = "INVALID_QUANTITY"
+INVALID_SYMBOL = "INVALID_SYMBOL"
+INVALID_ASSET = "INVALID_ASSET"
+PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+UNAUTHORIZED = "UNAUTHORIZED"
+INVALID_SIGNATURE = "INVALID_SIGNATURE"
+EXPIRED = "EXPIRED"
+TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
+RESOURCE_NOT_FOUND = "RESOURCE_NOT_FOUND"
+MAINTENANCE = "MAINTENANCE"
+INTERNAL_ERROR = "INTERNAL_ERROR"
+
+INVALID_STREAM = 4006
+INVALID_SUBSCRIPTION = 4000
+SUBSCRIPTION_AUTH = 4003
+
+
+class RequestError(Exception):
+    def __init__(self, code: str | int, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message

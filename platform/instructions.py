@@ -1,0 +1,312 @@
+"""Every signed instruction, declared once: name, params schema, builder, signer.
+
+A request's parameters arrive as literal texts (what the client signed). ``build``
+turns them into a transaction with the market's tick and step rules; the gateway calls
+it before sequencing, and a validator calls it again on the parameters kept in the
+journal (``Auth.params``) and requires the same transaction, so a node cannot reuse a
+signature for another price, quantity, side or account. Being part of the rules, this
+module is deterministic (no clock, no I/O) and covered by ``RULES_VERSION``.
+
+Parameters are strict: integers are plain decimal digits (``clientId`` 7 or "7", never
+"1e3" or 7.0), booleans are ``true``/``false``, decimals are plain decimal strings
+whose digits fit the market's tick or step.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, NamedTuple, Protocol
+
+import msgspec
+
+from satchel.amounts import MAX_UNITS, AmountError, format_units, to_units
+from satchel.errors import (
+    INVALID_ASSET, INVALID_DECIMAL, INVALID_PRICE, INVALID_QUANTITY, INVALID_REQUEST, INVALID_SYMBOL, RequestError,
+)
+from satchel.messages import (
+    ASK, BID, FOK, GTC, IOC, LIMIT, MARKET, REJECT_BOTH, REJECT_MAKER, REJECT_TAKER, AssetSpec, CancelAll,
+    CancelOrder, Deposit, ListAsset, ListMarket, MarketSpec, PlaceOrder, SetAdmin, SetFees, SetTrading,
+)
+
+
+class Listing(Protocol):
+    """What the builders read of the engine's configuration."""
+
+    markets: Mapping[str, MarketSpec]
+    assets: Mapping[str, AssetSpec]
+
+
+Bool = Literal["true", "false"]
+
+
+# ------------------------------------------------------------------ params schemas (all texts)
+
+
+class OrderExecuteParams(msgspec.Struct):
+    symbol: str
+    side: Literal["Bid", "Ask"]
+    orderType: Literal["Limit", "Market"]
+    quantity: str | None = None
+    quoteQuantity: str | None = None
+    price: str | None = None
+    timeInForce: Literal["GTC", "IOC", "FOK"] = "GTC"
+    postOnly: Bool = "false"
+    reduceOnly: Bool = "false"
+    clientId: str | None = None
+    selfTradePrevention: Literal["RejectTaker", "RejectMaker", "RejectBoth"] = "RejectTaker"
+
+
+class OrderRefParams(msgspec.Struct):
+    symbol: str
+    orderId: str | None = None
+    clientId: str | None = None
+
+
+class SymbolParams(msgspec.Struct):
+    symbol: str
+
+
+class SetTradingParams(msgspec.Struct):
+    enabled: Bool
+    account: str | None = None
+    symbol: str | None = None
+
+
+class SetFeesParams(msgspec.Struct):
+    symbol: str
+    makerFeeBps: str
+    takerFeeBps: str
+
+
+class DepositParams(msgspec.Struct):
+    account: str
+    asset: str
+    quantity: str
+
+
+class SetAdminParams(msgspec.Struct):
+    key: str
+
+
+class ListAssetParams(msgspec.Struct):
+    symbol: str
+    decimals: str
+
+
+# ------------------------------------------------------------------ strict scalars
+
+
+def uint(text: str | None, what: str, limit: int = MAX_UNITS) -> int | None:
+    """A non-negative integer written as plain digits, below ``limit``; None stays None."""
+    if text is None:
+        return None
+    if not (0 < len(text) <= 20 and text.isascii() and text.isdigit()) or int(text) >= limit:
+        raise RequestError(INVALID_REQUEST, f"{what} must be an integer in 0..{limit - 1}")
+    return int(text)
+
+
+def sint(text: str, what: str, limit: int) -> int:
+    """An integer, possibly negative, with absolute value below ``limit``."""
+    value = uint(text[1:] if text.startswith("-") else text, what, limit)
+    return -value if text.startswith("-") else value
+
+
+def boolean(text: str) -> bool:
+    return text == "true"
+
+
+def units(text: str, decimals: int, step: int, code: str, what: str) -> int:
+    """A decimal string as a whole number of ``step`` units at ``decimals``, or RequestError."""
+    try:
+        value = to_units(text, 30)
+    except AmountError as exc:
+        raise RequestError(INVALID_DECIMAL, f"{what}: {exc}") from exc
+    scale = 10 ** (30 - decimals)
+    if value % scale or (value // scale) % step:
+        raise RequestError(code, f"{what} {text} is not a multiple of {format_units(step, decimals)}")
+    if value // scale >= MAX_UNITS:
+        raise RequestError(code, f"{what} {text} is too large")
+    return value // scale
+
+
+def _market(listing: Listing, symbol: str) -> MarketSpec:
+    spec = listing.markets.get(symbol)
+    if spec is None:
+        raise RequestError(INVALID_SYMBOL, f"Unknown symbol {symbol}")
+    return spec
+
+
+def _asset(listing: Listing, asset: str) -> AssetSpec:
+    spec = listing.assets.get(asset)
+    if spec is None:
+        raise RequestError(INVALID_ASSET, f"Unknown asset {asset}")
+    return spec
+
+
+# ------------------------------------------------------------------ builders
+
+_SIDES = {"Bid": BID, "Ask": ASK}
+_TIFS = {"GTC": GTC, "IOC": IOC, "FOK": FOK}
+_STPS = {"RejectTaker": REJECT_TAKER, "RejectMaker": REJECT_MAKER, "RejectBoth": REJECT_BOTH}
+
+
+def _order(p: OrderExecuteParams, account: str, listing: Listing) -> PlaceOrder:
+    spec = _market(listing, p.symbol)
+    if boolean(p.reduceOnly):
+        raise RequestError(INVALID_REQUEST, "reduceOnly applies to futures only")
+    client_id = uint(p.clientId, "clientId", 2**32)
+    post_only = boolean(p.postOnly)
+    if p.orderType == "Limit":
+        if p.price is None or p.quantity is None:
+            raise RequestError(INVALID_REQUEST, "Limit orders need price and quantity")
+        if p.quoteQuantity is not None:
+            raise RequestError(INVALID_REQUEST, "quoteQuantity applies to market orders")
+        price = units(p.price, spec.price_decimals, spec.tick, INVALID_PRICE, "price")
+        qty = units(p.quantity, spec.quantity_decimals, spec.step, INVALID_QUANTITY, "quantity")
+        quote = 0
+        order_type = LIMIT
+    else:
+        if (p.quantity is None) == (p.quoteQuantity is None):
+            raise RequestError(INVALID_REQUEST, "Market orders need exactly one of quantity and quoteQuantity")
+        if post_only:
+            raise RequestError(INVALID_REQUEST, "postOnly applies to limit orders")
+        if p.price is not None:
+            raise RequestError(INVALID_REQUEST, "Market orders take no price")
+        price = 0
+        qty = units(p.quantity, spec.quantity_decimals, spec.step, INVALID_QUANTITY, "quantity") if p.quantity is not None else 0
+        decimals = _asset(listing, spec.quote).decimals
+        quote = units(p.quoteQuantity, decimals, 1, INVALID_QUANTITY, "quoteQuantity") if p.quoteQuantity is not None else 0
+        order_type = MARKET
+    if qty == 0 and quote == 0:
+        raise RequestError(INVALID_QUANTITY, "quantity must be positive")
+    return PlaceOrder(account, p.symbol, _SIDES[p.side], order_type, _TIFS[p.timeInForce], post_only, price, qty, quote,
+                      client_id, _STPS[p.selfTradePrevention])
+
+
+def order_ref(p: OrderRefParams, listing: Listing) -> tuple[str, int | None, int | None]:
+    _market(listing, p.symbol)
+    if (p.orderId is None) == (p.clientId is None):
+        raise RequestError(INVALID_REQUEST, "Give exactly one of orderId and clientId")
+    return p.symbol, uint(p.orderId, "orderId"), uint(p.clientId, "clientId", 2**32)
+
+
+def _cancel(p: OrderRefParams, account: str, listing: Listing) -> CancelOrder:
+    return CancelOrder(account, *order_ref(p, listing))
+
+
+def _cancel_all(p: SymbolParams, account: str, listing: Listing) -> CancelAll:
+    _market(listing, p.symbol)
+    return CancelAll(account, p.symbol)
+
+
+def _deposit(p: DepositParams, admin: str, listing: Listing) -> Deposit:
+    decimals = _asset(listing, p.asset).decimals
+    amount = units(p.quantity, decimals, 1, INVALID_QUANTITY, "quantity")
+    if amount <= 0:
+        raise RequestError(INVALID_QUANTITY, "quantity must be positive")
+    if not is_api_key(p.account):
+        raise RequestError(INVALID_REQUEST, "account must be an API key (base64 of a 32-byte public key)")
+    return Deposit(admin, p.account, p.asset, amount)
+
+
+def _set_trading(p: SetTradingParams, admin: str, listing: Listing) -> SetTrading:
+    if p.symbol is not None:
+        _market(listing, p.symbol)
+    if p.account is None and p.symbol is None:
+        raise RequestError(INVALID_REQUEST, "Give an account, a symbol or both")
+    return SetTrading(admin, p.account, p.symbol, boolean(p.enabled))
+
+
+def _set_fees(p: SetFeesParams, admin: str, listing: Listing) -> SetFees:
+    _market(listing, p.symbol)
+    return SetFees(admin, p.symbol, sint(p.makerFeeBps, "makerFeeBps", 10_001), sint(p.takerFeeBps, "takerFeeBps", 10_001))
+
+
+def _set_admin(p: SetAdminParams, key: str, listing: Listing) -> SetAdmin:
+    return SetAdmin(p.key)
+
+
+def _list_asset(p: ListAssetParams, admin: str, listing: Listing) -> ListAsset:
+    return ListAsset(admin, AssetSpec(p.symbol, uint(p.decimals, "decimals", 31)))
+
+
+def _list_market(p: dict[str, str], admin: str, listing: Listing) -> ListMarket:
+    try:
+        fields = {f: (p[f] if f in _MARKET_TEXT_FIELDS else sint(p[f], f, MAX_UNITS)) for f in MarketSpec.__struct_fields__}
+    except KeyError as exc:
+        raise RequestError(INVALID_REQUEST, f"listMarket needs {exc}") from exc
+    return ListMarket(admin, MarketSpec(**fields))
+
+
+_MARKET_TEXT_FIELDS = ("symbol", "base", "quote")
+
+
+def market_params(spec: MarketSpec) -> dict[str, str]:
+    """A market listing's signed parameters: every field of its spec as text."""
+    return {f: str(getattr(spec, f)) for f in spec.__struct_fields__}
+
+
+# ------------------------------------------------------------------ the declarations
+
+
+class Instruction(NamedTuple):
+    name: str  # the signed string's instruction=...
+    tx: type  # the transaction it builds
+    schema: type | None  # params schema (None: a plain dict of texts)
+    build: Callable[[Any, str, Listing], Any]  # (params, signer, listing) -> tx
+    signer: Callable[[Any], str]  # who must have signed a tx of this type
+    admin: bool  # signed by the node's admin key
+
+
+def _account(tx: Any) -> str:
+    return tx.account
+
+
+def _admin(tx: Any) -> str:
+    return tx.admin
+
+
+INSTRUCTIONS = (
+    Instruction("orderExecute", PlaceOrder, OrderExecuteParams, _order, _account, False),
+    Instruction("orderCancel", CancelOrder, OrderRefParams, _cancel, _account, False),
+    Instruction("orderCancelAll", CancelAll, SymbolParams, _cancel_all, _account, False),
+    Instruction("deposit", Deposit, DepositParams, _deposit, _admin, True),
+    Instruction("adminSetTrading", SetTrading, SetTradingParams, _set_trading, _admin, True),
+    Instruction("adminSetFees", SetFees, SetFeesParams, _set_fees, _admin, True),
+    Instruction("setAdmin", SetAdmin, SetAdminParams, _set_admin, lambda tx: tx.key, True),
+    Instruction("listAsset", ListAsset, ListAssetParams, _list_asset, _admin, True),
+    Instruction("listMarket", ListMarket, None, _list_market, _admin, True),
+)
+BY_NAME = {i.name: i for i in INSTRUCTIONS}
+BY_TX = {i.tx: i for i in INSTRUCTIONS}
+
+
+def params_of(schema: type | None, texts: Mapping[str, str]) -> Any:
+    """The texts checked against an instruction's schema (unknown keys are ignored)."""
+    if schema is None:
+        return dict(texts)
+    try:
+        return msgspec.convert(texts, schema)
+    except msgspec.ValidationError as exc:
+        raise RequestError(INVALID_REQUEST, str(exc)) from exc
+
+
+def build(name: str, texts: Mapping[str, str], signer: str, listing: Listing) -> Any:
+    """The transaction a request asks for (without its ``auth``), or RequestError."""
+    decl = BY_NAME[name]
+    return decl.build(params_of(decl.schema, texts), signer, listing)
+
+
+def is_api_key(text: str) -> bool:
+    """Whether ``text`` is the canonical base64 encoding of a 32-byte key.
+
+    Base64 lets the two padding bits of a 32-byte value take any value, so one key has
+    four spellings; accepting them all would make four accounts of one key.
+    """
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return len(raw) == 32 and base64.b64encode(raw).decode() == text
