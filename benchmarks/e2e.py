@@ -7,7 +7,9 @@ funded account and keeps ``--inflight`` requests outstanding (closed loop). Orde
 signed before the clock starts (signing is the client's cost, not the exchange's); the
 node verifies every signature, sequences, journals with fsync, matches and replies.
 The order mix rests and crosses around a fixed mid, so fills happen continuously.
-Usage: python -m benchmarks.e2e [--seconds S] [--conns C] [--inflight W] [--runs R]
+The node's own per-stage latencies (``nodeStats``: verify, sequence, apply, durable,
+reply, total) are printed beside the client-side figures.
+Usage: python -m benchmarks.e2e [--seconds S] [--scenarios 1x1,8x1,20x32] [--runs R]
 """
 
 from __future__ import annotations
@@ -128,56 +130,81 @@ async def wait_port(port: int) -> None:
                 await trio.sleep(0.05)
 
 
-async def run(args: argparse.Namespace) -> None:
-    per_conn = int(args.seconds * 40_000 / args.conns) + 1000
-    keys = [Keypair.generate() for _ in range(args.conns)]
-    print(f"e2e: {args.conns} connections x {args.inflight} in flight, {args.seconds}s per measurement; signing frames...", flush=True)
+async def stats(url: str, reset: bool = False) -> dict:
+    async with connect(url) as c:
+        return await c.request("nodeStats", {"reset": True} if reset else None, sign=False)
+
+
+def stage_line(stages: dict) -> str:
+    return "  ".join(f"{name} {s['p50'] / 1000:.2f}/{s['p99'] / 1000:.2f}" for name, s in stages.items())
+
+
+async def scenario(args: argparse.Namespace, conns: int, inflight: int) -> dict:
+    per_conn = int(args.seconds * 40_000 / conns) + 1000
+    keys = [Keypair.generate() for _ in range(conns)]
     frames_by_run = [make_frames(keys, per_conn) for _ in range(args.runs)]
-    echo_rates, node_rates, p50s, p99s = [], [], [], []
+    echo_rates, node_rates, p50s, p99s, echo_p50s = [], [], [], [], []
+    stage_runs = []
     for r in range(args.runs):
-        # echo
         port = free_port()
         echo = subprocess.Popen([sys.executable, "-c", f"from benchmarks.e2e import echo_main; echo_main({port})"])
         try:
             await wait_port(port)
-            rate, lat, _ = await drive(f"ws://127.0.0.1:{port}", frames_by_run[r], args.inflight, args.seconds, False)
+            rate, lat, _ = await drive(f"ws://127.0.0.1:{port}", frames_by_run[r], inflight, args.seconds, False)
         finally:
             echo.kill()
             echo.wait()
         echo_rates.append(rate)
-        echo_p50 = pct(lat, 0.5)
-        # node
+        echo_p50s.append(pct(lat, 0.5))
         with tempfile.TemporaryDirectory() as d:
             port = free_port()
-            node = subprocess.Popen([sys.executable, "-m", "satchel.cli", "serve", "--data", d, "--port", str(port), "--no-demo", "--replication-port", "-1"],
-                                    stderr=subprocess.DEVNULL)
+            url = f"ws://127.0.0.1:{port}"
+            node = subprocess.Popen([sys.executable, "-m", "satchel.cli", "serve", "--data", d, "--port", str(port),
+                                     "--no-demo", "--replication-port", "-1", *args.node_args], stderr=subprocess.DEVNULL)
             try:
                 await wait_port(port)
-                async with connect(f"ws://127.0.0.1:{port}", load_admin_key(Path(d))) as admin:
+                async with connect(url, load_admin_key(Path(d))) as admin:
                     for k in keys:
                         await admin.request("deposit", {"account": k.api_key, "asset": "USDC", "quantity": "100000000"})
                         await admin.request("deposit", {"account": k.api_key, "asset": "SOL", "quantity": "1000000"})
-                rate, lat, errors = await drive(f"ws://127.0.0.1:{port}", frames_by_run[r], args.inflight, args.seconds, True)
+                await stats(url, reset=True)
+                rate, lat, errors = await drive(url, frames_by_run[r], inflight, args.seconds, True)
+                stage_runs.append((await stats(url))["stages"])
             finally:
                 node.terminate()
                 node.wait()
         node_rates.append(rate)
         p50s.append(pct(lat, 0.5))
         p99s.append(pct(lat, 0.99))
-        print(f"  run {r + 1}: echo {echo_rates[-1]:,} round trips/s (p50 {echo_p50:.2f} ms) | "
+        print(f"  {conns}x{inflight} run {r + 1}: echo {echo_rates[-1]:,} round trips/s (p50 {echo_p50s[-1]:.2f} ms) | "
               f"satchel {rate:,} acked orders/s, p50 {p50s[-1]:.2f} ms, p99 {p99s[-1]:.2f} ms, errors {errors}", flush=True)
+        print(f"    node stages p50/p99 ms: {stage_line(stage_runs[-1])}", flush=True)
     e, n = statistics.median(echo_rates), statistics.median(node_rates)
-    print(f"echo: median {e:,.0f} round trips/s")
-    print(f"e2e: median {n:,.0f} acked orders/s, ack latency p50 {statistics.median(p50s):.2f} ms, p99 {statistics.median(p99s):.2f} ms")
-    print(f"ratio: {n / e:.0%} of the echo rate (target >= 50%)")
+    return {"conns": conns, "inflight": inflight, "echo": e, "echo_p50": statistics.median(echo_p50s), "node": n,
+            "p50": statistics.median(p50s), "p99": statistics.median(p99s), "stages": stage_runs[len(stage_runs) // 2]}
+
+
+async def run(args: argparse.Namespace) -> None:
+    shapes = [tuple(int(x) for x in s.split("x")) for s in args.scenarios.split(",")]
+    print(f"e2e: scenarios {args.scenarios} (connections x in flight), {args.seconds}s per measurement, {args.runs} runs",
+          flush=True)
+    results = [await scenario(args, c, w) for c, w in shapes]
+    print("\nmedians:")
+    print(f"{'shape':>8} {'echo rt/s':>10} {'echo p50':>9} {'satchel/s':>10} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7}")
+    for r in results:
+        print(f"{r['conns']:>4}x{r['inflight']:<3} {r['echo']:>10,.0f} {r['echo_p50']:>9.2f} {r['node']:>10,.0f} "
+              f"{r['node'] / r['echo']:>6.0%} {r['p50']:>7.2f} {r['p99']:>7.2f}")
+    for r in results:
+        print(f"stages {r['conns']}x{r['inflight']} p50/p99 ms: {stage_line(r['stages'])}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5)
-    ap.add_argument("--conns", type=int, default=20)
-    ap.add_argument("--inflight", type=int, default=32)
+    ap.add_argument("--scenarios", default="1x1,8x1,20x32",
+                    help="comma-separated CONNSxINFLIGHT shapes (closed loop), e.g. 1x1,8x1,20x32")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--node-args", nargs="*", default=[], help="extra arguments for 'satchel serve'")
     trio.run(run, ap.parse_args())
 
 

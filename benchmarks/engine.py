@@ -29,7 +29,7 @@ PRICE_SCALE = {"SOL_USDC": 1, "ETH_USDC": 20, "BTC_USDC": 60}
 
 
 def signed_like_clients(txs: list) -> list:
-    """Attach an Auth of realistic size (signed string ~150 B, 64 B signature) to each.
+    """Attach an Auth of realistic size (five signed parameters, 64 B signature) to each.
 
     The engine does not verify signatures (the gateway does, before sequencing), but it
     journals them and runs the window and replay guard, so the benchmark carries them.
@@ -37,10 +37,9 @@ def signed_like_clients(txs: list) -> list:
     now = int(time.time() * 1000)
     out = []
     for i, tx in enumerate(txs):
-        msg = (b"instruction=orderExecute&orderType=Limit&price=150.25&quantity=1.5&side=Bid&symbol="
-               + tx.symbol.encode() + b"&timestamp=" + str(now).encode() + b"&window=60000")
+        params = (("orderType", "Limit"), ("price", "150.25"), ("quantity", "1.5"), ("side", "Bid"), ("symbol", tx.symbol))
         sig = i.to_bytes(8, "big") * 8
-        out.append(msgspec.structs.replace(tx, auth=Auth(msg, sig, now, 60_000)))
+        out.append(msgspec.structs.replace(tx, auth=Auth(params, False, sig, now, 60_000)))
     return out
 
 

@@ -12,7 +12,6 @@ Usage: python -m benchmarks.replay [--txs N] [--tail N] [--runs R]
 from __future__ import annotations
 
 import argparse
-import base64
 import shutil
 import statistics
 import tempfile
@@ -27,9 +26,9 @@ from benchmarks.engine import signed_like_clients, workload
 from satchel import config
 from satchel.amounts import format_units
 from satchel.cli import setup_logging
-from satchel.messages import TIF_NAMES, Auth, CancelOrder, Deposit, PlaceOrder
+from satchel.messages import TIF_NAMES, CancelOrder, Deposit, PlaceOrder
 from satchel.node import Node
-from satchel.signing import Keypair, sign_request
+from satchel.signing import Keypair, auth_for
 from satchel.validator import Validator
 
 SIDES = ("Bid", "Ask")
@@ -52,8 +51,7 @@ def signed_workload(n: int, keys: dict[str, Keypair], base_seq: int) -> list:
             tx = CancelOrder(tx.account, tx.symbol, tx.order_id + base_seq - 1, None)
             params = {"symbol": tx.symbol, "orderId": tx.order_id}
             instruction = "orderCancel"
-        msg, sig = sign_request(key, instruction, params, window=60_000)
-        out.append(msgspec.structs.replace(tx, auth=Auth(msg, base64.b64decode(sig[1]), int(sig[2]), 60_000)))
+        out.append(msgspec.structs.replace(tx, auth=auth_for(key, instruction, params)))
     return out
 
 

@@ -169,10 +169,14 @@ class Verifier:
     ``check`` queues a signature and returns at once; its callback runs on the trio
     thread with the matching message (or None). Requests that arrive while a batch is
     in a thread go to the next batch together, so the thread hop is paid per batch,
-    not per signature; two batches run at once to use both cores.
+    not per signature; two batches run at once to use both cores. With
+    ``inline_when_idle`` a signature that finds the verifier idle is checked at once
+    on the calling thread, so a lone request pays no hop at all.
     """
 
-    def __init__(self, threads: int = 2, max_batch: int = 256):
+    def __init__(self, threads: int = 2, max_batch: int = 256, inline_when_idle: bool = False):
+        self._threads = threads
+        self.inline_when_idle = inline_when_idle
         self._slots = trio.Semaphore(threads)
         self._max_batch = max_batch
         self._pending: list = []
@@ -202,6 +206,11 @@ class Verifier:
             item[3](message)
 
     def check(self, public: bytes, candidates: tuple[bytes, ...], signature: bytes, callback) -> None:
+        if self.inline_when_idle and not self._pending and self._slots.value == self._threads:
+            # nothing queued or in flight: checking here (~60 us) beats a hop to a worker
+            # and back; under load requests queue and go out in batches (natural batching)
+            callback(verify(public, candidates, signature))
+            return
         self.backlog += 1
         self._pending.append((public, candidates, signature, callback))
         self._wakeup.set()
@@ -229,8 +238,8 @@ class ProcessVerifier(Verifier):
     interpreter, so the check costs the trio thread only the batch's encoding.
     """
 
-    def __init__(self, processes: int = 1, max_batch: int = 256):
-        super().__init__(processes, max_batch)
+    def __init__(self, processes: int = 1, max_batch: int = 256, inline_when_idle: bool = False):
+        super().__init__(processes, max_batch, inline_when_idle)
         self._processes = processes
         self._idle: list = []
         self._len = struct.Struct("<I")

@@ -37,7 +37,7 @@ class Gateway:
         self.marketdata = MarketData(self.fmt)
         node.subscribers.append(self.marketdata)
         n = self.settings.verify_processes
-        self.verifier = ProcessVerifier(n) if n > 0 else Verifier()
+        self.verifier = ProcessVerifier(n, inline_when_idle=True) if n > 0 else Verifier(inline_when_idle=True)
         self.sessions = 0
         self.slow_consumers = 0
         self.handler_errors = 0  # frames whose handling failed unexpectedly (answered INTERNAL_ERROR)
