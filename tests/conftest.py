@@ -1,12 +1,26 @@
+"""Fixtures and the helpers test modules share (import them from here, never from another test module)."""
+
 from __future__ import annotations
 
-import pytest
+import json
+import subprocess
+import sys
+from pathlib import Path
 
-from satchel import config
+import msgspec
+import pytest
+import trio
+from hypothesis import strategies as st
+from trio_websocket import ConnectionClosed, HandshakeError
+
+from satchel import config, instructions
+from satchel.client import connect
 from satchel.engine import Engine
 from satchel.messages import (
-    ASK, BID, GTC, LIMIT, MARKET, REJECT_TAKER, CancelAll, CancelOrder, Deposit, PlaceOrder,
+    ASK, BID, FOK, GTC, IOC, LIMIT, MARKET, REJECT_TAKER, CancelAll, CancelOrder, Deposit, PlaceOrder, SetFees,
+    SetTrading,
 )
+from satchel.signing import Keypair, auth_for, param_text
 
 ADMIN = "ADMIN"
 
@@ -118,3 +132,137 @@ async def traders(server):
     await server.fund(alice, USDC=100_000 * 10**6)
     await server.fund(bob, SOL=1_000 * 10**9)
     return alice, bob
+
+
+# ---------------------------------------------------------------- a node in this process, run to a clean stop
+
+
+async def run_node(data, work=None, cfg: config.Config | None = None):
+    """Start a node on ``data``, await ``work(node)``, shut it down; returns (node, state hash)."""
+    from satchel.node import Node
+
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(data, cfg).run)
+        if work:
+            await work(node)
+        state = await node.read(lambda e: e.state_hash())
+        node.shutdown()
+    return node, state
+
+
+async def workload(node) -> None:
+    """Deposits and 300 resting or crossing SOL_USDC orders over several blocks."""
+    admin = node.admin.api_key
+    await node.submit_wait(Deposit(admin, "alice", "USDC", 10**12))
+    await node.submit_wait(Deposit(admin, "bob", "SOL", 10**13))
+    for i in range(300):
+        side = BID if i % 2 else ASK
+        node.submit(PlaceOrder("alice" if side == BID else "bob", "SOL_USDC", side, LIMIT, GTC, False, 15_000 + (i % 11) - 5, 10 + i % 7, 0, None, REJECT_TAKER))
+        if i % 50 == 0:
+            await trio.sleep(0.003)  # several blocks
+    await node.submit_wait(Deposit(admin, "carol", "USDC", 1))
+
+
+def small_snapshots() -> config.Config:
+    """The defaults with a snapshot every 3 blocks."""
+    cfg = config.load()
+    return msgspec.structs.replace(cfg, node=msgspec.structs.replace(cfg.node, snapshot_blocks=3))
+
+
+# ---------------------------------------------------------------- a node in a subprocess (`satchel serve`)
+
+
+def start_node(data: Path, port: int, log: Path) -> subprocess.Popen:
+    """``satchel serve`` on 127.0.0.1:``port`` without demo accounts or block stream; stderr to ``log``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "satchel.cli", "serve", "--data", str(data), "--port", str(port), "--no-demo",
+         "--replication-port", "-1"],
+        stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+    )
+
+
+async def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 30) -> None:
+    """Until the node at ``url`` answers a depth request (fails if ``proc`` exits or ``timeout`` s pass)."""
+    with trio.fail_after(timeout):
+        while True:
+            assert proc is None or proc.poll() is None, "node exited"
+            try:
+                async with connect(url) as c:
+                    await c.request("depth", {"symbol": "SOL_USDC"}, sign=False)
+                    return
+            except* (OSError, HandshakeError, ConnectionClosed):
+                pass
+            await trio.sleep(0.1)
+
+
+def log_state(log: Path, event: str) -> str:
+    """The state hash the node's JSON log line ``event`` names."""
+    for line in log.read_text().splitlines():
+        if line.startswith("{") and json.loads(line).get("event") == event:
+            return json.loads(line)["state"]
+    raise AssertionError(f"no {event} in {log}")
+
+
+# ---------------------------------------------------------------- signed transactions
+
+
+class Listing:
+    markets = {m.symbol: m for m in config.load().market_specs()}
+    assets = {a.symbol: a for a in config.load().asset_specs()}
+
+
+LISTING = Listing()
+
+
+def signed_order(key: Keypair, **extra) -> PlaceOrder:
+    """A SOL_USDC limit bid built from its signed parameters, as the gateway builds it."""
+    params = {"symbol": "SOL_USDC", "side": "Bid", "orderType": "Limit", "price": "150.25", "quantity": "2", **extra}
+    texts = {k: param_text(v) for k, v in params.items()}
+    tx = instructions.build("orderExecute", texts, key.api_key, LISTING)
+    return msgspec.structs.replace(tx, auth=auth_for(key, "orderExecute", params))
+
+
+# ---------------------------------------------------------------- generated workloads (hypothesis)
+
+ACCOUNTS = ["a0", "a1", "a2", "a3", "a4"]
+SYMBOLS = ["SOL_USDC", "BTC_USDC"]
+
+order_st = st.builds(
+    lambda acct, sym, side, kind, tif, post, price, qty, quote, stp, cid: PlaceOrder(
+        acct, sym, side, kind, tif if kind == LIMIT else IOC, post and kind == LIMIT,
+        (14_900 + price if sym == "SOL_USDC" else 899_000 + price * 10) if kind == LIMIT else 0,
+        qty if (kind == LIMIT or quote == 0) else 0,
+        0 if (kind == LIMIT or quote == 0) else quote * 1_000_000, cid, stp),
+    st.sampled_from(ACCOUNTS), st.sampled_from(SYMBOLS), st.sampled_from([BID, ASK]),
+    st.sampled_from([LIMIT, LIMIT, LIMIT, MARKET]), st.sampled_from([GTC, GTC, IOC, FOK]), st.booleans(),
+    st.integers(0, 200), st.integers(1, 400), st.integers(0, 500), st.integers(0, 2),
+    st.one_of(st.none(), st.integers(0, 5)),
+)
+cancel_st = st.one_of(
+    st.builds(lambda a, s, k: ("cancel", a, s, k), st.sampled_from(ACCOUNTS), st.sampled_from(SYMBOLS), st.integers(0, 10_000)),
+    st.builds(lambda a, s: CancelAll(a, s), st.sampled_from(ACCOUNTS), st.sampled_from(SYMBOLS)),
+)
+deposit_st = st.builds(lambda a, asset, n: Deposit(ADMIN, a, asset, n), st.sampled_from(ACCOUNTS),
+                       st.sampled_from(["USDC", "SOL", "BTC"]), st.integers(1, 10**13))
+admin_st = st.one_of(
+    st.builds(lambda a, s, on: SetTrading(ADMIN, a, s, on), st.one_of(st.none(), st.sampled_from(ACCOUNTS)),
+              st.sampled_from(SYMBOLS), st.booleans()),
+    st.builds(lambda s, m, t: SetFees(ADMIN, s, max(m, -t), t), st.sampled_from(SYMBOLS), st.integers(-5, 20), st.integers(0, 50)),
+)
+tx_st = st.one_of(order_st, order_st, order_st, order_st, cancel_st, deposit_st, admin_st)
+workload_st = st.lists(st.lists(tx_st, min_size=1, max_size=25), min_size=1, max_size=12)
+
+
+def concretize(blocks: list, first_seq: int) -> list:
+    """Turn ("cancel", acct, sym, k) into a cancel of some earlier sequence number."""
+    out, seq = [], first_seq
+    for block in blocks:
+        txs = []
+        for tx in block:
+            if isinstance(tx, tuple):
+                _, acct, sym, k = tx
+                tx = CancelOrder(acct, sym, first_seq + k % max(1, seq - first_seq + 1), None)
+            txs.append(tx)
+            seq += 1
+        out.append(txs)
+    return out

@@ -8,9 +8,9 @@ import sys
 import pytest
 import trio
 
-from satchel.client import ReplyError, connect
+from conftest import log_state, start_node, wait_ready
+from satchel.client import ReplyError, connect, free_port
 from satchel.signing import Keypair
-from test_crash import free_port, log_state, start_node, wait_ready
 
 
 def satchel(*args: str, **kw) -> subprocess.CompletedProcess:

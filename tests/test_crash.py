@@ -2,47 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError
 
+from conftest import log_state, start_node, wait_ready
 from satchel.client import connect, free_port
 from satchel.node import load_admin_key
 from satchel.signing import Keypair
-
-
-def start_node(data: Path, port: int, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "satchel.cli", "serve", "--data", str(data), "--port", str(port), "--no-demo",
-         "--replication-port", "-1"],
-        stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
-    )
-
-
-async def wait_ready(url: str, proc: subprocess.Popen) -> None:
-    with trio.fail_after(30):
-        while True:
-            assert proc.poll() is None, "node exited"
-            try:
-                async with connect(url) as c:
-                    await c.request("depth", {"symbol": "SOL_USDC"}, sign=False)
-                    return
-            except* (OSError, HandshakeError, ConnectionClosed):
-                pass
-            await trio.sleep(0.1)
-
-
-def log_state(log: Path, event: str) -> str:
-    for line in log.read_text().splitlines():
-        if line.startswith("{") and json.loads(line).get("event") == event:
-            return json.loads(line)["state"]
-    raise AssertionError(f"no {event} in {log}")
 
 
 async def test_sigkill_loses_nothing_acknowledged(tmp_path):

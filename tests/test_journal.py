@@ -7,31 +7,10 @@ import shutil
 import pytest
 import trio
 
+from conftest import run_node, workload
 from satchel.journal import MAGIC, Journal, JournalCorrupt, read_records
-from satchel.messages import ASK, BID, GTC, LIMIT, REJECT_TAKER, Deposit, PlaceOrder, block_decoder
+from satchel.messages import Deposit, block_decoder
 from satchel.node import Node, replay
-
-
-async def run_node(data, work=None) -> tuple[Node, str]:
-    async with trio.open_nursery() as nursery:
-        node = await nursery.start(Node(data).run)
-        if work:
-            await work(node)
-        state = await node.read(lambda e: e.state_hash())
-        node.shutdown()
-    return node, state
-
-
-async def workload(node: Node) -> None:
-    admin = node.admin.api_key
-    await node.submit_wait(Deposit(admin, "alice", "USDC", 10**12))
-    await node.submit_wait(Deposit(admin, "bob", "SOL", 10**13))
-    for i in range(300):
-        side = BID if i % 2 else ASK
-        node.submit(PlaceOrder("alice" if side == BID else "bob", "SOL_USDC", side, LIMIT, GTC, False, 15_000 + (i % 11) - 5, 10 + i % 7, 0, None, REJECT_TAKER))
-        if i % 50 == 0:
-            await trio.sleep(0.003)  # several blocks
-    await node.submit_wait(Deposit(admin, "carol", "USDC", 1))
 
 
 def _leaves(eg):

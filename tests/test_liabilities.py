@@ -11,10 +11,9 @@ import sys
 import msgspec
 from hypothesis import given, settings, strategies as st
 
+from conftest import run_node, small_snapshots, workload
 from satchel import liabilities, snapshots
 from satchel.amounts import format_units
-from test_snapshots import run
-from test_journal import workload
 
 DECIMALS = {"USDC": 6, "SOL": 9}
 
@@ -163,7 +162,7 @@ def test_prove_refuses_a_snapshot_whose_recorded_root_differs(tmp_path):
 
 async def test_prove_and_verify_commands(tmp_path):
     data = tmp_path / "data"
-    await run(data, workload)
+    await run_node(data, workload, small_snapshots())
     snap = snapshots.newest(data / "snapshots")
     assert snap.liabilities_root == liabilities.root(snapshots.decode_state(snap), snap.height)
     out = subprocess.run([sys.executable, "-m", "satchel.cli", "prove", "--data", str(data), "--account", "alice"],

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+
+from satchel.config import DEFAULTS
 
 
 def test_embedded_loadtest_report(tmp_path):
     out = tmp_path / "report.json"
+    # The node drops a connection once this many frames wait for it. At the default (4096) a
+    # subscriber that never reads outlasts a 2 s run (it was not dropped, and the runner waited
+    # 10 s for it); at 256 (or even 1024) it is dropped, while the subscribers that read are kept.
+    cfg = tmp_path / "node.toml"
+    text, n = re.subn(r"(?m)^send_buffer_frames\s*=\s*\d+", "send_buffer_frames = 256", DEFAULTS.read_text())
+    assert n == 1
+    cfg.write_text(text)
     r = subprocess.run(
         [sys.executable, "-m", "satchel.cli", "loadtest", "--embedded", "--traders", "4", "--workers", "2",
          "--duration", "2", "--warmup", "0.5", "--subscribers", "2", "--slow-subscribers", "1",
-         "--scenario", "mixed", "--out", str(out), "--max-error-rate", "0.01"],
+         "--scenario", "mixed", "--out", str(out), "--max-error-rate", "0.01", "--config", str(cfg)],
         capture_output=True, text=True, timeout=180,
     )
     assert r.returncode == 0, r.stderr[-3000:]
@@ -30,5 +40,7 @@ def test_embedded_loadtest_report(tmp_path):
         assert s["count"] > 0
         assert s["p50"] <= s["p90"] <= s["p99"] <= s["p99.9"] <= s["max"]
     assert rep["feed"]["frames"] > 0
-    assert rep["slow_subscribers"] == {**rep["slow_subscribers"], "count": 1}
+    assert rep["feed"]["disconnects"] == 0  # the subscribers that read were all kept
+    s = rep["slow_subscribers"]
+    assert (s["count"], s["dropped"]) == (1, 1), s  # the one that never read was disconnected
     assert rep["passed"] is True

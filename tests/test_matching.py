@@ -55,10 +55,14 @@ async def test_cross_fills_at_maker_price_with_fees(ex):
 async def test_price_time_priority(ex):
     await funded(ex)
     await ex.block([order("bob", ASK, 15010, 100), order("carol", ASK, 15000, 100), order("bob", ASK, 15000, 100)])
+    first = ex.seq - 3  # order ids: bob's 150.10, carol's 150.00, bob's 150.00
     ev = await ex.block([order("alice", BID, 15010, 250)])
     fills = of(ev, Fill)
-    assert [(f.maker_account, f.price, f.quantity) for f in fills] == [
-        ("carol", 15000, 100), ("bob", 15000, 100), ("bob", 15010, 50)]
+    # the best price first and, at one price, the older order: (maker order, account, price, quantity, maker left)
+    assert [(f.maker_order, f.maker_account, f.price, f.quantity, f.maker_left) for f in fills] == [
+        (first + 1, "carol", 15000, 100, 0), (first + 2, "bob", 15000, 100, 0), (first, "bob", 15010, 50, 50)]
+    assert {f.taker_order for f in fills} == {ex.seq - 1} and done(ev, ex.seq - 1).status == "Filled"
+    assert await ex.depth("SOL_USDC") == ([], [(15010, 50)])  # what is left of bob's 150.10
 
 
 async def test_partial_fill_rests_remainder(ex):

@@ -16,6 +16,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from conftest import wait_ready
 from satchel.client import free_port
 from satchel.journal import Journal
 from satchel.messages import Block, BlockHeader, Deposit, block_encoder
@@ -226,8 +227,6 @@ def test_serve_refuses_a_malformed_follower_key(tmp_path):
 
 
 async def test_serve_binds_the_block_stream_to_loopback_and_says_when_it_refuses_all(tmp_path):
-    from test_crash import wait_ready
-
     port, rport = free_port(), free_port()
     log = tmp_path / "node.log"
     proc = subprocess.Popen(

@@ -5,26 +5,12 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from conftest import LISTING, signed_order
 from satchel import config, instructions
 from satchel.errors import RequestError
-from satchel.messages import AssetSpec, CancelOrder, PlaceOrder
+from satchel.messages import AssetSpec, CancelOrder
 from satchel.signedtx import matches
-from satchel.signing import Keypair, auth_for, param_text, signed_message, signing_string, verify
-
-
-class Listing:
-    markets = {m.symbol: m for m in config.load().market_specs()}
-    assets = {a.symbol: a for a in config.load().asset_specs()}
-
-
-LISTING = Listing()
-
-
-def signed_order(key: Keypair, **extra) -> PlaceOrder:
-    params = {"symbol": "SOL_USDC", "side": "Bid", "orderType": "Limit", "price": "150.25", "quantity": "2", **extra}
-    texts = {k: param_text(v) for k, v in params.items()}
-    tx = instructions.build("orderExecute", texts, key.api_key, LISTING)
-    return msgspec.structs.replace(tx, auth=auth_for(key, "orderExecute", params))
+from satchel.signing import Keypair, auth_for, signed_message, signing_string, verify
 
 
 def test_matching_transactions_pass():

@@ -9,56 +9,39 @@ import msgspec
 import trio
 from hypothesis import given, settings, HealthCheck, strategies as st
 
-from conftest import ADMIN, Exchange
+from conftest import ADMIN, Exchange, concretize, run_node, small_snapshots, workload, workload_st
 from satchel import config, snapshots
 from satchel.engine import Engine, events_hash
-from satchel.node import Node, replay
-from test_journal import workload
-from test_properties import concretize, workload_st
-
-
-def small_snapshots() -> config.Config:
-    cfg = config.load()
-    return msgspec.structs.replace(cfg, node=msgspec.structs.replace(cfg.node, snapshot_blocks=3))
-
-
-async def run(data, work=None) -> tuple[Node, str]:
-    async with trio.open_nursery() as nursery:
-        node = await nursery.start(Node(data, small_snapshots()).run)
-        if work:
-            await work(node)
-        state = await node.read(lambda e: e.state_hash())
-        node.shutdown()
-    return node, state
+from satchel.node import replay
 
 
 async def test_restart_from_snapshot_equals_full_replay(tmp_path):
     data = tmp_path / "data"
-    node, live = await run(data, workload)
+    node, live = await run_node(data, workload, small_snapshots())
     snaps = sorted((data / "snapshots").glob("*.snap"))
     assert 1 < len(snaps) <= snapshots.KEEP
     assert int(snaps[-1].stem) == node.chain.height  # the shutdown snapshot
     (data / "snapshots" / snaps[-1].name).unlink()  # force a journal tail replay
-    node2, restarted = await run(data)
+    node2, restarted = await run_node(data, cfg=small_snapshots())
     assert restarted == live
     assert (await replay(data))[2] == live  # the journal alone agrees
 
 
 async def test_damaged_snapshot_is_skipped(tmp_path):
     data = tmp_path / "data"
-    _, live = await run(data, workload)
+    _, live = await run_node(data, workload, small_snapshots())
     newest = sorted((data / "snapshots").glob("*.snap"))[-1]
     raw = bytearray(newest.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     newest.write_bytes(bytes(raw))
     assert snapshots.newest(data / "snapshots").height < int(newest.stem)
-    _, restarted = await run(data)
+    _, restarted = await run_node(data, cfg=small_snapshots())
     assert restarted == live
 
 
 def test_snapshot_command(tmp_path):
     data = tmp_path / "data"
-    _, live = trio.run(run, data, workload)
+    _, live = trio.run(run_node, data, workload, small_snapshots())
     for f in (data / "snapshots").glob("*.snap"):
         f.unlink()
     out = subprocess.run([sys.executable, "-m", "satchel.cli", "snapshot", "--data", str(data)], capture_output=True, text=True, check=True)

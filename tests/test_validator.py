@@ -9,14 +9,14 @@ import sys
 import pytest
 import trio
 
-from satchel.client import connect
+from conftest import run_node, signed_order, wait_ready, workload as node_workload
+from satchel.client import connect, free_port
 from satchel.config import DEFAULTS
 from satchel.journal import read_records
 from satchel.messages import PlaceOrder, block_decoder
 from satchel.node import load_admin_key
 from satchel.signing import Keypair
 from satchel.validator import Divergence, Validator, validator_key
-from test_crash import free_port, wait_ready
 
 
 def start_node(tmp_path, port: int, rport: int) -> subprocess.Popen:
@@ -169,7 +169,6 @@ def _leaves(eg):
 async def test_validator_refuses_other_rules_version(tmp_path, monkeypatch):
     from satchel import engine
     from satchel.node import DivergedError
-    from test_journal import run_node, workload as node_workload
 
     data = tmp_path / "data"
     await run_node(data, node_workload)
@@ -188,7 +187,6 @@ async def test_validator_catches_a_signature_reused_for_another_order(tmp_path):
     from satchel.messages import Deposit
     from satchel.node import Node
     from satchel.signing import auth_for
-    from test_signedtx import signed_order
 
     data = tmp_path / "data"
     key = Keypair.generate()

@@ -73,6 +73,14 @@ def render(report: dict, console: Console | None = None) -> None:
         s = report[key]
         t.add_row(label, *[_ms(s[f"p{p:g}"]) for p in PERCENTILES], _ms(s["max"]), f"{s['count']:,}")
     console.print(t)
+    stages = report.get("node_stages_us")
+    if stages:
+        st = Table(title="node stages (the node's own clock; sampled 1 in 8 under load)")
+        for col in ("stage", "p50 ms", "p90 ms", "p99 ms", "max ms", "count"):
+            st.add_column(col, justify="left" if col == "stage" else "right")
+        for name, v in stages.items():
+            st.add_row(name, _ms(v["p50"]), _ms(v["p90"]), _ms(v["p99"]), _ms(v["max"]), f"{v['count']:,}")
+        console.print(st)
     console.print(f"orders: sent {o['sent']:,}, acked {o['acked']:,} ({o['acked_per_s']:,.0f}/s), errors {o['errors']:,} "
                   f"({o['error_rate']:.2%}) {o['errors_by_code'] or ''}; cancels that lost the race to a fill: {o['cancel_races']:,}")
     f = report["feed"]

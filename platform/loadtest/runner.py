@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 
 from satchel import config as config_mod
-from satchel.client import connect, free_port
+from satchel.client import ReplyError, connect, free_port
 from satchel.loadtest.feed import run_feed
 from satchel.loadtest.plan import market_plans, roles
 from satchel.loadtest.report import merge, render, summary, verdict
@@ -105,6 +105,15 @@ async def _settled(url: str, keys: list[Keypair], tries: int = 5) -> tuple[dict,
             return after, have, True
         await trio.sleep(0.5)
     return after, have, False
+
+
+async def _node_stats(url: str, reset: bool) -> dict | None:
+    """The node's per-stage latency percentiles (``nodeStats``); None if it has none."""
+    try:
+        async with connect(url) as c:
+            return (await c.request("nodeStats", {"reset": True} if reset else None, sign=False))["stages"]
+    except ReplyError:
+        return None
 
 
 def _dec(v: Decimal) -> str:
@@ -199,7 +208,9 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             console.print(f"funding {len(keys)} traders through the faucet...")
             trio.run(_fund, url, load_admin_key(data), keys, assets)
+        trio.run(_node_stats, url, True)  # stage latencies from here on: the traders' run
         report = _drive(args, console, url, port, keys, plans, rate, node_proc)
+        report["node_stages_us"] = trio.run(_node_stats, url, False)
         if node_proc is not None and not args.keys:
             # every trader is done: the verdict comes from the node's own figures
             stream_fees = {k: Decimal(v) for k, v in report.pop("_fees").items()}
