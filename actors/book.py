@@ -24,8 +24,8 @@ from __future__ import annotations
 from collections import deque
 from heapq import heapify, heappop, heappush
 
-from satchel.amounts import fee as fee_of
-from satchel.messages import (
+from satchel.core.amounts import fee as fee_of
+from satchel.core.messages import (
     ASK,
     BID,
     CANCELLED,

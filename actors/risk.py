@@ -19,8 +19,8 @@ block (tests check it over generated workloads).
 
 from __future__ import annotations
 
-from satchel.amounts import MAX_UNITS
-from satchel.messages import (
+from satchel.core.amounts import MAX_UNITS
+from satchel.core.messages import (
     ASK,
     BID,
     FOK,

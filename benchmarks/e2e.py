@@ -26,8 +26,8 @@ import orjson
 import trio
 from trio_websocket import open_websocket_url, serve_websocket
 
-from satchel.client import connect, free_port
-from satchel.node import load_admin_key
+from satchel.tools.client import connect, free_port
+from satchel.signing import load_key
 from satchel.signing import Keypair, sign_request
 
 
@@ -159,11 +159,11 @@ async def scenario(args: argparse.Namespace, conns: int, inflight: int) -> dict:
         with tempfile.TemporaryDirectory() as d:
             port = free_port()
             url = f"ws://127.0.0.1:{port}"
-            node = subprocess.Popen([sys.executable, "-m", "satchel.cli", "serve", "--data", d, "--port", str(port),
+            node = subprocess.Popen([sys.executable, "-m", "satchel.tools.cli", "serve", "--data", d, "--port", str(port),
                                      "--no-demo", "--replication-port", "-1", *args.node_args], stderr=subprocess.DEVNULL)
             try:
                 await wait_port(port)
-                async with connect(url, load_admin_key(Path(d))) as admin:
+                async with connect(url, load_key(Path(d), "admin.key")) as admin:
                     for k in keys:
                         await admin.request("deposit", {"account": k.api_key, "asset": "USDC", "quantity": "100000000"})
                         await admin.request("deposit", {"account": k.api_key, "asset": "SOL", "quantity": "1000000"})

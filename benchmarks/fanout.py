@@ -31,7 +31,7 @@ import time
 import orjson
 import trio
 
-from satchel.client import free_port
+from satchel.tools.client import free_port
 
 _E = re.compile(rb'"E":(\d+)')
 
@@ -178,10 +178,10 @@ def raw_server_main(port: int, mode: str, expected: int, stop_at: float) -> None
 
 
 def satchel_server_main(port: int, stop_at: float, data: str) -> None:
-    from satchel.cli import setup_logging
+    from satchel.tools.cli import setup_logging
     from satchel.gateway import Gateway
-    from satchel.loadtest.feed import stalled_subscription
-    from satchel.messages import ASK, BID, GTC, IOC, LIMIT, REJECT_TAKER, CancelAll, Deposit, PlaceOrder
+    from satchel.tools.loadtest.feed import stalled_subscription
+    from satchel.core.messages import ASK, BID, GTC, IOC, LIMIT, REJECT_TAKER, CancelAll, Deposit, PlaceOrder
     from satchel.node import Node
 
     setup_logging(level=30)

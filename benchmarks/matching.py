@@ -15,8 +15,8 @@ import time
 from benchmarks._stats import median_of
 from satchel import config
 from satchel.actors.book import Book, Entry
-from satchel.node import tune_gc
-from satchel.messages import ASK, BID, GTC, IOC, LIMIT, MARKET, REJECT_TAKER, CancelOrder, PlaceOrder
+from satchel.runtime import tune_gc
+from satchel.core.messages import ASK, BID, GTC, IOC, LIMIT, MARKET, REJECT_TAKER, CancelOrder, PlaceOrder
 
 
 def generate(n: int, seed: int = 7) -> list[list]:

@@ -24,12 +24,12 @@ import trio
 from benchmarks._stats import submit_all
 from benchmarks.engine import signed_like_clients, workload
 from satchel import config
-from satchel.amounts import format_units
-from satchel.cli import setup_logging
-from satchel.messages import TIF_NAMES, CancelOrder, Deposit, PlaceOrder
+from satchel.core.amounts import format_units
+from satchel.tools.cli import setup_logging
+from satchel.core.messages import TIF_NAMES, CancelOrder, Deposit, PlaceOrder
 from satchel.node import Node
 from satchel.signing import Keypair, auth_for
-from satchel.validator import Validator
+from satchel.verify.validator import Validator
 
 SIDES = ("Bid", "Ask")
 

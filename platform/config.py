@@ -18,8 +18,8 @@ import msgspec
 if TYPE_CHECKING:
     from satchel.signing import Keypair
 
-from satchel.amounts import decimals_of, to_units
-from satchel.messages import AssetSpec, ListAsset, ListMarket, MarketSpec, SetAdmin
+from satchel.core.amounts import decimals_of, to_units
+from satchel.core.messages import AssetSpec, ListAsset, ListMarket, MarketSpec, SetAdmin
 
 
 DEFAULTS = Path(__file__).with_name("defaults.toml")
@@ -73,7 +73,6 @@ class DemoConfig(msgspec.Struct, frozen=True):
 
 
 class Config(msgspec.Struct, frozen=True):
-    rules_version: int = 1
     node: NodeSettings = NodeSettings()
     gateway: GatewaySettings = GatewaySettings()
     assets: list[AssetConfig] = []
@@ -146,7 +145,7 @@ def genesis(cfg: Config, admin: "str | Keypair") -> list:
     Given the admin ``Keypair`` each is signed by it (what a node writes); given only
     the API key string they are unsigned (engine-level tests).
     """
-    from satchel.instructions import market_params
+    from satchel.core.instructions import market_params
     from satchel.signing import Keypair, auth_for
 
     if isinstance(admin, Keypair):

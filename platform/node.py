@@ -16,184 +16,34 @@ reproduces exactly the durable prefix.
 
 from __future__ import annotations
 
-import gc
-import hashlib
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import msgspec
 import structlog
 import trio
 
 from satchel import config as config_mod
-from satchel.engine import RULES_VERSION, Engine, events_hash
-from satchel.journal import Journal, JournalCorrupt, read_records
+from satchel.clock import now_us
+from satchel.core.engine import Engine
+from satchel.core.messages import BlockHeader
 from satchel.latency import StageLatency
-from satchel import liabilities, snapshots
-from satchel.messages import Block, BlockHeader, block_decoder, block_encoder, events_encoder, header_decoder
-from satchel.sequencer import Read, Sequencer, Stamped, now_us
-from satchel.signing import Keypair
+from satchel.ledger import snapshots
+from satchel.ledger.chain import Applied, Chain, recover_chain
+from satchel.ledger.journal import Journal
+from satchel.ledger.sequencer import Read, Sequencer
+from satchel.runtime import fatal_errors_unwrapped, tune_gc
+from satchel.signing import Keypair, load_key
 
 log = structlog.get_logger("satchel.node")
-
-_hash_encoder = block_encoder
-
-
-class DivergedError(RuntimeError):
-    """The journal disagrees with this code's replay of it: stop, never guess."""
 
 
 class Subscriber(Protocol):
     def publish(self, header: BlockHeader, events: list) -> None: ...
 
 
-def tune_gc() -> None:
-    """Collect young objects every 50,000 allocations instead of every 700.
-
-    The engine allocates a few short-lived, acyclic objects per transaction (events,
-    entries, tuples); with CPython's default threshold the cyclic collector runs every
-    few hundred transactions and costs about a third of the engine's throughput
-    (benchmarks/engine: ~85k tx/s at the default, ~138k tuned). Memory is still
-    reclaimed by reference counting; only cycle detection runs less often.
-    """
-    gc.set_threshold(50_000, 20, 100)
-
-
-def header_hash(header: BlockHeader) -> bytes:
-    return hashlib.sha256(_hash_encoder.encode(header)).digest()
-
-
-def load_admin_key(data: Path, name: str = "admin.key") -> Keypair:
-    """The key in ``data/name`` (the node's admin key by default), created on first use (file mode 0600)."""
-    path = data / name
-    if path.exists():
-        return Keypair.from_secret(path.read_text().strip())
-    key = Keypair.generate()
-    data.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(key.secret + "\n")
-    tmp.chmod(0o600)
-    tmp.rename(path)
-    return key
-
-
-class Applied:
-    """A block the engine has applied, on its way to the journal and then out."""
-
-    __slots__ = ("item", "header", "payload", "events", "events_bytes", "snapshot", "applied_at", "durable_at")
-
-    def __init__(self, item: Stamped, header: BlockHeader, payload: bytes, events: list, events_bytes: bytes):
-        self.item = item
-        self.header = header
-        self.payload = payload
-        self.events = events
-        self.events_bytes = events_bytes
-        self.snapshot: snapshots.Snapshot | None = None
-        self.applied_at = self.durable_at = 0.0
-
-
 class BlockListener(Protocol):
     def block(self, header: BlockHeader, payload: bytes, events_bytes: bytes, state_hash: str | None) -> None: ...
-
-
-class Chain:
-    """Applies blocks in order, checking each against the chain it extends."""
-
-    def __init__(self, engine: Engine):
-        self.engine = engine
-        self.height = 0
-        self.next_seq = 1
-        self.last_timestamp = 0
-        self.prev_hash = b""
-        self.txs = 0
-
-    async def replay(self, block: Block) -> list:
-        h = block.header
-        if h.rules_version != RULES_VERSION:
-            raise DivergedError(f"block {h.height} has rules version {h.rules_version}; this code runs {RULES_VERSION}")
-        if h.height != self.height + 1 or h.first_seq != self.next_seq or h.prev_hash != self.prev_hash:
-            raise DivergedError(f"block {h.height} does not extend block {self.height}")
-        events = await self.engine.apply(h.first_seq, h.timestamp, block.txs)
-        if events_hash(events) != h.events_hash:
-            raise DivergedError(f"block {h.height}: replayed events differ from the journal's commitment")
-        self._advance(h)
-        return events
-
-    async def extend(self, item: Stamped) -> "Applied":
-        events = await self.engine.apply(item.first_seq, item.timestamp, item.txs)
-        ev_bytes = events_encoder.encode(events)
-        header = BlockHeader(item.height, item.first_seq, item.timestamp, self.prev_hash, RULES_VERSION, len(item.txs),
-                             hashlib.sha256(ev_bytes).digest())
-        payload = block_encoder.encode(Block(header, item.txs))
-        self._advance(header)
-        return Applied(item, header, payload, events, ev_bytes)
-
-    async def load(self, snap: snapshots.Snapshot) -> None:
-        """Start from a snapshot instead of genesis."""
-        await self.engine.restore(snapshots.decode_state(snap))
-        self.height = snap.height
-        self.next_seq = snap.next_seq
-        self.last_timestamp = snap.last_timestamp
-        self.prev_hash = snap.block_hash
-        self.txs = snap.txs
-
-    async def snapshot(self) -> snapshots.Snapshot:
-        state = await self.engine.canonical()
-        raw, digest = snapshots.encode_state(state)
-        return snapshots.Snapshot(self.height, self.next_seq, self.last_timestamp, self.prev_hash, self.txs, digest,
-                                  msgspec.Raw(raw), liabilities.root(state, self.height))
-
-    def _advance(self, h: BlockHeader) -> None:
-        self.height = h.height
-        self.next_seq = h.first_seq + h.tx_count
-        self.last_timestamp = h.timestamp
-        self.prev_hash = header_hash(h)
-        self.txs += h.tx_count
-
-
-async def recover_chain(chain: Chain, data: Path, records: Iterable[bytes], use_snapshots: bool = True,
-                        journal: Journal | None = None) -> snapshots.Snapshot | None:
-    """Bring ``chain`` to the end of the journal, from the newest snapshot if there is one.
-
-    Reads only; with ``journal`` given (the node's own), it then opens it for appending.
-    One gap is recoverable: the journal's last record torn although a snapshot already
-    covers it (a disk that lost an fsynced write). The snapshot's state is kept, the
-    torn bytes are set aside, and the journal continues in a new segment after the gap.
-    """
-    snap = snapshots.newest(data / "snapshots") if use_snapshots else None
-    covered = snap is None
-    last = 0
-    if snap is not None:
-        await chain.load(snap)
-        log.info("snapshot.loaded", height=snap.height, state=snap.state_hash)
-    for payload in records:
-        if not covered:
-            h = header_decoder.decode(payload).header
-            last = h.height
-            if h.height < snap.height:
-                continue
-            if h.height == snap.height:
-                if header_hash(h) != snap.block_hash:
-                    raise DivergedError(f"snapshot at height {snap.height} does not match the journal's block")
-                covered = True
-                continue
-            if h.height > snap.height + 1:
-                raise DivergedError(f"journal skips from before height {snap.height} to {h.height}")
-            covered = True  # the block after the snapshot: replay checks that it extends it
-        await chain.replay(block_decoder.decode(payload))
-    gap = False
-    if not covered:
-        torn = journal is not None and journal.torn is not None
-        if not (torn and last == snap.height - 1):
-            raise DivergedError(f"the journal ends at height {last}, before the snapshot's height {snap.height}")
-        log.warning("journal.torn_block_covered_by_snapshot", height=snap.height,
-                    note="the torn block's transactions are only in the snapshot; the journal continues after it")
-        gap = True
-    if journal is not None:
-        journal.open(new_segment_at=chain.height + 1 if gap else None)
-    return snap
 
 
 class Node:
@@ -203,7 +53,7 @@ class Node:
         self.data = Path(data)
         self.cfg = cfg or config_mod.load()
         self.journal = Journal(self.data / "journal", self.cfg.node.segment_bytes)
-        self.admin = load_admin_key(self.data)
+        self.admin: Keypair = load_key(self.data, "admin.key")
         self.subscribers: list[Subscriber] = []
         self.sequencer: Sequencer | None = None
         self.chain: Chain | None = None
@@ -375,50 +225,3 @@ async def _answer(register: Callable[[Callable[[Any], None]], None]) -> Any:
     return box[0]
 
 
-@contextmanager
-def fatal_errors_unwrapped() -> Iterator[None]:
-    """Re-raise a JournalCorrupt or DivergedError found inside trio's exception groups
-    as itself, so callers and operators see the file, offset or block at fault."""
-    try:
-        yield
-    except BaseExceptionGroup as eg:
-        fatal = _first_leaf(eg, (JournalCorrupt, DivergedError))
-        if fatal is not None:
-            raise fatal from eg
-        raise
-
-
-def _first_leaf(eg: BaseExceptionGroup, types: tuple) -> BaseException | None:
-    for exc in eg.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            found = _first_leaf(exc, types)
-            if found is not None:
-                return found
-        elif isinstance(exc, types):
-            return exc
-    return None
-
-
-async def replay(data: str | Path) -> tuple[int, int, str]:
-    """Rebuild state from the journal alone: (blocks, txs, state hash)."""
-    with fatal_errors_unwrapped():
-        async with trio.open_nursery() as actors:
-            chain = Chain(Engine(actors))
-            for payload in read_records(Path(data) / "journal"):
-                await chain.replay(block_decoder.decode(payload))
-            state = await chain.engine.state_hash()
-            actors.cancel_scope.cancel()
-    return chain.height, chain.txs, state
-
-
-async def take_snapshot(data: str | Path) -> snapshots.Snapshot:
-    """Offline: newest snapshot + journal tail (read-only) -> a snapshot at the journal's end."""
-    data = Path(data)
-    with fatal_errors_unwrapped():
-        async with trio.open_nursery() as actors:
-            chain = Chain(Engine(actors))
-            await recover_chain(chain, data, read_records(data / "journal"))
-            snap = await chain.snapshot()
-            actors.cancel_scope.cancel()
-    await trio.to_thread.run_sync(snapshots.write, data / "snapshots", snap)
-    return snap

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 import struct
 import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -29,10 +31,10 @@ from nacl.bindings import crypto_sign_open
 import nacl.signing
 import trio
 
-from satchel.instructions import is_api_key
+from satchel.core.instructions import is_api_key
 
 if TYPE_CHECKING:
-    from satchel.messages import Auth
+    from satchel.core.messages import Auth
 
 DEFAULT_WINDOW_MS = 5000
 
@@ -110,6 +112,21 @@ def sign_request(key: Keypair, instruction: str, params: Mapping[str, object], w
     return msg, [key.api_key, sig, str(ts), str(window)]
 
 
+def load_key(directory: Path, name: str) -> Keypair:
+    """The key kept in ``directory/name``, created on first use (file mode 0600 from the start)."""
+    path = directory / name
+    if path.exists():
+        return Keypair.from_secret(path.read_text().strip())
+    key = Keypair.generate()
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
+    with os.fdopen(fd, "w") as f:
+        f.write(key.secret + "\n")
+    tmp.rename(path)
+    return key
+
+
 def _b64(text: str, size: int) -> bytes | None:
     try:
         raw = base64.b64decode(text, validate=True)
@@ -121,7 +138,7 @@ def _b64(text: str, size: int) -> bytes | None:
 def auth_for(key: Keypair, instruction: str, params: Mapping[str, object], window: int = 60_000) -> "Auth":
     """A signed-request record for a transaction the node itself originates (genesis,
     faucet deposits, demo orders), so validators can check every transaction alike."""
-    from satchel.messages import Auth
+    from satchel.core.messages import Auth
 
     texts = {k: param_text(v) for k, v in params.items()}
     _, sig = sign_request(key, instruction, texts, window=window)

@@ -13,10 +13,12 @@ import trio
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, HandshakeError
 
-from satchel import config, instructions
-from satchel.client import connect
-from satchel.engine import Engine
-from satchel.messages import (
+from satchel import config
+
+from satchel.core import instructions
+from satchel.tools.client import connect
+from satchel.core.engine import Engine
+from satchel.core.messages import (
     ASK, BID, FOK, GTC, IOC, LIMIT, MARKET, REJECT_TAKER, CancelAll, CancelOrder, Deposit, PlaceOrder, SetFees,
     SetTrading,
 )
@@ -93,7 +95,7 @@ class Server:
         self.url = gateway.url
 
     async def fund(self, key, **amounts: int) -> None:
-        from satchel.messages import Deposit as _Deposit
+        from satchel.core.messages import Deposit as _Deposit
 
         for asset, units in amounts.items():
             await self.node.submit_wait(_Deposit(self.node.admin.api_key, key.api_key, asset, units))
@@ -175,7 +177,7 @@ def small_snapshots() -> config.Config:
 def start_node(data: Path, port: int, log: Path) -> subprocess.Popen:
     """``satchel serve`` on 127.0.0.1:``port`` without demo accounts or block stream; stderr to ``log``."""
     return subprocess.Popen(
-        [sys.executable, "-m", "satchel.cli", "serve", "--data", str(data), "--port", str(port), "--no-demo",
+        [sys.executable, "-m", "satchel.tools.cli", "serve", "--data", str(data), "--port", str(port), "--no-demo",
          "--replication-port", "-1"],
         stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from conftest import ADMIN, ASK, BID, cancel, order
-from satchel.messages import ConfigChanged, Fill, OrderDone, SetFees, SetTrading, TxRejected
+from satchel.core.messages import ConfigChanged, Fill, OrderDone, SetFees, SetTrading, TxRejected
 
 USDC = 10**6
 SOL = 10**9

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from conftest import start_server
-from satchel.client import connect
+from satchel.tools.client import connect
 from satchel.signing import Keypair, sign_request
 
 USDC = 10**6

@@ -9,12 +9,12 @@ import pytest
 import trio
 
 from conftest import log_state, start_node, wait_ready
-from satchel.client import ReplyError, connect, free_port
+from satchel.tools.client import ReplyError, connect, free_port
 from satchel.signing import Keypair
 
 
 def satchel(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "satchel.cli", *args], capture_output=True, text=True, **kw)
+    return subprocess.run([sys.executable, "-m", "satchel.tools.cli", *args], capture_output=True, text=True, **kw)
 
 
 def test_keygen_prints_a_usable_pair():
@@ -78,3 +78,12 @@ async def test_admin_commands(tmp_path):
             assert e.value.code == "UNAUTHORIZED"
     finally:
         proc.kill()
+
+
+def test_packaged_defaults_and_typed_defaults_agree():
+    """One source of truth: every setting in defaults.toml equals the typed default in config.py."""
+    from satchel import config
+
+    packaged = config.load()
+    assert packaged.node == config.NodeSettings()
+    assert packaged.gateway == config.GatewaySettings()

@@ -11,8 +11,8 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError
 
 from conftest import log_state, start_node, wait_ready
-from satchel.client import connect, free_port
-from satchel.node import load_admin_key
+from satchel.tools.client import connect, free_port
+from satchel.signing import load_key
 from satchel.signing import Keypair
 
 
@@ -25,7 +25,7 @@ async def test_sigkill_loses_nothing_acknowledged(tmp_path):
     acked: set[str] = set()
     try:
         await wait_ready(url, proc)
-        async with connect(url, load_admin_key(data)) as admin:
+        async with connect(url, load_key(data, "admin.key")) as admin:
             await admin.request("deposit", {"account": trader.api_key, "asset": "USDC", "quantity": "1000000"})
 
         async def worker(n: int) -> None:
@@ -65,6 +65,6 @@ async def test_sigkill_loses_nothing_acknowledged(tmp_path):
             proc.kill()
     stopped = log_state(tmp_path / "run2.log", "node.stopped")
     assert log_state(tmp_path / "run2.log", "journal.recovered") == stopped  # nothing happened after restart
-    out = subprocess.run([sys.executable, "-m", "satchel.cli", "replay", "--data", str(data)], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "satchel.tools.cli", "replay", "--data", str(data)], capture_output=True, text=True, check=True)
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("blocks=") and last.endswith(f"state={stopped}")

@@ -6,7 +6,7 @@ import orjson
 import pytest
 import trio
 
-from satchel.client import ReplyError, connect
+from satchel.tools.client import ReplyError, connect
 from satchel.signing import Keypair, sign_request, signing_string
 
 USDC = 10**6

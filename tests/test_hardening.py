@@ -12,8 +12,8 @@ from trio_websocket import open_websocket_url
 
 from conftest import ADMIN, order, start_server
 from satchel.actors import book as book_mod
-from satchel.client import ReplyError, connect
-from satchel.messages import ASK, BID, FOK, MARKET
+from satchel.tools.client import ReplyError, connect
+from satchel.core.messages import ASK, BID, FOK, MARKET
 from satchel.signing import Keypair, signing_string
 
 USDC = 10**6
@@ -83,7 +83,7 @@ def signed_frame(key: Keypair, req_id, params: dict, *, encoded: bool) -> bytes:
 
 
 async def test_values_with_reserved_characters_are_journaled_so_a_validator_agrees(server, traders, tmp_path):
-    from satchel.validator import Validator
+    from satchel.verify.validator import Validator
 
     alice, _ = traders
     async with connect(server.url, alice) as a:
@@ -191,7 +191,7 @@ async def test_order_lists_are_paged_and_orders_carry_created_at(server, traders
 async def test_a_client_that_never_reads_is_dropped_by_bytes(nursery, tmp_path):
     server = await start_server(nursery, tmp_path, send_buffer_bytes=256 << 10, rate_burst=1e9, rate_per_second=1e9)
     node = server.node
-    from satchel.messages import Deposit
+    from satchel.core.messages import Deposit
     from conftest import order as mk
 
     await node.submit_wait(Deposit(node.admin.api_key, "mm", "USDC", 10**15))

@@ -12,14 +12,14 @@ import msgspec
 import pytest
 import trio
 
-from satchel.amounts import format_units
-from satchel.client import connect
-from satchel.incident import investigate
-from satchel.journal import Journal, read_records
-from satchel.messages import Block, PlaceOrder, block_decoder, block_encoder
-from satchel.replication import Replicator
+from satchel.core.amounts import format_units
+from satchel.tools.client import connect
+from satchel.verify.incident import investigate
+from satchel.ledger.journal import Journal, read_records
+from satchel.core.messages import Block, PlaceOrder, block_decoder, block_encoder
+from satchel.ledger.replication import Replicator
 from satchel.signing import Keypair
-from satchel.validator import Divergence, Validator, validator_key
+from satchel.verify.validator import Divergence, Validator, validator_key
 
 
 def limit(side: str, qty: str) -> dict:
@@ -90,7 +90,7 @@ async def test_incident_after_a_bad_signature_offline(server, tmp_path):
     forged = await forge(server, tmp_path)
     v = tmp_path / "v"
     # the node's data directory, as 'satchel replay --data' takes it
-    out = await trio.run_process([sys.executable, "-m", "satchel.cli", "validator", "--journal", str(forged.node),
+    out = await trio.run_process([sys.executable, "-m", "satchel.tools.cli", "validator", "--journal", str(forged.node),
                                   "--data", str(v)], capture_stdout=True, capture_stderr=True, check=False)
     assert out.returncode == 4, out.stderr.decode()[-2000:]
     report = json.loads((v / f"divergence-{forged.height}.json").read_text())
@@ -99,7 +99,7 @@ async def test_incident_after_a_bad_signature_offline(server, tmp_path):
     assert (v / f"divergence-{forged.height}.block").read_bytes() == dict(
         (block_decoder.decode(p).header.height, p) for p in read_records(forged.node / "journal"))[forged.height]
 
-    out = await trio.run_process([sys.executable, "-m", "satchel.cli", "incident", "--data", str(v)],
+    out = await trio.run_process([sys.executable, "-m", "satchel.tools.cli", "incident", "--data", str(v)],
                                  capture_stdout=True, capture_stderr=True, check=False)
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     assert f"seqs [{forged.seq}]" in out.stdout.decode()
@@ -124,6 +124,6 @@ async def test_incident_without_the_block_says_so(tmp_path):
     v = tmp_path / "v"
     v.mkdir()
     (v / "divergence-7.json").write_text(json.dumps({"height": 7, "kind": "signatures", "problems": ["seq 9: bad signature"]}))
-    out = subprocess.run([sys.executable, "-m", "satchel.cli", "incident", "--data", str(v)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "satchel.tools.cli", "incident", "--data", str(v)], capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.startswith(f"satchel incident: no offending block {v / 'divergence-7.block'}")

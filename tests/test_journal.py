@@ -8,9 +8,10 @@ import pytest
 import trio
 
 from conftest import run_node, workload
-from satchel.journal import MAGIC, Journal, JournalCorrupt, read_records
-from satchel.messages import Deposit, block_decoder
-from satchel.node import Node, replay
+from satchel.ledger.journal import MAGIC, Journal, JournalCorrupt, read_records
+from satchel.core.messages import Deposit, block_decoder
+from satchel.ledger.chain import replay
+from satchel.node import Node
 
 
 def _leaves(eg):
@@ -100,8 +101,8 @@ def test_segments_roll_over(tmp_path):
 
 
 async def test_rules_version_mismatch_is_refused(tmp_path, monkeypatch):
-    from satchel import node as node_mod
-    from satchel.node import DivergedError
+    from satchel.ledger import chain as node_mod
+    from satchel.ledger.chain import DivergedError
 
     data = tmp_path / "data"
     await run_node(data, workload)
@@ -129,7 +130,7 @@ async def test_a_torn_block_already_covered_by_the_snapshot_is_recovered_without
 
 
 async def _state_after(data):
-    from satchel.node import take_snapshot
+    from satchel.ledger.chain import take_snapshot
 
     return (await take_snapshot(data)).state_hash
 
@@ -143,7 +144,8 @@ async def test_a_journal_ending_before_the_snapshot_is_refused_and_left_as_it_wa
     cut = seg.stat().st_size - sum(8 + len(r) for r in records[-2:])
     raw = seg.read_bytes()[:cut] + b"\x00\x10\x00\x00torn"
     seg.write_bytes(raw)
-    from satchel.node import DivergedError, fatal_errors_unwrapped
+    from satchel.ledger.chain import DivergedError
+    from satchel.runtime import fatal_errors_unwrapped
 
     with pytest.raises(DivergedError, match="before the snapshot's height"), fatal_errors_unwrapped():
         async with trio.open_nursery() as nursery:
@@ -163,7 +165,7 @@ def test_serve_on_a_corrupt_journal_exits_3_with_one_line(tmp_path):
     raw[len(MAGIC) + 8 + 5] ^= 0xFF
     seg.write_bytes(bytes(raw))
     for cmd in (["serve", "--no-demo", "--port", "0", "--replication-port", "-1"], ["replay"]):
-        out = subprocess.run([sys.executable, "-m", "satchel.cli", *cmd, "--data", str(data)], capture_output=True,
+        out = subprocess.run([sys.executable, "-m", "satchel.tools.cli", *cmd, "--data", str(data)], capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 3, (cmd, out.stderr)
         errors = [line for line in out.stderr.splitlines() if "refused_journal" in line]

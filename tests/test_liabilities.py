@@ -12,8 +12,9 @@ import msgspec
 from hypothesis import given, settings, strategies as st
 
 from conftest import run_node, small_snapshots, workload
-from satchel import liabilities, snapshots
-from satchel.amounts import format_units
+from satchel.ledger import liabilities
+from satchel.ledger import snapshots
+from satchel.core.amounts import format_units
 
 DECIMALS = {"USDC": 6, "SOL": 9}
 
@@ -93,7 +94,7 @@ def test_the_root_commits_to_the_height():
 
 
 def verify_proof(path, *extra):
-    return subprocess.run([sys.executable, "-m", "satchel.cli", "verify-proof", str(path), *extra], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "satchel.tools.cli", "verify-proof", str(path), *extra], capture_output=True, text=True)
 
 
 def test_verify_proof_command_says_included_only_against_a_given_root(tmp_path):
@@ -150,11 +151,11 @@ def write_snapshot(directory, state, height, liabilities_root):
 def test_prove_refuses_a_snapshot_whose_recorded_root_differs(tmp_path):
     state = fake_state({"alice": {"USDC": (5, 0)}, "bob": {"SOL": (7, 0)}})
     write_snapshot(tmp_path / "old" / "snapshots", state, 9, b"\x11" * 32)  # e.g. written by an older version
-    out = subprocess.run([sys.executable, "-m", "satchel.cli", "prove", "--data", str(tmp_path / "old"), "--account", "alice"],
+    out = subprocess.run([sys.executable, "-m", "satchel.tools.cli", "prove", "--data", str(tmp_path / "old"), "--account", "alice"],
                          capture_output=True, text=True)
     assert out.returncode == 1 and "take a new snapshot" in out.stderr and out.stdout == ""
     write_snapshot(tmp_path / "new" / "snapshots", state, 9, liabilities.root(state, 9))
-    out = subprocess.run([sys.executable, "-m", "satchel.cli", "prove", "--data", str(tmp_path / "new"), "--account", "alice"],
+    out = subprocess.run([sys.executable, "-m", "satchel.tools.cli", "prove", "--data", str(tmp_path / "new"), "--account", "alice"],
                          capture_output=True, text=True, check=True)
     (proof,) = json.loads(out.stdout)
     assert proof["height"] == 9 and liabilities.verify(proof, liabilities.root(state, 9).hex())
@@ -165,7 +166,7 @@ async def test_prove_and_verify_commands(tmp_path):
     await run_node(data, workload, small_snapshots())
     snap = snapshots.newest(data / "snapshots")
     assert snap.liabilities_root == liabilities.root(snapshots.decode_state(snap), snap.height)
-    out = subprocess.run([sys.executable, "-m", "satchel.cli", "prove", "--data", str(data), "--account", "alice"],
+    out = subprocess.run([sys.executable, "-m", "satchel.tools.cli", "prove", "--data", str(data), "--account", "alice"],
                          capture_output=True, text=True, check=True)
     proofs = json.loads(out.stdout)
     assert {p["asset"] for p in proofs} == {"USDC", "SOL"}

@@ -20,7 +20,7 @@ def test_embedded_loadtest_report(tmp_path):
     assert n == 1
     cfg.write_text(text)
     r = subprocess.run(
-        [sys.executable, "-m", "satchel.cli", "loadtest", "--embedded", "--traders", "4", "--workers", "2",
+        [sys.executable, "-m", "satchel.tools.cli", "loadtest", "--embedded", "--traders", "4", "--workers", "2",
          "--duration", "2", "--warmup", "0.5", "--subscribers", "2", "--slow-subscribers", "1",
          "--scenario", "mixed", "--out", str(out), "--max-error-rate", "0.01", "--config", str(cfg)],
         capture_output=True, text=True, timeout=180,

@@ -10,8 +10,8 @@ import orjson
 import trio
 from trio_websocket import ConnectionClosed, serve_websocket
 
-from satchel.loadtest.report import verdict
-from satchel.loadtest.runner import check_conservation, conservation
+from satchel.tools.loadtest.report import verdict
+from satchel.tools.loadtest.runner import check_conservation, conservation
 from satchel.signing import Keypair
 
 DEPOSITED = {"USDC": D("20000000"), "SOL": D("2000000")}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from conftest import ASK, BID, cancel, cancel_all, order
-from satchel.messages import (
+from satchel.core.messages import (
     FOK, IOC, MARKET, REJECT_BOTH, REJECT_MAKER, DepthDelta, Fill, OrderAccepted, OrderDone, TxRejected,
 )
 
@@ -205,8 +205,8 @@ async def test_insufficient_funds_and_duplicate_client_id(ex):
 
 
 def test_guard_forgets_signatures_when_their_window_closes():
-    from satchel.engine import Guard
-    from satchel.messages import Auth
+    from satchel.core.engine import Guard
+    from satchel.core.messages import Auth
 
     g = Guard()
     now = 1_000_000

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, example, given, settings, target
 
 from conftest import ACCOUNTS, ADMIN, SYMBOLS, Exchange, concretize, workload_st
 from satchel import config
-from satchel.engine import Engine, events_hash
-from satchel.messages import (
+from satchel.core.engine import Engine, events_hash
+from satchel.core.messages import (
     ASK, BID, GTC, LIMIT, REJECT_TAKER, DepthDelta, Deposit, Fill, OrderAccepted, OrderDone, PlaceOrder,
 )
 

@@ -17,10 +17,10 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from conftest import wait_ready
-from satchel.client import free_port
-from satchel.journal import Journal
-from satchel.messages import Block, BlockHeader, Deposit, block_encoder
-from satchel.replication import Replicator, hello
+from satchel.tools.client import free_port
+from satchel.ledger.journal import Journal
+from satchel.core.messages import Block, BlockHeader, Deposit, block_encoder
+from satchel.ledger.replication import Replicator, hello
 from satchel.signing import Keypair
 
 
@@ -192,7 +192,7 @@ async def test_a_stalled_follower_is_dropped_and_frees_its_slot(nursery, tmp_pat
 
 
 def satchel(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "satchel.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "satchel.tools.cli", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_validator_prints_its_key(tmp_path):
@@ -208,7 +208,7 @@ async def test_refused_validator_exits_with_one_clear_line(nursery, tmp_path):
     write_journal(tmp_path, 3)
     r = await start(nursery, tmp_path, 3)
     out = await trio.run_process(
-        [sys.executable, "-m", "satchel.cli", "validator", "--follow", url(r), "--data", str(tmp_path / "v")],
+        [sys.executable, "-m", "satchel.tools.cli", "validator", "--follow", url(r), "--data", str(tmp_path / "v")],
         capture_stdout=True, capture_stderr=True, check=False)
     stderr = out.stderr.decode()
     key = Keypair.from_secret((tmp_path / "v" / "validator.key").read_text().strip()).api_key
@@ -230,7 +230,7 @@ async def test_serve_binds_the_block_stream_to_loopback_and_says_when_it_refuses
     port, rport = free_port(), free_port()
     log = tmp_path / "node.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "satchel.cli", "serve", "--data", str(tmp_path / "d"), "--host", "localhost",
+        [sys.executable, "-m", "satchel.tools.cli", "serve", "--data", str(tmp_path / "d"), "--host", "localhost",
          "--port", str(port), "--replication-port", str(rport), "--no-demo"],
         stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
     try:
@@ -263,7 +263,7 @@ async def test_refusals_are_logged_once_per_peer(nursery, tmp_path):
 
 
 def test_followers_file_format():
-    from satchel.replication import parse_followers
+    from satchel.ledger.replication import parse_followers
 
     a, b = Keypair.generate(), Keypair.generate()
     text = f"# node eu-1 validators\n{a.api_key}\n  {b.api_key}  # backup\nnot-a-key\n\n"

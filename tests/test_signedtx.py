@@ -6,10 +6,11 @@ import msgspec
 import pytest
 
 from conftest import LISTING, signed_order
-from satchel import config, instructions
-from satchel.errors import RequestError
-from satchel.messages import AssetSpec, CancelOrder
-from satchel.signedtx import matches
+from satchel import config
+from satchel.core import instructions
+from satchel.core.errors import RequestError
+from satchel.core.messages import AssetSpec, CancelOrder
+from satchel.verify.signedtx import matches
 from satchel.signing import Keypair, auth_for, signed_message, signing_string, verify
 
 

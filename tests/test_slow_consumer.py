@@ -5,9 +5,9 @@ from __future__ import annotations
 import trio
 
 from conftest import start_server
-from satchel.client import connect
-from satchel.loadtest.feed import stalled_subscription
-from satchel.messages import ASK, BID, GTC, LIMIT, REJECT_TAKER, CancelAll, Deposit, PlaceOrder
+from satchel.tools.client import connect
+from satchel.tools.loadtest.feed import stalled_subscription
+from satchel.core.messages import ASK, BID, GTC, LIMIT, REJECT_TAKER, CancelAll, Deposit, PlaceOrder
 
 
 async def test_slow_subscriber_is_dropped(nursery, tmp_path):

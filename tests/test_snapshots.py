@@ -10,9 +10,10 @@ import trio
 from hypothesis import given, settings, HealthCheck, strategies as st
 
 from conftest import ADMIN, Exchange, concretize, run_node, small_snapshots, workload, workload_st
-from satchel import config, snapshots
-from satchel.engine import Engine, events_hash
-from satchel.node import replay
+from satchel import config
+from satchel.ledger import snapshots
+from satchel.core.engine import Engine, events_hash
+from satchel.ledger.chain import replay
 
 
 async def test_restart_from_snapshot_equals_full_replay(tmp_path):
@@ -44,7 +45,7 @@ def test_snapshot_command(tmp_path):
     _, live = trio.run(run_node, data, workload, small_snapshots())
     for f in (data / "snapshots").glob("*.snap"):
         f.unlink()
-    out = subprocess.run([sys.executable, "-m", "satchel.cli", "snapshot", "--data", str(data)], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "satchel.tools.cli", "snapshot", "--data", str(data)], capture_output=True, text=True, check=True)
     assert f"state={live} liabilities_root=" in out.stdout
     assert len(list((data / "snapshots").glob("*.snap"))) == 1
 

@@ -10,13 +10,13 @@ import pytest
 import trio
 
 from conftest import run_node, signed_order, wait_ready, workload as node_workload
-from satchel.client import connect, free_port
+from satchel.tools.client import connect, free_port
 from satchel.config import DEFAULTS
-from satchel.journal import read_records
-from satchel.messages import PlaceOrder, block_decoder
-from satchel.node import load_admin_key
+from satchel.ledger.journal import read_records
+from satchel.core.messages import PlaceOrder, block_decoder
+from satchel.signing import load_key
 from satchel.signing import Keypair
-from satchel.validator import Divergence, Validator, validator_key
+from satchel.verify.validator import Divergence, Validator, validator_key
 
 
 def start_node(tmp_path, port: int, rport: int) -> subprocess.Popen:
@@ -24,7 +24,7 @@ def start_node(tmp_path, port: int, rport: int) -> subprocess.Popen:
     cfg = tmp_path / "node.toml"
     cfg.write_text(DEFAULTS.read_text().replace("snapshot_blocks = 10000", "snapshot_blocks = 5"))
     return subprocess.Popen(
-        [sys.executable, "-m", "satchel.cli", "serve", "--data", str(tmp_path / "node"), "--port", str(port),
+        [sys.executable, "-m", "satchel.tools.cli", "serve", "--data", str(tmp_path / "node"), "--port", str(port),
          "--replication-port", str(rport), "--no-demo", "--config", str(cfg),
          "--allow-follower", validator_key(tmp_path / "v").api_key],
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "node.log", "wb"))
@@ -36,7 +36,7 @@ def limit(symbol: str, side: str, price: str, qty: str) -> dict:
 
 async def workload(url: str, data) -> tuple[Keypair, ...]:
     alice, bob, carol = Keypair.generate(), Keypair.generate(), Keypair.generate()
-    async with connect(url, load_admin_key(data)) as admin:
+    async with connect(url, load_key(data, "admin.key")) as admin:
         for key, asset, qty in ((alice, "USDC", "100000"), (carol, "USDC", "100000"), (bob, "SOL", "1000"), (bob, "ETH", "100")):
             await admin.request("deposit", {"account": key.api_key, "asset": asset, "quantity": qty})
         # carol may not trade SOL_USDC; ETH_USDC stays open to her
@@ -92,11 +92,11 @@ async def test_validator_agrees_and_resumes(node, tmp_path):
         await c.request("depth", {"symbol": "SOL_USDC"}, sign=False)
     await follow_until(v2, rurl, height)
     assert v2.verified_signatures < v.verified_signatures  # only what it had not seen, if anything
-    out = subprocess.run([sys.executable, "-m", "satchel.cli", "validator", "--journal", str(data / "journal"),
+    out = subprocess.run([sys.executable, "-m", "satchel.tools.cli", "validator", "--journal", str(data / "journal"),
                           "--data", str(tmp_path / "offline")], capture_output=True, text=True)
     assert out.returncode == 0 and f"blocks=1..{height}" in out.stdout
     # the node's data directory, as 'satchel replay --data' takes it, is the same journal
-    out = subprocess.run([sys.executable, "-m", "satchel.cli", "validator", "--journal", str(data),
+    out = subprocess.run([sys.executable, "-m", "satchel.tools.cli", "validator", "--journal", str(data),
                           "--data", str(tmp_path / "offline2")], capture_output=True, text=True)
     assert out.returncode == 0 and f"blocks=1..{height}" in out.stdout
 
@@ -110,7 +110,7 @@ def test_validator_refuses_a_directory_without_journal(tmp_path, where):
     elif where == "validator-dir":  # e.g. a validator's dir: status.json and keys, no segments
         (target / "journal").mkdir(parents=True)
         (target / "status.json").write_text("{}")
-    out = subprocess.run([sys.executable, "-m", "satchel.cli", "validator", "--journal", str(target),
+    out = subprocess.run([sys.executable, "-m", "satchel.tools.cli", "validator", "--journal", str(target),
                           "--data", str(tmp_path / "v")], capture_output=True, text=True)
     assert out.returncode == 2, out
     assert "validated" not in out.stdout
@@ -148,7 +148,7 @@ async def test_incident_drill(node, tmp_path, monkeypatch):
     assert report["node_only"] and report["validator_only"]  # the differing events are named
     monkeypatch.undo()
 
-    out = subprocess.run([sys.executable, "-m", "satchel.cli", "incident", "--data", str(tmp_path / "v")],
+    out = subprocess.run([sys.executable, "-m", "satchel.tools.cli", "incident", "--data", str(tmp_path / "v")],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     inc = json.loads((tmp_path / "v" / f"incident-{first_affected}.json").read_text())
@@ -167,24 +167,24 @@ def _leaves(eg):
 
 
 async def test_validator_refuses_other_rules_version(tmp_path, monkeypatch):
-    from satchel import engine
-    from satchel.node import DivergedError
+    from satchel.ledger import chain
+    from satchel.ledger.chain import DivergedError
 
     data = tmp_path / "data"
     await run_node(data, node_workload)
-    ours = engine.RULES_VERSION
-    monkeypatch.setattr(engine, "RULES_VERSION", ours + 1)
+    ours = chain.RULES_VERSION
+    monkeypatch.setattr(chain, "RULES_VERSION", ours + 1)
     with pytest.raises(BaseExceptionGroup) as group:
         await Validator(tmp_path / "v", verify_processes=-1).check_journal(data / "journal")
     (exc,) = [e for e in _leaves(group.value) if isinstance(e, DivergedError)]
-    assert f"rules version {ours}; this validator runs {ours + 1}" in str(exc)
+    assert f"rules version {ours}; this code runs {ours + 1}" in str(exc)
 
 
 async def test_validator_catches_a_signature_reused_for_another_order(tmp_path):
     """A node that journals an order differing from what its account signed is caught."""
     import msgspec
 
-    from satchel.messages import Deposit
+    from satchel.core.messages import Deposit
     from satchel.node import Node
     from satchel.signing import auth_for
 

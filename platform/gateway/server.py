@@ -8,9 +8,10 @@ import structlog
 import trio
 from trio_websocket import serve_websocket
 
+from satchel.api.format import Formatter
 from satchel.gateway import protocol as P
 from satchel.gateway.session import Session
-from satchel.marketdata import MarketData
+from satchel.api.marketdata import MarketData
 from satchel.signing import ProcessVerifier, Verifier
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ class Gateway:
         # the engine's listing tables, read-only here: markets and assets listed later appear too
         self.markets = engine.markets
         self.assets = engine.assets
-        self.fmt = P.Formatter(self.markets, self.assets)
+        self.fmt = Formatter(self.markets, self.assets)
         self.marketdata = MarketData(self.fmt)
         node.subscribers.append(self.marketdata)
         n = self.settings.verify_processes

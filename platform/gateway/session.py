@@ -33,12 +33,13 @@ import structlog
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from satchel import instructions
+from satchel.api.marketdata import PRIVATE_STREAMS, SILENT_STREAMS
+from satchel.clock import now_ms
+from satchel.core import instructions
+from satchel.core.engine import MAX_WINDOW_MS
+from satchel.core.messages import NEW, PARTIALLY_FILLED, REJECTED, Auth, Fill, OrderDone, PlaceOrder, TxRejected
 from satchel.gateway import protocol as P
-from satchel.engine import MAX_WINDOW_MS
 from satchel.gateway.wire import abort, send_frames
-from satchel.marketdata import PRIVATE_STREAMS, SILENT_STREAMS
-from satchel.messages import REJECTED, Auth, Fill, OrderDone, PlaceOrder, TxRejected
 from satchel.signing import decode_key, decode_signature, needs_quoting, signing_string
 
 if TYPE_CHECKING:
@@ -248,7 +249,7 @@ class Session:
         window = instructions.uint(sig[3], "window")
         if not 0 < window <= MAX_WINDOW_MS:
             raise P.RequestError(P.INVALID_REQUEST, f"window must be 1..{MAX_WINDOW_MS}")
-        now = int(time.time() * 1000)
+        now = now_ms()
         if ts + window < now or ts - window > now:
             raise P.RequestError(P.EXPIRED, "Request timestamp is outside its window")
         # the signed string uses the integers as parsed, so the journal can rebuild it
@@ -364,7 +365,7 @@ class Session:
                 elif cls is OrderDone and ev.order_id == oid:
                     status, reason = ev.status, ev.reason
             if status is None:
-                status = P.PARTIALLY_FILLED if executed else P.NEW
+                status = PARTIALLY_FILLED if executed else NEW
             result = fmt.order(tx.symbol, oid, tx.client_id, tx.side, tx.price, tx.quantity, executed, executed_quote,
                                status, order_type=tx.order_type, tif=tx.tif, stp=tx.stp, post_only=tx.post_only,
                                quote_quantity=tx.quote_quantity, created_us=self.gw.node.block_timestamp)

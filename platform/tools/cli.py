@@ -12,8 +12,9 @@ import structlog
 import trio
 
 from satchel import config as config_mod
-from satchel.journal import JournalCorrupt
-from satchel.node import DivergedError, fatal_errors_unwrapped
+from satchel.ledger.journal import JournalCorrupt
+from satchel.ledger.chain import DivergedError
+from satchel.runtime import fatal_errors_unwrapped
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -33,10 +34,10 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from satchel.demo import MarketMaker
+    from satchel.tools.demo import MarketMaker
     from satchel.gateway import Gateway
     from satchel.node import Node
-    from satchel.replication import Replicator
+    from satchel.ledger.replication import Replicator
 
     from satchel.signing import decode_key
 
@@ -80,14 +81,14 @@ def _keygen(_: argparse.Namespace) -> int:
 
 
 async def _faucet(args: argparse.Namespace) -> int:
-    from satchel.client import ReplyError, connect
-    from satchel.node import load_admin_key
+    from satchel.tools.client import ReplyError, connect
+    from satchel.signing import load_key
 
     admin_path = Path(args.data) / "admin.key"
     if not admin_path.exists():
         print(f"satchel faucet: no admin key at {admin_path}; start the node with --data {args.data} first", file=sys.stderr)
         return 2
-    admin = load_admin_key(Path(args.data))
+    admin = load_key(Path(args.data), "admin.key")
     async with connect(args.url, admin) as client:
         try:
             result = await client.request("deposit", {"account": args.account, "asset": args.asset, "quantity": args.amount})
@@ -100,8 +101,8 @@ async def _faucet(args: argparse.Namespace) -> int:
 
 async def _admin(args: argparse.Namespace) -> int:
     """Sign an admin transaction with the node's admin key and send it."""
-    from satchel.client import ReplyError, connect
-    from satchel.node import load_admin_key
+    from satchel.tools.client import ReplyError, connect
+    from satchel.signing import load_key
 
     if args.what == "trading":
         method = "adminSetTrading"
@@ -113,7 +114,7 @@ async def _admin(args: argparse.Namespace) -> int:
     else:
         method = "adminSetFees"
         params = {"symbol": args.symbol, "makerFeeBps": args.maker, "takerFeeBps": args.taker}
-    async with connect(args.url, load_admin_key(Path(args.data))) as client:
+    async with connect(args.url, load_key(Path(args.data), "admin.key")) as client:
         try:
             result = await client.request(method, params)
         except ReplyError as exc:
@@ -135,7 +136,7 @@ def _faulty_permission_rule() -> None:
 
 
 async def _validator(args: argparse.Namespace) -> int:
-    from satchel.validator import Divergence, FollowError, Validator, journal_dir, validator_key
+    from satchel.verify.validator import Divergence, FollowError, Validator, journal_dir, validator_key
 
     if args.print_key:
         print(validator_key(args.data).api_key)
@@ -172,7 +173,7 @@ async def _validator(args: argparse.Namespace) -> int:
 async def _incident(args: argparse.Namespace) -> int:
     import json as json_mod
 
-    from satchel.incident import investigate, render
+    from satchel.verify.incident import investigate, render
 
     try:
         report = await investigate(args.data, args.from_snapshot)
@@ -189,8 +190,9 @@ async def _incident(args: argparse.Namespace) -> int:
 def _prove(args: argparse.Namespace) -> int:
     import json as json_mod
 
-    from satchel import liabilities, snapshots
+    from satchel.ledger import liabilities
 
+    from satchel.ledger import snapshots
     snap = snapshots.newest(Path(args.data) / "snapshots")
     if snap is None:
         print(f"satchel prove: no snapshot in {args.data}/snapshots (run 'satchel snapshot --data {args.data}')", file=sys.stderr)
@@ -216,8 +218,7 @@ def _verify_proof(args: argparse.Namespace) -> int:
     not in that root. 3: no --root given, every proof is only self-consistent."""
     import json as json_mod
 
-    from satchel import liabilities
-
+    from satchel.ledger import liabilities
     def show(value: object) -> str:
         return value if isinstance(value, str) and value.isprintable() and value else repr(value)
 
@@ -261,7 +262,7 @@ def _verify_proof(args: argparse.Namespace) -> int:
 
 
 async def _snapshot(args: argparse.Namespace) -> int:
-    from satchel.node import take_snapshot
+    from satchel.ledger.chain import take_snapshot
 
     snap = await take_snapshot(args.data)
     print(f"height={snap.height} txs={snap.txs} state={snap.state_hash} liabilities_root={snap.liabilities_root.hex()}")
@@ -269,7 +270,7 @@ async def _snapshot(args: argparse.Namespace) -> int:
 
 
 async def _replay(args: argparse.Namespace) -> int:
-    from satchel.node import replay
+    from satchel.ledger.chain import replay
 
     blocks, txs, state = await replay(args.data)
     print(f"blocks={blocks} txs={txs} state={state}")
@@ -381,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "verify-proof":
             return _verify_proof(args)
         if args.command == "loadtest":
-            from satchel.loadtest.runner import run as loadtest
+            from satchel.tools.loadtest.runner import run as loadtest
 
             if not args.url:
                 args.embedded = True

@@ -13,8 +13,8 @@ from typing import Any
 
 import msgspec
 
-from satchel import instructions
-from satchel.errors import RequestError
+from satchel.core import instructions
+from satchel.core.errors import RequestError
 
 
 def matches(tx: Any, listing: instructions.Listing) -> bool:

@@ -21,11 +21,11 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 import msgspec
 
-from satchel.amounts import MAX_UNITS, AmountError, format_units, to_units
-from satchel.errors import (
+from satchel.core.amounts import MAX_UNITS, AmountError, format_units, to_units
+from satchel.core.errors import (
     INVALID_ASSET, INVALID_DECIMAL, INVALID_PRICE, INVALID_QUANTITY, INVALID_REQUEST, INVALID_SYMBOL, RequestError,
 )
-from satchel.messages import (
+from satchel.core.messages import (
     ASK, BID, FOK, GTC, IOC, LIMIT, MARKET, REJECT_BOTH, REJECT_MAKER, REJECT_TAKER, AssetSpec, CancelAll,
     CancelOrder, Deposit, ListAsset, ListMarket, MarketSpec, PlaceOrder, SetAdmin, SetFees, SetTrading,
 )

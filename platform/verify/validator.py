@@ -36,16 +36,18 @@ import structlog
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
-from satchel import engine as engine_mod
-from satchel import instructions, signedtx, snapshots
-from satchel.engine import Engine
-from satchel.journal import Journal, read_records
-from satchel.messages import Block, block_decoder, events_decoder, events_encoder
-from satchel.node import Chain, DivergedError, header_hash, load_admin_key, recover_chain, tune_gc
-from satchel.replication import POLICY_VIOLATION, hello
-from satchel.signing import Keypair, ProcessVerifier, Verifier, decode_key, signed_message
+from satchel.core import instructions
+from satchel.core.engine import Engine, events_hash
+from satchel.core.messages import Block, block_decoder, events_decoder, events_encoder
+from satchel.ledger import snapshots
+from satchel.ledger.chain import Chain, header_hash, recover_chain
+from satchel.ledger.journal import Journal, read_records
+from satchel.ledger.replication import POLICY_VIOLATION, hello
+from satchel.runtime import tune_gc
+from satchel.signing import Keypair, ProcessVerifier, Verifier, decode_key, load_key, signed_message
+from satchel.verify import signedtx
 
-log = structlog.get_logger("satchel.validator")
+log = structlog.get_logger("satchel.verify.validator")
 
 KEY_FILE = "validator.key"  # in the validator's data dir: signs its hello to the node's block stream
 _SEQ = re.compile(r"^seq (\d+):")
@@ -71,7 +73,7 @@ def journal_dir(path: str | Path) -> Path | None:
 
 def validator_key(data: str | Path) -> Keypair:
     """The validator's own key (created on first use): followers must be allowed by it."""
-    return load_admin_key(Path(data), KEY_FILE)
+    return load_key(Path(data), KEY_FILE)
 
 
 class Validator:
@@ -118,10 +120,7 @@ class Validator:
                     journal: Journal | None) -> None:
         h = block.header
         chain = self.chain
-        if h.height != chain.height + 1 or h.prev_hash != chain.prev_hash or h.first_seq != chain.next_seq:
-            raise DivergedError(f"block {h.height} does not extend block {chain.height}")
-        if h.rules_version != engine_mod.RULES_VERSION:
-            raise DivergedError(f"block {h.height} has rules version {h.rules_version}; this validator runs {engine_mod.RULES_VERSION}")
+        chain.check(h)
         if self.verifier is not None:
             problems = await self.check_signatures(block)
             if problems:
@@ -130,10 +129,8 @@ class Validator:
                 raise Divergence({"height": h.height, "kind": "signatures", "bad_seqs": bad, "problems": problems[:50]})
         if journal is not None:
             await trio.to_thread.run_sync(journal.append, [(h.height, payload)])
-        events = await chain.engine.apply(h.first_seq, h.timestamp, block.txs)
-        mine = events_encoder.encode(events)
-        chain._advance(h)
-        if hashlib.sha256(mine).digest() != h.events_hash:
+        events = await chain.apply(block)
+        if events_hash(events) != h.events_hash:
             raise Divergence(self._event_report(h, events, node_events))
         if node_state is not None or h.height % self.snapshot_blocks == 0:
             snap = await chain.snapshot()

@@ -25,7 +25,7 @@ MAGIC = b"SATSNAP1"
 _CRC = struct.Struct("<I")
 KEEP = 3  # snapshots kept on disk
 
-log = structlog.get_logger("satchel.snapshots")
+log = structlog.get_logger("satchel.ledger.snapshots")
 
 
 class Snapshot(msgspec.Struct, array_like=True, frozen=True):

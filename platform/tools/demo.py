@@ -14,11 +14,11 @@ from pathlib import Path
 import structlog
 import trio
 
-from satchel.amounts import format_units, to_units
-from satchel.messages import ASK, BID, GTC, IOC, LIMIT, REJECT_TAKER, CancelAll, Deposit, MarketSpec, PlaceOrder
+from satchel.core.amounts import format_units, to_units
+from satchel.core.messages import ASK, BID, GTC, IOC, LIMIT, REJECT_TAKER, CancelAll, Deposit, MarketSpec, PlaceOrder
 from satchel.signing import Keypair, auth_for
 
-log = structlog.get_logger("satchel.demo")
+log = structlog.get_logger("satchel.tools.demo")
 
 _FUNDING = {"USDC": "10000000", "BTC": "100", "ETH": "1000", "SOL": "100000"}
 

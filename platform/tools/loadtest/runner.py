@@ -22,12 +22,12 @@ from rich.live import Live
 from rich.table import Table
 
 from satchel import config as config_mod
-from satchel.client import ReplyError, connect, free_port
-from satchel.loadtest.feed import run_feed
-from satchel.loadtest.plan import market_plans, roles
-from satchel.loadtest.report import merge, render, summary, verdict
-from satchel.loadtest.trader import run_worker
-from satchel.node import load_admin_key
+from satchel.tools.client import ReplyError, connect, free_port
+from satchel.tools.loadtest.feed import run_feed
+from satchel.tools.loadtest.plan import market_plans, roles
+from satchel.tools.loadtest.report import merge, render, summary, verdict
+from satchel.tools.loadtest.trader import run_worker
+from satchel.signing import load_key
 from satchel.signing import Keypair
 
 FUNDING = {"USDC": "10000000", "BTC": "1000", "ETH": "10000", "SOL": "1000000"}
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
             port = free_port()
             url = f"ws://127.0.0.1:{port}"
             node_log = open(Path(tmp) / "node.log", "wb")
-            node_proc = subprocess.Popen([sys.executable, "-m", "satchel.cli", "serve", "--data", tmp, "--port", str(port), "--no-demo", "--replication-port", "-1"]
+            node_proc = subprocess.Popen([sys.executable, "-m", "satchel.tools.cli", "serve", "--data", tmp, "--port", str(port), "--no-demo", "--replication-port", "-1"]
                                          + (["--config", args.config] if args.config else []), stderr=node_log)
             data = Path(tmp)
         else:
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
                 console.print("to fund traders against an external node give --data DIR (its admin key) or --keys FILE")
                 return 2
             console.print(f"funding {len(keys)} traders through the faucet...")
-            trio.run(_fund, url, load_admin_key(data), keys, assets)
+            trio.run(_fund, url, load_key(data, "admin.key"), keys, assets)
         trio.run(_node_stats, url, True)  # stage latencies from here on: the traders' run
         report = _drive(args, console, url, port, keys, plans, rate, node_proc)
         report["node_stages_us"] = trio.run(_node_stats, url, False)

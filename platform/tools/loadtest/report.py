@@ -9,7 +9,7 @@ from hdrh.histogram import HdrHistogram
 from rich.console import Console
 from rich.table import Table
 
-from satchel.loadtest.trader import new_hist
+from satchel.tools.loadtest.trader import new_hist
 
 PERCENTILES = (50, 90, 99, 99.9)
 

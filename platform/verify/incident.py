@@ -26,12 +26,12 @@ from typing import Any
 import msgspec
 import trio
 
-from satchel import snapshots
-from satchel.amounts import format_units
-from satchel.engine import Engine
-from satchel.journal import read_records
-from satchel.messages import Block, block_decoder, header_decoder
-from satchel.node import Chain, DivergedError
+from satchel.ledger import snapshots
+from satchel.core.amounts import format_units
+from satchel.core.engine import Engine
+from satchel.ledger.journal import read_records
+from satchel.core.messages import Block, block_decoder, header_decoder
+from satchel.ledger.chain import Chain, DivergedError
 
 
 def _balances(state: list) -> dict[tuple[str, str], int]:

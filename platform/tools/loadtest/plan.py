@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from satchel.amounts import format_units, to_units
+from satchel.core.amounts import format_units, to_units
 from satchel.config import Config
 
 

@@ -34,10 +34,10 @@ from typing import Any
 import msgspec
 import trio
 
-from satchel.actor import Mailbox, spawn
+from satchel.core.actor import Mailbox, spawn
 from satchel.actors.book import Book
 from satchel.actors.risk import Risk
-from satchel.messages import (
+from satchel.core.messages import (
     AssetSpec,
     CancelAll,
     CancelOrder,

@@ -21,12 +21,12 @@ from typing import Any, Protocol
 import msgspec
 from sortedcontainers import SortedDict
 
-from satchel.gateway.protocol import Formatter
-from satchel.messages import (
+from satchel.api.format import Formatter
+from satchel.core.messages import (
     ASK, BID, CANCELLED, EXPIRED, FILLED, ORDER_TYPE_NAMES, PARTIALLY_FILLED, REJECTED, SIDE_NAMES, TIF_NAMES,
     BalanceChanged, BlockHeader, DepthDelta, Fill, OrderAccepted, OrderDone,
 )
-from satchel.sequencer import now_us
+from satchel.clock import now_us
 
 _encode = msgspec.json.encode
 _DAY_US = 86_400_000_000

@@ -12,7 +12,7 @@ unchanged. The root, ``root(state, height)``, is recorded in every snapshot.
 ``prove`` gives an account one inclusion path per asset. ``check`` / ``verify`` recompute
 the root from a proof alone, with no access to the node, and accept it only if every
 figure it displays is the one hashed: ``balance`` must be exactly ``total`` formatted
-with ``decimals`` (``satchel.amounts.format_units``), and height, account and asset are
+with ``decimals`` (``satchel.core.amounts.format_units``), and height, account and asset are
 in the leaf. A proof shows inclusion only when checked against a root published
 independently of it (``expected_root``); against its own ``root`` field it only shows
 that it is self-consistent.
@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from satchel.amounts import format_units
+from satchel.core.amounts import format_units
 
 _leaf_encoder = msgspec.msgpack.Encoder()
 

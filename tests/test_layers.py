@@ -1,4 +1,5 @@
-"""The deterministic core imports no clock, randomness, environment, file or network module."""
+"""The layers, checked: the deterministic core imports no clock, randomness, environment,
+file or network module, and each folder imports only the layers below it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE = sorted((ROOT / "actors").glob("*.py")) + [ROOT / "platform" / n for n in ("engine.py", "actor.py", "amounts.py", "messages.py", "instructions.py", "errors.py")]
+PLATFORM = ROOT / "platform"
+CORE = sorted((ROOT / "actors").glob("*.py")) + sorted((PLATFORM / "core").glob("*.py"))
 FORBIDDEN = {
     "time", "datetime", "random", "secrets", "os", "sys", "socket", "ssl", "select", "selectors", "asyncio",
     "trio_websocket", "io", "pathlib", "shutil", "tempfile", "glob", "urllib", "http", "requests", "subprocess",
@@ -29,7 +31,7 @@ def imports(path: Path) -> list[str]:
 
 
 def test_core_modules_exist():
-    assert all(p.exists() for p in CORE) and len(CORE) >= 6
+    assert all(p.exists() for p in CORE) and len(CORE) >= 8
 
 
 def test_core_imports_nothing_nondeterministic():
@@ -55,3 +57,34 @@ def test_core_calls_no_io_or_hash_ordered_builtins():
         tree = ast.parse(path.read_text())
         calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
         assert not calls & forbidden, (path.name, calls & forbidden)
+
+
+def satchel_imports(path: Path) -> set[str]:
+    return {n for n in imports(path) if n == "satchel" or n.startswith("satchel.")}
+
+
+# folder -> the satchel packages it must not import (import contracts)
+CONTRACTS = {
+    "core": ("satchel.gateway", "satchel.api", "satchel.ledger", "satchel.verify", "satchel.tools", "satchel.node",
+             "satchel.signing", "satchel.config", "satchel.clock", "satchel.latency"),
+    "ledger": ("satchel.gateway", "satchel.api", "satchel.verify", "satchel.tools", "satchel.node", "satchel.latency"),
+    "api": ("satchel.gateway", "satchel.verify", "satchel.tools", "satchel.node"),
+    "verify": ("satchel.gateway", "satchel.api", "satchel.tools", "satchel.node"),
+    "gateway": ("satchel.tools", "satchel.verify"),
+}
+
+
+def test_core_imports_only_the_core():
+    for path in CORE:
+        outside = {n for n in satchel_imports(path) if not n.startswith(("satchel.core", "satchel.actors"))}
+        assert not outside, (path.name, outside)
+
+
+def test_each_layer_imports_only_what_lies_below_it():
+    broken = {}
+    for folder, banned in CONTRACTS.items():
+        for path in sorted((PLATFORM / folder).rglob("*.py")):
+            bad = sorted(n for n in satchel_imports(path) if n.startswith(banned))
+            if bad:
+                broken[str(path.relative_to(ROOT))] = bad
+    assert not broken, f"imports against the layering: {broken}"

@@ -25,7 +25,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
-from satchel.loadtest.trader import MAX_US, new_hist
+from satchel.tools.loadtest.trader import MAX_US, new_hist
 
 
 class _Feed:

@@ -13,12 +13,13 @@ transactions submitted before it, so it sees their effects.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import trio
+
+from satchel.clock import now_us
 
 
 class Stamped:
@@ -44,10 +45,6 @@ class Read:
         self.fn = fn
         self.callback = callback
         self.result: Any = None
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class Sequencer:

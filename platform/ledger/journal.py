@@ -31,7 +31,7 @@ MAGIC = b"SATJRNL1"
 _HEADER = struct.Struct("<II")
 _MAX_RECORD = 1 << 30
 
-log = structlog.get_logger("satchel.journal")
+log = structlog.get_logger("satchel.ledger.journal")
 
 
 class JournalCorrupt(RuntimeError):

@@ -44,12 +44,12 @@ import structlog
 import trio
 from trio_websocket import ConnectionClosed, serve_websocket
 
-from satchel import snapshots
-from satchel.journal import _HEADER, MAGIC, JournalCorrupt
-from satchel.messages import BlockHeader, header_decoder
+from satchel.ledger import snapshots
+from satchel.ledger.journal import _HEADER, MAGIC, JournalCorrupt
+from satchel.core.messages import BlockHeader, header_decoder
 from satchel.signing import Keypair, decode_key, decode_signature, signing_string, verify
 
-log = structlog.get_logger("satchel.replication")
+log = structlog.get_logger("satchel.ledger.replication")
 _encode = msgspec.msgpack.encode
 
 MAX_WINDOW_MS = 60_000

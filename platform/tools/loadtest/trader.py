@@ -24,7 +24,7 @@ import trio
 from hdrh.histogram import HdrHistogram
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from satchel.loadtest.plan import Flow, MarketPlan
+from satchel.tools.loadtest.plan import Flow, MarketPlan
 from satchel.signing import Keypair, sign_request
 
 MAX_US = 60_000_000

@@ -1,0 +1,3 @@
+"""Verification: the validator, signed-content checks, incident reports and proofs of
+liabilities.
+"""
