@@ -40,14 +40,24 @@ from satchel.core.messages import (
     CancelAll,
     CancelOrder,
     DepthDelta,
+    DepthOf,
+    Entry,
     Fill,
+    ListMarketSpec,
     MarketSpec,
+    Match,
+    Matched,
+    OpenOrders,
     OrderAccepted,
     OrderDone,
+    OrderOf,
     PlaceOrder,
+    Restore,
+    StateOf,
     TxRejected,
     order_rejected,
 )
+from satchel.core.actor import dispatcher
 
 _NO_LIMIT = 1 << 62
 # Resting orders one account may have in one market. Bounds what one account can make
@@ -87,20 +97,8 @@ class _Level:
         self.queue: deque[_Order] = deque()
 
 
-class Entry:
-    """An order that passed pre-trade, with the caps its hold allows."""
-
-    __slots__ = ("seq", "tx", "qty_cap", "quote_cap")
-
-    def __init__(self, seq: int, tx: PlaceOrder, qty_cap: int, quote_cap: int | None):
-        self.seq = seq
-        self.tx = tx
-        self.qty_cap = qty_cap  # quantity units the order may fill at most
-        self.quote_cap = quote_cap  # notional it may spend/receive at most; None = no cap
-
-
 class Book:
-    """The state of one market. Call ``run_batch`` once per block."""
+    """The state of one market: ``handle(Match(...))`` once per block, and queries."""
 
     def __init__(self, spec: MarketSpec):
         self.spec = spec
@@ -119,19 +117,17 @@ class Book:
 
     # ------------------------------------------------------------------ public
 
-    def set_spec(self, spec: MarketSpec) -> None:
-        self.spec = spec
+    def _set_spec(self, msg: ListMarketSpec) -> None:
+        self.spec = msg.spec
         if self.last_price:
             self._set_last_price(self.last_price)
 
-    def run_batch(self, commands: list, out: list, timestamp: int) -> tuple[list, DepthDelta | None]:
-        """Apply one block's commands in order, appending events to ``out``.
-
-        Returns ``out`` and a ``DepthDelta`` of the levels the batch changed (or None).
-        """
-        self._now = timestamp
+    def _run(self, msg: Match) -> Matched:
+        """Apply one block's commands in order: their events and the levels they changed."""
+        self._now = msg.timestamp
+        out: list = []
         last_seq = 0
-        for cmd in commands:
+        for cmd in msg.commands:
             if cmd.__class__ is Entry:
                 self._place(cmd, out)
                 last_seq = cmd.seq
@@ -150,29 +146,31 @@ class Book:
             asks = [(k, asks_lv[k].total if k in asks_lv else 0) for k in changed_asks]
             changed_bids.clear()
             changed_asks.clear()
-            return out, DepthDelta(last_seq, self.spec.symbol, self.update_id, bids, asks)
-        return out, None
+            return Matched(out, DepthDelta(last_seq, self.spec.symbol, self.update_id, bids, asks))
+        return Matched(out, None)
 
-    def open_orders(self, account: str) -> list[tuple]:
+    def _open_orders(self, msg: OpenOrders) -> list[tuple]:
         """Snapshots of an account's resting orders, oldest first (see ``_view``)."""
-        return [_view(self._orders[oid]) for oid in self._by_account.get(account, ())]
+        return [_view(self._orders[oid]) for oid in self._by_account.get(msg.account, ())]
 
-    def query(self, account: str, order_id: int | None, client_id: int | None) -> tuple | None:
+    def _order_of(self, msg: OrderOf) -> tuple | None:
         """Snapshot of one of the account's resting orders, by id or client id."""
-        o = self._orders.get(order_id) if order_id is not None else self.order_by_client(account, client_id)
+        account = msg.account
+        o = self._orders.get(msg.order_id) if msg.order_id is not None else self.order_by_client(account, msg.client_id)
         return _view(o) if o is not None and o.account == account else None
 
     def order_by_client(self, account: str, client_id: int | None) -> _Order | None:
         oid = self._by_client.get((account, client_id))
         return self._orders.get(oid) if oid is not None else None
 
-    def depth(self, limit: int | None = None) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    def _depth(self, msg: DepthOf) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """Aggregated (price, quantity) levels, best first."""
+        limit = msg.limit
         bids = sorted(((-k, lv.total) for k, lv in self._levels[BID].items()), reverse=True)
         asks = sorted((k, lv.total) for k, lv in self._levels[ASK].items())
         return (bids[:limit], asks[:limit]) if limit else (bids, asks)
 
-    def canonical(self) -> list:
+    def _state(self, msg: StateOf) -> list:
         """Full state as plain data in a fixed order, for the state hash."""
         sides = []
         for side in (BID, ASK):
@@ -186,9 +184,9 @@ class Book:
             sides.append(levels)
         return [self.spec.symbol, self.last_price, self.trade_id, self.update_id, sides]
 
-    def restore(self, state: list) -> None:
-        """Rebuild from ``canonical()`` output (a snapshot): same orders, same priority."""
-        _symbol, last_price, self.trade_id, self.update_id, sides = state
+    def _restore(self, msg: Restore) -> None:
+        """Rebuild from ``StateOf`` output (a snapshot): same orders, same priority."""
+        _symbol, last_price, self.trade_id, self.update_id, sides = msg.state
         if last_price:
             self._set_last_price(last_price)
         for side, levels in zip((BID, ASK), sides):
@@ -483,3 +481,8 @@ class Book:
     def _cancel_all(self, seq: int, tx: CancelAll, out: list) -> None:
         for oid in sorted(self._by_account.get(tx.account, ())):
             self._cancel_resting(self._orders[oid], seq, out)
+
+    handle = dispatcher({
+        Match: _run, ListMarketSpec: _set_spec, OpenOrders: _open_orders, OrderOf: _order_of, DepthOf: _depth,
+        StateOf: _state, Restore: _restore,
+    })

@@ -36,15 +36,29 @@ from satchel.core.messages import (
     CancelAll,
     CancelOrder,
     Deposit,
+    BalanceOf,
+    BalancesOf,
     Deposited,
+    Entry,
     Fill,
+    LedgerOf,
+    ListAssetSpec,
+    ListMarketSpec,
     MarketSpec,
     OrderDone,
     PlaceOrder,
+    PreTrade,
+    PreTraded,
+    Restore,
+    SetPermission,
+    Settle,
+    Settled,
+    StateOf,
+    Totals,
     TxRejected,
     order_rejected,
 )
-from satchel.actors.book import Entry
+from satchel.core.actor import dispatcher
 
 
 def _malformed(tx: PlaceOrder) -> str:
@@ -95,18 +109,21 @@ class Risk:
 
     # ------------------------------------------------------------------ configuration
 
-    def list_asset(self, spec: AssetSpec) -> None:
+    def _list_asset(self, msg: ListAssetSpec) -> None:
+        spec = msg.spec
         self.assets[spec.symbol] = spec
         self.fees.setdefault(spec.symbol, 0)
         self.deposits.setdefault(spec.symbol, 0)
 
-    def list_market(self, spec: MarketSpec) -> None:
+    def _list_market(self, msg: ListMarketSpec) -> None:
+        spec = msg.spec
         self.markets[spec.symbol] = spec
         # bids hold the larger fee rate, so either role's fee is covered (never negative)
         self._hold_bps[spec.symbol] = max(spec.taker_fee_bps, spec.maker_fee_bps, 0)
 
-    def set_trading(self, account: str | None, symbol: str | None, enabled: bool) -> None:
+    def _set_permission(self, msg: SetPermission) -> None:
         """Admin: spot trading on/off for an account (one market or all) or a market."""
+        account, symbol, enabled = msg.account, msg.symbol, msg.enabled
         if account is None:
             if enabled:
                 self._markets_off.pop(symbol, None)
@@ -133,14 +150,14 @@ class Risk:
 
     # ------------------------------------------------------------------ queries
 
-    def balance(self, account: str, asset: str) -> tuple[int, int]:
-        bal = self._balances.get(account, {}).get(asset)
+    def _balance_of(self, msg: BalanceOf) -> tuple[int, int]:
+        bal = self._balances.get(msg.account, {}).get(msg.asset)
         return (bal[0], bal[1]) if bal else (0, 0)
 
-    def balances(self, account: str) -> dict[str, tuple[int, int]]:
-        return {a: (b[0], b[1]) for a, b in self._balances.get(account, {}).items()}
+    def _balances_of(self, msg: BalancesOf) -> dict[str, tuple[int, int]]:
+        return {a: (b[0], b[1]) for a, b in self._balances.get(msg.account, {}).items()}
 
-    def totals(self) -> dict[str, int]:
+    def _totals(self, msg: Totals) -> dict[str, int]:
         """Per asset: free + held over all accounts, plus fees (for conservation checks)."""
         out = dict(self.fees)
         for assets in self._balances.values():
@@ -148,7 +165,7 @@ class Risk:
                 out[asset] = out.get(asset, 0) + free + held
         return out
 
-    def ledger(self) -> dict[str, tuple[int, int, int]]:
+    def _ledger(self, msg: LedgerOf) -> dict[str, tuple[int, int, int]]:
         """Per asset: (deposits, fees collected, sum of every account's free + held)."""
         out = {asset: [self.deposits.get(asset, 0), fee, 0] for asset, fee in self.fees.items()}
         for assets in self._balances.values():
@@ -156,7 +173,7 @@ class Risk:
                 out[asset][2] += free + held
         return {asset: (d, f, b) for asset, (d, f, b) in out.items()}
 
-    def canonical(self) -> list:
+    def _state(self, msg: StateOf) -> list:
         return [
             sorted([acct, sorted([a, b[0], b[1]] for a, b in assets.items())] for acct, assets in self._balances.items()),
             sorted([oid, h[0], h[1], h[2]] for oid, h in self._holds.items()),
@@ -166,9 +183,9 @@ class Risk:
             sorted(self._markets_off),
         ]
 
-    def restore(self, state: list) -> None:
-        """Rebuild balances, holds, fees and permissions from ``canonical()`` output."""
-        balances, holds, fees, deposits, accounts_off, markets_off = state
+    def _restore(self, msg: Restore) -> None:
+        """Rebuild balances, holds, fees and permissions from ``StateOf`` output."""
+        balances, holds, fees, deposits, accounts_off, markets_off = msg.state
         self._balances = {acct: {a: [free, held] for a, free, held in assets} for acct, assets in balances}
         self._holds = {oid: [acct, asset, amount] for oid, acct, asset, amount in holds}
         self.fees = dict(fees)
@@ -187,8 +204,10 @@ class Risk:
             bal = assets[asset] = [0, 0]
         return bal
 
-    def pretrade(self, batch: list[tuple[int, object]], out: list) -> dict[str, list]:
+    def _pretrade(self, msg: PreTrade) -> PreTraded:
         """Hold funds for new orders, credit deposits; route book commands by market."""
+        batch = msg.batch
+        out: list = []
         routed: dict[str, list] = {}
         touched = self._touched
         for seq, tx in batch:
@@ -224,7 +243,7 @@ class Risk:
                 self.deposits[tx.asset] += tx.amount
                 touched[(tx.account, tx.asset)] = None
                 out.append(Deposited(seq, tx.account, tx.asset, tx.amount))
-        return routed
+        return PreTraded(routed, out)
 
     def _hold(self, seq: int, tx: PlaceOrder, spec: MarketSpec, out: list) -> Entry | None:
         assets = self._balances.get(tx.account)
@@ -271,8 +290,10 @@ class Risk:
 
     # ------------------------------------------------------------------ phase 3
 
-    def settle(self, events: list, last_seq: int, out: list) -> None:
-        """Apply fills and releases in event order; append the block's balance changes."""
+    def _settle(self, msg: Settle) -> Settled:
+        """Apply fills and releases in event order; the block's balance changes."""
+        events, last_seq = msg.events, msg.last_seq
+        out: list = []
         holds = self._holds
         touched = self._touched
         fees = self.fees
@@ -315,6 +336,7 @@ class Risk:
             bal = self._balances[account][asset]
             out.append(BalanceChanged(last_seq, account, asset, bal[0], bal[1]))
         touched.clear()
+        return Settled(out)
 
     def _consume(self, order_id: int, account: str, asset: str, amount: int) -> int:
         """Take ``amount`` from the order's hold; returns what could not be covered.
@@ -335,3 +357,9 @@ class Risk:
             bal[0] -= extra
             return rest - extra
         return 0
+
+    handle = dispatcher({
+        PreTrade: _pretrade, Settle: _settle, ListAssetSpec: _list_asset, ListMarketSpec: _list_market,
+        SetPermission: _set_permission, BalanceOf: _balance_of, BalancesOf: _balances_of, Totals: _totals,
+        LedgerOf: _ledger, StateOf: _state, Restore: _restore,
+    })

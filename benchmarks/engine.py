@@ -19,9 +19,8 @@ import trio
 
 from benchmarks._stats import median_of, submit_all
 from benchmarks.matching import generate
-from satchel.actors.book import Entry
 from satchel.tools.cli import setup_logging
-from satchel.core.messages import Auth, CancelOrder, Deposit, PlaceOrder
+from satchel.core.messages import Entry, Auth, CancelOrder, Deposit, PlaceOrder
 from satchel.node import Node
 
 SYMBOLS = ("SOL_USDC", "ETH_USDC", "BTC_USDC")

@@ -14,9 +14,9 @@ import time
 
 from benchmarks._stats import median_of
 from satchel import config
-from satchel.actors.book import Book, Entry
+from satchel.actors.book import Book
 from satchel.runtime import tune_gc
-from satchel.core.messages import ASK, BID, GTC, IOC, LIMIT, MARKET, REJECT_TAKER, CancelOrder, PlaceOrder
+from satchel.core.messages import Entry, Match, ASK, BID, GTC, IOC, LIMIT, MARKET, REJECT_TAKER, CancelOrder, PlaceOrder
 
 
 def generate(n: int, seed: int = 7) -> list[list]:
@@ -57,8 +57,7 @@ def run_once(batches: list[list], spec) -> tuple[float, int]:
     events = 0
     t = time.perf_counter()
     for batch in batches:
-        out, _ = book.run_batch(batch, [], 0)
-        events += len(out)
+        events += len(book.handle(Match(batch, 0)).events)
     dt = time.perf_counter() - t
     return dt, events
 

@@ -26,7 +26,7 @@ import trio
 from satchel import config as config_mod
 from satchel.clock import now_us
 from satchel.core.engine import Engine
-from satchel.core.messages import BlockHeader
+from satchel.core.messages import BlockHeader, Query
 from satchel.latency import StageLatency
 from satchel.ledger import snapshots
 from satchel.ledger.chain import Applied, Chain, recover_chain
@@ -126,7 +126,7 @@ class Node:
         async with send:
             while (item := await self.sequencer.next_item()) is not None:
                 if item.__class__ is Read:
-                    item.result = await item.fn(self.engine)
+                    item.result = await self.engine.ask(item.query)
                     await send.send(item)
                 else:
                     applied = await self.chain.extend(item)
@@ -198,9 +198,10 @@ class Node:
         """Submit and wait until the transaction's block is durable; returns its events."""
         return await _answer(lambda cb: self.sequencer.submit(tx, cb))
 
-    async def read(self, fn: Callable) -> Any:
-        """Run ``await fn(engine)`` between blocks; returns once earlier blocks are durable."""
-        return await _answer(lambda cb: self.sequencer.read(fn, cb))
+    async def ask(self, target: str, message: Any) -> Any:
+        """A typed query (``core.messages``) to ``target`` between blocks; answered once
+        earlier blocks are durable."""
+        return await _answer(lambda cb: self.sequencer.read(Query(target, message), cb))
 
     def shutdown(self) -> None:
         """Stop taking transactions; the pipeline drains and the journal is flushed."""

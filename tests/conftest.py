@@ -19,6 +19,7 @@ from satchel.core import instructions
 from satchel.tools.client import connect
 from satchel.core.engine import Engine
 from satchel.core.messages import (
+    BalanceOf, BalancesOf, DepthOf, OpenOrders, StateHashOf, StateOf, Totals,
     ASK, BID, FOK, GTC, IOC, LIMIT, MARKET, REJECT_TAKER, CancelAll, CancelOrder, Deposit, PlaceOrder, SetFees,
     SetTrading,
 )
@@ -47,16 +48,16 @@ class Exchange:
         await self.block([Deposit(ADMIN, account, asset, amount)])
 
     async def balance(self, account: str, asset: str) -> tuple[int, int]:
-        return await self.engine.risk.call("balance", account, asset)
+        return await self.engine.risk.call(BalanceOf(account, asset))
 
     async def totals(self) -> dict[str, int]:
-        return await self.engine.risk.call("totals")
+        return await self.engine.risk.call(Totals())
 
     async def deposits(self) -> dict[str, int]:
-        return dict((await self.engine.risk.call("canonical"))[3])
+        return dict((await self.engine.risk.call(StateOf()))[3])
 
     async def depth(self, symbol: str):
-        return await self.engine.books[symbol].call("depth")
+        return await self.engine.books[symbol].call(DepthOf())
 
 
 def order(account: str, side: int, price: int = 0, qty: int = 0, *, symbol: str = "SOL_USDC", type: int = LIMIT,
@@ -101,10 +102,10 @@ class Server:
             await self.node.submit_wait(_Deposit(self.node.admin.api_key, key.api_key, asset, units))
 
     async def balances(self, key) -> dict:
-        return await self.node.read(lambda e: e.risk.call("balances", key.api_key))
+        return await self.node.ask("risk", BalancesOf(key.api_key))
 
     async def open_orders(self, key, symbol: str = "SOL_USDC") -> list:
-        return await self.node.read(lambda e: e.books[symbol].call("open_orders", key.api_key))
+        return await self.node.ask(symbol, OpenOrders(key.api_key))
 
 
 async def start_server(nursery, tmp_path, **gateway_settings) -> Server:
@@ -147,7 +148,7 @@ async def run_node(data, work=None, cfg: config.Config | None = None):
         node = await nursery.start(Node(data, cfg).run)
         if work:
             await work(node)
-        state = await node.read(lambda e: e.state_hash())
+        state = await node.ask("engine", StateHashOf())
         node.shutdown()
     return node, state
 

@@ -13,7 +13,7 @@ from trio_websocket import open_websocket_url
 from conftest import ADMIN, order, start_server
 from satchel.actors import book as book_mod
 from satchel.tools.client import ReplyError, connect
-from satchel.core.messages import ASK, BID, FOK, MARKET
+from satchel.core.messages import ASK, BID, FOK, MARKET, StateHashOf
 from satchel.signing import Keypair, signing_string
 
 USDC = 10**6
@@ -25,7 +25,7 @@ def limit(side: str, price: str, qty: str, **extra) -> dict:
 
 
 async def state(server) -> tuple:
-    return await server.node.read(lambda e: e.state_hash()), server.node.chain.txs
+    return await server.node.ask("engine", StateHashOf()), server.node.chain.txs
 
 
 async def raw_reply(ws, frame: str | bytes) -> dict:

@@ -34,22 +34,31 @@ from typing import Any
 import msgspec
 import trio
 
-from satchel.core.actor import Mailbox, spawn
+from satchel.core.actor import Actor, Mailbox, spawn
+from satchel.core.instructions import INSTRUCTIONS
 from satchel.actors.book import Book
 from satchel.actors.risk import Risk
 from satchel.core.messages import (
     AssetSpec,
-    CancelAll,
-    CancelOrder,
     ConfigChanged,
     Deposit,
     ListAsset,
+    ListAssetSpec,
     ListMarket,
+    ListMarketSpec,
+    Match,
     MarketSpec,
-    PlaceOrder,
+    PreTrade,
+    Query,
+    Restore,
     SetAdmin,
+    SetPermission,
+    Settle,
+    StateHashOf,
+    StateOf,
     SetFees,
     SetTrading,
+    Tick,
     TxRejected,
     events_encoder,
 )
@@ -60,7 +69,6 @@ RULES_VERSION = 2
 MAX_WINDOW_MS = 60_000
 
 _by_seq = attrgetter("seq")
-_PHASED = frozenset((PlaceOrder, CancelOrder, CancelAll, Deposit))
 _state_encoder = msgspec.msgpack.Encoder()
 
 
@@ -108,19 +116,45 @@ class Guard:
         return len(self._seen)
 
 
+class _Work:
+    """One pass of a block part through the phases: what each phase hands the next."""
+
+    __slots__ = ("batch", "timestamp", "routed", "events", "deltas", "settled")
+
+    def __init__(self, batch: list, timestamp: int):
+        self.batch = batch  # (seq, tx) in sequence order
+        self.timestamp = timestamp
+        self.routed: dict = {}
+        self.events: list = []  # pre-trade and matching events, in (sequence, fill) order
+        self.deltas: list = []
+        self.settled: list = []
+
+
+# Transactions that go through the trading phases; the rest change the configuration.
+_PHASED = frozenset(i.tx for i in INSTRUCTIONS if i.phase == "trade")
+# Engine-generated transactions (liquidations, ...) are numbered from here, apart from
+# the journal's sequence numbers, so their order ids never collide with a user's.
+INTERNAL_SEQ_BASE = 1 << 61
+
+
 class Engine:
     """Owns the actors; ``apply`` is the state-transition function of one block."""
 
-    def __init__(self, nursery: trio.Nursery):
+    def __init__(self, nursery: trio.Nursery, periodic: dict[str, Actor] | None = None):
         self._nursery = nursery
         self.admin: str | None = None
         self.assets: dict[str, Any] = {}
         self.markets: dict[str, Any] = {}
         self.risk = spawn(nursery, "risk", Risk())  # reached only through its mailbox
         self.books: dict[str, Mailbox] = {}
+        # actors ticked once per block after the trading phases (funding, lending, liquidation)
+        self.periodic = {name: spawn(nursery, name, actor) for name, actor in sorted((periodic or {}).items())}
         self._guard = Guard()
         self.last_seq = 0
         self.last_timestamp = 0
+        self.internal_seq = INTERNAL_SEQ_BASE
+        # The phases of a block part, in order (DESIGN §2): new actors add rows here.
+        self._phases = (self._pretrade, self._match, self._settle)
 
     async def apply(self, first_seq: int, timestamp_us: int, txs: list) -> list:
         """Apply one block; returns its events in deterministic order."""
@@ -145,6 +179,7 @@ class Engine:
                 else:
                     part.append((seq, tx))
             else:
+                # a configuration change takes effect exactly at its sequence number
                 if part:
                     await self._run_phases(part, events, timestamp_us)
                     part = []
@@ -152,81 +187,128 @@ class Engine:
             seq += 1
         if part:
             await self._run_phases(part, events, timestamp_us)
+        if self.periodic:
+            await self._tick(events, timestamp_us)
         self.last_seq = seq - 1
         self.last_timestamp = timestamp_us
         return events
 
-    async def _configure(self, seq: int, tx: Any, events: list) -> None:
-        cls = tx.__class__
-        if cls is SetAdmin:
-            if self.admin is not None:
-                events.append(TxRejected(seq, tx.key, "UNAUTHORIZED", "Admin key is already set"))
-                return
-            self.admin = tx.key
-            events.append(ConfigChanged(seq, "admin", tx.key))
+    async def _run_phases(self, part: list, events: list, timestamp_us: int) -> None:
+        work = _Work(part, timestamp_us)
+        for phase in self._phases:
+            await phase(work)
+        events.extend(work.events)
+        events.extend(work.deltas)
+        events.extend(work.settled)
+
+    async def _pretrade(self, work: _Work) -> None:
+        reply = await self.risk.call(PreTrade(work.batch))
+        work.routed = reply.routed
+        work.events = reply.events
+
+    async def _match(self, work: _Work) -> None:
+        routed = work.routed
+        # fan out to every book with work, gather in listing order
+        active = [self.books[sym] for sym in self.markets if sym in routed]
+        if not active:
             return
-        if tx.admin != self.admin:
+        for sym, box in zip([s for s in self.markets if s in routed], active):
+            await box.send(Match(routed[sym], work.timestamp))
+        outs = [work.events]
+        for box in active:
+            matched = await box.receive()
+            outs.append(matched.events)
+            if matched.delta is not None:
+                work.deltas.append(matched.delta)
+        # each list is already in sequence order: a stable sort of the concatenation
+        # merges the runs in C (faster than heapq.merge's generator)
+        merged = [ev for out in outs for ev in out]
+        merged.sort(key=_by_seq)
+        work.events = merged
+
+    async def _settle(self, work: _Work) -> None:
+        work.settled = (await self.risk.call(Settle(work.events, work.batch[-1][0]))).events
+
+    async def _tick(self, events: list, timestamp_us: int) -> None:
+        """The periodic phase: each periodic actor sees the block's time; the orders they
+        generate go through the trading phases again within this block."""
+        orders: list = []
+        for box in self.periodic.values():
+            ticked = await box.call(Tick(timestamp_us, self.last_timestamp))
+            events.extend(ticked.events)
+            orders.extend(ticked.orders)
+        if orders:
+            part = []
+            for tx in orders:
+                self.internal_seq += 1
+                part.append((self.internal_seq, tx))
+            await self._run_phases(part, events, timestamp_us)
+
+    # ------------------------------------------------------------------ configuration
+
+    async def _configure(self, seq: int, tx: Any, events: list) -> None:
+        if tx.__class__ is not SetAdmin and tx.admin != self.admin:
             events.append(TxRejected(seq, tx.admin, "UNAUTHORIZED", "Not signed by the admin key"))
             return
-        if cls is ListAsset:
-            self.assets[tx.spec.symbol] = tx.spec
-            await self.risk.call("list_asset", tx.spec)
-            events.append(ConfigChanged(seq, "asset", tx.spec.symbol))
-        elif cls is ListMarket:
-            spec = tx.spec
-            if spec.base not in self.assets or spec.quote not in self.assets or spec.symbol in self.markets:
-                events.append(TxRejected(seq, tx.admin, "INVALID_MARKET", f"Cannot list {spec.symbol}"))
-                return
-            self.markets[spec.symbol] = spec
-            await self.risk.call("list_market", spec)
-            self.books[spec.symbol] = spawn(self._nursery, f"book:{spec.symbol}", Book(spec))
-            events.append(ConfigChanged(seq, "market", spec.symbol))
-        elif cls is SetTrading:
-            if (tx.symbol is not None and tx.symbol not in self.markets) or (tx.account is None and tx.symbol is None):
-                events.append(TxRejected(seq, tx.admin, "INVALID_SYMBOL", "Unknown market"))
-                return
-            await self.risk.call("set_trading", tx.account, tx.symbol, tx.enabled)
-            what = "trading.on" if tx.enabled else "trading.off"
-            events.append(ConfigChanged(seq, what, f"{tx.account or '*'}:{tx.symbol or '*'}"))
-        elif cls is SetFees:
-            spec = self.markets.get(tx.symbol)
-            if spec is None or tx.taker_fee_bps < 0 or tx.taker_fee_bps + tx.maker_fee_bps < 0 or tx.taker_fee_bps > 1000:
-                events.append(TxRejected(seq, tx.admin, "INVALID_FEES", "Unknown market or fee schedule out of range"))
-                return
-            spec = msgspec.structs.replace(spec, maker_fee_bps=tx.maker_fee_bps, taker_fee_bps=tx.taker_fee_bps)
-            self.markets[tx.symbol] = spec
-            await self.risk.call("list_market", spec)
-            await self.books[tx.symbol].call("set_spec", spec)
-            events.append(ConfigChanged(seq, "fees", tx.symbol))
+        await _CONFIGURE[tx.__class__](self, seq, tx, events)
 
-    async def _run_phases(self, part: list, events: list, timestamp_us: int) -> None:
-        pre: list = []
-        routed = await self.risk.call("pretrade", part, pre)
-        # matching: fan out to every book with work, gather in listing order
-        active = [(sym, self.books[sym]) for sym in self.markets if sym in routed]
-        for sym, box in active:
-            await box.send("run_batch", routed[sym], [], timestamp_us)
-        outs = [pre]
-        deltas = []
-        for _sym, box in active:
-            out, delta = await box.receive()
-            outs.append(out)
-            if delta is not None:
-                deltas.append(delta)
-        if len(outs) > 1:
-            # each list is already in sequence order: a stable sort of the concatenation
-            # merges the runs in C (faster than heapq.merge's generator)
-            merged = [ev for out in outs for ev in out]
-            merged.sort(key=_by_seq)
-        else:
-            merged = pre
-        settled: list = []
-        await self.risk.call("settle", merged, part[-1][0], settled)
-        events.extend(merged)
-        events.extend(deltas)
-        events.extend(settled)
+    async def _set_admin(self, seq: int, tx: SetAdmin, events: list) -> None:
+        if self.admin is not None:
+            events.append(TxRejected(seq, tx.key, "UNAUTHORIZED", "Admin key is already set"))
+            return
+        self.admin = tx.key
+        events.append(ConfigChanged(seq, "admin", tx.key))
+
+    async def _list_asset(self, seq: int, tx: ListAsset, events: list) -> None:
+        self.assets[tx.spec.symbol] = tx.spec
+        await self.risk.call(ListAssetSpec(tx.spec))
+        events.append(ConfigChanged(seq, "asset", tx.spec.symbol))
+
+    async def _list_market(self, seq: int, tx: ListMarket, events: list) -> None:
+        spec = tx.spec
+        if spec.base not in self.assets or spec.quote not in self.assets or spec.symbol in self.markets:
+            events.append(TxRejected(seq, tx.admin, "INVALID_MARKET", f"Cannot list {spec.symbol}"))
+            return
+        await self._add_market(spec)
+        events.append(ConfigChanged(seq, "market", spec.symbol))
+
+    async def _add_market(self, spec: MarketSpec) -> None:
+        self.markets[spec.symbol] = spec
+        await self.risk.call(ListMarketSpec(spec))
+        self.books[spec.symbol] = spawn(self._nursery, f"book:{spec.symbol}", Book(spec))
+
+    async def _set_trading(self, seq: int, tx: SetTrading, events: list) -> None:
+        if (tx.symbol is not None and tx.symbol not in self.markets) or (tx.account is None and tx.symbol is None):
+            events.append(TxRejected(seq, tx.admin, "INVALID_SYMBOL", "Unknown market"))
+            return
+        await self.risk.call(SetPermission(tx.account, tx.symbol, tx.enabled))
+        what = "trading.on" if tx.enabled else "trading.off"
+        events.append(ConfigChanged(seq, what, f"{tx.account or '*'}:{tx.symbol or '*'}"))
+
+    async def _set_fees(self, seq: int, tx: SetFees, events: list) -> None:
+        spec = self.markets.get(tx.symbol)
+        if spec is None or tx.taker_fee_bps < 0 or tx.taker_fee_bps + tx.maker_fee_bps < 0 or tx.taker_fee_bps > 1000:
+            events.append(TxRejected(seq, tx.admin, "INVALID_FEES", "Unknown market or fee schedule out of range"))
+            return
+        spec = msgspec.structs.replace(spec, maker_fee_bps=tx.maker_fee_bps, taker_fee_bps=tx.taker_fee_bps)
+        self.markets[tx.symbol] = spec
+        await self.risk.call(ListMarketSpec(spec))
+        await self.books[tx.symbol].call(ListMarketSpec(spec))
+        events.append(ConfigChanged(seq, "fees", tx.symbol))
 
     # ------------------------------------------------------------------ reads
+
+    async def ask(self, query: Query) -> Any:
+        """Answer a typed query between blocks (the only way edges read engine state)."""
+        target = query.target
+        if target == "engine":
+            if query.message.__class__ is StateHashOf:
+                return await self.state_hash()
+            raise ValueError(f"the engine does not answer {query.message.__class__.__name__}")
+        box = self.risk if target == "risk" else self.books.get(target)
+        if box is None:
+            raise ValueError(f"no actor {target!r}")
+        return await box.call(query.message)
 
     async def state_hash(self) -> str:
         return hashlib.sha256(_state_encoder.encode(await self.canonical())).hexdigest()
@@ -234,41 +316,49 @@ class Engine:
     async def canonical(self) -> list:
         """All ledger state as plain data in a fixed order: the state hash's input and a
         snapshot's content (``restore`` takes it back)."""
-        books = [await self.books[sym].call("canonical") for sym in sorted(self.books)]
+        books = [await self.books[sym].call(StateOf()) for sym in sorted(self.books)]
         return [
             RULES_VERSION,
             self.admin,
             sorted([a.symbol, a.decimals] for a in self.assets.values()),
             # listing order matters (matching fans out in it), so it is kept, not sorted
             [msgspec.to_builtins(m) for m in self.markets.values()],
-            await self.risk.call("canonical"),
+            await self.risk.call(StateOf()),
             books,
             self._guard.canonical(),
             self.last_seq,
             self.last_timestamp,
+            self.internal_seq,
+            [[name, await box.call(StateOf())] for name, box in self.periodic.items()],
         ]
 
     async def restore(self, state: list) -> None:
         """Load a snapshot into a fresh engine (no blocks applied yet)."""
-        version, admin, assets, markets, risk, books, guard, last_seq, last_timestamp = state
+        version, admin, assets, markets, risk, books, guard, last_seq, last_timestamp, internal_seq, periodic = state
         if version != RULES_VERSION:
             raise ValueError(f"snapshot has rules version {version}; this code runs {RULES_VERSION}")
         self.admin = admin
         for symbol, decimals in assets:
             spec = AssetSpec(symbol, decimals)
             self.assets[symbol] = spec
-            await self.risk.call("list_asset", spec)
+            await self.risk.call(ListAssetSpec(spec))
         for raw in markets:
-            spec = msgspec.convert(raw, MarketSpec)
-            self.markets[spec.symbol] = spec
-            await self.risk.call("list_market", spec)
-            self.books[spec.symbol] = spawn(self._nursery, f"book:{spec.symbol}", Book(spec))
-        await self.risk.call("restore", risk)
+            await self._add_market(msgspec.convert(raw, MarketSpec))
+        await self.risk.call(Restore(risk))
         for book_state in books:
-            await self.books[book_state[0]].call("restore", book_state)
+            await self.books[book_state[0]].call(Restore(book_state))
+        for name, actor_state in periodic:
+            await self.periodic[name].call(Restore(actor_state))
         self._guard.restore(guard)
         self.last_seq = last_seq
         self.last_timestamp = last_timestamp
+        self.internal_seq = internal_seq
+
+
+_CONFIGURE = {
+    SetAdmin: Engine._set_admin, ListAsset: Engine._list_asset, ListMarket: Engine._list_market,
+    SetTrading: Engine._set_trading, SetFees: Engine._set_fees,
+}
 
 
 _GUARD_MESSAGES = {

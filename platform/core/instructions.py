@@ -258,6 +258,8 @@ class Instruction(NamedTuple):
     build: Callable[[Any, str, Listing], Any]  # (params, signer, listing) -> tx
     signer: Callable[[Any], str]  # who must have signed a tx of this type
     admin: bool  # signed by the node's admin key
+    phase: str  # "trade": through the engine's trading phases; "config": applied at its sequence number
+    errors: tuple[str, ...]  # codes a request of this kind can be refused with (besides signature and window)
 
 
 def _account(tx: Any) -> str:
@@ -268,16 +270,24 @@ def _admin(tx: Any) -> str:
     return tx.admin
 
 
+_ORDER_ERRORS = (INVALID_REQUEST, INVALID_SYMBOL, INVALID_DECIMAL, INVALID_PRICE, INVALID_QUANTITY)
+_REF_ERRORS = (INVALID_REQUEST, INVALID_SYMBOL, "RESOURCE_NOT_FOUND")
+_ADMIN_ERRORS = (INVALID_REQUEST, "UNAUTHORIZED")
+
 INSTRUCTIONS = (
-    Instruction("orderExecute", PlaceOrder, OrderExecuteParams, _order, _account, False),
-    Instruction("orderCancel", CancelOrder, OrderRefParams, _cancel, _account, False),
-    Instruction("orderCancelAll", CancelAll, SymbolParams, _cancel_all, _account, False),
-    Instruction("deposit", Deposit, DepositParams, _deposit, _admin, True),
-    Instruction("adminSetTrading", SetTrading, SetTradingParams, _set_trading, _admin, True),
-    Instruction("adminSetFees", SetFees, SetFeesParams, _set_fees, _admin, True),
-    Instruction("setAdmin", SetAdmin, SetAdminParams, _set_admin, lambda tx: tx.key, True),
-    Instruction("listAsset", ListAsset, ListAssetParams, _list_asset, _admin, True),
-    Instruction("listMarket", ListMarket, None, _list_market, _admin, True),
+    Instruction("orderExecute", PlaceOrder, OrderExecuteParams, _order, _account, False, "trade", _ORDER_ERRORS),
+    Instruction("orderCancel", CancelOrder, OrderRefParams, _cancel, _account, False, "trade", _REF_ERRORS),
+    Instruction("orderCancelAll", CancelAll, SymbolParams, _cancel_all, _account, False, "trade", _REF_ERRORS[:2]),
+    Instruction("deposit", Deposit, DepositParams, _deposit, _admin, True, "trade",
+                _ADMIN_ERRORS + (INVALID_ASSET, INVALID_DECIMAL, INVALID_QUANTITY, "INVALID_DEPOSIT")),
+    Instruction("adminSetTrading", SetTrading, SetTradingParams, _set_trading, _admin, True, "config",
+                _ADMIN_ERRORS + (INVALID_SYMBOL,)),
+    Instruction("adminSetFees", SetFees, SetFeesParams, _set_fees, _admin, True, "config",
+                _ADMIN_ERRORS + (INVALID_SYMBOL, "INVALID_FEES")),
+    Instruction("setAdmin", SetAdmin, SetAdminParams, _set_admin, lambda tx: tx.key, True, "config", _ADMIN_ERRORS),
+    Instruction("listAsset", ListAsset, ListAssetParams, _list_asset, _admin, True, "config", _ADMIN_ERRORS),
+    Instruction("listMarket", ListMarket, None, _list_market, _admin, True, "config",
+                _ADMIN_ERRORS + ("INVALID_MARKET",)),
 )
 BY_NAME = {i.name: i for i in INSTRUCTIONS}
 BY_TX = {i.tx: i for i in INSTRUCTIONS}

@@ -277,6 +277,138 @@ class ConfigChanged(_Rec, tag=27):
 Event = Union[OrderAccepted, Fill, OrderDone, TxRejected, Deposited, BalanceChanged, DepthDelta, ConfigChanged]
 
 
+# ---------------------------------------------------------------- actor messages
+# What the engine and the edges say to the core actors: one class per request, handled
+# by the actor's single ``handle``; the reply is its return value (see ``core.actor``).
+# They never cross the journal, so they carry live objects where that is cheaper.
+
+
+class Entry:
+    """An order that passed pre-trade, with the caps its hold allows (risk -> book)."""
+
+    __slots__ = ("seq", "tx", "qty_cap", "quote_cap")
+
+    def __init__(self, seq: int, tx: "PlaceOrder", qty_cap: int, quote_cap: int | None):
+        self.seq = seq
+        self.tx = tx
+        self.qty_cap = qty_cap  # quantity units the order may fill at most
+        self.quote_cap = quote_cap  # notional it may spend/receive at most; None = no cap
+
+
+class PreTrade(msgspec.Struct):
+    """Phase 1 (risk): hold funds for each new order, credit deposits, route by market."""
+
+    batch: list  # (seq, transaction) in sequence order
+
+
+class PreTraded(msgspec.Struct):
+    routed: dict  # symbol -> book commands (Entry or (seq, cancel)) in sequence order
+    events: list  # rejections and deposits, in sequence order
+
+
+class Match(msgspec.Struct):
+    """Phase 2 (a book): match this market's share of the block, in sequence order."""
+
+    commands: list
+    timestamp: int  # the block's, us: an order's creation time
+
+
+class Matched(msgspec.Struct):
+    events: list
+    delta: DepthDelta | None  # the levels the batch changed
+
+
+class Settle(msgspec.Struct):
+    """Phase 3 (risk): apply fills in (sequence, fill) order, release unused holds."""
+
+    events: list
+    last_seq: int
+
+
+class Settled(msgspec.Struct):
+    events: list  # BalanceChanged, one per touched (account, asset)
+
+
+class Tick(msgspec.Struct):
+    """Phase 4 (periodic actors), once per block: the actor decides whether the block's
+    timestamp crossed one of its boundaries (funding hour, interest accrual, ...)."""
+
+    timestamp: int
+    previous: int  # the previous block's timestamp
+
+
+class Ticked(msgspec.Struct):
+    events: list = []
+    orders: list = []  # PlaceOrder the actor generates (liquidations): they re-enter phases 1-3
+
+
+class ListAssetSpec(msgspec.Struct):
+    spec: AssetSpec
+
+
+class ListMarketSpec(msgspec.Struct):
+    """A market listed, or its spec changed (fees)."""
+
+    spec: MarketSpec
+
+
+class SetPermission(msgspec.Struct):
+    account: str | None
+    symbol: str | None
+    enabled: bool
+
+
+class BalancesOf(msgspec.Struct):
+    account: str
+
+
+class BalanceOf(msgspec.Struct):
+    account: str
+    asset: str
+
+
+class Totals(msgspec.Struct):
+    """Per asset: free + held over all accounts plus fees (conservation checks)."""
+
+
+class LedgerOf(msgspec.Struct):
+    """Per asset: (deposits, fees, balances)."""
+
+
+class OpenOrders(msgspec.Struct):
+    account: str
+
+
+class OrderOf(msgspec.Struct):
+    account: str
+    order_id: int | None
+    client_id: int | None
+
+
+class DepthOf(msgspec.Struct):
+    limit: int | None = None
+
+
+class StateOf(msgspec.Struct):
+    """The actor's whole state as plain data in a fixed order (hash and snapshot input)."""
+
+
+class Restore(msgspec.Struct):
+    state: list
+
+
+class StateHashOf(msgspec.Struct):
+    """To the engine itself: the hash of all ledger state."""
+
+
+class Query(msgspec.Struct):
+    """A read the edges ask the engine between blocks: ``message`` for ``target`` ("engine",
+    "risk" or a market's symbol for its book)."""
+
+    target: str
+    message: msgspec.Struct
+
+
 # ---------------------------------------------------------------- blocks
 
 

@@ -37,7 +37,10 @@ from satchel.api.marketdata import PRIVATE_STREAMS, SILENT_STREAMS
 from satchel.clock import now_ms
 from satchel.core import instructions
 from satchel.core.engine import MAX_WINDOW_MS
-from satchel.core.messages import NEW, PARTIALLY_FILLED, REJECTED, Auth, Fill, OrderDone, PlaceOrder, TxRejected
+from satchel.core.messages import (
+    NEW, PARTIALLY_FILLED, REJECTED, Auth, BalancesOf, Fill, LedgerOf, OpenOrders, OrderDone, OrderOf, PlaceOrder, Query,
+    TxRejected,
+)
 from satchel.gateway import protocol as P
 from satchel.gateway.wire import abort, send_frames
 from satchel.signing import decode_key, decode_signature, needs_quoting, signing_string
@@ -313,9 +316,18 @@ class Session:
         except trio.ClosedResourceError as exc:
             raise P.RequestError(P.MAINTENANCE, "Node is shutting down") from exc
 
-    def _read(self, req_id: Any, fn: Callable, reply: Callable[[Any], str]) -> None:
+    def _read(self, queries: list[Query], reply: Callable[[list], str]) -> None:
+        """Ask the engine typed queries between blocks; ``reply(answers)`` once all are in."""
+        answers: list = []
+
+        def collect(answer: Any) -> None:
+            answers.append(answer)  # reads are answered in the order they were queued
+            if len(answers) == len(queries):
+                self.push(reply(answers))
+
         try:
-            self.gw.node.sequencer.read(fn, lambda result: self.push(reply(result)))
+            for q in queries:
+                self.gw.node.sequencer.read(q, collect)
         except trio.ClosedResourceError as exc:
             raise P.RequestError(P.MAINTENANCE, "Node is shutting down") from exc
 
@@ -403,15 +415,14 @@ class Session:
         texts, signed = self._signed_texts(req, "orderQuery")
         sym, order_id, client_id = instructions.order_ref(P.typed(texts, instructions.OrderRefParams), self.gw)
 
-        async def fn(engine: Any) -> Any:
-            return await engine.books[sym].call("query", signed.account, order_id, client_id)
-
-        def reply(view: Any) -> str:
+        def reply(answers: list) -> str:
+            view = answers[0]
             if view is None:
                 return P.error_frame(req.id, P.RESOURCE_NOT_FOUND, "Order not found")
             return P.result_frame(req.id, self.gw.fmt.resting(sym, view))
 
-        self._verified(req.id, signed, lambda m: self._read(req.id, fn, reply))
+        query = Query(sym, OrderOf(signed.account, order_id, client_id))
+        self._verified(req.id, signed, lambda m: self._read([query], reply))
 
     def order_query_all(self, req: P.Request) -> None:
         """Resting orders, oldest first per market, a page at a time (``limit``/``offset``)."""
@@ -423,38 +434,32 @@ class Session:
         limit = instructions.uint(params.limit, "limit", page + 1) if params.limit is not None else page
         offset = instructions.uint(params.offset, "offset") if params.offset is not None else 0
 
-        async def fn(engine: Any) -> Any:
-            return [(s, await engine.books[s].call("open_orders", signed.account)) for s in symbols]
-
-        def reply(result: Any) -> str:
-            views = [(s, v) for s, vs in result for v in vs][offset:offset + limit]
+        def reply(answers: list) -> str:
+            views = [(s, v) for s, vs in zip(symbols, answers) for v in vs][offset:offset + limit]
             return P.result_frame(req.id, [self.gw.fmt.resting(s, v) for s, v in views])
 
-        self._verified(req.id, signed, lambda m: self._read(req.id, fn, reply))
+        queries = [Query(s, OpenOrders(signed.account)) for s in symbols]
+        self._verified(req.id, signed, lambda m: self._read(queries, reply))
 
     def balance_query(self, req: P.Request) -> None:
         _, signed = self._signed_request(req, "balanceQuery", P.NoParams)
 
-        async def fn(engine: Any) -> Any:
-            return await engine.risk.call("balances", signed.account)
-
-        def reply(balances: dict) -> str:
+        def reply(answers: list) -> str:
+            balances = answers[0]
             fmt = self.gw.fmt
             return P.result_frame(req.id, {
                 a: {"available": fmt.asset(a, free), "locked": fmt.asset(a, held), "staked": "0"}
                 for a, (free, held) in sorted(balances.items())
             })
 
-        self._verified(req.id, signed, lambda m: self._read(req.id, fn, reply))
+        self._verified(req.id, signed, lambda m: self._read([Query("risk", BalancesOf(signed.account))], reply))
 
     def ledger_totals(self, req: P.Request) -> None:
         """Per asset: deposits, withdrawals, fees collected and the sum of all balances,
         so anyone can check that deposits - withdrawals = balances + fees."""
 
-        async def fn(engine: Any) -> Any:
-            return await engine.risk.call("ledger")
-
-        def reply(ledger: dict) -> str:
+        def reply(answers: list) -> str:
+            ledger = answers[0]
             fmt = self.gw.fmt
             return P.result_frame(req.id, {
                 a: {"deposits": fmt.asset(a, dep), "withdrawals": "0", "fees": fmt.asset(a, fees),
@@ -462,7 +467,7 @@ class Session:
                 for a, (dep, fees, bal) in sorted(ledger.items())
             })
 
-        self._read(req.id, fn, reply)
+        self._read([Query("risk", LedgerOf())], reply)
 
     def node_stats(self, req: P.Request) -> None:
         """Per-stage latency percentiles (us) since the node started, or since the last

@@ -37,12 +37,13 @@ class Stamped:
 
 
 class Read:
-    """A query that runs on the engine between blocks; answered once prior blocks are durable."""
+    """A typed query the engine answers between blocks; the answer goes out once prior
+    blocks are durable."""
 
-    __slots__ = ("fn", "callback", "result")
+    __slots__ = ("query", "callback", "result")
 
-    def __init__(self, fn: Callable, callback: Callable[[Any], None]):
-        self.fn = fn
+    def __init__(self, query: Any, callback: Callable[[Any], None]):
+        self.query = query
         self.callback = callback
         self.result: Any = None
 
@@ -69,11 +70,12 @@ class Sequencer:
         self._callbacks.append(callback)
         self._arrived.set()
 
-    def read(self, fn: Callable, callback: Callable[[Any], None]) -> None:
+    def read(self, query: Any, callback: Callable[[Any], None]) -> None:
+        """Queue a ``core.messages.Query`` behind everything submitted so far."""
         if self.closed:
             raise trio.ClosedResourceError("sequencer is shut down")
         self._cut_all()
-        self._queue.append(Read(fn, callback))
+        self._queue.append(Read(query, callback))
         self._arrived.set()
 
     def _cut(self) -> Stamped:

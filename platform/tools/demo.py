@@ -15,7 +15,9 @@ import structlog
 import trio
 
 from satchel.core.amounts import format_units, to_units
-from satchel.core.messages import ASK, BID, GTC, IOC, LIMIT, REJECT_TAKER, CancelAll, Deposit, MarketSpec, PlaceOrder
+from satchel.core.messages import (
+    ASK, BID, GTC, IOC, LIMIT, REJECT_TAKER, BalancesOf, CancelAll, Deposit, MarketSpec, PlaceOrder,
+)
 from satchel.signing import Keypair, auth_for
 
 log = structlog.get_logger("satchel.tools.demo")
@@ -45,7 +47,7 @@ class MarketMaker:
     async def run(self) -> None:
         engine = self.node.engine
         for key in self.keys:
-            balances = await self.node.read(lambda e, k=key.api_key: e.risk.call("balances", k))
+            balances = await self.node.ask("risk", BalancesOf(key.api_key))
             if not balances:
                 for asset, amount in _FUNDING.items():
                     if asset in engine.assets:
