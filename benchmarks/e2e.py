@@ -130,9 +130,10 @@ async def wait_port(port: int) -> None:
                 await trio.sleep(0.05)
 
 
-async def stats(url: str, reset: bool = False) -> dict:
-    async with connect(url) as c:
-        return await c.request("nodeStats", {"reset": True} if reset else None, sign=False)
+async def stats(url: str, admin: Keypair | None = None) -> dict:
+    """The node's stage latencies; given the admin key, also reset them."""
+    async with connect(url, admin) as c:
+        return await c.request("nodeStats", {"reset": True} if admin else None, sign=admin is not None)
 
 
 def stage_line(stages: dict) -> str:
@@ -167,7 +168,7 @@ async def scenario(args: argparse.Namespace, conns: int, inflight: int) -> dict:
                     for k in keys:
                         await admin.request("deposit", {"account": k.api_key, "asset": "USDC", "quantity": "100000000"})
                         await admin.request("deposit", {"account": k.api_key, "asset": "SOL", "quantity": "1000000"})
-                await stats(url, reset=True)
+                await stats(url, load_key(Path(d), "admin.key"))
                 rate, lat, errors = await drive(url, frames_by_run[r], inflight, args.seconds, True)
                 stage_runs.append((await stats(url))["stages"])
             finally:

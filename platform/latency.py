@@ -17,6 +17,8 @@ blocks are small (light load) every request is.
 
 from __future__ import annotations
 
+import time
+
 from hdrh.histogram import HdrHistogram
 
 STAGES = ("verify", "sequence", "apply", "durable", "reply", "total")
@@ -29,6 +31,8 @@ class StageLatency:
         self.sample_every = sample_every
         self._busy = False  # the last block was large: sample requests
         self._n = 0
+        self._summary: dict | None = None
+        self._summary_at = 0.0
 
     def record_block(self, cut: float, applied: float, durable: float, txs: int) -> None:
         h = self.hist
@@ -51,7 +55,17 @@ class StageLatency:
         h["total"].record_value(_us(replied - received))
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """Per stage: count, p50, p90, p99 and max in microseconds."""
+        """Per stage: count, p50, p90, p99 and max in microseconds.
+
+        Computing percentiles walks every histogram in Python (~50 ms), so the answer is
+        kept for a second: a client asking in a loop cannot stall the node.
+        """
+        now = time.monotonic()
+        if self._summary is None or now - self._summary_at >= 1.0:
+            self._summary, self._summary_at = self._compute(), now
+        return self._summary
+
+    def _compute(self) -> dict[str, dict[str, float]]:
         out = {}
         for stage, h in self.hist.items():
             out[stage] = {"count": h.get_total_count(), "p50": h.get_value_at_percentile(50),
@@ -62,6 +76,7 @@ class StageLatency:
     def reset(self) -> None:
         for h in self.hist.values():
             h.reset()
+        self._summary = None
 
 
 def _us(seconds: float) -> int:

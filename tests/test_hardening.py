@@ -247,3 +247,28 @@ async def test_error_replies_name_the_request_and_totals_show_the_fee_pool(serve
 
 
 __all__ = ["ADMIN"]
+
+
+async def test_found_by_the_fuzzer_ids_beyond_64_bits_and_unsigned_stats_resets(server, traders):
+    """The frame fuzzer found: ids of 400 digits echoed back (unreadable for int64
+    clients), and anyone could wipe the node's latency statistics."""
+    alice, _ = traders
+    async with open_websocket_url(server.url) as ws:
+        r = await raw_reply(ws, '{"id":' + "9" * 400 + ',"method":"depth","params":{"symbol":"SOL_USDC"}}')
+        assert r["id"] is None and r["error"]["code"] == "INVALID_CLIENT_REQUEST"
+        r = await raw_reply(ws, '{"id":9223372036854775807,"method":"depth","params":{"symbol":"SOL_USDC"}}')
+        assert r["id"] == 2**63 - 1 and "result" in r
+    async with connect(server.url, alice) as a:
+        await a.request("orderExecute", limit("Bid", "140", "1"))
+        with pytest.raises(ReplyError) as err:
+            await a.request("nodeStats", {"reset": True}, sign=False)
+        assert err.value.code == "UNAUTHORIZED"
+        with pytest.raises(ReplyError) as err:
+            await a.request("nodeStats", {"reset": True})  # signed, but not by the admin
+        assert err.value.code == "UNAUTHORIZED"
+        stats = await a.request("nodeStats", sign=False)
+        assert stats["stages"]["total"]["count"] >= 1
+    async with connect(server.url, server.node.admin) as admin:
+        await admin.request("nodeStats", {"reset": True})
+    server.node.latency.reset()  # the cached summary is gone with the reset
+    assert server.node.latency.summary()["total"]["count"] == 0

@@ -9,7 +9,7 @@ come from ``satchel.core.errors``; payloads are shaped by ``satchel.api.format``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -23,15 +23,19 @@ from satchel.core.errors import (  # re-exported: the gateway answers with the c
 # ------------------------------------------------------------------ inbound schemas
 
 
+# an id is echoed in the reply: beyond 64 bits many clients (JavaScript, Go, orjson) cannot read it
+RequestId = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | Annotated[str, msgspec.Meta(max_length=256)] | None
+
+
 class Request(msgspec.Struct):
     method: str
-    id: int | str | None = None
+    id: RequestId = None
     params: msgspec.Raw = msgspec.Raw(b"null")
     signature: list[str] | None = None
 
 
 class _IdOnly(msgspec.Struct):
-    id: int | str | None = None
+    id: RequestId = None
 
 
 request_decoder = msgspec.json.Decoder(Request)

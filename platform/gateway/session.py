@@ -470,15 +470,24 @@ class Session:
         self._read([Query("risk", LedgerOf())], reply)
 
     def node_stats(self, req: P.Request) -> None:
-        """Per-stage latency percentiles (us) since the node started, or since the last
-        ``{"reset": true}``; see ``satchel.latency``."""
+        """Per-stage latency percentiles (us) since the node started or was last reset
+        (``{"reset": true}``, signed by the admin key); see ``satchel.latency``."""
         texts = P.split_params(req.params)
         latency = self.gw.node.latency
         result = {"stages": latency.summary(), "sessions": self.gw.sessions, "slowConsumers": self.gw.slow_consumers,
                   "handlerErrors": self.gw.handler_errors}
-        if texts.get("reset") == "true":
+        if texts.get("reset") != "true":
+            self.push(P.result_frame(req.id, result))
+            return
+        signed = self._check_signature(req, "nodeStats", texts)
+        if signed.account != self.gw.node.admin.api_key:
+            raise P.RequestError(P.UNAUTHORIZED, "reset must be signed by the admin key")
+
+        def go(message: bytes) -> None:
             latency.reset()
-        self.push(P.result_frame(req.id, result))
+            self.push(P.result_frame(req.id, result))
+
+        self._verified(req.id, signed, go)
 
     def depth(self, req: P.Request) -> None:
         params = P.typed(P.split_params(req.params), instructions.SymbolParams)

@@ -107,11 +107,13 @@ async def _settled(url: str, keys: list[Keypair], tries: int = 5) -> tuple[dict,
     return after, have, False
 
 
-async def _node_stats(url: str, reset: bool) -> dict | None:
-    """The node's per-stage latency percentiles (``nodeStats``); None if it has none."""
+async def _node_stats(url: str, reset_with: Keypair | None = None) -> dict | None:
+    """The node's per-stage latency percentiles (``nodeStats``); None if it has none.
+    Given the node's admin key, the statistics are reset afterwards."""
     try:
-        async with connect(url) as c:
-            return (await c.request("nodeStats", {"reset": True} if reset else None, sign=False))["stages"]
+        async with connect(url, reset_with) as c:
+            reset = reset_with is not None
+            return (await c.request("nodeStats", {"reset": True} if reset else None, sign=reset))["stages"]
     except ReplyError:
         return None
 
@@ -208,9 +210,10 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             console.print(f"funding {len(keys)} traders through the faucet...")
             trio.run(_fund, url, load_key(data, "admin.key"), keys, assets)
-        trio.run(_node_stats, url, True)  # stage latencies from here on: the traders' run
+        if data is not None and (data / "admin.key").exists():  # stage latencies from here on: the traders' run
+            trio.run(_node_stats, url, load_key(data, "admin.key"))
         report = _drive(args, console, url, port, keys, plans, rate, node_proc)
-        report["node_stages_us"] = trio.run(_node_stats, url, False)
+        report["node_stages_us"] = trio.run(_node_stats, url)
         if node_proc is not None and not args.keys:
             # every trader is done: the verdict comes from the node's own figures
             stream_fees = {k: Decimal(v) for k, v in report.pop("_fees").items()}
