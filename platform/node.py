@@ -148,7 +148,13 @@ class Node:
                         break
                 blocks = [a for a in batch if a.__class__ is Applied]
                 if blocks:
-                    await trio.to_thread.run_sync(self.journal.append, [(a.header.height, a.payload) for a in blocks])
+                    records = [(a.header.height, a.payload) for a in blocks]
+                    if len(blocks) == 1 and not self.sequencer.backlog:
+                        # nothing else waits for the engine: the fsync costs less here
+                        # than the hop to a worker thread and back (~0.3 ms vs ~0.5 ms)
+                        self.journal.append(records)
+                    else:
+                        await trio.to_thread.run_sync(self.journal.append, records)
                     durable = trio.current_time()
                     for a in blocks:
                         a.durable_at = durable
