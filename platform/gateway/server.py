@@ -38,7 +38,8 @@ class Gateway:
         self.marketdata = MarketData(self.fmt)
         node.subscribers.append(self.marketdata)
         n = self.settings.verify_processes
-        self.verifier = ProcessVerifier(n, inline_when_idle=True) if n > 0 else Verifier(inline_when_idle=True)
+        idle = self._node_idle
+        self.verifier = ProcessVerifier(n, inline_when=idle) if n > 0 else Verifier(inline_when=idle)
         self.sessions = 0
         self.slow_consumers = 0
         self.handler_errors = 0  # frames whose handling failed unexpectedly (answered INTERNAL_ERROR)
@@ -52,6 +53,10 @@ class Gateway:
     def quote_decimals(self, symbol: str) -> int | None:
         spec = self.markets.get(symbol)
         return self.decimals(spec.quote) if spec else None
+
+    def _node_idle(self) -> bool:
+        sequencer = self.node.sequencer
+        return sequencer is not None and not sequencer.backlog
 
     def overloaded(self) -> bool:
         """Admission control: the verifier or the sequencer has too much waiting."""
