@@ -25,6 +25,7 @@ from collections import deque
 from heapq import heapify, heappop, heappush
 
 from satchel.core.amounts import fee as fee_of
+from satchel.core.errors import Code
 from satchel.core.messages import (
     ASK,
     BID,
@@ -474,7 +475,7 @@ class Book:
         else:
             order = None
         if order is None or order.account != tx.account:
-            out.append(TxRejected(seq, tx.account, "RESOURCE_NOT_FOUND", "Order not found"))
+            out.append(TxRejected(seq, tx.account, Code.RESOURCE_NOT_FOUND, "Order not found"))
             return
         self._cancel_resting(order, seq, out)
 

@@ -20,6 +20,7 @@ block (tests check it over generated workloads).
 from __future__ import annotations
 
 from satchel.core.amounts import MAX_UNITS
+from satchel.core.errors import Code
 from satchel.core.messages import (
     ASK,
     BID,
@@ -215,7 +216,7 @@ class Risk:
             if cls is PlaceOrder:
                 spec = self.markets.get(tx.symbol)
                 if spec is None:
-                    out.append(order_rejected(seq, tx, "UnknownSymbol"))
+                    out.append(TxRejected(seq, tx.account, Code.INVALID_SYMBOL, f"Unknown symbol {tx.symbol}"))
                     continue
                 bad = _malformed(tx) or self._permission(tx.account, tx.symbol)
                 if bad:
@@ -229,7 +230,7 @@ class Risk:
                     cmds.append(entry)
             elif cls is CancelOrder or cls is CancelAll:
                 if tx.symbol not in self.markets:
-                    out.append(TxRejected(seq, tx.account, "INVALID_SYMBOL", f"Unknown symbol {tx.symbol}"))
+                    out.append(TxRejected(seq, tx.account, Code.INVALID_SYMBOL, f"Unknown symbol {tx.symbol}"))
                     continue
                 cmds = routed.get(tx.symbol)
                 if cmds is None:
@@ -237,7 +238,7 @@ class Risk:
                 cmds.append((seq, tx))
             elif cls is Deposit:
                 if tx.asset not in self.assets or not 0 < tx.amount <= MAX_UNITS - self.deposits[tx.asset]:
-                    out.append(TxRejected(seq, tx.account, "INVALID_DEPOSIT", "Unknown asset or non-positive amount"))
+                    out.append(TxRejected(seq, tx.account, Code.INVALID_DEPOSIT, "Unknown asset or non-positive amount"))
                     continue
                 self._bal(tx.account, tx.asset)[0] += tx.amount
                 self.deposits[tx.asset] += tx.amount

@@ -38,6 +38,7 @@ from satchel.core.actor import Actor, Mailbox, spawn
 from satchel.core.instructions import INSTRUCTIONS
 from satchel.actors.book import Book
 from satchel.actors.risk import Risk
+from satchel.core.errors import Code
 from satchel.core.messages import (
     AssetSpec,
     ConfigChanged,
@@ -87,13 +88,13 @@ class Guard:
 
     def check(self, auth: Any, now_ms: int, max_window_ms: int) -> str | None:
         if auth.window <= 0 or auth.window > max_window_ms:
-            return "INVALID_WINDOW"
+            return Code.INVALID_WINDOW
         expiry = auth.timestamp + auth.window
         if expiry < now_ms or auth.timestamp - max_window_ms > now_ms:
-            return "EXPIRED"
+            return Code.EXPIRED
         sig = auth.signature
         if sig in self._seen:
-            return "DUPLICATE_REQUEST"
+            return Code.DUPLICATE_REQUEST
         self._seen[sig] = expiry
         heappush(self._expiries, (expiry, sig))
         return None
@@ -175,7 +176,7 @@ class Engine:
                     continue
             if cls in _PHASED:
                 if cls is Deposit and tx.admin != self.admin:
-                    events.append(TxRejected(seq, tx.account, "UNAUTHORIZED", "Deposit not signed by the admin key"))
+                    events.append(TxRejected(seq, tx.account, Code.UNAUTHORIZED, "Deposit not signed by the admin key"))
                 else:
                     part.append((seq, tx))
             else:
@@ -248,13 +249,13 @@ class Engine:
 
     async def _configure(self, seq: int, tx: Any, events: list) -> None:
         if tx.__class__ is not SetAdmin and tx.admin != self.admin:
-            events.append(TxRejected(seq, tx.admin, "UNAUTHORIZED", "Not signed by the admin key"))
+            events.append(TxRejected(seq, tx.admin, Code.UNAUTHORIZED, "Not signed by the admin key"))
             return
         await _CONFIGURE[tx.__class__](self, seq, tx, events)
 
     async def _set_admin(self, seq: int, tx: SetAdmin, events: list) -> None:
         if self.admin is not None:
-            events.append(TxRejected(seq, tx.key, "UNAUTHORIZED", "Admin key is already set"))
+            events.append(TxRejected(seq, tx.key, Code.UNAUTHORIZED, "Admin key is already set"))
             return
         self.admin = tx.key
         events.append(ConfigChanged(seq, "admin", tx.key))
@@ -267,7 +268,7 @@ class Engine:
     async def _list_market(self, seq: int, tx: ListMarket, events: list) -> None:
         spec = tx.spec
         if spec.base not in self.assets or spec.quote not in self.assets or spec.symbol in self.markets:
-            events.append(TxRejected(seq, tx.admin, "INVALID_MARKET", f"Cannot list {spec.symbol}"))
+            events.append(TxRejected(seq, tx.admin, Code.INVALID_MARKET, f"Cannot list {spec.symbol}"))
             return
         await self._add_market(spec)
         events.append(ConfigChanged(seq, "market", spec.symbol))
@@ -279,7 +280,7 @@ class Engine:
 
     async def _set_trading(self, seq: int, tx: SetTrading, events: list) -> None:
         if (tx.symbol is not None and tx.symbol not in self.markets) or (tx.account is None and tx.symbol is None):
-            events.append(TxRejected(seq, tx.admin, "INVALID_SYMBOL", "Unknown market"))
+            events.append(TxRejected(seq, tx.admin, Code.INVALID_SYMBOL, "Unknown market"))
             return
         await self.risk.call(SetPermission(tx.account, tx.symbol, tx.enabled))
         what = "trading.on" if tx.enabled else "trading.off"
@@ -288,7 +289,7 @@ class Engine:
     async def _set_fees(self, seq: int, tx: SetFees, events: list) -> None:
         spec = self.markets.get(tx.symbol)
         if spec is None or tx.taker_fee_bps < 0 or tx.taker_fee_bps + tx.maker_fee_bps < 0 or tx.taker_fee_bps > 1000:
-            events.append(TxRejected(seq, tx.admin, "INVALID_FEES", "Unknown market or fee schedule out of range"))
+            events.append(TxRejected(seq, tx.admin, Code.INVALID_FEES, "Unknown market or fee schedule out of range"))
             return
         spec = msgspec.structs.replace(spec, maker_fee_bps=tx.maker_fee_bps, taker_fee_bps=tx.taker_fee_bps)
         self.markets[tx.symbol] = spec
@@ -362,9 +363,9 @@ _CONFIGURE = {
 
 
 _GUARD_MESSAGES = {
-    "INVALID_WINDOW": "Window must be between 1 and the maximum window",
-    "EXPIRED": "Request timestamp is outside its window",
-    "DUPLICATE_REQUEST": "This signed request was already received",
+    Code.INVALID_WINDOW: "Window must be between 1 and the maximum window",
+    Code.EXPIRED: "Request timestamp is outside its window",
+    Code.DUPLICATE_REQUEST: "This signed request was already received",
 }
 
 

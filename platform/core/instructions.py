@@ -23,6 +23,7 @@ import msgspec
 
 from satchel.core.amounts import MAX_UNITS, AmountError, format_units, to_units
 from satchel.core.errors import (
+    Code,
     INVALID_ASSET, INVALID_DECIMAL, INVALID_PRICE, INVALID_QUANTITY, INVALID_REQUEST, INVALID_SYMBOL, RequestError,
 )
 from satchel.core.messages import (
@@ -271,23 +272,23 @@ def _admin(tx: Any) -> str:
 
 
 _ORDER_ERRORS = (INVALID_REQUEST, INVALID_SYMBOL, INVALID_DECIMAL, INVALID_PRICE, INVALID_QUANTITY)
-_REF_ERRORS = (INVALID_REQUEST, INVALID_SYMBOL, "RESOURCE_NOT_FOUND")
-_ADMIN_ERRORS = (INVALID_REQUEST, "UNAUTHORIZED")
+_REF_ERRORS = (INVALID_REQUEST, INVALID_SYMBOL, Code.RESOURCE_NOT_FOUND)
+_ADMIN_ERRORS = (INVALID_REQUEST, Code.UNAUTHORIZED)
 
 INSTRUCTIONS = (
     Instruction("orderExecute", PlaceOrder, OrderExecuteParams, _order, _account, False, "trade", _ORDER_ERRORS),
     Instruction("orderCancel", CancelOrder, OrderRefParams, _cancel, _account, False, "trade", _REF_ERRORS),
     Instruction("orderCancelAll", CancelAll, SymbolParams, _cancel_all, _account, False, "trade", _REF_ERRORS[:2]),
     Instruction("deposit", Deposit, DepositParams, _deposit, _admin, True, "trade",
-                _ADMIN_ERRORS + (INVALID_ASSET, INVALID_DECIMAL, INVALID_QUANTITY, "INVALID_DEPOSIT")),
+                _ADMIN_ERRORS + (INVALID_ASSET, INVALID_DECIMAL, INVALID_QUANTITY, Code.INVALID_DEPOSIT)),
     Instruction("adminSetTrading", SetTrading, SetTradingParams, _set_trading, _admin, True, "config",
                 _ADMIN_ERRORS + (INVALID_SYMBOL,)),
     Instruction("adminSetFees", SetFees, SetFeesParams, _set_fees, _admin, True, "config",
-                _ADMIN_ERRORS + (INVALID_SYMBOL, "INVALID_FEES")),
+                _ADMIN_ERRORS + (INVALID_SYMBOL, Code.INVALID_FEES)),
     Instruction("setAdmin", SetAdmin, SetAdminParams, _set_admin, lambda tx: tx.key, True, "config", _ADMIN_ERRORS),
     Instruction("listAsset", ListAsset, ListAssetParams, _list_asset, _admin, True, "config", _ADMIN_ERRORS),
     Instruction("listMarket", ListMarket, None, _list_market, _admin, True, "config",
-                _ADMIN_ERRORS + ("INVALID_MARKET",)),
+                _ADMIN_ERRORS + (Code.INVALID_MARKET,)),
 )
 BY_NAME = {i.name: i for i in INSTRUCTIONS}
 BY_TX = {i.tx: i for i in INSTRUCTIONS}
