@@ -59,6 +59,7 @@ from satchel.core.messages import (
     order_rejected,
 )
 from satchel.core.actor import dispatcher
+from satchel.core.state import BookSides, BookState, LevelState, RestingOrder
 
 _NO_LIMIT = 1 << 62
 # Resting orders one account may have in one market. Bounds what one account can make
@@ -171,32 +172,34 @@ class Book:
         asks = sorted((k, lv.total) for k, lv in self._levels[ASK].items())
         return (bids[:limit], asks[:limit]) if limit else (bids, asks)
 
-    def _state(self, msg: StateOf) -> list:
-        """Full state as plain data in a fixed order, for the state hash."""
+    def _state(self, msg: StateOf) -> BookState:
+        """Full state in a fixed order (levels best first, orders in priority), for the state hash."""
         sides = []
         for side in (BID, ASK):
             levels = []
             for key in sorted(self._levels[side]):
                 lv = self._levels[side][key]
-                levels.append([key, lv.total, [
-                    [o.oid, o.account, o.remaining, o.executed, o.executed_quote, o.client_id, o.quantity, o.created]
+                levels.append(LevelState(key, lv.total, [
+                    RestingOrder(o.oid, o.account, o.remaining, o.executed, o.executed_quote, o.client_id, o.quantity,
+                                 o.created)
                     for o in lv.queue if o.remaining
-                ]])
+                ]))
             sides.append(levels)
-        return [self.spec.symbol, self.last_price, self.trade_id, self.update_id, sides]
+        return BookState(self.spec.symbol, self.last_price, self.trade_id, self.update_id, BookSides(*sides))
 
     def _restore(self, msg: Restore) -> None:
-        """Rebuild from ``StateOf`` output (a snapshot): same orders, same priority."""
-        _symbol, last_price, self.trade_id, self.update_id, sides = msg.state
-        if last_price:
-            self._set_last_price(last_price)
-        for side, levels in zip((BID, ASK), sides):
-            for key, _total, orders in levels:
-                price = -key if side == BID else key
-                for oid, account, remaining, executed, executed_quote, client_id, quantity, created in orders:
-                    o = _Order(oid, account, side, price, remaining, client_id, quantity, created)
-                    o.executed = executed
-                    o.executed_quote = executed_quote
+        """Rebuild from a ``BookState`` (a snapshot): same orders, same priority."""
+        state: BookState = msg.state
+        self.trade_id, self.update_id = state.trade_id, state.update_id
+        if state.last_price:
+            self._set_last_price(state.last_price)
+        for side, levels in ((BID, state.sides.bids), (ASK, state.sides.asks)):
+            for level in levels:
+                price = -level.key if side == BID else level.key
+                for r in level.orders:
+                    o = _Order(r.order_id, r.account, side, price, r.remaining, r.client_id, r.quantity, r.created)
+                    o.executed = r.executed
+                    o.executed_quote = r.executed_quote
                     self._rest(o)
         self._changed[BID].clear()
         self._changed[ASK].clear()

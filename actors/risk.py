@@ -1,7 +1,14 @@
 """Balances, holds and fees: the risk actor (it grows into the margin engine later).
 
-State: per account and asset a ``[free, held]`` pair; per open order the amount still
-held for it; fees collected per asset. It runs two phases of every block:
+State: per account and asset a ``Balance`` (free, held); per open order a ``Hold`` (the
+amount still held for it); fees collected per asset. ``StateOf`` answers a
+``core.state.RiskState``; ``Restore`` takes one back.
+
+The actor composes three parts, so a margin policy can replace the spot one without
+touching the ledger: ``Ledger`` (balances, holds, fees, deposits -- every movement of
+value, and conservation), ``Permissions`` (who may trade which market) and a hold
+policy, ``SpotHolds`` (what an order must hold before it reaches the book). It runs
+two phases of every block:
 
 * ``pretrade`` -- in sequence order, credits deposits and, for each new order, takes
   the hold the order could need at worst, or rejects it with ``InsufficientFunds``.
@@ -18,6 +25,8 @@ block (tests check it over generated workloads).
 """
 
 from __future__ import annotations
+
+import msgspec
 
 from satchel.core.amounts import MAX_UNITS
 from satchel.core.errors import Code
@@ -60,6 +69,22 @@ from satchel.core.messages import (
     order_rejected,
 )
 from satchel.core.actor import dispatcher
+from satchel.core.state import AccountBalances, AccountRules, AssetAmount, AssetBalance, HoldState, RiskState
+
+
+class Balance(msgspec.Struct, gc=False):
+    """One account's balance of one asset (mutable, hot path: attribute access is a slot read)."""
+
+    free: int = 0
+    held: int = 0
+
+
+class Hold(msgspec.Struct, gc=False):
+    """What is still held for one open order."""
+
+    account: str
+    asset: str
+    amount: int
 
 
 def _malformed(tx: PlaceOrder) -> str:
@@ -95,174 +120,222 @@ def spot_forbidden(rules: dict[str, None], symbol: str) -> bool:
     return "*" in rules or symbol in rules
 
 
-class Risk:
+
+class Ledger:
+    """Balances, holds, fees and deposits: every movement of value goes through here.
+
+    Conservation: for every asset, ``sum(free + held) + fees == deposits``. Each
+    (account, asset) whose balance changes is recorded in ``touched`` until the owner
+    reports and clears it.
+    """
+
     def __init__(self) -> None:
-        self.assets: dict[str, AssetSpec] = {}
-        self.markets: dict[str, MarketSpec] = {}
-        self._balances: dict[str, dict[str, list[int]]] = {}
-        self._holds: dict[int, list] = {}  # order id -> [account, asset, amount]
+        self.balances: dict[str, dict[str, Balance]] = {}
+        self.holds: dict[int, Hold] = {}  # order id -> what is still held for it
         self.fees: dict[str, int] = {}
         self.deposits: dict[str, int] = {}
-        self._touched: dict[tuple[str, str], None] = {}
-        self._hold_bps: dict[str, int] = {}
-        self._accounts_off: dict[str, dict[str, None]] = {}
-        self._markets_off: dict[str, None] = {}
+        self.touched: dict[tuple[str, str], None] = {}
 
-    # ------------------------------------------------------------------ configuration
+    def list_asset(self, asset: str) -> None:
+        self.fees.setdefault(asset, 0)
+        self.deposits.setdefault(asset, 0)
 
-    def _list_asset(self, msg: ListAssetSpec) -> None:
-        spec = msg.spec
-        self.assets[spec.symbol] = spec
-        self.fees.setdefault(spec.symbol, 0)
-        self.deposits.setdefault(spec.symbol, 0)
+    def bal(self, account: str, asset: str) -> Balance:
+        """The account's balance of the asset, created empty if it has none."""
+        assets = self.balances.get(account)
+        if assets is None:
+            assets = self.balances[account] = {}
+        bal = assets.get(asset)
+        if bal is None:
+            bal = assets[asset] = Balance()
+        return bal
 
-    def _list_market(self, msg: ListMarketSpec) -> None:
-        spec = msg.spec
-        self.markets[spec.symbol] = spec
-        # bids hold the larger fee rate, so either role's fee is covered (never negative)
-        self._hold_bps[spec.symbol] = max(spec.taker_fee_bps, spec.maker_fee_bps, 0)
+    def deposit(self, account: str, asset: str, amount: int) -> None:
+        self.bal(account, asset).free += amount
+        self.deposits[asset] += amount
+        self.touched[(account, asset)] = None
 
-    def _set_permission(self, msg: SetPermission) -> None:
-        """Admin: spot trading on/off for an account (one market or all) or a market."""
-        account, symbol, enabled = msg.account, msg.symbol, msg.enabled
+    def hold(self, order_id: int, account: str, asset: str, bal: Balance, need: int) -> None:
+        """Move ``need`` of ``bal`` (the account's balance of the asset) from free to held for the order."""
+        bal.free -= need
+        bal.held += need
+        self.holds[order_id] = Hold(account, asset, need)
+        self.touched[(account, asset)] = None
+
+    def fill(self, spec: MarketSpec, buyer: str, buy_order: int, buy_fee: int, seller: str, sell_order: int,
+             sell_fee: int, base_amt: int, quote_amt: int) -> None:
+        """A trade: base from the seller's hold to the buyer, quote from the buyer's hold to
+        the seller net of its fee, both fees booked (a negative fee is a rebate)."""
+        quote, base = spec.quote, spec.base
+        bal = self.bal
+        # buyer: quote out of the hold (a rebate is paid to free), base in
+        short = self.consume(buy_order, buyer, quote, quote_amt + max(buy_fee, 0))
+        if short:
+            buy_fee -= short  # only after a fee increase: the part no balance covers is waived
+        if buy_fee < 0:
+            bal(buyer, quote).free -= buy_fee
+        bal(buyer, base).free += base_amt
+        # seller: base out of the hold, quote in net of its fee
+        self.consume(sell_order, seller, base, base_amt)
+        bal(seller, quote).free += quote_amt - sell_fee
+        self.fees[quote] += buy_fee + sell_fee
+        touched = self.touched
+        touched[(buyer, quote)] = None
+        touched[(buyer, base)] = None
+        touched[(seller, quote)] = None
+        touched[(seller, base)] = None
+
+    def consume(self, order_id: int, account: str, asset: str, amount: int) -> int:
+        """Take ``amount`` from the order's hold; returns what could not be covered.
+
+        Holds always cover fills at the fee rates in force when the order was placed. If
+        an admin raised the fees since, the excess comes from the free balance, and what
+        that cannot cover either is returned (the caller waives it) -- never a negative
+        balance.
+        """
+        h = self.holds[order_id]
+        bal = self.balances[account][asset]
+        held = h.amount
+        take = amount if amount <= held else held
+        h.amount = held - take
+        bal.held -= take
+        rest = amount - take
+        if rest:
+            free = bal.free
+            extra = rest if rest <= free else free
+            bal.free = free - extra
+            return rest - extra
+        return 0
+
+    def release(self, order_id: int) -> None:
+        """The order left the book: what is still held for it goes back to free."""
+        h = self.holds.pop(order_id, None)
+        if h is not None:
+            bal = self.balances[h.account][h.asset]
+            bal.free += h.amount
+            bal.held -= h.amount
+            self.touched[(h.account, h.asset)] = None
+
+    # ------------------------------------------------------------------ reads
+
+    def balance(self, account: str, asset: str) -> tuple[int, int]:
+        bal = self.balances.get(account, {}).get(asset)
+        return (bal.free, bal.held) if bal else (0, 0)
+
+    def balances_of(self, account: str) -> dict[str, tuple[int, int]]:
+        return {a: (b.free, b.held) for a, b in self.balances.get(account, {}).items()}
+
+    def totals(self) -> dict[str, int]:
+        """Per asset: free + held over all accounts, plus fees (for conservation checks)."""
+        out = dict(self.fees)
+        for assets in self.balances.values():
+            for asset, bal in assets.items():
+                out[asset] = out.get(asset, 0) + bal.free + bal.held
+        return out
+
+    def summary(self) -> dict[str, tuple[int, int, int]]:
+        """Per asset: (deposits, fees collected, sum of every account's free + held)."""
+        out = {asset: [self.deposits.get(asset, 0), fee, 0] for asset, fee in self.fees.items()}
+        for assets in self.balances.values():
+            for asset, bal in assets.items():
+                out[asset][2] += bal.free + bal.held
+        return {asset: (d, f, b) for asset, (d, f, b) in out.items()}
+
+    # ------------------------------------------------------------------ state
+
+    def balance_rows(self) -> list[AccountBalances]:
+        return [
+            AccountBalances(acct, [AssetBalance(a, b.free, b.held) for a, b in sorted(assets.items())])
+            for acct, assets in sorted(self.balances.items())
+        ]
+
+    def hold_rows(self) -> list[HoldState]:
+        return [HoldState(oid, h.account, h.asset, h.amount) for oid, h in sorted(self.holds.items())]
+
+    def restore(self, state: RiskState) -> None:
+        self.balances = {row.account: {b.asset: Balance(b.free, b.held) for b in row.assets} for row in state.balances}
+        self.holds = {h.order_id: Hold(h.account, h.asset, h.amount) for h in state.holds}
+        self.fees = {f.asset: f.amount for f in state.fees}
+        self.deposits = {d.asset: d.amount for d in state.deposits}
+
+
+class Permissions:
+    """Spot trading on/off per account (one market or all) and per market."""
+
+    def __init__(self) -> None:
+        self.accounts_off: dict[str, dict[str, None]] = {}  # account -> markets it may not trade ("*" = all)
+        self.markets_off: dict[str, None] = {}
+
+    def set(self, account: str | None, symbol: str | None, enabled: bool) -> None:
         if account is None:
             if enabled:
-                self._markets_off.pop(symbol, None)
+                self.markets_off.pop(symbol, None)
             else:
-                self._markets_off[symbol] = None
+                self.markets_off[symbol] = None
             return
-        rules = self._accounts_off.setdefault(account, {})
+        rules = self.accounts_off.setdefault(account, {})
         key = symbol or "*"
         if enabled:
             rules.pop(key, None)
             if not rules:
-                del self._accounts_off[account]
+                del self.accounts_off[account]
         else:
             rules[key] = None
 
-    def _permission(self, account: str, symbol: str) -> str:
+    def check(self, account: str, symbol: str) -> str:
         """Why spot trading is not permitted for this order ("" if it is)."""
-        if symbol in self._markets_off:
+        if symbol in self.markets_off:
             return "MarketTradingDisabled"
-        rules = self._accounts_off.get(account)
+        rules = self.accounts_off.get(account)
         if rules is not None and spot_forbidden(rules, symbol):
             return "AccountTradingDisabled"
         return ""
 
-    # ------------------------------------------------------------------ queries
+    def account_rows(self) -> list[AccountRules]:
+        return [AccountRules(a, sorted(r)) for a, r in sorted(self.accounts_off.items())]
 
-    def _balance_of(self, msg: BalanceOf) -> tuple[int, int]:
-        bal = self._balances.get(msg.account, {}).get(msg.asset)
-        return (bal[0], bal[1]) if bal else (0, 0)
+    def restore(self, state: RiskState) -> None:
+        self.accounts_off = {r.account: dict.fromkeys(r.markets_off) for r in state.accounts_off}
+        self.markets_off = dict.fromkeys(state.markets_off)
 
-    def _balances_of(self, msg: BalancesOf) -> dict[str, tuple[int, int]]:
-        return {a: (b[0], b[1]) for a, b in self._balances.get(msg.account, {}).items()}
 
-    def _totals(self, msg: Totals) -> dict[str, int]:
-        """Per asset: free + held over all accounts, plus fees (for conservation checks)."""
-        out = dict(self.fees)
-        for assets in self._balances.values():
-            for asset, (free, held) in assets.items():
-                out[asset] = out.get(asset, 0) + free + held
-        return out
+class SpotHolds:
+    """The hold policy for spot: what an order must hold before it reaches the book.
 
-    def _ledger(self, msg: LedgerOf) -> dict[str, tuple[int, int, int]]:
-        """Per asset: (deposits, fees collected, sum of every account's free + held)."""
-        out = {asset: [self.deposits.get(asset, 0), fee, 0] for asset, fee in self.fees.items()}
-        for assets in self._balances.values():
-            for asset, (free, held) in assets.items():
-                out[asset][2] += free + held
-        return {asset: (d, f, b) for asset, (d, f, b) in out.items()}
+    Each order holds its own worst case in the asset it spends (isolated, no netting):
+    bids hold quote, ``notional + fee at max(maker, taker)``; asks hold base. A market bid
+    by quantity holds all free quote and may spend what that covers; a market ask by
+    quote quantity holds all free base. A margin policy answers the same ``hold`` call.
+    """
 
-    def _state(self, msg: StateOf) -> list:
-        return [
-            sorted([acct, sorted([a, b[0], b[1]] for a, b in assets.items())] for acct, assets in self._balances.items()),
-            sorted([oid, h[0], h[1], h[2]] for oid, h in self._holds.items()),
-            sorted(self.fees.items()),
-            sorted(self.deposits.items()),
-            sorted([a, sorted(r)] for a, r in self._accounts_off.items()),
-            sorted(self._markets_off),
-        ]
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.hold_bps: dict[str, int] = {}  # market -> fee rate bids hold
 
-    def _restore(self, msg: Restore) -> None:
-        """Rebuild balances, holds, fees and permissions from ``StateOf`` output."""
-        balances, holds, fees, deposits, accounts_off, markets_off = msg.state
-        self._balances = {acct: {a: [free, held] for a, free, held in assets} for acct, assets in balances}
-        self._holds = {oid: [acct, asset, amount] for oid, acct, asset, amount in holds}
-        self.fees = dict(fees)
-        self.deposits = dict(deposits)
-        self._accounts_off = {a: dict.fromkeys(r) for a, r in accounts_off}
-        self._markets_off = dict.fromkeys(markets_off)
+    def list_market(self, spec: MarketSpec) -> None:
+        # bids hold the larger fee rate, so either role's fee is covered (never negative)
+        self.hold_bps[spec.symbol] = max(spec.taker_fee_bps, spec.maker_fee_bps, 0)
 
-    # ------------------------------------------------------------------ phase 1
-
-    def _bal(self, account: str, asset: str) -> list[int]:
-        assets = self._balances.get(account)
+    def hold(self, seq: int, tx: PlaceOrder, spec: MarketSpec, out: list) -> Entry | None:
+        """Take the order's hold and return it with the caps that hold allows, or append
+        its rejection to ``out`` and return None."""
+        ledger = self.ledger
+        assets = ledger.balances.get(tx.account)
         if assets is None:
-            assets = self._balances[account] = {}
-        bal = assets.get(asset)
-        if bal is None:
-            bal = assets[asset] = [0, 0]
-        return bal
-
-    def _pretrade(self, msg: PreTrade) -> PreTraded:
-        """Hold funds for new orders, credit deposits; route book commands by market."""
-        batch = msg.batch
-        out: list = []
-        routed: dict[str, list] = {}
-        touched = self._touched
-        for seq, tx in batch:
-            cls = tx.__class__
-            if cls is PlaceOrder:
-                spec = self.markets.get(tx.symbol)
-                if spec is None:
-                    out.append(TxRejected(seq, tx.account, Code.INVALID_SYMBOL, f"Unknown symbol {tx.symbol}"))
-                    continue
-                bad = _malformed(tx) or self._permission(tx.account, tx.symbol)
-                if bad:
-                    out.append(order_rejected(seq, tx, bad))
-                    continue
-                entry = self._hold(seq, tx, spec, out)
-                if entry is not None:
-                    cmds = routed.get(tx.symbol)
-                    if cmds is None:
-                        cmds = routed[tx.symbol] = []
-                    cmds.append(entry)
-            elif cls is CancelOrder or cls is CancelAll:
-                if tx.symbol not in self.markets:
-                    out.append(TxRejected(seq, tx.account, Code.INVALID_SYMBOL, f"Unknown symbol {tx.symbol}"))
-                    continue
-                cmds = routed.get(tx.symbol)
-                if cmds is None:
-                    cmds = routed[tx.symbol] = []
-                cmds.append((seq, tx))
-            elif cls is Deposit:
-                if tx.asset not in self.assets or not 0 < tx.amount <= MAX_UNITS - self.deposits[tx.asset]:
-                    out.append(TxRejected(seq, tx.account, Code.INVALID_DEPOSIT, "Unknown asset or non-positive amount"))
-                    continue
-                self._bal(tx.account, tx.asset)[0] += tx.amount
-                self.deposits[tx.asset] += tx.amount
-                touched[(tx.account, tx.asset)] = None
-                out.append(Deposited(seq, tx.account, tx.asset, tx.amount))
-        return PreTraded(routed, out)
-
-    def _hold(self, seq: int, tx: PlaceOrder, spec: MarketSpec, out: list) -> Entry | None:
-        assets = self._balances.get(tx.account)
-        if assets is None:
-            assets = self._balances[tx.account] = {}
+            assets = ledger.balances[tx.account] = {}
         quote_cap = None
         if tx.side == BID:
             asset = spec.quote
             bal = assets.get(asset)
             if bal is None:
-                bal = assets[asset] = [0, 0]
-            hold_bps = self._hold_bps[tx.symbol]
+                bal = assets[asset] = Balance()
+            hold_bps = self.hold_bps[tx.symbol]
             qty_cap = tx.quantity
             if tx.order_type == LIMIT:
                 notional = tx.price * tx.quantity * spec.notional_mult
                 need = notional + notional * hold_bps // 10_000
             elif tx.quantity:
-                need = bal[0]
+                need = bal.free
                 quote_cap = need * 10_000 // (10_000 + hold_bps)
             else:
                 quote_cap = tx.quote_quantity
@@ -272,22 +345,121 @@ class Risk:
             asset = spec.base
             bal = assets.get(asset)
             if bal is None:
-                bal = assets[asset] = [0, 0]
+                bal = assets[asset] = Balance()
             if tx.order_type == LIMIT or tx.quantity:
                 qty_cap = tx.quantity
                 need = qty_cap * spec.base_mult
             else:
-                qty_cap = bal[0] // spec.base_mult
+                qty_cap = bal.free // spec.base_mult
                 need = qty_cap * spec.base_mult
                 quote_cap = tx.quote_quantity
-        if need <= 0 or bal[0] < need:
+        if need <= 0 or bal.free < need:
             out.append(order_rejected(seq, tx, "InsufficientFunds"))
             return None
-        bal[0] -= need
-        bal[1] += need
-        self._holds[seq] = [tx.account, asset, need]
-        self._touched[(tx.account, asset)] = None
+        ledger.hold(seq, tx.account, asset, bal, need)
         return Entry(seq, tx, qty_cap, quote_cap)
+
+
+class Risk:
+    """The actor: configuration, the pre-trade and settlement phases, and reads, over a
+    ``Ledger``, its ``Permissions`` and a hold policy."""
+
+    def __init__(self) -> None:
+        self.assets: dict[str, AssetSpec] = {}
+        self.markets: dict[str, MarketSpec] = {}
+        self.ledger = Ledger()
+        self.permissions = Permissions()
+        self.policy = SpotHolds(self.ledger)
+
+    # ------------------------------------------------------------------ configuration
+
+    def _list_asset(self, msg: ListAssetSpec) -> None:
+        spec = msg.spec
+        self.assets[spec.symbol] = spec
+        self.ledger.list_asset(spec.symbol)
+
+    def _list_market(self, msg: ListMarketSpec) -> None:
+        spec = msg.spec
+        self.markets[spec.symbol] = spec
+        self.policy.list_market(spec)
+
+    def _set_permission(self, msg: SetPermission) -> None:
+        """Admin: spot trading on/off for an account (one market or all) or a market."""
+        self.permissions.set(msg.account, msg.symbol, msg.enabled)
+
+    # ------------------------------------------------------------------ queries
+
+    def _balance_of(self, msg: BalanceOf) -> tuple[int, int]:
+        return self.ledger.balance(msg.account, msg.asset)
+
+    def _balances_of(self, msg: BalancesOf) -> dict[str, tuple[int, int]]:
+        return self.ledger.balances_of(msg.account)
+
+    def _totals(self, msg: Totals) -> dict[str, int]:
+        return self.ledger.totals()
+
+    def _ledger(self, msg: LedgerOf) -> dict[str, tuple[int, int, int]]:
+        return self.ledger.summary()
+
+    def _state(self, msg: StateOf) -> RiskState:
+        ledger = self.ledger
+        return RiskState(
+            balances=ledger.balance_rows(),
+            holds=ledger.hold_rows(),
+            fees=[AssetAmount(a, v) for a, v in sorted(ledger.fees.items())],
+            deposits=[AssetAmount(a, v) for a, v in sorted(ledger.deposits.items())],
+            accounts_off=self.permissions.account_rows(),
+            markets_off=sorted(self.permissions.markets_off),
+        )
+
+    def _restore(self, msg: Restore) -> None:
+        """Rebuild balances, holds, fees and permissions from a ``RiskState``."""
+        self.ledger.restore(msg.state)
+        self.permissions.restore(msg.state)
+
+    # ------------------------------------------------------------------ phase 1
+
+    def _pretrade(self, msg: PreTrade) -> PreTraded:
+        """Hold funds for new orders, credit deposits; route book commands by market."""
+        batch = msg.batch
+        out: list = []
+        routed: dict[str, list] = {}
+        markets = self.markets
+        permission = self.permissions.check
+        hold = self.policy.hold
+        ledger = self.ledger
+        for seq, tx in batch:
+            cls = tx.__class__
+            if cls is PlaceOrder:
+                spec = markets.get(tx.symbol)
+                if spec is None:
+                    out.append(TxRejected(seq, tx.account, Code.INVALID_SYMBOL, f"Unknown symbol {tx.symbol}"))
+                    continue
+                bad = _malformed(tx) or permission(tx.account, tx.symbol)
+                if bad:
+                    out.append(order_rejected(seq, tx, bad))
+                    continue
+                entry = hold(seq, tx, spec, out)
+                if entry is not None:
+                    cmds = routed.get(tx.symbol)
+                    if cmds is None:
+                        cmds = routed[tx.symbol] = []
+                    cmds.append(entry)
+            elif cls is CancelOrder or cls is CancelAll:
+                if tx.symbol not in markets:
+                    out.append(TxRejected(seq, tx.account, Code.INVALID_SYMBOL, f"Unknown symbol {tx.symbol}"))
+                    continue
+                cmds = routed.get(tx.symbol)
+                if cmds is None:
+                    cmds = routed[tx.symbol] = []
+                cmds.append((seq, tx))
+            elif cls is Deposit:
+                if tx.asset not in self.assets or not 0 < tx.amount <= MAX_UNITS - ledger.deposits[tx.asset]:
+                    out.append(TxRejected(seq, tx.account, Code.INVALID_DEPOSIT, "Unknown asset or non-positive amount"))
+                    continue
+                ledger.deposit(tx.account, tx.asset, tx.amount)
+                out.append(Deposited(seq, tx.account, tx.asset, tx.amount))
+        return PreTraded(routed, out)
 
     # ------------------------------------------------------------------ phase 3
 
@@ -295,69 +467,29 @@ class Risk:
         """Apply fills and releases in event order; the block's balance changes."""
         events, last_seq = msg.events, msg.last_seq
         out: list = []
-        holds = self._holds
-        touched = self._touched
-        fees = self.fees
+        ledger = self.ledger
+        markets = self.markets
+        fill = ledger.fill
+        release = ledger.release
         for ev in events:
             cls = ev.__class__
             if cls is Fill:
-                spec = self.markets[ev.symbol]
-                base_amt = ev.quantity * spec.base_mult
-                quote_amt = ev.quote
+                spec = markets[ev.symbol]
                 if ev.taker_side == BID:
-                    buyer, buy_order, buy_fee = ev.taker_account, ev.taker_order, ev.taker_fee
-                    seller, sell_order, sell_fee = ev.maker_account, ev.maker_order, ev.maker_fee
+                    fill(spec, ev.taker_account, ev.taker_order, ev.taker_fee, ev.maker_account, ev.maker_order,
+                         ev.maker_fee, ev.quantity * spec.base_mult, ev.quote)
                 else:
-                    buyer, buy_order, buy_fee = ev.maker_account, ev.maker_order, ev.maker_fee
-                    seller, sell_order, sell_fee = ev.taker_account, ev.taker_order, ev.taker_fee
-                # buyer: quote out of the hold (a rebate is paid to free), base in
-                short = self._consume(buy_order, buyer, spec.quote, quote_amt + max(buy_fee, 0))
-                if short:
-                    buy_fee -= short  # only after a fee increase: the part no balance covers is waived
-                qb = self._bal(buyer, spec.quote)
-                if buy_fee < 0:
-                    qb[0] -= buy_fee
-                self._bal(buyer, spec.base)[0] += base_amt
-                # seller: base out of the hold, quote in net of its fee
-                self._consume(sell_order, seller, spec.base, base_amt)
-                self._bal(seller, spec.quote)[0] += quote_amt - sell_fee
-                fees[spec.quote] += buy_fee + sell_fee
-                touched[(buyer, spec.quote)] = None
-                touched[(buyer, spec.base)] = None
-                touched[(seller, spec.quote)] = None
-                touched[(seller, spec.base)] = None
+                    fill(spec, ev.maker_account, ev.maker_order, ev.maker_fee, ev.taker_account, ev.taker_order,
+                         ev.taker_fee, ev.quantity * spec.base_mult, ev.quote)
             elif cls is OrderDone:
-                h = holds.pop(ev.order_id, None)
-                if h is not None:
-                    bal = self._balances[h[0]][h[1]]
-                    bal[0] += h[2]
-                    bal[1] -= h[2]
-                    touched[(h[0], h[1])] = None
+                release(ev.order_id)
+        balances = ledger.balances
+        touched = ledger.touched
         for account, asset in touched:
-            bal = self._balances[account][asset]
-            out.append(BalanceChanged(last_seq, account, asset, bal[0], bal[1]))
+            bal = balances[account][asset]
+            out.append(BalanceChanged(last_seq, account, asset, bal.free, bal.held))
         touched.clear()
         return Settled(out)
-
-    def _consume(self, order_id: int, account: str, asset: str, amount: int) -> int:
-        """Take ``amount`` from the order's hold; returns what could not be covered.
-
-        Holds always cover fills at the fee rates in force when the order was placed. If
-        an admin raised the fees since, the excess comes from the free balance, and what
-        that cannot cover either is returned (the caller waives it) -- never a negative
-        balance.
-        """
-        h = self._holds[order_id]
-        bal = self._balances[account][asset]
-        take = amount if amount <= h[2] else h[2]
-        h[2] -= take
-        bal[1] -= take
-        rest = amount - take
-        if rest:
-            extra = rest if rest <= bal[0] else bal[0]
-            bal[0] -= extra
-            return rest - extra
-        return 0
 
     handle = dispatcher({
         PreTrade: _pretrade, Settle: _settle, ListAssetSpec: _list_asset, ListMarketSpec: _list_market,

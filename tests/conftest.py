@@ -54,7 +54,7 @@ class Exchange:
         return await self.engine.risk.call(Totals())
 
     async def deposits(self) -> dict[str, int]:
-        return dict((await self.engine.risk.call(StateOf()))[3])
+        return {d.asset: d.amount for d in (await self.engine.risk.call(StateOf())).deposits}
 
     async def depth(self, symbol: str):
         return await self.engine.books[symbol].call(DepthOf())

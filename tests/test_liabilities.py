@@ -15,13 +15,20 @@ from conftest import run_node, small_snapshots, workload
 from satchel.ledger import liabilities
 from satchel.ledger import snapshots
 from satchel.core.amounts import format_units
+from satchel.core.messages import AssetSpec
+from satchel.core.state import AccountBalances, AssetBalance, EngineState, RiskState
 
 DECIMALS = {"USDC": 6, "SOL": 9}
 
 
-def fake_state(balances: dict) -> list:
-    risk = [[[acct, [[a, free, held] for a, (free, held) in sorted(assets.items())]] for acct, assets in sorted(balances.items())]]
-    return [1, "admin", [["SOL", 9], ["USDC", 6]], [], risk, [], [], 0, 0]
+def fake_state(balances: dict) -> EngineState:
+    rows = [AccountBalances(acct, [AssetBalance(a, free, held) for a, (free, held) in sorted(assets.items())])
+            for acct, assets in sorted(balances.items())]
+    return EngineState(
+        rules_version=1, admin="admin", assets=[AssetSpec("SOL", 9), AssetSpec("USDC", 6)], markets=[],
+        risk=RiskState(balances=rows, holds=[], fees=[], deposits=[], accounts_off=[], markets_off=[]),
+        books=[], guard=[], last_seq=0, last_timestamp=0, internal_seq=0, periodic=[],
+    )
 
 
 def tamperings(proof: dict) -> list[tuple[str, dict]]:

@@ -1,3 +1,5 @@
-"""The exchange's API apart from any transport: request handlers, Backpack-shaped
-payloads and the market-data fan-out. The WebSocket gateway (and later REST) call it.
+"""The exchange's API apart from any transport: request handlers (``handlers``), the
+listing learned from durable events (``listing``), Backpack-shaped payloads (``format``)
+and the market-data fan-out (``marketdata``). The WebSocket gateway (and later REST or
+a remote gateway) call it.
 """

@@ -11,6 +11,10 @@ Depth ids: one ``DepthDelta`` per market per block that changed its book, with
 ``U == u == update_id``; update ids are consecutive, so ``U`` is always the previous
 ``u`` + 1. A depth subscriber first receives a ``depthSnapshot`` frame (the whole book
 and its ``lastUpdateId``) on the same stream, then the deltas that follow it.
+
+The markets are those of the formatter's listing at construction, and each market
+whose ``ConfigChanged`` event arrives in a published block (listed later); the
+formatter's listing must take that event first (``api.listing.Listing``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from sortedcontainers import SortedDict
 from satchel.api.format import Formatter
 from satchel.core.messages import (
     ASK, BID, CANCELLED, EXPIRED, FILLED, ORDER_TYPE_NAMES, PARTIALLY_FILLED, REJECTED, SIDE_NAMES, TIF_NAMES,
-    BalanceChanged, BlockHeader, DepthDelta, Fill, OrderAccepted, OrderDone,
+    BalanceChanged, BlockHeader, ConfigChanged, DepthDelta, Fill, OrderAccepted, OrderDone,
 )
 from satchel.clock import now_us
 
@@ -169,6 +173,9 @@ class MarketData:
                         "e": "balanceUpdate", "E": now_us(), "a": ev.asset,
                         "A": fmt.asset(ev.asset, ev.free), "L": fmt.asset(ev.asset, ev.held), "S": "0", "T": ts,
                     })
+            elif cls is ConfigChanged:
+                if ev.market is not None and ev.market.symbol not in self._markets:
+                    self._markets[ev.market.symbol] = _Market()  # listed: its streams open now
         for symbol, m in self._markets.items():
             if m.traded and ts - m.last_ticker >= _TICKER_EVERY_US:
                 m.traded = False

@@ -39,8 +39,8 @@ from satchel.core.instructions import INSTRUCTIONS
 from satchel.actors.book import Book
 from satchel.actors.risk import Risk
 from satchel.core.errors import Code
+from satchel.core.state import EngineState, PeriodicState, SeenSignature
 from satchel.core.messages import (
-    AssetSpec,
     ConfigChanged,
     Deposit,
     ListAsset,
@@ -105,12 +105,12 @@ class Guard:
         while heap and heap[0][0] < now_ms:
             del seen[heappop(heap)[1]]
 
-    def canonical(self) -> list:
-        return sorted(self._seen.items())
+    def canonical(self) -> list[SeenSignature]:
+        return [SeenSignature(sig, expiry) for sig, expiry in sorted(self._seen.items())]
 
-    def restore(self, state: list) -> None:
-        self._seen = dict(state)
-        self._expiries = [(expiry, sig) for sig, expiry in state]
+    def restore(self, state: list[SeenSignature]) -> None:
+        self._seen = {s.signature: s.expiry for s in state}
+        self._expiries = [(s.expiry, s.signature) for s in state]
         heapify(self._expiries)
 
     def __len__(self) -> int:
@@ -263,7 +263,7 @@ class Engine:
     async def _list_asset(self, seq: int, tx: ListAsset, events: list) -> None:
         self.assets[tx.spec.symbol] = tx.spec
         await self.risk.call(ListAssetSpec(tx.spec))
-        events.append(ConfigChanged(seq, "asset", tx.spec.symbol))
+        events.append(ConfigChanged(seq, "asset", tx.spec.symbol, asset=tx.spec))
 
     async def _list_market(self, seq: int, tx: ListMarket, events: list) -> None:
         spec = tx.spec
@@ -271,7 +271,7 @@ class Engine:
             events.append(TxRejected(seq, tx.admin, Code.INVALID_MARKET, f"Cannot list {spec.symbol}"))
             return
         await self._add_market(spec)
-        events.append(ConfigChanged(seq, "market", spec.symbol))
+        events.append(ConfigChanged(seq, "market", spec.symbol, market=spec))
 
     async def _add_market(self, spec: MarketSpec) -> None:
         self.markets[spec.symbol] = spec
@@ -295,7 +295,7 @@ class Engine:
         self.markets[tx.symbol] = spec
         await self.risk.call(ListMarketSpec(spec))
         await self.books[tx.symbol].call(ListMarketSpec(spec))
-        events.append(ConfigChanged(seq, "fees", tx.symbol))
+        events.append(ConfigChanged(seq, "fees", tx.symbol, market=spec))
 
     # ------------------------------------------------------------------ reads
 
@@ -314,46 +314,43 @@ class Engine:
     async def state_hash(self) -> str:
         return hashlib.sha256(_state_encoder.encode(await self.canonical())).hexdigest()
 
-    async def canonical(self) -> list:
-        """All ledger state as plain data in a fixed order: the state hash's input and a
-        snapshot's content (``restore`` takes it back)."""
-        books = [await self.books[sym].call(StateOf()) for sym in sorted(self.books)]
-        return [
-            RULES_VERSION,
-            self.admin,
-            sorted([a.symbol, a.decimals] for a in self.assets.values()),
+    async def canonical(self) -> EngineState:
+        """All ledger state, named, with every collection in a fixed order: the state
+        hash's input and a snapshot's content (``restore`` takes it back)."""
+        return EngineState(
+            rules_version=RULES_VERSION,
+            admin=self.admin,
+            assets=[self.assets[symbol] for symbol in sorted(self.assets)],
             # listing order matters (matching fans out in it), so it is kept, not sorted
-            [msgspec.to_builtins(m) for m in self.markets.values()],
-            await self.risk.call(StateOf()),
-            books,
-            self._guard.canonical(),
-            self.last_seq,
-            self.last_timestamp,
-            self.internal_seq,
-            [[name, await box.call(StateOf())] for name, box in self.periodic.items()],
-        ]
+            markets=list(self.markets.values()),
+            risk=await self.risk.call(StateOf()),
+            books=[await self.books[sym].call(StateOf()) for sym in sorted(self.books)],
+            guard=self._guard.canonical(),
+            last_seq=self.last_seq,
+            last_timestamp=self.last_timestamp,
+            internal_seq=self.internal_seq,
+            periodic=[PeriodicState(name, await box.call(StateOf())) for name, box in self.periodic.items()],
+        )
 
-    async def restore(self, state: list) -> None:
+    async def restore(self, state: EngineState) -> None:
         """Load a snapshot into a fresh engine (no blocks applied yet)."""
-        version, admin, assets, markets, risk, books, guard, last_seq, last_timestamp, internal_seq, periodic = state
-        if version != RULES_VERSION:
-            raise ValueError(f"snapshot has rules version {version}; this code runs {RULES_VERSION}")
-        self.admin = admin
-        for symbol, decimals in assets:
-            spec = AssetSpec(symbol, decimals)
-            self.assets[symbol] = spec
+        if state.rules_version != RULES_VERSION:
+            raise ValueError(f"snapshot has rules version {state.rules_version}; this code runs {RULES_VERSION}")
+        self.admin = state.admin
+        for spec in state.assets:
+            self.assets[spec.symbol] = spec
             await self.risk.call(ListAssetSpec(spec))
-        for raw in markets:
-            await self._add_market(msgspec.convert(raw, MarketSpec))
-        await self.risk.call(Restore(risk))
-        for book_state in books:
-            await self.books[book_state[0]].call(Restore(book_state))
-        for name, actor_state in periodic:
-            await self.periodic[name].call(Restore(actor_state))
-        self._guard.restore(guard)
-        self.last_seq = last_seq
-        self.last_timestamp = last_timestamp
-        self.internal_seq = internal_seq
+        for spec in state.markets:
+            await self._add_market(spec)
+        await self.risk.call(Restore(state.risk))
+        for book_state in state.books:
+            await self.books[book_state.symbol].call(Restore(book_state))
+        for periodic in state.periodic:
+            await self.periodic[periodic.name].call(Restore(periodic.state))
+        self._guard.restore(state.guard)
+        self.last_seq = state.last_seq
+        self.last_timestamp = state.last_timestamp
+        self.internal_seq = state.internal_seq
 
 
 _CONFIGURE = {

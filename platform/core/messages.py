@@ -269,9 +269,15 @@ class DepthDelta(_Rec, tag=26):
 
 
 class ConfigChanged(_Rec, tag=27):
+    """A configuration change applied. A listing or a fee change carries the spec now in
+    force (``asset`` or ``market``), so the edges learn the configuration from durable
+    events rather than by reading the engine."""
+
     seq: int
     what: str
     name: str
+    asset: AssetSpec | None = None
+    market: MarketSpec | None = None
 
 
 Event = Union[OrderAccepted, Fill, OrderDone, TxRejected, Deposited, BalanceChanged, DepthDelta, ConfigChanged]
@@ -390,11 +396,12 @@ class DepthOf(msgspec.Struct):
 
 
 class StateOf(msgspec.Struct):
-    """The actor's whole state as plain data in a fixed order (hash and snapshot input)."""
+    """The actor's whole state, deterministic (hash and snapshot input): a ``core.state``
+    struct (``RiskState``, ``BookState``) or, for a periodic actor, its own plain data."""
 
 
 class Restore(msgspec.Struct):
-    state: list
+    state: object  # what the actor answered to ``StateOf``
 
 
 class StateHashOf(msgspec.Struct):

@@ -1,9 +1,10 @@
 """WebSocket frames: the envelope schema, params as signed texts, reply and error frames.
 
 Inbound frames are decoded with msgspec schemas (validated, ~0.5 us): ``Request`` for
-the envelope, then one params schema per method. ``params`` is kept as raw JSON per key
-so the signature is checked against the literal text that arrived (a number
-re-formatted by a parser would no longer match what the client signed). Error codes
+the envelope; each method's params schema is the API's (``core.instructions``,
+``api.handlers``). ``params`` is kept as raw JSON per key so the signature is checked
+against the literal text that arrived (a number re-formatted by a parser would no
+longer match what the client signed). Error codes
 come from ``satchel.core.errors``; payloads are shaped by ``satchel.api.format``.
 """
 
@@ -53,16 +54,6 @@ def request_id(text: str | bytes) -> int | str | None:
         return None
 
 
-class OptionalSymbolParams(msgspec.Struct):
-    symbol: str | None = None
-    limit: str | None = None
-    offset: str | None = None
-
-
-class NoParams(msgspec.Struct):
-    pass
-
-
 def split_params(raw: msgspec.Raw) -> dict[str, str]:
     """A request's params as the literal texts the client signed.
 
@@ -90,13 +81,6 @@ def split_params(raw: msgspec.Raw) -> dict[str, str]:
         else:
             texts[key] = b.decode()  # true, false or a number: ASCII by JSON's grammar
     return texts
-
-
-def typed(texts: dict[str, str], schema: type) -> Any:
-    try:
-        return msgspec.convert(texts, schema)
-    except msgspec.ValidationError as exc:
-        raise RequestError(INVALID_REQUEST, str(exc)) from exc
 
 
 # ------------------------------------------------------------------ frames out

@@ -1,4 +1,5 @@
-"""The gateway's listening side: accepts WebSocket connections and owns what they share."""
+"""The gateway's listening side: accepts WebSocket connections and owns what they share:
+the API (``satchel.api.handlers``), the listing it follows, market data and the verifier."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import trio
 from trio_websocket import serve_websocket
 
 from satchel.api.format import Formatter
-from satchel.gateway import protocol as P
-from satchel.gateway.session import Session
+from satchel.api.handlers import Api
+from satchel.api.listing import Listing
 from satchel.api.marketdata import MarketData
+from satchel.gateway.session import Session
 from satchel.signing import ProcessVerifier, Verifier
 
 if TYPE_CHECKING:
@@ -31,28 +33,28 @@ class Gateway:
         self.port = port
         self.settings = node.cfg.gateway
         engine = node.engine
-        # the engine's listing tables, read-only here: markets and assets listed later appear too
-        self.markets = engine.markets
-        self.assets = engine.assets
-        self.fmt = Formatter(self.markets, self.assets)
+        # seeded once from the recovered engine (nothing is being published yet), then kept
+        # by the durable blocks' ConfigChanged events: the listing comes first among the
+        # subscribers, so market data formats a new market's first events with its spec
+        self.listing = Listing(engine.markets, engine.assets)
+        node.subscribers.append(self.listing)
+        self.fmt = Formatter(self.listing.markets, self.listing.assets)
         self.marketdata = MarketData(self.fmt)
         node.subscribers.append(self.marketdata)
         n = self.settings.verify_processes
         idle = self._node_idle
         self.verifier = ProcessVerifier(n, inline_when=idle) if n > 0 else Verifier(inline_when=idle)
+        self.api = Api(node, self.listing, self.fmt, self.verifier, self.marketdata, max_page=self.settings.max_page,
+                       stats=self._stats)
         self.sessions = 0
         self.slow_consumers = 0
         self.handler_errors = 0  # frames whose handling failed unexpectedly (answered INTERNAL_ERROR)
         self.logged_failures: set[str] = set()  # each kind of failure is logged once
         self.url = ""
 
-    def decimals(self, asset: str) -> int | None:
-        spec = self.assets.get(asset)
-        return spec.decimals if spec else None
-
-    def quote_decimals(self, symbol: str) -> int | None:
-        spec = self.markets.get(symbol)
-        return self.decimals(spec.quote) if spec else None
+    def _stats(self) -> dict:
+        """The transport's part of ``nodeStats``."""
+        return {"sessions": self.sessions, "slowConsumers": self.slow_consumers, "handlerErrors": self.handler_errors}
 
     def _node_idle(self) -> bool:
         sequencer = self.node.sequencer
@@ -62,10 +64,6 @@ class Gateway:
         """Admission control: the verifier or the sequencer has too much waiting."""
         limit = self.settings.max_backlog
         return self.verifier.backlog > limit or self.node.sequencer.backlog > limit
-
-    def check_symbol(self, symbol: str) -> None:
-        if symbol not in self.markets:
-            raise P.RequestError(P.INVALID_SYMBOL, f"Unknown symbol {symbol}")
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:

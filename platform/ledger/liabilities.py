@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 
 from satchel.core.amounts import format_units
+from satchel.core.state import EngineState
 
 _leaf_encoder = msgspec.msgpack.Encoder()
 
@@ -33,12 +34,11 @@ MAX_DECIMALS = 64  # sanity bound for untrusted proof files (no listed asset com
 MAX_PATH = 64  # a tree of 2**64 leaves
 
 
-def ledger_of(state: list) -> tuple[list[tuple[str, str, int]], dict[str, int]]:
+def ledger_of(state: EngineState) -> tuple[list[tuple[str, str, int]], dict[str, int]]:
     """The one place that reads an ``Engine.canonical()`` state: every (account, asset,
     free + held) and each listed asset's decimals."""
-    assets, risk = state[2], state[4]
-    decimals = {symbol: d for symbol, d in assets}
-    balances = [(acct, asset, free + held) for acct, rows in risk[0] for asset, free, held in rows]
+    decimals = {spec.symbol: spec.decimals for spec in state.assets}
+    balances = [(row.account, b.asset, b.free + b.held) for row in state.risk.balances for b in row.assets]
     return balances, decimals
 
 
@@ -50,7 +50,7 @@ def _node(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
-def leaves_of(state: list, height: int) -> list[tuple[int, str, str, int, int]]:
+def leaves_of(state: EngineState, height: int) -> list[tuple[int, str, str, int, int]]:
     """(height, account, asset, total, decimals) in (account, asset) order."""
     balances, decimals = ledger_of(state)
     return [(height, acct, asset, total, decimals.get(asset, 0)) for acct, asset, total in sorted(balances)]
@@ -71,13 +71,13 @@ def _empty_root(height: int) -> bytes:
     return hashlib.sha256(b"\x02" + _leaf_encoder.encode([height])).digest()
 
 
-def root(state: list, height: int) -> bytes:
+def root(state: EngineState, height: int) -> bytes:
     """The liabilities root of ``state`` at block ``height`` (recorded in its snapshot)."""
     hashes = [leaf_hash(*leaf) for leaf in leaves_of(state, height)]
     return _levels(hashes)[-1][0] if hashes else _empty_root(height)
 
 
-def prove(state: list, account: str, height: int) -> list[dict[str, Any]]:
+def prove(state: EngineState, account: str, height: int) -> list[dict[str, Any]]:
     """One inclusion proof per asset the account holds."""
     leaves = leaves_of(state, height)
     levels = _levels([leaf_hash(*leaf) for leaf in leaves])

@@ -21,6 +21,8 @@ from pathlib import Path
 import msgspec
 import structlog
 
+from satchel.core.state import EngineState, state_decoder
+
 MAGIC = b"SATSNAP1"
 _CRC = struct.Struct("<I")
 KEEP = 3  # snapshots kept on disk
@@ -35,7 +37,7 @@ class Snapshot(msgspec.Struct, array_like=True, frozen=True):
     block_hash: bytes  # hash of block ``height``'s header (the next block's prev_hash)
     txs: int
     state_hash: str
-    state: msgspec.Raw  # msgpack of Engine.canonical()
+    state: msgspec.Raw  # msgpack of Engine.canonical(), an EngineState
     liabilities_root: bytes = b""  # Merkle root over (height, account, asset, total, decimals): see liabilities.py
 
 
@@ -44,7 +46,7 @@ _decoder = msgspec.msgpack.Decoder(Snapshot)
 state_encoder = msgspec.msgpack.Encoder()
 
 
-def encode_state(canonical: list) -> tuple[bytes, str]:
+def encode_state(canonical: EngineState) -> tuple[bytes, str]:
     raw = state_encoder.encode(canonical)
     return raw, hashlib.sha256(raw).hexdigest()
 
@@ -97,5 +99,5 @@ def newest(directory: str | Path) -> Snapshot | None:
     return None
 
 
-def decode_state(snap: Snapshot) -> list:
-    return msgspec.msgpack.decode(snap.state)
+def decode_state(snap: Snapshot) -> EngineState:
+    return state_decoder.decode(snap.state)

@@ -31,22 +31,23 @@ from satchel.core.amounts import format_units
 from satchel.core.engine import Engine
 from satchel.ledger.journal import read_records
 from satchel.core.messages import Block, block_decoder, header_decoder
+from satchel.core.state import EngineState, state_decoder
 from satchel.ledger.chain import Chain, DivergedError
 
 
-def _balances(state: list) -> dict[tuple[str, str], int]:
+def _balances(state: EngineState) -> dict[tuple[str, str], int]:
     """(account, asset) -> free + held, from an Engine.canonical() state."""
-    risk = state[4]
-    return {(acct, asset): free + held for acct, assets in risk[0] for asset, free, held in assets}
+    return {(row.account, b.asset): b.free + b.held for row in state.risk.balances for b in row.assets}
 
 
-def _decimals(state: list) -> dict[str, int]:
-    return {symbol: decimals for symbol, decimals in state[2]}
+def _decimals(state: EngineState) -> dict[str, int]:
+    return {spec.symbol: spec.decimals for spec in state.assets}
 
 
-def _plain(canonical: list) -> list:
-    """An Engine.canonical() state as a snapshot holds it (msgpack round trip)."""
-    return msgspec.msgpack.decode(snapshots.encode_state(canonical)[0])
+def _plain(canonical: EngineState) -> EngineState:
+    """An Engine.canonical() state as a snapshot holds it (msgpack round trip: a copy
+    that shares nothing with the live engine)."""
+    return state_decoder.decode(snapshots.encode_state(canonical)[0])
 
 
 def _journal(data: Path, divergence: dict) -> Path:
@@ -57,7 +58,7 @@ def _journal(data: Path, divergence: dict) -> Path:
     return Path(divergence["journal"])
 
 
-async def canonical_state(data: Path, height: int, from_snapshot: int | None, journal: Path | None = None) -> tuple[list, int]:
+async def canonical_state(data: Path, height: int, from_snapshot: int | None, journal: Path | None = None) -> tuple[EngineState, int]:
     """Canonical state at ``height``: from the chosen snapshot, replaying the journal."""
     async with trio.open_nursery() as actors:
         chain = Chain(Engine(actors))
@@ -93,7 +94,7 @@ async def _replay_to(chain: Chain, data: Path, journal: Path, height: int, from_
 
 
 async def signature_states(data: Path, journal: Path, block: Block, bad_seqs: set[int],
-                           from_snapshot: int | None) -> tuple[list, list, int]:
+                           from_snapshot: int | None) -> tuple[EngineState, EngineState, int]:
     """(diverged, canonical, base): ``block`` applied as journaled, and without the
     transactions at ``bad_seqs``, both from the canonical state before it."""
     h = block.header

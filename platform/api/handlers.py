@@ -1,0 +1,452 @@
+"""The exchange's request handlers, apart from any transport.
+
+``Api`` has one method per request (``orderExecute``, ``orderCancel``, ...), each taking
+the caller, the request id, the params as the literal texts the client signed (see
+``gateway.protocol.split_params``) and the signature parts ``[apiKey, signature,
+timestamp, window]`` (or None). A method never raises: it answers through the caller's
+``Replies`` -- ``result(id, payload)``, ``error(id, code, message)``, or ``failed(id,
+exc)`` for a failure that is not a known refusal -- now, or once the request's block is
+durable. The WebSocket session turns those into frames; a REST front end or a remote
+gateway would turn them into its own responses.
+
+A request is checked (params, tick and step, signature presence and window) before
+anything else happens; its signature is then verified (possibly in a worker), and only
+then is it sequenced or read. Verification runs concurrently, but a ``Caller``'s
+requests are acted on in the order they arrived (its queue is drained from the head
+only), so "place then cancel" from one client is never reordered. The transport makes
+one ``Caller`` per client (per connection), and sets ``Caller.received`` to the time
+each request arrived (for the per-stage latencies).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import msgspec
+import trio
+
+from satchel.api.format import Formatter
+from satchel.api.listing import Listing
+from satchel.api.marketdata import MarketData
+from satchel.clock import now_ms
+from satchel.core import instructions
+from satchel.core.engine import MAX_WINDOW_MS
+from satchel.core.errors import (
+    EXPIRED, INVALID_REQUEST, INVALID_SIGNATURE, MAINTENANCE, RESOURCE_NOT_FOUND, UNAUTHORIZED, RequestError,
+)
+from satchel.core.messages import (
+    NEW, PARTIALLY_FILLED, REJECTED, Auth, BalancesOf, Fill, LedgerOf, OpenOrders, OrderDone, OrderOf, PlaceOrder, Query,
+    TxRejected,
+)
+from satchel.signing import decode_key, decode_signature, needs_quoting, signing_string
+
+# the requests, by the name a client calls them (each is a method of ``Api``)
+METHODS = (
+    "orderExecute", "orderCancel", "orderCancelAll", "orderQuery", "orderQueryAll", "balanceQuery", "depth",
+    "ledgerTotals", "nodeStats", "deposit", "adminSetTrading", "adminSetFees",
+)
+# requests that read no params: whatever params arrive, even malformed ones, are ignored
+PARAMLESS = frozenset({"ledgerTotals"})
+
+Signature = list[str] | None
+
+
+class OptionalSymbolParams(msgspec.Struct):
+    symbol: str | None = None
+    limit: str | None = None
+    offset: str | None = None
+
+
+class NoParams(msgspec.Struct):
+    pass
+
+
+def typed(texts: Mapping[str, str], schema: type) -> Any:
+    try:
+        return msgspec.convert(texts, schema)
+    except msgspec.ValidationError as exc:
+        raise RequestError(INVALID_REQUEST, str(exc)) from exc
+
+
+class Replies(Protocol):
+    """Where a caller's answers go; provided by the transport."""
+
+    closed: bool  # once set, nothing more is answered or acted on for this caller
+
+    def result(self, req_id: Any, result: Any) -> None: ...
+
+    def error(self, req_id: Any, code: str | int, message: str) -> None: ...
+
+    def failed(self, req_id: Any, exc: Exception) -> None: ...
+
+
+class Verifier(Protocol):
+    def check(self, public: bytes, candidates: tuple, signature: bytes, done: Callable[[bytes | None], None]) -> None: ...
+
+
+class Signed:
+    """A request's checked signature parts."""
+
+    __slots__ = ("account", "public", "signature", "timestamp", "window", "texts", "candidates")
+
+    def auth(self, message: bytes) -> Auth:
+        """The journal's record of this request, given the form the signature covered."""
+        encoded = message is not self.candidates[0]
+        return Auth(tuple(sorted(self.texts.items())), encoded, self.signature, self.timestamp, self.window)
+
+
+class _Pending:
+    __slots__ = ("req_id", "action", "verified", "message")
+
+    def __init__(self, req_id: Any, action: Callable[[bytes], None]):
+        self.req_id = req_id
+        self.action = action
+        self.verified = False
+        self.message: bytes | None = None
+
+
+class Caller:
+    """One client of the API: its replies, and the queue that keeps its signed requests
+    in arrival order."""
+
+    __slots__ = ("replies", "received", "_pending", "_verifier")
+
+    def __init__(self, replies: Replies, verifier: Verifier):
+        self.replies = replies
+        self.received = 0.0  # trio time the request being handled arrived
+        self._pending: deque[_Pending] = deque()
+        self._verifier = verifier
+
+    def verified(self, req_id: Any, signed: Signed, action: Callable[[bytes], None]) -> None:
+        """Run ``action(message)`` once the signature checks out, in arrival order;
+        ``INVALID_SIGNATURE`` if it does not."""
+        pending = _Pending(req_id, action)
+        self._pending.append(pending)
+
+        def done(message: bytes | None) -> None:
+            pending.verified = True
+            pending.message = message
+            self._drain()
+
+        self._verifier.check(signed.public, signed.candidates, signed.signature, done)
+
+    def _drain(self) -> None:
+        q = self._pending
+        replies = self.replies
+        while q and q[0].verified:
+            p = q.popleft()
+            if replies.closed:
+                continue
+            if p.message is None:
+                replies.error(p.req_id, INVALID_SIGNATURE, "Signature does not match")
+                continue
+            try:
+                p.action(p.message)
+            except RequestError as exc:
+                replies.error(p.req_id, exc.code, exc.message)
+            except Exception as exc:  # runs in the verifier's task: never let it fail there
+                replies.failed(p.req_id, exc)
+
+
+def _request(method: Callable) -> Callable:
+    """An API method answers refusals through the caller and never raises."""
+
+    def call(self: "Api", caller: Caller, req_id: Any, texts: Mapping[str, str], signature: Signature) -> None:
+        try:
+            method(self, caller, req_id, texts, signature)
+        except RequestError as exc:
+            caller.replies.error(req_id, exc.code, exc.message)
+        except Exception as exc:
+            caller.replies.failed(req_id, exc)
+
+    call.__name__ = method.__name__
+    call.__doc__ = method.__doc__
+    return call
+
+
+class Api:
+    """The requests, against a node (``submit``, ``sequencer.read``, ``admin``,
+    ``latency``), the listing the edges know, the payload formatter, a signature
+    verifier and the market data (for ``depth``). ``stats()`` adds the transport's
+    figures to ``nodeStats``."""
+
+    def __init__(self, node: Any, listing: Listing, fmt: Formatter, verifier: Verifier, marketdata: MarketData, *,
+                 max_page: int = 1000, stats: Callable[[], dict] = dict):
+        self.node = node
+        self.listing = listing
+        self.fmt = fmt
+        self.verifier = verifier
+        self.marketdata = marketdata
+        self.max_page = max_page
+        self.stats = stats
+
+    def caller(self, replies: Replies) -> Caller:
+        """A new client (one per connection), answered through ``replies``."""
+        return Caller(replies, self.verifier)
+
+    # ------------------------------------------------------------------ signatures
+
+    def check_signature(self, instruction: str, texts: Mapping[str, str], sig: Signature) -> Signed:
+        """The signature parts checked for shape and window (not yet verified), or RequestError."""
+        if not sig:
+            raise RequestError(UNAUTHORIZED, "Missing signature")
+        if len(sig) != 4:
+            raise RequestError(INVALID_REQUEST, "signature must be [apiKey, signature, timestamp, window]")
+        public = decode_key(sig[0])
+        signature = decode_signature(sig[1])
+        if public is None or signature is None:
+            raise RequestError(INVALID_SIGNATURE, "Malformed API key or signature")
+        ts = instructions.uint(sig[2], "timestamp")
+        window = instructions.uint(sig[3], "window")
+        if not 0 < window <= MAX_WINDOW_MS:
+            raise RequestError(INVALID_REQUEST, f"window must be 1..{MAX_WINDOW_MS}")
+        now = now_ms()
+        if ts + window < now or ts - window > now:
+            raise RequestError(EXPIRED, "Request timestamp is outside its window")
+        # the signed string uses the integers as parsed, so the journal can rebuild it
+        raw = signing_string(instruction, texts, ts, window)
+        s = Signed()
+        s.account, s.public, s.signature, s.timestamp, s.window, s.texts = sig[0], public, signature, ts, window, texts
+        if needs_quoting(texts):  # ccxt signs percent-encoded values: accept that form too
+            s.candidates = (raw, signing_string(instruction, texts, ts, window, encoded=True))
+        else:
+            s.candidates = (raw,)
+        return s
+
+    # ------------------------------------------------------------------ sequencing and reads
+
+    def _submit(self, caller: Caller, req_id: Any, tx: Any, reply: Callable[[Replies, Any, list], None],
+                received: float) -> None:
+        node = self.node
+        verified = trio.current_time()
+        replies = caller.replies
+
+        def done(events: list) -> None:
+            reply(replies, req_id, events)
+            if node.latency.sampled():
+                cut, _, durable = node.block_times
+                node.latency.record_request(received, verified, cut, durable, trio.current_time())
+
+        try:
+            node.submit(tx, done)
+        except trio.ClosedResourceError as exc:
+            raise RequestError(MAINTENANCE, "Node is shutting down") from exc
+
+    def _read(self, queries: list[Query], reply: Callable[[list], None]) -> None:
+        """Ask the engine typed queries between blocks; ``reply(answers)`` once all are in."""
+        answers: list = []
+
+        def collect(answer: Any) -> None:
+            answers.append(answer)  # reads are answered in the order they were queued
+            if len(answers) == len(queries):
+                reply(answers)
+
+        try:
+            for q in queries:
+                self.node.sequencer.read(q, collect)
+        except trio.ClosedResourceError as exc:
+            raise RequestError(MAINTENANCE, "Node is shutting down") from exc
+
+    def _transaction(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature, instruction: str,
+                     reply_for: Callable[[Any, Mapping[str, str]], Callable[[Replies, Any, list], None]]) -> None:
+        """Check, build (``instructions.build``), verify and sequence a signed transaction;
+        ``reply_for(tx, texts)`` gives the function that answers with its events."""
+        signed = self.check_signature(instruction, texts, sig)
+        decl = instructions.BY_NAME[instruction]
+        if decl.admin and signed.account != self.node.admin.api_key:
+            raise RequestError(UNAUTHORIZED, f"{instruction} must be signed by the admin key")
+        tx = instructions.build(instruction, texts, signed.account, self.listing)
+        reply = reply_for(tx, texts)
+        received = caller.received
+
+        def go(message: bytes) -> None:
+            self._submit(caller, req_id, msgspec.structs.replace(tx, auth=signed.auth(message)), reply, received)
+
+        caller.verified(req_id, signed, go)
+
+    # ------------------------------------------------------------------ order entry
+
+    @_request
+    def orderExecute(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        self._transaction(caller, req_id, texts, sig, "orderExecute", lambda tx, texts: self._order_reply(tx))
+
+    def _order_reply(self, tx: PlaceOrder) -> Callable[[Replies, Any, list], None]:
+        fmt = self.fmt
+        node = self.node
+
+        def reply(replies: Replies, req_id: Any, events: list) -> None:
+            status = None
+            reason = ""
+            executed = executed_quote = 0
+            fills = []
+            oid = events[0].seq if events else 0
+            for ev in events:
+                cls = ev.__class__
+                if cls is TxRejected:
+                    return replies.error(req_id, ev.code, ev.message)
+                if cls is Fill and ev.taker_order == oid:
+                    executed += ev.quantity
+                    executed_quote += ev.quote
+                    fills.append({
+                        "tradeId": ev.trade_id, "price": fmt.price(tx.symbol, ev.price),
+                        "quantity": fmt.qty(tx.symbol, ev.quantity), "fee": fmt.quote(tx.symbol, ev.taker_fee),
+                        "feeSymbol": fmt.markets[tx.symbol].quote, "isMaker": False,
+                    })
+                elif cls is OrderDone and ev.order_id == oid:
+                    status, reason = ev.status, ev.reason
+            if status is None:
+                status = PARTIALLY_FILLED if executed else NEW
+            result = fmt.order(tx.symbol, oid, tx.client_id, tx.side, tx.price, tx.quantity, executed, executed_quote,
+                               status, order_type=tx.order_type, tif=tx.tif, stp=tx.stp, post_only=tx.post_only,
+                               quote_quantity=tx.quote_quantity, created_us=node.block_timestamp)
+            result["fills"] = fills
+            if status == REJECTED or reason:
+                result["reason"] = reason
+            replies.result(req_id, result)
+
+        return reply
+
+    @_request
+    def orderCancel(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        self._transaction(caller, req_id, texts, sig, "orderCancel", lambda tx, texts: self._cancel_reply(False))
+
+    @_request
+    def orderCancelAll(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        self._transaction(caller, req_id, texts, sig, "orderCancelAll", lambda tx, texts: self._cancel_reply(True))
+
+    def _cancel_reply(self, many: bool) -> Callable[[Replies, Any, list], None]:
+        fmt = self.fmt
+
+        def reply(replies: Replies, req_id: Any, events: list) -> None:
+            orders = []
+            for ev in events:
+                if ev.__class__ is TxRejected:
+                    return replies.error(req_id, ev.code, ev.message)
+                if ev.__class__ is OrderDone:
+                    orders.append(fmt.order(ev.symbol, ev.order_id, ev.client_id, ev.side, ev.price, ev.quantity,
+                                            ev.executed_quantity, ev.executed_quote, ev.status, created_us=ev.created))
+            replies.result(req_id, orders if many else orders[0])
+
+        return reply
+
+    # ------------------------------------------------------------------ admin
+
+    def _admin_reply(self, result: Mapping[str, str]) -> Callable[[Replies, Any, list], None]:
+        def reply(replies: Replies, req_id: Any, events: list) -> None:
+            for ev in events:
+                if ev.__class__ is TxRejected:
+                    return replies.error(req_id, ev.code, ev.message)
+            replies.result(req_id, result)
+
+        return reply
+
+    @_request
+    def adminSetTrading(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        self._transaction(caller, req_id, texts, sig, "adminSetTrading", lambda tx, texts: self._admin_reply(texts))
+
+    @_request
+    def adminSetFees(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        self._transaction(caller, req_id, texts, sig, "adminSetFees", lambda tx, texts: self._admin_reply(texts))
+
+    @_request
+    def deposit(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        self._transaction(caller, req_id, texts, sig, "deposit",
+                          lambda tx, texts: self._admin_reply({**texts, "status": "Confirmed"}))
+
+    # ------------------------------------------------------------------ queries
+
+    @_request
+    def orderQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        signed = self.check_signature("orderQuery", texts, sig)
+        sym, order_id, client_id = instructions.order_ref(typed(texts, instructions.OrderRefParams), self.listing)
+        replies = caller.replies
+
+        def reply(answers: list) -> None:
+            view = answers[0]
+            if view is None:
+                replies.error(req_id, RESOURCE_NOT_FOUND, "Order not found")
+            else:
+                replies.result(req_id, self.fmt.resting(sym, view))
+
+        query = Query(sym, OrderOf(signed.account, order_id, client_id))
+        caller.verified(req_id, signed, lambda m: self._read([query], reply))
+
+    @_request
+    def orderQueryAll(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """Resting orders, oldest first per market, a page at a time (``limit``/``offset``)."""
+        signed = self.check_signature("orderQueryAll", texts, sig)
+        params = typed(texts, OptionalSymbolParams)
+        symbols = [params.symbol] if params.symbol else list(self.listing.markets)
+        for s in symbols:
+            self.listing.check_symbol(s)
+        page = self.max_page
+        limit = instructions.uint(params.limit, "limit", page + 1) if params.limit is not None else page
+        offset = instructions.uint(params.offset, "offset") if params.offset is not None else 0
+        replies = caller.replies
+
+        def reply(answers: list) -> None:
+            views = [(s, v) for s, vs in zip(symbols, answers) for v in vs][offset:offset + limit]
+            replies.result(req_id, [self.fmt.resting(s, v) for s, v in views])
+
+        queries = [Query(s, OpenOrders(signed.account)) for s in symbols]
+        caller.verified(req_id, signed, lambda m: self._read(queries, reply))
+
+    @_request
+    def balanceQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        signed = self.check_signature("balanceQuery", texts, sig)
+        typed(texts, NoParams)
+        replies = caller.replies
+
+        def reply(answers: list) -> None:
+            balances = answers[0]
+            fmt = self.fmt
+            replies.result(req_id, {
+                a: {"available": fmt.asset(a, free), "locked": fmt.asset(a, held), "staked": "0"}
+                for a, (free, held) in sorted(balances.items())
+            })
+
+        caller.verified(req_id, signed, lambda m: self._read([Query("risk", BalancesOf(signed.account))], reply))
+
+    @_request
+    def ledgerTotals(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """Per asset: deposits, withdrawals, fees collected and the sum of all balances,
+        so anyone can check that deposits - withdrawals = balances + fees."""
+        replies = caller.replies
+
+        def reply(answers: list) -> None:
+            ledger = answers[0]
+            fmt = self.fmt
+            replies.result(req_id, {
+                a: {"deposits": fmt.asset(a, dep), "withdrawals": "0", "fees": fmt.asset(a, fees),
+                    "balances": fmt.asset(a, bal)}
+                for a, (dep, fees, bal) in sorted(ledger.items())
+            })
+
+        self._read([Query("risk", LedgerOf())], reply)
+
+    @_request
+    def nodeStats(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """Per-stage latency percentiles (us) since the node started or was last reset
+        (``{"reset": true}``, signed by the admin key); see ``satchel.latency``."""
+        latency = self.node.latency
+        result = {"stages": latency.summary(), **self.stats()}
+        if texts.get("reset") != "true":
+            caller.replies.result(req_id, result)
+            return
+        signed = self.check_signature("nodeStats", texts, sig)
+        if signed.account != self.node.admin.api_key:
+            raise RequestError(UNAUTHORIZED, "reset must be signed by the admin key")
+
+        def go(message: bytes) -> None:
+            latency.reset()
+            caller.replies.result(req_id, result)
+
+        caller.verified(req_id, signed, go)
+
+    @_request
+    def depth(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        params = typed(texts, instructions.SymbolParams)
+        self.listing.check_symbol(params.symbol)
+        caller.replies.result(req_id, self.marketdata.snapshot(params.symbol))
