@@ -3,6 +3,8 @@ whose signature does not hold; ``satchel incident`` says who gained and who lost
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from satchel.tools.client import connect
 from satchel.verify.incident import investigate
 from satchel.ledger.journal import Journal, read_records
 from satchel.core.messages import Block, PlaceOrder, block_decoder, block_encoder
+from satchel.ledger.chain import header_hash
 from satchel.ledger.replication import Replicator
 from satchel.signing import Keypair
 from satchel.verify.validator import Divergence, Validator, validator_key
@@ -57,18 +60,23 @@ async def forge(server, tmp_path) -> SimpleNamespace:
     assert len(gained) == 4  # alice: +SOL -USDC, bob: -SOL +USDC
 
     records = list(read_records(tmp_path / "data" / "journal"))
-    out, bad = [], None
+    out, bad, prev = [], None, None
     for payload in records:
         block = block_decoder.decode(payload)
+        txs = list(block.txs)
         for i, tx in enumerate(block.txs):
             if isinstance(tx, PlaceOrder) and tx.account == alice.api_key:
                 sig = tx.auth.signature
-                txs = list(block.txs)
                 txs[i] = msgspec.structs.replace(tx, auth=msgspec.structs.replace(tx.auth, signature=bytes([sig[0] ^ 1]) + sig[1:]))
-                # the header commits to the block's events, not its signatures: nothing else changes
-                payload = block_encoder.encode(Block(block.header, txs))
                 bad = SimpleNamespace(height=block.header.height, seq=block.header.first_seq + i)
-        out.append((block_decoder.decode(payload).header.height, payload))
+        if bad is not None:
+            # a node that lies rewrites its chain from there on: the header commits to the
+            # transactions, and each later header to the one before it
+            header = msgspec.structs.replace(block.header, txs_hash=hashlib.sha256(block_encoder.encode(txs)).digest(),
+                                             prev_hash=header_hash(prev) if prev is not None else block.header.prev_hash)
+            payload = block_encoder.encode(Block(header, txs))
+        prev = block_decoder.decode(payload).header
+        out.append((prev.height, payload))
     assert bad is not None
     journal = Journal(tmp_path / "forged" / "journal")
     list(journal.recover())

@@ -171,3 +171,29 @@ def test_serve_on_a_corrupt_journal_exits_3_with_one_line(tmp_path):
         errors = [line for line in out.stderr.splitlines() if "refused_journal" in line]
         assert len(errors) == 1 and f"{seg}" in errors[0] and "offset 8" in errors[0], out.stderr
         assert "Traceback" not in out.stderr
+
+
+async def test_a_journaled_transaction_changed_after_the_fact_is_refused(tmp_path):
+    """The header commits to the block's transaction bytes, so the hash chain binds them."""
+    import msgspec
+
+    from satchel.core.messages import Block, block_encoder
+    from satchel.ledger.chain import DivergedError
+
+    data = tmp_path / "data"
+    await run_node(data, workload)
+    seg = segment(data)
+    records = list(read_records(data / "journal"))
+    block = block_decoder.decode(records[1])  # a deposit block after genesis
+    i, tx = next((i, tx) for i, tx in enumerate(block.txs) if isinstance(tx, Deposit))
+    txs = list(block.txs)
+    txs[i] = msgspec.structs.replace(tx, amount=tx.amount * 2)
+    forged = block_encoder.encode(Block(block.header, txs))  # same header, other transactions
+    raw = seg.read_bytes()
+    at = raw.index(records[1]) - 8
+    import struct
+    import zlib
+
+    seg.write_bytes(raw[:at] + struct.pack("<II", len(forged), zlib.crc32(forged)) + forged + raw[at + 8 + len(records[1]):])
+    with pytest.raises(DivergedError, match="transactions do not match the header's commitment"):
+        await replay(data)

@@ -28,7 +28,7 @@ def write_journal(data, blocks: int, pad: int = 0, segment_bytes: int = 64 << 20
     """Blocks 1..n that only need to frame and decode as far as their header."""
     journal = Journal(data / "journal", segment_bytes)
     list(journal.recover())
-    journal.append([(h, block_encoder.encode(Block(BlockHeader(h, h, h, b"", 1, 1, b""),
+    journal.append([(h, block_encoder.encode(Block(BlockHeader(h, h, h, b"", 1, 1, b"", b""),
                                                    [Deposit("admin", "x" * pad or "acct", "USDC", h)])))
                     for h in range(1, blocks + 1)])
     journal.close()

@@ -427,6 +427,7 @@ class BlockHeader(msgspec.Struct, array_like=True, frozen=True):
     rules_version: int
     tx_count: int
     events_hash: bytes  # sha256 of the msgpack-encoded event list
+    txs_hash: bytes  # sha256 of the record's msgpack-encoded transaction list, exactly as journaled
 
 
 class Block(msgspec.Struct, array_like=True, frozen=True):

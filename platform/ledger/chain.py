@@ -35,6 +35,15 @@ class DivergedError(RuntimeError):
     """The journal disagrees with this code's replay of it: stop, never guess."""
 
 
+def decode_block(payload: bytes) -> Block:
+    """A journal record as a block, once its transactions match the header's commitment:
+    the hash chain then binds every journaled transaction, not only the events."""
+    raw = header_decoder.decode(payload)
+    if hashlib.sha256(raw.txs).digest() != raw.header.txs_hash:
+        raise DivergedError(f"block {raw.header.height}: its transactions do not match the header's commitment")
+    return block_decoder.decode(payload)
+
+
 def header_hash(header: BlockHeader) -> bytes:
     return hashlib.sha256(_hash_encoder.encode(header)).digest()
 
@@ -90,9 +99,11 @@ class Chain:
     async def extend(self, item: Stamped) -> "Applied":
         events = await self.engine.apply(item.first_seq, item.timestamp, item.txs)
         ev_bytes = events_encoder.encode(events)
+        txs_bytes = block_encoder.encode(item.txs)
         header = BlockHeader(item.height, item.first_seq, item.timestamp, self.prev_hash, RULES_VERSION, len(item.txs),
-                             hashlib.sha256(ev_bytes).digest())
-        payload = block_encoder.encode(Block(header, item.txs))
+                             hashlib.sha256(ev_bytes).digest(), hashlib.sha256(txs_bytes).digest())
+        # the transactions' bytes go into the record as they were hashed
+        payload = block_encoder.encode(Block(header, msgspec.Raw(txs_bytes)))
         self.advance(header)
         return Applied(item, header, payload, events, ev_bytes)
 
@@ -148,7 +159,7 @@ async def recover_chain(chain: Chain, data: Path, records: Iterable[bytes], use_
             if h.height > snap.height + 1:
                 raise DivergedError(f"journal skips from before height {snap.height} to {h.height}")
             covered = True  # the block after the snapshot: replay checks that it extends it
-        await chain.replay(block_decoder.decode(payload))
+        await chain.replay(decode_block(payload))
     gap = False
     if not covered:
         torn = journal is not None and journal.torn is not None
@@ -168,7 +179,7 @@ async def replay(data: str | Path) -> tuple[int, int, str]:
         async with trio.open_nursery() as actors:
             chain = Chain(Engine(actors))
             for payload in read_records(Path(data) / "journal"):
-                await chain.replay(block_decoder.decode(payload))
+                await chain.replay(decode_block(payload))
             state = await chain.engine.state_hash()
             actors.cancel_scope.cancel()
     return chain.height, chain.txs, state

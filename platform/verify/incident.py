@@ -30,9 +30,9 @@ from satchel.ledger import snapshots
 from satchel.core.amounts import format_units
 from satchel.core.engine import Engine
 from satchel.ledger.journal import read_records
-from satchel.core.messages import Block, block_decoder, header_decoder
+from satchel.core.messages import Block, header_decoder
 from satchel.core.state import EngineState, state_decoder
-from satchel.ledger.chain import Chain, DivergedError
+from satchel.ledger.chain import Chain, DivergedError, decode_block
 
 
 def _balances(state: EngineState) -> dict[tuple[str, str], int]:
@@ -87,7 +87,7 @@ async def _replay_to(chain: Chain, data: Path, journal: Path, height: int, from_
             continue
         if h > height:
             break
-        await chain.replay(block_decoder.decode(payload))  # checks the canonical commitments
+        await chain.replay(decode_block(payload))  # checks the canonical commitments
     if chain.height != height:
         raise DivergedError(f"journal ends at {chain.height}, before the divergent height {height}")
     return base.height if base else 0
@@ -129,7 +129,7 @@ async def investigate(data: str | Path, from_snapshot: int | None = None) -> dic
                                     f"re-run the validator with this version")
         bad = set(divergence["bad_seqs"])
         diverged, canonical, base = await signature_states(
-            data, journal, block_decoder.decode(block_file.read_bytes()), bad, from_snapshot)
+            data, journal, decode_block(block_file.read_bytes()), bad, from_snapshot)
         diverged_hash = snapshots.encode_state(diverged)[1]
         extra["left_out_seqs"] = sorted(bad)
     else:

@@ -38,9 +38,9 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from satchel.core import instructions
 from satchel.core.engine import Engine, events_hash
-from satchel.core.messages import Block, block_decoder, events_decoder, events_encoder
+from satchel.core.messages import Block, events_decoder, events_encoder
 from satchel.ledger import snapshots
-from satchel.ledger.chain import Chain, header_hash, recover_chain
+from satchel.ledger.chain import Chain, decode_block, header_hash, recover_chain
 from satchel.ledger.journal import Journal, read_records
 from satchel.ledger.replication import POLICY_VIOLATION, hello
 from satchel.runtime import tune_gc
@@ -223,7 +223,7 @@ class Validator:
         return height
 
     async def _one(self, payload: bytes, node_events: Any, node_state: str | None, journal: Journal | None) -> None:
-        block = block_decoder.decode(payload)
+        block = decode_block(payload)
         try:
             await self.apply(block, node_events, node_state, payload, journal)
         except Divergence as d:
