@@ -68,10 +68,9 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from hypothesis import seed as hypothesis_seed
 from nacl.bindings import crypto_sign_open
 from trio_websocket import ConnectionClosed, HandshakeError, connect_websocket_url
-from wsproto.events import BytesMessage, TextMessage
-from wsproto.utilities import LocalProtocolError
 
 from satchel.core.messages import StateHashOf
+from satchel.gateway.wire import send_frames
 from satchel.signing import Keypair, sign_request
 
 SOFT_MAX = 16_384  # [gateway] max_frame_bytes: above it PAYLOAD_TOO_LARGE, connection stays
@@ -1582,26 +1581,10 @@ class FuzzConn:
                 self.stats.accepted += 1
 
     async def send_many(self, frames: list[tuple[bool, bytes | str]]) -> None:
-        """Frames in order with as few socket writes as possible (as satchel.gateway.wire does)."""
-        ws = self.ws
-        wsp, stream, lock = getattr(ws, "_wsproto", None), getattr(ws, "_stream", None), getattr(ws, "_stream_lock", None)
-        if wsp is None or stream is None or lock is None:
-            for binary, data in frames:
-                await ws.send_message(data)
-            return
-        for i in range(0, len(frames), 64):
-            if ws._close_reason:
-                raise ConnectionClosed(ws._close_reason)
-            try:
-                chunk = b"".join(wsp.send(BytesMessage(data=d) if b else TextMessage(data=d)) for b, d in frames[i:i + 64])
-            except LocalProtocolError:  # closed meanwhile
-                raise ConnectionClosed(ws._close_reason) from None
-            async with lock:
-                try:
-                    await stream.send_all(chunk)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    await ws._abort_web_socket()
-                    raise ConnectionClosed(ws._close_reason) from None
+        """Frames in order with as few socket writes as possible (the gateway's own writer)."""
+        for k in range(0, len(frames), 64):
+            await send_frames(self.ws, [d if binary else (d if isinstance(d, str) else d.decode("utf-8", "surrogatepass"))
+                                        for binary, d in frames[k:k + 64]])
 
     async def run_batch(self, frames: list[Frame], timeout: float = 60) -> list[tuple[str, str]]:
         """Send ``frames`` and a sentinel; wait for the sentinel's reply; return problems."""

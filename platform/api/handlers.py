@@ -63,13 +63,6 @@ class NoParams(msgspec.Struct):
     pass
 
 
-def typed(texts: Mapping[str, str], schema: type) -> Any:
-    try:
-        return msgspec.convert(texts, schema)
-    except msgspec.ValidationError as exc:
-        raise RequestError(INVALID_REQUEST, str(exc)) from exc
-
-
 class Replies(Protocol):
     """Where a caller's answers go; provided by the transport."""
 
@@ -360,7 +353,7 @@ class Api:
     @_request
     def orderQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
         signed = self.check_signature("orderQuery", texts, sig)
-        sym, order_id, client_id = instructions.order_ref(typed(texts, instructions.OrderRefParams), self.listing)
+        sym, order_id, client_id = instructions.order_ref(instructions.params_of(instructions.OrderRefParams, texts), self.listing)
         replies = caller.replies
 
         def reply(answers: list) -> None:
@@ -377,7 +370,7 @@ class Api:
     def orderQueryAll(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
         """Resting orders, oldest first per market, a page at a time (``limit``/``offset``)."""
         signed = self.check_signature("orderQueryAll", texts, sig)
-        params = typed(texts, OptionalSymbolParams)
+        params = instructions.params_of(OptionalSymbolParams, texts)
         symbols = [params.symbol] if params.symbol else list(self.listing.markets)
         for s in symbols:
             self.listing.check_symbol(s)
@@ -396,7 +389,7 @@ class Api:
     @_request
     def balanceQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
         signed = self.check_signature("balanceQuery", texts, sig)
-        typed(texts, NoParams)
+        instructions.params_of(NoParams, texts)
         replies = caller.replies
 
         def reply(answers: list) -> None:
@@ -447,6 +440,6 @@ class Api:
 
     @_request
     def depth(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
-        params = typed(texts, instructions.SymbolParams)
+        params = instructions.params_of(instructions.SymbolParams, texts)
         self.listing.check_symbol(params.symbol)
         caller.replies.result(req_id, self.marketdata.snapshot(params.symbol))

@@ -210,14 +210,14 @@ class Engine:
     async def _match(self, work: _Work) -> None:
         routed = work.routed
         # fan out to every book with work, gather in listing order
-        active = [self.books[sym] for sym in self.markets if sym in routed]
+        active = [sym for sym in self.markets if sym in routed]
         if not active:
             return
-        for sym, box in zip([s for s in self.markets if s in routed], active):
-            await box.send(Match(routed[sym], work.timestamp))
+        for sym in active:
+            await self.books[sym].send(Match(routed[sym], work.timestamp))
         outs = [work.events]
-        for box in active:
-            matched = await box.receive()
+        for sym in active:
+            matched = await self.books[sym].receive()
             outs.append(matched.events)
             if matched.delta is not None:
                 work.deltas.append(matched.delta)

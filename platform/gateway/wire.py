@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
-from wsproto.events import TextMessage
+from wsproto.events import BytesMessage, TextMessage
+from wsproto.utilities import LocalProtocolError
 
 _COALESCE = all(hasattr(WebSocketConnection, a) for a in ("_abort_web_socket",)) and hasattr(
     WebSocketConnection, "send_message"
 )
 
 
-async def send_frames(ws: WebSocketConnection, frames: list[str]) -> None:
-    """Send text frames in order; raises ConnectionClosed like ``send_message``."""
+async def send_frames(ws: WebSocketConnection, frames: list[str | bytes]) -> None:
+    """Send frames in order (str as text, bytes as binary); raises ConnectionClosed like
+    ``send_message``."""
     wsp = getattr(ws, "_wsproto", None)
     stream = getattr(ws, "_stream", None)
     lock = getattr(ws, "_stream_lock", None)
@@ -32,7 +34,10 @@ async def send_frames(ws: WebSocketConnection, frames: list[str]) -> None:
         return
     if ws._close_reason:
         raise ConnectionClosed(ws._close_reason)
-    data = b"".join([wsp.send(TextMessage(data=f)) for f in frames])
+    try:
+        data = b"".join([wsp.send(TextMessage(data=f) if f.__class__ is str else BytesMessage(data=f)) for f in frames])
+    except LocalProtocolError:  # the connection closed meanwhile
+        raise ConnectionClosed(ws._close_reason) from None
     async with lock:
         try:
             await stream.send_all(data)
