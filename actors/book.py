@@ -17,6 +17,12 @@ keys outnumber live levels, so memory stays proportional to the live book.
 Filters applied here, because they need the book's state: tick and step multiples,
 minimum quantity, minimum notional, and the price band around the last trade price
 (limit prices outside it are rejected; market orders do not trade outside it).
+
+A perpetual's book takes its band from the mark price instead (``Match.mark``): a limit
+price must lie within mark x [band_min, band_max]; and a taker fills only up to the
+impact bound -- best ask x impact_max for a bid, best bid x impact_min for an ask, both
+as the order arrives -- the rest expires (reason ``ImpactBound``) rather than resting
+in a crossed book.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from heapq import heapify, heappop, heappush
 from satchel.core.amounts import fee as fee_of
 from satchel.core.errors import Code
 from satchel.core.messages import (
+    PPB,
     ASK,
     BID,
     CANCELLED,
@@ -116,6 +123,7 @@ class Book:
         self._by_account: dict[str, dict[int, None]] = {}
         self._changed: tuple[dict[int, None], dict[int, None]] = ({}, {})
         self._now = 0  # the current block's timestamp, us
+        self._mark = 0  # a perp's mark for this block (0: none yet)
 
     # ------------------------------------------------------------------ public
 
@@ -127,6 +135,7 @@ class Book:
     def _run(self, msg: Match) -> Matched:
         """Apply one block's commands in order: their events and the levels they changed."""
         self._now = msg.timestamp
+        self._mark = msg.mark
         out: list = []
         last_seq = 0
         for cmd in msg.commands:
@@ -148,8 +157,13 @@ class Book:
             asks = [(k, asks_lv[k].total if k in asks_lv else 0) for k in changed_asks]
             changed_bids.clear()
             changed_asks.clear()
-            return Matched(out, DepthDelta(last_seq, self.spec.symbol, self.update_id, bids, asks))
-        return Matched(out, None)
+            return Matched(out, DepthDelta(last_seq, self.spec.symbol, self.update_id, bids, asks), self._top())
+        return Matched(out, None, self._top())
+
+    def _top(self) -> tuple[int, int, int]:
+        bid = self._best_key(BID)
+        ask = self._best_key(ASK)
+        return (-bid if bid is not None else 0, ask if ask is not None else 0, self.last_price)
 
     def _open_orders(self, msg: OpenOrders) -> list[tuple]:
         """Snapshots of an account's resting orders, oldest first (see ``_view``)."""
@@ -227,16 +241,22 @@ class Book:
                 return self._reject(seq, tx, "InvalidQuantity", out)
             if price * tx.quantity * spec.notional_mult < spec.min_notional:
                 return self._reject(seq, tx, "BelowMinNotional", out)
-            band = self._band
-            if band is not None and abs(price - self.last_price) > band:
-                return self._reject(seq, tx, "PriceOutOfBand", out)
+            perp = spec.perp
+            if perp is not None:
+                mark = self._mark
+                if mark and not mark * perp.band_min <= price * PPB <= mark * perp.band_max:
+                    return self._reject(seq, tx, "PriceOutOfBand", out)
+            else:
+                band = self._band
+                if band is not None and abs(price - self.last_price) > band:
+                    return self._reject(seq, tx, "PriceOutOfBand", out)
         else:
             if tx.quantity and (tx.quantity < spec.min_quantity or tx.quantity % spec.step):
                 return self._reject(seq, tx, "InvalidQuantity", out)
             if not tx.quantity and tx.quote_quantity < spec.min_notional:
                 return self._reject(seq, tx, "BelowMinNotional", out)
             band = self._band
-            if band is not None:
+            if band is not None and spec.perp is None:
                 # in opposite-side keys: asks are keyed +price, bids -price
                 limit_key = self.last_price + band if side == BID else -(self.last_price - band)
             else:
@@ -254,6 +274,10 @@ class Book:
         out.append(
             OrderAccepted(seq, seq, tx.account, tx.symbol, side, tx.order_type, tx.tif, price, tx.quantity, tx.quote_quantity, tx.client_id, tx.post_only)
         )
+        impact_key = self._impact_key(side) if spec.perp is not None else None
+        order_key = limit_key
+        if impact_key is not None and impact_key < limit_key:
+            limit_key = impact_key
         want = entry.qty_cap
         if tx.tif == FOK and not self._fok_fillable(tx, limit_key, want, entry.quote_cap):
             out.append(OrderDone(seq, seq, tx.account, tx.symbol, tx.client_id, side, price, tx.quantity, EXPIRED, "FillOrKill",
@@ -272,12 +296,26 @@ class Book:
             status, reason = CANCELLED, halt
         elif taker.remaining == 0 or (tx.quote_quantity and self._capped):
             status, reason = FILLED, ""
+        elif limit_key != order_key and (self._best_key(ASK if side == BID else BID) or _NO_LIMIT) <= order_key:
+            status, reason = EXPIRED, "ImpactBound"  # resting would cross the book beyond the bound
         elif not is_limit or tx.tif != GTC:
             status, reason = EXPIRED, ""
         else:
             self._rest(taker)
             return
         self._done(seq, taker, status, reason, out)
+
+    def _impact_key(self, side: int) -> int | None:
+        """The furthest a taker on ``side`` may fill, in opposite-side keys (None: no bound)."""
+        perp = self.spec.perp
+        if side == BID:
+            best = self._best_key(ASK)
+            return None if best is None else best * perp.impact_max // PPB
+        best = self._best_key(BID)
+        if best is None:
+            return None
+        floor_price = -(best * perp.impact_min // PPB)  # best bid x impact_min, rounded up (best is -bid)
+        return -floor_price
 
     def _best_key(self, side: int) -> int | None:
         heap = self._heaps[side]

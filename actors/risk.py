@@ -1,14 +1,12 @@
-"""Balances, holds and fees: the risk actor (it grows into the margin engine later).
+"""The spot parts of the margin engine (``margin``): ledger, permissions, spot holds.
 
 State: per account and asset a ``Balance`` (free, held); per open order a ``Hold`` (the
-amount still held for it); fees collected per asset. ``StateOf`` answers a
-``core.state.RiskState``; ``Restore`` takes one back.
+amount still held for it); fees collected per asset.
 
-The actor composes three parts, so a margin policy can replace the spot one without
-touching the ledger: ``Ledger`` (balances, holds, fees, deposits -- every movement of
-value, and conservation), ``Permissions`` (who may trade which market) and a hold
-policy, ``SpotHolds`` (what an order must hold before it reaches the book). It runs
-two phases of every block:
+Three parts, composed by the margin actor: ``Ledger`` (balances, holds, fees, deposits --
+every movement of value, and conservation), ``Permissions`` (who may trade which market)
+and the spot hold policy, ``SpotHolds`` (what a spot order must hold before it reaches
+the book). For spot orders the two phases of every block are:
 
 * ``pretrade`` -- in sequence order, credits deposits and, for each new order, takes
   the hold the order could need at worst, or rejects it with ``InsufficientFunds``.
@@ -29,47 +27,11 @@ from __future__ import annotations
 import msgspec
 
 from satchel.core.amounts import MAX_UNITS
-from satchel.core.errors import Code
 from satchel.core.messages import (
-    ASK,
-    BID,
-    FOK,
-    GTC,
-    IOC,
-    LIMIT,
-    MARKET,
-    REJECT_BOTH,
-    REJECT_MAKER,
-    REJECT_TAKER,
-    AssetSpec,
-    BalanceChanged,
-    CancelAll,
-    CancelOrder,
-    Deposit,
-    BalanceOf,
-    BalancesOf,
-    Deposited,
-    Entry,
-    Fill,
-    LedgerOf,
-    ListAssetSpec,
-    ListMarketSpec,
-    MarketSpec,
-    OrderDone,
-    PlaceOrder,
-    PreTrade,
-    PreTraded,
-    Restore,
-    SetPermission,
-    Settle,
-    Settled,
-    StateOf,
-    Totals,
-    TxRejected,
+    ASK, BID, FOK, GTC, IOC, LIMIT, MARKET, REJECT_BOTH, REJECT_MAKER, REJECT_TAKER, Entry, MarketSpec, PlaceOrder,
     order_rejected,
 )
-from satchel.core.actor import dispatcher
-from satchel.core.state import AccountBalances, AccountRules, AssetAmount, AssetBalance, HoldState, RiskState
+from satchel.core.state import AccountBalances, AccountRules, AssetBalance, HoldState, RiskState
 
 
 class Balance(msgspec.Struct, gc=False):
@@ -358,141 +320,3 @@ class SpotHolds:
             return None
         ledger.hold(seq, tx.account, asset, bal, need)
         return Entry(seq, tx, qty_cap, quote_cap)
-
-
-class Risk:
-    """The actor: configuration, the pre-trade and settlement phases, and reads, over a
-    ``Ledger``, its ``Permissions`` and a hold policy."""
-
-    def __init__(self) -> None:
-        self.assets: dict[str, AssetSpec] = {}
-        self.markets: dict[str, MarketSpec] = {}
-        self.ledger = Ledger()
-        self.permissions = Permissions()
-        self.policy = SpotHolds(self.ledger)
-
-    # ------------------------------------------------------------------ configuration
-
-    def _list_asset(self, msg: ListAssetSpec) -> None:
-        spec = msg.spec
-        self.assets[spec.symbol] = spec
-        self.ledger.list_asset(spec.symbol)
-
-    def _list_market(self, msg: ListMarketSpec) -> None:
-        spec = msg.spec
-        self.markets[spec.symbol] = spec
-        self.policy.list_market(spec)
-
-    def _set_permission(self, msg: SetPermission) -> None:
-        """Admin: spot trading on/off for an account (one market or all) or a market."""
-        self.permissions.set(msg.account, msg.symbol, msg.enabled)
-
-    # ------------------------------------------------------------------ queries
-
-    def _balance_of(self, msg: BalanceOf) -> tuple[int, int]:
-        return self.ledger.balance(msg.account, msg.asset)
-
-    def _balances_of(self, msg: BalancesOf) -> dict[str, tuple[int, int]]:
-        return self.ledger.balances_of(msg.account)
-
-    def _totals(self, msg: Totals) -> dict[str, int]:
-        return self.ledger.totals()
-
-    def _ledger(self, msg: LedgerOf) -> dict[str, tuple[int, int, int]]:
-        return self.ledger.summary()
-
-    def _state(self, msg: StateOf) -> RiskState:
-        ledger = self.ledger
-        return RiskState(
-            balances=ledger.balance_rows(),
-            holds=ledger.hold_rows(),
-            fees=[AssetAmount(a, v) for a, v in sorted(ledger.fees.items())],
-            deposits=[AssetAmount(a, v) for a, v in sorted(ledger.deposits.items())],
-            accounts_off=self.permissions.account_rows(),
-            markets_off=sorted(self.permissions.markets_off),
-        )
-
-    def _restore(self, msg: Restore) -> None:
-        """Rebuild balances, holds, fees and permissions from a ``RiskState``."""
-        self.ledger.restore(msg.state)
-        self.permissions.restore(msg.state)
-
-    # ------------------------------------------------------------------ phase 1
-
-    def _pretrade(self, msg: PreTrade) -> PreTraded:
-        """Hold funds for new orders, credit deposits; route book commands by market."""
-        batch = msg.batch
-        out: list = []
-        routed: dict[str, list] = {}
-        markets = self.markets
-        permission = self.permissions.check
-        hold = self.policy.hold
-        ledger = self.ledger
-        for seq, tx in batch:
-            cls = tx.__class__
-            if cls is PlaceOrder:
-                spec = markets.get(tx.symbol)
-                if spec is None:
-                    out.append(TxRejected(seq, tx.account, Code.INVALID_SYMBOL, f"Unknown symbol {tx.symbol}"))
-                    continue
-                bad = _malformed(tx) or permission(tx.account, tx.symbol)
-                if bad:
-                    out.append(order_rejected(seq, tx, bad))
-                    continue
-                entry = hold(seq, tx, spec, out)
-                if entry is not None:
-                    cmds = routed.get(tx.symbol)
-                    if cmds is None:
-                        cmds = routed[tx.symbol] = []
-                    cmds.append(entry)
-            elif cls is CancelOrder or cls is CancelAll:
-                if tx.symbol not in markets:
-                    out.append(TxRejected(seq, tx.account, Code.INVALID_SYMBOL, f"Unknown symbol {tx.symbol}"))
-                    continue
-                cmds = routed.get(tx.symbol)
-                if cmds is None:
-                    cmds = routed[tx.symbol] = []
-                cmds.append((seq, tx))
-            elif cls is Deposit:
-                if tx.asset not in self.assets or not 0 < tx.amount <= MAX_UNITS - ledger.deposits[tx.asset]:
-                    out.append(TxRejected(seq, tx.account, Code.INVALID_DEPOSIT, "Unknown asset or non-positive amount"))
-                    continue
-                ledger.deposit(tx.account, tx.asset, tx.amount)
-                out.append(Deposited(seq, tx.account, tx.asset, tx.amount))
-        return PreTraded(routed, out)
-
-    # ------------------------------------------------------------------ phase 3
-
-    def _settle(self, msg: Settle) -> Settled:
-        """Apply fills and releases in event order; the block's balance changes."""
-        events, last_seq = msg.events, msg.last_seq
-        out: list = []
-        ledger = self.ledger
-        markets = self.markets
-        fill = ledger.fill
-        release = ledger.release
-        for ev in events:
-            cls = ev.__class__
-            if cls is Fill:
-                spec = markets[ev.symbol]
-                if ev.taker_side == BID:
-                    fill(spec, ev.taker_account, ev.taker_order, ev.taker_fee, ev.maker_account, ev.maker_order,
-                         ev.maker_fee, ev.quantity * spec.base_mult, ev.quote)
-                else:
-                    fill(spec, ev.maker_account, ev.maker_order, ev.maker_fee, ev.taker_account, ev.taker_order,
-                         ev.taker_fee, ev.quantity * spec.base_mult, ev.quote)
-            elif cls is OrderDone:
-                release(ev.order_id)
-        balances = ledger.balances
-        touched = ledger.touched
-        for account, asset in touched:
-            bal = balances[account][asset]
-            out.append(BalanceChanged(last_seq, account, asset, bal.free, bal.held))
-        touched.clear()
-        return Settled(out)
-
-    handle = dispatcher({
-        PreTrade: _pretrade, Settle: _settle, ListAssetSpec: _list_asset, ListMarketSpec: _list_market,
-        SetPermission: _set_permission, BalanceOf: _balance_of, BalancesOf: _balances_of, Totals: _totals,
-        LedgerOf: _ledger, StateOf: _state, Restore: _restore,
-    })

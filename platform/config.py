@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from satchel.signing import Keypair
 
 from satchel.core.amounts import decimals_of, to_units
-from satchel.core.messages import AssetSpec, ListAsset, ListMarket, MarketSpec, SetAdmin
+from satchel.core.messages import AssetSpec, ListAsset, ListMarket, MarginSpec, MarketSpec, PerpSpec, SetAdmin, SetMargin
 
 
 DEFAULTS = Path(__file__).with_name("defaults.toml")
@@ -53,6 +53,28 @@ class GatewaySettings(msgspec.Struct, frozen=True):
 class AssetConfig(msgspec.Struct, frozen=True):
     symbol: str
     decimals: int
+    collateral_weight: str = "0"  # fraction of its value that counts as collateral
+    haircut_penalty: str = "0"  # the weight shrinks with size: min(weight, 1.1 / (penalty * sqrt(notional) + 1))
+
+
+class PerpConfig(msgspec.Struct, frozen=True):
+    """A perpetual's risk parameters as people write them (fractions as decimals)."""
+
+    imf_base: str = "0.02"
+    imf_factor: str = "0.0001275"
+    mmf_base: str = "0.0125"
+    mmf_factor: str = "0.0000765"
+    max_leverage: int = 50
+    open_interest_limit: str = "1000000"  # in the base asset
+    band_min: str = "0.9"  # limit prices within mark * [band_min, band_max]
+    band_max: str = "1.1"
+    impact_max: str = "1.05"  # a taker bid fills no higher than best ask * impact_max
+    impact_min: str = "0.95"
+    mark_band: str = "0.05"  # the mark stays within index +- index * mark_band
+    funding_interval_s: int = 3600
+    funding_floor: str = "-0.01"  # per interval (100 bps)
+    funding_cap: str = "0.01"
+    stale_index_s: int = 30
 
 
 class MarketConfig(msgspec.Struct, frozen=True):
@@ -66,6 +88,19 @@ class MarketConfig(msgspec.Struct, frozen=True):
     maker_fee_bps: int = 0
     taker_fee_bps: int = 0
     price_band_bps: int = 0
+    perp: PerpConfig | None = None
+
+
+class MarginConfig(msgspec.Struct, frozen=True):
+    settle_interval_s: int = 10
+    sample_interval_s: int = 1
+    open_interest_interval_s: int = 60
+    liquidation_fee_bps: int = 50
+    liquidation_slice: str = "0.25"
+    autoclose_divisor: int = 2
+    autoclose_offset: str = "0.005"
+    backstop: str = ""  # the backstop liquidity account's API key ("" = none)
+    settlement_asset: str = "USDC"
 
 
 class DemoConfig(msgspec.Struct, frozen=True):
@@ -77,14 +112,50 @@ class Config(msgspec.Struct, frozen=True):
     gateway: GatewaySettings = GatewaySettings()
     assets: list[AssetConfig] = []
     markets: list[MarketConfig] = []
+    margin: MarginConfig = MarginConfig()
     demo: DemoConfig = DemoConfig()
 
     def asset_specs(self) -> list[AssetSpec]:
-        return [AssetSpec(a.symbol, a.decimals) for a in self.assets]
+        return [AssetSpec(a.symbol, a.decimals, fraction(a.collateral_weight), fraction(a.haircut_penalty))
+                for a in self.assets]
+
+    def margin_spec(self) -> MarginSpec:
+        m = self.margin
+        return MarginSpec(
+            settle_interval_us=m.settle_interval_s * _SECOND, sample_interval_us=m.sample_interval_s * _SECOND,
+            open_interest_interval_us=m.open_interest_interval_s * _SECOND, liquidation_fee_bps=m.liquidation_fee_bps,
+            liquidation_slice=fraction(m.liquidation_slice), autoclose_divisor=m.autoclose_divisor,
+            autoclose_offset=fraction(m.autoclose_offset), backstop=m.backstop, settlement_asset=m.settlement_asset,
+        )
 
     def market_specs(self) -> list[MarketSpec]:
         decimals = {a.symbol: a.decimals for a in self.assets}
         return [market_spec(m, decimals) for m in self.markets]
+
+
+_SECOND = 1_000_000
+
+
+def fraction(text: str) -> int:
+    """A decimal fraction, possibly negative, as parts per billion ("0.02" -> 20_000_000)."""
+    sign = -1 if text.startswith("-") else 1
+    try:
+        return sign * to_units(text.lstrip("-"), 9)
+    except ValueError as exc:
+        raise ConfigError(f"{text!r} is not a fraction with at most 9 decimals") from exc
+
+
+def perp_spec(p: PerpConfig, qdec: int) -> PerpSpec:
+    if p.max_leverage < 1 or fraction(p.mmf_base) > fraction(p.imf_base) or fraction(p.funding_floor) > fraction(p.funding_cap):
+        raise ConfigError("perp: need max_leverage >= 1, mmf_base <= imf_base, funding_floor <= funding_cap")
+    return PerpSpec(
+        imf_base=fraction(p.imf_base), imf_factor=fraction(p.imf_factor), mmf_base=fraction(p.mmf_base),
+        mmf_factor=fraction(p.mmf_factor), max_leverage=p.max_leverage,
+        open_interest_limit=to_units(p.open_interest_limit, qdec), band_min=fraction(p.band_min),
+        band_max=fraction(p.band_max), impact_max=fraction(p.impact_max), impact_min=fraction(p.impact_min),
+        mark_band=fraction(p.mark_band), funding_interval_us=p.funding_interval_s * _SECOND,
+        funding_floor=fraction(p.funding_floor), funding_cap=fraction(p.funding_cap), stale_index_us=p.stale_index_s * _SECOND,
+    )
 
 
 def market_spec(m: MarketConfig, asset_decimals: dict[str, int]) -> MarketSpec:
@@ -120,6 +191,7 @@ def market_spec(m: MarketConfig, asset_decimals: dict[str, int]) -> MarketSpec:
         price_band_bps=m.price_band_bps,
         notional_mult=10 ** (cdec - pdec - qdec),
         base_mult=10 ** (bdec - qdec),
+        perp=perp_spec(m.perp, qdec) if m.perp is not None else None,
     )
 
 
@@ -134,6 +206,7 @@ def load(path: str | Path | None = None) -> Config:
         raw: dict[str, Any] = tomllib.loads(text)
         cfg = msgspec.convert(raw, Config)
         cfg.market_specs()  # validate now, not at genesis
+        cfg.margin_spec()
     except (tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
         raise ConfigError(f"{path or 'defaults.toml'}: {exc}") from exc
     return cfg
@@ -145,7 +218,7 @@ def genesis(cfg: Config, admin: "str | Keypair") -> list:
     Given the admin ``Keypair`` each is signed by it (what a node writes); given only
     the API key string they are unsigned (engine-level tests).
     """
-    from satchel.core.instructions import market_params
+    from satchel.core.instructions import asset_params, margin_params, market_params
     from satchel.signing import Keypair, auth_for
 
     if isinstance(admin, Keypair):
@@ -153,7 +226,8 @@ def genesis(cfg: Config, admin: "str | Keypair") -> list:
     else:
         key, sign = admin, lambda name, params: None
     txs: list = [SetAdmin(key, sign("setAdmin", {"key": key}))]
-    txs += [ListAsset(key, spec, sign("listAsset", {"symbol": spec.symbol, "decimals": spec.decimals}))
-            for spec in cfg.asset_specs()]
+    txs += [ListAsset(key, spec, sign("listAsset", asset_params(spec))) for spec in cfg.asset_specs()]
     txs += [ListMarket(key, spec, sign("listMarket", market_params(spec))) for spec in cfg.market_specs()]
+    margin = cfg.margin_spec()
+    txs.append(SetMargin(key, margin, sign("setMargin", margin_params(margin))))
     return txs

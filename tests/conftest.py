@@ -62,9 +62,9 @@ class Exchange:
 
 def order(account: str, side: int, price: int = 0, qty: int = 0, *, symbol: str = "SOL_USDC", type: int = LIMIT,
           tif: int = GTC, post_only: bool = False, quote_qty: int = 0, client_id: int | None = None,
-          stp: int = REJECT_TAKER) -> PlaceOrder:
+          stp: int = REJECT_TAKER, reduce_only: bool = False) -> PlaceOrder:
     return PlaceOrder(account, symbol, side, type if price or type == MARKET else MARKET, tif, post_only, price, qty,
-                      quote_qty, client_id, stp)
+                      quote_qty, client_id, stp, reduce_only)
 
 
 def cancel(account: str, order_id: int | None = None, client_id: int | None = None, symbol: str = "SOL_USDC") -> CancelOrder:

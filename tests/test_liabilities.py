@@ -25,7 +25,7 @@ def fake_state(balances: dict) -> EngineState:
     rows = [AccountBalances(acct, [AssetBalance(a, free, held) for a, (free, held) in sorted(assets.items())])
             for acct, assets in sorted(balances.items())]
     return EngineState(
-        rules_version=1, admin="admin", assets=[AssetSpec("SOL", 9), AssetSpec("USDC", 6)], markets=[],
+        rules_version=1, admin="admin", margin=None, assets=[AssetSpec("SOL", 9), AssetSpec("USDC", 6)], markets=[],
         risk=RiskState(balances=rows, holds=[], fees=[], deposits=[], accounts_off=[], markets_off=[]),
         books=[], guard=[], last_seq=0, last_timestamp=0, internal_seq=0, periodic=[],
     )

@@ -5,9 +5,15 @@ For each block (DESIGN §2):
 0. guard -- signed transactions outside their validity window, or whose signature was
    already seen, are rejected (``EXPIRED`` / ``DUPLICATE_REQUEST``); admin transactions
    must name the admin key;
-1. pre-trade -- the risk actor credits deposits and holds funds for new orders;
+1. pre-trade -- the margin actor credits deposits, holds funds for new spot orders and
+   checks perp orders against initial margin;
 2. matching -- each market's book actor matches its share, all markets concurrently;
-3. settlement -- the risk actor applies fills and releases holds.
+3. settlement -- the margin actor applies fills (balances, positions) and releases holds;
+4. periodic, once per block after every part -- the funding actor samples premiums and
+   moves marks (``Mark``); the margin actor pays funding, settles PnL, checks maintenance
+   and fires triggers (``Remark``); the liquidation and trigger orders it generates run
+   through phases 1-3 again, then the margin actor escalates what the book could not
+   resolve (``Escalate``). Other periodic actors (``periodic=``) are ticked too.
 
 Configuration transactions (listing an asset or a market) take effect exactly at their
 sequence number: the block is split around them and the phases run for each part.
@@ -34,19 +40,30 @@ from typing import Any
 import msgspec
 import trio
 
+from satchel.core.amounts import MAX_UNITS
 from satchel.core.actor import Actor, Mailbox, spawn
 from satchel.core.instructions import INSTRUCTIONS
 from satchel.actors.book import Book
-from satchel.actors.risk import Risk
+from satchel.actors.funding import Funding
+from satchel.actors.margin import Margin
 from satchel.core.errors import Code
 from satchel.core.state import EngineState, PeriodicState, SeenSignature
 from satchel.core.messages import (
+    Escalate,
+    ListMarginSpec,
+    Mark,
+    MarkPrice,
+    Remark,
+    SetIndex,
+    SetIndexPrice,
+    SetMargin,
     ConfigChanged,
     Deposit,
     ListAsset,
     ListAssetSpec,
     ListMarket,
     ListMarketSpec,
+    MarginSpec,
     Match,
     MarketSpec,
     PreTrade,
@@ -64,7 +81,7 @@ from satchel.core.messages import (
     events_encoder,
 )
 
-RULES_VERSION = 2
+RULES_VERSION = 3
 # Longest validity window a signed request may ask for (Backpack's maximum). Part of
 # the rules, not the configuration: replay must judge windows exactly as the node did.
 MAX_WINDOW_MS = 60_000
@@ -144,10 +161,15 @@ class Engine:
     def __init__(self, nursery: trio.Nursery, periodic: dict[str, Actor] | None = None):
         self._nursery = nursery
         self.admin: str | None = None
+        self.margin: MarginSpec | None = None
         self.assets: dict[str, Any] = {}
         self.markets: dict[str, Any] = {}
-        self.risk = spawn(nursery, "risk", Risk())  # reached only through its mailbox
+        self.risk = spawn(nursery, "risk", Margin())  # the margin engine; reached only through its mailbox
+        self.funding = spawn(nursery, "funding", Funding())
         self.books: dict[str, Mailbox] = {}
+        self.marks: dict[str, int] = {}  # perp -> mark, as the funding actor last set it (books' price bands)
+        self._tops: dict[str, tuple] = {}  # perp -> (bid, ask, last) of books matched in this block
+        self._now = 0
         # actors ticked once per block after the trading phases (funding, lending, liquidation)
         self.periodic = {name: spawn(nursery, name, actor) for name, actor in sorted((periodic or {}).items())}
         self._guard = Guard()
@@ -160,6 +182,7 @@ class Engine:
     async def apply(self, first_seq: int, timestamp_us: int, txs: list) -> list:
         """Apply one block; returns its events in deterministic order."""
         now_ms = timestamp_us // 1000
+        self._now = timestamp_us
         guard = self._guard
         guard.expire(now_ms)
         events: list = []
@@ -188,8 +211,7 @@ class Engine:
             seq += 1
         if part:
             await self._run_phases(part, events, timestamp_us)
-        if self.periodic:
-            await self._tick(events, timestamp_us)
+        await self._tick(events, timestamp_us, seq - 1)
         self.last_seq = seq - 1
         self.last_timestamp = timestamp_us
         return events
@@ -203,7 +225,7 @@ class Engine:
         events.extend(work.settled)
 
     async def _pretrade(self, work: _Work) -> None:
-        reply = await self.risk.call(PreTrade(work.batch))
+        reply = await self.risk.call(PreTrade(work.batch, work.timestamp))
         work.routed = reply.routed
         work.events = reply.events
 
@@ -213,14 +235,17 @@ class Engine:
         active = [sym for sym in self.markets if sym in routed]
         if not active:
             return
+        marks = self.marks
         for sym in active:
-            await self.books[sym].send(Match(routed[sym], work.timestamp))
+            await self.books[sym].send(Match(routed[sym], work.timestamp, marks.get(sym, 0)))
         outs = [work.events]
         for sym in active:
             matched = await self.books[sym].receive()
             outs.append(matched.events)
             if matched.delta is not None:
                 work.deltas.append(matched.delta)
+            if sym in marks:
+                self._tops[sym] = matched.top
         # each list is already in sequence order: a stable sort of the concatenation
         # merges the runs in C (faster than heapq.merge's generator)
         merged = [ev for out in outs for ev in out]
@@ -230,20 +255,36 @@ class Engine:
     async def _settle(self, work: _Work) -> None:
         work.settled = (await self.risk.call(Settle(work.events, work.batch[-1][0]))).events
 
-    async def _tick(self, events: list, timestamp_us: int) -> None:
-        """The periodic phase: each periodic actor sees the block's time; the orders they
-        generate go through the trading phases again within this block."""
-        orders: list = []
+    async def _tick(self, events: list, timestamp_us: int, last_seq: int) -> None:
+        """The periodic phase: marks and funding, then margin (funding payments, PnL
+        settlement, maintenance, triggers), then other periodic actors; the orders they
+        generate go through the trading phases again within this block, and the margin
+        actor escalates what they could not resolve."""
+        previous = self.last_timestamp
+        marked = await self.funding.call(Mark(timestamp_us, previous, last_seq, self._tops))
+        self._tops = {}
+        events.extend(marked.events)
+        for sym, view in marked.marks.items():
+            self.marks[sym] = view.mark
+        prices = [ev for ev in marked.events if ev.__class__ is MarkPrice]
+        ticked = await self.risk.call(Remark(timestamp_us, previous, last_seq, marked.marks, marked.funding, prices))
+        events.extend(ticked.events)
+        orders: list = list(ticked.orders)
         for box in self.periodic.values():
-            ticked = await box.call(Tick(timestamp_us, self.last_timestamp))
-            events.extend(ticked.events)
-            orders.extend(ticked.orders)
+            other = await box.call(Tick(timestamp_us, previous))
+            events.extend(other.events)
+            orders.extend(other.orders)
         if orders:
             part = []
-            for tx in orders:
-                self.internal_seq += 1
-                part.append((self.internal_seq, tx))
+            for item in orders:
+                if item.__class__ is tuple:  # a trigger keeps its order id
+                    part.append(item)
+                else:
+                    self.internal_seq += 1
+                    part.append((self.internal_seq, item))
             await self._run_phases(part, events, timestamp_us)
+        if orders or ticked.more:
+            events.extend((await self.risk.call(Escalate(last_seq))).events)
 
     # ------------------------------------------------------------------ configuration
 
@@ -276,7 +317,26 @@ class Engine:
     async def _add_market(self, spec: MarketSpec) -> None:
         self.markets[spec.symbol] = spec
         await self.risk.call(ListMarketSpec(spec))
+        await self.funding.call(ListMarketSpec(spec))
         self.books[spec.symbol] = spawn(self._nursery, f"book:{spec.symbol}", Book(spec))
+
+    async def _set_margin(self, seq: int, tx: SetMargin, events: list) -> None:
+        spec = tx.spec
+        if spec.settlement_asset not in self.assets or spec.autoclose_divisor < 0 or spec.settle_interval_us <= 0 \
+                or spec.sample_interval_us <= 0 or spec.open_interest_interval_us <= 0:
+            events.append(TxRejected(seq, tx.admin, Code.INVALID_MARKET, "Bad margin rules"))
+            return
+        self.margin = spec
+        await self.risk.call(ListMarginSpec(spec))
+        await self.funding.call(ListMarginSpec(spec))
+        events.append(ConfigChanged(seq, "margin", spec.settlement_asset, margin=spec))
+
+    async def _set_index(self, seq: int, tx: SetIndex, events: list) -> None:
+        spec = self.markets.get(tx.symbol)
+        if spec is None or spec.perp is None or not 0 < tx.price < MAX_UNITS:
+            events.append(TxRejected(seq, tx.admin, Code.INVALID_SYMBOL, f"{tx.symbol} is not a perpetual market"))
+            return
+        await self.funding.call(SetIndexPrice(seq, self._now, tx))
 
     async def _set_trading(self, seq: int, tx: SetTrading, events: list) -> None:
         if (tx.symbol is not None and tx.symbol not in self.markets) or (tx.account is None and tx.symbol is None):
@@ -320,6 +380,7 @@ class Engine:
         return EngineState(
             rules_version=RULES_VERSION,
             admin=self.admin,
+            margin=self.margin,
             assets=[self.assets[symbol] for symbol in sorted(self.assets)],
             # listing order matters (matching fans out in it), so it is kept, not sorted
             markets=list(self.markets.values()),
@@ -330,6 +391,7 @@ class Engine:
             last_timestamp=self.last_timestamp,
             internal_seq=self.internal_seq,
             periodic=[PeriodicState(name, await box.call(StateOf())) for name, box in self.periodic.items()],
+            funding=await self.funding.call(StateOf()),
         )
 
     async def restore(self, state: EngineState) -> None:
@@ -342,7 +404,14 @@ class Engine:
             await self.risk.call(ListAssetSpec(spec))
         for spec in state.markets:
             await self._add_market(spec)
+        if state.margin is not None:
+            self.margin = state.margin
+            await self.risk.call(ListMarginSpec(state.margin))
+            await self.funding.call(ListMarginSpec(state.margin))
         await self.risk.call(Restore(state.risk))
+        if state.funding is not None:
+            await self.funding.call(Restore(state.funding))
+            self.marks = {row.symbol: row.mark for row in state.funding.markets if row.mark}
         for book_state in state.books:
             await self.books[book_state.symbol].call(Restore(book_state))
         for periodic in state.periodic:
@@ -355,7 +424,7 @@ class Engine:
 
 _CONFIGURE = {
     SetAdmin: Engine._set_admin, ListAsset: Engine._list_asset, ListMarket: Engine._list_market,
-    SetTrading: Engine._set_trading, SetFees: Engine._set_fees,
+    SetTrading: Engine._set_trading, SetFees: Engine._set_fees, SetMargin: Engine._set_margin, SetIndex: Engine._set_index,
 }
 
 

@@ -27,9 +27,14 @@ from satchel.core.errors import (
     INVALID_ASSET, INVALID_DECIMAL, INVALID_PRICE, INVALID_QUANTITY, INVALID_REQUEST, INVALID_SYMBOL, RequestError,
 )
 from satchel.core.messages import (
-    ASK, BID, FOK, GTC, IOC, LIMIT, MARKET, REJECT_BOTH, REJECT_MAKER, REJECT_TAKER, AssetSpec, CancelAll,
-    CancelOrder, Deposit, ListAsset, ListMarket, MarketSpec, PlaceOrder, SetAdmin, SetFees, SetTrading,
+    ASK, BID, BY_INDEX, BY_LAST, BY_MARK, FOK, GTC, IOC, LIMIT, MARKET, REJECT_BOTH, REJECT_MAKER, REJECT_TAKER, AssetSpec,
+    CancelAll, CancelOrder, Deposit, ListAsset, ListMarket, MarginSpec, MarketSpec, PerpSpec, PlaceOrder, SetAdmin,
+    SetFees, SetIndex, SetLeverage, SetMargin, SetTrading,
 )
+
+
+# A deposit to this account seeds the insurance fund.
+INSURANCE_ACCOUNT = "@insurance"
 
 
 class Listing(Protocol):
@@ -57,6 +62,9 @@ class OrderExecuteParams(msgspec.Struct):
     reduceOnly: Bool = "false"
     clientId: str | None = None
     selfTradePrevention: Literal["RejectTaker", "RejectMaker", "RejectBoth"] = "RejectTaker"
+    triggerPrice: str | None = None
+    triggerQuantity: str | None = None
+    triggerBy: Literal["MarkPrice", "LastPrice", "IndexPrice"] = "MarkPrice"
 
 
 class OrderRefParams(msgspec.Struct):
@@ -94,6 +102,17 @@ class SetAdminParams(msgspec.Struct):
 class ListAssetParams(msgspec.Struct):
     symbol: str
     decimals: str
+    collateralWeight: str = "0"
+    haircutPenalty: str = "0"
+
+
+class OracleIndexParams(msgspec.Struct):
+    symbol: str
+    price: str
+
+
+class AccountUpdateParams(msgspec.Struct):
+    leverageLimit: str
 
 
 # ------------------------------------------------------------------ strict scalars
@@ -155,10 +174,24 @@ _STPS = {"RejectTaker": REJECT_TAKER, "RejectMaker": REJECT_MAKER, "RejectBoth":
 
 def _order(p: OrderExecuteParams, account: str, listing: Listing) -> PlaceOrder:
     spec = _market(listing, p.symbol)
-    if boolean(p.reduceOnly):
-        raise RequestError(INVALID_REQUEST, "reduceOnly applies to futures only")
+    reduce_only = boolean(p.reduceOnly)
+    if spec.perp is None and (reduce_only or p.triggerPrice is not None):
+        raise RequestError(INVALID_REQUEST, "reduceOnly and triggerPrice apply to perpetual markets only")
     client_id = uint(p.clientId, "clientId", 2**32)
     post_only = boolean(p.postOnly)
+    trigger = 0
+    if p.triggerPrice is not None:
+        trigger = units(p.triggerPrice, spec.price_decimals, spec.tick, INVALID_PRICE, "triggerPrice")
+        if trigger <= 0:
+            raise RequestError(INVALID_PRICE, "triggerPrice must be positive")
+        if p.triggerQuantity is not None:
+            if p.quantity is not None and p.quantity != p.triggerQuantity:
+                raise RequestError(INVALID_REQUEST, "Give quantity or triggerQuantity, not both")
+            p = msgspec.structs.replace(p, quantity=p.triggerQuantity)
+        if p.quoteQuantity is not None:
+            raise RequestError(INVALID_REQUEST, "Trigger orders are sized by quantity")
+    elif p.triggerQuantity is not None:
+        raise RequestError(INVALID_REQUEST, "triggerQuantity needs triggerPrice")
     if p.orderType == "Limit":
         if p.price is None or p.quantity is None:
             raise RequestError(INVALID_REQUEST, "Limit orders need price and quantity")
@@ -183,7 +216,38 @@ def _order(p: OrderExecuteParams, account: str, listing: Listing) -> PlaceOrder:
     if qty == 0 and quote == 0:
         raise RequestError(INVALID_QUANTITY, "quantity must be positive")
     return PlaceOrder(account, p.symbol, _SIDES[p.side], order_type, _TIFS[p.timeInForce], post_only, price, qty, quote,
-                      client_id, _STPS[p.selfTradePrevention])
+                      client_id, _STPS[p.selfTradePrevention], reduce_only, trigger, _TRIGGER_BY[p.triggerBy])
+
+
+_TRIGGER_BY = {"MarkPrice": BY_MARK, "LastPrice": BY_LAST, "IndexPrice": BY_INDEX}
+
+
+def _perp(listing: Listing, symbol: str) -> MarketSpec:
+    spec = _market(listing, symbol)
+    if spec.perp is None:
+        raise RequestError(INVALID_SYMBOL, f"{symbol} is not a perpetual market")
+    return spec
+
+
+def _oracle_index(p: OracleIndexParams, admin: str, listing: Listing) -> SetIndex:
+    spec = _perp(listing, p.symbol)
+    price = units(p.price, spec.price_decimals, spec.tick, INVALID_PRICE, "price")
+    if price <= 0:
+        raise RequestError(INVALID_PRICE, "price must be positive")
+    return SetIndex(admin, p.symbol, price)
+
+
+def max_leverage(listing: Listing) -> int:
+    """The highest leverage any listed perpetual allows (1 with none listed)."""
+    return max((m.perp.max_leverage for m in listing.markets.values() if m.perp is not None), default=1)
+
+
+def _account_update(p: AccountUpdateParams, account: str, listing: Listing) -> SetLeverage:
+    leverage = uint(p.leverageLimit, "leverageLimit", 1_001)
+    top = max_leverage(listing)
+    if not 1 <= leverage <= top:
+        raise RequestError(Code.INVALID_LEVERAGE, f"leverageLimit must be 1..{top}")
+    return SetLeverage(account, leverage)
 
 
 def order_ref(p: OrderRefParams, listing: Listing) -> tuple[str, int | None, int | None]:
@@ -207,8 +271,8 @@ def _deposit(p: DepositParams, admin: str, listing: Listing) -> Deposit:
     amount = units(p.quantity, decimals, 1, INVALID_QUANTITY, "quantity")
     if amount <= 0:
         raise RequestError(INVALID_QUANTITY, "quantity must be positive")
-    if not is_api_key(p.account):
-        raise RequestError(INVALID_REQUEST, "account must be an API key (base64 of a 32-byte public key)")
+    if not is_api_key(p.account) and p.account != INSURANCE_ACCOUNT:
+        raise RequestError(INVALID_REQUEST, "account must be an API key (base64 of a 32-byte public key) or @insurance")
     return Deposit(admin, p.account, p.asset, amount)
 
 
@@ -230,23 +294,58 @@ def _set_admin(p: SetAdminParams, key: str, listing: Listing) -> SetAdmin:
 
 
 def _list_asset(p: ListAssetParams, admin: str, listing: Listing) -> ListAsset:
-    return ListAsset(admin, AssetSpec(p.symbol, uint(p.decimals, "decimals", 31)))
+    return ListAsset(admin, AssetSpec(p.symbol, uint(p.decimals, "decimals", 31), uint(p.collateralWeight, "collateralWeight"),
+                                      uint(p.haircutPenalty, "haircutPenalty")))
+
+
+def asset_params(spec: AssetSpec) -> dict[str, str]:
+    return {"symbol": spec.symbol, "decimals": str(spec.decimals), "collateralWeight": str(spec.collateral_weight),
+            "haircutPenalty": str(spec.haircut_penalty)}
+
+
+def _struct_from_texts(cls: type, p: Mapping[str, str], prefix: str = "", text_fields: tuple = ()) -> Any:
+    """A spec struct whose fields arrive as texts named ``prefix + field`` (integers unless in ``text_fields``)."""
+    try:
+        fields = {f: (p[prefix + f] if f in text_fields else sint(p[prefix + f], f, MAX_UNITS))
+                  for f in cls.__struct_fields__ if f != "perp"}
+    except KeyError as exc:
+        raise RequestError(INVALID_REQUEST, f"{cls.__name__} needs {exc}") from exc
+    return cls(**fields)
+
+
+def _struct_texts(spec: Any, prefix: str = "") -> dict[str, str]:
+    return {prefix + f: str(getattr(spec, f)) for f in spec.__struct_fields__ if f != "perp"}
 
 
 def _list_market(p: dict[str, str], admin: str, listing: Listing) -> ListMarket:
-    try:
-        fields = {f: (p[f] if f in _MARKET_TEXT_FIELDS else sint(p[f], f, MAX_UNITS)) for f in MarketSpec.__struct_fields__}
-    except KeyError as exc:
-        raise RequestError(INVALID_REQUEST, f"listMarket needs {exc}") from exc
-    return ListMarket(admin, MarketSpec(**fields))
+    spec = _struct_from_texts(MarketSpec, p, text_fields=_MARKET_TEXT_FIELDS)
+    if any(k.startswith(_PERP_PREFIX) for k in p):
+        spec = msgspec.structs.replace(spec, perp=_struct_from_texts(PerpSpec, p, _PERP_PREFIX))
+    return ListMarket(admin, spec)
 
 
 _MARKET_TEXT_FIELDS = ("symbol", "base", "quote")
+_PERP_PREFIX = "perp."
 
 
 def market_params(spec: MarketSpec) -> dict[str, str]:
-    """A market listing's signed parameters: every field of its spec as text."""
-    return {f: str(getattr(spec, f)) for f in spec.__struct_fields__}
+    """A market listing's signed parameters: every field of its spec as text (a perp's
+    risk parameters as ``perp.<field>``)."""
+    texts = _struct_texts(spec)
+    if spec.perp is not None:
+        texts.update(_struct_texts(spec.perp, _PERP_PREFIX))
+    return texts
+
+
+def _set_margin(p: dict[str, str], admin: str, listing: Listing) -> SetMargin:
+    return SetMargin(admin, _struct_from_texts(MarginSpec, p, text_fields=_MARGIN_TEXT_FIELDS))
+
+
+_MARGIN_TEXT_FIELDS = ("backstop", "settlement_asset")
+
+
+def margin_params(spec: MarginSpec) -> dict[str, str]:
+    return _struct_texts(spec)
 
 
 # ------------------------------------------------------------------ the declarations
@@ -289,6 +388,11 @@ INSTRUCTIONS = (
     Instruction("listAsset", ListAsset, ListAssetParams, _list_asset, _admin, True, "config", _ADMIN_ERRORS),
     Instruction("listMarket", ListMarket, None, _list_market, _admin, True, "config",
                 _ADMIN_ERRORS + (Code.INVALID_MARKET,)),
+    Instruction("setMargin", SetMargin, None, _set_margin, _admin, True, "config", _ADMIN_ERRORS),
+    Instruction("oracleIndex", SetIndex, OracleIndexParams, _oracle_index, _admin, True, "config",
+                _ADMIN_ERRORS + (INVALID_SYMBOL, INVALID_DECIMAL, INVALID_PRICE)),
+    Instruction("accountUpdate", SetLeverage, AccountUpdateParams, _account_update, _account, False, "trade",
+                (INVALID_REQUEST, Code.INVALID_LEVERAGE)),
 )
 BY_NAME = {i.name: i for i in INSTRUCTIONS}
 BY_TX = {i.tx: i for i in INSTRUCTIONS}

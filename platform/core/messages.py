@@ -41,6 +41,22 @@ FILLED = "Filled"
 CANCELLED = "Cancelled"
 EXPIRED = "Expired"
 REJECTED = "Rejected"
+TRIGGER_PENDING = "TriggerPending"
+
+# What a trigger order's price is compared with (``triggerBy``).
+BY_MARK = 0
+BY_LAST = 1
+BY_INDEX = 2
+TRIGGER_BY_NAMES = ("MarkPrice", "LastPrice", "IndexPrice")
+
+# Who placed an order: a user, the liquidation engine, or a user's trigger that fired.
+USER = 0
+LIQUIDATION = 1
+TRIGGERED = 2
+
+# Fractions (margin factors, weights, funding rates, price bands) are integers in parts
+# per billion: 0.02 is 20_000_000.
+PPB = 10**9
 
 
 class _Rec(msgspec.Struct, array_like=True, frozen=True, tag_field="k"):
@@ -53,6 +69,34 @@ class _Rec(msgspec.Struct, array_like=True, frozen=True, tag_field="k"):
 class AssetSpec(msgspec.Struct, array_like=True, frozen=True):
     symbol: str
     decimals: int
+    # as collateral: value = quantity x price x weight, the weight shrinking with size:
+    # weight = min(collateral_weight, 1.1 / (haircut_penalty x sqrt(notional in whole quote) + 1))
+    collateral_weight: int = 0  # PPB; 0 = not collateral (the settlement asset always counts at 1)
+    haircut_penalty: int = 0  # PPB
+
+
+class PerpSpec(msgspec.Struct, array_like=True, frozen=True):
+    """A perpetual future's risk parameters (fractions in PPB, times in us).
+
+    Position IMF = max(imf_base, 1/leverage, imf_factor x sqrt(notional)), MMF likewise
+    with the mmf fields, notional in whole quote units (Backpack's ``sqrt`` function).
+    """
+
+    imf_base: int
+    imf_factor: int
+    mmf_base: int
+    mmf_factor: int
+    max_leverage: int  # whole multiples
+    open_interest_limit: int  # quantity units; long open interest may not exceed it
+    band_min: int  # a limit price must lie within mark x [band_min, band_max]
+    band_max: int
+    impact_max: int  # a taker bid fills no higher than best ask x impact_max
+    impact_min: int  # a taker ask fills no lower than best bid x impact_min
+    mark_band: int  # mark = index + basis, the basis bounded to index x mark_band
+    funding_interval_us: int
+    funding_floor: int  # PPB per interval
+    funding_cap: int
+    stale_index_us: int  # an index older than this blocks risk-increasing orders
 
 
 class MarketSpec(msgspec.Struct, array_like=True, frozen=True):
@@ -72,6 +116,21 @@ class MarketSpec(msgspec.Struct, array_like=True, frozen=True):
     price_band_bps: int  # 0 disables the band
     notional_mult: int  # quote units per (price unit x quantity unit)
     base_mult: int  # base asset units per quantity unit
+    perp: PerpSpec | None = None  # a perpetual future settled in ``quote`` on ``base``
+
+
+class MarginSpec(msgspec.Struct, array_like=True, frozen=True):
+    """Platform-wide margin and liquidation rules (fractions in PPB, times in us)."""
+
+    settle_interval_us: int  # unrealized PnL is realized into the quote asset this often
+    sample_interval_us: int  # premium samples and mark updates
+    open_interest_interval_us: int  # openInterest events
+    liquidation_fee_bps: int  # charged on liquidation fills, paid to the insurance fund
+    liquidation_slice: int  # PPB of a position unwound per book order
+    autoclose_divisor: int  # auto-close margin fraction = max(MMF / divisor, MMF - offset)
+    autoclose_offset: int  # PPB
+    backstop: str  # the backstop liquidity account ("" = none)
+    settlement_asset: str  # what perps settle in (USDC)
 
 
 # ---------------------------------------------------------------- transactions
@@ -154,6 +213,10 @@ class PlaceOrder(_Rec, tag=10):
     quote_quantity: int
     client_id: int | None
     stp: int
+    reduce_only: bool = False  # perps: may only shrink the position
+    trigger_price: int = 0  # >0: held as TriggerPending until the ``trigger_by`` price crosses it
+    trigger_by: int = BY_MARK
+    origin: int = USER  # USER, LIQUIDATION or TRIGGERED (never set by a client)
     auth: Auth | None = None
 
 
@@ -171,8 +234,34 @@ class CancelAll(_Rec, tag=12):
     auth: Auth | None = None
 
 
+class SetMargin(_Rec, tag=7):
+    """The platform's margin and liquidation rules (genesis, or an admin change)."""
+
+    admin: str
+    spec: MarginSpec
+    auth: Auth | None = None
+
+
+class SetIndex(_Rec, tag=13):
+    """The oracle's index price for a perpetual market, in price units."""
+
+    admin: str
+    symbol: str
+    price: int
+    auth: Auth | None = None
+
+
+class SetLeverage(_Rec, tag=14):
+    """An account's leverage limit (Backpack's ``accountUpdate``): IMF >= 1/leverage."""
+
+    account: str
+    leverage: int
+    auth: Auth | None = None
+
+
 # Every transaction type has an ``auth`` field (None for the node's own genesis records).
-Tx = Union[SetAdmin, ListAsset, ListMarket, Deposit, SetTrading, SetFees, PlaceOrder, CancelOrder, CancelAll]
+Tx = Union[SetAdmin, ListAsset, ListMarket, Deposit, SetTrading, SetFees, PlaceOrder, CancelOrder, CancelAll, SetMargin,
+           SetIndex, SetLeverage]
 
 
 # ---------------------------------------------------------------- events
@@ -278,9 +367,121 @@ class ConfigChanged(_Rec, tag=27):
     name: str
     asset: AssetSpec | None = None
     market: MarketSpec | None = None
+    margin: MarginSpec | None = None
 
 
-Event = Union[OrderAccepted, Fill, OrderDone, TxRejected, Deposited, BalanceChanged, DepthDelta, ConfigChanged]
+class PositionChanged(_Rec, tag=28):
+    """A perp position after the block touched it (a fill, funding, settlement, liquidation).
+
+    ``size`` is signed (+long/-short, quantity units). ``net_cost`` is what the position
+    cost since it was last settled, in quote units (signed like size): unrealized PnL =
+    size x mark - net_cost. ``entry_notional`` is the average-cost basis of the open size
+    (the break-even price's numerator), ``realized`` the PnL realized into the quote
+    asset, ``funding`` the funding paid (+) or received (-)."""
+
+    seq: int
+    account: str
+    symbol: str
+    size: int
+    net_cost: int
+    entry_notional: int
+    realized: int
+    funding: int
+    mark: int
+
+
+class MarkPrice(_Rec, tag=29):
+    """A perp's prices at a sample: mark, index, estimated funding rate (PPB per
+    interval) and the next funding time (us)."""
+
+    seq: int
+    symbol: str
+    mark: int
+    index: int
+    funding_rate: int
+    next_funding: int
+
+
+class FundingPaid(_Rec, tag=30):
+    """An interval's funding rate applied (PPB), with the index increment it caused
+    (quote units x PPB per quantity unit; positive: longs pay shorts)."""
+
+    seq: int
+    symbol: str
+    rate: int
+    index_delta: int
+    cumulative: int
+    mark: int
+    interval_end: int  # us
+
+
+class FundingPayment(_Rec, tag=31):
+    """One account's funding for one interval: ``amount`` > 0 paid, < 0 received."""
+
+    seq: int
+    account: str
+    symbol: str
+    amount: int
+    size: int
+    rate: int
+    interval_end: int
+
+
+class Liquidation(_Rec, tag=32):
+    """One step of a liquidation, with the inputs that decided it.
+
+    tier 1 cancel orders, 2 unwind in the book, 3 backstop takeover, 4 insurance fund
+    cover, 5 auto-deleverage. ``equity``, ``maintenance`` and ``autoclose`` are the
+    account's figures when the step was decided (quote units); ``price`` is the price
+    (or, for transfers, the notional / quantity) of the step, ``amount`` the quote units
+    moved (fund cover) or the notional transferred."""
+
+    seq: int
+    account: str
+    tier: int
+    symbol: str
+    side: int
+    quantity: int
+    price: int
+    mark: int
+    equity: int
+    maintenance: int
+    autoclose: int
+    amount: int
+    counterparty: str
+
+
+class OpenInterest(_Rec, tag=33):
+    seq: int
+    symbol: str
+    open_interest: int  # long contracts (= short contracts), quantity units
+
+
+class TriggerPlaced(_Rec, tag=34):
+    """An order waiting for its trigger (status TriggerPending)."""
+
+    seq: int
+    order_id: int
+    account: str
+    symbol: str
+    side: int
+    order_type: int
+    price: int
+    quantity: int
+    trigger_price: int
+    trigger_by: int
+    reduce_only: bool
+    client_id: int | None
+
+
+class LeverageSet(_Rec, tag=35):
+    seq: int
+    account: str
+    leverage: int
+
+
+Event = Union[OrderAccepted, Fill, OrderDone, TxRejected, Deposited, BalanceChanged, DepthDelta, ConfigChanged,
+              PositionChanged, MarkPrice, FundingPaid, FundingPayment, Liquidation, OpenInterest, TriggerPlaced, LeverageSet]
 
 
 # ---------------------------------------------------------------- actor messages
@@ -305,6 +506,7 @@ class PreTrade(msgspec.Struct):
     """Phase 1 (risk): hold funds for each new order, credit deposits, route by market."""
 
     batch: list  # (seq, transaction) in sequence order
+    timestamp: int = 0  # the block's, us (index staleness)
 
 
 class PreTraded(msgspec.Struct):
@@ -317,11 +519,13 @@ class Match(msgspec.Struct):
 
     commands: list
     timestamp: int  # the block's, us: an order's creation time
+    mark: int = 0  # a perp's mark price (its price band is around it); 0 = none
 
 
 class Matched(msgspec.Struct):
     events: list
     delta: DepthDelta | None  # the levels the batch changed
+    top: tuple = (0, 0, 0)  # (best bid, best ask, last price) after the batch; 0 = none
 
 
 class Settle(msgspec.Struct):
@@ -345,7 +549,124 @@ class Tick(msgspec.Struct):
 
 class Ticked(msgspec.Struct):
     events: list = []
-    orders: list = []  # PlaceOrder the actor generates (liquidations): they re-enter phases 1-3
+    orders: list = []  # orders the actor generates (liquidations; (order id, order) for a fired trigger): phases 1-3 again
+    more: bool = False  # the margin actor: ask ``Escalate`` even with no orders
+
+
+class Mark(msgspec.Struct):
+    """Phase 4 (funding actor): the block's time and the tops of the perp books that
+    traded or changed in it; samples premiums, moves marks, pays funding at interval ends."""
+
+    timestamp: int
+    previous: int
+    last_seq: int
+    tops: dict  # symbol -> (best bid, best ask, last)
+
+
+class Marked(msgspec.Struct):
+    events: list
+    marks: dict  # symbol -> MarkView, for every perp whose mark or index changed
+    funding: list  # FundingPaid events of intervals that ended
+
+
+class MarkView(msgspec.Struct, array_like=True, frozen=True):
+    mark: int
+    index: int
+    index_time: int  # us of the last index update (0 = never)
+    last: int  # last trade price
+
+
+class SetIndexPrice(msgspec.Struct):
+    """To the funding actor: an oracle index at its sequence number."""
+
+    seq: int
+    timestamp: int
+    tx: SetIndex
+
+
+class Remark(msgspec.Struct):
+    """Phase 4 (margin actor): new marks and ended funding intervals; answers ``Ticked``
+    with liquidation and trigger orders that re-enter phases 1-3 in this block."""
+
+    timestamp: int
+    previous: int
+    last_seq: int
+    marks: dict
+    funding: list
+    prices: list  # MarkPrice events of this block
+
+
+class Escalate(msgspec.Struct):
+    """Phase 4, after the generated orders ran: liquidation tiers 3-5 for accounts the
+    book could not bring back above maintenance."""
+
+    last_seq: int
+
+
+class ListMarginSpec(msgspec.Struct):
+    spec: MarginSpec
+
+
+class PositionsOf(msgspec.Struct):
+    account: str
+
+
+class CollateralOf(msgspec.Struct):
+    account: str
+
+
+class HistoryOf(msgspec.Struct):
+    """An account's funding payments or liquidation steps (``kind`` "funding" or
+    "liquidation"), newest first."""
+
+    account: str
+    kind: str
+
+
+class MarksOf(msgspec.Struct):
+    """Every perp's prices and funding figures: symbol -> ``PerpPrices``."""
+
+
+class PerpPrices(msgspec.Struct, frozen=True):
+    mark: int
+    index: int
+    last: int
+    funding_rate: int  # PPB per interval: the estimate for the running interval
+    next_funding: int  # us
+    open_interest: int  # quantity units
+
+
+class PositionsView(msgspec.Struct, frozen=True):
+    """``PositionsOf``'s answer: the account's positions (``core.state.PositionState``)
+    and the marks they are valued at."""
+
+    positions: list
+    marks: dict  # symbol -> MarkView
+
+
+class CollateralRow(msgspec.Struct, frozen=True):
+    asset: str
+    total: int  # free + held, asset units (negative: owed)
+    held: int
+    price: int  # quote units per whole asset unit (10**decimals asset units)
+    weight: int  # PPB at this size
+    value: int  # quote units, after the weight
+
+
+class CollateralView(msgspec.Struct, frozen=True):
+    """``CollateralOf``'s answer, all in quote units of the settlement asset."""
+
+    assets: list  # CollateralRow, sorted by asset
+    collateral: int  # sum of weighted asset values
+    unrealized: int  # sum of positions' unrealized PnL at mark
+    equity: int  # collateral + unrealized
+    exposure: int  # notional of positions plus open orders that add risk
+    initial: int  # initial margin required (positions + risk-adding open orders)
+    maintenance: int  # maintenance margin required (positions)
+    imf: int  # PPB: initial / exposure (0 with no exposure)
+    mmf: int  # PPB
+    margin_fraction: int  # PPB: equity / exposure (0 with no exposure)
+    liquidating: bool
 
 
 class ListAssetSpec(msgspec.Struct):

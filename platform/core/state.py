@@ -15,7 +15,9 @@ from typing import Any
 
 import msgspec
 
-from satchel.core.messages import AssetSpec, MarketSpec
+from satchel.core.messages import (
+    AssetSpec, FundingPayment, Liquidation, MarginSpec, MarketSpec, MarkPrice, MarkView, PlaceOrder,
+)
 
 
 class _State(msgspec.Struct, array_like=True):
@@ -57,6 +59,60 @@ class AccountRules(_State):
     markets_off: list[str]  # sorted
 
 
+class PositionState(_State):
+    """One account's position in one perp (see ``messages.PositionChanged``)."""
+
+    account: str
+    symbol: str
+    size: int
+    net_cost: int
+    entry_notional: int
+    realized: int
+    funding: int
+    funding_index: int  # the market's cumulative funding index when last paid
+    position_id: int  # sequence number of the fill that opened it
+
+
+class PerpOrderState(_State):
+    """An open perp order's risk: what it may still add to the position."""
+
+    order_id: int
+    account: str
+    symbol: str
+    side: int
+    remaining: int  # quantity units
+    price: int  # its limit, or the mark it was checked at for a market order
+    reduce_only: bool
+    liquidation: bool  # placed by the liquidation engine (pays the liquidation fee)
+
+
+class TriggerState(_State):
+    order_id: int
+    order: PlaceOrder  # the order waiting (without its auth)
+    rising: bool  # fires when the price reaches trigger_price from below
+
+
+class AccountLeverage(_State):
+    account: str
+    leverage: int
+
+
+class MarginState(_State):
+    spec: MarginSpec | None
+    positions: list[PositionState]  # sorted by (account, symbol)
+    orders: list[PerpOrderState]  # sorted by order id
+    triggers: list[TriggerState]  # sorted by order id
+    leverage: list[AccountLeverage]  # sorted by account
+    marks: list[tuple[str, MarkView]]  # sorted by symbol
+    prices: list[MarkPrice]  # the last MarkPrice per perp (funding estimate), sorted by symbol
+    funding_index: list[tuple[str, int]]  # cumulative per perp, sorted by symbol
+    insurance: int  # the insurance fund, in the settlement asset
+    liquidating: list[str]  # accounts in liquidation, sorted
+    next_settle: int  # us: unrealized PnL is next realized at this block time
+    next_open_interest: int  # us
+    history: list[tuple[str, list[FundingPayment | Liquidation]]]  # account -> its latest such events, sorted
+
+
 class RiskState(_State):
     balances: list[AccountBalances]  # sorted by account
     holds: list[HoldState]  # sorted by order id
@@ -64,6 +120,29 @@ class RiskState(_State):
     deposits: list[AssetAmount]  # sorted by asset
     accounts_off: list[AccountRules]  # sorted by account
     markets_off: list[str]  # markets with trading disabled, sorted
+    margin: MarginState | None = None
+
+
+# ---------------------------------------------------------------- funding and marks
+
+
+class FundingMarketState(_State):
+    symbol: str
+    index: int
+    index_time: int
+    mark: int
+    basis: int  # EWMA of (book price - index), price units
+    top: tuple[int, int, int]  # best bid, best ask, last
+    premium_sum: int  # PPB, over this interval's samples
+    samples: int
+    cumulative: int  # funding index, quote units x PPB per quantity unit
+    last_sample: int  # us: the sample slot last taken
+    interval_end: int  # us: funding is next paid at this block time
+    last_rate: int  # PPB, the rate paid at the last interval end
+
+
+class FundingState(_State):
+    markets: list[FundingMarketState]  # in listing order
 
 
 # ---------------------------------------------------------------- books
@@ -115,6 +194,7 @@ class PeriodicState(_State):
 class EngineState(_State):
     rules_version: int
     admin: str | None
+    margin: MarginSpec | None
     assets: list[AssetSpec]  # sorted by symbol
     # listing order matters (matching fans out in it), so it is kept, not sorted
     markets: list[MarketSpec]
@@ -125,6 +205,7 @@ class EngineState(_State):
     last_timestamp: int
     internal_seq: int
     periodic: list[PeriodicState]  # in registration order
+    funding: FundingState | None = None
 
 
 state_encoder = msgspec.msgpack.Encoder()

@@ -1,0 +1,775 @@
+"""The margin engine: balances, perp positions, collateral, margin, funding, PnL settlement.
+
+The risk actor grown into a cross-margin engine. It composes the spot parts of
+``risk`` (``Ledger`` -- every movement of value --, ``Permissions``, ``SpotHolds``) with
+perp ``Position``s, the open perp orders' risk, trigger orders (``triggers``) and the
+liquidation tiers (``liquidation``). Phases of every block (DESIGN §2):
+
+* pre-trade -- deposits, leverage settings; spot orders hold funds as before (an account
+  with perp exposure must also keep its initial margin after the bid's haircut); a perp
+  order is checked against the mark: reduce-only, stale index, open-interest limit and
+  initial margin with every open order that adds risk; a trigger order is stored;
+* settlement -- spot fills move assets; perp fills move positions and their net cost,
+  fees (and liquidation fees) in the settlement asset;
+* periodic (``Remark``) -- funding payments, PnL settlement every ``settle_interval``,
+  maintenance checks for the accounts whose margin can change, triggers; ``Escalate``
+  after the generated orders ran.
+
+Accounting (all integers, quote units of the settlement asset). A position has a
+signed ``size`` and ``net_cost``: a fill adds (+/-) its notional to the buyer's and
+seller's net cost, so the sum of all net costs is always zero, and unrealized PnL is
+``size x mark x notional_mult - net_cost``. PnL is realized into the settlement balance
+when a position closes (the part that closes, at the fill's price) and for every
+position every ``settle_interval`` (net cost reset to size x mark). Conservation, per
+block: ``sum(balances) + fees + insurance - sum(net_cost) == deposits`` for the
+settlement asset, and ``sum(free + held) + fees == deposits`` for the others; long open
+interest equals short open interest in every market.
+
+Equity = collateral + unrealized PnL. Collateral: the settlement asset at face value
+(negative balances count in full), other assets at quantity x the mark of the perp on
+that asset x a weight shrinking with size (``core.margin.collateral_weight``), rounded
+down. Exposure per market: max(|size + open bids|, |size - open asks|) x mark.
+Initial margin: sum of exposure x IMF(exposure); maintenance: sum of position notional
+x MMF(notional), each rounded up.
+
+Cost of the periodic phase: O(accounts whose margin can change) per block -- accounts
+holding a position or open order in a market whose mark moved (an index per market
+keeps them), accounts in liquidation, and accounts that traded perps in the block --
+never a scan of all accounts. PnL settlement and funding touch each position of the
+market once per interval.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import msgspec
+
+from satchel.actors.liquidation import Liquidator
+from satchel.actors.risk import Ledger, Permissions, SpotHolds, _malformed
+from satchel.actors.triggers import Triggers, reference
+from satchel.core import margin as rules
+from satchel.core.actor import dispatcher
+from satchel.core.amounts import MAX_UNITS
+from satchel.core.errors import Code
+from satchel.core.instructions import INSURANCE_ACCOUNT
+from satchel.core.messages import (
+    BID, CANCELLED, EXPIRED, LIQUIDATION, PPB,
+    AssetSpec, BalanceChanged, BalanceOf, BalancesOf, CancelAll, CancelOrder, CollateralOf, CollateralRow, CollateralView,
+    Deposit, Deposited, Entry, Escalate, Fill, FundingPaid, FundingPayment, HistoryOf, LedgerOf, LeverageSet,
+    ListAssetSpec, ListMarginSpec, ListMarketSpec, MarginSpec, MarketSpec, MarkPrice, MarksOf, OpenInterest, OrderDone,
+    PerpPrices, PlaceOrder, PositionChanged, PositionsOf, PositionsView, PreTrade, PreTraded, Remark, Restore,
+    SetLeverage, SetPermission, Settle, Settled, StateOf, Ticked, Totals, TriggerPlaced, TxRejected, order_rejected,
+)
+from satchel.core.state import (
+    AccountLeverage, AssetAmount, MarginState, PerpOrderState, PositionState, RiskState,
+)
+
+HISTORY = 100  # funding payments and liquidation steps kept per account (newest)
+
+
+
+class Position(msgspec.Struct, gc=False):
+    size: int = 0
+    net_cost: int = 0
+    entry_notional: int = 0
+    realized: int = 0
+    funding: int = 0
+    funding_index: int = 0
+    position_id: int = 0
+
+
+class PerpOrder(msgspec.Struct, gc=False):
+    account: str
+    symbol: str
+    side: int
+    remaining: int
+    price: int
+    reduce_only: bool
+    liquidation: bool = False
+
+
+class Figures(msgspec.Struct):
+    """An account's margin figures, quote units."""
+
+    collateral: int
+    unrealized: int
+    equity: int
+    exposure: int
+    initial: int
+    maintenance: int
+    position_notional: int
+
+
+def _split(total: int, part: int, whole: int) -> int:
+    """``total * part / whole`` rounded toward zero (a share of a signed amount)."""
+    q = abs(total) * part // whole
+    return q if total >= 0 else -q
+
+
+class Margin:
+    """The actor: configuration, the pre-trade and settlement phases, the periodic phase
+    and reads, over the ledger and the positions."""
+
+    def __init__(self) -> None:
+        self.assets: dict[str, AssetSpec] = {}
+        self.markets: dict[str, MarketSpec] = {}
+        self.ledger = Ledger()
+        self.permissions = Permissions()
+        self.policy = SpotHolds(self.ledger)
+        self.spec: MarginSpec | None = None
+        self.settle_asset = "USDC"
+        self.positions: dict[str, dict[str, Position]] = {}  # account -> symbol -> position
+        self.orders: dict[int, PerpOrder] = {}  # open perp orders by id
+        self.open: dict[str, dict[str, list[int]]] = {}  # account -> symbol -> [bid qty, ask qty, orders] open
+        self.holders: dict[str, dict[str, None]] = {}  # symbol -> accounts with a position or open order
+        self.triggers = Triggers()
+        self.leverage: dict[str, int] = {}
+        self.marks: dict = {}  # symbol -> MarkView
+        self.prices: dict[str, MarkPrice] = {}  # symbol -> the last MarkPrice (funding estimate)
+        self.funding_index: dict[str, int] = {}
+        self.long_oi: dict[str, int] = {}
+        self.short_oi: dict[str, int] = {}
+        self.insurance = 0
+        self.liquidating: dict[str, None] = {}
+        self.next_settle = 0
+        self.next_oi = 0
+        self.history: dict[str, deque] = {}
+        self.collateral_perp: dict[str, MarketSpec] = {}  # asset -> the perp whose mark prices it
+        self.touched: dict[tuple[str, str], None] = {}  # positions changed since last reported
+        self.traded: dict[str, None] = {}  # accounts with perp fills since the last check
+        self.liquidator = Liquidator(self)
+
+    # ------------------------------------------------------------------ configuration
+
+    def _list_asset(self, msg: ListAssetSpec) -> None:
+        spec = msg.spec
+        self.assets[spec.symbol] = spec
+        self.ledger.list_asset(spec.symbol)
+
+    def _list_market(self, msg: ListMarketSpec) -> None:
+        spec = msg.spec
+        self.markets[spec.symbol] = spec
+        self.policy.list_market(spec)
+        if spec.perp is not None:
+            self.collateral_perp.setdefault(spec.base, spec)
+            self.funding_index.setdefault(spec.symbol, 0)
+            self.long_oi.setdefault(spec.symbol, 0)
+            self.short_oi.setdefault(spec.symbol, 0)
+            self.holders.setdefault(spec.symbol, {})
+
+    def _set_margin(self, msg: ListMarginSpec) -> None:
+        self.spec = msg.spec
+        self.settle_asset = msg.spec.settlement_asset
+
+    def _set_permission(self, msg: SetPermission) -> None:
+        self.permissions.set(msg.account, msg.symbol, msg.enabled)
+
+    # ------------------------------------------------------------------ positions
+
+    def position(self, account: str, symbol: str) -> Position | None:
+        return self.positions.get(account, {}).get(symbol)
+
+    def has_perp(self, account: str) -> bool:
+        return account in self.positions or account in self.open
+
+    def trade(self, account: str, symbol: str, qty: int, cost: int, seq: int) -> None:
+        """Add ``qty`` (signed, + buys) to the account's position at total ``cost`` (signed
+        like qty); PnL of any part that closes is realized into the settlement balance."""
+        book = self.positions.get(account)
+        if book is None:
+            book = self.positions[account] = {}
+        pos = book.get(symbol)
+        if pos is None:
+            pos = book[symbol] = Position(funding_index=self.funding_index[symbol], position_id=seq)
+            self.holders[symbol][account] = None
+        size = pos.size
+        self._oi(symbol, size, -1)
+        if size == 0 or (size > 0) == (qty > 0):
+            if size == 0:
+                pos.position_id = seq
+                pos.funding_index = self.funding_index[symbol]
+            pos.size = size + qty
+            pos.net_cost += cost
+            pos.entry_notional += cost
+        elif abs(qty) <= abs(size):
+            pos.entry_notional -= _split(pos.entry_notional, abs(qty), abs(size))
+            pos.size = size + qty
+            pos.net_cost += cost
+            if pos.size == 0:
+                self._realize_all(account, pos)
+        else:  # flips: close the old size at this fill's price, open the rest
+            closing = _split(cost, abs(size), abs(qty))
+            pos.size = 0
+            pos.net_cost += closing
+            self._realize_all(account, pos)
+            pos.size = size + qty
+            pos.net_cost = pos.entry_notional = cost - closing
+            pos.position_id = seq
+            pos.funding_index = self.funding_index[symbol]
+        self._oi(symbol, pos.size, 1)
+        self.touched[(account, symbol)] = None
+
+    def _oi(self, symbol: str, size: int, sign: int) -> None:
+        if size > 0:
+            self.long_oi[symbol] += sign * size
+        elif size < 0:
+            self.short_oi[symbol] -= sign * size
+
+    def _realize_all(self, account: str, pos: Position) -> None:
+        pnl = -pos.net_cost
+        self.credit(account, pnl)
+        pos.realized += pnl
+        pos.net_cost = 0
+        pos.entry_notional = 0
+
+    def credit(self, account: str, amount: int) -> None:
+        """Move ``amount`` (signed) into the account's settlement balance; it may go negative
+        (a shortfall against collateral)."""
+        if amount:
+            self.ledger.bal(account, self.settle_asset).free += amount
+            self.ledger.touched[(account, self.settle_asset)] = None
+
+    def drop_if_flat(self, account: str, symbol: str) -> None:
+        book = self.positions.get(account)
+        if book is None:
+            return
+        pos = book.get(symbol)
+        if pos is not None and pos.size == 0 and pos.net_cost == 0:
+            del book[symbol]
+            if not book:
+                del self.positions[account]
+            if symbol not in self.open.get(account, {}):
+                self.holders[symbol].pop(account, None)
+
+    # ------------------------------------------------------------------ margin figures
+
+    def mark(self, symbol: str) -> int:
+        view = self.marks.get(symbol)
+        return view.mark if view is not None else 0
+
+    def figures(self, account: str, extra: tuple[str, int, int] | None = None) -> Figures:
+        """The account's equity and requirements; ``extra`` = (symbol, side, qty) adds a
+        prospective open order."""
+        quote_unit = 10 ** self.assets[self.settle_asset].decimals
+        collateral = 0
+        for asset, bal in self.ledger.balances.get(account, {}).items():
+            total = bal.free + bal.held
+            if not total:
+                continue
+            if asset == self.settle_asset:
+                collateral += total
+                continue
+            perp = self.collateral_perp.get(asset)
+            mark = self.mark(perp.symbol) if perp is not None else 0
+            if not mark:
+                continue
+            value = total * mark * perp.notional_mult // perp.base_mult
+            if value > 0:
+                value = value * rules.collateral_weight(self.assets[asset], value, quote_unit) // PPB
+            collateral += value
+        unrealized = exposure = initial = maintenance = pos_notional = 0
+        positions = self.positions.get(account, {})
+        open_orders = self.open.get(account, {})
+        symbols = dict.fromkeys(positions)
+        symbols.update(dict.fromkeys(open_orders))
+        if extra is not None:
+            symbols[extra[0]] = None
+        leverage = self.leverage.get(account, 0)
+        for symbol in symbols:
+            spec = self.markets[symbol]
+            mark = self.mark(symbol)
+            mult = spec.notional_mult
+            pos = positions.get(symbol)
+            size = pos.size if pos is not None else 0
+            if pos is not None:
+                unrealized += size * mark * mult - pos.net_cost
+            sides = open_orders.get(symbol)
+            bids, asks = (sides[0], sides[1]) if sides is not None else (0, 0)
+            if extra is not None and extra[0] == symbol:
+                if extra[1] == BID:
+                    bids += extra[2]
+                else:
+                    asks += extra[2]
+            exp = max(abs(size + bids), abs(size - asks)) * mark * mult
+            notional = abs(size) * mark * mult
+            exposure += exp
+            pos_notional += notional
+            initial += rules.requirement(exp, rules.imf(spec.perp, exp, quote_unit, leverage))
+            maintenance += rules.requirement(notional, rules.mmf(spec.perp, notional, quote_unit))
+        return Figures(collateral, unrealized, collateral + unrealized, exposure, initial, maintenance, pos_notional)
+
+    def autoclose_requirement(self, f: Figures) -> int:
+        """Below this equity the account is closed out (tier 3+): position notional x
+        max(MMF / divisor, MMF - offset), MMF the account's exposure-weighted one."""
+        if not f.position_notional:
+            return 0
+        account_mmf = f.maintenance * PPB // f.position_notional
+        fraction = rules.autoclose(account_mmf, self.spec.autoclose_divisor, self.spec.autoclose_offset)
+        return rules.requirement(f.position_notional, fraction)
+
+    # ------------------------------------------------------------------ phase 1
+
+    def _pretrade(self, msg: PreTrade) -> PreTraded:
+        """Hold funds or check margin for new orders, credit deposits; route book commands by market."""
+        out: list = []
+        routed: dict[str, list] = {}
+        markets = self.markets
+        permission = self.permissions.check
+        hold = self.policy.hold
+        ledger = self.ledger
+        now = msg.timestamp
+        for seq, tx in msg.batch:
+            cls = tx.__class__
+            if cls is PlaceOrder:
+                spec = markets.get(tx.symbol)
+                if spec is None:
+                    out.append(TxRejected(seq, tx.account, Code.INVALID_SYMBOL, f"Unknown symbol {tx.symbol}"))
+                    continue
+                bad = _malformed(tx) or (tx.origin != LIQUIDATION and permission(tx.account, tx.symbol))
+                if bad:
+                    out.append(order_rejected(seq, tx, bad))
+                    continue
+                if spec.perp is not None:
+                    entry = self._perp_entry(seq, tx, spec, now, out)
+                else:
+                    entry = hold(seq, tx, spec, out)
+                    if entry is not None and tx.side == BID and self.has_perp(tx.account):
+                        entry = self._spot_margin(entry, spec, out)
+                if entry is not None:
+                    cmds = routed.get(tx.symbol)
+                    if cmds is None:
+                        cmds = routed[tx.symbol] = []
+                    cmds.append(entry)
+            elif cls is CancelOrder or cls is CancelAll:
+                if tx.symbol not in markets:
+                    out.append(TxRejected(seq, tx.account, Code.INVALID_SYMBOL, f"Unknown symbol {tx.symbol}"))
+                    continue
+                if self._cancel_triggers(seq, tx, out):
+                    continue
+                cmds = routed.get(tx.symbol)
+                if cmds is None:
+                    cmds = routed[tx.symbol] = []
+                cmds.append((seq, tx))
+            elif cls is Deposit:
+                if tx.asset not in self.assets or not 0 < tx.amount <= MAX_UNITS - ledger.deposits[tx.asset] or (
+                        tx.account == INSURANCE_ACCOUNT and tx.asset != self.settle_asset):
+                    out.append(TxRejected(seq, tx.account, Code.INVALID_DEPOSIT, "Unknown asset or non-positive amount"))
+                    continue
+                if tx.account == INSURANCE_ACCOUNT:
+                    ledger.deposits[tx.asset] += tx.amount
+                    self.insurance += tx.amount
+                else:
+                    ledger.deposit(tx.account, tx.asset, tx.amount)
+                out.append(Deposited(seq, tx.account, tx.asset, tx.amount))
+            elif cls is SetLeverage:
+                self.leverage[tx.account] = tx.leverage
+                out.append(LeverageSet(seq, tx.account, tx.leverage))
+        return PreTraded(routed, out)
+
+    def _spot_margin(self, entry: Entry, spec: MarketSpec, out: list) -> Entry | None:
+        """A spot bid by an account with perp exposure: buying an asset that counts at a
+        weight below 1 lowers collateral by notional x (1 - weight); the initial margin
+        must survive that."""
+        tx = entry.tx
+        hold = self.ledger.holds[entry.seq]
+        base = self.assets[spec.base]
+        weight = base.collateral_weight if spec.base in self.collateral_perp else 0
+        loss = hold.amount * (PPB - weight) // PPB
+        f = self.figures(tx.account)
+        if f.equity - f.initial >= loss:
+            return entry
+        self.ledger.release(entry.seq)
+        out.append(order_rejected(entry.seq, tx, "InsufficientMargin"))
+        return None
+
+    def _perp_entry(self, seq: int, tx: PlaceOrder, spec: MarketSpec, now: int, out: list) -> Entry | None:
+        """The checks a perp order passes before the book; records its open-order risk."""
+        symbol = tx.symbol
+        view = self.marks.get(symbol)
+        if self.spec is None or view is None or not view.mark:
+            out.append(order_rejected(seq, tx, "NoMarkPrice"))
+            return None
+        if tx.trigger_price:
+            if not reference(view, tx.trigger_by):
+                out.append(order_rejected(seq, tx, "NoReferencePrice"))
+                return None
+            self.triggers.place(seq, tx, view)
+            out.append(TriggerPlaced(seq, seq, tx.account, symbol, tx.side, tx.order_type, tx.price, tx.quantity,
+                                     tx.trigger_price, tx.trigger_by, tx.reduce_only, tx.client_id))
+            return None
+        mark = view.mark
+        pos = self.position(tx.account, symbol)
+        size = pos.size if pos is not None else 0
+        qty = tx.quantity or tx.quote_quantity // max(mark * spec.notional_mult, 1)
+        qty_cap = tx.quantity or MAX_UNITS
+        quote_cap = tx.quote_quantity or None
+        reduce_only = tx.reduce_only or tx.origin == LIQUIDATION
+        if reduce_only:
+            if size == 0 or (size > 0) == (tx.side == BID):
+                out.append(OrderDone(seq, seq, tx.account, symbol, tx.client_id, tx.side, tx.price, tx.quantity, EXPIRED,
+                                     "ReduceOnly", 0, 0))
+                return None
+            qty = min(qty, abs(size))
+            qty_cap = min(qty_cap, abs(size))
+        elif tx.origin != LIQUIDATION:
+            sides = self.open.get(tx.account, {}).get(symbol)
+            bids, asks = (sides[0], sides[1]) if sides is not None else (0, 0)
+            before = max(abs(size + bids), abs(size - asks))
+            after = max(abs(size + bids + qty), abs(size - asks)) if tx.side == BID else max(abs(size + bids), abs(size - asks - qty))
+            if after > before:
+                if now - view.index_time > spec.perp.stale_index_us:
+                    out.append(order_rejected(seq, tx, "IndexPriceStale"))
+                    return None
+                grows = qty if (size >= 0) == (tx.side == BID) else max(qty - abs(size), 0)
+                if self.long_oi[symbol] + grows > spec.perp.open_interest_limit:
+                    out.append(order_rejected(seq, tx, "OpenInterestLimit"))
+                    return None
+                f = self.figures(tx.account, (symbol, tx.side, qty))
+                if f.equity < f.initial:
+                    out.append(order_rejected(seq, tx, "InsufficientMargin"))
+                    return None
+        self.orders[seq] = PerpOrder(tx.account, symbol, tx.side, qty, tx.price or mark, tx.reduce_only,
+                                     tx.origin == LIQUIDATION)
+        self._open_add(tx.account, symbol, tx.side, qty)
+        return Entry(seq, tx, qty_cap, quote_cap)
+
+    def _open_add(self, account: str, symbol: str, side: int, qty: int) -> None:
+        mine = self.open.get(account)
+        if mine is None:
+            mine = self.open[account] = {}
+        sides = mine.get(symbol)
+        if sides is None:
+            sides = mine[symbol] = [0, 0, 0]
+            self.holders[symbol][account] = None
+        sides[side] += qty
+        sides[2] += 1
+
+    def _open_remove(self, order_id: int, qty: int | None) -> None:
+        """An open perp order filled ``qty`` or (None) left the book."""
+        o = self.orders.get(order_id)
+        if o is None:
+            return
+        take = o.remaining if qty is None or qty > o.remaining else qty
+        o.remaining -= take
+        mine = self.open[o.account]
+        sides = mine[o.symbol]
+        sides[o.side] -= take
+        if qty is not None:
+            return
+        del self.orders[order_id]
+        sides[2] -= 1
+        if not sides[2]:
+            del mine[o.symbol]
+            if not mine:
+                del self.open[o.account]
+            if self.position(o.account, o.symbol) is None:
+                self.holders[o.symbol].pop(o.account, None)
+
+    def _cancel_triggers(self, seq: int, tx: CancelOrder | CancelAll, out: list) -> bool:
+        """Cancel pending triggers; True if the cancel is fully answered here (not routed)."""
+        if tx.__class__ is CancelOrder:
+            oid = self.triggers.find(tx.account, tx.order_id, tx.client_id)
+            if oid is None:
+                return False
+            self._trigger_done(seq, oid, CANCELLED, "", out)
+            return True
+        for oid in self.triggers.of(tx.account, tx.symbol):
+            self._trigger_done(seq, oid, CANCELLED, "", out)
+        return False
+
+    def _trigger_done(self, seq: int, oid: int, status: str, reason: str, out: list) -> None:
+        o = self.triggers.remove(oid)
+        out.append(OrderDone(seq, oid, o.account, o.symbol, o.client_id, o.side, o.price, o.quantity, status, reason, 0, 0))
+
+    # ------------------------------------------------------------------ phase 3
+
+    def _settle(self, msg: Settle) -> Settled:
+        """Apply fills and releases in event order; the block's balance and position changes."""
+        ledger = self.ledger
+        markets = self.markets
+        fill = ledger.fill
+        release = ledger.release
+        orders = self.orders
+        for ev in msg.events:
+            cls = ev.__class__
+            if cls is Fill:
+                spec = markets[ev.symbol]
+                if spec.perp is not None:
+                    self._perp_fill(ev, spec)
+                elif ev.taker_side == BID:
+                    fill(spec, ev.taker_account, ev.taker_order, ev.taker_fee, ev.maker_account, ev.maker_order,
+                         ev.maker_fee, ev.quantity * spec.base_mult, ev.quote)
+                else:
+                    fill(spec, ev.maker_account, ev.maker_order, ev.maker_fee, ev.taker_account, ev.taker_order,
+                         ev.taker_fee, ev.quantity * spec.base_mult, ev.quote)
+            elif cls is OrderDone:
+                if ev.order_id in orders:
+                    self._open_remove(ev.order_id, None)
+                    self.drop_if_flat(ev.account, ev.symbol)
+                else:
+                    release(ev.order_id)
+        return Settled(self.report(msg.last_seq))
+
+    def _perp_fill(self, ev: Fill, spec: MarketSpec) -> None:
+        seq, symbol, qty, quote = ev.seq, ev.symbol, ev.quantity, ev.quote
+        buy_first = ev.taker_side == BID
+        for account, order_id, fee, bought in ((ev.taker_account, ev.taker_order, ev.taker_fee, buy_first),
+                                               (ev.maker_account, ev.maker_order, ev.maker_fee, not buy_first)):
+            self.trade(account, symbol, qty if bought else -qty, quote if bought else -quote, seq)
+            self.credit(account, -fee)
+            self.ledger.fees[self.settle_asset] += fee
+            o = self.orders.get(order_id)
+            if o is not None:
+                if o.liquidation:
+                    penalty = quote * self.spec.liquidation_fee_bps // 10_000
+                    self.credit(account, -penalty)
+                    self.insurance += penalty
+                self._open_remove(order_id, qty)
+            self.traded[account] = None
+            self.drop_if_flat(account, symbol)
+
+    def report(self, seq: int) -> list:
+        """BalanceChanged and PositionChanged for everything touched since the last report."""
+        out: list = []
+        balances = self.ledger.balances
+        touched = self.ledger.touched
+        for account, asset in touched:
+            bal = balances[account][asset]
+            out.append(BalanceChanged(seq, account, asset, bal.free, bal.held))
+        touched.clear()
+        for account, symbol in self.touched:
+            pos = self.position(account, symbol)
+            mark = self.mark(symbol)
+            if pos is None:
+                out.append(PositionChanged(seq, account, symbol, 0, 0, 0, 0, 0, mark))
+            else:
+                out.append(PositionChanged(seq, account, symbol, pos.size, pos.net_cost, pos.entry_notional, pos.realized,
+                                           pos.funding, mark))
+        self.touched.clear()
+        return out
+
+    # ------------------------------------------------------------------ phase 4
+
+    def _remark(self, msg: Remark) -> Ticked:
+        """Funding, PnL settlement, new marks, maintenance checks and triggers for one block."""
+        events: list = []
+        ts, seq = msg.timestamp, msg.last_seq
+        self.marks.update(msg.marks)
+        for mp in msg.prices:
+            self.prices[mp.symbol] = mp
+        check: dict[str, None] = {}
+        for fp in msg.funding:
+            self._pay_funding(fp, seq, events)
+            check.update(self.holders[fp.symbol])
+        if self.spec is not None and ts >= self.next_settle:
+            if self.next_settle:
+                self._settle_pnl(seq)
+            self.next_settle = (ts // self.spec.settle_interval_us + 1) * self.spec.settle_interval_us
+        if self.spec is not None and ts >= self.next_oi:
+            if self.next_oi:
+                events.extend(OpenInterest(seq, s, self.long_oi[s]) for s in self.long_oi)
+            self.next_oi = (ts // self.spec.open_interest_interval_us + 1) * self.spec.open_interest_interval_us
+        for symbol in msg.marks:
+            check.update(self.holders.get(symbol, ()))
+        check.update(self.traded)
+        check.update(self.liquidating)
+        self.traded.clear()
+        orders: list = list(self.triggers.fire(msg.marks)) if self.triggers.pending else []
+        if self.spec is not None:
+            orders.extend(self.liquidator.check(sorted(check), seq, events))
+        events.extend(self.report(seq))
+        return Ticked(events, orders)
+
+    def _escalate(self, msg: Escalate) -> Ticked:
+        events: list = []
+        if self.liquidating:
+            self.liquidator.escalate(msg.last_seq, events)
+        events.extend(self.report(msg.last_seq))
+        return Ticked(events, [])
+
+    def _pay_funding(self, fp: FundingPaid, seq: int, events: list) -> None:
+        """Charge every position of the market its share of the index increment: payers'
+        shares rounded up, receivers' down; the remainder goes to the insurance fund."""
+        symbol = fp.symbol
+        cumulative = fp.cumulative
+        self.funding_index[symbol] = cumulative
+        remainder = 0
+        for account in sorted(self.holders[symbol]):
+            pos = self.positions.get(account, {}).get(symbol)
+            if pos is None:
+                continue
+            x = pos.size * (cumulative - pos.funding_index)
+            pos.funding_index = cumulative
+            if not x:
+                continue
+            amount = -(-x // PPB) if x > 0 else -((-x) // PPB)
+            self.credit(account, -amount)
+            pos.funding += amount
+            remainder += amount
+            self.touched[(account, symbol)] = None
+            payment = FundingPayment(seq, account, symbol, amount, pos.size, fp.rate, fp.interval_end)
+            events.append(payment)
+            self.remember(account, payment)
+        self.insurance += remainder
+
+    def _settle_pnl(self, seq: int) -> None:
+        """Realize every position's unrealized PnL at its market's mark (net cost := size x mark)."""
+        for account in sorted(self.positions):
+            for symbol, pos in sorted(self.positions[account].items()):
+                mark = self.mark(symbol)
+                if not mark:
+                    continue
+                value = pos.size * mark * self.markets[symbol].notional_mult
+                pnl = value - pos.net_cost
+                if pnl:
+                    self.credit(account, pnl)
+                    pos.realized += pnl
+                    pos.net_cost = value
+                    self.touched[(account, symbol)] = None
+
+    def remember(self, account: str, event: FundingPayment | object) -> None:
+        h = self.history.get(account)
+        if h is None:
+            h = self.history[account] = deque(maxlen=HISTORY)
+        h.append(event)
+
+    # ------------------------------------------------------------------ queries
+
+    def _balance_of(self, msg: BalanceOf) -> tuple[int, int]:
+        return self.ledger.balance(msg.account, msg.asset)
+
+    def _balances_of(self, msg: BalancesOf) -> dict[str, tuple[int, int]]:
+        return self.ledger.balances_of(msg.account)
+
+    def _unsettled(self) -> int:
+        return sum(p.net_cost for book in self.positions.values() for p in book.values())
+
+    def _totals(self, msg: Totals) -> dict[str, int]:
+        """Per asset: balances + fees (+ insurance fund - net costs for the settlement
+        asset): equals deposits when money is conserved."""
+        out = self.ledger.totals()
+        out[self.settle_asset] = out.get(self.settle_asset, 0) + self.insurance - self._unsettled()
+        return out
+
+    def _ledger(self, msg: LedgerOf) -> dict[str, tuple[int, int, int]]:
+        """Per asset: (deposits, fees + insurance fund, balances including unsettled PnL)."""
+        out = self.ledger.summary()
+        if self.settle_asset in out:
+            d, f, b = out[self.settle_asset]
+            out[self.settle_asset] = (d, f + self.insurance, b - self._unsettled())
+        return out
+
+    def _positions_of(self, msg: PositionsOf) -> PositionsView:
+        book = self.positions.get(msg.account, {})
+        rows = [self._position_row(msg.account, s, p) for s, p in sorted(book.items())]
+        return PositionsView(rows, {s: self.marks[s] for s in book if s in self.marks})
+
+    def _position_row(self, account: str, symbol: str, p: Position) -> PositionState:
+        return PositionState(account, symbol, p.size, p.net_cost, p.entry_notional, p.realized, p.funding, p.funding_index,
+                             p.position_id)
+
+    def _collateral_of(self, msg: CollateralOf) -> CollateralView:
+        account = msg.account
+        f = self.figures(account)
+        quote_unit = 10 ** self.assets[self.settle_asset].decimals
+        rows = []
+        for asset, bal in sorted(self.ledger.balances.get(account, {}).items()):
+            total = bal.free + bal.held
+            if asset == self.settle_asset:
+                rows.append(CollateralRow(asset, total, bal.held, quote_unit, PPB, total))
+                continue
+            perp = self.collateral_perp.get(asset)
+            mark = self.mark(perp.symbol) if perp is not None else 0
+            price = mark * perp.notional_mult * 10 ** self.assets[asset].decimals // perp.base_mult if mark else 0
+            value = total * mark * perp.notional_mult // perp.base_mult if mark else 0
+            weight = rules.collateral_weight(self.assets[asset], value, quote_unit) if value > 0 else PPB
+            rows.append(CollateralRow(asset, total, bal.held, price, weight, value * weight // PPB if value > 0 else value))
+        exposure = f.exposure
+        return CollateralView(
+            rows, f.collateral, f.unrealized, f.equity, exposure, f.initial, f.maintenance,
+            f.initial * PPB // exposure if exposure else 0, f.maintenance * PPB // exposure if exposure else 0,
+            f.equity * PPB // exposure if exposure else 0, account in self.liquidating,
+        )
+
+    def _history_of(self, msg: HistoryOf) -> list:
+        kind = FundingPayment if msg.kind == "funding" else None
+        events = list(self.history.get(msg.account, ()))
+        events.reverse()
+        return [e for e in events if (e.__class__ is FundingPayment) == (kind is FundingPayment)]
+
+    def _marks_of(self, msg: MarksOf) -> dict[str, PerpPrices]:
+        out = {}
+        for symbol, view in self.marks.items():
+            mp = self.prices.get(symbol)
+            out[symbol] = PerpPrices(view.mark, view.index, view.last, mp.funding_rate if mp else 0,
+                                     mp.next_funding if mp else 0, self.long_oi.get(symbol, 0))
+        return out
+
+    # ------------------------------------------------------------------ state
+
+    def _state(self, msg: StateOf) -> RiskState:
+        ledger = self.ledger
+        margin = MarginState(
+            spec=self.spec,
+            positions=[self._position_row(a, s, p) for a, book in sorted(self.positions.items()) for s, p in sorted(book.items())],
+            orders=[PerpOrderState(oid, o.account, o.symbol, o.side, o.remaining, o.price, o.reduce_only, o.liquidation)
+                    for oid, o in sorted(self.orders.items())],
+            triggers=self.triggers.rows(),
+            leverage=[AccountLeverage(a, v) for a, v in sorted(self.leverage.items())],
+            marks=sorted(self.marks.items()),
+            prices=[self.prices[s] for s in sorted(self.prices)],
+            funding_index=sorted(self.funding_index.items()),
+            insurance=self.insurance,
+            liquidating=sorted(self.liquidating),
+            next_settle=self.next_settle,
+            next_open_interest=self.next_oi,
+            history=[(a, list(h)) for a, h in sorted(self.history.items())],
+        )
+        return RiskState(
+            balances=ledger.balance_rows(),
+            holds=ledger.hold_rows(),
+            fees=[AssetAmount(a, v) for a, v in sorted(ledger.fees.items())],
+            deposits=[AssetAmount(a, v) for a, v in sorted(ledger.deposits.items())],
+            accounts_off=self.permissions.account_rows(),
+            markets_off=sorted(self.permissions.markets_off),
+            margin=margin,
+        )
+
+    def _restore(self, msg: Restore) -> None:
+        state: RiskState = msg.state
+        self.ledger.restore(state)
+        self.permissions.restore(state)
+        m = state.margin
+        if m is None:
+            return
+        self.spec = m.spec
+        if m.spec is not None:
+            self.settle_asset = m.spec.settlement_asset
+        for row in m.positions:
+            pos = Position(row.size, row.net_cost, row.entry_notional, row.realized, row.funding, row.funding_index,
+                           row.position_id)
+            self.positions.setdefault(row.account, {})[row.symbol] = pos
+            self.holders[row.symbol][row.account] = None
+            self._oi(row.symbol, row.size, 1)
+        for row in m.orders:
+            self.orders[row.order_id] = PerpOrder(row.account, row.symbol, row.side, row.remaining, row.price,
+                                                  row.reduce_only, row.liquidation)
+            self._open_add(row.account, row.symbol, row.side, row.remaining)
+        self.triggers.restore(m.triggers)
+        self.leverage = {r.account: r.leverage for r in m.leverage}
+        self.marks = dict(m.marks)
+        self.prices = {p.symbol: p for p in m.prices}
+        self.funding_index.update(dict(m.funding_index))
+        self.insurance = m.insurance
+        self.liquidating = dict.fromkeys(m.liquidating)
+        self.next_settle = m.next_settle
+        self.next_oi = m.next_open_interest
+        self.history = {a: deque(h, maxlen=HISTORY) for a, h in m.history}
+
+    handle = dispatcher({
+        PreTrade: _pretrade, Settle: _settle, Remark: _remark, Escalate: _escalate, ListAssetSpec: _list_asset,
+        ListMarketSpec: _list_market, ListMarginSpec: _set_margin, SetPermission: _set_permission, BalanceOf: _balance_of,
+        BalancesOf: _balances_of, Totals: _totals, LedgerOf: _ledger, PositionsOf: _positions_of,
+        CollateralOf: _collateral_of, HistoryOf: _history_of, MarksOf: _marks_of, StateOf: _state, Restore: _restore,
+    })
