@@ -57,7 +57,7 @@ from satchel.core.messages import (
     BID, CANCELLED, EXPIRED, LIQUIDATION, PPB,
     AssetSpec, BalanceChanged, BalanceOf, BalancesOf, CancelAll, CancelOrder, CollateralOf, CollateralRow, CollateralView,
     Deposit, Deposited, Entry, Escalate, Fill, FundingPaid, FundingPayment, HistoryOf, LedgerOf, LeverageSet,
-    ListAssetSpec, ListMarginSpec, ListMarketSpec, MarginSpec, MarketSpec, MarkPrice, MarksOf, OpenInterest, OrderDone,
+    Liquidation, ListAssetSpec, ListMarginSpec, ListMarketSpec, MarginSpec, MarketSpec, MarkPrice, MarksOf, OpenInterest, OrderDone,
     PerpPrices, PlaceOrder, PositionChanged, PositionsOf, PositionsView, PreTrade, PreTraded, Remark, Restore,
     SetLeverage, SetPermission, Settle, Settled, StateOf, Ticked, Totals, TriggerPlaced, TxRejected, order_rejected,
 )
@@ -65,7 +65,7 @@ from satchel.core.state import (
     AccountLeverage, AssetAmount, MarginState, PerpOrderState, PositionState, RiskState,
 )
 
-HISTORY = 100  # funding payments and liquidation steps kept per account (newest)
+HISTORY = 100  # funding payments, and separately liquidation steps, kept per account (newest)
 
 
 
@@ -134,7 +134,7 @@ class Margin:
         self.liquidating: dict[str, None] = {}
         self.next_settle = 0
         self.next_oi = 0
-        self.history: dict[str, deque] = {}
+        self.history: dict[str, tuple[deque, deque]] = {}  # account -> (funding payments, liquidation steps)
         self.collateral_perp: dict[str, MarketSpec] = {}  # asset -> the perp whose mark prices it
         self.touched: dict[tuple[str, str], None] = {}  # positions changed since last reported
         self.traded: dict[str, None] = {}  # accounts with perp fills since the last check
@@ -628,11 +628,11 @@ class Margin:
                     pos.net_cost = value
                     self.touched[(account, symbol)] = None
 
-    def remember(self, account: str, event: FundingPayment | object) -> None:
+    def remember(self, account: str, event: FundingPayment | Liquidation) -> None:
         h = self.history.get(account)
         if h is None:
-            h = self.history[account] = deque(maxlen=HISTORY)
-        h.append(event)
+            h = self.history[account] = (deque(maxlen=HISTORY), deque(maxlen=HISTORY))
+        h[event.__class__ is Liquidation].append(event)
 
     # ------------------------------------------------------------------ queries
 
@@ -693,10 +693,9 @@ class Margin:
         )
 
     def _history_of(self, msg: HistoryOf) -> list:
-        kind = FundingPayment if msg.kind == "funding" else None
-        events = list(self.history.get(msg.account, ()))
-        events.reverse()
-        return [e for e in events if (e.__class__ is FundingPayment) == (kind is FundingPayment)]
+        """The account's funding payments or (``kind`` "liquidation") liquidation steps, newest first."""
+        h = self.history.get(msg.account)
+        return list(reversed(h[msg.kind == "liquidation"])) if h is not None else []
 
     def _marks_of(self, msg: MarksOf) -> dict[str, PerpPrices]:
         out = {}
@@ -724,7 +723,7 @@ class Margin:
             liquidating=sorted(self.liquidating),
             next_settle=self.next_settle,
             next_open_interest=self.next_oi,
-            history=[(a, list(h)) for a, h in sorted(self.history.items())],
+            history=[(a, [*funding, *steps]) for a, (funding, steps) in sorted(self.history.items())],
         )
         return RiskState(
             balances=ledger.balance_rows(),
@@ -765,7 +764,10 @@ class Margin:
         self.liquidating = dict.fromkeys(m.liquidating)
         self.next_settle = m.next_settle
         self.next_oi = m.next_open_interest
-        self.history = {a: deque(h, maxlen=HISTORY) for a, h in m.history}
+        self.history = {}
+        for account, events in m.history:
+            for ev in events:
+                self.remember(account, ev)
 
     handle = dispatcher({
         PreTrade: _pretrade, Settle: _settle, Remark: _remark, Escalate: _escalate, ListAssetSpec: _list_asset,
