@@ -4,8 +4,10 @@ A leaf commits to everything a proof shows::
 
     sha256(0x00 || msgpack([height, account, asset, total, decimals]))
 
-in (account, asset) order, where total = free + held in the asset's smallest unit and
-decimals is the asset's; an inner node is ``sha256(0x01 || left || right)`` (the prefixes
+in (account, asset) order, where total = free + held in the asset's smallest unit (a
+negative balance -- a perp loss owed against other collateral -- is owed *to* the
+exchange, not a liability, and counts as 0; unrealized perp PnL is realized into the
+balance every few seconds and is not in the leaf) and decimals is the asset's; an inner node is ``sha256(0x01 || left || right)`` (the prefixes
 keep a leaf from passing as a node); an odd node at the end of a level is carried up
 unchanged. The root, ``root(state, height)``, is recorded in every snapshot.
 
@@ -53,7 +55,7 @@ def _node(left: bytes, right: bytes) -> bytes:
 def leaves_of(state: EngineState, height: int) -> list[tuple[int, str, str, int, int]]:
     """(height, account, asset, total, decimals) in (account, asset) order."""
     balances, decimals = ledger_of(state)
-    return [(height, acct, asset, total, decimals.get(asset, 0)) for acct, asset, total in sorted(balances)]
+    return [(height, acct, asset, max(total, 0), decimals.get(asset, 0)) for acct, asset, total in sorted(balances)]
 
 
 def _levels(hashes: list[bytes]) -> list[list[bytes]]:
