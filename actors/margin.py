@@ -579,7 +579,7 @@ class Margin:
         if self.spec is not None:
             orders.extend(self.liquidator.check(sorted(check), seq, events))
         events.extend(self.report(seq))
-        return Ticked(events, orders)
+        return Ticked(events, orders, bool(self.liquidating))
 
     def _escalate(self, msg: Escalate) -> Ticked:
         events: list = []
