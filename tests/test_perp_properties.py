@@ -14,7 +14,7 @@ from satchel.core.engine import Engine, events_hash
 from satchel.core.messages import (
     ASK, BID, IOC, LIMIT, MARKET, CollateralOf, Deposit, Fill, Liquidation, PlaceOrder, SetIndex,
 )
-from test_perps import P, SECOND, T0, USDC, Perps, perp_config
+from test_perps import P, T0, USDC, Perps, perp_config
 
 TRADERS = ("a", "b", "c", "d", "e")
 BACKSTOP = "bs"

@@ -34,11 +34,12 @@ from satchel.clock import now_ms
 from satchel.core import instructions
 from satchel.core.engine import MAX_WINDOW_MS
 from satchel.core.errors import (
-    EXPIRED, INVALID_REQUEST, INVALID_SIGNATURE, MAINTENANCE, RESOURCE_NOT_FOUND, UNAUTHORIZED, RequestError,
+    EXPIRED, INVALID_REQUEST, INVALID_SIGNATURE, INVALID_SYMBOL, MAINTENANCE, RESOURCE_NOT_FOUND, UNAUTHORIZED,
+    RequestError,
 )
 from satchel.core.messages import (
-    NEW, PARTIALLY_FILLED, REJECTED, Auth, BalancesOf, Fill, LedgerOf, OpenOrders, OrderDone, OrderOf, PlaceOrder, Query,
-    TxRejected,
+    NEW, PARTIALLY_FILLED, REJECTED, TRIGGER_PENDING, Auth, BalancesOf, CollateralOf, Fill, HistoryOf, LedgerOf, MarksOf,
+    OpenOrders, OrderDone, OrderOf, PlaceOrder, PositionsOf, Query, TriggerPlaced, TxRejected,
 )
 from satchel.signing import decode_key, decode_signature, needs_quoting, signing_string
 
@@ -46,6 +47,8 @@ from satchel.signing import decode_key, decode_signature, needs_quoting, signing
 METHODS = (
     "orderExecute", "orderCancel", "orderCancelAll", "orderQuery", "orderQueryAll", "balanceQuery", "depth",
     "ledgerTotals", "nodeStats", "deposit", "adminSetTrading", "adminSetFees",
+    "positionQuery", "collateralQuery", "fundingHistoryQueryAll", "liquidationHistoryQueryAll", "markPrices",
+    "openInterest", "accountUpdate",
 )
 # requests that read no params: whatever params arrive, even malformed ones, are ignored
 PARAMLESS = frozenset({"ledgerTotals"})
@@ -289,11 +292,14 @@ class Api:
                     })
                 elif cls is OrderDone and ev.order_id == oid:
                     status, reason = ev.status, ev.reason
+                elif cls is TriggerPlaced and ev.order_id == oid:
+                    status = TRIGGER_PENDING  # held by the margin engine until its trigger price is crossed
             if status is None:
                 status = PARTIALLY_FILLED if executed else NEW
             result = fmt.order(tx.symbol, oid, tx.client_id, tx.side, tx.price, tx.quantity, executed, executed_quote,
                                status, order_type=tx.order_type, tif=tx.tif, stp=tx.stp, post_only=tx.post_only,
-                               quote_quantity=tx.quote_quantity, created_us=node.block_timestamp)
+                               quote_quantity=tx.quote_quantity, created_us=node.block_timestamp,
+                               reduce_only=tx.reduce_only, trigger_price=tx.trigger_price, trigger_by=tx.trigger_by)
             result["fills"] = fills
             if status == REJECTED or reason:
                 result["reason"] = reason
@@ -324,9 +330,11 @@ class Api:
 
         return reply
 
-    # ------------------------------------------------------------------ admin
+    # ------------------------------------------------------------------ admin and account settings
 
-    def _admin_reply(self, result: Mapping[str, str]) -> Callable[[Replies, Any, list], None]:
+    def _ack_reply(self, result: Mapping[str, str]) -> Callable[[Replies, Any, list], None]:
+        """Answers ``result`` once the transaction applied, or the engine's refusal."""
+
         def reply(replies: Replies, req_id: Any, events: list) -> None:
             for ev in events:
                 if ev.__class__ is TxRejected:
@@ -337,18 +345,32 @@ class Api:
 
     @_request
     def adminSetTrading(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
-        self._transaction(caller, req_id, texts, sig, "adminSetTrading", lambda tx, texts: self._admin_reply(texts))
+        self._transaction(caller, req_id, texts, sig, "adminSetTrading", lambda tx, texts: self._ack_reply(texts))
 
     @_request
     def adminSetFees(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
-        self._transaction(caller, req_id, texts, sig, "adminSetFees", lambda tx, texts: self._admin_reply(texts))
+        self._transaction(caller, req_id, texts, sig, "adminSetFees", lambda tx, texts: self._ack_reply(texts))
 
     @_request
     def deposit(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
         self._transaction(caller, req_id, texts, sig, "deposit",
-                          lambda tx, texts: self._admin_reply({**texts, "status": "Confirmed"}))
+                          lambda tx, texts: self._ack_reply({**texts, "status": "Confirmed"}))
+
+    @_request
+    def accountUpdate(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """Backpack's ``PATCH /api/v1/account``: the account's ``leverageLimit`` (its IMF is
+        at least 1/leverageLimit from this transaction on)."""
+        self._transaction(caller, req_id, texts, sig, "accountUpdate",
+                          lambda tx, texts: self._ack_reply({"leverageLimit": str(tx.leverage)}))
 
     # ------------------------------------------------------------------ queries
+
+    def _page(self, params: OptionalSymbolParams) -> slice:
+        """The ``limit``/``offset`` window of a list (at most ``max_page`` items)."""
+        top = self.max_page
+        limit = instructions.uint(params.limit, "limit", top + 1) if params.limit is not None else top
+        offset = instructions.uint(params.offset, "offset") if params.offset is not None else 0
+        return slice(offset, offset + limit)
 
     @_request
     def orderQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
@@ -374,13 +396,11 @@ class Api:
         symbols = [params.symbol] if params.symbol else list(self.listing.markets)
         for s in symbols:
             self.listing.check_symbol(s)
-        page = self.max_page
-        limit = instructions.uint(params.limit, "limit", page + 1) if params.limit is not None else page
-        offset = instructions.uint(params.offset, "offset") if params.offset is not None else 0
+        page = self._page(params)
         replies = caller.replies
 
         def reply(answers: list) -> None:
-            views = [(s, v) for s, vs in zip(symbols, answers) for v in vs][offset:offset + limit]
+            views = [(s, v) for s, vs in zip(symbols, answers) for v in vs][page]
             replies.result(req_id, [self.fmt.resting(s, v) for s, v in views])
 
         queries = [Query(s, OpenOrders(signed.account)) for s in symbols]
@@ -443,3 +463,92 @@ class Api:
         params = instructions.params_of(instructions.SymbolParams, texts)
         self.listing.check_symbol(params.symbol)
         caller.replies.result(req_id, self.marketdata.snapshot(params.symbol))
+
+    # ------------------------------------------------------------------ perpetuals
+
+    def _perps(self, symbol: str | None) -> list[str]:
+        """``[symbol]`` if it is a listed perpetual (INVALID_SYMBOL if not), else every perp in listing order."""
+        if symbol is None:
+            return [s for s, m in self.listing.markets.items() if m.perp is not None]
+        self.listing.check_symbol(symbol)
+        if self.listing.markets[symbol].perp is None:
+            raise RequestError(INVALID_SYMBOL, f"{symbol} is not a perpetual market")
+        return [symbol]
+
+    def _account_read(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature, instruction: str,
+                      message: Any, reply: Callable[[Any], Any]) -> None:
+        """A signed read of the margin engine: ``message`` built for the signer's account,
+        answered with ``reply(answer)``."""
+        signed = self.check_signature(instruction, texts, sig)
+        query = Query("risk", message(signed.account))
+        replies = caller.replies
+        caller.verified(req_id, signed, lambda m: self._read([query], lambda a: replies.result(req_id, reply(a[0]))))
+
+    @_request
+    def positionQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """Open perp positions (``GET /api/v1/position``), all or one market's, valued at the marks."""
+        symbols = self._perps(instructions.params_of(OptionalSymbolParams, texts).symbol)
+
+        def reply(view: Any) -> list:
+            marks = view.marks
+            return [self.fmt.position(p, marks[p.symbol].mark if p.symbol in marks else 0)
+                    for p in view.positions if p.size and p.symbol in symbols]
+
+        self._account_read(caller, req_id, texts, sig, "positionQuery", PositionsOf, reply)
+
+    @_request
+    def collateralQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """The account's collateral, equity and margin (``GET /api/v1/capital/collateral``)."""
+        instructions.params_of(NoParams, texts)
+        if self.fmt.settlement_asset() is None:
+            raise RequestError(RESOURCE_NOT_FOUND, "No perpetual market is listed")
+        self._account_read(caller, req_id, texts, sig, "collateralQuery", CollateralOf, self.fmt.collateral)
+
+    def _history(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature, instruction: str,
+                 kind: str, item: Callable[[Any], dict]) -> None:
+        """An account's funding payments or liquidation steps, newest first, optionally one
+        market's, a page at a time (``limit``/``offset``)."""
+        params = instructions.params_of(OptionalSymbolParams, texts)
+        symbol = params.symbol
+        if symbol is not None:
+            self._perps(symbol)
+        page = self._page(params)
+
+        def reply(events: list) -> list:
+            return [item(ev) for ev in [ev for ev in events if symbol is None or ev.symbol == symbol][page]]
+
+        self._account_read(caller, req_id, texts, sig, instruction, lambda account: HistoryOf(account, kind), reply)
+
+    @_request
+    def fundingHistoryQueryAll(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """Funding payments (``GET /wapi/v1/history/funding``)."""
+        self._history(caller, req_id, texts, sig, "fundingHistoryQueryAll", "funding", self.fmt.funding_payment)
+
+    @_request
+    def liquidationHistoryQueryAll(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """The steps of the account's liquidations (Satchel's own; tiers in ``format.LIQUIDATION_TIERS``)."""
+        self._history(caller, req_id, texts, sig, "liquidationHistoryQueryAll", "liquidation", self.fmt.liquidation)
+
+    def _marks(self, caller: Caller, req_id: Any, texts: Mapping[str, str], item: Callable[[str, Any], dict]) -> None:
+        """A public read of every perp's prices (``MarksOf``), one item per perp it has figures for."""
+        symbols = self._perps(instructions.params_of(OptionalSymbolParams, texts).symbol)
+        replies = caller.replies
+
+        def reply(answers: list) -> None:
+            prices = answers[0]
+            replies.result(req_id, [item(s, prices[s]) for s in symbols if s in prices])
+
+        self._read([Query("risk", MarksOf())], reply)
+
+    @_request
+    def markPrices(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """Mark and index prices and the running interval's funding estimate (``GET /api/v1/markPrices``);
+        a perp that has no mark yet is left out."""
+        self._marks(caller, req_id, texts, self.fmt.mark_price)
+
+    @_request
+    def openInterest(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """Open interest in contracts (``GET /api/v1/openInterest``), as of the last published
+        block; a perp that has no mark yet (so no position either) is left out."""
+        ts = self.marketdata.last_timestamp
+        self._marks(caller, req_id, texts, lambda s, p: self.fmt.open_interest(s, p.open_interest, ts))

@@ -12,6 +12,13 @@ Depth ids: one ``DepthDelta`` per market per block that changed its book, with
 ``u`` + 1. A depth subscriber first receives a ``depthSnapshot`` frame (the whole book
 and its ``lastUpdateId``) on the same stream, then the deltas that follow it.
 
+Perpetuals add public ``markPrice.<perp>`` and ``openInterest.<perp>`` streams, the
+public ``liquidation`` stream (book unwinds, backstop takeovers and auto-deleverages:
+the steps that move a position) and the private ``account.positionUpdate[.<perp>]``.
+Whether a position update opened or closed a position is decided here, from the size
+each (account, perp) had at the previous ``PositionChanged``; a position opened before
+this process started is first reported as opened.
+
 The markets are those of the formatter's listing at construction, and each market
 whose ``ConfigChanged`` event arrives in a published block (listed later); the
 formatter's listing must take that event first (``api.listing.Listing``).
@@ -28,7 +35,9 @@ from sortedcontainers import SortedDict
 from satchel.api.format import Formatter
 from satchel.core.messages import (
     ASK, BID, CANCELLED, EXPIRED, FILLED, ORDER_TYPE_NAMES, PARTIALLY_FILLED, REJECTED, SIDE_NAMES, TIF_NAMES,
-    BalanceChanged, BlockHeader, ConfigChanged, DepthDelta, Fill, OrderAccepted, OrderDone,
+    TRIGGER_BY_NAMES, TRIGGER_PENDING,
+    BalanceChanged, BlockHeader, ConfigChanged, DepthDelta, Fill, Liquidation, MarkPrice, OpenInterest, OrderAccepted,
+    OrderDone, PositionChanged, TriggerPlaced,
 )
 from satchel.clock import now_us
 
@@ -38,8 +47,14 @@ _MINUTE_US = 60_000_000
 _TICKER_EVERY_US = 1_000_000
 
 PUBLIC_KINDS = ("depth", "trade", "bookTicker", "ticker")
-PRIVATE_STREAMS = ("account.orderUpdate", "account.balanceUpdate")
-SILENT_STREAMS = ("account.rfqUpdate", "account.positionUpdate")  # accepted so ccxt's watchers work
+PERP_KINDS = ("markPrice", "openInterest")  # "<kind>.<symbol>" of a perpetual market only
+LIQUIDATION_STREAM = "liquidation"  # every market's, no symbol
+PRIVATE_STREAMS = ("account.orderUpdate", "account.balanceUpdate", "account.positionUpdate")
+SILENT_STREAMS = ("account.rfqUpdate",)  # accepted so ccxt's watchers work
+POSITION_STREAM = "account.positionUpdate"
+# the liquidation steps that trade a position (book unwind, backstop, auto-deleverage); cancelling
+# orders and an insurance-fund cover move no position, so they are not market data
+_PUBLIC_TIERS = (2, 3, 5)
 
 
 class Sink(Protocol):
@@ -64,13 +79,35 @@ class MarketData:
         self.fmt = fmt
         self._markets: dict[str, _Market] = {s: _Market() for s in fmt.markets}
         self._subs: dict[str, dict[Sink, None]] = {}
+        self._sizes: dict[tuple[str, str], int] = {}  # (account, perp) -> size at its last PositionChanged, if not 0
         self.last_timestamp = 0
 
     # ------------------------------------------------------------------ subscriptions
 
     def valid_public(self, stream: str) -> bool:
+        if stream == LIQUIDATION_STREAM:
+            return True
         kind, _, symbol = stream.partition(".")
-        return kind in PUBLIC_KINDS and symbol in self._markets
+        if symbol not in self._markets:
+            return False
+        return kind in PUBLIC_KINDS or (kind in PERP_KINDS and self._is_perp(symbol))
+
+    def valid_private(self, stream: str) -> bool:
+        """``account.<name>[.<symbol>]`` among ``PRIVATE_STREAMS``: order updates take any
+        listed market, position updates a perpetual one, balance updates none."""
+        base, _, symbol = stream.partition(".")[2].partition(".")
+        name = f"account.{base}"
+        if name not in PRIVATE_STREAMS:
+            return False
+        if not symbol:
+            return True
+        if name == POSITION_STREAM:
+            return self._is_perp(symbol)
+        return name != "account.balanceUpdate" and symbol in self.fmt.markets
+
+    def _is_perp(self, symbol: str) -> bool:
+        spec = self.fmt.markets.get(symbol)
+        return spec is not None and spec.perp is not None
 
     def subscribe(self, stream: str, sink: Sink) -> None:
         self._subs.setdefault(stream, {})[sink] = None
@@ -147,6 +184,11 @@ class MarketData:
             for sink in list(subs):
                 sink.push(frame)
 
+    def _wants(self, account: str, stream: str, symbol: str) -> bool:
+        """Whether anyone follows ``stream`` of ``account``, for all markets or ``symbol``'s."""
+        subs = self._subs
+        return f"{stream}:{account}" in subs or f"{stream}.{symbol}:{account}" in subs
+
     def _private(self, account: str, stream: str, symbol: str | None, data: dict) -> None:
         # private subscriptions are keyed "<stream>:<account>"; the frame names the stream
         self._fanout(f"{stream}:{account}", data, stream)
@@ -164,9 +206,22 @@ class MarketData:
                 self._on_fill(ev, ts)
             elif cls is DepthDelta:
                 self._on_depth(ev, ts)
-            elif cls is OrderAccepted or cls is OrderDone:
+            elif cls is OrderAccepted or cls is OrderDone or cls is TriggerPlaced:
                 if subs:
                     self._on_order(ev, ts)
+            elif cls is PositionChanged:
+                self._on_position(ev, ts)  # even unwatched: the next update's opened/closed depends on it
+            elif cls is MarkPrice:
+                key = f"markPrice.{ev.symbol}"
+                if key in subs:
+                    self._fanout(key, fmt.mark_price_update(ev, now_us(), ts))
+            elif cls is OpenInterest:
+                key = f"openInterest.{ev.symbol}"
+                if key in subs:
+                    self._fanout(key, fmt.open_interest_update(ev, now_us()))
+            elif cls is Liquidation:
+                if ev.tier in _PUBLIC_TIERS and LIQUIDATION_STREAM in subs:
+                    self._fanout(LIQUIDATION_STREAM, fmt.liquidation_update(ev, now_us(), ts))
             elif cls is BalanceChanged:
                 if subs:
                     self._private(ev.account, "account.balanceUpdate", None, {
@@ -249,6 +304,21 @@ class MarketData:
                 "n": fmt.quote(sym, fee), "N": fmt.markets[sym].quote, "T": ts, "O": "USER",
             })
 
+    def _on_position(self, ev: PositionChanged, ts: int) -> None:
+        key = (ev.account, ev.symbol)
+        before = self._sizes.pop(key, 0)
+        if ev.size:
+            self._sizes[key] = ev.size  # flat positions are forgotten: the map holds open ones only
+        if not self._wants(ev.account, POSITION_STREAM, ev.symbol):
+            return
+        if ev.size == 0:
+            kind = "positionClosed"
+        elif before == 0:
+            kind = "positionOpened"
+        else:
+            kind = "positionAdjusted"
+        self._private(ev.account, POSITION_STREAM, ev.symbol, self.fmt.position_update(ev, kind, now_us(), ts))
+
     _ORDER_EVENTS = {CANCELLED: "orderCancelled", EXPIRED: "orderExpired", REJECTED: "orderRejected"}
 
     def _on_order(self, ev: Any, ts: int) -> None:
@@ -256,7 +326,9 @@ class MarketData:
         fmt = self.fmt
         if sym not in fmt.markets:
             return
-        if ev.__class__ is OrderAccepted:
+        if ev.__class__ is TriggerPlaced:
+            data = self._trigger_placed(ev, ts)
+        elif ev.__class__ is OrderAccepted:
             data = {
                 "e": "orderAccepted", "E": now_us(), "s": sym, "c": ev.client_id, "S": SIDE_NAMES[ev.side],
                 "o": ORDER_TYPE_NAMES[ev.order_type].upper(), "f": TIF_NAMES[ev.tif],
@@ -278,3 +350,17 @@ class MarketData:
             if ev.reason:
                 data["R"] = ev.reason
         self._private(ev.account, "account.orderUpdate", sym, data)
+
+    def _trigger_placed(self, ev: TriggerPlaced, ts: int) -> dict:
+        """Backpack's ``triggerPlaced`` order update: the order waits for its trigger price
+        (``P``, compared with ``B``) and is then placed for ``Y``."""
+        sym = ev.symbol
+        fmt = self.fmt
+        qty = fmt.qty(sym, ev.quantity) if ev.quantity else None
+        return {
+            "e": "triggerPlaced", "E": now_us(), "s": sym, "c": ev.client_id, "S": SIDE_NAMES[ev.side],
+            "o": ORDER_TYPE_NAMES[ev.order_type].upper(), "q": qty,
+            "p": fmt.price(sym, ev.price) if ev.price else None, "P": fmt.price(sym, ev.trigger_price),
+            "B": TRIGGER_BY_NAMES[ev.trigger_by], "Y": qty, "X": TRIGGER_PENDING, "i": str(ev.order_id),
+            "r": ev.reduce_only, "T": ts, "O": "USER",
+        }

@@ -35,7 +35,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from satchel.api.handlers import METHODS, PARAMLESS
-from satchel.api.marketdata import PRIVATE_STREAMS, SILENT_STREAMS
+from satchel.api.marketdata import SILENT_STREAMS
 from satchel.gateway import protocol as P
 from satchel.gateway.wire import abort, send_frames
 
@@ -234,11 +234,9 @@ class Session:
             if md.valid_public(stream):
                 public.append(stream)
             elif stream.startswith("account."):
-                base, _, symbol = stream.partition(".")[2].partition(".")
-                name = f"account.{base}"
-                if name in SILENT_STREAMS:
+                if f"account.{stream.split('.')[1]}" in SILENT_STREAMS:
                     continue
-                if name not in PRIVATE_STREAMS or (symbol and (name == "account.balanceUpdate" or symbol not in self.gw.listing.markets)):
+                if not md.valid_private(stream):
                     self.push(P.error_frame(req.id, P.INVALID_STREAM, "Invalid stream"))
                     return
                 private.append(stream)
