@@ -54,7 +54,7 @@ class Liquidator:
     def _event(self, seq: int, account: str, tier: int, f: "Figures", auto: int, symbol: str = "", side: int = 0,
                qty: int = 0, price: int = 0, amount: int = 0, counterparty: str = "", out: list | None = None) -> None:
         ev = Liquidation(seq, account, tier, symbol, side, qty, price, self.m.mark(symbol) if symbol else 0, f.equity,
-                         f.maintenance, auto, amount, counterparty)
+                         f.maintenance, auto, amount, counterparty, self.m.now)
         out.append(ev)
         self.m.remember(account, ev)
 

@@ -139,6 +139,7 @@ class Margin:
         self.touched: dict[tuple[str, str], None] = {}  # positions changed since last reported
         self.traded: dict[str, None] = {}  # accounts with perp fills since the last check
         self.liquidator = Liquidator(self)
+        self.now = 0  # the block being applied, us (event times)
 
     # ------------------------------------------------------------------ configuration
 
@@ -542,10 +543,10 @@ class Margin:
             pos = self.position(account, symbol)
             mark = self.mark(symbol)
             if pos is None:
-                out.append(PositionChanged(seq, account, symbol, 0, 0, 0, 0, 0, mark))
+                out.append(PositionChanged(seq, account, symbol, 0, 0, 0, 0, 0, mark, 0))
             else:
                 out.append(PositionChanged(seq, account, symbol, pos.size, pos.net_cost, pos.entry_notional, pos.realized,
-                                           pos.funding, mark))
+                                           pos.funding, mark, pos.position_id))
         self.touched.clear()
         return out
 
@@ -555,6 +556,7 @@ class Margin:
         """Funding, PnL settlement, new marks, maintenance checks and triggers for one block."""
         events: list = []
         ts, seq = msg.timestamp, msg.last_seq
+        self.now = ts
         self.marks.update(msg.marks)
         for mp in msg.prices:
             self.prices[mp.symbol] = mp
@@ -583,6 +585,7 @@ class Margin:
 
     def _escalate(self, msg: Escalate) -> Ticked:
         events: list = []
+        self.now = msg.timestamp
         if self.liquidating:
             self.liquidator.escalate(msg.last_seq, events)
         events.extend(self.report(msg.last_seq))

@@ -62,10 +62,13 @@ class Sink:
         return [json.loads(f)["data"] for f in self.frames]
 
 
+T_US = 1_700_000_000_000_000
+
+
 def position(size: int, net_cost: int, entry_notional: int | None = None, *, mark: int = 15_000, realized: int = 0,
              funding: int = 0) -> PositionChanged:
     return PositionChanged(7, ACCOUNT, PERP, size, net_cost, net_cost if entry_notional is None else entry_notional,
-                           realized, funding, mark)
+                           realized, funding, mark, 7 if size else 0)
 
 
 # ---------------------------------------------------------------- formatter
@@ -182,17 +185,17 @@ def test_mark_prices_and_open_interest_items():
 
 def test_liquidation_history_items_name_their_tier():
     fmt = formatter()
-    unwind = Liquidation(9, ACCOUNT, 2, PERP, ASK, 100, 14_000, 14_010, 5 * USDC, 4 * USDC, 2 * USDC, 140 * USDC, "")
+    unwind = Liquidation(9, ACCOUNT, 2, PERP, ASK, 100, 14_000, 14_010, 5 * USDC, 4 * USDC, 2 * USDC, 140 * USDC, "", T_US)
     assert fmt.liquidation(unwind) == {
         "seq": 9, "userId": ACCOUNT, "tier": 2, "tierName": "bookUnwind", "symbol": PERP, "side": "Ask",
         "quantity": "1", "price": "140", "markPrice": "140.1", "equity": "5", "maintenance": "4", "autoclose": "2",
-        "amount": "140", "counterparty": None,
+        "amount": "140", "counterparty": None, "timestamp": "2023-11-14T22:13:20",
     }
-    cover = Liquidation(9, ACCOUNT, 4, "", BID, 0, 0, 0, -3 * USDC, 4 * USDC, 2 * USDC, 3 * USDC, "@insurance")
+    cover = Liquidation(9, ACCOUNT, 4, "", BID, 0, 0, 0, -3 * USDC, 4 * USDC, 2 * USDC, 3 * USDC, "@insurance", T_US)
     item = fmt.liquidation(cover)
     assert (item["tierName"], item["symbol"], item["quantity"], item["price"]) == ("insuranceFund", None, None, None)
     assert (item["equity"], item["amount"], item["counterparty"]) == ("-3", "3", "@insurance")
-    names = [fmt.liquidation(Liquidation(1, ACCOUNT, t, "", BID, 0, 0, 0, 0, 0, 0, 0, ""))["tierName"]
+    names = [fmt.liquidation(Liquidation(1, ACCOUNT, t, "", BID, 0, 0, 0, 0, 0, 0, 0, "", T_US))["tierName"]
              for t in range(1, 6)]
     assert names == ["cancelOrders", "bookUnwind", "backstop", "insuranceFund", "autoDeleverage"]
 
@@ -256,7 +259,7 @@ def test_public_liquidations_are_the_steps_that_trade_a_position():
     a, b = Sink(), Sink()
     md.subscribe("liquidation", a)
     md.subscribe("liquidation", b)
-    steps = [Liquidation(9, ACCOUNT, tier, PERP if tier != 4 else "", ASK, 100, 14_000, 14_010, 0, 0, 0, 0, "")
+    steps = [Liquidation(9, ACCOUNT, tier, PERP if tier != 4 else "", ASK, 100, 14_000, 14_010, 0, 0, 0, 0, "", T_US)
              for tier in range(1, 6)]
     md.publish(header(), steps)
     assert len(a.frames) == 3
@@ -286,7 +289,7 @@ def test_position_updates_say_opened_adjusted_closed():
     adjusted = everything.data()[1]
     assert {k: v for k, v in adjusted.items() if k != "E"} == {
         "e": "positionAdjusted", "s": PERP, "b": "150", "B": "150", "f": "0.02", "M": "155", "m": "0.0125",
-        "q": "3", "Q": "3", "n": "465", "i": None, "p": "0", "P": "15", "l": "0", "T": TS,
+        "q": "3", "Q": "3", "n": "465", "i": "7", "p": "0", "P": "15", "l": "0", "T": TS,
     }
     closed = everything.data()[2]
     assert (closed["q"], closed["p"], closed["P"]) == ("0", "15", "0")
@@ -420,7 +423,7 @@ async def test_histories_filter_by_market_and_page():
     r = call(api, "fundingHistoryQueryAll", {"symbol": PERP, "offset": 1, "limit": 2})
     assert [p["quantity"] for p in r.results[0]] == ["-0.000003", "-0.000001"]
     assert call(api, "fundingHistoryQueryAll", {"limit": 3}).errors == ["INVALID_CLIENT_REQUEST"]
-    steps = [Liquidation(9, KEY.api_key, 2, PERP, ASK, 100, 14_000, 14_010, 0, 0, 0, 0, "")]
+    steps = [Liquidation(9, KEY.api_key, 2, PERP, ASK, 100, 14_000, 14_010, 0, 0, 0, 0, "", T_US)]
     node = Node({HistoryOf: steps})
     r = call(api_for(node), "liquidationHistoryQueryAll", {"symbol": PERP})
     assert node.read_messages == [HistoryOf(KEY.api_key, "liquidation")]

@@ -196,7 +196,7 @@ class Formatter:
         f = self.position_figures(sym, ev.size, ev.net_cost, ev.entry_notional, ev.mark)
         return {
             "e": event, "E": emitted_us, "s": sym, "b": f.break_even, "B": f.entry, "f": f.imf, "M": f.mark,
-            "m": f.mmf, "q": self.qty(sym, ev.size), "Q": f.exposure_quantity, "n": f.exposure_notional, "i": None,
+            "m": f.mmf, "q": self.qty(sym, ev.size), "Q": f.exposure_quantity, "n": f.exposure_notional, "i": str(ev.position_id) if ev.position_id else None,
             "p": self.quote(sym, ev.realized), "P": f.unrealized, "l": "0", "T": ts,
         }
 
@@ -299,6 +299,7 @@ class Formatter:
             "autoclose": format_units(ev.autoclose, money),
             "amount": format_units(ev.amount, money),
             "counterparty": ev.counterparty or None,
+            "timestamp": naive_iso(ev.timestamp),
         }
 
     def liquidation_update(self, ev: Liquidation, emitted_us: int, ts: int) -> dict:

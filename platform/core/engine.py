@@ -284,7 +284,7 @@ class Engine:
                     part.append((self.internal_seq, item))
             await self._run_phases(part, events, timestamp_us)
         if orders or ticked.more:
-            events.extend((await self.risk.call(Escalate(last_seq))).events)
+            events.extend((await self.risk.call(Escalate(last_seq, timestamp_us))).events)
 
     # ------------------------------------------------------------------ configuration
 

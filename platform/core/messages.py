@@ -388,6 +388,7 @@ class PositionChanged(_Rec, tag=28):
     realized: int
     funding: int
     mark: int
+    position_id: int  # sequence number of the fill that opened it (0: closed)
 
 
 class MarkPrice(_Rec, tag=29):
@@ -449,6 +450,7 @@ class Liquidation(_Rec, tag=32):
     autoclose: int
     amount: int
     counterparty: str
+    timestamp: int  # the block's, us
 
 
 class OpenInterest(_Rec, tag=33):
@@ -601,6 +603,7 @@ class Escalate(msgspec.Struct):
     book could not bring back above maintenance."""
 
     last_seq: int
+    timestamp: int
 
 
 class ListMarginSpec(msgspec.Struct):
