@@ -5,8 +5,17 @@ its journal copy, its snapshots, ``divergence-<height>.json`` and the state it r
 under ``diverged/``), rolls back to the last good snapshot before the divergence (or
 ``--from-snapshot H``), reprocesses every transaction after it under this code's
 canonical rules -- checking each block against the commitment the canonical node
-wrote -- and compares, per account and asset, the balances the diverged node had with
-the canonical ones.
+wrote -- and compares, per account, what the diverged node had with the canonical state:
+
+* balances, per asset (gainers and losers, totals per asset);
+* perp positions: size, net cost, unrealized PnL -- both sides valued at the canonical
+  mark, so the difference is the positions' and not the prices' --, realized PnL and
+  funding paid (these two already moved the settlement balance: they explain a balance
+  difference, they do not add to it; a position closed to zero is no longer kept, so
+  its figures read as 0);
+* liquidation steps (``Liquidation`` events, from each state's per-account history)
+  that one side took and the other did not;
+* the insurance fund.
 
 After a ``signatures`` divergence the validator never applied the offending block; it
 left the block's journal record in ``divergence-<height>.block`` and the offending
@@ -19,6 +28,7 @@ state the same block without those transactions. An offline validator
 from __future__ import annotations
 
 import json
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,12 +36,13 @@ from typing import Any
 import msgspec
 import trio
 
+from satchel.actors.margin import HISTORY
 from satchel.ledger import snapshots
 from satchel.core.amounts import format_units
 from satchel.core.engine import Engine
 from satchel.ledger.journal import read_records
-from satchel.core.messages import Block, header_decoder
-from satchel.core.state import EngineState, state_decoder
+from satchel.core.messages import SIDE_NAMES, Block, Liquidation, header_decoder
+from satchel.core.state import EngineState, PositionState, state_decoder
 from satchel.ledger.chain import Chain, DivergedError, decode_block
 
 
@@ -40,8 +51,178 @@ def _balances(state: EngineState) -> dict[tuple[str, str], int]:
     return {(row.account, b.asset): b.free + b.held for row in state.risk.balances for b in row.assets}
 
 
-def _decimals(state: EngineState) -> dict[str, int]:
-    return {spec.symbol: spec.decimals for spec in state.assets}
+class _Units:
+    """Integer units as decimal strings, by the canonical state's listings."""
+
+    def __init__(self, state: EngineState):
+        self.decimals = {spec.symbol: spec.decimals for spec in state.assets}
+        self.markets = {spec.symbol: spec for spec in state.markets}
+        self.settlement = state.margin.settlement_asset if state.margin is not None else None
+
+    def asset(self, asset: str, units: int) -> str:
+        return format_units(units, self.decimals[asset])
+
+    def qty(self, symbol: str, units: int) -> str:
+        return format_units(units, self.markets[symbol].quantity_decimals)
+
+    def price(self, symbol: str, units: int) -> str:
+        return format_units(units, self.markets[symbol].price_decimals)
+
+    def quote(self, symbol: str, units: int) -> str:
+        return self.asset(self.markets[symbol].quote, units)
+
+    def money(self, units: int) -> str:
+        """In the settlement asset (liquidation figures, the insurance fund)."""
+        return self.asset(self.settlement, units)
+
+
+# ---------------------------------------------------------------- balances
+
+
+def _balance_rows(diverged: EngineState, canonical: EngineState, units: _Units) -> tuple[list[dict], dict[str, str]]:
+    """One row per (account, asset) whose balance differs, gainers first per asset; totals per asset."""
+    had, should = _balances(diverged), _balances(canonical)
+    rows = []
+    totals: dict[str, int] = {}
+    for key in sorted(set(had) | set(should)):
+        diff = had.get(key, 0) - should.get(key, 0)
+        if diff:
+            acct, asset = key
+            rows.append({"account": acct, "asset": asset, "diverged": units.asset(asset, had.get(key, 0)),
+                         "canonical": units.asset(asset, should.get(key, 0)), "difference": units.asset(asset, diff)})
+            totals[asset] = totals.get(asset, 0) + diff
+    rows.sort(key=lambda r: (r["asset"], -Decimal(r["difference"])))
+    return rows, {a: units.asset(a, v) for a, v in sorted(totals.items())}
+
+
+# ---------------------------------------------------------------- perp positions
+
+POSITION_FIGURES = ("size", "net_cost", "unrealized", "realized", "funding")
+_FLAT = dict.fromkeys(POSITION_FIGURES, 0)  # no position kept: flat, or never opened
+
+
+def _marks(state: EngineState) -> dict[str, int]:
+    margin = state.risk.margin
+    return {symbol: view.mark for symbol, view in margin.marks} if margin is not None else {}
+
+
+def _unrealized(pos: PositionState, mark: int, notional_mult: int) -> int:
+    """size x mark - net cost (``actors.margin``); 0 while the market has no mark, as the API shows it."""
+    return pos.size * mark * notional_mult - pos.net_cost if mark else 0
+
+
+def _positions(state: EngineState, marks: dict[str, int], units: _Units) -> dict[tuple[str, str], dict[str, int]]:
+    """(account, symbol) -> the position's figures (in ``POSITION_FIGURES`` order), unrealized PnL at ``marks``."""
+    margin = state.risk.margin
+    if margin is None:
+        return {}
+    return {(p.account, p.symbol): {
+        "size": p.size, "net_cost": p.net_cost,
+        "unrealized": _unrealized(p, marks.get(p.symbol, 0), units.markets[p.symbol].notional_mult),
+        "realized": p.realized, "funding": p.funding,
+    } for p in margin.positions}
+
+
+def _position_rows(diverged: EngineState, canonical: EngineState, units: _Units) -> list[dict]:
+    """One row per (account, symbol) whose position differs: each figure on both sides and
+    the difference; the greatest unrealized gain first per market."""
+    marks = _marks(canonical)  # both sides valued alike: a difference is the positions', not the prices'
+    had, should = _positions(diverged, marks, units), _positions(canonical, marks, units)
+    rows = []
+    for key in sorted(set(had) | set(should)):
+        a, b = had.get(key, _FLAT), should.get(key, _FLAT)
+        if a == b:
+            continue
+        acct, symbol = key
+
+        def text(figures: dict[str, int]) -> dict[str, str]:
+            return {f: units.qty(symbol, v) if f == "size" else units.quote(symbol, v) for f, v in figures.items()}
+
+        rows.append({"account": acct, "symbol": symbol, "diverged": text(a), "canonical": text(b),
+                     "difference": text({f: a[f] - b[f] for f in POSITION_FIGURES})})
+    rows.sort(key=lambda r: (r["symbol"], -Decimal(r["difference"]["unrealized"])))
+    return rows
+
+
+# ---------------------------------------------------------------- liquidations and the insurance fund
+
+
+def _steps(state: EngineState) -> dict[str, list[Liquidation]]:
+    """account -> the liquidation steps the state remembers for it, oldest first."""
+    margin = state.risk.margin
+    if margin is None:
+        return {}
+    return {acct: [e for e in events if isinstance(e, Liquidation)] for acct, events in margin.history}
+
+
+def _comparable(had: list[Liquidation], should: list[Liquidation]) -> tuple[list[Liquidation], list[Liquidation]]:
+    """Both lists without the blocks a full history may have dropped in part.
+
+    Each side keeps only an account's newest ``HISTORY`` steps: steps no newer than the
+    oldest one a full side still holds may be missing there without having been undone.
+    """
+    cutoff = max((steps[0].timestamp for steps in (had, should) if len(steps) >= HISTORY), default=None)
+    if cutoff is None:
+        return had, should
+    return [e for e in had if e.timestamp > cutoff], [e for e in should if e.timestamp > cutoff]
+
+
+def _only(these: list[Liquidation], those: list[Liquidation]) -> list[Liquidation]:
+    """The steps of ``these`` that ``those`` lacks (as a multiset: steps may repeat within a block)."""
+    left = Counter(those)
+    out = []
+    for e in these:
+        if left[e]:
+            left[e] -= 1
+        else:
+            out.append(e)
+    return out
+
+
+def _step_row(e: Liquidation, units: _Units) -> dict:
+    """A step with its figures as decimals; tiers 1 and 4 name no market."""
+    sym = e.symbol or None
+    return {"account": e.account, "tier": e.tier, "symbol": sym, "side": SIDE_NAMES[e.side] if sym else None,
+            "quantity": units.qty(sym, e.quantity) if sym else None,
+            "price": units.price(sym, e.price) if sym else None,
+            "mark": units.price(sym, e.mark) if sym else None, "amount": units.money(e.amount),
+            "counterparty": e.counterparty or None, "equity": units.money(e.equity),
+            "maintenance": units.money(e.maintenance), "seq": e.seq, "timestamp": e.timestamp}
+
+
+def _liquidation_rows(diverged: EngineState, canonical: EngineState, units: _Units) -> dict[str, list[dict]]:
+    had, should = _steps(diverged), _steps(canonical)
+    out: dict[str, list[dict]] = {"diverged_only": [], "canonical_only": []}
+    for acct in sorted(set(had) | set(should)):
+        mine, theirs = _comparable(had.get(acct, []), should.get(acct, []))
+        out["diverged_only"] += [_step_row(e, units) for e in _only(mine, theirs)]
+        out["canonical_only"] += [_step_row(e, units) for e in _only(theirs, mine)]
+    return out
+
+
+def _insurance(diverged: EngineState, canonical: EngineState, units: _Units) -> dict[str, str] | None:
+    """The insurance fund on both sides (None with no perps listed)."""
+    if canonical.risk.margin is None:
+        return None
+    had = diverged.risk.margin.insurance if diverged.risk.margin is not None else 0
+    should = canonical.risk.margin.insurance
+    return {"asset": units.settlement, "diverged": units.money(had), "canonical": units.money(should),
+            "difference": units.money(had - should)}
+
+
+def compare(diverged: EngineState, canonical: EngineState) -> dict[str, Any]:
+    """Per account, what the diverged state has over the canonical one (the report's body)."""
+    units = _Units(canonical)
+    rows, totals = _balance_rows(diverged, canonical, units)
+    return {
+        "gainers": [r for r in rows if Decimal(r["difference"]) > 0],
+        "losers": [r for r in rows if Decimal(r["difference"]) < 0],
+        "totals": totals,
+        "positions": _position_rows(diverged, canonical, units),
+        "marks": {s: units.price(s, m) for s, m in _marks(canonical).items()},
+        "liquidations": _liquidation_rows(diverged, canonical, units),
+        "insurance": _insurance(diverged, canonical, units),
+    }
 
 
 def _plain(canonical: EngineState) -> EngineState:
@@ -138,19 +319,6 @@ async def investigate(data: str | Path, from_snapshot: int | None = None) -> dic
             raise FileNotFoundError(f"no diverged state at height {height} under {data / 'diverged'}")
         diverged, diverged_hash = snapshots.decode_state(diverged_snap), diverged_snap.state_hash
         canonical, base = await canonical_state(data, height, from_snapshot, journal)
-    decimals = _decimals(canonical)
-    had, should = _balances(diverged), _balances(canonical)
-    rows = []
-    totals: dict[str, int] = {}
-    for key in sorted(set(had) | set(should)):
-        diff = had.get(key, 0) - should.get(key, 0)
-        if diff:
-            acct, asset = key
-            d = decimals[asset]
-            rows.append({"account": acct, "asset": asset, "diverged": format_units(had.get(key, 0), d),
-                         "canonical": format_units(should.get(key, 0), d), "difference": format_units(diff, d)})
-            totals[asset] = totals.get(asset, 0) + diff
-    rows.sort(key=lambda r: (r["asset"], -Decimal(r["difference"])))
     return {
         "divergent_height": height,
         "kind": divergence.get("kind"),
@@ -158,17 +326,13 @@ async def investigate(data: str | Path, from_snapshot: int | None = None) -> dic
         "replayed_blocks": height - base,
         "diverged_state": diverged_hash,
         "canonical_state": snapshots.encode_state(canonical)[1],
-        "gainers": [r for r in rows if Decimal(r["difference"]) > 0],
-        "losers": [r for r in rows if Decimal(r["difference"]) < 0],
-        "totals": {a: format_units(v, decimals[a]) for a, v in sorted(totals.items())},
-        "note": "spot only: positions arrive with perpetuals",
+        **compare(diverged, canonical),
         **extra,
     }
 
 
 def render(report: dict) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     console.print(f"divergence at block {report['divergent_height']} ({report['kind']}); rolled back to "
@@ -176,11 +340,52 @@ def render(report: dict) -> None:
     if report.get("left_out_seqs"):
         console.print(f"canonical block {report['divergent_height']} leaves out the transactions whose signatures "
                       f"fail: seqs {report['left_out_seqs']}")
-    t = Table(title="balances: diverged node vs canonical replay")
-    for col in ("", "account", "asset", "diverged", "canonical", "difference"):
-        t.add_column(col)
+    t = _table("balances: diverged node vs canonical replay",
+               "", "account", "asset", "diverged", "canonical", "difference")
     for label in ("gainers", "losers"):
         for r in report[label]:
             t.add_row(label[:-1], r["account"], r["asset"], r["diverged"], r["canonical"], r["difference"])
     console.print(t)
     console.print(f"totals (diverged - canonical): {report['totals'] or 'none'}")
+    if report.get("insurance") is None:
+        return  # no perps listed: balances are the whole story
+    _render_perps(console, report)
+
+
+def _table(title: str, *columns: str) -> Any:
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col)
+    return t
+
+
+def _render_perps(console: Any, report: dict) -> None:
+    """Positions (only the figures that differ), liquidation steps on one side only, the insurance fund."""
+    if report["positions"]:
+        symbols = sorted({r["symbol"] for r in report["positions"]})
+        marks = ", ".join(f"{s} {report['marks'][s]}" for s in symbols if s in report["marks"])
+        t = _table(f"perp positions: diverged node vs canonical replay (unrealized PnL at the canonical mark: "
+                   f"{marks or 'none'})", "account", "symbol", "figure", "diverged", "canonical", "difference")
+        for r in report["positions"]:
+            for f in POSITION_FIGURES:
+                if r["difference"][f] != "0":
+                    t.add_row(r["account"], r["symbol"], f, r["diverged"][f], r["canonical"][f], r["difference"][f])
+        console.print(t)
+    else:
+        console.print("perp positions: no difference")
+    steps = [(side, r) for side in ("diverged_only", "canonical_only") for r in report["liquidations"][side]]
+    if steps:
+        t = _table("liquidation steps taken on one side only (tiers: 1 cancel orders, 2 book unwind, 3 backstop, "
+                   "4 insurance fund, 5 auto-deleverage)",
+                   "only in", "account", "tier", "symbol", "quantity", "price", "amount", "counterparty")
+        for side, r in steps:
+            t.add_row(side.split("_")[0], r["account"], str(r["tier"]), r["symbol"] or "", r["quantity"] or "",
+                      r["price"] or "", r["amount"], r["counterparty"] or "")
+        console.print(t)
+    else:
+        console.print("liquidation steps: no difference")
+    fund = report["insurance"]
+    console.print(f"insurance fund ({fund['asset']}): diverged {fund['diverged']}, canonical {fund['canonical']}, "
+                  f"difference {fund['difference']}")
