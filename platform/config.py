@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
@@ -103,6 +103,18 @@ class MarginConfig(msgspec.Struct, frozen=True):
     settlement_asset: str = "USDC"
 
 
+class OracleSettings(msgspec.Struct, frozen=True):
+    """``[oracle]`` in the node's TOML configuration."""
+
+    seed: int = 7
+    interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # random walk: one step per market this often
+    step_bps: Annotated[float, msgspec.Meta(ge=0)] = 10.0  # a step's standard deviation, in basis points
+    max_deviation: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.2  # the walk stays within start * (1 +- this)
+    file: str | None = None  # replay this price file instead of walking
+    speed: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # file replay speed-up (2: a 60 s file takes 30 s)
+    start: dict[str, str] = {}  # perp symbol -> starting price; default: the demo price of its spot market
+
+
 class DemoConfig(msgspec.Struct, frozen=True):
     prices: dict[str, str] = {}
 
@@ -113,6 +125,7 @@ class Config(msgspec.Struct, frozen=True):
     assets: list[AssetConfig] = []
     markets: list[MarketConfig] = []
     margin: MarginConfig = MarginConfig()
+    oracle: OracleSettings = OracleSettings()
     demo: DemoConfig = DemoConfig()
 
     def asset_specs(self) -> list[AssetSpec]:

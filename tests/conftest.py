@@ -176,10 +176,11 @@ def small_snapshots() -> config.Config:
 
 
 def start_node(data: Path, port: int, log: Path) -> subprocess.Popen:
-    """``satchel serve`` on 127.0.0.1:``port`` without demo accounts or block stream; stderr to ``log``."""
+    """``satchel serve`` on 127.0.0.1:``port`` without demo accounts, oracle or block stream (a quiet node: it
+    changes nothing unless asked); stderr to ``log``."""
     return subprocess.Popen(
         [sys.executable, "-m", "satchel.tools.cli", "serve", "--data", str(data), "--port", str(port), "--no-demo",
-         "--replication-port", "-1"],
+         "--no-oracle", "--replication-port", "-1"],
         stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
     )
 

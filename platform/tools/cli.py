@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -15,6 +16,10 @@ from satchel import config as config_mod
 from satchel.ledger.journal import JournalCorrupt
 from satchel.ledger.chain import DivergedError
 from satchel.runtime import fatal_errors_unwrapped
+
+if TYPE_CHECKING:
+    from satchel.config import OracleSettings
+    from satchel.oracle import PriceRow
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -36,12 +41,18 @@ def setup_logging(level: int = logging.INFO) -> None:
 async def _serve(args: argparse.Namespace) -> int:
     from satchel.tools.demo import MarketMaker
     from satchel.gateway import Gateway
+    from satchel.oracle import Oracle
     from satchel.node import Node
     from satchel.ledger.replication import Replicator
 
     from satchel.signing import decode_key
 
     cfg = config_mod.load(args.config)
+    try:
+        oracle = None if args.no_oracle else _oracle(cfg, args)
+    except ValueError as exc:  # a bad price file or start price
+        print(f"satchel serve: {exc}", file=sys.stderr)
+        return 2
     host = args.host or cfg.node.host
     port = cfg.node.port if args.port is None else args.port
     followers = [decode_key(k) for k in args.allow_follower]
@@ -60,6 +71,9 @@ async def _serve(args: argparse.Namespace) -> int:
                     allow=followers).run)
             # stderr carries log lines only (JSON, or readable on a terminal): no plain prints here
             structlog.get_logger("satchel").info("node.serving", url=gateway.url, data=str(Path(args.data).resolve()))
+            if oracle is not None:
+                settings, rows = oracle
+                edges.start_soon(Oracle(node, settings, rows).run)
             if not args.no_demo:
                 edges.start_soon(MarketMaker(node).run)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -69,6 +83,35 @@ async def _serve(args: argparse.Namespace) -> int:
             edges.cancel_scope.cancel()
         node.shutdown()
     return 0
+
+
+def _oracle(cfg: config_mod.Config, args: argparse.Namespace) -> tuple[OracleSettings, list[PriceRow] | None]:
+    """The oracle's settings with the command line's overrides, and its price file's rows
+    (None: a random walk). A bad file or start price raises ``ValueError`` here, before
+    the node starts, rather than becoming a log line once it runs."""
+    import msgspec
+
+    from satchel import oracle as oracle_mod
+
+    settings = cfg.oracle
+    if args.oracle_file is not None:
+        settings = msgspec.structs.replace(settings, file=args.oracle_file)
+    if args.oracle_speed is not None:
+        settings = msgspec.structs.replace(settings, speed=args.oracle_speed)
+    # checked against the configured markets; the runner checks each update again
+    # against the node's own listing when it builds the transaction
+    markets = {m.symbol: m for m in cfg.market_specs()}
+    if settings.file is not None:
+        return settings, oracle_mod.load_prices(settings.file, markets)
+    oracle_mod.start_prices(markets, settings, cfg.demo.prices)
+    return settings, None
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
 
 
 def _keygen(_: argparse.Namespace) -> int:
@@ -287,6 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=None, help="WebSocket port (default 8765; 0 picks a free one)")
     p.add_argument("--config", default=None, help="TOML file replacing the packaged defaults")
     p.add_argument("--no-demo", action="store_true", help="no demo accounts and market maker")
+    oracle = p.add_mutually_exclusive_group()
+    oracle.add_argument("--no-oracle", action="store_true",
+                        help="no index prices for the perps (their risk-increasing orders are refused)")
+    oracle.add_argument("--oracle-file", default=None, metavar="PATH",
+                        help="replay index prices from a CSV (timestamp_ms,symbol,price) or JSON file instead of "
+                             "the random walk ([oracle] in the config)")
+    p.add_argument("--oracle-speed", type=_positive, default=None, metavar="X",
+                   help="replay the price file X times faster (default 1)")
     p.add_argument("--replication-port", type=int, default=8766, help="block stream for validators (0: any free port, -1: off)")
     p.add_argument("--replication-host", default="127.0.0.1", help="block stream listen address (default 127.0.0.1)")
     p.add_argument("--allow-follower", action="append", default=[], metavar="KEY",
@@ -329,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--subscribers", type=int, default=4)
     p.add_argument("--slow-subscribers", type=int, default=0)
-    p.add_argument("--scenario", choices=["mm", "takers", "mixed"], default="mixed")
+    p.add_argument("--scenario", choices=["mm", "takers", "mixed", "perps"], default="mixed",
+                   help="perps: leveraged perp traders, an index crash, liquidations (embedded only)")
     p.add_argument("--markets", nargs="+", default=None)
     p.add_argument("--workers", type=int, default=None, help="trader processes (default: CPU count)")
     p.add_argument("--out", help="write the JSON report here")

@@ -2,7 +2,17 @@
 
 An edge like any other: it signs its orders with its own keys and submits them to the
 sequencer; it never touches ledger state. Keys live in ``<data>/demo.keys`` so a
-restarted node quotes with the same accounts; they are funded once, by admin deposits.
+restarted node quotes with the same accounts; they are funded once, by admin deposits
+(perps need only the USDC: it is their collateral).
+
+Spot markets are quoted around a private random walk from the ``[demo]`` reference
+prices. Perps are quoted around their index, read each period from the node with the
+typed ``MarksOf`` query (what the public ``markPrices`` method answers from, without a
+WebSocket connection): the index is the fair price the oracle publishes, so the book's
+mid follows it and the premium, hence funding, stays small. Quoting around the mark
+instead would feed the book back into itself (the mark is the index plus the book's
+basis). A perp without an index yet (``--no-oracle``) is not quoted: the engine refuses
+risk-increasing orders on it.
 """
 
 from __future__ import annotations
@@ -11,13 +21,13 @@ import json
 import random
 from pathlib import Path
 
+import msgspec
 import structlog
 import trio
 
+from satchel.core import instructions
 from satchel.core.amounts import format_units, to_units
-from satchel.core.messages import (
-    ASK, BID, GTC, IOC, LIMIT, REJECT_TAKER, BalancesOf, CancelAll, Deposit, MarketSpec, PlaceOrder,
-)
+from satchel.core.messages import ASK, BID, GTC, IOC, BalancesOf, Deposit, MarketSpec, MarksOf
 from satchel.signing import Keypair, auth_for
 
 log = structlog.get_logger("satchel.tools.demo")
@@ -57,21 +67,31 @@ class MarketMaker:
                         await self.node.submit_wait(Deposit(self.node.admin.api_key, key.api_key, asset, units, auth))
         for sym, spec in engine.markets.items():
             price = self.node.cfg.demo.prices.get(sym)
-            if price:
+            if price and spec.perp is None:
                 self.mid[sym] = to_units(price, spec.price_decimals) // spec.tick * spec.tick
-        log.info("demo.started", accounts=[k.api_key for k in self.keys], markets=list(self.mid))
+        perps = [spec for spec in engine.markets.values() if spec.perp is not None]
+        log.info("demo.started", accounts=[k.api_key for k in self.keys], markets=list(self.mid),
+                 perps=[p.symbol for p in perps])
         while True:
             for sym, mid in list(self.mid.items()):
-                self._quote(engine.markets[sym], mid)
+                spec = engine.markets[sym]
+                # random walk of the mid, a few ticks per period
+                mid = max(spec.tick * 10, mid + self.rng.randint(-3, 3) * spec.tick * max(1, mid // spec.tick // 10_000))
+                self.mid[sym] = mid
+                self._quote(spec, mid)
+            if perps:
+                marks = await self.node.ask("risk", MarksOf())
+                for spec in perps:
+                    prices = marks.get(spec.symbol)
+                    if prices is not None and prices.index:
+                        self._quote(spec, prices.index // spec.tick * spec.tick)
             await trio.sleep(self.period)
 
     def _quote(self, spec: MarketSpec, mid: int) -> None:
+        """Replace the maker's ladder around ``mid``; now and then a taker crosses it."""
         maker, taker = self.keys
         sym = spec.symbol
-        # random walk of the mid, a few ticks per period
-        mid = max(spec.tick * 10, mid + self.rng.randint(-3, 3) * spec.tick * max(1, mid // spec.tick // 10_000))
-        self.mid[sym] = mid
-        self.node.submit(CancelAll(maker.api_key, sym, auth_for(maker, "orderCancelAll", {"symbol": sym})))
+        self._submit(maker, "orderCancelAll", {"symbol": sym})
         spread = max(spec.tick, mid // 2000 // spec.tick * spec.tick)
         lot = max(spec.min_quantity, -(-spec.min_notional * 20 // (mid * spec.notional_mult)) // spec.step * spec.step)
         for i in range(self.levels):
@@ -89,5 +109,11 @@ class MarketMaker:
             "price": format_units(price, spec.price_decimals), "quantity": format_units(qty, spec.quantity_decimals),
             "timeInForce": "GTC" if tif == GTC else "IOC",
         }
-        auth = auth_for(key, "orderExecute", params)
-        self.node.submit(PlaceOrder(key.api_key, spec.symbol, side, LIMIT, tif, False, price, qty, 0, None, REJECT_TAKER, auth))
+        self._submit(key, "orderExecute", params)
+
+    def _submit(self, key: Keypair, instruction: str, params: dict[str, str]) -> None:
+        """Build the transaction from its signed texts with the declared builder, as the
+        gateway and the validator do: positional fields would silently drift when the
+        record grows (an ``Auth`` once landed in ``PlaceOrder.reduce_only``)."""
+        tx = instructions.build(instruction, params, key.api_key, self.node.engine)
+        self.node.submit(msgspec.structs.replace(tx, auth=auth_for(key, instruction, params)))
