@@ -158,3 +158,12 @@ async def test_steps_a_full_history_dropped_are_not_reported_as_undone(diverged)
     body = compare(keeping(steps[1:]), keeping(steps[:HISTORY]))  # the diverged side took the newest step
     assert [r["timestamp"] for r in body["liquidations"]["diverged_only"]] == [steps[-1].timestamp]
     assert body["liquidations"]["canonical_only"] == []
+
+
+async def test_a_validator_with_the_same_rules_agrees_through_the_crash(tmp_path):
+    """The crash journal -- marks, the periodic phase, every liquidation tier -- replays
+    block by block to the node's event commitments."""
+    await run_node(tmp_path / "node", crash, with_backstop())
+    # a differing block would raise Divergence (see the fixture above)
+    height = await Validator(tmp_path / "v", verify_processes=-1).check_journal(tmp_path / "node" / "journal")
+    assert height == heights(tmp_path / "node" / "journal")[1]
