@@ -31,6 +31,11 @@ def summary(h: HdrHistogram) -> dict[str, Any]:
     return out
 
 
+def decimal_text(v: Decimal) -> str:
+    """A decimal without exponent or trailing zeros ("19.30" -> "19.3")."""
+    return format(v.normalize(), "f") if v else "0"
+
+
 def verdict(report: dict, max_error_rate: float | None, max_p99_ms: float | None) -> list[str]:
     """Reasons the run fails its thresholds and correctness checks (empty: passed)."""
     why = []
@@ -52,6 +57,21 @@ def verdict(report: dict, max_error_rate: float | None, max_p99_ms: float | None
         off = [f"{asset} {k.removesuffix('_diff')} off by {v}" for asset, row in c.get("conservation", {}).items()
                for k, v in row.items() if k.endswith("_diff") and Decimal(v) != 0]
         why.append("by the node's ledgerTotals, balances plus fees do not add up to the deposits: " + "; ".join(off))
+    return why + _perp_verdict(report)
+
+
+def _perp_verdict(report: dict) -> list[str]:
+    """The perps scenario's checks (``perps.checks``): open interest, equity, liquidations."""
+    c = report["correctness"]
+    why = []
+    if c.get("open_interest_ok") is False:
+        off = [f"{s} long {r['long']} short {r['short']} node {r['node']}" for s, r in c["open_interest"].items()
+               if not r["long"] == r["short"] == r["node"]]
+        why.append("open interest does not balance: " + "; ".join(off))
+    if c.get("negative_equity"):
+        why.append(f"below zero equity without an insurance-fund or ADL step: {', '.join(c['negative_equity'])}")
+    if "perps" in report and "liquidation_tiers" in c and not c["liquidation_tiers"]:
+        why.append("the crash liquidated nobody")
     return why
 
 
@@ -89,7 +109,23 @@ def render(report: dict, console: Console | None = None) -> None:
     console.print(f"correctness: lost acks {c['lost_acks']}, depth gaps {c['depth_gaps']}, book mismatches "
                   f"{c['book_mismatches']}/{c['books_checked']}, conservation "
                   f"{'not checked' if c.get('conservation_error') else c.get('conservation_ok', 'n/a')}")
+    _render_perps(report, console)
     s = report.get("slow_subscribers")
     if s and s["count"]:
         console.print(f"slow subscribers: {s['dropped']}/{s['count']} disconnected; node RSS {s.get('rss_start_mb', '?')} -> "
                       f"max {s.get('rss_max_mb', '?')} MB")
+
+
+def _render_perps(report: dict, console: Console) -> None:
+    p, c = report.get("perps"), report["correctness"]
+    if not p:
+        return
+    console.print(f"perps: index -{p['crash_drop']:.0%} in {p['crash_seconds']:g} s, {p['crash_after_warmup_s']:g} s "
+                  f"into the measured run; takers {p['taker_leverage'][0]}-{p['taker_leverage'][1]}x")
+    if "liquidations" not in c:
+        return
+    tiers = ", ".join(f"{name} {n:,}" for name, n in c["liquidations"].items()) or "none"
+    oi = ", ".join(f"{s} {r['long']}" for s, r in c["open_interest"].items())
+    console.print(f"liquidation steps by tier: {tiers} ({c['liquidated_accounts']} accounts); open interest "
+                  f"long = short = node: {c['open_interest_ok']} ({oi}); below zero without a rescue: "
+                  f"{len(c['negative_equity'])}")

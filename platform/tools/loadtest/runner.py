@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -23,14 +24,16 @@ from rich.table import Table
 
 from satchel import config as config_mod
 from satchel.tools.client import ReplyError, connect, free_port
+from satchel.tools.loadtest import perps as perps_mod
 from satchel.tools.loadtest.feed import run_feed
 from satchel.tools.loadtest.plan import market_plans, roles
-from satchel.tools.loadtest.report import merge, render, summary, verdict
+from satchel.tools.loadtest.report import decimal_text, merge, render, summary, verdict
 from satchel.tools.loadtest.trader import run_worker
 from satchel.signing import load_key
 from satchel.signing import Keypair
 
 FUNDING = {"USDC": "10000000", "BTC": "1000", "ETH": "10000", "SOL": "1000000"}
+START_S = 2.0  # from spawning the worker processes to their start: spawned interpreters need a moment to import
 
 
 def _rss_mb(pid: int) -> float | None:
@@ -43,34 +46,69 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
-async def _wait_ready(url: str, proc: subprocess.Popen | None) -> None:
+class NodeFailed(RuntimeError):
+    """The embedded node exited, or never became usable."""
+
+
+async def _wait_ready(url: str, proc: subprocess.Popen | None, symbol: str) -> None:
     with trio.fail_after(30):
         while True:
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError("the embedded node exited during start-up")
+                raise NodeFailed(f"the embedded node exited during start-up (status {proc.returncode})")
             try:
                 async with connect(url) as c:
-                    await c.request("depth", {"symbol": "SOL_USDC"}, sign=False)
+                    await c.request("depth", {"symbol": symbol}, sign=False)
                 return
             except* (OSError, Exception):
                 await trio.sleep(0.1)
 
 
-async def _fund(url: str, admin: Keypair, keys: list[Keypair], assets: list[str]) -> None:
+Deposits = list[tuple[str, str, str]]  # (account, asset, quantity)
+
+
+async def _fund(url: str, admin: Keypair, deposits: Deposits) -> None:
     """Deposits through the node's faucet method, signed by its admin key."""
     async with connect(url, admin) as c:
-        for key in keys:
-            for asset in assets:
-                await c.request("deposit", {"account": key.api_key, "asset": asset, "quantity": FUNDING[asset]})
+        for account, asset, quantity in deposits:
+            await c.request("deposit", {"account": account, "asset": asset, "quantity": quantity})
 
 
-async def _balances(url: str, keys: list[Keypair]) -> dict[str, Decimal]:
-    totals: dict[str, Decimal] = {}
+def _deposited(deposits: Deposits) -> dict[str, Decimal]:
+    out: dict[str, Decimal] = {}
+    for _, asset, quantity in deposits:
+        out[asset] = out.get(asset, Decimal(0)) + Decimal(quantity)
+    return out
+
+
+async def _accounts(url: str, keys: list[Keypair], perps: bool) -> dict[str, dict]:
+    """Per account: its balances (free + held per asset) and, for perps, ``perps.read_account``'s figures."""
+    out = {}
     for key in keys:
         async with connect(url, key) as c:
-            for asset, b in (await c.request("balanceQuery")).items():
-                totals[asset] = totals.get(asset, Decimal(0)) + Decimal(b["available"]) + Decimal(b["locked"])
+            held = await c.request("balanceQuery")
+            balances = {a: Decimal(b["available"]) + Decimal(b["locked"]) for a, b in held.items()}
+            out[key.api_key] = {"balances": balances, **(await perps_mod.read_account(c) if perps else {})}
+    return out
+
+
+def _holdings(accounts: dict[str, dict], settlement_asset: str | None) -> dict[str, Decimal]:
+    """The accounts' balances per asset as ``ledgerTotals`` counts them: the settlement
+    asset's less the positions' net costs."""
+    totals: dict[str, Decimal] = {}
+    for a in accounts.values():
+        for asset, v in a["balances"].items():
+            totals[asset] = totals.get(asset, Decimal(0)) + v
+    if settlement_asset is not None:
+        totals[settlement_asset] = totals.get(settlement_asset, Decimal(0)) - perps_mod.net_costs(accounts)
     return totals
+
+
+def _unmoved(first: dict[str, dict], second: dict[str, dict]) -> bool:
+    """The two reads saw the same balances, positions and liquidations (equity follows the
+    mark, which moves on: it is left out)."""
+    def still(accounts: dict[str, dict]) -> dict:
+        return {k: {f: v for f, v in a.items() if f != "equity"} for k, a in accounts.items()}
+    return still(first) == still(second)
 
 
 LEDGER_FIGURES = ("deposits", "withdrawals", "fees", "balances")
@@ -94,17 +132,28 @@ async def _ledger_totals(url: str) -> dict[str, dict[str, Decimal]]:
         raise LedgerTotalsUnavailable(f"malformed ledgerTotals reply {reply!r:.300} ({exc!r})") from None
 
 
-async def _settled(url: str, keys: list[Keypair], tries: int = 5) -> tuple[dict, dict, bool]:
-    """The node's totals and the traders' balances, read while the ledger stands still:
-    the totals are read before and after the balances and must agree (else read again)."""
+@dataclass
+class Reading:
+    totals: dict[str, dict[str, Decimal]]  # ledgerTotals
+    accounts: dict[str, dict]  # ``_accounts``
+    open_interest: dict[str, Decimal]  # perps only
+    settled: bool  # nothing moved while it was read
+
+
+async def _settled(url: str, keys: list[Keypair], perps: bool = False, tries: int = 5) -> Reading:
+    """The node's totals and the accounts' figures, read while the ledger stands still:
+    the totals are read before and after the accounts, and the accounts twice, and each
+    pair must agree (else read again). Both reads count: a zero-sum move between accounts
+    (a fee-free fill, a PnL settlement) leaves the totals as they were."""
     for _ in range(tries):
         before = await _ledger_totals(url)
-        have = await _balances(url, keys)
+        accounts = await _accounts(url, keys, perps)
+        open_interest = await perps_mod.read_open_interest(url) if perps else {}
         after = await _ledger_totals(url)
-        if before == after:
-            return after, have, True
+        if before == after and _unmoved(accounts, await _accounts(url, keys, perps)):
+            return Reading(after, accounts, open_interest, True)
         await trio.sleep(0.5)
-    return after, have, False
+    return Reading(after, accounts, open_interest, False)
 
 
 async def _node_stats(url: str, reset_with: Keypair | None = None) -> dict | None:
@@ -116,10 +165,6 @@ async def _node_stats(url: str, reset_with: Keypair | None = None) -> dict | Non
             return (await c.request("nodeStats", {"reset": True} if reset else None, sign=reset))["stages"]
     except ReplyError:
         return None
-
-
-def _dec(v: Decimal) -> str:
-    return format(v.normalize(), "f") if v else "0"
 
 
 def conservation(deposited: dict[str, Decimal], traders: dict[str, Decimal], totals: dict[str, dict[str, Decimal]],
@@ -145,25 +190,29 @@ def conservation(deposited: dict[str, Decimal], traders: dict[str, Decimal], tot
         mine, given = traders.get(asset, zero), deposited.get(asset, zero)
         diffs = {"ledger": dep - wd - bal - fees, "deposits": dep - given, "traders": given - wd - mine - fees}
         ok = ok and all(v == 0 for v in diffs.values())
-        rows[asset] = {"deposited": _dec(given), "node_deposits": _dec(dep), "node_withdrawals": _dec(wd),
-                       "node_fees": _dec(fees), "node_balances": _dec(bal), "traders_balances": _dec(mine),
-                       **{f"{k}_diff": _dec(v) for k, v in diffs.items()}}
+        figures = {"deposited": given, "node_deposits": dep, "node_withdrawals": wd, "node_fees": fees,
+                   "node_balances": bal, "traders_balances": mine, **{f"{k}_diff": v for k, v in diffs.items()}}
+        rows[asset] = {k: decimal_text(v) for k, v in figures.items()}
         if stream_fees is not None:
-            rows[asset]["stream_fees"] = _dec(stream_fees.get(asset, zero))
+            rows[asset]["stream_fees"] = decimal_text(stream_fees.get(asset, zero))
     return rows, ok
 
 
 def check_conservation(url: str, keys: list[Keypair], deposited: dict[str, Decimal],
-                       stream_fees: dict[str, Decimal] | None = None) -> dict:
-    """The report's conservation fields, from the node once every trader is done."""
+                       stream_fees: dict[str, Decimal] | None = None, perps: perps_mod.Markets | None = None) -> dict:
+    """The report's conservation fields, from the node once every trader is done; given
+    the ``perps`` traded, also the perp checks (``perps.checks``) on the same reading."""
     try:
-        totals, have, settled = trio.run(_settled, url, keys)
+        reading = trio.run(_settled, url, keys, perps is not None)
     except LedgerTotalsUnavailable as exc:
         return {"conservation_ok": None, "conservation_error": str(exc)}
-    rows, ok = conservation(deposited, have, totals, stream_fees)
+    settle = perps.settlement_asset if perps else None
+    rows, ok = conservation(deposited, _holdings(reading.accounts, settle), reading.totals, stream_fees)
     out = {"conservation": rows, "conservation_ok": ok}
-    if not settled:
+    if not reading.settled:
         out["conservation_unsettled"] = True  # the node's ledger kept moving while it was read
+    if perps:
+        out.update(perps_mod.checks(reading.accounts, reading.open_interest, perps.symbols))
     return out
 
 
@@ -175,14 +224,34 @@ def _progress_table(elapsed: float, rate: float, p99_ms: float, acked: int, erro
     return t
 
 
+def _start_node(directory: str, port: int, serve_args: list[str]) -> subprocess.Popen:
+    log = open(Path(directory) / "node.log", "wb")
+    return subprocess.Popen([sys.executable, "-m", "satchel.tools.cli", "serve", "--data", directory, "--port", str(port),
+                             "--no-demo", "--replication-port", "-1", *serve_args], stderr=log)
+
+
+def _log_tail(directory: str | None, lines: int = 5) -> str:
+    """The embedded node's last log lines: why it failed."""
+    if directory is None:
+        return ""
+    try:
+        return "\n".join((Path(directory) / "node.log").read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     cfg = config_mod.load(args.config)
-    plans = market_plans(cfg, args.markets)
+    perps = args.scenario == "perps"
+    if perps and (args.url or args.keys):
+        console.print("--scenario perps needs --embedded: the load test writes the node's index prices and "
+                      "configuration and makes every deposit")
+        return 2
+    plans = market_plans(cfg, args.markets, perps)
     if not plans:
         console.print("no markets to trade (check --markets)")
         return 2
-    assets = sorted({a for p in plans for a in p.symbol.split("_")})
     rate = None if args.rate == "max" else float(args.rate)
     node_proc = None
     tmp = None
@@ -190,37 +259,59 @@ def run(args: argparse.Namespace) -> int:
         keys = [Keypair.from_secret(s) for s in Path(args.keys).read_text().split()][: args.traders]
     else:
         keys = [Keypair.generate() for _ in range(args.traders)]
+    role_list = roles(args.scenario, len(keys))
+    crash = None
+    if perps:
+        text = Path(args.config).read_text() if args.config else config_mod.DEFAULTS.read_text()
+        crash = perps_mod.CrashRun(cfg, text, plans, keys, role_list, args.warmup, args.duration, args.seed)
+        deposits = crash.deposits()
+    else:
+        assets = sorted({a for p in plans for a in p.symbol.split("_")})
+        deposits = [(k.api_key, a, FUNDING[a]) for k in keys for a in assets]
     try:
         if args.embedded:
             tmp = tempfile.mkdtemp(prefix="satchel-loadtest-")
             port = free_port()
             url = f"ws://127.0.0.1:{port}"
-            node_log = open(Path(tmp) / "node.log", "wb")
-            node_proc = subprocess.Popen([sys.executable, "-m", "satchel.tools.cli", "serve", "--data", tmp, "--port", str(port), "--no-demo", "--replication-port", "-1"]
-                                         + (["--config", args.config] if args.config else []), stderr=node_log)
+            serve_args = crash.serve_args(Path(tmp)) if crash else ["--config", args.config] if args.config else []
+            node_proc = _start_node(tmp, port, serve_args)
             data = Path(tmp)
         else:
             url = args.url
             port = int(url.rsplit(":", 1)[1].split("/")[0])
             data = Path(args.data) if args.data else None
-        trio.run(_wait_ready, url, node_proc)
+        trio.run(_wait_ready, url, node_proc, plans[0].symbol)
+        if crash:
+            index_seen = trio.run(perps_mod.wait_for_index, url, crash.markets.symbols)
+            if index_seen is None:
+                raise NodeFailed("the embedded node has no index prices: its oracle did not replay the index file")
         if not args.keys:
             if data is None or not (data / "admin.key").exists():
                 console.print("to fund traders against an external node give --data DIR (its admin key) or --keys FILE")
                 return 2
             console.print(f"funding {len(keys)} traders through the faucet...")
-            trio.run(_fund, url, load_key(data, "admin.key"), keys, assets)
+            trio.run(_fund, url, load_key(data, "admin.key"), deposits)
+        start_after = 0.0
+        if crash:
+            trio.run(crash.set_leverage, url)
+            start_after = index_seen + crash.timeline.start_s  # so that the crash falls into the measured run
         if data is not None and (data / "admin.key").exists():  # stage latencies from here on: the traders' run
             trio.run(_node_stats, url, load_key(data, "admin.key"))
-        report = _drive(args, console, url, port, keys, plans, rate, node_proc)
+        report = _drive(args, console, url, port, keys, role_list, plans, rate, node_proc, start_after)
         report["node_stages_us"] = trio.run(_node_stats, url)
+        if crash:
+            report["perps"] = crash.describe(index_seen, report["config"]["start_at"])
         if node_proc is not None and not args.keys:
             # every trader is done: the verdict comes from the node's own figures
             stream_fees = {k: Decimal(v) for k, v in report.pop("_fees").items()}
-            deposited = {a: Decimal(FUNDING[a]) * len(keys) for a in assets}
-            report["correctness"].update(check_conservation(url, keys, deposited, stream_fees))
+            accounts = keys + ([crash.backstop] if crash else [])
+            report["correctness"].update(check_conservation(url, accounts, _deposited(deposits), stream_fees,
+                                                            crash.markets if crash else None))
         else:
             report.pop("_fees", None)
+    except NodeFailed as exc:
+        console.print(f"[red]{exc}[/red]\n{_log_tail(tmp)}")
+        return 2
     finally:
         if node_proc is not None:
             node_proc.send_signal(signal.SIGTERM)
@@ -241,12 +332,11 @@ def run(args: argparse.Namespace) -> int:
     return 0 if not failures else 1
 
 
-def _drive(args, console, url, port, keys, plans, rate, node_proc) -> dict:
+def _drive(args, console, url, port, keys, role_list, plans, rate, node_proc, start_after: float = 0.0) -> dict:
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     n_workers = max(1, min(args.workers or os.cpu_count() or 1, len(keys)))
-    role_list = roles(args.scenario, len(keys))
-    start_at = time.time() + 2.0  # spawned interpreters need a moment to import
+    start_at = max(time.time() + START_S, start_after)  # wall clock
     wcfg = {"rate": (rate / len(keys)) if rate else None, "inflight": args.inflight, "duration": args.duration,
             "warmup": args.warmup, "seed": args.seed, "start_at": start_at}
     markets = [p.__dict__ for p in plans]
@@ -309,7 +399,7 @@ def _drive(args, console, url, port, keys, plans, rate, node_proc) -> dict:
     return {
         "config": {"url": url, "embedded": bool(args.embedded), "traders": len(keys), "workers": n_workers,
                    "scenario": args.scenario, "rate": rate, "inflight": args.inflight, "duration": args.duration,
-                   "warmup": args.warmup, "markets": symbols, "subscribers": args.subscribers},
+                   "warmup": args.warmup, "markets": symbols, "subscribers": args.subscribers, "start_at": start_at},
         "orders": {"sent": sent, "acked": acked_total, "errors": n_err, "errors_by_code": errs,
                    "error_rate": n_err / sent if sent else 0.0,
                    # replies after the warm-up, over the measured duration

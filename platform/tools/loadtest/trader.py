@@ -9,7 +9,8 @@ Each trader also subscribes to its own ``account.orderUpdate`` stream: at the en
 order the server acknowledged must have appeared there. The fees its fills report are
 tallied for information only: a trader stops reading once its own orders are settled, so a
 maker fill that lands later is missing, and the runner's conservation check takes the fees
-from the node (``ledgerTotals``) instead.
+from the node (``ledgerTotals``) instead. A trader of perps also follows the
+``markPrice`` streams of its markets: its orders center on their index prices.
 """
 
 from __future__ import annotations
@@ -61,11 +62,17 @@ async def _trader(url: str, key: Keypair, flow: Flow, cfg: dict, stats: _Stats, 
     async with open_websocket_url(url, max_message_size=1 << 24) as ws:
         _, sig = sign_request(key, "subscribe", {})
         await ws.send_message(orjson.dumps({"method": "SUBSCRIBE", "params": ["account.orderUpdate"], "signature": sig}).decode())
+        marks = [f"markPrice.{m.symbol}" for m in flow.markets if m.perp]
+        if marks:  # perp orders center on the index, which moves (and crashes)
+            await ws.send_message(orjson.dumps({"method": "SUBSCRIBE", "params": marks}).decode())
 
         async def reader() -> None:
             while True:
                 msg = orjson.loads(await ws.get_message())
                 now = trio.current_time()
+                if msg.get("stream", "").startswith("markPrice."):
+                    flow.index(msg["data"]["s"], msg["data"]["i"])
+                    continue
                 if "stream" in msg:
                     d = msg["data"]
                     seen_ids.add(d.get("i"))
