@@ -67,10 +67,10 @@ class Liquidator:
         for account in accounts:
             if account not in m.positions:
                 continue  # nothing to unwind; ``escalate`` settles a deficit left behind
-            f = m.figures(account)
-            if f.equity >= f.maintenance:
+            if m.equity(account) >= m.maintenance(account):  # the common case, without the full figures
                 m.liquidating.pop(account, None)
                 continue
+            f = m.figures(account)
             auto = m.autoclose_requirement(f)
             if account not in m.liquidating:
                 m.liquidating[account] = None
@@ -204,9 +204,8 @@ class Liquidator:
             pos = m.positions.get(other, {}).get(symbol)
             if pos is None or not pos.size or (pos.size > 0) == (size > 0):
                 continue
-            of = m.figures(other)
             upnl = pos.size * mark * mult - pos.net_cost
-            score = upnl * abs(pos.size) * mark * mult // max(of.equity, 1)
+            score = upnl * abs(pos.size) * mark * mult // max(m.equity(other), 1)
             ranked.append((-score, other, pos))
         ranked.sort(key=lambda r: (r[0], r[1]))
         left_qty, left_total = qty, total

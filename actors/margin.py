@@ -140,6 +140,7 @@ class Margin:
         self.traded: dict[str, None] = {}  # accounts with perp fills since the last check
         self.liquidator = Liquidator(self)
         self.now = 0  # the block being applied, us (event times)
+        self._pass: dict[str, list] = {}  # pre-trade's margin figures per account, for one pass
 
     # ------------------------------------------------------------------ configuration
 
@@ -174,9 +175,10 @@ class Margin:
     def has_perp(self, account: str) -> bool:
         return account in self.positions or account in self.open
 
-    def trade(self, account: str, symbol: str, qty: int, cost: int, seq: int) -> None:
+    def trade(self, account: str, symbol: str, qty: int, cost: int, seq: int) -> int:
         """Add ``qty`` (signed, + buys) to the account's position at total ``cost`` (signed
-        like qty); PnL of any part that closes is realized into the settlement balance."""
+        like qty); PnL of any part that closes is realized into the settlement balance.
+        Returns the new size."""
         book = self.positions.get(account)
         if book is None:
             book = self.positions[account] = {}
@@ -210,6 +212,7 @@ class Margin:
             pos.funding_index = self.funding_index[symbol]
         self._oi(symbol, pos.size, 1)
         self.touched[(account, symbol)] = None
+        return pos.size
 
     def _oi(self, symbol: str, size: int, sign: int) -> None:
         if size > 0:
@@ -249,10 +252,9 @@ class Margin:
         view = self.marks.get(symbol)
         return view.mark if view is not None else 0
 
-    def figures(self, account: str, extra: tuple[str, int, int] | None = None) -> Figures:
-        """The account's equity and requirements; ``extra`` = (symbol, side, qty) adds a
-        prospective open order."""
-        quote_unit = 10 ** self.assets[self.settle_asset].decimals
+    def collateral(self, account: str) -> int:
+        """The account's weighted collateral (see the module docstring)."""
+        quote_unit = self.quote_unit
         collateral = 0
         for asset, bal in self.ledger.balances.get(account, {}).items():
             total = bal.free + bal.held
@@ -269,6 +271,46 @@ class Margin:
             if value > 0:
                 value = value * rules.collateral_weight(self.assets[asset], value, quote_unit) // PPB
             collateral += value
+        return collateral
+
+    def equity(self, account: str) -> int:
+        """Collateral + unrealized PnL at the marks."""
+        unrealized = 0
+        for symbol, pos in self.positions.get(account, {}).items():
+            unrealized += pos.size * self.mark(symbol) * self.markets[symbol].notional_mult - pos.net_cost
+        return self.collateral(account) + unrealized
+
+    def initial_term(self, account: str, symbol: str, side: int = BID, qty: int = 0) -> int:
+        """The initial margin one market asks of the account, with ``qty`` more on ``side``."""
+        spec = self.markets[symbol]
+        pos = self.positions.get(account, {}).get(symbol)
+        size = pos.size if pos is not None else 0
+        sides = self.open.get(account, {}).get(symbol)
+        bids, asks = (sides[0], sides[1]) if sides is not None else (0, 0)
+        if side == BID:
+            bids += qty
+        else:
+            asks += qty
+        exp = max(abs(size + bids), abs(size - asks)) * self.mark(symbol) * spec.notional_mult
+        return rules.requirement(exp, rules.imf(spec.perp, exp, self.quote_unit, self.leverage.get(account, 0)))
+
+    def maintenance(self, account: str) -> int:
+        out = 0
+        for symbol, pos in self.positions.get(account, {}).items():
+            spec = self.markets[symbol]
+            notional = abs(pos.size) * self.mark(symbol) * spec.notional_mult
+            out += rules.requirement(notional, rules.mmf(spec.perp, notional, self.quote_unit))
+        return out
+
+    @property
+    def quote_unit(self) -> int:
+        return 10 ** self.assets[self.settle_asset].decimals
+
+    def figures(self, account: str, extra: tuple[str, int, int] | None = None) -> Figures:
+        """The account's equity and requirements; ``extra`` = (symbol, side, qty) adds a
+        prospective open order."""
+        quote_unit = self.quote_unit
+        collateral = self.collateral(account)
         unrealized = exposure = initial = maintenance = pos_notional = 0
         positions = self.positions.get(account, {})
         open_orders = self.open.get(account, {})
@@ -320,6 +362,7 @@ class Margin:
         hold = self.policy.hold
         ledger = self.ledger
         now = msg.timestamp
+        self._pass = {}
         for seq, tx in msg.batch:
             cls = tx.__class__
             if cls is PlaceOrder:
@@ -357,6 +400,7 @@ class Margin:
                         tx.account == INSURANCE_ACCOUNT and tx.asset != self.settle_asset):
                     out.append(TxRejected(seq, tx.account, Code.INVALID_DEPOSIT, "Unknown asset or non-positive amount"))
                     continue
+                self._pass.pop(tx.account, None)
                 if tx.account == INSURANCE_ACCOUNT:
                     ledger.deposits[tx.asset] += tx.amount
                     self.insurance += tx.amount
@@ -364,6 +408,7 @@ class Margin:
                     ledger.deposit(tx.account, tx.asset, tx.amount)
                 out.append(Deposited(seq, tx.account, tx.asset, tx.amount))
             elif cls is SetLeverage:
+                self._pass.pop(tx.account, None)
                 self.leverage[tx.account] = tx.leverage
                 out.append(LeverageSet(seq, tx.account, tx.leverage))
         return PreTraded(routed, out)
@@ -377,8 +422,8 @@ class Margin:
         base = self.assets[spec.base]
         weight = base.collateral_weight if spec.base in self.collateral_perp else 0
         loss = hold.amount * (PPB - weight) // PPB
-        f = self.figures(tx.account)
-        if f.equity - f.initial >= loss:
+        equity, _, initial = self._margin_of(tx.account)
+        if equity - initial >= loss:
             return entry
         self.ledger.release(entry.seq)
         out.append(order_rejected(entry.seq, tx, "InsufficientMargin"))
@@ -413,6 +458,7 @@ class Margin:
                 return None
             qty = min(qty, abs(size))
             qty_cap = min(qty_cap, abs(size))
+            self._pass.pop(tx.account, None)  # its open quantity changes unchecked
         elif tx.origin != LIQUIDATION:
             sides = self.open.get(tx.account, {}).get(symbol)
             bids, asks = (sides[0], sides[1]) if sides is not None else (0, 0)
@@ -426,14 +472,36 @@ class Margin:
                 if self.long_oi[symbol] + grows > spec.perp.open_interest_limit:
                     out.append(order_rejected(seq, tx, "OpenInterestLimit"))
                     return None
-                f = self.figures(tx.account, (symbol, tx.side, qty))
-                if f.equity < f.initial:
+                margin = self._margin_of(tx.account)
+                equity, terms, initial = margin
+                term = self.initial_term(tx.account, symbol, tx.side, qty)
+                initial += term - terms.get(symbol, 0)
+                if equity < initial:
                     out.append(order_rejected(seq, tx, "InsufficientMargin"))
                     return None
+                terms[symbol] = term  # what the market asks once this order is open
+                margin[2] = initial
+            else:
+                self._pass.pop(tx.account, None)
+        else:
+            self._pass.pop(tx.account, None)
         self.orders[seq] = PerpOrder(tx.account, symbol, tx.side, qty, tx.price or mark, tx.reduce_only,
                                      tx.origin == LIQUIDATION)
         self._open_add(tx.account, symbol, tx.side, qty)
         return Entry(seq, tx, qty_cap, quote_cap)
+
+    def _margin_of(self, account: str) -> list:
+        """[equity, initial margin per market, total initial margin] of an account, kept for
+        the rest of this pre-trade pass: nothing in pre-trade moves marks, positions or
+        balance totals, so only the market of each new order needs recomputing (a deposit
+        or a leverage change drops the entry)."""
+        margin = self._pass.get(account)
+        if margin is None:
+            symbols = dict.fromkeys(self.positions.get(account, ()))
+            symbols.update(dict.fromkeys(self.open.get(account, ())))
+            terms = {s: self.initial_term(account, s) for s in symbols}
+            margin = self._pass[account] = [self.equity(account), terms, sum(terms.values())]
+        return margin
 
     def _open_add(self, account: str, symbol: str, side: int, qty: int) -> None:
         mine = self.open.get(account)
@@ -515,11 +583,11 @@ class Margin:
     def _perp_fill(self, ev: Fill, spec: MarketSpec) -> None:
         seq, symbol, qty, quote = ev.seq, ev.symbol, ev.quantity, ev.quote
         buy_first = ev.taker_side == BID
+        self.ledger.fees[self.settle_asset] += ev.taker_fee + ev.maker_fee
         for account, order_id, fee, bought in ((ev.taker_account, ev.taker_order, ev.taker_fee, buy_first),
                                                (ev.maker_account, ev.maker_order, ev.maker_fee, not buy_first)):
-            self.trade(account, symbol, qty if bought else -qty, quote if bought else -quote, seq)
+            size = self.trade(account, symbol, qty if bought else -qty, quote if bought else -quote, seq)
             self.credit(account, -fee)
-            self.ledger.fees[self.settle_asset] += fee
             o = self.orders.get(order_id)
             if o is not None:
                 if o.liquidation:
@@ -528,7 +596,8 @@ class Margin:
                     self.insurance += penalty
                 self._open_remove(order_id, qty)
             self.traded[account] = None
-            self.drop_if_flat(account, symbol)
+            if not size:
+                self.drop_if_flat(account, symbol)
 
     def report(self, seq: int) -> list:
         """BalanceChanged and PositionChanged for everything touched since the last report."""
@@ -557,6 +626,7 @@ class Margin:
         events: list = []
         ts, seq = msg.timestamp, msg.last_seq
         self.now = ts
+        moved = [s for s, view in msg.marks.items() if s not in self.marks or self.marks[s].mark != view.mark]
         self.marks.update(msg.marks)
         for mp in msg.prices:
             self.prices[mp.symbol] = mp
@@ -572,7 +642,7 @@ class Margin:
             if self.next_oi:
                 events.extend(OpenInterest(seq, s, self.long_oi[s]) for s in self.long_oi)
             self.next_oi = (ts // self.spec.open_interest_interval_us + 1) * self.spec.open_interest_interval_us
-        for symbol in msg.marks:
+        for symbol in moved:  # a new last price or index alone moves no one's margin
             check.update(self.holders.get(symbol, ()))
         check.update(self.traded)
         check.update(self.liquidating)
