@@ -1,8 +1,8 @@
 """The funding-rate calculator: index and mark prices, premium samples, hourly funding.
 
-One record per perpetual market. Inputs, all sequenced: the oracle's index price
-(``SetIndexPrice``, at its sequence number) and, once per block in the periodic phase,
-the block's time and the tops of the perp books (``Mark``). Integers only (prices in
+One record per perpetual market. Inputs, all sequenced, once per block in the periodic
+phase (``Mark``): the block's oracle index prices (the last one per market wins; its time
+is the block's), the block's time and the tops of the perp books. Integers only (prices in
 price units, fractions in PPB); every division below is Python's floor division unless
 it says otherwise.
 
@@ -45,7 +45,6 @@ from satchel.core.messages import (
     MarkPrice,
     MarkView,
     Restore,
-    SetIndexPrice,
     StateOf,
 )
 from satchel.core.state import FundingMarketState, FundingState
@@ -125,7 +124,7 @@ class _Perp:
 
 
 class Funding:
-    """The actor: ``Mark`` once per block (phase 4), ``SetIndexPrice`` at its sequence number."""
+    """The actor: ``Mark`` once per block (phase 4)."""
 
     def __init__(self) -> None:
         self.perps: dict[str, _Perp] = {}  # in listing order
@@ -143,15 +142,14 @@ class Funding:
     def _margin(self, msg: ListMarginSpec) -> None:
         self.sample_us = msg.spec.sample_interval_us
 
-    def _index(self, msg: SetIndexPrice) -> None:
-        p = self.perps[msg.tx.symbol]
-        p.index = msg.tx.price
-        p.index_time = msg.timestamp
-        p.reprice()
-        p.changed = True
-
     def _mark(self, msg: Mark) -> Marked:
         ts = msg.timestamp
+        for tx in msg.indexes:
+            p = self.perps[tx.symbol]
+            p.index = tx.price
+            p.index_time = ts
+            p.reprice()
+            p.changed = True
         slot = ts // self.sample_us
         events: list = []
         marks: dict = {}
@@ -219,6 +217,6 @@ class Funding:
                                               row.interval_end, row.last_rate)
 
     handle = dispatcher({
-        Mark: _mark, SetIndexPrice: _index, ListMarketSpec: _list_market, ListMarginSpec: _margin, StateOf: _state,
+        Mark: _mark, ListMarketSpec: _list_market, ListMarginSpec: _margin, StateOf: _state,
         Restore: _restore,
     })

@@ -55,7 +55,6 @@ from satchel.core.messages import (
     MarkPrice,
     Remark,
     SetIndex,
-    SetIndexPrice,
     SetMargin,
     ConfigChanged,
     Deposit,
@@ -169,7 +168,6 @@ class Engine:
         self.books: dict[str, Mailbox] = {}
         self.marks: dict[str, int] = {}  # perp -> mark, as the funding actor last set it (books' price bands)
         self._tops: dict[str, tuple] = {}  # perp -> (bid, ask, last) of books matched in this block
-        self._now = 0
         # actors ticked once per block after the trading phases (funding, lending, liquidation)
         self.periodic = {name: spawn(nursery, name, actor) for name, actor in sorted((periodic or {}).items())}
         self._guard = Guard()
@@ -182,11 +180,11 @@ class Engine:
     async def apply(self, first_seq: int, timestamp_us: int, txs: list) -> list:
         """Apply one block; returns its events in deterministic order."""
         now_ms = timestamp_us // 1000
-        self._now = timestamp_us
         guard = self._guard
         guard.expire(now_ms)
         events: list = []
         part: list[tuple[int, Any]] = []
+        indexes: list = []  # the block's oracle index updates, in sequence order
         seq = first_seq
         for tx in txs:
             cls = tx.__class__
@@ -202,6 +200,14 @@ class Engine:
                     events.append(TxRejected(seq, tx.account, Code.UNAUTHORIZED, "Deposit not signed by the admin key"))
                 else:
                     part.append((seq, tx))
+            elif cls is SetIndex:
+                # prices move in the periodic phase, once per block: an index update needs no
+                # split of the block (pre-trade values orders at the marks of the block before)
+                err = self._index_error(tx)
+                if err:
+                    events.append(TxRejected(seq, tx.admin, *err))
+                else:
+                    indexes.append(tx)
             else:
                 # a configuration change takes effect exactly at its sequence number
                 if part:
@@ -211,7 +217,7 @@ class Engine:
             seq += 1
         if part:
             await self._run_phases(part, events, timestamp_us)
-        await self._tick(events, timestamp_us, seq - 1)
+        await self._tick(events, timestamp_us, seq - 1, indexes)
         self.last_seq = seq - 1
         self.last_timestamp = timestamp_us
         return events
@@ -255,13 +261,13 @@ class Engine:
     async def _settle(self, work: _Work) -> None:
         work.settled = (await self.risk.call(Settle(work.events, work.batch[-1][0]))).events
 
-    async def _tick(self, events: list, timestamp_us: int, last_seq: int) -> None:
+    async def _tick(self, events: list, timestamp_us: int, last_seq: int, indexes: list) -> None:
         """The periodic phase: marks and funding, then margin (funding payments, PnL
         settlement, maintenance, triggers), then other periodic actors; the orders they
         generate go through the trading phases again within this block, and the margin
         actor escalates what they could not resolve."""
         previous = self.last_timestamp
-        marked = await self.funding.call(Mark(timestamp_us, previous, last_seq, self._tops))
+        marked = await self.funding.call(Mark(timestamp_us, previous, last_seq, self._tops, indexes))
         self._tops = {}
         events.extend(marked.events)
         for sym, view in marked.marks.items():
@@ -331,12 +337,13 @@ class Engine:
         await self.funding.call(ListMarginSpec(spec))
         events.append(ConfigChanged(seq, "margin", spec.settlement_asset, margin=spec))
 
-    async def _set_index(self, seq: int, tx: SetIndex, events: list) -> None:
+    def _index_error(self, tx: SetIndex) -> tuple[str, str] | None:
+        if tx.admin != self.admin:
+            return Code.UNAUTHORIZED, "Not signed by the admin key"
         spec = self.markets.get(tx.symbol)
         if spec is None or spec.perp is None or not 0 < tx.price < MAX_UNITS:
-            events.append(TxRejected(seq, tx.admin, Code.INVALID_SYMBOL, f"{tx.symbol} is not a perpetual market"))
-            return
-        await self.funding.call(SetIndexPrice(seq, self._now, tx))
+            return Code.INVALID_SYMBOL, f"{tx.symbol} is not a perpetual market"
+        return None
 
     async def _set_trading(self, seq: int, tx: SetTrading, events: list) -> None:
         if (tx.symbol is not None and tx.symbol not in self.markets) or (tx.account is None and tx.symbol is None):
@@ -424,7 +431,7 @@ class Engine:
 
 _CONFIGURE = {
     SetAdmin: Engine._set_admin, ListAsset: Engine._list_asset, ListMarket: Engine._list_market,
-    SetTrading: Engine._set_trading, SetFees: Engine._set_fees, SetMargin: Engine._set_margin, SetIndex: Engine._set_index,
+    SetTrading: Engine._set_trading, SetFees: Engine._set_fees, SetMargin: Engine._set_margin,
 }
 
 

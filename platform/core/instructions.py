@@ -358,7 +358,8 @@ class Instruction(NamedTuple):
     build: Callable[[Any, str, Listing], Any]  # (params, signer, listing) -> tx
     signer: Callable[[Any], str]  # who must have signed a tx of this type
     admin: bool  # signed by the node's admin key
-    phase: str  # "trade": through the engine's trading phases; "config": applied at its sequence number
+    phase: str  # "trade": through the engine's trading phases; "config": applied at its sequence number;
+    # "periodic": taken by the periodic phase of its block (oracle prices)
     errors: tuple[str, ...]  # codes a request of this kind can be refused with (besides signature and window)
 
 
@@ -389,7 +390,7 @@ INSTRUCTIONS = (
     Instruction("listMarket", ListMarket, None, _list_market, _admin, True, "config",
                 _ADMIN_ERRORS + (Code.INVALID_MARKET,)),
     Instruction("setMargin", SetMargin, None, _set_margin, _admin, True, "config", _ADMIN_ERRORS),
-    Instruction("oracleIndex", SetIndex, OracleIndexParams, _oracle_index, _admin, True, "config",
+    Instruction("oracleIndex", SetIndex, OracleIndexParams, _oracle_index, _admin, True, "periodic",
                 _ADMIN_ERRORS + (INVALID_SYMBOL, INVALID_DECIMAL, INVALID_PRICE)),
     Instruction("accountUpdate", SetLeverage, AccountUpdateParams, _account_update, _account, False, "trade",
                 (INVALID_REQUEST, Code.INVALID_LEVERAGE)),

@@ -563,6 +563,7 @@ class Mark(msgspec.Struct):
     previous: int
     last_seq: int
     tops: dict  # symbol -> (best bid, best ask, last)
+    indexes: list = []  # the block's SetIndex transactions, in sequence order
 
 
 class Marked(msgspec.Struct):
@@ -576,14 +577,6 @@ class MarkView(msgspec.Struct, array_like=True, frozen=True):
     index: int
     index_time: int  # us of the last index update (0 = never)
     last: int  # last trade price
-
-
-class SetIndexPrice(msgspec.Struct):
-    """To the funding actor: an oracle index at its sequence number."""
-
-    seq: int
-    timestamp: int
-    tx: SetIndex
 
 
 class Remark(msgspec.Struct):
