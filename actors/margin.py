@@ -119,6 +119,7 @@ class Margin:
         self.policy = SpotHolds(self.ledger)
         self.spec: MarginSpec | None = None
         self.settle_asset = "USDC"
+        self.quote_unit = 10**6
         self.positions: dict[str, dict[str, Position]] = {}  # account -> symbol -> position
         self.orders: dict[int, PerpOrder] = {}  # open perp orders by id
         self.open: dict[str, dict[str, list[int]]] = {}  # account -> symbol -> [bid qty, ask qty, orders] open
@@ -163,6 +164,8 @@ class Margin:
     def _set_margin(self, msg: ListMarginSpec) -> None:
         self.spec = msg.spec
         self.settle_asset = msg.spec.settlement_asset
+        # whole units of the settlement asset: the square roots of margin fractions take them
+        self.quote_unit = 10 ** self.assets[self.settle_asset].decimals
 
     def _set_permission(self, msg: SetPermission) -> None:
         self.permissions.set(msg.account, msg.symbol, msg.enabled)
@@ -302,9 +305,6 @@ class Margin:
             out += rules.requirement(notional, rules.mmf(spec.perp, notional, self.quote_unit))
         return out
 
-    @property
-    def quote_unit(self) -> int:
-        return 10 ** self.assets[self.settle_asset].decimals
 
     def figures(self, account: str, extra: tuple[str, int, int] | None = None) -> Figures:
         """The account's equity and requirements; ``extra`` = (symbol, side, qty) adds a
