@@ -179,7 +179,7 @@ def start_node(data: Path, port: int, log: Path) -> subprocess.Popen:
     """``satchel serve`` on 127.0.0.1:``port`` without demo accounts, oracle or block stream (a quiet node: it
     changes nothing unless asked); stderr to ``log``."""
     return subprocess.Popen(
-        [sys.executable, "-m", "satchel.tools.cli", "serve", "--data", str(data), "--port", str(port), "--no-demo",
+        [sys.executable, "-m", "satchel.tools.cli", "serve", "--data", str(data), "--port", str(port), "--no-demo", "--rest-port", "-1",
          "--no-oracle", "--replication-port", "-1"],
         stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
     )

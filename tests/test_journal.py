@@ -164,7 +164,7 @@ def test_serve_on_a_corrupt_journal_exits_3_with_one_line(tmp_path):
     raw = bytearray(seg.read_bytes())
     raw[len(MAGIC) + 8 + 5] ^= 0xFF
     seg.write_bytes(bytes(raw))
-    for cmd in (["serve", "--no-demo", "--port", "0", "--replication-port", "-1"], ["replay"]):
+    for cmd in (["serve", "--no-demo", "--port", "0", "--replication-port", "-1", "--rest-port", "-1"], ["replay"]):
         out = subprocess.run([sys.executable, "-m", "satchel.tools.cli", *cmd, "--data", str(data)], capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 3, (cmd, out.stderr)

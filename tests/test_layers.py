@@ -70,7 +70,8 @@ CONTRACTS = {
     "ledger": ("satchel.gateway", "satchel.api", "satchel.verify", "satchel.tools", "satchel.node", "satchel.latency"),
     "api": ("satchel.gateway", "satchel.verify", "satchel.tools", "satchel.node"),
     "verify": ("satchel.gateway", "satchel.api", "satchel.tools", "satchel.node"),
-    "gateway": ("satchel.tools", "satchel.verify"),
+    "gateway": ("satchel.tools", "satchel.verify", "satchel.rest"),
+    "rest": ("satchel.tools", "satchel.verify"),
 }
 
 

@@ -327,7 +327,7 @@ async def test_a_bad_file_in_the_settings_is_logged_not_fatal(tmp_path, autojump
 
 def _serve(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "satchel.tools.cli", "serve", "--port", "0", "--replication-port", "-1",
-                           "--no-demo", *args], capture_output=True, text=True, timeout=60)
+                           "--no-demo", "--rest-port", "-1", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_serve_refuses_a_bad_price_file_before_starting(tmp_path):

@@ -231,7 +231,7 @@ async def test_serve_binds_the_block_stream_to_loopback_and_says_when_it_refuses
     log = tmp_path / "node.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "satchel.tools.cli", "serve", "--data", str(tmp_path / "d"), "--host", "localhost",
-         "--port", str(port), "--replication-port", str(rport), "--no-demo"],
+         "--port", str(port), "--replication-port", str(rport), "--no-demo", "--rest-port", "0"],
         stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
     try:
         await wait_ready(f"ws://localhost:{port}", proc)

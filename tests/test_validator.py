@@ -25,7 +25,7 @@ def start_node(tmp_path, port: int, rport: int) -> subprocess.Popen:
     cfg.write_text(DEFAULTS.read_text().replace("snapshot_blocks = 10000", "snapshot_blocks = 5"))
     return subprocess.Popen(
         [sys.executable, "-m", "satchel.tools.cli", "serve", "--data", str(tmp_path / "node"), "--port", str(port),
-         "--replication-port", str(rport), "--no-demo", "--no-oracle", "--config", str(cfg),
+         "--replication-port", str(rport), "--no-demo", "--no-oracle", "--rest-port", "-1", "--config", str(cfg),
          "--allow-follower", validator_key(tmp_path / "v").api_key],
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "node.log", "wb"))
 

@@ -79,6 +79,35 @@ class Formatter:
     def asset(self, asset: str, units: int) -> str:
         return format_units(units, self.assets[asset].decimals)
 
+    def asset_info(self, spec: AssetSpec) -> dict:
+        """A ``GET /api/v1/assets`` item. Satchel has no chain deposits yet: no tokens."""
+        return {"symbol": spec.symbol, "displayName": spec.symbol, "tokens": []}
+
+    def market_info(self, spec: MarketSpec) -> dict:
+        """A ``GET /api/v1/markets`` item: the fields ccxt reads, and a perp's margin functions."""
+        sym = spec.symbol
+        info = {
+            "symbol": sym, "baseSymbol": spec.base, "quoteSymbol": spec.quote,
+            "marketType": "PERP" if spec.perp is not None else "SPOT", "orderBookState": "Open",
+            "filters": {
+                "price": {"tickSize": self.price(sym, spec.tick), "minPrice": self.price(sym, spec.tick), "maxPrice": None},
+                "quantity": {"stepSize": self.qty(sym, spec.step), "minQuantity": self.qty(sym, spec.min_quantity),
+                             "maxQuantity": None},
+            },
+            "createdAt": "2025-01-01T00:00:00",
+        }
+        perp = spec.perp
+        if perp is not None:
+            info.update({
+                "imfFunction": self.margin_function(perp.imf_base, perp.imf_factor),
+                "mmfFunction": self.margin_function(perp.mmf_base, perp.mmf_factor),
+                "fundingInterval": perp.funding_interval_us // 1000,
+                "fundingRateUpperBound": str(perp.funding_cap * 10_000 // PPB),
+                "fundingRateLowerBound": str(perp.funding_floor * 10_000 // PPB),
+                "openInterestLimit": self.qty(sym, perp.open_interest_limit),
+            })
+        return info
+
     def levels(self, symbol: str, levels: list[tuple[int, int]]) -> list[list[str]]:
         d = self.markets[symbol]
         pd, qd = d.price_decimals, d.quantity_decimals

@@ -147,28 +147,47 @@ class MarketData:
             snap = {"e": event, "E": now_us(), "s": symbol, **snap, "T": self.last_timestamp}
         return snap
 
-    def ticker(self, symbol: str) -> dict:
+    def _day(self, symbol: str) -> tuple[int, int, int, int, int, int, int] | None:
+        """24 h rolling (open, close, high, low, volume, quote volume, trades), None without trades."""
         m = self._markets[symbol]
         cutoff = self.last_timestamp - _DAY_US
         while m.buckets and m.buckets[0][0] * _MINUTE_US + _MINUTE_US <= cutoff:
             m.buckets.popleft()
-        fmt = self.fmt
         if not m.buckets:
+            return None
+        b = m.buckets
+        return (b[0][1], b[-1][4], max(x[2] for x in b), min(x[3] for x in b), sum(x[5] for x in b),
+                sum(x[6] for x in b), sum(x[7] for x in b))
+
+    def ticker(self, symbol: str) -> dict:
+        day = self._day(symbol)
+        fmt = self.fmt
+        if day is None:
             return {"e": "ticker", "E": now_us(), "s": symbol, "o": None, "c": None, "h": None, "l": None,
                     "v": "0", "V": "0", "n": 0, "P": "0"}
-        o = m.buckets[0][1]
-        c = m.buckets[-1][4]
-        h = max(b[2] for b in m.buckets)
-        low = min(b[3] for b in m.buckets)
-        v = sum(b[5] for b in m.buckets)
-        qv = sum(b[6] for b in m.buckets)
-        n = sum(b[7] for b in m.buckets)
+        o, c, h, low, v, qv, n = day
         change_bp = (c - o) * 1_000_000 // o  # in 1e-4 percent, integer math
         return {
             "e": "ticker", "E": now_us(), "s": symbol,
             "o": fmt.price(symbol, o), "c": fmt.price(symbol, c), "h": fmt.price(symbol, h), "l": fmt.price(symbol, low),
             "v": fmt.qty(symbol, v), "V": fmt.quote(symbol, qv), "n": n,
             "P": f"{change_bp / 10_000:.4f}",
+        }
+
+    def rest_ticker(self, symbol: str) -> dict:
+        """``GET /api/v1/ticker``: 24 h figures; ``priceChangePercent`` is a fraction (ccxt x100s it)."""
+        day = self._day(symbol)
+        fmt = self.fmt
+        if day is None:
+            return {"symbol": symbol, "firstPrice": None, "lastPrice": None, "priceChange": "0", "priceChangePercent": "0",
+                    "high": None, "low": None, "volume": "0", "quoteVolume": "0", "trades": "0"}
+        o, c, h, low, v, qv, n = day
+        change = c - o
+        return {
+            "symbol": symbol, "firstPrice": fmt.price(symbol, o), "lastPrice": fmt.price(symbol, c),
+            "priceChange": fmt.price(symbol, change), "priceChangePercent": f"{change / o:.6f}",
+            "high": fmt.price(symbol, h), "low": fmt.price(symbol, low), "volume": fmt.qty(symbol, v),
+            "quoteVolume": fmt.quote(symbol, qv), "trades": str(n),
         }
 
     # ------------------------------------------------------------------ publishing

@@ -65,6 +65,10 @@ async def _serve(args: argparse.Namespace) -> int:
         await outer.start(node.run)
         async with trio.open_nursery() as edges:
             gateway = await edges.start(Gateway(node, host, port).run)
+            if args.rest_port >= 0:
+                from satchel.rest import serve as serve_rest
+
+                await edges.start(serve_rest, gateway, host, args.rest_port)
             if args.replication_port >= 0:
                 await edges.start(Replicator(
                     node, args.replication_host, args.replication_port, max_followers=args.max_followers,
@@ -338,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                              "the random walk ([oracle] in the config)")
     p.add_argument("--oracle-speed", type=_positive, default=None, metavar="X",
                    help="replay the price file X times faster (default 1)")
+    p.add_argument("--rest-port", type=int, default=8767, help="Backpack-compatible REST API (0: any free port, -1: off)")
     p.add_argument("--replication-port", type=int, default=8766, help="block stream for validators (0: any free port, -1: off)")
     p.add_argument("--replication-host", default="127.0.0.1", help="block stream listen address (default 127.0.0.1)")
     p.add_argument("--allow-follower", action="append", default=[], metavar="KEY",

@@ -227,7 +227,7 @@ def _progress_table(elapsed: float, rate: float, p99_ms: float, acked: int, erro
 def _start_node(directory: str, port: int, serve_args: list[str]) -> subprocess.Popen:
     log = open(Path(directory) / "node.log", "wb")
     return subprocess.Popen([sys.executable, "-m", "satchel.tools.cli", "serve", "--data", directory, "--port", str(port),
-                             "--no-demo", "--replication-port", "-1", *serve_args], stderr=log)
+                             "--no-demo", "--replication-port", "-1", "--rest-port", "-1", *serve_args], stderr=log)
 
 
 def _log_tail(directory: str | None, lines: int = 5) -> str:

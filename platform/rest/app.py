@@ -1,0 +1,221 @@
+"""Backpack's REST API over HTTP: an ASGI app (Starlette) on the API the WebSocket serves.
+
+Every private endpoint is a method of ``api.handlers.Api`` under its Backpack instruction
+name (``POST /api/v1/order`` is ``orderExecute``), called with the request's parameters as
+the literal texts the client signed -- a GET's query string, a POST's or DELETE's JSON
+body -- and the signature from the ``X-API-Key``, ``X-Signature``, ``X-Timestamp`` and
+``X-Window`` headers (other headers, ``X-Broker-Id`` included, are ignored). So REST and
+WebSocket share one request path: schemas, signature check, error codes, sequencing.
+
+Errors are ``{"code": "...", "message": "..."}`` with HTTP 400 (bad input), 401
+(signature, window, replay), 404 (not found), 429 (rate or backlog), 503 (shutting down)
+or 500.
+
+Served by hypercorn's trio worker in the node's own trio process (``serve``): Starlette
+runs on anyio, whose trio backend shares the node's event loop, so a handler awaits the
+API's answer directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+import msgspec
+import structlog
+import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from satchel.clock import now_ms
+from satchel.core.errors import (
+    EXPIRED, INTERNAL_ERROR, INVALID_SIGNATURE, MAINTENANCE, RESOURCE_NOT_FOUND, TOO_MANY_REQUESTS,
+    UNAUTHORIZED, Code, RequestError,
+)
+from satchel.gateway.protocol import split_params
+
+if TYPE_CHECKING:
+    from satchel.gateway import Gateway
+
+log = structlog.get_logger("satchel.rest")
+
+_STATUS = {
+    UNAUTHORIZED: 401, INVALID_SIGNATURE: 401, EXPIRED: 401, Code.DUPLICATE_REQUEST: 401, RESOURCE_NOT_FOUND: 404,
+    TOO_MANY_REQUESTS: 429, MAINTENANCE: 503, INTERNAL_ERROR: 500,
+}
+_HEADERS = ("x-api-key", "x-signature", "x-timestamp", "x-window")
+_MAX_BODY = 16384
+_encode = msgspec.json.encode
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(_encode(payload), status, media_type="application/json")
+
+
+def _error(code: str | int, message: str) -> Response:
+    return _json({"code": str(code), "message": message}, _STATUS.get(code, 400))
+
+
+class _Answer:
+    """``api.handlers.Replies`` for one HTTP request: the handler awaits the answer."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.response: Response | None = None
+
+    def result(self, req_id: Any, result: Any) -> None:
+        self.response = _json(result)
+        self.done.set()
+
+    def error(self, req_id: Any, code: str | int, message: str) -> None:
+        self.response = _error(code, message)
+        self.done.set()
+
+    def failed(self, req_id: Any, exc: Exception) -> None:
+        log.error("rest.request_failed", error=repr(exc))
+        self.response = _error(INTERNAL_ERROR, "The request could not be handled")
+        self.done.set()
+
+
+async def _texts(request: Request) -> dict[str, str]:
+    """The request's parameters as signed texts: the query string, and a JSON object body."""
+    texts = dict(parse_qsl(request.url.query, keep_blank_values=True))
+    if request.method != "GET":
+        body = await request.body()
+        if len(body) > _MAX_BODY:
+            raise RequestError(Code.PAYLOAD_TOO_LARGE, f"body larger than {_MAX_BODY} bytes")
+        if body.strip():
+            texts.update(split_params(msgspec.Raw(body)))
+    return texts
+
+
+def _signature(request: Request) -> list[str] | None:
+    parts = [request.headers.get(h) for h in _HEADERS]
+    if all(p is None for p in parts):
+        return None
+    return ["" if p is None else p for p in parts]
+
+
+class RestApp:
+    """The routes over a gateway's API, listing, formatter and market data."""
+
+    def __init__(self, gateway: "Gateway"):
+        self.gw = gateway
+        self.api = gateway.api
+        routes = [
+            Route("/api/v1/status", self.status), Route("/api/v1/ping", self.ping), Route("/api/v1/time", self.time),
+            Route("/api/v1/assets", self.assets), Route("/api/v1/markets", self.markets),
+            Route("/api/v1/market", self.market), Route("/api/v1/ticker", self.ticker),
+            Route("/api/v1/tickers", self.tickers),
+        ]
+        for path, methods in _PRIVATE.items():
+            for verb, name in methods.items():
+                routes.append(Route(path, self._via_api(name), methods=[verb], name=f"{name}"))
+        self.app = Starlette(routes=routes)
+
+    # ------------------------------------------------------------------ through the API
+
+    def _via_api(self, name: str) -> Callable:
+        method = getattr(self.api, name)
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                texts = await _texts(request)
+            except RequestError as exc:
+                return _error(exc.code, exc.message)
+            answer = _Answer()
+            caller = self.api.caller(answer)
+            caller.received = trio.current_time()
+            if self.gw.overloaded() and name in _SEQUENCED:
+                return _error(TOO_MANY_REQUESTS, "The node is busy")
+            method(caller, None, texts, _signature(request))
+            await answer.done.wait()
+            return answer.response
+
+        return endpoint
+
+    # ------------------------------------------------------------------ public, formatted here
+
+    async def status(self, request: Request) -> Response:
+        return _json({"status": "Ok", "message": None})
+
+    async def ping(self, request: Request) -> Response:
+        return Response("pong", media_type="text/plain")
+
+    async def time(self, request: Request) -> Response:
+        return Response(str(now_ms()), media_type="text/plain")
+
+    async def assets(self, request: Request) -> Response:
+        fmt = self.gw.fmt
+        return _json([fmt.asset_info(a) for a in self.gw.listing.assets.values()])
+
+    async def markets(self, request: Request) -> Response:
+        fmt = self.gw.fmt
+        return _json([fmt.market_info(m) for m in self.gw.listing.markets.values()])
+
+    def _symbol(self, request: Request) -> str | Response:
+        symbol = request.query_params.get("symbol")
+        if symbol is None:
+            return _error(Code.INVALID_REQUEST, "symbol is required")
+        if symbol not in self.gw.listing.markets:
+            return _error(Code.INVALID_SYMBOL, f"Unknown symbol {symbol}")
+        return symbol
+
+    async def market(self, request: Request) -> Response:
+        symbol = self._symbol(request)
+        if isinstance(symbol, Response):
+            return symbol
+        return _json(self.gw.fmt.market_info(self.gw.listing.markets[symbol]))
+
+    async def ticker(self, request: Request) -> Response:
+        symbol = self._symbol(request)
+        if isinstance(symbol, Response):
+            return symbol
+        return _json(self.gw.marketdata.rest_ticker(symbol))
+
+    async def tickers(self, request: Request) -> Response:
+        md = self.gw.marketdata
+        return _json([md.rest_ticker(s) for s in self.gw.listing.markets])
+
+
+# Backpack's private (and API-answered public) endpoints: path -> HTTP verb -> instruction
+_PRIVATE = {
+    "/api/v1/depth": {"GET": "depth"},
+    "/api/v1/markPrices": {"GET": "markPrices"},
+    "/api/v1/openInterest": {"GET": "openInterest"},
+    "/api/v1/capital": {"GET": "balanceQuery"},
+    "/api/v1/capital/collateral": {"GET": "collateralQuery"},
+    "/api/v1/position": {"GET": "positionQuery"},
+    "/api/v1/order": {"GET": "orderQuery", "POST": "orderExecute", "DELETE": "orderCancel"},
+    "/api/v1/orders": {"GET": "orderQueryAll", "DELETE": "orderCancelAll"},
+    "/api/v1/account": {"PATCH": "accountUpdate"},
+    "/wapi/v1/history/funding": {"GET": "fundingHistoryQueryAll"},
+}
+_SEQUENCED = frozenset({"orderExecute", "orderCancel", "orderCancelAll", "accountUpdate"})
+
+
+async def serve(gateway: "Gateway", host: str, port: int, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the REST API on ``host:port`` (0: a free port) until cancelled;
+    ``task_status.started(url)``."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.keep_alive_timeout = 75
+
+    async def run(*, task_status: Any) -> None:
+        await hypercorn_serve(RestApp(gateway).app, config, task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(run)
+        url = binds[0].replace("http://", "http://", 1)
+        log.info("rest.serving", url=url)
+        task_status.started(url)

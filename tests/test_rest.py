@@ -1,0 +1,74 @@
+"""The REST API on a live node: public endpoints, signed order entry through the same API
+as the WebSocket, and errors with HTTP statuses."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from satchel.rest import serve
+from satchel.signing import Keypair, sign_request
+
+USDC = 10**6
+
+
+@pytest.fixture
+async def rest(nursery, server):
+    return await nursery.start(serve, server.gateway, "127.0.0.1", 0)
+
+
+def signed_headers(key: Keypair, instruction: str, params: dict, ts: int | None = None, window: int = 5000) -> dict:
+    _, (api_key, sig, ts_text, window_text) = sign_request(key, instruction, params, window, ts)
+    return {"X-API-Key": api_key, "X-Signature": sig, "X-Timestamp": ts_text, "X-Window": window_text,
+            "X-Broker-Id": "1500"}
+
+
+async def test_public_endpoints(rest):
+    async with httpx.AsyncClient(base_url=rest) as c:
+        assert (await c.get("/api/v1/ping")).text == "pong"
+        assert int((await c.get("/api/v1/time")).text) > 1_700_000_000_000
+        assert (await c.get("/api/v1/status")).json()["status"] == "Ok"
+        markets = {m["symbol"]: m for m in (await c.get("/api/v1/markets")).json()}
+        assert markets["SOL_USDC"]["filters"]["price"]["tickSize"] == "0.01"
+        assert markets["SOL_USDC_PERP"]["marketType"] == "PERP"
+        assert {a["symbol"] for a in (await c.get("/api/v1/assets")).json()} >= {"USDC", "SOL"}
+        depth = (await c.get("/api/v1/depth", params={"symbol": "SOL_USDC"})).json()
+        assert set(depth) >= {"asks", "bids", "lastUpdateId", "timestamp"}
+        assert (await c.get("/api/v1/ticker", params={"symbol": "SOL_USDC"})).json()["symbol"] == "SOL_USDC"
+        bad = await c.get("/api/v1/ticker", params={"symbol": "NOPE"})
+        assert (bad.status_code, bad.json()["code"]) == (400, "INVALID_SYMBOL")
+
+
+async def test_signed_orders_over_rest(rest, server, traders):
+    alice, bob = traders
+    async with httpx.AsyncClient(base_url=rest) as c:
+        ask = {"symbol": "SOL_USDC", "side": "Ask", "orderType": "Limit", "price": "150", "quantity": "2"}
+        r = await c.post("/api/v1/order", json=ask, headers=signed_headers(bob, "orderExecute", ask))
+        assert r.status_code == 200 and r.json()["status"] == "New", r.text
+        bid = {"symbol": "SOL_USDC", "side": "Bid", "orderType": "Limit", "price": "150", "quantity": "1"}
+        r = await c.post("/api/v1/order", json=bid, headers=signed_headers(alice, "orderExecute", bid))
+        assert r.json()["status"] == "Filled"
+        q = {"symbol": "SOL_USDC"}
+        open_orders = (await c.get("/api/v1/orders", params=q, headers=signed_headers(bob, "orderQueryAll", q))).json()
+        assert [o["executedQuantity"] for o in open_orders] == ["1"]
+        cap = (await c.get("/api/v1/capital", headers=signed_headers(alice, "balanceQuery", {}))).json()
+        assert cap["SOL"]["available"] == "1"
+        # a body other than the one signed, an expired window, a replay
+        tampered = {**bid, "quantity": "5"}
+        r = await c.post("/api/v1/order", json=tampered, headers=signed_headers(alice, "orderExecute", bid))
+        assert (r.status_code, r.json()["code"]) == (401, "INVALID_SIGNATURE")
+        old = int(time.time() * 1000) - 60_000
+        r = await c.post("/api/v1/order", json=bid, headers=signed_headers(alice, "orderExecute", bid, ts=old))
+        assert (r.status_code, r.json()["code"]) == (401, "EXPIRED")
+        resting = {**bid, "price": "140"}
+        headers = signed_headers(alice, "orderExecute", resting)
+        assert (await c.post("/api/v1/order", json=resting, headers=headers)).status_code == 200
+        r = await c.post("/api/v1/order", json=resting, headers=headers)
+        assert (r.status_code, r.json()["code"]) == (401, "DUPLICATE_REQUEST")
+        r = await c.post("/api/v1/order", json=bid)
+        assert (r.status_code, r.json()["code"]) == (401, "UNAUTHORIZED")
+        cancel = {"symbol": "SOL_USDC", "orderId": open_orders[0]["id"]}
+        r = await c.request("DELETE", "/api/v1/order", json=cancel, headers=signed_headers(bob, "orderCancel", cancel))
+        assert r.json()["status"] == "Cancelled"
