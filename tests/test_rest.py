@@ -72,3 +72,14 @@ async def test_signed_orders_over_rest(rest, server, traders):
         cancel = {"symbol": "SOL_USDC", "orderId": open_orders[0]["id"]}
         r = await c.request("DELETE", "/api/v1/order", json=cancel, headers=signed_headers(bob, "orderCancel", cancel))
         assert r.json()["status"] == "Cancelled"
+
+
+async def test_metrics(rest, server, traders):
+    alice, _ = traders
+    async with httpx.AsyncClient(base_url=rest) as c:
+        bid = {"symbol": "SOL_USDC", "side": "Bid", "orderType": "Limit", "price": "150", "quantity": "100000"}
+        await c.post("/api/v1/order", json=bid, headers=signed_headers(alice, "orderExecute", bid))
+        text = (await c.get("/metrics")).text
+    assert 'satchel_rejects_total{code="InsufficientFunds"} 1.0' in text
+    assert "satchel_blocks_total" in text and "satchel_sequencer_backlog" in text
+    assert 'satchel_stage_latency_seconds{quantile="0.99",stage="durable"}' in text

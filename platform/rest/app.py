@@ -36,6 +36,7 @@ from satchel.core.errors import (
     UNAUTHORIZED, Code, RequestError,
 )
 from satchel.gateway.protocol import split_params
+from satchel.rest import metrics
 
 if TYPE_CHECKING:
     from satchel.gateway import Gateway
@@ -116,6 +117,8 @@ class RestApp:
         for path, methods in _PRIVATE.items():
             for verb, name in methods.items():
                 routes.append(Route(path, self._via_api(name), methods=[verb], name=f"{name}"))
+        self.metrics = metrics.registry(gateway)
+        routes.append(Route("/metrics", self.prometheus))
         self.app = Starlette(routes=routes)
 
     # ------------------------------------------------------------------ through the API
@@ -140,6 +143,9 @@ class RestApp:
         return endpoint
 
     # ------------------------------------------------------------------ public, formatted here
+
+    async def prometheus(self, request: Request) -> Response:
+        return Response(metrics.render(self.metrics), media_type=metrics.CONTENT_TYPE)
 
     async def status(self, request: Request) -> Response:
         return _json({"status": "Ok", "message": None})
