@@ -69,6 +69,9 @@ async def test_signed_orders_over_rest(rest, server, traders):
         assert (r.status_code, r.json()["code"]) == (401, "DUPLICATE_REQUEST")
         r = await c.post("/api/v1/order", json=bid)
         assert (r.status_code, r.json()["code"]) == (401, "UNAUTHORIZED")
+        trades = (await c.get("/api/v1/trades", params={"symbol": "SOL_USDC", "limit": "5"})).json()
+        assert [(t["price"], t["quantity"], t["isBuyerMaker"]) for t in trades] == [("150", "1", False)]
+        assert (await c.get("/api/v1/trades", params={"symbol": "SOL_USDC", "limit": "0"})).status_code == 400
         cancel = {"symbol": "SOL_USDC", "orderId": open_orders[0]["id"]}
         r = await c.request("DELETE", "/api/v1/order", json=cancel, headers=signed_headers(bob, "orderCancel", cancel))
         assert r.json()["status"] == "Cancelled"

@@ -46,6 +46,7 @@ _DAY_US = 86_400_000_000
 _MINUTE_US = 60_000_000
 _TICKER_EVERY_US = 1_000_000
 
+RECENT_TRADES = 1000  # per market, for ``GET /api/v1/trades``
 PUBLIC_KINDS = ("depth", "trade", "bookTicker", "ticker")
 PERP_KINDS = ("markPrice", "openInterest")  # "<kind>.<symbol>" of a perpetual market only
 LIQUIDATION_STREAM = "liquidation"  # every market's, no symbol
@@ -62,7 +63,7 @@ class Sink(Protocol):
 
 
 class _Market:
-    __slots__ = ("bids", "asks", "update_id", "best", "buckets", "last_ticker", "traded")
+    __slots__ = ("bids", "asks", "update_id", "best", "buckets", "last_ticker", "traded", "trades")
 
     def __init__(self) -> None:
         self.bids: SortedDict = SortedDict()
@@ -72,6 +73,7 @@ class _Market:
         self.buckets: deque[list] = deque()  # [minute, open, high, low, close, base vol, quote vol, trades]
         self.last_ticker = 0
         self.traded = False
+        self.trades: deque[tuple] = deque(maxlen=RECENT_TRADES)  # (id, price, qty, quote, us, buyer is maker)
 
 
 class MarketData:
@@ -173,6 +175,14 @@ class MarketData:
             "v": fmt.qty(symbol, v), "V": fmt.quote(symbol, qv), "n": n,
             "P": f"{change_bp / 10_000:.4f}",
         }
+
+    def recent_trades(self, symbol: str, limit: int) -> list[dict]:
+        """``GET /api/v1/trades``: the latest trades, oldest first (at most ``RECENT_TRADES``)."""
+        fmt = self.fmt
+        trades = list(self._markets[symbol].trades)[-limit:]
+        return [{"id": tid, "price": fmt.price(symbol, p), "quantity": fmt.qty(symbol, q),
+                 "quoteQuantity": fmt.quote(symbol, quote), "timestamp": us // 1000, "isBuyerMaker": maker}
+                for tid, p, q, quote, us, maker in trades]
 
     def rest_ticker(self, symbol: str) -> dict:
         """``GET /api/v1/ticker``: 24 h figures; ``priceChangePercent`` is a fraction (ccxt x100s it)."""
@@ -300,6 +310,7 @@ class MarketData:
             b[6] += ev.quote
             b[7] += 1
         m.traded = True
+        m.trades.append((ev.trade_id, ev.price, ev.quantity, ev.quote, ts, ev.taker_side != BID))
         subs = self._subs
         if not subs:
             return

@@ -35,6 +35,7 @@ from satchel.core.errors import (
     EXPIRED, INTERNAL_ERROR, INVALID_SIGNATURE, MAINTENANCE, RESOURCE_NOT_FOUND, TOO_MANY_REQUESTS,
     UNAUTHORIZED, Code, RequestError,
 )
+from satchel.api.marketdata import RECENT_TRADES
 from satchel.gateway.protocol import split_params
 from satchel.rest import metrics
 
@@ -112,7 +113,7 @@ class RestApp:
             Route("/api/v1/status", self.status), Route("/api/v1/ping", self.ping), Route("/api/v1/time", self.time),
             Route("/api/v1/assets", self.assets), Route("/api/v1/markets", self.markets),
             Route("/api/v1/market", self.market), Route("/api/v1/ticker", self.ticker),
-            Route("/api/v1/tickers", self.tickers),
+            Route("/api/v1/tickers", self.tickers), Route("/api/v1/trades", self.trades),
         ]
         for path, methods in _PRIVATE.items():
             for verb, name in methods.items():
@@ -183,6 +184,15 @@ class RestApp:
         if isinstance(symbol, Response):
             return symbol
         return _json(self.gw.marketdata.rest_ticker(symbol))
+
+    async def trades(self, request: Request) -> Response:
+        symbol = self._symbol(request)
+        if isinstance(symbol, Response):
+            return symbol
+        limit = request.query_params.get("limit", "100")
+        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= RECENT_TRADES):
+            return _error(Code.INVALID_REQUEST, f"limit must be 1..{RECENT_TRADES}")
+        return _json(self.gw.marketdata.recent_trades(symbol, int(limit)))
 
     async def tickers(self, request: Request) -> Response:
         md = self.gw.marketdata
