@@ -34,6 +34,7 @@ APR (rate x 8760 for hourly funding) is shown to users, never kept.
 from __future__ import annotations
 
 from satchel.core.actor import dispatcher
+from satchel.core.margin import div0
 from satchel.core.messages import (
     PPB,
     FundingPaid,
@@ -56,17 +57,11 @@ _PREMIUM_BOUND = 500_000  # 0.05%
 _DAY_US = 86_400_000_000
 
 
-def _div0(a: int, b: int) -> int:
-    """a / b rounded toward zero."""
-    q = abs(a) // abs(b)
-    return q if (a >= 0) == (b > 0) else -q
-
-
 def funding_rate(premium_sum: int, samples: int, interval_us: int, floor: int, cap: int) -> int:
     """The funding rate (PPB per interval) for an interval's premium samples."""
-    mean = _div0(premium_sum, samples) if samples else 0
+    mean = div0(premium_sum, samples) if samples else 0
     interest = _INTEREST_PER_DAY * interval_us // _DAY_US
-    raw = _div0(mean + max(-_PREMIUM_BOUND, min(_PREMIUM_BOUND, interest - mean)), 8)
+    raw = div0(mean + max(-_PREMIUM_BOUND, min(_PREMIUM_BOUND, interest - mean)), 8)
     return max(floor, min(cap, raw))
 
 
@@ -112,7 +107,7 @@ class _Perp:
                 self.basis += (x - self.basis) * 2 // _EWMA_SPAN
         self.reprice()
         if self.index:
-            self.premium_sum += _div0((self.mark - self.index) * PPB, self.index) * steps
+            self.premium_sum += div0((self.mark - self.index) * PPB, self.index) * steps
             self.samples += steps
 
     def estimate(self) -> int:

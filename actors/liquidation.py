@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from satchel.core.margin import share
 from satchel.core.messages import (
     ASK, BID, BY_MARK, IOC, LIMIT, LIQUIDATION, PPB, REJECT_TAKER, CancelAll, Liquidation, PlaceOrder,
 )
@@ -40,11 +41,6 @@ if TYPE_CHECKING:
     from satchel.actors.margin import Figures, Margin, Position
 
 CANCEL, UNWIND, BACKSTOP, INSURANCE, ADL = 1, 2, 3, 4, 5
-
-
-def _share(total: int, part: int, whole: int) -> int:
-    q = abs(total) * part // whole
-    return q if total >= 0 else -q
 
 
 class Liquidator:
@@ -155,16 +151,16 @@ class Liquidator:
         whole = sum(abs(v) for _, _, v in values) or 1
         left = equity
         for i, (symbol, pos, value) in enumerate(values):
-            share = left if i == len(values) - 1 else _share(equity, abs(value), whole)
-            left -= share
-            # the account's side of the close: it gives up ``size`` for value - share
+            portion = left if i == len(values) - 1 else share(equity, abs(value), whole)
+            left -= portion
+            # the account's side of the close: it gives up ``size`` for value - portion of its equity
             size = pos.size
-            total = value - share  # what the taker of the position pays (signed like size)
+            total = value - portion  # what the taker of the position pays (signed like size)
             taken = 0
             if equity >= 0 and m.spec.backstop and m.spec.backstop != account:
                 taken = self._backstop_capacity(symbol, size)
                 if taken:
-                    part = total if taken == abs(size) else _share(total, taken, abs(size))
+                    part = total if taken == abs(size) else share(total, taken, abs(size))
                     self._transfer(account, m.spec.backstop, symbol, taken if size > 0 else -taken, part, seq)
                     self._event(seq, account, BACKSTOP, f, auto, symbol, ASK if size > 0 else BID, taken,
                                 self._price(symbol, part, taken), part, m.spec.backstop, out)
@@ -213,7 +209,7 @@ class Liquidator:
             if not left_qty:
                 break
             q = min(left_qty, abs(pos.size))
-            part = left_total if q == left_qty else _share(left_total, q, left_qty)
+            part = left_total if q == left_qty else share(left_total, q, left_qty)
             self._transfer(account, other, symbol, q if size > 0 else -q, part, seq)
             self._event(seq, account, ADL, f, auto, symbol, ASK if size > 0 else BID, q, self._price(symbol, part, q),
                         part, other, out)

@@ -101,12 +101,6 @@ class Figures(msgspec.Struct):
     position_notional: int
 
 
-def _split(total: int, part: int, whole: int) -> int:
-    """``total * part / whole`` rounded toward zero (a share of a signed amount)."""
-    q = abs(total) * part // whole
-    return q if total >= 0 else -q
-
-
 class Margin:
     """The actor: configuration, the pre-trade and settlement phases, the periodic phase
     and reads, over the ledger and the positions."""
@@ -199,13 +193,13 @@ class Margin:
             pos.net_cost += cost
             pos.entry_notional += cost
         elif abs(qty) <= abs(size):
-            pos.entry_notional -= _split(pos.entry_notional, abs(qty), abs(size))
+            pos.entry_notional -= rules.share(pos.entry_notional, abs(qty), abs(size))
             pos.size = size + qty
             pos.net_cost += cost
             if pos.size == 0:
                 self._realize_all(account, pos)
         else:  # flips: close the old size at this fill's price, open the rest
-            closing = _split(cost, abs(size), abs(qty))
+            closing = rules.share(cost, abs(size), abs(qty))
             pos.size = 0
             pos.net_cost += closing
             self._realize_all(account, pos)
@@ -255,25 +249,28 @@ class Margin:
         view = self.marks.get(symbol)
         return view.mark if view is not None else 0
 
+    def asset_value(self, asset: str, total: int) -> tuple[int, int, int]:
+        """(mark value, weight, collateral value) of ``total`` units of a non-settlement asset,
+        in quote units: valued at the mark of the perp on it (nothing without one), a
+        holding's weight shrinking with its size, the collateral value rounded down."""
+        perp = self.collateral_perp.get(asset)
+        mark = self.mark(perp.symbol) if perp is not None else 0
+        if not mark:
+            return 0, 0, 0
+        value = total * mark * perp.notional_mult // perp.base_mult
+        if value <= 0:
+            return value, PPB, value  # owed: counts in full
+        weight = rules.collateral_weight(self.assets[asset], value, self.quote_unit)
+        return value, weight, value * weight // PPB
+
     def collateral(self, account: str) -> int:
         """The account's weighted collateral (see the module docstring)."""
-        quote_unit = self.quote_unit
         collateral = 0
         for asset, bal in self.ledger.balances.get(account, {}).items():
             total = bal.free + bal.held
             if not total:
                 continue
-            if asset == self.settle_asset:
-                collateral += total
-                continue
-            perp = self.collateral_perp.get(asset)
-            mark = self.mark(perp.symbol) if perp is not None else 0
-            if not mark:
-                continue
-            value = total * mark * perp.notional_mult // perp.base_mult
-            if value > 0:
-                value = value * rules.collateral_weight(self.assets[asset], value, quote_unit) // PPB
-            collateral += value
+            collateral += total if asset == self.settle_asset else self.asset_value(asset, total)[2]
         return collateral
 
     def equity(self, account: str) -> int:
@@ -745,19 +742,15 @@ class Margin:
     def _collateral_of(self, msg: CollateralOf) -> CollateralView:
         account = msg.account
         f = self.figures(account)
-        quote_unit = 10 ** self.assets[self.settle_asset].decimals
         rows = []
         for asset, bal in sorted(self.ledger.balances.get(account, {}).items()):
             total = bal.free + bal.held
             if asset == self.settle_asset:
-                rows.append(CollateralRow(asset, total, bal.held, quote_unit, PPB, total))
+                rows.append(CollateralRow(asset, total, bal.held, self.quote_unit, PPB, total))
                 continue
-            perp = self.collateral_perp.get(asset)
-            mark = self.mark(perp.symbol) if perp is not None else 0
-            price = mark * perp.notional_mult * 10 ** self.assets[asset].decimals // perp.base_mult if mark else 0
-            value = total * mark * perp.notional_mult // perp.base_mult if mark else 0
-            weight = rules.collateral_weight(self.assets[asset], value, quote_unit) if value > 0 else PPB
-            rows.append(CollateralRow(asset, total, bal.held, price, weight, value * weight // PPB if value > 0 else value))
+            price = self.asset_value(asset, 10 ** self.assets[asset].decimals)[0]  # one whole unit
+            _, weight, value = self.asset_value(asset, total)
+            rows.append(CollateralRow(asset, total, bal.held, price, weight if total else PPB, value))
         exposure = f.exposure
         return CollateralView(
             rows, f.collateral, f.unrealized, f.equity, exposure, f.initial, f.maintenance,

@@ -250,7 +250,7 @@ class Engine:
             outs.append(matched.events)
             if matched.delta is not None:
                 work.deltas.append(matched.delta)
-            if sym in marks:
+            if self.markets[sym].perp is not None:
                 self._tops[sym] = matched.top
         # each list is already in sequence order: a stable sort of the concatenation
         # merges the runs in C (faster than heapq.merge's generator)

@@ -18,6 +18,16 @@ from math import isqrt
 from satchel.core.messages import PPB, AssetSpec, PerpSpec
 
 
+def div0(a: int, b: int) -> int:
+    """a / b rounded toward zero (b > 0)."""
+    return a // b if a >= 0 else -(-a // b)
+
+
+def share(total: int, part: int, whole: int) -> int:
+    """``total * part / whole`` rounded toward zero: a share of a signed amount."""
+    return div0(total * part, whole)
+
+
 def _root(notional: int, quote_unit: int) -> int:
     return isqrt(max(notional, 0) // quote_unit)
 
