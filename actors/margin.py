@@ -755,7 +755,7 @@ class Margin:
         return CollateralView(
             rows, f.collateral, f.unrealized, f.equity, exposure, f.initial, f.maintenance,
             f.initial * PPB // exposure if exposure else 0, f.maintenance * PPB // exposure if exposure else 0,
-            f.equity * PPB // exposure if exposure else 0, account in self.liquidating,
+            f.equity * PPB // exposure if exposure else 0, account in self.liquidating, self.leverage.get(account, 0),
         )
 
     def _history_of(self, msg: HistoryOf) -> list:

@@ -2,7 +2,8 @@
 
 The signed string of a request is
 ``instruction=<name>&<params sorted by key as k=v joined by &>&timestamp=<ms>&window=<ms>``
-(no params: ``instruction=<name>&timestamp=<ms>&window=<ms>``). Clients differ in
+(no params: ``instruction=<name>&timestamp=<ms>&window=<ms>``); a batch signs one
+``instruction=..&<params>`` segment per item, then the timestamp and window. Clients differ in
 whether they percent-encode the values (ccxt does, others do not), so a verifier tries
 the raw form first and then the encoded one. Values are taken as the literal JSON text
 that arrived, because re-formatting a number would change what was signed.
@@ -87,20 +88,38 @@ def needs_quoting(params: Mapping[str, str]) -> bool:
     return any(_NEEDS_QUOTING.search(k) or _NEEDS_QUOTING.search(v) for k, v in params.items())
 
 
-def signing_string(instruction: str, params: Mapping[str, str], timestamp: int | str, window: int | str, encoded: bool = False) -> bytes:
-    """The string a client signs; ``encoded`` percent-encodes keys and values as ccxt
-    does (Python's ``quote(safe='')``: a space is %20, never +)."""
-    items = sorted(params.items())
+def _segment(instruction: str, params: Mapping[str, str] | tuple, encoded: bool) -> str:
+    items = sorted(params.items()) if isinstance(params, Mapping) else sorted(params)
     if encoded:
         body = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in items)
     else:
         body = "&".join(f"{k}={v}" for k, v in items)
-    head = f"instruction={instruction}&{body}" if body else f"instruction={instruction}"
-    return f"{head}&timestamp={timestamp}&window={window}".encode()
+    return f"instruction={instruction}&{body}" if body else f"instruction={instruction}"
+
+
+def signing_string(instruction: str, params: Mapping[str, str], timestamp: int | str, window: int | str, encoded: bool = False) -> bytes:
+    """The string a client signs; ``encoded`` percent-encodes keys and values as ccxt
+    does (Python's ``quote(safe='')``: a space is %20, never +)."""
+    return f"{_segment(instruction, params, encoded)}&timestamp={timestamp}&window={window}".encode()
+
+
+def batch_signing_string(instruction: str, items: "list[Mapping[str, str]] | tuple", timestamp: int | str,
+                         window: int | str, encoded: bool = False) -> bytes:
+    """The string a client signs for a batch (``POST /api/v1/orders``): one
+    ``instruction=<name>&<sorted params>`` segment per item, in the body's order, then
+    ``&timestamp&window`` once. Each item is sorted on its own, whatever its key order."""
+    body = "&".join(_segment(instruction, item, encoded) for item in items)
+    return f"{body}&timestamp={timestamp}&window={window}".encode()
 
 
 def signed_message(instruction: str, auth: "Auth") -> bytes:
-    """The exact string an ``Auth`` record's signature covers."""
+    """The exact string an ``Auth`` record's signature covers. A batch item's record
+    keeps the whole batch (the signature covers all of it); its own params must be the
+    batch's item it names, or nothing verifies."""
+    if auth.batch:
+        if not 0 <= auth.item < len(auth.batch) or auth.batch[auth.item] != auth.params:
+            return b""
+        return batch_signing_string(instruction, auth.batch, auth.timestamp, auth.window, auth.encoded)
     return signing_string(instruction, dict(auth.params), auth.timestamp, auth.window, auth.encoded)
 
 

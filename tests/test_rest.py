@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import msgspec
 import pytest
 
 from satchel.rest import serve
@@ -86,3 +87,68 @@ async def test_metrics(rest, server, traders):
     assert 'satchel_rejects_total{code="InsufficientFunds"} 1.0' in text
     assert "satchel_blocks_total" in text and "satchel_sequencer_backlog" in text
     assert 'satchel_stage_latency_seconds{quantile="0.99",stage="durable"}' in text
+
+
+async def test_batch_orders_one_signature(rest, server, traders):
+    """``POST /api/v1/orders`` as ccxt sends it: items in the body's key order, each
+    sorted on its own in the signed string; one answer per item; the journal keeps every
+    item's record re-verifiable, and a replay of the batch is refused item by item."""
+    import base64
+
+    from satchel.core.instructions import BY_TX
+    from satchel.core.messages import PlaceOrder
+    from satchel.ledger.chain import decode_block
+    from satchel.ledger.journal import read_records
+    from satchel.signing import batch_signing_string, signed_message, verify
+
+    alice, _ = traders
+    items = [{"symbol": "SOL_USDC", "side": "Bid", "orderType": "Limit", "price": "141", "quantity": "1"},
+             {"symbol": "SOL_USDC", "side": "Bid", "orderType": "Limit", "price": "140", "quantity": "2", "clientId": 9},
+             {"symbol": "SOL_USDC", "side": "Bid", "orderType": "Limit", "price": "139", "quantity": "100000"}]
+    ts = int(time.time() * 1000)
+    texts = [{k: str(v) for k, v in item.items()} for item in items]
+    signed = batch_signing_string("orderExecute", texts, ts, 5000)
+    assert signed.startswith(b"instruction=orderExecute&orderType=Limit&price=141&quantity=1&side=Bid&symbol=SOL_USDC"
+                             b"&instruction=orderExecute&clientId=9&orderType=Limit")
+    headers = {"X-API-Key": alice.api_key, "X-Signature": base64.b64encode(alice.sign(signed)).decode(),
+               "X-Timestamp": str(ts), "X-Window": "5000"}
+    async with httpx.AsyncClient(base_url=rest) as c:
+        r = await c.post("/api/v1/orders", json=items, headers=headers)
+        assert r.status_code == 200, r.text
+        first, second, third = r.json()
+        assert (first["operation"], first["price"], first["status"]) == ("Ok", "141", "New")
+        assert (second["clientId"], second["quantity"]) == (9, "2")
+        assert (third["operation"], third["code"]) == ("Err", "INSUFFICIENT_FUNDS")  # the others stand
+        again = (await c.post("/api/v1/orders", json=items, headers=headers)).json()
+        assert [(a["operation"], a["code"]) for a in again] == [("Err", "DUPLICATE_REQUEST")] * 3
+        bad = [items[0], {**items[1], "price": "140.001"}]
+        r = await c.post("/api/v1/orders", json=bad, headers=headers)
+        assert r.status_code == 400 and r.json()["message"].startswith("order 1:")
+        r = await c.post("/api/v1/orders", json=[{**items[0], "quantity": "3"}, items[1], items[2]], headers=headers)
+        assert (r.status_code, r.json()["code"]) == (401, "INVALID_SIGNATURE")
+    assert len(await server.open_orders(alice)) == 2
+    placed = [tx for rec in read_records(server.node.data / "journal") for tx in decode_block(rec).txs
+              if isinstance(tx, PlaceOrder) and tx.auth is not None and tx.auth.batch]
+    assert [tx.auth.item for tx in placed][:3] == [0, 1, 2]
+    for tx in placed[:3]:
+        message = signed_message(BY_TX[PlaceOrder].name, tx.auth)
+        assert message == signed and verify(alice.public, (message,), tx.auth.signature) is not None
+    forged = msgspec.structs.replace(placed[0].auth, params=placed[2].auth.params)
+    assert signed_message("orderExecute", forged) == b""
+
+
+async def test_account_securities_collateral(rest, server, traders):
+    alice, _ = traders
+    async with httpx.AsyncClient(base_url=rest) as c:
+        assert (await c.get("/api/v1/securities")).json() == []
+        weights = {a["symbol"]: a["haircutFunction"] for a in (await c.get("/api/v1/collateral")).json()}
+        assert weights["USDC"] == {"weight": "1", "kind": {"type": "identity"}}
+        assert weights["SOL"]["kind"]["type"] == "inverseSqrt"
+        account = (await c.get("/api/v1/account", headers=signed_headers(alice, "accountQuery", {}))).json()
+        assert int(account["leverageLimit"]) > 3, account  # never set: the markets' maximum
+        assert account["liquidating"] is False and "spotTakerFee" in account and "futuresMakerFee" in account
+        body = {"leverageLimit": "3"}
+        r = await c.patch("/api/v1/account", json=body, headers=signed_headers(alice, "accountUpdate", body))
+        assert r.status_code == 200, r.text
+        account = (await c.get("/api/v1/account", headers=signed_headers(alice, "accountQuery", {}))).json()
+        assert account["leverageLimit"] == "3"

@@ -83,6 +83,20 @@ class Formatter:
         """A ``GET /api/v1/assets`` item. Satchel has no chain deposits yet: no tokens."""
         return {"symbol": spec.symbol, "displayName": spec.symbol, "tokens": []}
 
+    def collateral_info(self, spec: AssetSpec) -> dict | None:
+        """A ``GET /api/v1/collateral`` item: how the asset counts as collateral (None if
+        it does not). The settlement asset counts at its full value."""
+        if spec.symbol == self.settlement_asset():
+            kind = {"type": "identity"}
+            weight = PPB
+        elif spec.collateral_weight:
+            kind = {"type": "inverseSqrt", "base": "1.1", "positiveCurvePenalty": fraction(spec.haircut_penalty)}
+            weight = spec.collateral_weight
+        else:
+            return None
+        return {"symbol": spec.symbol, "imfFunction": None, "mmfFunction": None,
+                "haircutFunction": {"weight": fraction(weight), "kind": kind}}
+
     def market_info(self, spec: MarketSpec) -> dict:
         """A ``GET /api/v1/markets`` item: the fields ccxt reads, and a perp's margin functions."""
         sym = spec.symbol
@@ -268,6 +282,22 @@ class Formatter:
             "pnlUnrealized": format_units(view.unrealized, money),
             "liquidating": view.liquidating,
             "collateral": rows,
+        }
+
+    def account(self, view: CollateralView, max_leverage: int) -> dict:
+        """Backpack's ``GET /api/v1/account``: the account's settings. Fees are per market
+        in Satchel (``GET /api/v1/markets``); these are the first listed spot and perp
+        market's, in basis points. Lending is not offered yet, so its switches are off."""
+        fees = {}
+        for spec in self.markets.values():
+            kind = "futures" if spec.perp is not None else "spot"
+            if f"{kind}MakerFee" not in fees:
+                fees[f"{kind}MakerFee"] = str(spec.maker_fee_bps)
+                fees[f"{kind}TakerFee"] = str(spec.taker_fee_bps)
+        return {
+            "autoBorrowSettlements": False, "autoLend": False, "autoRealizePnl": True, "autoRepayBorrows": False,
+            "borrowLimit": "0", "leverageLimit": str(view.leverage or max_leverage), "liquidating": view.liquidating,
+            **fees,
         }
 
     def funding_payment(self, p: FundingPayment) -> dict:

@@ -41,15 +41,18 @@ from satchel.core.messages import (
     NEW, PARTIALLY_FILLED, REJECTED, TRIGGER_PENDING, Auth, BalancesOf, CollateralOf, Fill, HistoryOf, LedgerOf, MarksOf,
     OpenOrders, OrderDone, OrderOf, PlaceOrder, PositionsOf, Query, TriggerPlaced, TxRejected,
 )
-from satchel.signing import decode_key, decode_signature, needs_quoting, signing_string
+from satchel.signing import batch_signing_string, decode_key, decode_signature, needs_quoting, signing_string
 
 # the requests, by the name a client calls them (each is a method of ``Api``)
 METHODS = (
     "orderExecute", "orderCancel", "orderCancelAll", "orderQuery", "orderQueryAll", "balanceQuery", "depth",
     "ledgerTotals", "nodeStats", "deposit", "adminSetTrading", "adminSetFees",
     "positionQuery", "collateralQuery", "fundingHistoryQueryAll", "liquidationHistoryQueryAll", "markPrices",
-    "openInterest", "accountUpdate",
+    "openInterest", "accountUpdate", "accountQuery", "orderExecuteBatch",
 )
+MAX_BATCH = 50  # orders in one POST /api/v1/orders (each journaled record keeps the whole signed batch)
+# requests whose params are a list of objects, each signed as its own segment
+BATCHED = frozenset({"orderExecuteBatch"})
 # requests that read no params: whatever params arrive, even malformed ones, are ignored
 PARAMLESS = frozenset({"ledgerTotals"})
 
@@ -85,11 +88,14 @@ class Verifier(Protocol):
 class Signed:
     """A request's checked signature parts."""
 
-    __slots__ = ("account", "public", "signature", "timestamp", "window", "texts", "candidates")
+    __slots__ = ("account", "public", "signature", "timestamp", "window", "texts", "candidates", "batch")
 
-    def auth(self, message: bytes) -> Auth:
-        """The journal's record of this request, given the form the signature covered."""
+    def auth(self, message: bytes, item: int = 0) -> Auth:
+        """The journal's record of this request (of item ``item`` of a batch), given the
+        form the signature covered."""
         encoded = message is not self.candidates[0]
+        if self.batch:
+            return Auth(self.batch[item], encoded, self.signature, self.timestamp, self.window, self.batch, item)
         return Auth(tuple(sorted(self.texts.items())), encoded, self.signature, self.timestamp, self.window)
 
 
@@ -146,6 +152,48 @@ class Caller:
                 replies.failed(p.req_id, exc)
 
 
+class _BatchReplies:
+    """Collects a batch's per-item answers; answers the request once all are in."""
+
+    def __init__(self, replies: Replies, req_id: Any, n: int):
+        self.replies = replies
+        self.req_id = req_id
+        self.results: list = [None] * n
+        self.left = n
+
+    def item(self, i: int) -> Replies:
+        return _BatchItem(self, i)
+
+    def _done(self, i: int, answer: Any) -> None:
+        self.results[i] = answer
+        self.left -= 1
+        if self.left == 0:
+            self.replies.result(self.req_id, self.results)
+
+
+class _BatchItem:
+    """One item's ``Replies``: its answer goes into the batch's list."""
+
+    __slots__ = ("batch", "i")
+
+    def __init__(self, batch: _BatchReplies, i: int):
+        self.batch = batch
+        self.i = i
+
+    @property
+    def closed(self) -> bool:
+        return self.batch.replies.closed
+
+    def result(self, req_id: Any, result: Any) -> None:
+        self.batch._done(self.i, result)
+
+    def error(self, req_id: Any, code: str | int, message: str) -> None:
+        self.batch._done(self.i, {"code": str(code), "message": message})
+
+    def failed(self, req_id: Any, exc: Exception) -> None:
+        self.batch.replies.failed(req_id, exc)
+
+
 def _request(method: Callable) -> Callable:
     """An API method answers refusals through the caller and never raises."""
 
@@ -186,6 +234,28 @@ class Api:
 
     def check_signature(self, instruction: str, texts: Mapping[str, str], sig: Signature) -> Signed:
         """The signature parts checked for shape and window (not yet verified), or RequestError."""
+        s = self._signed(sig)
+        s.texts, s.batch = texts, ()
+        # the signed string uses the integers as parsed, so the journal can rebuild it
+        raw = signing_string(instruction, texts, s.timestamp, s.window)
+        if needs_quoting(texts):  # ccxt signs percent-encoded values: accept that form too
+            s.candidates = (raw, signing_string(instruction, texts, s.timestamp, s.window, encoded=True))
+        else:
+            s.candidates = (raw,)
+        return s
+
+    def check_batch_signature(self, instruction: str, items: list[Mapping[str, str]], sig: Signature) -> Signed:
+        """As ``check_signature``, for a batch whose one signature covers every item."""
+        s = self._signed(sig)
+        s.texts, s.batch = {}, tuple(tuple(sorted(t.items())) for t in items)
+        raw = batch_signing_string(instruction, s.batch, s.timestamp, s.window)
+        if any(needs_quoting(t) for t in items):
+            s.candidates = (raw, batch_signing_string(instruction, s.batch, s.timestamp, s.window, encoded=True))
+        else:
+            s.candidates = (raw,)
+        return s
+
+    def _signed(self, sig: Signature) -> Signed:
         if not sig:
             raise RequestError(UNAUTHORIZED, "Missing signature")
         if len(sig) != 4:
@@ -201,14 +271,8 @@ class Api:
         now = now_ms()
         if ts + window < now or ts - window > now:
             raise RequestError(EXPIRED, "Request timestamp is outside its window")
-        # the signed string uses the integers as parsed, so the journal can rebuild it
-        raw = signing_string(instruction, texts, ts, window)
         s = Signed()
-        s.account, s.public, s.signature, s.timestamp, s.window, s.texts = sig[0], public, signature, ts, window, texts
-        if needs_quoting(texts):  # ccxt signs percent-encoded values: accept that form too
-            s.candidates = (raw, signing_string(instruction, texts, ts, window, encoded=True))
-        else:
-            s.candidates = (raw,)
+        s.account, s.public, s.signature, s.timestamp, s.window = sig[0], public, signature, ts, window
         return s
 
     # ------------------------------------------------------------------ sequencing and reads
@@ -267,6 +331,33 @@ class Api:
     @_request
     def orderExecute(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
         self._transaction(caller, req_id, texts, sig, "orderExecute", lambda tx, texts: self._order_reply(tx))
+
+    @_request
+    def orderExecuteBatch(self, caller: Caller, req_id: Any, items: list[Mapping[str, str]], sig: Signature) -> None:
+        """Several orders under one signature (``POST /api/v1/orders``), sequenced in the
+        body's order and answered with one entry per item once all are durable: the order,
+        or ``{code, message}`` for an item the engine refused. An item that fails its
+        checks (params, tick, step) refuses the whole batch, so nothing is placed."""
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+            raise RequestError(INVALID_REQUEST, f"a batch holds 1..{MAX_BATCH} orders")
+        signed = self.check_batch_signature("orderExecute", items, sig)
+        txs = []
+        for i, texts in enumerate(items):
+            try:
+                txs.append(instructions.build("orderExecute", texts, signed.account, self.listing))
+            except RequestError as exc:
+                raise RequestError(exc.code, f"order {i}: {exc.message}") from exc
+        batch = _BatchReplies(caller.replies, req_id, len(txs))
+        received = caller.received
+
+        def go(message: bytes) -> None:
+            for i, tx in enumerate(txs):
+                order_reply = self._order_reply(tx)
+                item = batch.item(i)
+                self._submit(caller, req_id, msgspec.structs.replace(tx, auth=signed.auth(message, i)),
+                             lambda replies, rid, events, r=order_reply, it=item: r(it, rid, events), received)
+
+        caller.verified(req_id, signed, go)
 
     def _order_reply(self, tx: PlaceOrder) -> Callable[[Replies, Any, list], None]:
         fmt = self.fmt
@@ -503,6 +594,14 @@ class Api:
         if self.fmt.settlement_asset() is None:
             raise RequestError(RESOURCE_NOT_FOUND, "No perpetual market is listed")
         self._account_read(caller, req_id, texts, sig, "collateralQuery", CollateralOf, self.fmt.collateral)
+
+    @_request
+    def accountQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """The account's settings (``GET /api/v1/account``)."""
+        instructions.params_of(NoParams, texts)
+        top = instructions.max_leverage(self.listing)
+        self._account_read(caller, req_id, texts, sig, "accountQuery", CollateralOf,
+                           lambda view: self.fmt.account(view, top))
 
     def _history(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature, instruction: str,
                  kind: str, item: Callable[[Any], dict]) -> None:

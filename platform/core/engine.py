@@ -80,7 +80,7 @@ from satchel.core.messages import (
     events_encoder,
 )
 
-RULES_VERSION = 3
+RULES_VERSION = 4  # 4: batch orders (one signature covers several transactions)
 # Longest validity window a signed request may ask for (Backpack's maximum). Part of
 # the rules, not the configuration: replay must judge windows exactly as the node did.
 MAX_WINDOW_MS = 60_000
@@ -109,6 +109,8 @@ class Guard:
         if expiry < now_ms or auth.timestamp - max_window_ms > now_ms:
             return Code.EXPIRED
         sig = auth.signature
+        if auth.batch:  # one signature, many transactions: each item is its own request
+            sig += auth.item.to_bytes(2, "big")
         if sig in self._seen:
             return Code.DUPLICATE_REQUEST
         self._seen[sig] = expiry

@@ -151,6 +151,10 @@ class Auth(msgspec.Struct, array_like=True, frozen=True):
     signature: bytes  # 64-byte Ed25519 signature
     timestamp: int  # client's timestamp, ms
     window: int  # validity window, ms
+    # a batch order (``POST /api/v1/orders``): one signature covers every item, so each
+    # item's record keeps all of them (each item's params, sorted) and its own place
+    batch: tuple[tuple[tuple[str, str], ...], ...] = ()
+    item: int = 0
 
 
 class SetAdmin(_Rec, tag=1):
@@ -663,6 +667,7 @@ class CollateralView(msgspec.Struct, frozen=True):
     mmf: int  # PPB
     margin_fraction: int  # PPB: equity / exposure (0 with no exposure)
     liquidating: bool
+    leverage: int = 0  # the account's leverage limit (0: never set, the markets' own maximum)
 
 
 class ListAssetSpec(msgspec.Struct):

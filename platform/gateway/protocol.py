@@ -83,6 +83,23 @@ def split_params(raw: msgspec.Raw) -> dict[str, str]:
     return texts
 
 
+_batch_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def split_batch(raw: msgspec.Raw | bytes) -> list[dict[str, str]]:
+    """A batch's params (a JSON array of objects) as one ``split_params`` per item."""
+    try:
+        items = _batch_decoder.decode(raw)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise RequestError(INVALID_REQUEST, "params must be an array of objects") from exc
+    out = []
+    for item in items:
+        if bytes(item)[:1] != b"{":
+            raise RequestError(INVALID_REQUEST, "each item of the batch must be an object")
+        out.append(split_params(item))
+    return out
+
+
 # ------------------------------------------------------------------ frames out
 
 

@@ -34,7 +34,7 @@ import structlog
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from satchel.api.handlers import METHODS, PARAMLESS
+from satchel.api.handlers import BATCHED, METHODS, PARAMLESS
 from satchel.api.marketdata import SILENT_STREAMS
 from satchel.gateway import protocol as P
 from satchel.gateway.wire import abort, send_frames
@@ -270,8 +270,10 @@ class Session:
 
 
 def _via_api(name: str, paramless: bool) -> Callable[[Session, P.Request], None]:
+    split = P.split_batch if name in BATCHED else P.split_params
+
     def call(session: Session, req: P.Request) -> None:
-        texts = {} if paramless else P.split_params(req.params)
+        texts = {} if paramless else split(req.params)
         getattr(session.api, name)(session.caller, req.id, texts, req.signature)
 
     call.__name__ = name

@@ -36,7 +36,9 @@ from satchel.core.errors import (
     UNAUTHORIZED, Code, RequestError,
 )
 from satchel.api.marketdata import RECENT_TRADES
-from satchel.gateway.protocol import split_params
+from satchel.core.messages import REJECTED
+from satchel.api.handlers import BATCHED
+from satchel.gateway.protocol import split_batch, split_params
 from satchel.rest import metrics
 
 if TYPE_CHECKING:
@@ -61,17 +63,48 @@ def _error(code: str | int, message: str) -> Response:
     return _json({"code": str(code), "message": message}, _STATUS.get(code, 400))
 
 
+# Backpack answers an order it will not place with an error, where the WebSocket API
+# answers the order with status Rejected and its reason: REST clients (ccxt) raise on
+# the code, e.g. INSUFFICIENT_FUNDS -> InsufficientFunds
+_REFUSALS = {"InsufficientFunds": "INSUFFICIENT_FUNDS", "InsufficientMargin": "INSUFFICIENT_MARGIN"}
+
+
+def _refusal(order: Any) -> dict | None:
+    """``{code, message}`` for an order the engine rejected, else None."""
+    if not isinstance(order, dict) or order.get("status") != REJECTED:
+        return None
+    reason = order.get("reason", "")
+    return {"code": _REFUSALS.get(reason, "INVALID_ORDER"), "message": f"Order rejected: {reason}"}
+
+
+def _shape(name: str, result: Any) -> tuple[Any, int]:
+    """The API's answer as Backpack's REST gives it, with its HTTP status: a rejected
+    order is an error, and a batch lists ``{"operation": "Ok", ...order}`` or
+    ``{"operation": "Err", code, message}``."""
+    if name == "orderExecute":
+        refused = _refusal(result)
+        return (refused, 400) if refused else (result, 200)
+    if name == "orderExecuteBatch":
+        out = []
+        for item in result:
+            refused = item if "code" in item else _refusal(item)
+            out.append({"operation": "Err", **refused} if refused else {"operation": "Ok", **item})
+        return out, 200
+    return result, 200
+
+
 class _Answer:
     """``api.handlers.Replies`` for one HTTP request: the handler awaits the answer."""
 
     closed = False
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
         self.done = trio.Event()
         self.response: Response | None = None
 
     def result(self, req_id: Any, result: Any) -> None:
-        self.response = _json(result)
+        self.response = _json(*_shape(self.name, result))
         self.done.set()
 
     def error(self, req_id: Any, code: str | int, message: str) -> None:
@@ -84,13 +117,16 @@ class _Answer:
         self.done.set()
 
 
-async def _texts(request: Request) -> dict[str, str]:
-    """The request's parameters as signed texts: the query string, and a JSON object body."""
+async def _texts(request: Request, batched: bool) -> dict[str, str] | list[dict[str, str]]:
+    """The request's parameters as signed texts: the query string, and a JSON object body
+    (a batch: its JSON array body, one object per item)."""
     texts = dict(parse_qsl(request.url.query, keep_blank_values=True))
     if request.method != "GET":
         body = await request.body()
         if len(body) > _MAX_BODY:
             raise RequestError(Code.PAYLOAD_TOO_LARGE, f"body larger than {_MAX_BODY} bytes")
+        if batched:
+            return split_batch(body)
         if body.strip():
             texts.update(split_params(msgspec.Raw(body)))
     return texts
@@ -114,6 +150,7 @@ class RestApp:
             Route("/api/v1/assets", self.assets), Route("/api/v1/markets", self.markets),
             Route("/api/v1/market", self.market), Route("/api/v1/ticker", self.ticker),
             Route("/api/v1/tickers", self.tickers), Route("/api/v1/trades", self.trades),
+            Route("/api/v1/securities", self.securities), Route("/api/v1/collateral", self.collateral),
         ]
         for path, methods in _PRIVATE.items():
             for verb, name in methods.items():
@@ -126,13 +163,14 @@ class RestApp:
 
     def _via_api(self, name: str) -> Callable:
         method = getattr(self.api, name)
+        batched = name in BATCHED
 
         async def endpoint(request: Request) -> Response:
             try:
-                texts = await _texts(request)
+                texts = await _texts(request, batched)
             except RequestError as exc:
                 return _error(exc.code, exc.message)
-            answer = _Answer()
+            answer = _Answer(name)
             caller = self.api.caller(answer)
             caller.received = trio.current_time()
             if self.gw.overloaded() and name in _SEQUENCED:
@@ -164,6 +202,14 @@ class RestApp:
     async def markets(self, request: Request) -> Response:
         fmt = self.gw.fmt
         return _json([fmt.market_info(m) for m in self.gw.listing.markets.values()])
+
+    async def securities(self, request: Request) -> Response:
+        return _json([])  # no tokenized securities are listed (ccxt's load_markets asks)
+
+    async def collateral(self, request: Request) -> Response:
+        fmt = self.gw.fmt
+        items = (fmt.collateral_info(a) for a in self.gw.listing.assets.values())
+        return _json([item for item in items if item is not None])
 
     def _symbol(self, request: Request) -> str | Response:
         symbol = request.query_params.get("symbol")
@@ -208,11 +254,11 @@ _PRIVATE = {
     "/api/v1/capital/collateral": {"GET": "collateralQuery"},
     "/api/v1/position": {"GET": "positionQuery"},
     "/api/v1/order": {"GET": "orderQuery", "POST": "orderExecute", "DELETE": "orderCancel"},
-    "/api/v1/orders": {"GET": "orderQueryAll", "DELETE": "orderCancelAll"},
-    "/api/v1/account": {"PATCH": "accountUpdate"},
+    "/api/v1/orders": {"GET": "orderQueryAll", "POST": "orderExecuteBatch", "DELETE": "orderCancelAll"},
+    "/api/v1/account": {"GET": "accountQuery", "PATCH": "accountUpdate"},
     "/wapi/v1/history/funding": {"GET": "fundingHistoryQueryAll"},
 }
-_SEQUENCED = frozenset({"orderExecute", "orderCancel", "orderCancelAll", "accountUpdate"})
+_SEQUENCED = frozenset({"orderExecute", "orderExecuteBatch", "orderCancel", "orderCancelAll", "accountUpdate"})
 
 
 async def serve(gateway: "Gateway", host: str, port: int, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
