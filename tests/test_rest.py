@@ -62,12 +62,13 @@ async def test_signed_orders_over_rest(rest, server, traders):
         assert (r.status_code, r.json()["code"]) == (401, "INVALID_SIGNATURE")
         old = int(time.time() * 1000) - 60_000
         r = await c.post("/api/v1/order", json=bid, headers=signed_headers(alice, "orderExecute", bid, ts=old))
-        assert (r.status_code, r.json()["code"]) == (401, "EXPIRED")
+        assert (r.status_code, r.json()["code"]) == (401, "UNAUTHORIZED") and r.json()["message"].startswith("EXPIRED")
         resting = {**bid, "price": "140"}
         headers = signed_headers(alice, "orderExecute", resting)
         assert (await c.post("/api/v1/order", json=resting, headers=headers)).status_code == 200
         r = await c.post("/api/v1/order", json=resting, headers=headers)
-        assert (r.status_code, r.json()["code"]) == (401, "DUPLICATE_REQUEST")
+        assert (r.status_code, r.json()["code"]) == (401, "UNAUTHORIZED")
+        assert r.json()["message"].startswith("DUPLICATE_REQUEST")
         r = await c.post("/api/v1/order", json=bid)
         assert (r.status_code, r.json()["code"]) == (401, "UNAUTHORIZED")
         trades = (await c.get("/api/v1/trades", params={"symbol": "SOL_USDC", "limit": "5"})).json()
@@ -120,7 +121,8 @@ async def test_batch_orders_one_signature(rest, server, traders):
         assert (second["clientId"], second["quantity"]) == (9, "2")
         assert (third["operation"], third["code"]) == ("Err", "INSUFFICIENT_FUNDS")  # the others stand
         again = (await c.post("/api/v1/orders", json=items, headers=headers)).json()
-        assert [(a["operation"], a["code"]) for a in again] == [("Err", "DUPLICATE_REQUEST")] * 3
+        assert [(a["operation"], a["code"]) for a in again] == [("Err", "UNAUTHORIZED")] * 3
+        assert again[0]["message"].startswith("DUPLICATE_REQUEST")
         bad = [items[0], {**items[1], "price": "140.001"}]
         r = await c.post("/api/v1/orders", json=bad, headers=headers)
         assert r.status_code == 400 and r.json()["message"].startswith("order 1:")

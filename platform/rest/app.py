@@ -59,8 +59,20 @@ def _json(payload: Any, status: int = 200) -> Response:
     return Response(_encode(payload), status, media_type="application/json")
 
 
+# Backpack's clients know UNAUTHORIZED and INVALID_SIGNATURE as authentication failures
+# (ccxt: AuthenticationError) and nothing of an expired or replayed request: REST answers
+# those as UNAUTHORIZED, naming Satchel's own code in the message
+_AS_UNAUTHORIZED = frozenset({EXPIRED, Code.DUPLICATE_REQUEST})
+
+
+def _body(code: str | int, message: str) -> dict:
+    if code in _AS_UNAUTHORIZED:
+        return {"code": UNAUTHORIZED, "message": f"{code}: {message}"}
+    return {"code": str(code), "message": message}
+
+
 def _error(code: str | int, message: str) -> Response:
-    return _json({"code": str(code), "message": message}, _STATUS.get(code, 400))
+    return _json(_body(code, message), _STATUS.get(code, 400))
 
 
 # Backpack answers an order it will not place with an error, where the WebSocket API
@@ -87,7 +99,7 @@ def _shape(name: str, result: Any) -> tuple[Any, int]:
     if name == "orderExecuteBatch":
         out = []
         for item in result:
-            refused = item if "code" in item else _refusal(item)
+            refused = _body(item["code"], item["message"]) if "code" in item else _refusal(item)
             out.append({"operation": "Err", **refused} if refused else {"operation": "Ok", **item})
         return out, 200
     return result, 200
