@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import subprocess
 import sys
 
@@ -204,3 +205,48 @@ async def test_validator_catches_a_signature_reused_for_another_order(tmp_path):
     (d,) = [e for e in _leaves(group.value) if isinstance(e, Divergence)]
     assert d.report["kind"] == "signatures"
     assert "do not match the transaction" in d.report["problems"][0]
+
+
+async def test_validator_checks_each_item_of_a_signed_batch(tmp_path):
+    """A batch's one signature covers all its items: the validator re-verifies each
+    journaled item alone, and catches an item that is not among what was signed."""
+    import msgspec
+
+    from conftest import LISTING
+    from satchel.core import instructions
+    from satchel.core.messages import Auth, Deposit
+    from satchel.node import Node
+    from satchel.signing import auth_for, batch_signing_string
+
+    def batch(key: Keypair, items: list[dict], forged: dict | None = None) -> list[PlaceOrder]:
+        ts = int(time.time() * 1000)
+        sorted_items = tuple(tuple(sorted(i.items())) for i in items)
+        sig = key.sign(batch_signing_string("orderExecute", sorted_items, ts, 5000))
+        txs = []
+        for n, item in enumerate(items):
+            tx = instructions.build("orderExecute", forged if forged and n == 1 else item, key.api_key, LISTING)
+            txs.append(msgspec.structs.replace(tx, auth=Auth(
+                tuple(sorted((forged if forged and n == 1 else item).items())), False, sig, ts, 5000, sorted_items, n)))
+        return txs
+
+    items = [{"symbol": "SOL_USDC", "side": "Bid", "orderType": "Limit", "price": p, "quantity": "1"} for p in ("140", "139")]
+    for forged in (None, {**items[1], "price": "100"}):
+        data = tmp_path / ("forged" if forged else "honest") / "data"
+        key = Keypair.generate()
+        async with trio.open_nursery() as nursery:
+            node = await nursery.start(Node(data).run)
+            params = {"account": key.api_key, "asset": "USDC", "quantity": "10000"}
+            await node.submit_wait(Deposit(node.admin.api_key, key.api_key, "USDC", 10**10,
+                                           auth_for(node.admin, "deposit", params)))
+            for tx in batch(key, items, forged):
+                node.submit(tx)
+            await node.submit_wait(signed_order(key))
+            node.shutdown()
+        if forged is None:
+            await Validator(data.parent / "v").check_journal(data / "journal")
+            continue
+        with pytest.raises(BaseExceptionGroup) as group:
+            await Validator(data.parent / "v").check_journal(data / "journal")
+        (d,) = [e for e in _leaves(group.value) if isinstance(e, Divergence)]
+        assert d.report["kind"] == "signatures" and len(d.report["bad_seqs"]) == 1
+        assert "bad signature" in d.report["problems"][0], d.report
