@@ -41,3 +41,9 @@ def bucket(us: int, interval: str) -> tuple[int, int]:
 def clock_text(us: int) -> str:
     """``YYYY-MM-DD HH:MM:SS`` in UTC, the form ccxt parses from a kline's ``start``."""
     return dt.datetime.fromtimestamp(us // _S, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def iso_text(us: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` in UTC without a zone: a kline frame's ``t``/``T``, as Backpack
+    sends them (ccxt's ``parse8601`` reads it as UTC)."""
+    return dt.datetime.fromtimestamp(us // _S, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")

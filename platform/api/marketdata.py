@@ -12,6 +12,32 @@ Depth ids: one ``DepthDelta`` per market per block that changed its book, with
 ``u`` + 1. A depth subscriber first receives a ``depthSnapshot`` frame (the whole book
 and its ``lastUpdateId``) on the same stream, then the deltas that follow it.
 
+Depth heartbeats: ccxt caches deltas and asks for its REST snapshot only when the 11th
+one arrives, so on a quiet book its ``watch_order_book`` would never resolve. The gateway
+calls ``depth_heartbeat`` every ``[gateway] depth_heartbeat_ms``; each market with depth
+subscribers that sent no delta since the previous call then gets an empty delta
+(``a == b == []``) that repeats the current id, ``U == u == lastUpdateId``. The edge never
+invents an id (they are the engine's), so a client that checks ``U == previous u + 1``
+must take an empty delta with ``u == previous u`` as a heartbeat. ccxt 4.5.90 handles
+them (``pro/backpack.py``): while it buffers, ``get_cache_index`` finds no delta with
+``nonce >= U - 1 and nonce < u`` after a snapshot at that id, so none is applied;
+once synced, ``handle_order_book`` applies a delta with ``u == nonce`` (nothing to
+change) and resolves the watcher. Only markets with depth subscribers are visited.
+
+Candles: ``kline.<interval>.<symbol>`` for every interval of ``api.klines.INTERVALS``.
+An open candle is kept only while its stream has subscribers, so an unwatched interval
+costs nothing. A block that traded the market updates the candle and sends one frame
+(``X`` false); a block whose timestamp reaches the candle's end first sends it once more
+with ``X`` true (candles roll over on sequenced time, whether or not the next trade has
+come). ``t``/``T`` are the candle's start and end (exclusive) as ISO 8601 UTC text, as
+Backpack sends them; ccxt stamps a streamed candle with ``T`` (``parse_ws_ohlcv``), one
+interval later than ``fetch_ohlcv`` stamps the same candle, exactly as against Backpack.
+A stream's first subscriber gets the open candle rebuilt from what this process kept:
+the ticker's one-minute buckets (24 h), or the last ``RECENT_TRADES`` trades for ``1s``;
+so a candle that began before the process started, or more than 24 h ago (``3d``,
+``1w``, ``1month``), counts only the trades seen since. Later subscribers get the
+candle as kept.
+
 Perpetuals add public ``markPrice.<perp>`` and ``openInterest.<perp>`` streams, the
 public ``liquidation`` stream (book unwinds, backstop takeovers and auto-deleverages:
 the steps that move a position) and the private ``account.positionUpdate[.<perp>]``.
@@ -33,6 +59,7 @@ import msgspec
 from sortedcontainers import SortedDict
 
 from satchel.api.format import Formatter
+from satchel.api.klines import INTERVALS, bucket, iso_text
 from satchel.core.messages import (
     ASK, BID, CANCELLED, EXPIRED, FILLED, ORDER_TYPE_NAMES, PARTIALLY_FILLED, REJECTED, SIDE_NAMES, TIF_NAMES,
     TRIGGER_BY_NAMES, TRIGGER_PENDING,
@@ -45,9 +72,11 @@ _encode = msgspec.json.encode
 _DAY_US = 86_400_000_000
 _MINUTE_US = 60_000_000
 _TICKER_EVERY_US = 1_000_000
+_NEVER = 1 << 62  # a time no candle ends at
 
 RECENT_TRADES = 1000  # per market, for ``GET /api/v1/trades``
 PUBLIC_KINDS = ("depth", "trade", "bookTicker", "ticker")
+KLINE_KIND = "kline"  # "kline.<interval>.<symbol>", interval among klines.INTERVALS
 PERP_KINDS = ("markPrice", "openInterest")  # "<kind>.<symbol>" of a perpetual market only
 LIQUIDATION_STREAM = "liquidation"  # every market's, no symbol
 PRIVATE_STREAMS = ("account.orderUpdate", "account.balanceUpdate", "account.positionUpdate")
@@ -62,8 +91,25 @@ class Sink(Protocol):
     def push(self, frame: str) -> None: ...
 
 
+class _Candle:
+    """The open candle of one watched (market, interval), in ticks and lots."""
+
+    __slots__ = ("start", "end", "open", "high", "low", "close", "volume", "trades")
+
+    def __init__(self, start: int, end: int, open_: int, high: int, low: int, close: int, volume: int, trades: int):
+        self.start = start  # [start, end) in µs, from klines.bucket
+        self.end = end
+        self.open = open_
+        self.high = high
+        self.low = low
+        self.close = close
+        self.volume = volume
+        self.trades = trades
+
+
 class _Market:
-    __slots__ = ("bids", "asks", "update_id", "best", "buckets", "last_ticker", "traded", "trades")
+    __slots__ = ("bids", "asks", "update_id", "best", "buckets", "last_ticker", "traded", "trades", "depth_quiet",
+                 "candles")
 
     def __init__(self) -> None:
         self.bids: SortedDict = SortedDict()
@@ -74,6 +120,9 @@ class _Market:
         self.last_ticker = 0
         self.traded = False
         self.trades: deque[tuple] = deque(maxlen=RECENT_TRADES)  # (id, price, qty, quote, us, buyer is maker)
+        self.depth_quiet = False  # no delta since the last depth_heartbeat call
+        # interval -> its open candle (None between candles); a key exists iff the stream has subscribers
+        self.candles: dict[str, _Candle | None] = {}
 
 
 class MarketData:
@@ -82,6 +131,9 @@ class MarketData:
         self._markets: dict[str, _Market] = {s: _Market() for s in fmt.markets}
         self._subs: dict[str, dict[Sink, None]] = {}
         self._sizes: dict[tuple[str, str], int] = {}  # (account, perp) -> size at its last PositionChanged, if not 0
+        self._depth_watched: dict[str, _Market] = {}  # markets whose depth stream has subscribers (heartbeats)
+        self._candles_changed: dict[tuple[str, str], None] = {}  # (symbol, interval) traded in this block
+        self._next_close = _NEVER  # no open candle ends before this (a lower bound: a scan makes it exact)
         self.last_timestamp = 0
 
     # ------------------------------------------------------------------ subscriptions
@@ -90,6 +142,9 @@ class MarketData:
         if stream == LIQUIDATION_STREAM:
             return True
         kind, _, symbol = stream.partition(".")
+        if kind == KLINE_KIND:
+            interval, _, symbol = symbol.partition(".")
+            return interval in INTERVALS and symbol in self._markets
         if symbol not in self._markets:
             return False
         return kind in PUBLIC_KINDS or (kind in PERP_KINDS and self._is_perp(symbol))
@@ -112,9 +167,28 @@ class MarketData:
         return spec is not None and spec.perp is not None
 
     def subscribe(self, stream: str, sink: Sink) -> None:
-        self._subs.setdefault(stream, {})[sink] = None
-        if stream.startswith("depth.") and stream[6:] in self._markets:
-            sink.push(self._frame(stream, self.snapshot(stream[6:], "depthSnapshot")))
+        subs = self._subs.get(stream)
+        first = subs is None
+        if first:
+            subs = self._subs[stream] = {}
+        subs[sink] = None
+        kind, _, rest = stream.partition(".")
+        if kind == "depth" and rest in self._markets:
+            if first:
+                m = self._markets[rest]
+                m.depth_quiet = False  # the snapshot below is news: a heartbeat waits one full interval
+                self._depth_watched[rest] = m
+            sink.push(self._frame(stream, self.snapshot(rest, "depthSnapshot")))
+        elif kind == KLINE_KIND:
+            interval, _, symbol = rest.partition(".")
+            m = self._markets.get(symbol)
+            if m is None or interval not in INTERVALS:
+                return
+            if first:
+                m.candles[interval] = self._rebuild_candle(symbol, interval)
+            candle = m.candles[interval]
+            if candle is not None:
+                sink.push(self._frame(stream, self._kline(symbol, candle, False)))
 
     def unsubscribe(self, stream: str, sink: Sink) -> None:
         subs = self._subs.get(stream)
@@ -122,6 +196,18 @@ class MarketData:
             subs.pop(sink, None)
             if not subs:
                 del self._subs[stream]
+                self._unwatched(stream)
+
+    def _unwatched(self, stream: str) -> None:
+        """``stream`` lost its last subscriber: stop keeping what only it needed."""
+        kind, _, rest = stream.partition(".")
+        if kind == "depth":
+            self._depth_watched.pop(rest, None)
+        elif kind == KLINE_KIND:
+            interval, _, symbol = rest.partition(".")
+            m = self._markets.get(symbol)
+            if m is not None:
+                m.candles.pop(interval, None)  # _next_close may now be early: the next scan corrects it
 
     def drop(self, sink: Sink, streams: list[str]) -> None:
         for s in streams:
@@ -227,6 +313,8 @@ class MarketData:
     def publish(self, header: BlockHeader, events: list) -> None:
         ts = header.timestamp
         self.last_timestamp = ts
+        if ts >= self._next_close:
+            self._close_candles(ts)  # before this block's trades open the next ones
         subs = self._subs
         fmt = self.fmt
         for ev in events:
@@ -260,6 +348,8 @@ class MarketData:
             elif cls is ConfigChanged:
                 if ev.market is not None and ev.market.symbol not in self._markets:
                     self._markets[ev.market.symbol] = _Market()  # listed: its streams open now
+        if self._candles_changed:
+            self._send_candles()
         for symbol, m in self._markets.items():
             if m.traded and ts - m.last_ticker >= _TICKER_EVERY_US:
                 m.traded = False
@@ -276,6 +366,7 @@ class MarketData:
                 else:
                     book.pop(price, None)
         m.update_id = ev.update_id
+        m.depth_quiet = False
         sym = ev.symbol
         fmt = self.fmt
         if f"depth.{sym}" in self._subs:
@@ -295,6 +386,100 @@ class MarketData:
                     "u": ev.update_id, "T": ts,
                 })
 
+    # ------------------------------------------------------------------ depth heartbeats
+
+    def depth_heartbeat(self) -> None:
+        """An empty delta at the current id to each watched market that sent no delta since
+        the previous call (see the module docstring); the gateway calls this on a timer."""
+        for sym, m in list(self._depth_watched.items()):  # a push may drop a subscriber (and a stream)
+            if m.depth_quiet:
+                self._fanout(f"depth.{sym}", {
+                    "e": "depth", "E": now_us(), "s": sym, "a": [], "b": [], "U": m.update_id, "u": m.update_id,
+                    "T": self.last_timestamp,
+                })
+            m.depth_quiet = True
+
+    # ------------------------------------------------------------------ candles
+
+    def _kline(self, sym: str, c: _Candle, closed: bool) -> dict:
+        fmt = self.fmt
+        return {
+            "e": "kline", "E": now_us(), "s": sym, "t": iso_text(c.start), "T": iso_text(c.end),
+            "o": fmt.price(sym, c.open), "c": fmt.price(sym, c.close), "h": fmt.price(sym, c.high),
+            "l": fmt.price(sym, c.low), "v": fmt.qty(sym, c.volume), "n": c.trades, "X": closed,
+        }
+
+    def _rebuild_candle(self, sym: str, interval: str) -> _Candle | None:
+        """The open ``interval`` candle from the trades kept for the ticker and ``GET
+        /api/v1/trades``; None when the last trade's candle has ended (by sequenced time)."""
+        m = self._markets[sym]
+        if not m.trades:
+            return None
+        start, end = bucket(m.trades[-1][4], interval)
+        if end <= self.last_timestamp:
+            return None
+        parts = []  # (open, high, low, close, volume, trades), newest first
+        if 0 < INTERVALS[interval] < _MINUTE_US:  # finer than the minute buckets (0 is the month): the recent trades
+            for _, price, qty, _, us, _ in reversed(m.trades):
+                if us < start:
+                    break
+                parts.append((price, price, price, price, qty, 1))
+        else:  # every interval of a minute or more starts on a whole minute: buckets never straddle it
+            for b in reversed(m.buckets):
+                if b[0] * _MINUTE_US < start:
+                    break
+                parts.append((b[1], b[2], b[3], b[4], b[5], b[7]))
+        if not parts:
+            return None
+        c = _Candle(start, end, parts[-1][0], max(p[1] for p in parts), min(p[2] for p in parts), parts[0][3],
+                    sum(p[4] for p in parts), sum(p[5] for p in parts))
+        self._next_close = min(self._next_close, end)
+        return c
+
+    def _candle_fill(self, sym: str, m: _Market, price: int, qty: int, ts: int) -> None:
+        """A fill at ``ts`` on each watched interval's candle; the frames go out once, after the block."""
+        changed = self._candles_changed
+        for interval, c in m.candles.items():
+            if c is None:  # the first trade of a new candle (the previous one was closed at publish start)
+                start, end = bucket(ts, interval)
+                m.candles[interval] = _Candle(start, end, price, price, price, price, qty, 1)
+                if end < self._next_close:
+                    self._next_close = end
+            else:
+                if price > c.high:
+                    c.high = price
+                elif price < c.low:
+                    c.low = price
+                c.close = price
+                c.volume += qty
+                c.trades += 1
+            changed[(sym, interval)] = None
+
+    def _send_candles(self) -> None:
+        changed, self._candles_changed = self._candles_changed, {}
+        for sym, interval in changed:
+            c = self._markets[sym].candles.get(interval)
+            if c is not None:  # None: a push dropped the stream's last subscriber meanwhile
+                self._fanout(f"{KLINE_KIND}.{interval}.{sym}", self._kline(sym, c, False))
+
+    def _close_candles(self, ts: int) -> None:
+        """Send, with ``X`` true, every open candle that ended by ``ts``; recompute ``_next_close``."""
+        next_close = _NEVER
+        for sym, m in self._markets.items():
+            if not m.candles:
+                continue
+            for interval, c in list(m.candles.items()):
+                if c is None or interval not in m.candles:  # not in: a push dropped the stream's last subscriber
+                    continue
+                if c.end <= ts:
+                    m.candles[interval] = None  # before the push, which may drop the stream (and the key)
+                    self._fanout(f"{KLINE_KIND}.{interval}.{sym}", self._kline(sym, c, True))
+                elif c.end < next_close:
+                    next_close = c.end
+        self._next_close = next_close
+
+    # ------------------------------------------------------------------ fills, positions, orders
+
     def _on_fill(self, ev: Fill, ts: int) -> None:
         sym = ev.symbol
         m = self._markets[sym]
@@ -311,6 +496,8 @@ class MarketData:
             b[7] += 1
         m.traded = True
         m.trades.append((ev.trade_id, ev.price, ev.quantity, ev.quote, ts, ev.taker_side != BID))
+        if m.candles:
+            self._candle_fill(sym, m, ev.price, ev.quantity, ts)
         subs = self._subs
         if not subs:
             return

@@ -40,6 +40,7 @@ class Gateway:
         node.subscribers.append(self.listing)
         self.fmt = Formatter(self.listing.markets, self.listing.assets)
         self.marketdata = MarketData(self.fmt)
+        self.marketdata.last_timestamp = node.chain.last_timestamp  # book times before the next block
         node.subscribers.append(self.marketdata)
         n = self.settings.verify_processes
         idle = self._node_idle
@@ -68,6 +69,8 @@ class Gateway:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.verifier.run)
+            if self.settings.depth_heartbeat_ms:
+                nursery.start_soon(self._depth_heartbeats, self.settings.depth_heartbeat_ms / 1000)
             server = await nursery.start(
                 lambda task_status: serve_websocket(
                     self._handle, self.host, self.port, None, max_message_size=_HARD_MAX_MESSAGE, task_status=task_status
@@ -77,6 +80,14 @@ class Gateway:
             self.url = f"ws://{self.host}:{self.port}"
             log.info("gateway.listening", url=self.url)
             task_status.started(self)
+
+    async def _depth_heartbeats(self, period_s: float) -> None:
+        """Market data's ``depth_heartbeat`` every ``period_s``: quiet books tell their
+        subscribers they are unchanged (ccxt syncs only after 11 deltas)."""
+        md = self.marketdata
+        while True:
+            await trio.sleep(period_s)
+            md.depth_heartbeat()
 
     async def _handle(self, request: Any) -> None:
         ws = await request.accept()

@@ -2,7 +2,8 @@
 
 Each subscriber follows ``depth``, ``trade`` and ``bookTicker`` of every market in the
 run. It keeps a local book from the ``depthSnapshot`` frame and the deltas, counts a
-gap whenever a delta's ``U`` is not the previous ``u`` + 1, and measures feed lag
+gap whenever a delta's ``U`` is not the previous ``u`` + 1 (an empty delta repeating the
+previous ``u`` is a heartbeat of a quiet book, not a gap), and measures feed lag
 (receive time minus the frame's event time ``E``) and, for trades, fill-to-stream lag
 (receive time minus the engine time ``T`` of the fill). At the end it asks the node
 for a fresh snapshot on the same connection -- the reply queues behind every delta
@@ -75,6 +76,8 @@ async def _subscriber(url: str, symbols: list[str], feed: _Feed, warm_end: float
                     book = books.get(d["s"])
                     if book is None:
                         continue
+                    if d["U"] == d["u"] == book["u"] and not d["a"] and not d["b"]:
+                        continue  # a heartbeat: the book is unchanged
                     if d["U"] != book["u"] + 1:
                         feed.gaps += 1
                     book["u"] = d["u"]
