@@ -72,6 +72,7 @@ CONTRACTS = {
     "verify": ("satchel.gateway", "satchel.api", "satchel.tools", "satchel.node"),
     "gateway": ("satchel.tools", "satchel.verify", "satchel.rest"),
     "rest": ("satchel.tools", "satchel.verify"),
+    "history": ("satchel.gateway", "satchel.verify", "satchel.tools", "satchel.node", "satchel.rest"),
 }
 
 

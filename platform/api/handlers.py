@@ -41,6 +41,8 @@ from satchel.core.messages import (
     NEW, PARTIALLY_FILLED, REJECTED, TRIGGER_PENDING, Auth, BalancesOf, CollateralOf, Fill, HistoryOf, LedgerOf, MarksOf,
     OpenOrders, OrderDone, OrderOf, PlaceOrder, PositionsOf, Query, TriggerPlaced, TxRejected,
 )
+from satchel.history import queries as history_queries, views as history_views
+from satchel.history.store import Store
 from satchel.signing import batch_signing_string, decode_key, decode_signature, needs_quoting, signing_string
 
 # the requests, by the name a client calls them (each is a method of ``Api``)
@@ -48,7 +50,7 @@ METHODS = (
     "orderExecute", "orderCancel", "orderCancelAll", "orderQuery", "orderQueryAll", "balanceQuery", "depth",
     "ledgerTotals", "nodeStats", "deposit", "adminSetTrading", "adminSetFees",
     "positionQuery", "collateralQuery", "fundingHistoryQueryAll", "liquidationHistoryQueryAll", "markPrices",
-    "openInterest", "accountUpdate", "accountQuery", "orderExecuteBatch",
+    "openInterest", "accountUpdate", "accountQuery", "orderExecuteBatch", "orderHistoryQueryAll", "fillHistoryQueryAll",
 )
 MAX_BATCH = 50  # orders in one POST /api/v1/orders (each journaled record keeps the whole signed batch)
 # requests whose params are a list of objects, each signed as its own segment
@@ -67,6 +69,23 @@ class OptionalSymbolParams(msgspec.Struct):
 
 class NoParams(msgspec.Struct):
     pass
+
+
+class OrderHistoryParams(msgspec.Struct):
+    """``GET /wapi/v1/history/orders``: ``from``/``to`` in ms (inclusive)."""
+
+    symbol: str | None = None
+    orderId: str | None = None
+    limit: str | None = None
+    offset: str | None = None
+    since: str | None = msgspec.field(default=None, name="from")
+    to: str | None = None
+
+
+class FillHistoryParams(OrderHistoryParams):
+    """``GET /wapi/v1/history/fills``: also ``fillType`` (ccxt sends ``User``)."""
+
+    fillType: str | None = None
 
 
 class Replies(Protocol):
@@ -217,7 +236,7 @@ class Api:
     figures to ``nodeStats``."""
 
     def __init__(self, node: Any, listing: Listing, fmt: Formatter, verifier: Verifier, marketdata: MarketData, *,
-                 max_page: int = 1000, stats: Callable[[], dict] = dict):
+                 max_page: int = 1000, stats: Callable[[], dict] = dict, history: Store | None = None):
         self.node = node
         self.listing = listing
         self.fmt = fmt
@@ -225,6 +244,7 @@ class Api:
         self.marketdata = marketdata
         self.max_page = max_page
         self.stats = stats
+        self.history = history  # the order and fill history (``satchel.history``); None: not kept
 
     def caller(self, replies: Replies) -> Caller:
         """A new client (one per connection), answered through ``replies``."""
@@ -627,6 +647,65 @@ class Api:
     def liquidationHistoryQueryAll(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
         """The steps of the account's liquidations (Satchel's own; tiers in ``format.LIQUIDATION_TIERS``)."""
         self._history(caller, req_id, texts, sig, "liquidationHistoryQueryAll", "liquidation", self.fmt.liquidation)
+
+    # ------------------------------------------------------------------ order and fill history
+
+    def _history_read(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature, instruction: str,
+                      params: OrderHistoryParams, query: Callable[[str, dict], Any],
+                      view: Callable[[Formatter, list], list]) -> None:
+        """A signed read of the history database (``satchel.history``): ``query(account,
+        filters)`` is run after every block published so far, and ``view(fmt, rows)``
+        answers. ``limit`` defaults to 100 (at most 1000); ``from``/``to`` are ms, inclusive."""
+        signed = self.check_signature(instruction, texts, sig)
+        history = self.history
+        if history is None:
+            raise RequestError(RESOURCE_NOT_FOUND, "This node keeps no order history")
+        if params.symbol is not None:
+            self.listing.check_symbol(params.symbol)
+        uint = instructions.uint
+        # below 2**53 ms, so their µs stay within SQLite's 64-bit integers
+        since, until = uint(params.since, "from", 2**53), uint(params.to, "to", 2**53)
+        filters = {
+            "symbol": params.symbol,
+            "order_id": uint(params.orderId, "orderId"),
+            "since_us": None if since is None else since * 1000,
+            "until_us": None if until is None else (until + 1) * 1000,
+            "limit": history_queries.DEFAULT_LIMIT if params.limit is None else
+            uint(params.limit, "limit", history_queries.MAX_LIMIT + 1),
+            "offset": uint(params.offset, "offset") or 0,
+        }
+        q = query(signed.account, filters)
+        replies = caller.replies
+
+        def reply(rows: Any) -> None:
+            if isinstance(rows, RequestError):
+                replies.error(req_id, rows.code, rows.message)
+            elif isinstance(rows, Exception):
+                replies.failed(req_id, rows)
+            else:
+                replies.result(req_id, view(self.fmt, rows))
+
+        caller.verified(req_id, signed, lambda m: history.read(q, reply))
+
+    @_request
+    def orderHistoryQueryAll(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """The account's orders, open and done, newest first (``GET /wapi/v1/history/orders``;
+        ccxt's ``fetch_order`` and ``fetch_orders``). A cancelled order keeps what it executed."""
+        params = instructions.params_of(OrderHistoryParams, texts)
+        self._history_read(caller, req_id, texts, sig, "orderHistoryQueryAll", params,
+                           lambda account, f: history_queries.OrderHistory(account, **f), history_views.orders)
+
+    @_request
+    def fillHistoryQueryAll(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """The account's fills, newest first (``GET /wapi/v1/history/fills``; ccxt's ``fetch_my_trades``)."""
+        params = instructions.params_of(FillHistoryParams, texts)
+        kind = "all"
+        if params.fillType is not None:
+            kind = history_queries.FILL_TYPES.get(params.fillType)
+            if kind is None:
+                raise RequestError(INVALID_REQUEST, f"fillType must be one of {', '.join(history_queries.FILL_TYPES)}")
+        self._history_read(caller, req_id, texts, sig, "fillHistoryQueryAll", params,
+                           lambda account, f: history_queries.FillHistory(account, kind=kind, **f), history_views.fills)
 
     def _marks(self, caller: Caller, req_id: Any, texts: Mapping[str, str], item: Callable[[str, Any], dict]) -> None:
         """A public read of every perp's prices (``MarksOf``), one item per perp it has figures for."""

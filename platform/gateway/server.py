@@ -1,5 +1,6 @@
 """The gateway's listening side: accepts WebSocket connections and owns what they share:
-the API (``satchel.api.handlers``), the listing it follows, market data and the verifier."""
+the API (``satchel.api.handlers``), the listing it follows, market data, the order and
+fill history (``satchel.history``) and the verifier."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from satchel.api.handlers import Api
 from satchel.api.listing import Listing
 from satchel.api.marketdata import MarketData
 from satchel.gateway.session import Session
+from satchel.history import Store, catch_up
 from satchel.signing import ProcessVerifier, Verifier
 
 if TYPE_CHECKING:
@@ -21,13 +23,15 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("satchel.gateway")
 
+HISTORY_FILE = "history.sqlite"  # in the node's data directory
+
 # Hard cap enforced by trio-websocket (closes the connection); frames above the
 # configured soft cap but under this one get PAYLOAD_TOO_LARGE and the connection lives.
 _HARD_MAX_MESSAGE = 1 << 20
 
 
 class Gateway:
-    def __init__(self, node: "Node", host: str = "127.0.0.1", port: int = 8765):
+    def __init__(self, node: "Node", host: str = "127.0.0.1", port: int = 8765, *, history: bool = True):
         self.node = node
         self.host = host
         self.port = port
@@ -42,11 +46,17 @@ class Gateway:
         self.marketdata = MarketData(self.fmt)
         self.marketdata.last_timestamp = node.chain.last_timestamp  # book times before the next block
         node.subscribers.append(self.marketdata)
+        # the order and fill history (``satchel.history``), fed by the durable blocks from
+        # here on; ``run`` replays from the journal what it lacks up to the recovered height
+        self.history = Store(node.data / HISTORY_FILE) if history else None
+        self._history_upto = node.chain.height
+        if self.history is not None:
+            node.subscribers.append(self.history)
         n = self.settings.verify_processes
         idle = self._node_idle
         self.verifier = ProcessVerifier(n, inline_when=idle) if n > 0 else Verifier(inline_when=idle)
         self.api = Api(node, self.listing, self.fmt, self.verifier, self.marketdata, max_page=self.settings.max_page,
-                       stats=self._stats)
+                       stats=self._stats, history=self.history)
         self.sessions = 0
         self.slow_consumers = 0
         self.handler_errors = 0  # frames whose handling failed unexpectedly (answered INTERNAL_ERROR)
@@ -54,8 +64,9 @@ class Gateway:
         self.url = ""
 
     def _stats(self) -> dict:
-        """The transport's part of ``nodeStats``."""
-        return {"sessions": self.sessions, "slowConsumers": self.slow_consumers, "handlerErrors": self.handler_errors}
+        """The transport's part of ``nodeStats`` (and blocks or reads queued to the history)."""
+        return {"sessions": self.sessions, "slowConsumers": self.slow_consumers, "handlerErrors": self.handler_errors,
+                "historyPending": self.history.pending() if self.history is not None else 0}
 
     def _node_idle(self) -> bool:
         sequencer = self.node.sequencer
@@ -69,6 +80,11 @@ class Gateway:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.verifier.run)
+            if self.history is not None:
+                # cancelled with the gateway: the store commits what is queued and closes
+                await nursery.start(self.history.run)
+                # a few missing blocks are written before serving, a long rebuild while serving
+                await nursery.start(catch_up, self.history, self.node.data, self._history_upto)
             if self.settings.depth_heartbeat_ms:
                 nursery.start_soon(self._depth_heartbeats, self.settings.depth_heartbeat_ms / 1000)
             server = await nursery.start(

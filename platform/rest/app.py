@@ -13,7 +13,9 @@ or 500.
 
 Served by hypercorn's trio worker in the node's own trio process (``serve``): Starlette
 runs on anyio, whose trio backend shares the node's event loop, so a handler awaits the
-API's answer directly.
+API's answer directly. Candles and older trades (``/api/v1/klines``,
+``/api/v1/trades/history``) come from the history store (``satchel.history``), awaited
+the same way.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ from satchel.core.errors import (
     EXPIRED, INTERNAL_ERROR, INVALID_SIGNATURE, MAINTENANCE, RESOURCE_NOT_FOUND, TOO_MANY_REQUESTS,
     UNAUTHORIZED, Code, RequestError,
 )
+from satchel.api.klines import INTERVALS
 from satchel.api.marketdata import RECENT_TRADES
+from satchel.history import queries as history_queries, views as history_views
 from satchel.core.messages import REJECTED
 from satchel.api.handlers import BATCHED
 from satchel.gateway.protocol import split_batch, split_params
@@ -162,6 +166,7 @@ class RestApp:
             Route("/api/v1/assets", self.assets), Route("/api/v1/markets", self.markets),
             Route("/api/v1/market", self.market), Route("/api/v1/ticker", self.ticker),
             Route("/api/v1/tickers", self.tickers), Route("/api/v1/trades", self.trades),
+            Route("/api/v1/trades/history", self.trades_history), Route("/api/v1/klines", self.klines),
             Route("/api/v1/securities", self.securities), Route("/api/v1/collateral", self.collateral),
         ]
         for path, methods in _PRIVATE.items():
@@ -252,9 +257,75 @@ class RestApp:
             return _error(Code.INVALID_REQUEST, f"limit must be 1..{RECENT_TRADES}")
         return _json(self.gw.marketdata.recent_trades(symbol, int(limit)))
 
+    # ------------------------------------------------------------------ public, from the history
+
+    async def _history(self, query: Any) -> Any:
+        """The history store's answer to ``query`` (queued behind every block published so
+        far), or an error ``Response``."""
+        history = self.api.history
+        if history is None:
+            return _error(RESOURCE_NOT_FOUND, "This node keeps no trade history")
+        try:
+            return await history.fetch(query)
+        except RequestError as exc:
+            return _error(exc.code, exc.message)
+        except Exception as exc:
+            log.error("rest.history_failed", error=repr(exc))
+            return _error(INTERNAL_ERROR, "The request could not be handled")
+
+    async def trades_history(self, request: Request) -> Response:
+        """Backpack's ``GET /api/v1/trades/history``: ``limit`` trades (at most 1000),
+        ``offset`` back from the newest, oldest first, shaped like ``GET /api/v1/trades``."""
+        symbol = self._symbol(request)
+        if isinstance(symbol, Response):
+            return symbol
+        limit = _int_param(request, "limit", history_queries.DEFAULT_LIMIT, history_queries.MAX_LIMIT + 1)
+        offset = _int_param(request, "offset", 0, 2**62)
+        for bad in (limit, offset):
+            if isinstance(bad, Response):
+                return bad
+        rows = await self._history(history_queries.TradeHistory(symbol, limit, offset))
+        return rows if isinstance(rows, Response) else _json(history_views.trades(self.gw.fmt, symbol, rows))
+
+    async def klines(self, request: Request) -> Response:
+        """Backpack's ``GET /api/v1/klines?symbol&interval&startTime&endTime`` (seconds;
+        ``endTime`` defaults to now): the candles of the trades, oldest first, at most 1000.
+        Only ``priceType=Last`` exists here (mark and index candles are not kept)."""
+        symbol = self._symbol(request)
+        if isinstance(symbol, Response):
+            return symbol
+        q = request.query_params
+        interval = q.get("interval")
+        if interval not in INTERVALS:
+            return _error(Code.INVALID_REQUEST, f"interval must be one of {', '.join(INTERVALS)}")
+        if q.get("priceType", "Last") != "Last":
+            return _error(Code.INVALID_REQUEST, "priceType must be Last")
+        if q.get("startTime") is None:
+            return _error(Code.INVALID_REQUEST, "startTime is required")
+        start = _int_param(request, "startTime", 0, _MAX_SECONDS)
+        end = _int_param(request, "endTime", now_ms() // 1000, _MAX_SECONDS)
+        for bad in (start, end):
+            if isinstance(bad, Response):
+                return bad
+        rows = await self._history(history_queries.Klines(symbol, interval, start * 1_000_000, end * 1_000_000))
+        return rows if isinstance(rows, Response) else _json(history_views.klines(self.gw.fmt, symbol, interval, rows))
+
     async def tickers(self, request: Request) -> Response:
         md = self.gw.marketdata
         return _json([md.rest_ticker(s) for s in self.gw.listing.markets])
+
+
+_MAX_SECONDS = 10**11  # klines times (s): past this, calendar arithmetic fails (year 9999)
+
+
+def _int_param(request: Request, name: str, default: int, top: int) -> int | Response:
+    """Query parameter ``name`` as an integer in 0..top-1 (``default`` if absent), or a 400."""
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= 20 and int(text) < top):
+        return _error(Code.INVALID_REQUEST, f"{name} must be an integer in 0..{top - 1}")
+    return int(text)
 
 
 # Backpack's private (and API-answered public) endpoints: path -> HTTP verb -> instruction
@@ -269,6 +340,8 @@ _PRIVATE = {
     "/api/v1/orders": {"GET": "orderQueryAll", "POST": "orderExecuteBatch", "DELETE": "orderCancelAll"},
     "/api/v1/account": {"GET": "accountQuery", "PATCH": "accountUpdate"},
     "/wapi/v1/history/funding": {"GET": "fundingHistoryQueryAll"},
+    "/wapi/v1/history/orders": {"GET": "orderHistoryQueryAll"},
+    "/wapi/v1/history/fills": {"GET": "fillHistoryQueryAll"},
 }
 _SEQUENCED = frozenset({"orderExecute", "orderExecuteBatch", "orderCancel", "orderCancelAll", "accountUpdate"})
 

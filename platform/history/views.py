@@ -1,0 +1,106 @@
+"""History rows as Backpack's payloads, formatted with the gateway's ``Formatter``.
+
+Runs on the trio thread, where the listing (and so the formatter's markets) is kept
+current by the durable blocks. A row of a market the formatter does not know is left
+out rather than guessed at.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from satchel.api.format import Formatter
+from satchel.api.klines import bucket, clock_text
+from satchel.core.engine import INTERNAL_SEQ_BASE
+from satchel.core.messages import ASK, NEW, PARTIALLY_FILLED, REJECTED, SIDE_NAMES, TRIGGER_PENDING
+from satchel.history.queries import FillRow, KlineRow, OrderRow, TradeRow
+
+TRIGGER_FAILED = "TriggerFailed"
+_EPOCH = datetime(1970, 1, 1)
+# Backpack's name for orders and fills of the liquidation engine's book orders
+_LIQUIDATION_ORDER = "LiquidatePositionOnBook"
+
+
+def iso_ms(us: int) -> str:
+    """Naive UTC ISO 8601 to the millisecond ("2025-01-01T12:00:00.123"): a fill's
+    ``timestamp`` as Backpack sends it and ccxt parses it (``parse8601``)."""
+    t = _EPOCH + timedelta(microseconds=us)
+    return f"{t:%Y-%m-%dT%H:%M:%S}.{t.microsecond // 1000:03d}"
+
+
+def status(row: OrderRow) -> str:
+    """The order's status as clients see it: the final one once the order is done,
+    otherwise derived from what it has done so far."""
+    if row.status is None:
+        if row.trigger_price and not row.accepted:
+            return TRIGGER_PENDING
+        return PARTIALLY_FILLED if row.executed else NEW
+    if row.status == REJECTED:
+        return TRIGGER_FAILED  # only fired triggers refused at pre-trade are kept (see ``writes``)
+    return row.status
+
+
+def order(fmt: Formatter, row: OrderRow) -> dict:
+    """A ``GET /wapi/v1/history/orders`` item: the shape of ``GET /api/v1/order``, plus
+    Backpack's ``expiryReason`` and, for a liquidation order, ``systemOrderType``.
+    ``selfTradePrevention`` is the default: the events do not carry an order's own."""
+    out = fmt.order(row.symbol, row.order_id, row.client_id, row.side, row.price, row.quantity, row.executed,
+                    row.executed_quote, status(row), order_type=row.order_type, tif=row.tif,
+                    post_only=bool(row.post_only), quote_quantity=row.quote_quantity, created_us=row.created,
+                    reduce_only=bool(row.reduce_only), trigger_price=row.trigger_price, trigger_by=row.trigger_by)
+    out["expiryReason"] = row.reason or None
+    if row.order_id >= INTERNAL_SEQ_BASE:
+        out["systemOrderType"] = _LIQUIDATION_ORDER
+    return out
+
+
+def orders(fmt: Formatter, rows: list[OrderRow]) -> list[dict]:
+    return [order(fmt, r) for r in rows if r.symbol in fmt.markets]
+
+
+def fill(fmt: Formatter, row: FillRow) -> dict:
+    """A ``GET /wapi/v1/history/fills`` item. Fees are charged in the market's quote asset."""
+    sym = row.symbol
+    out = {
+        "tradeId": row.trade_id,
+        "orderId": str(row.order_id),
+        "clientId": row.client_id,
+        "symbol": sym,
+        "side": SIDE_NAMES[row.side],
+        "price": fmt.price(sym, row.price),
+        "quantity": fmt.qty(sym, row.quantity),
+        "fee": fmt.quote(sym, row.fee),
+        "feeSymbol": fmt.markets[sym].quote,
+        "isMaker": bool(row.is_maker),
+        "timestamp": iso_ms(row.ts),
+    }
+    if row.order_id >= INTERNAL_SEQ_BASE:
+        out["systemOrderType"] = _LIQUIDATION_ORDER
+    return out
+
+
+def fills(fmt: Formatter, rows: list[FillRow]) -> list[dict]:
+    return [fill(fmt, r) for r in rows if r.symbol in fmt.markets]
+
+
+def trades(fmt: Formatter, symbol: str, rows: list[TradeRow]) -> list[dict]:
+    """``GET /api/v1/trades/history`` items, shaped like ``GET /api/v1/trades``'s
+    (``timestamp`` in ms; the buyer is the maker when the taker sold)."""
+    return [{"id": r.trade_id, "price": fmt.price(symbol, r.price), "quantity": fmt.qty(symbol, r.quantity),
+             "quoteQuantity": fmt.quote(symbol, r.quote), "timestamp": r.ts // 1000, "isBuyerMaker": r.taker_side == ASK}
+            for r in rows]
+
+
+def klines(fmt: Formatter, symbol: str, interval: str, rows: list[KlineRow]) -> list[dict]:
+    """``GET /api/v1/klines`` items: ``start``/``end`` as "YYYY-MM-DD HH:MM:SS" UTC (ccxt
+    reads ``start``), prices, base ``volume``, ``quoteVolume`` and the trade count."""
+    out = []
+    for r in rows:
+        start, end = bucket(r.first_ts, interval)
+        out.append({
+            "start": clock_text(start), "end": clock_text(end),
+            "open": fmt.price(symbol, r.open), "high": fmt.price(symbol, r.high), "low": fmt.price(symbol, r.low),
+            "close": fmt.price(symbol, r.close), "volume": fmt.qty(symbol, r.volume),
+            "quoteVolume": fmt.quote(symbol, r.quote_volume), "trades": str(r.trades),
+        })
+    return out

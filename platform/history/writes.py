@@ -1,0 +1,132 @@
+"""Blocks' events into the history tables, a batch of blocks per transaction.
+
+A ``Batch`` gathers the rows of many blocks (one list per statement) and writes them
+with one ``executemany`` per statement: a batch is one transaction, and per-row Python
+work stays at building a tuple. Every statement commutes with the others (see
+``schema``: each event kind upserts its own columns, fills add, creation time is a
+minimum), so grouping by statement rather than by event order gives the same rows, and
+so does writing the blocks of a catch-up after later live blocks.
+
+Rejected orders are not history (Backpack answers them with an error, and nothing of
+them is kept), with one exception: a trigger order that fired and was then refused at
+pre-trade. Its ``OrderDone`` names an order id from an earlier block (below the block's
+first sequence number), and the order shows as TriggerFailed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from satchel.core.messages import ASK, BID, REJECTED, BlockHeader, Fill, OrderAccepted, OrderDone, TriggerPlaced
+
+_ACCEPTED = """
+INSERT INTO orders (order_id, account, symbol, side, order_type, tif, price, quantity, quote_quantity, client_id,
+                    post_only, created, accepted)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+ON CONFLICT (order_id) DO UPDATE SET
+    order_type = excluded.order_type, tif = excluded.tif, price = excluded.price, quantity = excluded.quantity,
+    quote_quantity = excluded.quote_quantity, client_id = excluded.client_id, post_only = excluded.post_only,
+    accepted = 1, created = MIN(created, excluded.created)
+"""
+
+_TRIGGER = """
+INSERT INTO orders (order_id, account, symbol, side, order_type, price, quantity, client_id, trigger_price, trigger_by,
+                    reduce_only, created)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (order_id) DO UPDATE SET
+    order_type = excluded.order_type, price = excluded.price, quantity = excluded.quantity,
+    client_id = excluded.client_id, trigger_price = excluded.trigger_price, trigger_by = excluded.trigger_by,
+    reduce_only = excluded.reduce_only, created = MIN(created, excluded.created)
+"""
+
+# price, quantity and client id only when the row is new (OrderAccepted's are the same values)
+_DONE = """
+INSERT INTO orders (order_id, account, symbol, side, price, quantity, client_id, created, status, reason)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (order_id) DO UPDATE SET
+    status = excluded.status, reason = excluded.reason, created = MIN(created, excluded.created)
+"""
+
+_EXECUTED = """
+INSERT INTO orders (order_id, account, symbol, side, created, executed, executed_quote)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (order_id) DO UPDATE SET
+    executed = executed + excluded.executed, executed_quote = executed_quote + excluded.executed_quote,
+    created = MIN(created, excluded.created)
+"""
+
+_FILL = """
+INSERT OR IGNORE INTO fills (symbol, trade_id, is_maker, order_id, account, side, price, quantity, quote, fee, ts,
+                             height, ix)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+
+class Batch:
+    """The rows of the blocks written since the last ``write``."""
+
+    def __init__(self) -> None:
+        self.heights: set[int] = set()
+        self.rows = 0  # rows gathered (to bound a transaction's size)
+        self._accepted: list[tuple] = []
+        self._triggers: list[tuple] = []
+        self._done: list[tuple] = []
+        self._fills: list[tuple] = []
+        # order id -> [account, symbol, side, earliest fill µs, quantity, quote]: a taker that
+        # sweeps many makers is one upsert
+        self._executed: dict[int, list] = {}
+
+    def add(self, header: BlockHeader, events: list) -> None:
+        """Gather the history rows of one block's events."""
+        self.heights.add(header.height)
+        ts = header.timestamp
+        height = header.height
+        first_seq = header.first_seq
+        executed = self._executed
+        n = 0
+        for ix, ev in enumerate(events):
+            cls = ev.__class__
+            if cls is Fill:
+                maker_side = ASK if ev.taker_side == BID else BID
+                self._fills.append((ev.symbol, ev.trade_id, 0, ev.taker_order, ev.taker_account, ev.taker_side,
+                                    ev.price, ev.quantity, ev.quote, ev.taker_fee, ts, height, ix))
+                self._fills.append((ev.symbol, ev.trade_id, 1, ev.maker_order, ev.maker_account, maker_side,
+                                    ev.price, ev.quantity, ev.quote, ev.maker_fee, ts, height, ix))
+                for oid, account, side in ((ev.taker_order, ev.taker_account, ev.taker_side),
+                                           (ev.maker_order, ev.maker_account, maker_side)):
+                    row = executed.get(oid)
+                    if row is None:
+                        executed[oid] = [account, ev.symbol, side, ts, ev.quantity, ev.quote]
+                    else:
+                        row[3] = min(row[3], ts)
+                        row[4] += ev.quantity
+                        row[5] += ev.quote
+                n += 2
+            elif cls is OrderAccepted:
+                self._accepted.append((ev.order_id, ev.account, ev.symbol, ev.side, ev.order_type, ev.tif, ev.price,
+                                       ev.quantity, ev.quote_quantity, ev.client_id, ev.post_only, ts))
+                n += 1
+            elif cls is OrderDone:
+                if ev.status == REJECTED and ev.order_id >= first_seq:
+                    continue  # refused when placed: not history
+                self._done.append((ev.order_id, ev.account, ev.symbol, ev.side, ev.price, ev.quantity, ev.client_id,
+                                   ev.created or ts, ev.status, ev.reason))
+                n += 1
+            elif cls is TriggerPlaced:
+                self._triggers.append((ev.order_id, ev.account, ev.symbol, ev.side, ev.order_type, ev.price,
+                                       ev.quantity, ev.client_id, ev.trigger_price, ev.trigger_by, ev.reduce_only, ts))
+                n += 1
+        self.rows += n
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        """Execute the gathered statements (inside the caller's transaction)."""
+        if self._accepted:
+            conn.executemany(_ACCEPTED, self._accepted)
+        if self._triggers:
+            conn.executemany(_TRIGGER, self._triggers)
+        if self._done:
+            conn.executemany(_DONE, self._done)
+        if self._executed:
+            conn.executemany(_EXECUTED, [(oid, *row) for oid, row in self._executed.items()])
+        if self._fills:
+            conn.executemany(_FILL, self._fills)
