@@ -479,3 +479,25 @@ async def test_a_second_store_on_the_same_file_is_refused(tmp_path):
             await Store(tmp_path / "h.sqlite").run()
         n.cancel_scope.cancel()
 
+
+
+async def test_funding_rates(tmp_path):
+    """Each perp's funding interval (``FundingPaid``) is a ``GET /api/v1/fundingRates`` row,
+    newest first; a block written twice counts once."""
+    from satchel.core.messages import FundingPaid
+
+    hour = 3_600_000_000
+    blocks = [(BlockHeader(h, h, h * hour, b"", 4, 1, b"", b""),
+               [FundingPaid(h, "SOL_USDC_PERP", 10_000 * h, 1, 1, 150, h * hour)]) for h in (1, 2, 3)]
+    store = Store(tmp_path / "h.sqlite")
+    async with trio.open_nursery() as n:
+        await n.start(store.run)
+        for header, events in blocks + blocks[:1]:
+            store.publish(header, events)
+        rows = await store.fetch(queries.FundingRates("SOL_USDC_PERP", limit=2))
+        assert await store.fetch(queries.FundingRates("BTC_USDC_PERP")) == []
+        n.cancel_scope.cancel()
+    assert views.funding_rates(rows) == [
+        {"symbol": "SOL_USDC_PERP", "intervalEndTimestamp": "1970-01-01T03:00:00", "fundingRate": "0.00003"},
+        {"symbol": "SOL_USDC_PERP", "intervalEndTimestamp": "1970-01-01T02:00:00", "fundingRate": "0.00002"},
+    ]

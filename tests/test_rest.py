@@ -143,6 +143,8 @@ async def test_account_securities_collateral(rest, server, traders):
     alice, _ = traders
     async with httpx.AsyncClient(base_url=rest) as c:
         assert (await c.get("/api/v1/securities")).json() == []
+        assert (await c.get("/api/v1/fundingRates", params={"symbol": "SOL_USDC_PERP"})).json() == []  # no interval yet
+        assert (await c.get("/api/v1/fundingRates", params={"symbol": "SOL_USDC"})).status_code == 400
         weights = {a["symbol"]: a["haircutFunction"] for a in (await c.get("/api/v1/collateral")).json()}
         assert weights["USDC"] == {"weight": "1", "kind": {"type": "identity"}}
         assert weights["SOL"]["kind"]["type"] == "inverseSqrt"

@@ -85,6 +85,25 @@ def _rows(conn: sqlite3.Connection, row: type, sql: str, args: list | dict) -> l
     return [row._make(r) for r in cur]
 
 
+class FundingRateRow(NamedTuple):
+    symbol: str
+    interval_end: int
+    rate: int
+
+
+class FundingRates(msgspec.Struct, frozen=True):
+    """A perpetual market's funding rates, newest interval first."""
+
+    symbol: str
+    limit: int = DEFAULT_LIMIT
+    offset: int = 0
+
+    def run(self, conn: sqlite3.Connection) -> list[FundingRateRow]:
+        return _rows(conn, FundingRateRow, "SELECT symbol, interval_end, rate FROM funding_rates WHERE symbol = ? "
+                                           "ORDER BY interval_end DESC LIMIT ? OFFSET ?",
+                     [self.symbol, self.limit, self.offset])
+
+
 class OrderHistory(msgspec.Struct, frozen=True):
     """An account's orders, newest first (by creation time, then order id)."""
 

@@ -19,6 +19,8 @@ the same whatever order blocks are written in:
 maker): trade ids count per market. ``height`` and ``ix`` (the event's index in its
 block) order fills exactly; public trades are the taker rows.
 
+``funding_rates`` has one row per perpetual market and funding interval (``FundingPaid``).
+
 ``written`` lists the blocks whose events are in the database, as disjoint [lo, hi]
 height ranges, updated in the same transaction as the rows: live writes and a catch-up
 from the journal can then run at once, each block is written exactly once, and after a
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import structlog
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: funding_rates
 
 log = structlog.get_logger("satchel.history")
 
@@ -82,6 +84,13 @@ CREATE TABLE IF NOT EXISTS fills (
 CREATE INDEX IF NOT EXISTS fills_by_account ON fills (account, height, ix);
 CREATE INDEX IF NOT EXISTS fills_by_order ON fills (order_id);
 CREATE INDEX IF NOT EXISTS trades_by_symbol ON fills (symbol, ts, height, ix) WHERE is_maker = 0;
+CREATE TABLE IF NOT EXISTS funding_rates (
+    symbol TEXT NOT NULL,
+    interval_end INTEGER NOT NULL,            -- µs
+    rate INTEGER NOT NULL,                    -- PPB per interval; positive: longs pay shorts
+    mark INTEGER NOT NULL,
+    PRIMARY KEY (symbol, interval_end)
+) WITHOUT ROWID;
 """
 
 

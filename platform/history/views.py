@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from satchel.api.format import Formatter
+from satchel.api.format import Formatter, fraction, naive_iso
 from satchel.api.klines import bucket, clock_text
 from satchel.core.engine import INTERNAL_SEQ_BASE
 from satchel.core.messages import ASK, NEW, PARTIALLY_FILLED, REJECTED, SIDE_NAMES, TRIGGER_PENDING
-from satchel.history.queries import FillRow, KlineRow, OrderRow, TradeRow
+from satchel.history.queries import FillRow, FundingRateRow, KlineRow, OrderRow, TradeRow
 
 TRIGGER_FAILED = "TriggerFailed"
 _EPOCH = datetime(1970, 1, 1)
@@ -104,3 +104,9 @@ def klines(fmt: Formatter, symbol: str, interval: str, rows: list[KlineRow]) -> 
             "quoteVolume": fmt.quote(symbol, r.quote_volume), "trades": str(r.trades),
         })
     return out
+
+
+def funding_rates(rows: list[FundingRateRow]) -> list[dict]:
+    """``GET /api/v1/fundingRates`` items: the interval's end as naive ISO UTC, the rate a fraction."""
+    return [{"symbol": r.symbol, "intervalEndTimestamp": naive_iso(r.interval_end), "fundingRate": fraction(r.rate)}
+            for r in rows]

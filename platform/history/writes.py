@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import sqlite3
 
-from satchel.core.messages import ASK, BID, REJECTED, BlockHeader, Fill, OrderAccepted, OrderDone, TriggerPlaced
+from satchel.core.messages import (
+    ASK, BID, REJECTED, BlockHeader, Fill, FundingPaid, OrderAccepted, OrderDone, TriggerPlaced,
+)
 
 _ACCEPTED = """
 INSERT INTO orders (order_id, account, symbol, side, order_type, tif, price, quantity, quote_quantity, client_id,
@@ -61,6 +63,8 @@ INSERT OR IGNORE INTO fills (symbol, trade_id, is_maker, order_id, account, side
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
+_FUNDING = "INSERT OR IGNORE INTO funding_rates (symbol, interval_end, rate, mark) VALUES (?, ?, ?, ?)"
+
 
 class Batch:
     """The rows of the blocks written since the last ``write``."""
@@ -72,6 +76,7 @@ class Batch:
         self._triggers: list[tuple] = []
         self._done: list[tuple] = []
         self._fills: list[tuple] = []
+        self._funding: list[tuple] = []
         # order id -> [account, symbol, side, earliest fill µs, quantity, quote]: a taker that
         # sweeps many makers is one upsert
         self._executed: dict[int, list] = {}
@@ -116,6 +121,9 @@ class Batch:
                 self._triggers.append((ev.order_id, ev.account, ev.symbol, ev.side, ev.order_type, ev.price,
                                        ev.quantity, ev.client_id, ev.trigger_price, ev.trigger_by, ev.reduce_only, ts))
                 n += 1
+            elif cls is FundingPaid:
+                self._funding.append((ev.symbol, ev.interval_end, ev.rate, ev.mark))
+                n += 1
         self.rows += n
 
     def write(self, conn: sqlite3.Connection) -> None:
@@ -130,3 +138,5 @@ class Batch:
             conn.executemany(_EXECUTED, [(oid, *row) for oid, row in self._executed.items()])
         if self._fills:
             conn.executemany(_FILL, self._fills)
+        if self._funding:
+            conn.executemany(_FUNDING, self._funding)

@@ -167,6 +167,7 @@ class RestApp:
             Route("/api/v1/market", self.market), Route("/api/v1/ticker", self.ticker),
             Route("/api/v1/tickers", self.tickers), Route("/api/v1/trades", self.trades),
             Route("/api/v1/trades/history", self.trades_history), Route("/api/v1/klines", self.klines),
+            Route("/api/v1/fundingRates", self.funding_rates),
             Route("/api/v1/securities", self.securities), Route("/api/v1/collateral", self.collateral),
         ]
         for path, methods in _PRIVATE.items():
@@ -279,13 +280,27 @@ class RestApp:
         symbol = self._symbol(request)
         if isinstance(symbol, Response):
             return symbol
-        limit = _int_param(request, "limit", history_queries.DEFAULT_LIMIT, history_queries.MAX_LIMIT + 1)
-        offset = _int_param(request, "offset", 0, 2**62)
-        for bad in (limit, offset):
-            if isinstance(bad, Response):
-                return bad
+        page = _page(request)
+        if isinstance(page, Response):
+            return page
+        limit, offset = page
         rows = await self._history(history_queries.TradeHistory(symbol, limit, offset))
         return rows if isinstance(rows, Response) else _json(history_views.trades(self.gw.fmt, symbol, rows))
+
+    async def funding_rates(self, request: Request) -> Response:
+        """Backpack's ``GET /api/v1/fundingRates?symbol&limit&offset``: a perpetual's funding
+        rate per interval, newest first."""
+        symbol = self._symbol(request)
+        if isinstance(symbol, Response):
+            return symbol
+        if self.gw.listing.markets[symbol].perp is None:
+            return _error(Code.INVALID_SYMBOL, f"{symbol} is not a perpetual market")
+        page = _page(request)
+        if isinstance(page, Response):
+            return page
+        limit, offset = page
+        rows = await self._history(history_queries.FundingRates(symbol, limit, offset))
+        return rows if isinstance(rows, Response) else _json(history_views.funding_rates(rows))
 
     async def klines(self, request: Request) -> Response:
         """Backpack's ``GET /api/v1/klines?symbol&interval&startTime&endTime`` (seconds;
@@ -316,6 +331,16 @@ class RestApp:
 
 
 _MAX_SECONDS = 10**11  # klines times (s): past this, calendar arithmetic fails (year 9999)
+
+
+def _page(request: Request) -> tuple[int, int] | Response:
+    """``limit`` (1..1000, default 100) and ``offset`` of a public history read."""
+    limit = _int_param(request, "limit", history_queries.DEFAULT_LIMIT, history_queries.MAX_LIMIT + 1)
+    offset = _int_param(request, "offset", 0, 2**62)
+    for bad in (limit, offset):
+        if isinstance(bad, Response):
+            return bad
+    return limit, offset
 
 
 def _int_param(request: Request, name: str, default: int, top: int) -> int | Response:
