@@ -22,6 +22,9 @@ import time
 from hdrh.histogram import HdrHistogram
 
 STAGES = ("verify", "sequence", "apply", "durable", "reply", "total")
+# upper bounds (us) of the buckets ``/metrics`` exports, 100 us to 5 s
+BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+              5_000_000)
 _MAX_US = 60_000_000
 
 
@@ -60,23 +63,49 @@ class StageLatency:
         Computing percentiles walks every histogram in Python (~50 ms), so the answer is
         kept for a second: a client asking in a loop cannot stall the node.
         """
+        return {stage: s[0] for stage, s in self._computed().items()}
+
+    def histograms(self) -> dict[str, tuple[int, float, list[int]]]:
+        """Per stage: (count, sum in us, cumulative counts at ``BUCKETS_US``), kept for a
+        second like ``summary``."""
+        return {stage: s[1] for stage, s in self._computed().items()}
+
+    def _computed(self) -> dict:
         now = time.monotonic()
         if self._summary is None or now - self._summary_at >= 1.0:
             self._summary, self._summary_at = self._compute(), now
         return self._summary
 
-    def _compute(self) -> dict[str, dict[str, float]]:
+    def _compute(self) -> dict:
         out = {}
         for stage, h in self.hist.items():
-            out[stage] = {"count": h.get_total_count(), "p50": h.get_value_at_percentile(50),
-                          "p90": h.get_value_at_percentile(90), "p99": h.get_value_at_percentile(99),
-                          "max": h.get_max_value()}
+            count = h.get_total_count()
+            out[stage] = (
+                {"count": count, "p50": h.get_value_at_percentile(50), "p90": h.get_value_at_percentile(90),
+                 "p99": h.get_value_at_percentile(99), "max": h.get_max_value()},
+                (count, h.get_mean_value() * count, _cumulative(h, BUCKETS_US)),
+            )
         return out
 
     def reset(self) -> None:
         for h in self.hist.values():
             h.reset()
         self._summary = None
+
+
+def _cumulative(h: HdrHistogram, bounds: tuple[int, ...]) -> list[int]:
+    """How many values are at most each bound (a Prometheus histogram's buckets): one walk
+    over the histogram's recorded values."""
+    out = [0] * len(bounds)
+    i = total = 0
+    for item in h.get_recorded_iterator():
+        while i < len(bounds) and item.value_iterated_to > bounds[i]:
+            out[i] = total
+            i += 1
+        total += item.count_added_in_this_iter_step
+    for j in range(i, len(bounds)):
+        out[j] = total
+    return out
 
 
 def _us(seconds: float) -> int:

@@ -87,7 +87,11 @@ async def test_metrics(rest, server, traders):
         text = (await c.get("/metrics")).text
     assert 'satchel_rejects_total{code="InsufficientFunds"} 1.0' in text
     assert "satchel_blocks_total" in text and "satchel_sequencer_backlog" in text
-    assert 'satchel_stage_latency_seconds{quantile="0.99",stage="durable"}' in text
+    buckets = [line for line in text.splitlines() if line.startswith('satchel_stage_latency_seconds_bucket{le=')
+               and 'stage="total"' in line]
+    counts = [float(line.rsplit(" ", 1)[1]) for line in buckets]
+    assert len(counts) == 15 and counts == sorted(counts) and counts[-1] >= 1  # cumulative, up to +Inf
+    assert 'satchel_stage_latency_seconds_count{stage="durable"}' in text
 
 
 async def test_batch_orders_one_signature(rest, server, traders):

@@ -2,8 +2,9 @@
 
 Nothing on the hot path is instrumented for it: a custom collector reads, at scrape
 time, what the node already keeps -- chain height and transaction count, the sequencer's
-backlog, the per-stage latency histograms (``satchel.latency``, shown as summaries with
-p50/p90/p99 quantiles; ``durable`` is the journal's group-commit fsync), the gateway's
+backlog, the per-stage latency histograms (``satchel.latency``, exported as Prometheus
+histograms with buckets from 100 us to 5 s; ``durable`` is the journal's group-commit
+fsync), the gateway's
 sessions and dropped subscribers -- and the counts of rejections by code, which a node
 subscriber tallies from each durable block's events.
 """
@@ -15,9 +16,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from satchel.core.messages import REJECTED, BlockHeader, OrderDone, TxRejected
+from satchel.latency import BUCKETS_US
 
 if TYPE_CHECKING:
     from satchel.gateway import Gateway
@@ -59,14 +61,11 @@ class NodeCollector:
         yield GaugeMetricFamily("satchel_ws_sessions", "Open WebSocket sessions", value=self.gw.sessions)
         yield CounterMetricFamily("satchel_ws_slow_consumers", "Subscribers dropped for not reading",
                                   value=self.gw.slow_consumers)
-        stages = SummaryMetricFamily("satchel_stage_latency_seconds",
-                                     "Per-stage order latency (durable = journal fsync)", labels=["stage"])
-        for stage, s in node.latency.summary().items():
-            # prometheus-client's summary family takes count and sum; quantiles go as samples
-            stages.add_metric([stage], count_value=s["count"], sum_value=0)
-            for q in ("p50", "p90", "p99"):
-                stages.add_sample("satchel_stage_latency_seconds", {"stage": stage, "quantile": f"0.{q[1:]}"},
-                                  s[q] / 1e6)
+        stages = HistogramMetricFamily("satchel_stage_latency_seconds",
+                                       "Per-stage order latency (durable = journal fsync)", labels=["stage"])
+        for stage, (count, total_us, cumulative) in node.latency.histograms().items():
+            buckets = [(f"{b / 1e6:g}", n) for b, n in zip(BUCKETS_US, cumulative)] + [("+Inf", count)]
+            stages.add_metric([stage], buckets, total_us / 1e6)
         yield stages
 
 
