@@ -340,6 +340,8 @@ def _page(request: Request) -> tuple[int, int] | Response:
     for bad in (limit, offset):
         if isinstance(bad, Response):
             return bad
+    if limit == 0:
+        return _error(Code.INVALID_REQUEST, f"limit must be 1..{history_queries.MAX_LIMIT}")
     return limit, offset
 
 
