@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from satchel.signing import Keypair
 
 from satchel.core.amounts import decimals_of, to_units
+from satchel.core.lending import LendingSpec, spec_problem
 from satchel.core.messages import AssetSpec, ListAsset, ListMarket, MarginSpec, MarketSpec, PerpSpec, SetAdmin, SetMargin
 
 
@@ -105,6 +106,16 @@ class MarginConfig(msgspec.Struct, frozen=True):
     settlement_asset: str = "USDC"
 
 
+class LendingConfig(msgspec.Struct, frozen=True):
+    """One asset's borrow/lend curve as people write it (annual rates and fractions as decimals)."""
+
+    base_rate: str = "0"
+    slope1: str = "0.04"  # borrow rate added from 0 to the optimal utilization
+    slope2: str = "0.75"  # borrow rate added from the optimal utilization to 100%
+    optimal_utilization: str = "0.8"
+    reserve_factor: str = "0.1"  # the reserve's share of borrowers' interest
+
+
 class OracleSettings(msgspec.Struct, frozen=True):
     """``[oracle]`` in the node's TOML configuration."""
 
@@ -129,6 +140,24 @@ class Config(msgspec.Struct, frozen=True):
     margin: MarginConfig = MarginConfig()
     oracle: OracleSettings = OracleSettings()
     demo: DemoConfig = DemoConfig()
+    lending: dict[str, LendingConfig] = {}  # asset -> its pool's curve
+
+    def lending_specs(self) -> list[LendingSpec]:
+        """The pools' curves in asset listing order (not in the genesis yet)."""
+        listed = [a.symbol for a in self.assets]
+        unknown = sorted(s for s in self.lending if s not in listed)
+        if unknown:
+            raise ConfigError(f"lending: unknown assets {unknown}")
+        specs = []
+        for symbol in listed:
+            if symbol in self.lending:
+                c = self.lending[symbol]
+                spec = LendingSpec(symbol, fraction(c.base_rate), fraction(c.slope1), fraction(c.slope2),
+                                   fraction(c.optimal_utilization), fraction(c.reserve_factor))
+                if problem := spec_problem(spec):
+                    raise ConfigError(f"lending: {problem}")
+                specs.append(spec)
+        return specs
 
     def asset_specs(self) -> list[AssetSpec]:
         return [AssetSpec(a.symbol, a.decimals, fraction(a.collateral_weight), fraction(a.haircut_penalty))
@@ -222,6 +251,7 @@ def load(path: str | Path | None = None) -> Config:
         cfg = msgspec.convert(raw, Config)
         cfg.market_specs()  # validate now, not at genesis
         cfg.margin_spec()
+        cfg.lending_specs()
     except (tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
         raise ConfigError(f"{path or 'defaults.toml'}: {exc}") from exc
     return cfg
