@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 from satchel.core.amounts import decimals_of, to_units
 from satchel.core.lending import LendingSpec, spec_problem
-from satchel.core.messages import AssetSpec, ListAsset, ListMarket, MarginSpec, MarketSpec, PerpSpec, SetAdmin, SetMargin
+from satchel.core.messages import (
+    AssetSpec, ListAsset, ListMarket, MarginSpec, MarketSpec, PerpSpec, SetAdmin, SetLending, SetMargin,
+)
 
 
 DEFAULTS = Path(__file__).with_name("defaults.toml")
@@ -263,7 +265,7 @@ def genesis(cfg: Config, admin: "str | Keypair") -> list:
     Given the admin ``Keypair`` each is signed by it (what a node writes); given only
     the API key string they are unsigned (engine-level tests).
     """
-    from satchel.core.instructions import asset_params, margin_params, market_params
+    from satchel.core.instructions import asset_params, lending_params, margin_params, market_params
     from satchel.signing import Keypair, auth_for
 
     if isinstance(admin, Keypair):
@@ -275,4 +277,5 @@ def genesis(cfg: Config, admin: "str | Keypair") -> list:
     txs += [ListMarket(key, spec, sign("listMarket", market_params(spec))) for spec in cfg.market_specs()]
     margin = cfg.margin_spec()
     txs.append(SetMargin(key, margin, sign("setMargin", margin_params(margin))))
+    txs += [SetLending(key, spec, sign("setLending", lending_params(spec))) for spec in cfg.lending_specs()]
     return txs

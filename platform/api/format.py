@@ -12,9 +12,9 @@ market's price decimals when finer), so they stay exact decimal strings.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from satchel.core import margin as rules
+from satchel.core import lending, margin as rules
 from satchel.core.amounts import format_units
 from satchel.core.messages import (
     BY_MARK, GTC, LIMIT, MARKET, ORDER_TYPE_NAMES, PPB, REJECT_TAKER, SIDE_NAMES, STP_NAMES, TIF_NAMES,
@@ -298,6 +298,24 @@ class Formatter:
             "autoBorrowSettlements": False, "autoLend": False, "autoRealizePnl": True, "autoRepayBorrows": False,
             "borrowLimit": "0", "leverageLimit": str(view.leverage or max_leverage), "liquidating": view.liquidating,
             **fees,
+        }
+
+    def lending_market(self, pool: Any, timestamp_us: int) -> dict:
+        """A ``GET /api/v1/borrowLend/markets`` item. Rates are annual (APR) fractions, as
+        Backpack's; ``borrowApy``/``lendApy`` add them compounded hourly (display only)."""
+        asset = pool.spec.asset
+        borrowed, lent = lending.borrowed_total(pool), lending.lent_total(pool)
+        return {
+            "symbol": asset, "state": "Open",
+            "borrowInterestRate": fraction(pool.borrow_rate), "lendInterestRate": fraction(pool.lend_rate),
+            "borrowApy": fraction(lending.apy_from_apr(pool.borrow_rate)),
+            "lendApy": fraction(lending.apy_from_apr(pool.lend_rate)),
+            "borrowedQuantity": self.asset(asset, borrowed), "lentQuantity": self.asset(asset, lent),
+            "availableQuantity": self.asset(asset, pool.cash), "reserveQuantity": self.asset(asset, pool.reserve),
+            "utilization": fraction(lending.pool_utilization(pool)),
+            "optimalUtilization": fraction(pool.spec.optimal_utilization),
+            "maxUtilization": "1", "fee": fraction(pool.spec.reserve_factor),
+            "timestamp": naive_iso(timestamp_us),
         }
 
     def funding_payment(self, p: FundingPayment) -> dict:

@@ -39,7 +39,7 @@ from satchel.core.errors import (
 )
 from satchel.core.messages import (
     NEW, PARTIALLY_FILLED, REJECTED, TRIGGER_PENDING, Auth, BalancesOf, CollateralOf, Fill, HistoryOf, LedgerOf, MarksOf,
-    OpenOrders, OrderDone, OrderOf, PlaceOrder, PositionsOf, Query, TriggerPlaced, TxRejected,
+    OpenOrders, OrderDone, OrderOf, PlaceOrder, PoolsOf, PositionsOf, Query, TriggerPlaced, TxRejected,
 )
 from satchel.history import queries as history_queries, views as history_views
 from satchel.history.store import Store
@@ -51,6 +51,7 @@ METHODS = (
     "ledgerTotals", "nodeStats", "deposit", "adminSetTrading", "adminSetFees",
     "positionQuery", "collateralQuery", "fundingHistoryQueryAll", "liquidationHistoryQueryAll", "markPrices",
     "openInterest", "accountUpdate", "accountQuery", "orderExecuteBatch", "orderHistoryQueryAll", "fillHistoryQueryAll",
+    "borrowLendMarkets",
 )
 MAX_BATCH = 50  # orders in one POST /api/v1/orders (each journaled record keeps the whole signed batch)
 # requests whose params are a list of objects, each signed as its own segment
@@ -717,6 +718,19 @@ class Api:
             replies.result(req_id, [item(s, prices[s]) for s in symbols if s in prices])
 
         self._read([Query("risk", MarksOf())], reply)
+
+    @_request
+    def borrowLendMarkets(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """Every lending pool's rates and totals (``GET /api/v1/borrowLend/markets``), as of
+        the last block."""
+        replies = caller.replies
+        fmt = self.fmt
+        node = self.node
+
+        def reply(answers: list) -> None:
+            replies.result(req_id, [fmt.lending_market(p, node.block_timestamp) for p in answers[0]])
+
+        self._read([Query("lending", PoolsOf())], reply)
 
     @_request
     def markPrices(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:

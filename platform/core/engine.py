@@ -45,11 +45,16 @@ from satchel.core.actor import Actor, Mailbox, spawn
 from satchel.core.instructions import INSTRUCTIONS
 from satchel.actors.book import Book
 from satchel.actors.funding import Funding
+from satchel.actors.lending import Lending
+from satchel.core import lending
 from satchel.actors.margin import Margin
 from satchel.core.errors import Code
 from satchel.core.state import EngineState, PeriodicState, SeenSignature
 from satchel.core.messages import (
+    Accrue,
     Escalate,
+    ListLendingSpec,
+    SetLending,
     ListMarginSpec,
     Mark,
     MarkPrice,
@@ -80,7 +85,7 @@ from satchel.core.messages import (
     events_encoder,
 )
 
-RULES_VERSION = 4  # 4: batch orders (one signature covers several transactions)
+RULES_VERSION = 5  # 4: batch orders (one signature covers several transactions); 5: lending pools
 # Longest validity window a signed request may ask for (Backpack's maximum). Part of
 # the rules, not the configuration: replay must judge windows exactly as the node did.
 MAX_WINDOW_MS = 60_000
@@ -167,6 +172,7 @@ class Engine:
         self.markets: dict[str, Any] = {}
         self.risk = spawn(nursery, "risk", Margin())  # the margin engine; reached only through its mailbox
         self.funding = spawn(nursery, "funding", Funding())
+        self.lending = spawn(nursery, "lending", Lending())
         self.books: dict[str, Mailbox] = {}
         self.marks: dict[str, int] = {}  # perp -> mark, as the funding actor last set it (books' price bands)
         self._tops: dict[str, tuple] = {}  # perp -> (bid, ask, last) of books matched in this block
@@ -277,6 +283,7 @@ class Engine:
         prices = [ev for ev in marked.events if ev.__class__ is MarkPrice]
         ticked = await self.risk.call(Remark(timestamp_us, previous, last_seq, marked.marks, marked.funding, prices))
         events.extend(ticked.events)
+        await self.lending.call(Accrue(timestamp_us))
         orders: list = list(ticked.orders)
         for box in self.periodic.values():
             other = await box.call(Tick(timestamp_us, previous))
@@ -339,6 +346,15 @@ class Engine:
         await self.funding.call(ListMarginSpec(spec))
         events.append(ConfigChanged(seq, "margin", spec.settlement_asset, margin=spec))
 
+    async def _set_lending(self, seq: int, tx: SetLending, events: list) -> None:
+        spec = tx.spec
+        problem = lending.spec_problem(spec) if spec.asset in self.assets else f"Unknown asset {spec.asset}"
+        if problem:
+            events.append(TxRejected(seq, tx.admin, Code.INVALID_ASSET, problem))
+            return
+        await self.lending.call(ListLendingSpec(spec))
+        events.append(ConfigChanged(seq, "lending", spec.asset, lending=spec))
+
     def _index_error(self, tx: SetIndex) -> tuple[str, str] | None:
         if tx.admin != self.admin:
             return Code.UNAUTHORIZED, "Not signed by the admin key"
@@ -375,7 +391,7 @@ class Engine:
             if query.message.__class__ is StateHashOf:
                 return await self.state_hash()
             raise ValueError(f"the engine does not answer {query.message.__class__.__name__}")
-        box = self.risk if target == "risk" else self.books.get(target)
+        box = {"risk": self.risk, "lending": self.lending}.get(target) or self.books.get(target)
         if box is None:
             raise ValueError(f"no actor {target!r}")
         return await box.call(query.message)
@@ -401,6 +417,7 @@ class Engine:
             internal_seq=self.internal_seq,
             periodic=[PeriodicState(name, await box.call(StateOf())) for name, box in self.periodic.items()],
             funding=await self.funding.call(StateOf()),
+            lending=await self.lending.call(StateOf()),
         )
 
     async def restore(self, state: EngineState) -> None:
@@ -421,6 +438,7 @@ class Engine:
         if state.funding is not None:
             await self.funding.call(Restore(state.funding))
             self.marks = {row.symbol: row.mark for row in state.funding.markets if row.mark}
+        await self.lending.call(Restore(state.lending))
         for book_state in state.books:
             await self.books[book_state.symbol].call(Restore(book_state))
         for periodic in state.periodic:
@@ -434,6 +452,7 @@ class Engine:
 _CONFIGURE = {
     SetAdmin: Engine._set_admin, ListAsset: Engine._list_asset, ListMarket: Engine._list_market,
     SetTrading: Engine._set_trading, SetFees: Engine._set_fees, SetMargin: Engine._set_margin,
+    SetLending: Engine._set_lending,
 }
 
 

@@ -29,7 +29,7 @@ from satchel.core.errors import (
 from satchel.core.messages import (
     ASK, BID, BY_INDEX, BY_LAST, BY_MARK, FOK, GTC, IOC, LIMIT, MARKET, REJECT_BOTH, REJECT_MAKER, REJECT_TAKER, AssetSpec,
     CancelAll, CancelOrder, Deposit, ListAsset, ListMarket, MarginSpec, MarketSpec, PerpSpec, PlaceOrder, SetAdmin,
-    SetFees, SetIndex, SetLeverage, SetMargin, SetTrading,
+    LendingSpec, SetFees, SetIndex, SetLending, SetLeverage, SetMargin, SetTrading,
 )
 
 
@@ -344,6 +344,14 @@ def _set_margin(p: dict[str, str], admin: str, listing: Listing) -> SetMargin:
 _MARGIN_TEXT_FIELDS = ("backstop", "settlement_asset")
 
 
+def _set_lending(p: dict[str, str], admin: str, listing: Listing) -> SetLending:
+    return SetLending(admin, _struct_from_texts(LendingSpec, p, text_fields=("asset",)))
+
+
+def lending_params(spec: LendingSpec) -> dict[str, str]:
+    return _struct_texts(spec)
+
+
 def margin_params(spec: MarginSpec) -> dict[str, str]:
     return _struct_texts(spec)
 
@@ -390,6 +398,8 @@ INSTRUCTIONS = (
     Instruction("listMarket", ListMarket, None, _list_market, _admin, True, "config",
                 _ADMIN_ERRORS + (Code.INVALID_MARKET,)),
     Instruction("setMargin", SetMargin, None, _set_margin, _admin, True, "config", _ADMIN_ERRORS),
+    Instruction("setLending", SetLending, None, _set_lending, _admin, True, "config",
+                _ADMIN_ERRORS + (INVALID_ASSET,)),
     Instruction("oracleIndex", SetIndex, OracleIndexParams, _oracle_index, _admin, True, "periodic",
                 _ADMIN_ERRORS + (INVALID_SYMBOL, INVALID_DECIMAL, INVALID_PRICE)),
     Instruction("accountUpdate", SetLeverage, AccountUpdateParams, _account_update, _account, False, "trade",

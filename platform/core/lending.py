@@ -74,28 +74,12 @@ from enum import StrEnum
 import msgspec
 
 from satchel.core.amounts import MAX_UNITS
-from satchel.core.messages import PPB
+from satchel.core.messages import PPB, LendingSpec  # the spec is a journaled record: it lives with the others
 
 RAY = 10**18  # an index of 1.0
 MAX_INDEX = 2**63 - 1  # indices fit a signed 64-bit msgpack integer
 YEAR_US = 365 * 86_400 * 1_000_000  # one year of sequenced time
 HOURS_PER_YEAR = 365 * 24
-
-
-class LendingSpec(msgspec.Struct, array_like=True, frozen=True):
-    """One asset's interest-rate curve (annual rates and fractions in PPB).
-
-    borrow = base_rate + slope1 x U / optimal below the kink,
-    base_rate + slope1 + slope2 x (U - optimal) / (1 - optimal) above it;
-    lend = borrow x U x (1 - reserve_factor).
-    """
-
-    asset: str
-    base_rate: int
-    slope1: int
-    slope2: int
-    optimal_utilization: int  # the kink, 0 < optimal <= PPB
-    reserve_factor: int  # the reserve's share of borrowers' interest, 0 <= f <= PPB
 
 
 def spec_problem(spec: LendingSpec) -> str:

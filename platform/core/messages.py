@@ -133,6 +133,22 @@ class MarginSpec(msgspec.Struct, array_like=True, frozen=True):
     settlement_asset: str  # what perps settle in (USDC)
 
 
+class LendingSpec(msgspec.Struct, array_like=True, frozen=True):
+    """One asset's interest-rate curve (annual rates and fractions in PPB).
+
+    borrow = base_rate + slope1 x U / optimal below the kink,
+    base_rate + slope1 + slope2 x (U - optimal) / (1 - optimal) above it;
+    lend = borrow x U x (1 - reserve_factor).
+    """
+
+    asset: str
+    base_rate: int
+    slope1: int
+    slope2: int
+    optimal_utilization: int  # the kink, 0 < optimal <= PPB
+    reserve_factor: int  # the reserve's share of borrowers' interest, 0 <= f <= PPB
+
+
 # ---------------------------------------------------------------- transactions
 
 
@@ -263,9 +279,18 @@ class SetLeverage(_Rec, tag=14):
     auth: Auth | None = None
 
 
+class SetLending(_Rec, tag=15):
+    """An asset's borrow/lend curve (genesis, or an admin change): a new pool, or a new
+    curve from this transaction on (interest so far accrues at the old one)."""
+
+    admin: str
+    spec: LendingSpec
+    auth: Auth | None = None
+
+
 # Every transaction type has an ``auth`` field (None for the node's own genesis records).
 Tx = Union[SetAdmin, ListAsset, ListMarket, Deposit, SetTrading, SetFees, PlaceOrder, CancelOrder, CancelAll, SetMargin,
-           SetIndex, SetLeverage]
+           SetIndex, SetLeverage, SetLending]
 
 
 # ---------------------------------------------------------------- events
@@ -372,6 +397,7 @@ class ConfigChanged(_Rec, tag=27):
     asset: AssetSpec | None = None
     market: MarketSpec | None = None
     margin: MarginSpec | None = None
+    lending: LendingSpec | None = None
 
 
 class PositionChanged(_Rec, tag=28):
@@ -605,6 +631,20 @@ class Escalate(msgspec.Struct):
 
 class ListMarginSpec(msgspec.Struct):
     spec: MarginSpec
+
+
+class ListLendingSpec(msgspec.Struct):
+    spec: LendingSpec
+
+
+class Accrue(msgspec.Struct):
+    """The lending pools accrue interest up to the block's time (periodic phase)."""
+
+    timestamp: int
+
+
+class PoolsOf(msgspec.Struct):
+    """Every lending pool (``core.lending.Pool``), by asset."""
 
 
 class PositionsOf(msgspec.Struct):

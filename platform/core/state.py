@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from satchel.core.lending import Pool
 from satchel.core.messages import (
     AssetSpec, FundingPayment, Liquidation, MarginSpec, MarketSpec, MarkPrice, MarkView, PlaceOrder,
 )
@@ -206,6 +207,7 @@ class EngineState(_State):
     internal_seq: int
     periodic: list[PeriodicState]  # in registration order
     funding: FundingState | None = None
+    lending: list[Pool] = []  # sorted by asset
 
 
 state_encoder = msgspec.msgpack.Encoder()
