@@ -30,6 +30,7 @@ import trio
 from satchel.api.format import Formatter
 from satchel.api.listing import Listing
 from satchel.api.marketdata import MarketData
+from satchel.api.stats import PlatformStats
 from satchel.clock import now_ms
 from satchel.core import instructions
 from satchel.core.engine import MAX_WINDOW_MS
@@ -51,13 +52,13 @@ METHODS = (
     "ledgerTotals", "nodeStats", "deposit", "adminSetTrading", "adminSetFees",
     "positionQuery", "collateralQuery", "fundingHistoryQueryAll", "liquidationHistoryQueryAll", "markPrices",
     "openInterest", "accountUpdate", "accountQuery", "orderExecuteBatch", "orderHistoryQueryAll", "fillHistoryQueryAll",
-    "borrowLendMarkets",
+    "borrowLendMarkets", "platformStats",
 )
 MAX_BATCH = 50  # orders in one POST /api/v1/orders (each journaled record keeps the whole signed batch)
 # requests whose params are a list of objects, each signed as its own segment
 BATCHED = frozenset({"orderExecuteBatch"})
 # requests that read no params: whatever params arrive, even malformed ones, are ignored
-PARAMLESS = frozenset({"ledgerTotals"})
+PARAMLESS = frozenset({"ledgerTotals", "platformStats"})
 
 Signature = list[str] | None
 
@@ -237,7 +238,8 @@ class Api:
     figures to ``nodeStats``."""
 
     def __init__(self, node: Any, listing: Listing, fmt: Formatter, verifier: Verifier, marketdata: MarketData, *,
-                 max_page: int = 1000, stats: Callable[[], dict] = dict, history: Store | None = None):
+                 max_page: int = 1000, stats: Callable[[], dict] = dict, history: Store | None = None,
+                 platform_stats: PlatformStats | None = None):
         self.node = node
         self.listing = listing
         self.fmt = fmt
@@ -246,6 +248,7 @@ class Api:
         self.max_page = max_page
         self.stats = stats
         self.history = history  # the order and fill history (``satchel.history``); None: not kept
+        self.platform_stats = platform_stats  # the headline figures (``satchel.api.stats``); None: not kept
 
     def caller(self, replies: Replies) -> Caller:
         """A new client (one per connection), answered through ``replies``."""
@@ -744,3 +747,13 @@ class Api:
         block; a perp that has no mark yet (so no position either) is left out."""
         ts = self.marketdata.last_timestamp
         self._marks(caller, req_id, texts, lambda s, p: self.fmt.open_interest(s, p.open_interest, ts))
+
+    @_request
+    def platformStats(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """The platform's headline figures (``GET /api/v1/stats``) as of the last published
+        block: the ``platformStats`` stream's, or fresher (``satchel.api.stats``)."""
+        stats = self.platform_stats
+        if stats is None:
+            raise RequestError(RESOURCE_NOT_FOUND, "This node keeps no platform statistics")
+        replies = caller.replies
+        stats.when_ready(lambda figures: replies.result(req_id, figures))

@@ -45,6 +45,10 @@ Whether a position update opened or closed a position is decided here, from the 
 each (account, perp) had at the previous ``PositionChanged``; a position opened before
 this process started is first reported as opened.
 
+A public stream whose frames are made elsewhere (``platformStats``, ``api.stats``) is
+registered with ``add_feed`` and sent with ``broadcast``: it shares the subscriptions,
+the subscribe-time snapshot and the encode-once fan-out.
+
 The markets are those of the formatter's listing at construction, and each market
 whose ``ConfigChanged`` event arrives in a published block (listed later); the
 formatter's listing must take that event first (``api.listing.Listing``).
@@ -53,6 +57,7 @@ formatter's listing must take that event first (``api.listing.Listing``).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -135,11 +140,25 @@ class MarketData:
         self._candles_changed: dict[tuple[str, str], None] = {}  # (symbol, interval) traded in this block
         self._next_close = _NEVER  # no open candle ends before this (a lower bound: a scan makes it exact)
         self.last_timestamp = 0
+        self._feeds: dict[str, Callable[[], str | None]] = {}  # stream kept elsewhere -> its latest frame
 
     # ------------------------------------------------------------------ subscriptions
 
+    def add_feed(self, stream: str, latest: Callable[[], str | None]) -> None:
+        """A public stream without a symbol whose frames are made elsewhere (``api.stats``)
+        and sent with ``broadcast``: it can be subscribed to, and a new subscriber first
+        gets ``latest()``, the last frame sent (nothing while it is None)."""
+        self._feeds[stream] = latest
+
+    def broadcast(self, stream: str, frame: str) -> None:
+        """An encoded frame to every subscriber of ``stream``, the same string to each."""
+        subs = self._subs.get(stream)
+        if subs:
+            for sink in list(subs):
+                sink.push(frame)
+
     def valid_public(self, stream: str) -> bool:
-        if stream == LIQUIDATION_STREAM:
+        if stream == LIQUIDATION_STREAM or stream in self._feeds:
             return True
         kind, _, symbol = stream.partition(".")
         if kind == KLINE_KIND:
@@ -173,7 +192,11 @@ class MarketData:
             subs = self._subs[stream] = {}
         subs[sink] = None
         kind, _, rest = stream.partition(".")
-        if kind == "depth" and rest in self._markets:
+        if stream in self._feeds:
+            frame = self._feeds[stream]()
+            if frame is not None:
+                sink.push(frame)
+        elif kind == "depth" and rest in self._markets:
             if first:
                 m = self._markets[rest]
                 m.depth_quiet = False  # the snapshot below is news: a heartbeat waits one full interval
@@ -246,6 +269,16 @@ class MarketData:
         b = m.buckets
         return (b[0][1], b[-1][4], max(x[2] for x in b), min(x[3] for x in b), sum(x[5] for x in b),
                 sum(x[6] for x in b), sum(x[7] for x in b))
+
+    def day(self, symbol: str) -> tuple[int, int, int, int, int, int, int] | None:
+        """24 h rolling (open, close, high, low, volume, quote volume, trades) in ticks, lots
+        and quote units, as of the last published block; None without trades."""
+        return self._day(symbol)
+
+    def last_price(self, symbol: str) -> int | None:
+        """The market's last trade price (ticks) this process has seen, however old; None before any."""
+        trades = self._markets[symbol].trades
+        return trades[-1][1] if trades else None
 
     def ticker(self, symbol: str) -> dict:
         day = self._day(symbol)

@@ -1,6 +1,7 @@
 """The gateway's listening side: accepts WebSocket connections and owns what they share:
-the API (``satchel.api.handlers``), the listing it follows, market data, the order and
-fill history (``satchel.history``) and the verifier."""
+the API (``satchel.api.handlers``), the listing it follows, market data, the platform
+statistics (``satchel.api.stats``), the order and fill history (``satchel.history``) and
+the verifier."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from satchel.api.format import Formatter
 from satchel.api.handlers import Api
 from satchel.api.listing import Listing
 from satchel.api.marketdata import MarketData
+from satchel.api.stats import PlatformStats
 from satchel.gateway.session import Session
 from satchel.history import Store, catch_up
 from satchel.signing import ProcessVerifier, Verifier
@@ -46,6 +48,10 @@ class Gateway:
         self.marketdata = MarketData(self.fmt)
         self.marketdata.last_timestamp = node.chain.last_timestamp  # book times before the next block
         node.subscribers.append(self.marketdata)
+        # the headline figures (``platformStats``), read from the engine once per second of sequenced time
+        self.platform_stats = PlatformStats(self.fmt, self.marketdata, lambda q, cb: node.sequencer.read(q, cb),
+                                            height=node.chain.height, timestamp=node.chain.last_timestamp)
+        node.subscribers.append(self.platform_stats)
         # the order and fill history (``satchel.history``), fed by the durable blocks from
         # here on; ``run`` replays from the journal what it lacks up to the recovered height
         self.history = Store(node.data / HISTORY_FILE) if history else None
@@ -56,7 +62,7 @@ class Gateway:
         idle = self._node_idle
         self.verifier = ProcessVerifier(n, inline_when=idle) if n > 0 else Verifier(inline_when=idle)
         self.api = Api(node, self.listing, self.fmt, self.verifier, self.marketdata, max_page=self.settings.max_page,
-                       stats=self._stats, history=self.history)
+                       stats=self._stats, history=self.history, platform_stats=self.platform_stats)
         self.sessions = 0
         self.slow_consumers = 0
         self.handler_errors = 0  # frames whose handling failed unexpectedly (answered INTERNAL_ERROR)
@@ -85,6 +91,7 @@ class Gateway:
                 await nursery.start(self.history.run)
                 # a few missing blocks are written before serving, a long rebuild while serving
                 await nursery.start(catch_up, self.history, self.node.data, self._history_upto)
+            self.platform_stats.start()
             if self.settings.depth_heartbeat_ms:
                 nursery.start_soon(self._depth_heartbeats, self.settings.depth_heartbeat_ms / 1000)
             server = await nursery.start(

@@ -361,6 +361,7 @@ _PRIVATE = {
     "/api/v1/markPrices": {"GET": "markPrices"},
     "/api/v1/openInterest": {"GET": "openInterest"},
     "/api/v1/borrowLend/markets": {"GET": "borrowLendMarkets"},
+    "/api/v1/stats": {"GET": "platformStats"},
     "/api/v1/capital": {"GET": "balanceQuery"},
     "/api/v1/capital/collateral": {"GET": "collateralQuery"},
     "/api/v1/position": {"GET": "positionQuery"},

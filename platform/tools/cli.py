@@ -1,4 +1,4 @@
-"""``satchel`` command line: serve, keygen, faucet, replay."""
+"""``satchel`` command line: serve, keygen, faucet, replay, stats."""
 
 from __future__ import annotations
 
@@ -144,6 +144,78 @@ async def _faucet(args: argparse.Namespace) -> int:
             return 1
     print(f"deposited {result['quantity']} {result['asset']} to {result['account']}")
     return 0
+
+
+async def _stats(args: argparse.Namespace) -> int:
+    """The node's ``platformStats``: a table, or with ``--json`` the answer as it came."""
+    import json as json_mod
+
+    from trio_websocket import ConnectionClosed, HandshakeError
+
+    from satchel.tools.client import ReplyError, connect
+
+    failure = None
+    try:
+        async with connect(args.url) as client:
+            stats = await client.request("platformStats", sign=False)
+    except* (OSError, HandshakeError, ConnectionClosed, ConnectionError) as eg:
+        failure = f"cannot reach {args.url}: {eg.exceptions[0]}"
+    except* ReplyError as eg:
+        failure = str(eg.exceptions[0])
+    if failure is not None:
+        print(f"satchel stats: {failure}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json_mod.dumps(stats, indent=2))
+    else:
+        render_stats(stats)
+    return 0
+
+
+def render_stats(stats: dict) -> None:
+    """``platformStats`` as rich tables: totals, markets, open interest, assets."""
+    from datetime import datetime, timezone
+
+    from rich.console import Console
+    from rich.table import Table
+
+    def show(value: object) -> str:
+        return "-" if value is None else str(value)
+
+    unit = stats["valuationAsset"] or ""
+    when = datetime.fromtimestamp(stats["E"] / 1e6, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    console = Console(width=None if sys.stdout.isatty() else 160)  # a pipe or file gets whole rows
+    console.print(f"Satchel platform statistics at block {stats['blockHeight']} ({when}, sequenced time)")
+    t = Table(title="totals")
+    t.add_column("figure")
+    t.add_column(f"value ({unit})", justify="right")
+    for label, key in (("24 h volume", "volume24h"), ("open interest", "openInterestValue"),
+                       ("assets under custody", "custodyValue"), ("total lent", "lentValue"),
+                       ("total borrowed", "borrowedValue")):
+        t.add_row(label, show(stats[key]))
+    console.print(t)
+    t = Table(title="markets, 24 h")
+    for col in ("symbol", "type", "last", "change", "change %", "high", "low", "volume", "quote volume", "trades"):
+        t.add_column(col, justify="left" if col in ("symbol", "type") else "right")
+    for m in stats["markets"]:
+        pct = m["priceChangePercent"]
+        t.add_row(m["symbol"], m["marketType"], show(m["lastPrice"]), show(m["priceChange"]),
+                  f"{float(pct) * 100:.2f}%", show(m["high"]), show(m["low"]), m["volume"], m["quoteVolume"],
+                  m["trades"])
+    console.print(t)
+    if stats["openInterest"]:
+        t = Table(title="open interest")
+        for col in ("symbol", "contracts", "mark", "notional"):
+            t.add_column(col, justify="left" if col == "symbol" else "right")
+        for r in stats["openInterest"]:
+            t.add_row(r["symbol"], r["openInterest"], show(r["markPrice"]), r["notional"])
+        console.print(t)
+    t = Table(title="assets")
+    for col in ("asset", f"price ({unit})", "custody", f"custody ({unit})", "lent", "borrowed"):
+        t.add_column(col, justify="left" if col == "asset" else "right")
+    for a in stats["assets"]:
+        t.add_row(a["symbol"], show(a["price"]), a["custody"], show(a["custodyValue"]), a["lent"], a["borrowed"])
+    console.print(t)
 
 
 async def _admin(args: argparse.Namespace) -> int:
@@ -351,6 +423,10 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("keygen", help="print a new Ed25519 key pair")
 
+    p = sub.add_parser("stats", help="platform statistics: 24 h volume, open interest, custody, lending, tickers")
+    p.add_argument("--url", default="ws://127.0.0.1:8765")
+    p.add_argument("--json", action="store_true", help="print the platformStats answer as JSON")
+
     p = sub.add_parser("faucet", help="deposit to an account, signed by the node's admin key")
     p.add_argument("--account", required=True, help="API key (base64 public key)")
     p.add_argument("--asset", default="USDC")
@@ -445,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.embedded = True
             return loadtest(args)
         runner = {"serve": _serve, "faucet": _faucet, "replay": _replay, "admin": _admin, "snapshot": _snapshot,
-                  "validator": _validator, "incident": _incident}[args.command]
+                  "validator": _validator, "incident": _incident, "stats": _stats}[args.command]
         with fatal_errors_unwrapped():  # the serve/validator nurseries wrap them in groups
             return trio.run(runner, args)
     except config_mod.ConfigError as exc:
