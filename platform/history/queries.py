@@ -85,6 +85,14 @@ def _rows(conn: sqlite3.Connection, row: type, sql: str, args: list | dict) -> l
     return [row._make(r) for r in cur]
 
 
+def _narrow(where: list[str], args: list, conditions: tuple[tuple[str, object], ...]) -> None:
+    """Add each ``(sql, value)`` condition whose value is given (None: no filter)."""
+    for sql, value in conditions:
+        if value is not None:
+            where.append(sql)
+            args.append(value)
+
+
 class FundingRateRow(NamedTuple):
     symbol: str
     interval_end: int
@@ -118,18 +126,8 @@ class OrderHistory(msgspec.Struct, frozen=True):
     def run(self, conn: sqlite3.Connection) -> list[OrderRow]:
         where = ["account = ?", "(status IS NULL OR status != 'Rejected' OR trigger_price != 0)"]
         args: list = [self.account]
-        if self.symbol is not None:
-            where.append("symbol = ?")
-            args.append(self.symbol)
-        if self.order_id is not None:
-            where.append("order_id = ?")
-            args.append(self.order_id)
-        if self.since_us is not None:
-            where.append("created >= ?")
-            args.append(self.since_us)
-        if self.until_us is not None:
-            where.append("created < ?")
-            args.append(self.until_us)
+        _narrow(where, args, (("symbol = ?", self.symbol), ("order_id = ?", self.order_id),
+                              ("created >= ?", self.since_us), ("created < ?", self.until_us)))
         args += [self.limit, self.offset]
         return _rows(conn, OrderRow, f"SELECT {', '.join(OrderRow._fields)} FROM orders WHERE {' AND '.join(where)} "
                                      "ORDER BY created DESC, order_id DESC LIMIT ? OFFSET ?", args)
@@ -162,18 +160,8 @@ class FillHistory(msgspec.Struct, frozen=True):
             return []
         where = ["f.account = ?"]
         args: list = [self.account]
-        if self.symbol is not None:
-            where.append("f.symbol = ?")
-            args.append(self.symbol)
-        if self.order_id is not None:
-            where.append("f.order_id = ?")
-            args.append(self.order_id)
-        if self.since_us is not None:
-            where.append("f.ts >= ?")
-            args.append(self.since_us)
-        if self.until_us is not None:
-            where.append("f.ts < ?")
-            args.append(self.until_us)
+        _narrow(where, args, (("f.symbol = ?", self.symbol), ("f.order_id = ?", self.order_id),
+                              ("f.ts >= ?", self.since_us), ("f.ts < ?", self.until_us)))
         if self.kind != "all":
             where.append("f.order_id < ?" if self.kind == "user" else "f.order_id >= ?")
             args.append(INTERNAL_SEQ_BASE)
