@@ -160,3 +160,21 @@ async def test_account_securities_collateral(rest, server, traders):
         assert r.status_code == 200, r.text
         account = (await c.get("/api/v1/account", headers=signed_headers(alice, "accountQuery", {}))).json()
         assert account["leverageLimit"] == "3"
+
+
+async def test_malformed_bodies_get_errors_and_the_node_keeps_serving(rest, server, traders):
+    alice, _ = traders
+    odd = {"symbol": "SOL_USDC", "side": "Bid", "orderType": "Limit", "price": "140", "quantity": "1",
+           "zNote": "a&b=c%d é ☃"}
+    bodies = [b"\xff\xfe", b"{", b"[[[[]]]]", b'{"a": {"b": 1}}', b"[1, 2]", b'[{"a": [1]}]', b"null", b'"x"',
+              b"[" * 5000, b'{"symbol": "SOL_USDC", "quantity": 1e999}']
+    async with httpx.AsyncClient(base_url=rest) as c:
+        for path in ("/api/v1/order", "/api/v1/orders", "/api/v1/account"):
+            for body in bodies:
+                headers = {**signed_headers(alice, "orderExecute", odd), "Content-Type": "application/json"}
+                r = await c.request("PATCH" if path.endswith("account") else "POST", path, content=body,
+                                    headers=headers)
+                assert 400 <= r.status_code < 500, (path, body, r.status_code, r.text)
+        r = await c.post("/api/v1/order", json=odd, headers=signed_headers(alice, "orderExecute", odd))
+        assert r.status_code == 200 and r.json()["status"] == "New", r.text  # odd but valid values are signed as sent
+        assert (await c.get("/api/v1/depth", params={"symbol": "SOL_USDC"})).status_code == 200
