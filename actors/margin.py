@@ -46,6 +46,7 @@ from collections import deque
 import msgspec
 
 from satchel.actors.liquidation import Liquidator
+from satchel.actors.loans import Loans
 from satchel.actors.risk import Ledger, Permissions, SpotHolds, _malformed
 from satchel.actors.triggers import Triggers, reference
 from satchel.core import margin as rules
@@ -55,7 +56,7 @@ from satchel.core.errors import Code
 from satchel.core.instructions import INSURANCE_ACCOUNT
 from satchel.core.messages import (
     BID, CANCELLED, EXPIRED, LIQUIDATION, PPB,
-    AssetSpec, BalanceChanged, BalanceOf, BalancesOf, CancelAll, CancelOrder, CollateralOf, CollateralRow, CollateralView,
+    AssetSpec, BorrowLend, LendingOf, PoolsUsed, UsePools, BalanceChanged, BalanceOf, BalancesOf, CancelAll, CancelOrder, CollateralOf, CollateralRow, CollateralView,
     Deposit, Deposited, Entry, Escalate, Fill, FundingPaid, FundingPayment, HistoryOf, LedgerOf, LeverageSet,
     Liquidation, ListAssetSpec, ListMarginSpec, ListMarketSpec, MarginSpec, MarketSpec, MarkPrice, MarksOf, OpenInterest, OrderDone,
     PerpPrices, PlaceOrder, PositionChanged, PositionsOf, PositionsView, PreTrade, PreTraded, Remark, Restore,
@@ -134,6 +135,7 @@ class Margin:
         self.touched: dict[tuple[str, str], None] = {}  # positions changed since last reported
         self.traded: dict[str, None] = {}  # accounts with perp fills since the last check
         self.liquidator = Liquidator(self)
+        self.loans = Loans(self.ledger, self._borrow_ok)  # lend and borrow positions
         self.now = 0  # the block being applied, us (event times)
         self._pass: dict[str, list] = {}  # pre-trade's margin figures per account, for one pass
 
@@ -266,8 +268,11 @@ class Margin:
     def collateral(self, account: str) -> int:
         """The account's weighted collateral (see the module docstring)."""
         collateral = 0
+        loans = self.loans.loans.get(account)
         for asset, bal in self.ledger.balances.get(account, {}).items():
             total = bal.free + bal.held
+            if loans is not None and asset in loans:
+                total += self.loans.net(asset, loans[asset])
             if not total:
                 continue
             collateral += total if asset == self.settle_asset else self.asset_value(asset, total)[2]
@@ -295,7 +300,7 @@ class Margin:
         return rules.requirement(exp, rules.imf(spec.perp, exp, self.quote_unit, self.leverage.get(account, 0)))
 
     def maintenance(self, account: str) -> int:
-        out = 0
+        out = self.borrow_terms(account)[1]
         for symbol, pos in self.positions.get(account, {}).items():
             spec = self.markets[symbol]
             notional = abs(pos.size) * self.mark(symbol) * spec.notional_mult
@@ -337,7 +342,49 @@ class Margin:
             pos_notional += notional
             initial += rules.requirement(exp, rules.imf(spec.perp, exp, quote_unit, leverage))
             maintenance += rules.requirement(notional, rules.mmf(spec.perp, notional, quote_unit))
+        if account in self.loans.debtors:
+            borrow_initial, borrow_maintenance = self.borrow_terms(account)
+            initial += borrow_initial
+            maintenance += borrow_maintenance
         return Figures(collateral, unrealized, collateral + unrealized, exposure, initial, maintenance, pos_notional)
+
+    def debt_value(self, asset: str, amount: int) -> int:
+        """What ``amount`` of ``asset`` owed is worth in quote units (0: no price)."""
+        return amount if asset == self.settle_asset else self.asset_value(asset, amount)[0]
+
+    def borrow_terms(self, account: str) -> tuple[int, int]:
+        """(initial, maintenance) margin the account's borrows ask: each debt's value x the
+        pool's borrow IMF / MMF, rounded up."""
+        if account not in self.loans.debtors:
+            return 0, 0
+        initial = maintenance = 0
+        for asset, debt in self.loans.debts(account):
+            value = self.debt_value(asset, debt)
+            spec = self.loans.pools[asset].spec
+            initial += rules.requirement(value, spec.borrow_imf)
+            maintenance += rules.requirement(value, spec.borrow_mmf)
+        return initial, maintenance
+
+    def _borrow_ok(self, account: str, asset: str, amount: int, order: PlaceOrder | None = None) -> bool:
+        """The borrow limit: after borrowing ``amount`` more (and, for a spot bid, spending
+        it on an asset that counts at a weight below 1), equity must still cover the
+        initial margin. A borrow changes no net holding, so equity moves only by that
+        conversion; the requirement grows by the borrow's IMF."""
+        value = self.debt_value(asset, amount)
+        if value <= 0:
+            return False  # an asset without a price cannot be borrowed
+        spec = self.loans.pools[asset].spec
+        debt = self.loans.debt(account, asset)
+        extra = (rules.requirement(self.debt_value(asset, debt + amount), spec.borrow_imf)
+                 - rules.requirement(self.debt_value(asset, debt), spec.borrow_imf))
+        loss = 0
+        if order is not None and order.side == BID:
+            base = self.markets[order.symbol].base
+            weight = self.assets[base].collateral_weight if base in self.collateral_perp else 0
+            loss = value * (PPB - weight) // PPB
+        f = self.figures(account)
+        self._pass.pop(account, None)
+        return f.equity - loss >= f.initial + extra
 
     def autoclose_requirement(self, f: Figures) -> int:
         """Below this equity the account is closed out (tier 3+): position notional x
@@ -360,6 +407,7 @@ class Margin:
         ledger = self.ledger
         now = msg.timestamp
         self._pass = {}
+        self.loans.now = now
         for seq, tx in msg.batch:
             cls = tx.__class__
             if cls is PlaceOrder:
@@ -375,7 +423,7 @@ class Margin:
                     entry = self._perp_entry(seq, tx, spec, now, out)
                 else:
                     entry = hold(seq, tx, spec, out)
-                    if entry is not None and tx.side == BID and self.has_perp(tx.account):
+                    if entry is not None and tx.side == BID and (self.has_perp(tx.account) or tx.account in self.loans.debtors):
                         entry = self._spot_margin(entry, spec, out)
                 if entry is not None:
                     cmds = routed.get(tx.symbol)
@@ -404,11 +452,27 @@ class Margin:
                 else:
                     ledger.deposit(tx.account, tx.asset, tx.amount)
                 out.append(Deposited(seq, tx.account, tx.asset, tx.amount))
+            elif cls is BorrowLend:
+                self._pass.pop(tx.account, None)
+                self.loans.execute(seq, tx, out)
             elif cls is SetLeverage:
                 self._pass.pop(tx.account, None)
-                self.leverage[tx.account] = tx.leverage
-                out.append(LeverageSet(seq, tx.account, tx.leverage))
+                if tx.leverage:
+                    self.leverage[tx.account] = tx.leverage
+                self.loans.configure(tx.account, tx.auto_lend, tx.auto_repay)
+                out.append(LeverageSet(seq, tx.account, self.leverage.get(tx.account, 0), *self.loans.settings(tx.account)))
         return PreTraded(routed, out)
+
+    def _provide(self, seq: int, tx: PlaceOrder, asset: str, bal: object, need: int | None, out: list) -> None:
+        self.loans.provide(seq, tx, asset, bal, need, out)
+        self._pass.pop(tx.account, None)
+
+    def _use_pools(self, msg: UsePools) -> None:
+        self.loans.use(msg.pools)
+        self.policy.provide = self._provide if msg.pools else None
+
+    def _pools_used(self, msg: PoolsUsed) -> list:
+        return self.loans.used()
 
     def _spot_margin(self, entry: Entry, spec: MarketSpec, out: list) -> Entry | None:
         """A spot bid by an account with perp exposure: buying an asset that counts at a
@@ -497,7 +561,7 @@ class Margin:
             symbols = dict.fromkeys(self.positions.get(account, ()))
             symbols.update(dict.fromkeys(self.open.get(account, ())))
             terms = {s: self.initial_term(account, s) for s in symbols}
-            margin = self._pass[account] = [self.equity(account), terms, sum(terms.values())]
+            margin = self._pass[account] = [self.equity(account), terms, sum(terms.values()) + self.borrow_terms(account)[0]]
         return margin
 
     def _open_add(self, account: str, symbol: str, side: int, qty: int) -> None:
@@ -557,6 +621,7 @@ class Margin:
         fill = ledger.fill
         release = ledger.release
         orders = self.orders
+        flags = self.loans.order_flags
         for ev in msg.events:
             cls = ev.__class__
             if cls is Fill:
@@ -569,12 +634,17 @@ class Margin:
                 else:
                     fill(spec, ev.maker_account, ev.maker_order, ev.maker_fee, ev.taker_account, ev.taker_order,
                          ev.taker_fee, ev.quantity * spec.base_mult, ev.quote)
+                if flags:
+                    self.loans.filled(ev.taker_account, ev.taker_order)
+                    self.loans.filled(ev.maker_account, ev.maker_order)
             elif cls is OrderDone:
                 if ev.order_id in orders:
                     self._open_remove(ev.order_id, None)
                     self.drop_if_flat(ev.account, ev.symbol)
                 else:
                     release(ev.order_id)
+                    if flags:
+                        self.loans.order_done(ev.order_id)
         return Settled(self.report(msg.last_seq))
 
     def _perp_fill(self, ev: Fill, spec: MarketSpec) -> None:
@@ -601,9 +671,17 @@ class Margin:
         out: list = []
         balances = self.ledger.balances
         touched = self.ledger.touched
+        due = self.loans.due if self.loans.pools else None
+        lenders = self.loans.loans
         for account, asset in touched:
             bal = balances[account][asset]
-            out.append(BalanceChanged(seq, account, asset, bal.free, bal.held))
+            free = bal.free
+            if due is not None:
+                if free:
+                    due[account] = None
+                if account in lenders:
+                    free += self.loans.on_demand(account, asset)
+            out.append(BalanceChanged(seq, account, asset, free, bal.held))
         touched.clear()
         for account, symbol in self.touched:
             pos = self.position(account, symbol)
@@ -641,6 +719,10 @@ class Margin:
             self.next_oi = (ts // self.spec.open_interest_interval_us + 1) * self.spec.open_interest_interval_us
         for symbol in moved:  # a new last price or index alone moves no one's margin
             check.update(self.holders.get(symbol, ()))
+        if moved:  # a debt or a lent collateral is valued at the marks
+            check.update(self.loans.debtors)
+        self.loans.now = ts
+        self.loans.sweep(seq, events)
         check.update(self.traded)
         check.update(self.liquidating)
         self.traded.clear()
@@ -707,10 +789,13 @@ class Margin:
     # ------------------------------------------------------------------ queries
 
     def _balance_of(self, msg: BalanceOf) -> tuple[int, int]:
-        return self.ledger.balance(msg.account, msg.asset)
+        """(available, held): available counts an auto-lent claim (``Loans.on_demand``)."""
+        free, held = self.ledger.balance(msg.account, msg.asset)
+        return free + self.loans.on_demand(msg.account, msg.asset), held
 
     def _balances_of(self, msg: BalancesOf) -> dict[str, tuple[int, int]]:
-        return self.ledger.balances_of(msg.account)
+        on_demand = self.loans.on_demand
+        return {a: (free + on_demand(msg.account, a), held) for a, (free, held) in self.ledger.balances_of(msg.account).items()}
 
     def _unsettled(self) -> int:
         return sum(p.net_cost for book in self.positions.values() for p in book.values())
@@ -720,14 +805,21 @@ class Margin:
         asset): equals deposits when money is conserved."""
         out = self.ledger.totals()
         out[self.settle_asset] = out.get(self.settle_asset, 0) + self.insurance - self._unsettled()
+        for asset, cash in self.loans.cash().items():
+            out[asset] = out.get(asset, 0) + cash
         return out
 
     def _ledger(self, msg: LedgerOf) -> dict[str, tuple[int, int, int]]:
-        """Per asset: (deposits, fees + insurance fund, balances including unsettled PnL)."""
+        """Per asset: (deposits, fees + insurance fund, balances including unsettled PnL and
+        the lending pool's cash)."""
         out = self.ledger.summary()
         if self.settle_asset in out:
             d, f, b = out[self.settle_asset]
             out[self.settle_asset] = (d, f + self.insurance, b - self._unsettled())
+        for asset, cash in self.loans.cash().items():
+            if asset in out:
+                d, f, b = out[asset]
+                out[asset] = (d, f, b + cash)
         return out
 
     def _positions_of(self, msg: PositionsOf) -> PositionsView:
@@ -743,25 +835,33 @@ class Margin:
         account = msg.account
         f = self.figures(account)
         rows = []
+        loans = {p.asset: p for p in self.loans.positions(account)}
         for asset, bal in sorted(self.ledger.balances.get(account, {}).items()):
-            total = bal.free + bal.held
+            loan = loans.get(asset)
+            lent, owed = (loan.lent, loan.borrowed) if loan is not None else (0, 0)
+            total = bal.free + bal.held + lent - owed
             if asset == self.settle_asset:
-                rows.append(CollateralRow(asset, total, bal.held, self.quote_unit, PPB, total))
+                rows.append(CollateralRow(asset, total, bal.held, self.quote_unit, PPB, total, lent, owed))
                 continue
             price = self.asset_value(asset, 10 ** self.assets[asset].decimals)[0]  # one whole unit
             _, weight, value = self.asset_value(asset, total)
-            rows.append(CollateralRow(asset, total, bal.held, price, weight if total else PPB, value))
+            rows.append(CollateralRow(asset, total, bal.held, price, weight if total else PPB, value, lent, owed))
         exposure = f.exposure
         return CollateralView(
             rows, f.collateral, f.unrealized, f.equity, exposure, f.initial, f.maintenance,
             f.initial * PPB // exposure if exposure else 0, f.maintenance * PPB // exposure if exposure else 0,
             f.equity * PPB // exposure if exposure else 0, account in self.liquidating, self.leverage.get(account, 0),
+            *self.loans.settings(account), sum(self.debt_value(a, d) for a, d in self.loans.debts(account)),
         )
 
     def _history_of(self, msg: HistoryOf) -> list:
         """The account's funding payments or (``kind`` "liquidation") liquidation steps, newest first."""
         h = self.history.get(msg.account)
         return list(reversed(h[msg.kind == "liquidation"])) if h is not None else []
+
+    def _lending_of(self, msg: LendingOf) -> list:
+        """The account's lend and borrow positions (``LendPosition``), by asset."""
+        return self.loans.positions(msg.account)
 
     def _marks_of(self, msg: MarksOf) -> dict[str, PerpPrices]:
         out = {}
@@ -790,6 +890,7 @@ class Margin:
             next_settle=self.next_settle,
             next_open_interest=self.next_oi,
             history=[(a, [*funding, *steps]) for a, (funding, steps) in sorted(self.history.items())],
+            loans=self.loans.canonical(),
         )
         return RiskState(
             balances=ledger.balance_rows(),
@@ -830,6 +931,7 @@ class Margin:
         self.liquidating = dict.fromkeys(m.liquidating)
         self.next_settle = m.next_settle
         self.next_oi = m.next_open_interest
+        self.loans.restore(m.loans)
         self.history = {}
         for account, events in m.history:
             for ev in events:
@@ -840,4 +942,5 @@ class Margin:
         ListMarketSpec: _list_market, ListMarginSpec: _set_margin, SetPermission: _set_permission, BalanceOf: _balance_of,
         BalancesOf: _balances_of, Totals: _totals, LedgerOf: _ledger, PositionsOf: _positions_of,
         CollateralOf: _collateral_of, HistoryOf: _history_of, MarksOf: _marks_of, StateOf: _state, Restore: _restore,
+        UsePools: _use_pools, PoolsUsed: _pools_used, LendingOf: _lending_of,
     })

@@ -24,6 +24,8 @@ block (tests check it over generated workloads).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 
 from satchel.core.amounts import MAX_UNITS
@@ -273,6 +275,7 @@ class SpotHolds:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.hold_bps: dict[str, int] = {}  # market -> fee rate bids hold
+        self.provide: Callable | None = None  # (seq, order, asset, balance, need or None, out)
 
     def list_market(self, spec: MarketSpec) -> None:
         # bids hold the larger fee rate, so either role's fee is covered (never negative)
@@ -280,41 +283,46 @@ class SpotHolds:
 
     def hold(self, seq: int, tx: PlaceOrder, spec: MarketSpec, out: list) -> Entry | None:
         """Take the order's hold and return it with the caps that hold allows, or append
-        its rejection to ``out`` and return None."""
+        its rejection to ``out`` and return None. ``provide`` (the margin engine's
+        lending part), when set, may first add to the free balance what the hold lacks."""
         ledger = self.ledger
         assets = ledger.balances.get(tx.account)
         if assets is None:
             assets = ledger.balances[tx.account] = {}
         quote_cap = None
-        if tx.side == BID:
-            asset = spec.quote
-            bal = assets.get(asset)
-            if bal is None:
-                bal = assets[asset] = Balance()
-            hold_bps = self.hold_bps[tx.symbol]
+        bid = tx.side == BID
+        asset = spec.quote if bid else spec.base
+        bal = assets.get(asset)
+        if bal is None:
+            bal = assets[asset] = Balance()
+        hold_bps = self.hold_bps[tx.symbol]
+        if bid:
             qty_cap = tx.quantity
             if tx.order_type == LIMIT:
                 notional = tx.price * tx.quantity * spec.notional_mult
                 need = notional + notional * hold_bps // 10_000
             elif tx.quantity:
-                need = bal.free
-                quote_cap = need * 10_000 // (10_000 + hold_bps)
+                need = None  # all the free quote
             else:
                 quote_cap = tx.quote_quantity
                 need = quote_cap + quote_cap * hold_bps // 10_000
                 qty_cap = MAX_UNITS
+        elif tx.order_type == LIMIT or tx.quantity:
+            qty_cap = tx.quantity
+            need = qty_cap * spec.base_mult
         else:
-            asset = spec.base
-            bal = assets.get(asset)
-            if bal is None:
-                bal = assets[asset] = Balance()
-            if tx.order_type == LIMIT or tx.quantity:
-                qty_cap = tx.quantity
-                need = qty_cap * spec.base_mult
+            need = None  # all the free base
+            quote_cap = tx.quote_quantity
+        provide = self.provide
+        if provide is not None and (tx.auto or need is None or bal.free < need):
+            provide(seq, tx, asset, bal, need, out)
+        if need is None:
+            if bid:
+                need = bal.free
+                quote_cap = need * 10_000 // (10_000 + hold_bps)
             else:
                 qty_cap = bal.free // spec.base_mult
                 need = qty_cap * spec.base_mult
-                quote_cap = tx.quote_quantity
         if need <= 0 or bal.free < need:
             out.append(order_rejected(seq, tx, "InsufficientFunds"))
             return None

@@ -1,6 +1,6 @@
 """The lending pools in the engine: listed at genesis from ``[lending]``, accrued every
 block, changed by admin transaction, kept in snapshots, shown as Backpack's
-``borrowLend/markets``. (Lending and borrowing themselves arrive with the margin wiring.)"""
+``borrowLend/markets``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import trio
 from conftest import ADMIN
 from satchel import config
 from satchel.core.engine import Engine
-from satchel.core.messages import ConfigChanged, PoolsOf, SetLending, TxRejected
+from satchel.core.messages import ConfigChanged, PoolUpdate, PoolsOf, SetLending, TxRejected
 from satchel.rest import serve
 
 
@@ -23,8 +23,11 @@ async def test_pools_listed_accrued_changed_and_restored(ex):
     sol = next(s for s in config.load().lending_specs() if s.asset == "SOL")
     steeper = msgspec.structs.replace(sol, slope1=sol.slope1 * 2)
     events = await ex.block([SetLending(ADMIN, steeper), SetLending(ADMIN, msgspec.structs.replace(sol, asset="NOPE"))])
+    updates = [e for e in events if e.__class__ is PoolUpdate]
+    events = [e for e in events if e.__class__ is not PoolUpdate]
     assert [e.__class__ for e in events] == [ConfigChanged, TxRejected]
     assert events[0].lending == steeper and events[1].code == "INVALID_ASSET"
+    assert "SOL" in {u.asset for u in updates if u.seq == events[0].seq}  # the new curve's figures at once
     assert next(p for p in await ex.engine.lending.call(PoolsOf()) if p.spec.asset == "SOL").spec == steeper
     state = await ex.engine.canonical()
     async with trio.open_nursery() as nursery:

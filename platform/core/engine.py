@@ -52,8 +52,12 @@ from satchel.core.errors import Code
 from satchel.core.state import EngineState, PeriodicState, SeenSignature
 from satchel.core.messages import (
     Accrue,
+    CommitPools,
     Escalate,
+    PoolsOf,
+    UsePools,
     ListLendingSpec,
+    PoolsUsed,
     SetLending,
     ListMarginSpec,
     Mark,
@@ -85,7 +89,8 @@ from satchel.core.messages import (
     events_encoder,
 )
 
-RULES_VERSION = 5  # 4: batch orders (one signature covers several transactions); 5: lending pools
+RULES_VERSION = 6  # 4: batch orders (one signature covers several transactions); 5: lending pools;
+# 6: accounts lend and borrow (borrowLendExecute, spot-margin order flags, auto-lend)
 # Longest validity window a signed request may ask for (Backpack's maximum). Part of
 # the rules, not the configuration: replay must judge windows exactly as the node did.
 MAX_WINDOW_MS = 60_000
@@ -173,6 +178,8 @@ class Engine:
         self.risk = spawn(nursery, "risk", Margin())  # the margin engine; reached only through its mailbox
         self.funding = spawn(nursery, "funding", Funding())
         self.lending = spawn(nursery, "lending", Lending())
+        self.lending_on = False  # a pool is listed: blocks accrue and commit interest
+        self._block_ts = 0
         self.books: dict[str, Mailbox] = {}
         self.marks: dict[str, int] = {}  # perp -> mark, as the funding actor last set it (books' price bands)
         self._tops: dict[str, tuple] = {}  # perp -> (bid, ask, last) of books matched in this block
@@ -191,6 +198,9 @@ class Engine:
         guard = self._guard
         guard.expire(now_ms)
         events: list = []
+        self._block_ts = timestamp_us
+        if self.lending_on:  # interest to this block's time, at the rates set after the last one
+            await self.risk.call(UsePools(await self.lending.call(Accrue(timestamp_us))))
         part: list[tuple[int, Any]] = []
         indexes: list = []  # the block's oracle index updates, in sequence order
         seq = first_seq
@@ -226,6 +236,8 @@ class Engine:
         if part:
             await self._run_phases(part, events, timestamp_us)
         await self._tick(events, timestamp_us, seq - 1, indexes)
+        if self.lending_on:
+            await self._commit_pools(seq - 1, events)
         self.last_seq = seq - 1
         self.last_timestamp = timestamp_us
         return events
@@ -283,7 +295,6 @@ class Engine:
         prices = [ev for ev in marked.events if ev.__class__ is MarkPrice]
         ticked = await self.risk.call(Remark(timestamp_us, previous, last_seq, marked.marks, marked.funding, prices))
         events.extend(ticked.events)
-        await self.lending.call(Accrue(timestamp_us))
         orders: list = list(ticked.orders)
         for box in self.periodic.values():
             other = await box.call(Tick(timestamp_us, previous))
@@ -352,8 +363,19 @@ class Engine:
         if problem:
             events.append(TxRejected(seq, tx.admin, Code.INVALID_ASSET, problem))
             return
-        await self.lending.call(ListLendingSpec(spec))
+        if self.lending_on:  # the block's movements so far belong to the old curve
+            await self._commit_pools(seq, events)
+        await self.lending.call(Accrue(self._block_ts))
+        events.extend(await self.lending.call(ListLendingSpec(spec, seq)))
+        self.lending_on = True
+        await self.risk.call(UsePools(await self.lending.call(PoolsOf())))
         events.append(ConfigChanged(seq, "lending", spec.asset, lending=spec))
+
+    async def _commit_pools(self, seq: int, events: list) -> None:
+        """The pools the margin engine changed go back to the lending actor, which keeps
+        them and sets the rates the next block accrues at."""
+        changed = await self.risk.call(PoolsUsed())
+        events.extend(await self.lending.call(CommitPools(changed, self._block_ts, seq)))
 
     def _index_error(self, tx: SetIndex) -> tuple[str, str] | None:
         if tx.admin != self.admin:
@@ -439,6 +461,9 @@ class Engine:
             await self.funding.call(Restore(state.funding))
             self.marks = {row.symbol: row.mark for row in state.funding.markets if row.mark}
         await self.lending.call(Restore(state.lending))
+        if state.lending:
+            self.lending_on = True
+            await self.risk.call(UsePools(state.lending))
         for book_state in state.books:
             await self.books[book_state.symbol].call(Restore(book_state))
         for periodic in state.periodic:

@@ -27,6 +27,10 @@ class Code(StrEnum):
     INVALID_DEPOSIT = "INVALID_DEPOSIT"
     INVALID_LEVERAGE = "INVALID_LEVERAGE"
     INVALID_WINDOW = "INVALID_WINDOW"
+    INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
+    INSUFFICIENT_LIQUIDITY = "INSUFFICIENT_LIQUIDITY"  # a lending pool has not that much cash
+    AMOUNT_TOO_SMALL = "AMOUNT_TOO_SMALL"  # worth no share of a lending pool at its index
+    BORROW_LIMIT = "BORROW_LIMIT"  # the borrow would leave equity below initial margin
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     UNAUTHORIZED = "UNAUTHORIZED"
     INVALID_SIGNATURE = "INVALID_SIGNATURE"

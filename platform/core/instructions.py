@@ -27,7 +27,8 @@ from satchel.core.errors import (
     INVALID_ASSET, INVALID_DECIMAL, INVALID_PRICE, INVALID_QUANTITY, INVALID_REQUEST, INVALID_SYMBOL, RequestError,
 )
 from satchel.core.messages import (
-    ASK, BID, BY_INDEX, BY_LAST, BY_MARK, FOK, GTC, IOC, LIMIT, MARKET, REJECT_BOTH, REJECT_MAKER, REJECT_TAKER, AssetSpec,
+    ASK, AUTO_BORROW, AUTO_BORROW_REPAY, AUTO_LEND, AUTO_LEND_REDEEM, BID, BORROW, BY_INDEX, BY_LAST, BY_MARK, FOK, GTC,
+    IOC, LEND, LIMIT, MARKET, REJECT_BOTH, REJECT_MAKER, REJECT_TAKER, AssetSpec, BorrowLend,
     CancelAll, CancelOrder, Deposit, ListAsset, ListMarket, MarginSpec, MarketSpec, PerpSpec, PlaceOrder, SetAdmin,
     LendingSpec, SetFees, SetIndex, SetLending, SetLeverage, SetMargin, SetTrading,
 )
@@ -65,6 +66,16 @@ class OrderExecuteParams(msgspec.Struct):
     triggerPrice: str | None = None
     triggerQuantity: str | None = None
     triggerBy: Literal["MarkPrice", "LastPrice", "IndexPrice"] = "MarkPrice"
+    autoBorrow: Bool = "false"
+    autoBorrowRepay: Bool = "false"
+    autoLend: Bool = "false"
+    autoLendRedeem: Bool = "false"
+
+
+class BorrowLendParams(msgspec.Struct):
+    symbol: str  # the asset, as Backpack names it
+    side: Literal["Borrow", "Lend"]
+    quantity: str
 
 
 class OrderRefParams(msgspec.Struct):
@@ -112,7 +123,9 @@ class OracleIndexParams(msgspec.Struct):
 
 
 class AccountUpdateParams(msgspec.Struct):
-    leverageLimit: str
+    leverageLimit: str | None = None
+    autoLend: Bool | None = None
+    autoRepayBorrows: Bool | None = None
 
 
 # ------------------------------------------------------------------ strict scalars
@@ -215,8 +228,14 @@ def _order(p: OrderExecuteParams, account: str, listing: Listing) -> PlaceOrder:
         order_type = MARKET
     if qty == 0 and quote == 0:
         raise RequestError(INVALID_QUANTITY, "quantity must be positive")
+    auto = 0
+    if spec.perp is None:  # spot margin flags; a perp order trades on margin anyway
+        for flag, text in ((AUTO_BORROW, p.autoBorrow), (AUTO_BORROW_REPAY, p.autoBorrowRepay), (AUTO_LEND, p.autoLend),
+                           (AUTO_LEND_REDEEM, p.autoLendRedeem)):
+            if boolean(text):
+                auto |= flag
     return PlaceOrder(account, p.symbol, _SIDES[p.side], order_type, _TIFS[p.timeInForce], post_only, price, qty, quote,
-                      client_id, _STPS[p.selfTradePrevention], reduce_only, trigger, _TRIGGER_BY[p.triggerBy])
+                      client_id, _STPS[p.selfTradePrevention], reduce_only, trigger, _TRIGGER_BY[p.triggerBy], auto=auto)
 
 
 _TRIGGER_BY = {"MarkPrice": BY_MARK, "LastPrice": BY_LAST, "IndexPrice": BY_INDEX}
@@ -243,11 +262,28 @@ def max_leverage(listing: Listing) -> int:
 
 
 def _account_update(p: AccountUpdateParams, account: str, listing: Listing) -> SetLeverage:
-    leverage = uint(p.leverageLimit, "leverageLimit", 1_001)
-    top = max_leverage(listing)
-    if not 1 <= leverage <= top:
-        raise RequestError(Code.INVALID_LEVERAGE, f"leverageLimit must be 1..{top}")
-    return SetLeverage(account, leverage)
+    if p.leverageLimit is None and p.autoLend is None and p.autoRepayBorrows is None:
+        raise RequestError(INVALID_REQUEST, "Give leverageLimit, autoLend or autoRepayBorrows")
+    leverage = 0
+    if p.leverageLimit is not None:
+        leverage = uint(p.leverageLimit, "leverageLimit", 1_001)
+        top = max_leverage(listing)
+        if not 1 <= leverage <= top:
+            raise RequestError(Code.INVALID_LEVERAGE, f"leverageLimit must be 1..{top}")
+    return SetLeverage(account, leverage, auto_lend=_switch(p.autoLend), auto_repay=_switch(p.autoRepayBorrows))
+
+
+def _switch(text: str | None) -> int:
+    """A setting's new value: 1 on, 0 off, -1 unchanged (not given)."""
+    return -1 if text is None else int(boolean(text))
+
+
+def _borrow_lend(p: BorrowLendParams, account: str, listing: Listing) -> BorrowLend:
+    decimals = _asset(listing, p.symbol).decimals
+    amount = units(p.quantity, decimals, 1, INVALID_QUANTITY, "quantity")
+    if amount <= 0:
+        raise RequestError(INVALID_QUANTITY, "quantity must be positive")
+    return BorrowLend(account, p.symbol, LEND if p.side == "Lend" else BORROW, amount)
 
 
 def order_ref(p: OrderRefParams, listing: Listing) -> tuple[str, int | None, int | None]:
@@ -404,6 +440,9 @@ INSTRUCTIONS = (
                 _ADMIN_ERRORS + (INVALID_SYMBOL, INVALID_DECIMAL, INVALID_PRICE)),
     Instruction("accountUpdate", SetLeverage, AccountUpdateParams, _account_update, _account, False, "trade",
                 (INVALID_REQUEST, Code.INVALID_LEVERAGE)),
+    Instruction("borrowLendExecute", BorrowLend, BorrowLendParams, _borrow_lend, _account, False, "trade",
+                (INVALID_REQUEST, INVALID_ASSET, INVALID_DECIMAL, INVALID_QUANTITY, Code.INSUFFICIENT_FUNDS,
+                 Code.INSUFFICIENT_LIQUIDITY, Code.AMOUNT_TOO_SMALL, Code.BORROW_LIMIT)),
 )
 BY_NAME = {i.name: i for i in INSTRUCTIONS}
 BY_TX = {i.tx: i for i in INSTRUCTIONS}

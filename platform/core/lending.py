@@ -227,6 +227,18 @@ def _priced(pool: Pool, **changes: object) -> Pool:
     return msgspec.structs.replace(new, borrow_rate=b, lend_rate=lend_rate(new.spec, b, u))
 
 
+def _moved(pool: Pool, priced: bool, **changes: object) -> Pool:
+    """The pool after an operation: repriced, or (``priced=False``) with the rates left as
+    they were -- the margin engine's working copy within a block, where rates matter
+    only at the next accrual and ``reprice`` sets them once when the block commits."""
+    return _priced(pool, **changes) if priced else msgspec.structs.replace(pool, **changes)
+
+
+def reprice(pool: Pool) -> Pool:
+    """The pool with its rates recomputed for its utilization."""
+    return _priced(pool)
+
+
 def new_pool(spec: LendingSpec, now_us: int) -> Pool:
     """An empty pool listed at ``now_us``."""
     return _priced(Pool(spec, 0, 0, RAY, RAY, 0, 0, now_us, 0, 0))
@@ -258,7 +270,7 @@ def _amount(amount: int) -> None:
         raise LendingError(Refusal.INVALID_AMOUNT, f"amount {amount} is not in (0, {MAX_UNITS}]")
 
 
-def lend(pool: Pool, amount: int) -> tuple[Pool, int]:
+def lend(pool: Pool, amount: int, priced: bool = True) -> tuple[Pool, int]:
     """Lend ``amount``: returns the pool and the scaled balance credited (rounded down)."""
     _amount(amount)
     if pool.cash + amount > MAX_UNITS:
@@ -268,11 +280,11 @@ def lend(pool: Pool, amount: int) -> tuple[Pool, int]:
         raise LendingError(Refusal.AMOUNT_TOO_SMALL, f"{amount} is worth no share at the lend index")
     lent = to_amount(pool.lent_scaled + scaled, pool.lend_index, up=False)
     dust = amount - (lent - lent_total(pool))
-    return _priced(pool, lent_scaled=pool.lent_scaled + scaled, cash=pool.cash + amount,
+    return _moved(pool, priced, lent_scaled=pool.lent_scaled + scaled, cash=pool.cash + amount,
                    reserve=pool.reserve + dust), scaled
 
 
-def redeem(pool: Pool, amount: int, lent_scaled: int) -> tuple[Pool, int]:
+def redeem(pool: Pool, amount: int, lent_scaled: int, priced: bool = True) -> tuple[Pool, int]:
     """Redeem ``amount`` of a lend whose scaled balance is ``lent_scaled``: returns the pool
     and the scaled balance burnt (rounded up; all of it when ``amount`` is the whole claim)."""
     _amount(amount)
@@ -281,14 +293,15 @@ def redeem(pool: Pool, amount: int, lent_scaled: int) -> tuple[Pool, int]:
     if amount > pool.cash:
         raise LendingError(Refusal.INSUFFICIENT_LIQUIDITY,
                            f"redeem {amount} exceeds the pool's cash {pool.cash} (utilization {pool_utilization(pool)} PPB)")
-    scaled = to_scaled(amount, pool.lend_index, up=True)  # <= lent_scaled, as amount <= its claim
+    # <= lent_scaled, as amount <= its claim; the whole claim burns the whole balance
+    scaled = lent_scaled if amount == claim(pool, lent_scaled) else to_scaled(amount, pool.lend_index, up=True)
     lent = to_amount(pool.lent_scaled - scaled, pool.lend_index, up=False)
     dust = (lent_total(pool) - lent) - amount
-    return _priced(pool, lent_scaled=pool.lent_scaled - scaled, cash=pool.cash - amount,
+    return _moved(pool, priced, lent_scaled=pool.lent_scaled - scaled, cash=pool.cash - amount,
                    reserve=pool.reserve + dust), scaled
 
 
-def borrow(pool: Pool, amount: int) -> tuple[Pool, int]:
+def borrow(pool: Pool, amount: int, priced: bool = True) -> tuple[Pool, int]:
     """Borrow ``amount`` (the margin engine decides whether the account may): returns the
     pool and the scaled debt booked (rounded up)."""
     _amount(amount)
@@ -298,11 +311,11 @@ def borrow(pool: Pool, amount: int) -> tuple[Pool, int]:
     scaled = to_scaled(amount, pool.borrow_index, up=True)
     debt = to_amount(pool.borrowed_scaled + scaled, pool.borrow_index, up=True)
     dust = (debt - borrowed_total(pool)) - amount
-    return _priced(pool, borrowed_scaled=pool.borrowed_scaled + scaled, cash=pool.cash - amount,
+    return _moved(pool, priced, borrowed_scaled=pool.borrowed_scaled + scaled, cash=pool.cash - amount,
                    reserve=pool.reserve + dust), scaled
 
 
-def repay(pool: Pool, amount: int, borrowed_scaled: int) -> tuple[Pool, int]:
+def repay(pool: Pool, amount: int, borrowed_scaled: int, priced: bool = True) -> tuple[Pool, int]:
     """Repay ``amount`` of a debt whose scaled balance is ``borrowed_scaled``: returns the
     pool and the scaled debt cancelled (rounded down; all of it when ``amount`` is
     ``owed(pool, borrowed_scaled)``)."""
@@ -311,12 +324,13 @@ def repay(pool: Pool, amount: int, borrowed_scaled: int) -> tuple[Pool, int]:
         raise LendingError(Refusal.EXCEEDS_DEBT, f"repay {amount} exceeds the debt {owed(pool, borrowed_scaled)}")
     if pool.cash + amount > MAX_UNITS:
         raise LendingError(Refusal.INVALID_AMOUNT, "the pool would hold more than MAX_UNITS")
-    scaled = to_scaled(amount, pool.borrow_index, up=False)  # <= borrowed_scaled, as amount <= its debt
+    # <= borrowed_scaled, as amount <= its debt; the whole debt cancels the whole balance
+    scaled = borrowed_scaled if amount == owed(pool, borrowed_scaled) else to_scaled(amount, pool.borrow_index, up=False)
     if not scaled:
         raise LendingError(Refusal.AMOUNT_TOO_SMALL, f"{amount} is worth no share at the borrow index")
     debt = to_amount(pool.borrowed_scaled - scaled, pool.borrow_index, up=True)
     dust = amount - (borrowed_total(pool) - debt)
-    return _priced(pool, borrowed_scaled=pool.borrowed_scaled - scaled, cash=pool.cash + amount,
+    return _moved(pool, priced, borrowed_scaled=pool.borrowed_scaled - scaled, cash=pool.cash + amount,
                    reserve=pool.reserve + dust), scaled
 
 

@@ -54,6 +54,18 @@ USER = 0
 LIQUIDATION = 1
 TRIGGERED = 2
 
+# Spot-margin flags of an order (``PlaceOrder.auto``, Backpack's autoBorrow, ...): it may
+# borrow what it lacks, repay a borrow with its proceeds, lend its proceeds, redeem a lend.
+AUTO_BORROW = 1
+AUTO_BORROW_REPAY = 2
+AUTO_LEND = 4
+AUTO_LEND_REDEEM = 8
+
+# A borrowLendExecute's side (Backpack's Borrow | Lend).
+BORROW = 0
+LEND = 1
+LEND_SIDE_NAMES = ("Borrow", "Lend")
+
 # Fractions (margin factors, weights, funding rates, price bands) are integers in parts
 # per billion: 0.02 is 20_000_000.
 PPB = 10**9
@@ -147,6 +159,8 @@ class LendingSpec(msgspec.Struct, array_like=True, frozen=True):
     slope2: int
     optimal_utilization: int  # the kink, 0 < optimal <= PPB
     reserve_factor: int  # the reserve's share of borrowers' interest, 0 <= f <= PPB
+    borrow_imf: int = 100_000_000  # initial margin a borrow needs: its value x this (PPB)
+    borrow_mmf: int = 50_000_000  # maintenance margin of a borrow (PPB)
 
 
 # ---------------------------------------------------------------- transactions
@@ -237,6 +251,7 @@ class PlaceOrder(_Rec, tag=10):
     trigger_price: int = 0  # >0: held as TriggerPending until the ``trigger_by`` price crosses it
     trigger_by: int = BY_MARK
     origin: int = USER  # USER, LIQUIDATION or TRIGGERED (never set by a client)
+    auto: int = 0  # AUTO_BORROW | AUTO_BORROW_REPAY | AUTO_LEND | AUTO_LEND_REDEEM (spot margin)
     auth: Auth | None = None
 
 
@@ -272,10 +287,26 @@ class SetIndex(_Rec, tag=13):
 
 
 class SetLeverage(_Rec, tag=14):
-    """An account's leverage limit (Backpack's ``accountUpdate``): IMF >= 1/leverage."""
+    """An account's settings (Backpack's ``accountUpdate``): its leverage limit
+    (IMF >= 1/leverage; 0 leaves it), auto-lend of idle balances and auto-repay of
+    borrows from incoming funds (1 on, 0 off, -1 leaves it)."""
 
     account: str
     leverage: int
+    auth: Auth | None = None
+    auto_lend: int = -1
+    auto_repay: int = -1
+
+
+class BorrowLend(_Rec, tag=16):
+    """Backpack's ``borrowLendExecute``: move the account's net lend position in
+    ``asset`` by ``quantity`` -- up (``LEND``: repay a borrow first, lend the rest) or
+    down (``BORROW``: redeem a lend first, borrow the rest)."""
+
+    account: str
+    asset: str
+    side: int  # LEND or BORROW
+    quantity: int
     auth: Auth | None = None
 
 
@@ -290,7 +321,7 @@ class SetLending(_Rec, tag=15):
 
 # Every transaction type has an ``auth`` field (None for the node's own genesis records).
 Tx = Union[SetAdmin, ListAsset, ListMarket, Deposit, SetTrading, SetFees, PlaceOrder, CancelOrder, CancelAll, SetMargin,
-           SetIndex, SetLeverage, SetLending]
+           SetIndex, SetLeverage, SetLending, BorrowLend]
 
 
 # ---------------------------------------------------------------- events
@@ -507,13 +538,66 @@ class TriggerPlaced(_Rec, tag=34):
 
 
 class LeverageSet(_Rec, tag=35):
+    """An account's settings after an ``accountUpdate``."""
+
     seq: int
     account: str
     leverage: int
+    auto_lend: bool = True
+    auto_repay: bool = True
+
+
+class LendMoved(_Rec, tag=36):
+    """One movement between an account and a lending pool. ``kind`` is Backpack's
+    eventType (Lend, LendRedeem, Borrow, BorrowRepay), ``source`` why it happened
+    (Manual, AutoLend, AutoLendRedeem, AutoBorrowRepay, SpotMargin, Liquidation);
+    ``lent`` and ``borrowed`` are the account's claim and debt in the asset afterwards."""
+
+    seq: int
+    account: str
+    asset: str
+    kind: str
+    source: str
+    amount: int
+    lent: int
+    borrowed: int
+    timestamp: int  # the block's, us
+
+
+class PoolUpdate(_Rec, tag=37):
+    """A lending pool's figures, once per second of sequenced time (and when listed or
+    changed): totals in asset units, rates and utilization in PPB, indices in RAY."""
+
+    seq: int
+    asset: str
+    lent: int
+    borrowed: int
+    cash: int
+    reserve: int
+    utilization: int
+    borrow_rate: int
+    lend_rate: int
+    lend_index: int
+    borrow_index: int
+    timestamp: int
+
+
+class BadDebt(_Rec, tag=38):
+    """A debt no collateral covered: ``covered`` came from the insurance fund, ``socialized``
+    was taken from the lenders by lowering the lend index."""
+
+    seq: int
+    account: str
+    asset: str
+    amount: int
+    covered: int
+    socialized: int
+    timestamp: int
 
 
 Event = Union[OrderAccepted, Fill, OrderDone, TxRejected, Deposited, BalanceChanged, DepthDelta, ConfigChanged,
-              PositionChanged, MarkPrice, FundingPaid, FundingPayment, Liquidation, OpenInterest, TriggerPlaced, LeverageSet]
+              PositionChanged, MarkPrice, FundingPaid, FundingPayment, Liquidation, OpenInterest, TriggerPlaced, LeverageSet,
+              LendMoved, PoolUpdate, BadDebt]
 
 
 # ---------------------------------------------------------------- actor messages
@@ -634,13 +718,51 @@ class ListMarginSpec(msgspec.Struct):
 
 
 class ListLendingSpec(msgspec.Struct):
+    """A pool listed or its curve changed, by the transaction ``seq``; answers its events."""
+
     spec: LendingSpec
+    seq: int = 0
 
 
 class Accrue(msgspec.Struct):
-    """The lending pools accrue interest up to the block's time (periodic phase)."""
+    """Before a block's trading phases: the lending pools accrue interest up to the
+    block's time at the rates set after the previous block; answers every pool."""
 
     timestamp: int
+
+
+class UsePools(msgspec.Struct):
+    """To the margin engine: the pools (``core.lending.Pool``) the block works on."""
+
+    pools: list
+
+
+class PoolsUsed(msgspec.Struct):
+    """To the margin engine, when the block's work is done: the pools it changed."""
+
+
+class CommitPools(msgspec.Struct):
+    """To the lending actor: the block's changed pools, to keep and reprice; answers its
+    events (``PoolUpdate`` once per second of sequenced time)."""
+
+    pools: list
+    timestamp: int
+    last_seq: int
+
+
+class LendingOf(msgspec.Struct):
+    """An account's lend and borrow positions: asset -> ``LendPosition``."""
+
+    account: str
+
+
+class LendPosition(msgspec.Struct, frozen=True):
+    asset: str
+    lent: int  # claim, asset units (rounded down)
+    borrowed: int  # debt, asset units (rounded up)
+    interest: int  # earned (+) or owed (-) since the position opened, asset units
+    imf: int  # PPB (borrows)
+    mmf: int
 
 
 class PoolsOf(msgspec.Struct):
@@ -686,11 +808,13 @@ class PositionsView(msgspec.Struct, frozen=True):
 
 class CollateralRow(msgspec.Struct, frozen=True):
     asset: str
-    total: int  # free + held, asset units (negative: owed)
+    total: int  # free + held + lent - borrowed, asset units (negative: owed)
     held: int
     price: int  # quote units per whole asset unit (10**decimals asset units)
     weight: int  # PPB at this size
     value: int  # quote units, after the weight
+    lent: int = 0  # the account's lend claim (part of total)
+    borrowed: int = 0  # its debt (taken from total)
 
 
 class CollateralView(msgspec.Struct, frozen=True):
@@ -708,6 +832,9 @@ class CollateralView(msgspec.Struct, frozen=True):
     margin_fraction: int  # PPB: equity / exposure (0 with no exposure)
     liquidating: bool
     leverage: int = 0  # the account's leverage limit (0: never set, the markets' own maximum)
+    auto_lend: bool = True  # idle balances are lent (and redeemed by orders)
+    auto_repay: bool = False  # incoming funds repay borrows
+    borrow_liability: int = 0  # quote units: the value of every debt
 
 
 class ListAssetSpec(msgspec.Struct):

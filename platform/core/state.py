@@ -98,6 +98,23 @@ class AccountLeverage(_State):
     leverage: int
 
 
+class LoanState(_State):
+    account: str
+    asset: str
+    lent: int  # scaled by the lend index
+    borrowed: int  # scaled by the borrow index
+    principal: int  # amounts lent minus redeemed (or borrowed minus repaid, negative)
+
+
+class LoansState(_State):
+    loans: list[LoanState]  # sorted by (account, asset)
+    auto_lend_off: list[str]  # sorted accounts
+    auto_repay_on: list[str]
+    due: list[str]  # accounts to sweep at the next sweep, sorted
+    order_flags: list[tuple[int, int]]  # open spot order id -> its AUTO_LEND / AUTO_BORROW_REPAY flags
+    next_sweep: int  # us
+
+
 class MarginState(_State):
     spec: MarginSpec | None
     positions: list[PositionState]  # sorted by (account, symbol)
@@ -112,6 +129,7 @@ class MarginState(_State):
     next_settle: int  # us: unrealized PnL is next realized at this block time
     next_open_interest: int  # us
     history: list[tuple[str, list[FundingPayment | Liquidation]]]  # account -> its latest such events, sorted
+    loans: LoansState | None = None
 
 
 class RiskState(_State):
