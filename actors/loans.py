@@ -221,10 +221,10 @@ class Loans:
             else:
                 claim = pools.claim(pool, loan.lent) if loan is not None and loan.lent else 0
                 redeem = min(qty, claim)
-                if qty - redeem and not self.borrow_ok(account, asset, qty - redeem):
-                    raise Refused(Code.BORROW_LIMIT, f"borrowing {qty - redeem} would leave equity below initial margin")
                 moves = [(self.redeem, redeem), (self.borrow, qty - redeem)]
             self._dry_run(asset, loan, moves)
+            if tx.side != LEND and qty > claim and not self.borrow_ok(account, asset, qty - claim):
+                raise Refused(Code.BORROW_LIMIT, f"borrowing {qty - claim} would leave equity below initial margin")
         except Refused as exc:
             out.append(TxRejected(seq, account, exc.code, exc.message))
             return False
@@ -337,10 +337,12 @@ class Loans:
                                 self.redeem(seq, account, asset, amount, AUTO_REDEEM_SOURCE, out)
                         continue
                     if loan is not None and loan.borrowed:
-                        if repay:
-                            self.repay(seq, account, asset, min(bal.free, pools.owed(pool, loan.borrowed)),
-                                       AUTO_REPAY_SOURCE, out)
-                        continue  # never lend an asset the account owes
+                        if not repay:
+                            continue  # never lend an asset the account owes
+                        self.repay(seq, account, asset, min(bal.free, pools.owed(pool, loan.borrowed)),
+                                   AUTO_REPAY_SOURCE, out)
+                        if loan.borrowed:
+                            continue
                     if lend and bal.free > 0:
                         self.lend(seq, account, asset, bal.free, AUTO_LEND_SOURCE, out)
                 except LendingError:

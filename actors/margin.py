@@ -370,9 +370,9 @@ class Margin:
         it on an asset that counts at a weight below 1), equity must still cover the
         initial margin. A borrow changes no net holding, so equity moves only by that
         conversion; the requirement grows by the borrow's IMF."""
-        value = self.debt_value(asset, amount)
-        if value <= 0:
+        if asset != self.settle_asset and self.asset_value(asset, 10 ** self.assets[asset].decimals)[0] <= 0:
             return False  # an asset without a price cannot be borrowed
+        value = self.debt_value(asset, amount)
         spec = self.loans.pools[asset].spec
         debt = self.loans.debt(account, asset)
         extra = (rules.requirement(self.debt_value(asset, debt + amount), spec.borrow_imf)

@@ -1,0 +1,265 @@
+"""Accounts lending and borrowing through the margin engine: borrowLendExecute, the
+borrow limit, interest through the indices, the auto-lend sweep, spot-margin order flags,
+and conservation with interest over generated workloads (replay gives the same hashes)."""
+
+from __future__ import annotations
+
+import msgspec
+import trio
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import ADMIN, Exchange, order
+from satchel import config
+from satchel.core import lending as pools
+from satchel.core.engine import Engine
+from satchel.core.messages import (
+    ASK, AUTO_BORROW, AUTO_BORROW_REPAY, AUTO_LEND_REDEEM, BID, BORROW, IOC, LEND, BalancesOf, BorrowLend, CollateralOf,
+    Deposit, LendingOf, LendMoved, PoolsOf, SetIndex, SetLeverage, StateOf, TxRejected,
+)
+
+USDC = 10**6
+SOL = 10**9
+DAY = 86_400 * 10**6
+PERP = "SOL_USDC_PERP"
+
+
+async def start(nursery) -> Exchange:
+    ex = Exchange(Engine(nursery))
+    await ex.block(config.genesis(config.load(), ADMIN))
+    await ex.block([SetIndex(ADMIN, PERP, 15_000)])  # SOL at $150.00: SOL collateral has a value
+    return ex
+
+
+async def pool(ex: Exchange, asset: str) -> pools.Pool:
+    return next(p for p in await ex.engine.lending.call(PoolsOf()) if p.spec.asset == asset)
+
+
+async def position(ex: Exchange, account: str, asset: str) -> tuple[int, int]:
+    for p in await ex.engine.risk.call(LendingOf(account)):
+        if p.asset == asset:
+            return p.lent, p.borrowed
+    return 0, 0
+
+
+async def later(ex: Exchange, us: int, txs: list | None = None) -> list:
+    ex.ts += us
+    return await ex.block(txs or [])
+
+
+def rejected(events: list) -> list[str]:
+    return [e.code for e in events if e.__class__ is TxRejected]
+
+
+async def conserved(ex: Exchange) -> None:
+    """Balances + fees + pools' cash (+ insurance - unsettled) = deposits, every pool solvent."""
+    assert await ex.totals() == await ex.deposits()
+    for p in await ex.engine.lending.call(PoolsOf()):
+        assert pools.solvent(p), p
+
+
+async def test_borrow_against_collateral_interest_and_repay(nursery):
+    ex = await start(nursery)
+    await ex.block([SetLeverage("lender", 0, auto_lend=0), Deposit(ADMIN, "lender", "USDC", 10_000 * USDC),
+                    Deposit(ADMIN, "borrower", "SOL", 100 * SOL)])
+    events = await ex.block([BorrowLend("lender", "USDC", LEND, 8_000 * USDC)])
+    moved = [e for e in events if e.__class__ is LendMoved]
+    assert [(m.kind, m.source, m.amount, m.lent) for m in moved] == [("Lend", "Manual", 8_000 * USDC, 8_000 * USDC)]
+    assert await ex.balance("lender", "USDC") == (2_000 * USDC, 0)  # a manual lend is not available
+    # 100 SOL at $150 x weight <= 0.8: under $12,000 of collateral. Borrowed cash still counts while
+    # it is held, so the limit is equity >= 10% (borrow IMF) of the debt: 200,000 USDC is over it
+    before = await ex.engine.risk.call(BalancesOf("borrower"))
+    assert rejected(await ex.block([BorrowLend("borrower", "USDC", BORROW, 200_000 * USDC)])) == ["INSUFFICIENT_LIQUIDITY"]
+    assert rejected(await ex.block([BorrowLend("borrower", "USDC", BORROW, 7_999 * USDC),
+                                    BorrowLend("borrower", "SOL", BORROW, 1)])) == ["INSUFFICIENT_LIQUIDITY"]
+    await ex.block([SetLeverage("borrower", 0, auto_lend=0)])
+    await ex.block([Deposit(ADMIN, "whale", "USDC", 1_000_000 * USDC)])
+    await later(ex, 2 * 10**6)  # the whale's deposit is swept into the pool (auto-lend is on by default)
+    assert (await position(ex, "whale", "USDC"))[0] >= 1_000_000 * USDC - 1  # a claim rounds down
+    assert rejected(await ex.block([BorrowLend("borrower", "USDC", BORROW, 200_000 * USDC)])) == ["BORROW_LIMIT"]
+    assert (await ex.engine.risk.call(BalancesOf("borrower")))["USDC"][0] == 7_999 * USDC
+    assert before["SOL"] == (await ex.engine.risk.call(BalancesOf("borrower")))["SOL"]
+    lent, owed = await position(ex, "borrower", "USDC")
+    assert lent == 0 and 7_999 * USDC < owed < 7_999 * USDC + USDC // 100  # two seconds of interest
+    view = await ex.engine.risk.call(CollateralOf("borrower"))
+    assert view.borrow_liability == owed and view.initial >= owed // 10
+    await conserved(ex)
+
+    # interest: a day later the debt and the claims grew; the pool's reserve took the difference
+    p0 = await pool(ex, "USDC")
+    await later(ex, DAY)
+    p1 = await pool(ex, "USDC")
+    debt = (await position(ex, "borrower", "USDC"))[1]
+    assert debt > 7_999 * USDC and p1.borrow_index > p0.borrow_index and p1.lend_index > p0.lend_index
+    paid = pools.borrowed_total(p1) - pools.borrowed_total(p0)
+    earned = pools.lent_total(p1) - pools.lent_total(p0)
+    assert paid == earned + (p1.reserve - p0.reserve) and p1.reserve > p0.reserve
+    assert (await position(ex, "lender", "USDC"))[0] > 8_000 * USDC
+    await conserved(ex)
+
+    # Lend q repays the whole debt first, then lends the rest
+    extra = debt - 7_999 * USDC + 5 * USDC
+    await ex.block([Deposit(ADMIN, "borrower", "USDC", extra)])
+    events = await ex.block([BorrowLend("borrower", "USDC", LEND, debt + 5 * USDC)])
+    assert [(m.kind, m.amount) for m in events if m.__class__ is LendMoved] == [("BorrowRepay", debt), ("Lend", 5 * USDC)]
+    lent, owed = await position(ex, "borrower", "USDC")
+    assert owed == 0 and 5 * USDC - 1 <= lent <= 5 * USDC
+    await conserved(ex)
+
+
+async def test_redeem_at_full_utilization_is_refused_and_changes_nothing(nursery):
+    ex = await start(nursery)
+    await ex.block([SetLeverage("l", 0, auto_lend=0), SetLeverage("b", 0, auto_lend=0),
+                    Deposit(ADMIN, "l", "USDC", 100 * USDC), Deposit(ADMIN, "b", "SOL", 100 * SOL)])
+    await ex.block([BorrowLend("l", "USDC", LEND, 100 * USDC)])
+    await ex.block([BorrowLend("b", "USDC", BORROW, 100 * USDC)])
+    assert pools.pool_utilization(await pool(ex, "USDC")) == 10**9
+
+    async def scaled() -> tuple:  # what interest does not move
+        p = await pool(ex, "USDC")
+        return (await ex.engine.risk.call(BalancesOf("l")), (await ex.engine.risk.call(StateOf())).margin.loans.loans,
+                p.cash, p.lent_scaled, p.borrowed_scaled)
+
+    state = await scaled()
+    events = await ex.block([BorrowLend("l", "USDC", BORROW, 1 * USDC)])
+    assert rejected(events) == ["INSUFFICIENT_LIQUIDITY"] and not [e for e in events if e.__class__ is LendMoved]
+    assert state == await scaled()
+    assert rejected(await ex.block([BorrowLend("l", "USDC", LEND, 1 * USDC)])) == ["INSUFFICIENT_FUNDS"]
+    assert rejected(await ex.block([BorrowLend("l", "NOPE", LEND, 1)])) == ["INVALID_ASSET"]
+    await conserved(ex)
+
+
+async def test_auto_lend_sweeps_idle_balances_and_orders_redeem(nursery):
+    ex = await start(nursery)
+    await ex.block([Deposit(ADMIN, "a", "USDC", 1_000 * USDC)])
+    await later(ex, 10**6)
+    assert await position(ex, "a", "USDC") == (1_000 * USDC, 0)
+    assert await ex.balance("a", "USDC") == (1_000 * USDC, 0)  # shown as available: orders redeem by themselves
+    events = await ex.block([order("a", BID, 10_000, 5 * 100)])  # 5 SOL at $100.00
+    assert [(m.kind, m.source) for m in events if m.__class__ is LendMoved] == [("LendRedeem", "AutoLendRedeem")]
+    free, held = await ex.balance("a", "USDC")
+    assert held > 500 * USDC and free + held == 1_000 * USDC
+    # auto-lend off: the sweep leaves the account alone, its lend stays where it is
+    await ex.block([SetLeverage("a", 0, auto_lend=0)])
+    await later(ex, 2 * 10**6)
+    lent, _ = await position(ex, "a", "USDC")
+    assert lent == free and await ex.balance("a", "USDC") == (0, held)
+    await conserved(ex)
+
+
+async def test_auto_borrow_on_a_spot_bid_and_repay_from_proceeds(nursery):
+    ex = await start(nursery)
+    await ex.block([Deposit(ADMIN, "whale", "USDC", 100_000 * USDC), Deposit(ADMIN, "b", "SOL", 100 * SOL),
+                    Deposit(ADMIN, "seller", "SOL", 100 * SOL), SetLeverage("b", 0, auto_lend=0)])
+    await later(ex, 10**6)  # the whale's USDC is lent: the pool has cash
+    bid = msgspec.structs.replace(order("b", BID, 15_000, 10 * 100), auto=AUTO_BORROW)
+    events = await ex.block([bid])
+    assert [(m.kind, m.source, m.amount) for m in events if m.__class__ is LendMoved][0][:2] == ("Borrow", "SpotMargin")
+    assert (await position(ex, "b", "USDC"))[1] >= 1_500 * USDC
+    # without the flag the same bid is refused for want of funds
+    assert [e.reason for e in await ex.block([order("b", BID, 15_000, 100)]) if getattr(e, "reason", "")] == ["InsufficientFunds"]
+    await ex.block([order("seller", ASK, 15_000, 10 * 100, tif=IOC)])
+    debt = (await position(ex, "b", "USDC"))[1]
+    assert debt > 0 and (await ex.balance("b", "SOL"))[0] == 110 * SOL
+    # an ask flagged autoBorrowRepay: its proceeds repay the debt when its block ends
+    await ex.block([order("whale", BID, 15_000, 20 * 100)])
+    ask = msgspec.structs.replace(order("b", ASK, 15_000, 20 * 100, tif=IOC), auto=AUTO_BORROW_REPAY)
+    events = await ex.block([ask])
+    repaid = [m for m in events if m.__class__ is LendMoved and m.kind == "BorrowRepay"]
+    assert repaid and repaid[0].source == "AutoBorrowRepay" and repaid[-1].borrowed == 0
+    assert await position(ex, "b", "USDC") == (0, 0)
+    await conserved(ex)
+
+
+async def test_auto_repay_setting_repays_from_incoming_funds(nursery):
+    ex = await start(nursery)
+    await ex.block([Deposit(ADMIN, "whale", "USDC", 10_000 * USDC), Deposit(ADMIN, "b", "SOL", 10 * SOL)])
+    await later(ex, 10**6)
+    await ex.block([BorrowLend("b", "USDC", BORROW, 500 * USDC), SetLeverage("b", 0, auto_repay=1)])
+    await ex.block([order("b", BID, 100, 100)])  # spends 1 USDC of the borrowed cash, the rest stays free
+    await later(ex, 10**6)
+    lent, owed = await position(ex, "b", "USDC")
+    assert lent == 0 and 0 < owed <= 2 * USDC  # the free balance repaid all it could
+    await ex.block([Deposit(ADMIN, "b", "USDC", 10 * USDC)])
+    await later(ex, 10**6)
+    lent, owed = await position(ex, "b", "USDC")
+    assert owed == 0 and lent > 0  # repaid, and the rest lent (auto-lend is on)
+    await conserved(ex)
+
+
+async def test_a_perp_loss_is_covered_from_a_lend(nursery):
+    """A negative settlement balance (a perp loss) is covered by redeeming the lend."""
+    ex = await start(nursery)
+    await ex.block([Deposit(ADMIN, "whale", "USDC", 10_000 * USDC), Deposit(ADMIN, "t", "USDC", 1_000 * USDC),
+                    Deposit(ADMIN, "u", "USDC", 1_000 * USDC)])
+    await later(ex, 10**6)
+    assert (await position(ex, "t", "USDC"))[0] == 1_000 * USDC
+    await ex.block([order("t", BID, 15_000, 500, symbol=PERP), order("u", ASK, 15_000, 500, symbol=PERP)])
+    await later(ex, 10**6, [SetIndex(ADMIN, PERP, 13_000)])  # t's long loses $10 at the next PnL settlement
+    for _ in range(15):
+        await later(ex, 10**6, [SetIndex(ADMIN, PERP, 13_000)])
+    free = (await ex.engine.risk.call(BalancesOf("t")))["USDC"][0]
+    assert free < 1_000 * USDC
+    lent, _ = await position(ex, "t", "USDC")
+    assert lent == free  # no negative balance left beside a lend: the loss was redeemed
+    await conserved(ex)
+
+
+# ---------------------------------------------------------------- generated workloads
+
+ACCOUNTS = ("a", "b", "c", "d")
+op_st = st.one_of(
+    st.tuples(st.just("deposit"), st.sampled_from(ACCOUNTS), st.sampled_from(("USDC", "SOL")), st.integers(1, 5_000)),
+    st.tuples(st.just("lend"), st.sampled_from(ACCOUNTS), st.sampled_from(("USDC", "SOL")), st.integers(1, 3_000)),
+    st.tuples(st.just("borrow"), st.sampled_from(ACCOUNTS), st.sampled_from(("USDC", "SOL")), st.integers(1, 3_000)),
+    st.tuples(st.just("bid"), st.sampled_from(ACCOUNTS), st.integers(90, 160), st.integers(1, 30)),
+    st.tuples(st.just("ask"), st.sampled_from(ACCOUNTS), st.integers(90, 160), st.integers(1, 30)),
+    st.tuples(st.just("setting"), st.sampled_from(ACCOUNTS), st.integers(-1, 1), st.integers(-1, 1)),
+)
+block_st = st.tuples(st.sampled_from((1_000, 400_000, 10**6, 3_600 * 10**6, 5 * DAY)), st.integers(100, 200),
+                     st.lists(op_st, max_size=6))
+workload_st = st.lists(block_st, min_size=1, max_size=12)
+UNITS = {"USDC": USDC, "SOL": SOL // 100}
+
+
+def txs_for(ops: list) -> list:
+    out = []
+    for op in ops:
+        kind, account = op[0], op[1]
+        if kind == "deposit":
+            out.append(Deposit(ADMIN, account, op[2], op[3] * UNITS[op[2]]))
+        elif kind in ("lend", "borrow"):
+            out.append(BorrowLend(account, op[2], LEND if kind == "lend" else BORROW, op[3] * UNITS[op[2]]))
+        elif kind in ("bid", "ask"):
+            flags = (AUTO_BORROW | AUTO_LEND_REDEEM) if kind == "bid" else AUTO_BORROW_REPAY
+            out.append(msgspec.structs.replace(order(account, BID if kind == "bid" else ASK, op[2] * 100, op[3] * 100),
+                                               auto=flags))
+        else:
+            out.append(SetLeverage(account, 0, auto_lend=op[2], auto_repay=op[3]))
+    return out
+
+
+async def replay(workload: list, check: bool) -> tuple[str, list]:
+    async with trio.open_nursery() as nursery:
+        ex = await start(nursery)
+        hashes = []
+        for gap, price, ops in workload:
+            ex.ts += gap
+            await ex.block([SetIndex(ADMIN, PERP, price * 100), *txs_for(ops)])
+            if check:
+                await conserved(ex)
+                for p in await ex.engine.lending.call(PoolsOf()):
+                    assert 0 <= pools.pool_utilization(p) <= 10**9
+            hashes.append(await ex.engine.state_hash())
+        state = await ex.engine.canonical()
+        copy = Engine(nursery)
+        await copy.restore(state)
+        assert await copy.state_hash() == hashes[-1]
+        nursery.cancel_scope.cancel()
+    return hashes[-1], hashes
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(workload_st)
+def test_money_and_interest_conserved_and_replay_identical(workload):
+    final, hashes = trio.run(replay, workload, True)
+    assert trio.run(replay, workload, False)[1] == hashes
