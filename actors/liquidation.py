@@ -26,6 +26,17 @@ proportion to their mark value, rounded toward zero, the last taking the rest):
 
 Every transfer is a trade between two accounts at one notional, so money stays
 conserved and long open interest stays equal to short.
+
+Borrows (``loans``) join the same tiers. An account with debts below maintenance has its
+orders cancelled (1), its lends redeemed and each debt repaid from the free balance of
+its asset; what is still owed is repaid by selling collateral in the book (2): a
+limit IOC order on the spot market between a collateral asset and the debt's asset,
+priced at the collateral's mark beyond the perp's band (x band_min to sell, x band_max
+to buy; exempt from the spot book's band around its last trade) and sized to cover the
+debt, its proceeds repaying the debt when the block ends (``autoBorrowRepay``). When no collateral with a market to the debt is
+left and a debt remains, it is bad debt: the insurance fund repays what it can of a
+debt in the settlement asset (4), and the rest is written off against the pool's
+lenders by lowering its lend index (``BadDebt`` event, ``core.lending.write_off``).
 """
 
 from __future__ import annotations
@@ -33,8 +44,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from satchel.core.margin import share
+from satchel.core.lending import LendingError
 from satchel.core.messages import (
-    ASK, BID, BY_MARK, IOC, LIMIT, LIQUIDATION, PPB, REJECT_TAKER, CancelAll, Liquidation, PlaceOrder,
+    ASK, AUTO_BORROW_REPAY, BID, BY_MARK, IOC, LIMIT, LIQUIDATION, PPB, REJECT_TAKER, CancelAll, Liquidation, MarketSpec,
+    PlaceOrder,
 )
 
 if TYPE_CHECKING:
@@ -60,8 +73,9 @@ class Liquidator:
         """Maintenance checks; the cancels and book orders of tiers 1-2 to run in this block."""
         m = self.m
         orders: list = []
+        debtors = m.loans.debtors
         for account in accounts:
-            if account not in m.positions:
+            if account not in m.positions and account not in debtors:
                 continue  # nothing to unwind; ``escalate`` settles a deficit left behind
             if m.equity(account) >= m.maintenance(account):  # the common case, without the full figures
                 m.liquidating.pop(account, None)
@@ -73,12 +87,112 @@ class Liquidator:
                 cancels = self._cancels(account)
                 orders.extend(cancels)
                 self._event(seq, account, CANCEL, f, auto, qty=len(cancels), out=out)
-            for symbol, pos in sorted(m.positions[account].items()):
+            for symbol, pos in sorted(m.positions.get(account, {}).items()):
                 order = self._slice(account, symbol, pos)
                 if order is not None:
                     orders.append(order)
                     self._event(seq, account, UNWIND, f, auto, symbol, order.side, order.quantity, order.price, out=out)
+            if account in debtors:
+                m.loans.unwind(seq, account, out)
+                for order in self._debt_orders(account):
+                    orders.append(order)
+                    self._event(seq, account, UNWIND, f, auto, order.symbol, order.side, order.quantity, order.price,
+                                out=out)
         return orders
+
+    # ------------------------------------------------------------------ borrows
+
+    def _debt_orders(self, account: str) -> list[PlaceOrder]:
+        """One spot order per remaining debt, selling collateral for the debt's asset."""
+        m = self.m
+        out = []
+        for asset, debt in m.loans.debts(account):
+            for spec, sell in self._paths(account, asset):
+                order = self._debt_order(account, spec, sell, debt)
+                if order is not None:
+                    out.append(order)
+                    break
+        return out
+
+    def _paths(self, account: str, debt_asset: str) -> list[tuple[MarketSpec, bool]]:
+        """Spot markets (listing order) where a free collateral asset the account does
+        not owe trades against ``debt_asset``: (market, True) to sell the collateral as
+        base, (market, False) to buy the debt's asset as base with it."""
+        m = self.m
+        balances = m.ledger.balances.get(account, {})
+        owed = {a for a, _ in m.loans.debts(account)}
+        out = []
+        for spec in m.markets.values():
+            if spec.perp is not None:
+                continue
+            if spec.quote == debt_asset and spec.base not in owed:
+                other, sell = spec.base, True
+            elif spec.base == debt_asset and spec.quote not in owed:
+                other, sell = spec.quote, False
+            else:
+                continue
+            bal = balances.get(other)
+            if bal is not None and bal.free > 0:
+                out.append((spec, sell))
+        return out
+
+    def _unit_price(self, spec: MarketSpec) -> int:
+        """The market's price of its base at the base's collateral mark (0: none)."""
+        m = self.m
+        value = m.asset_value(spec.base, spec.base_mult)[0] if spec.base != m.settle_asset else spec.base_mult
+        if spec.quote != m.settle_asset:
+            return 0  # only markets quoted in the settlement asset are priced by the marks
+        return value // spec.notional_mult
+
+    def _debt_order(self, account: str, spec: MarketSpec, sell: bool, debt: int) -> PlaceOrder | None:
+        """A limit IOC order at the collateral's mark beyond the perp's band (x band_min to
+        sell, x band_max to buy; liquidation orders are exempt from the spot book's band
+        around its last trade, which a crash leaves behind), sized to cover ``debt``."""
+        m = self.m
+        price = self._unit_price(spec)
+        perp = m.collateral_perp.get(spec.base)
+        if not price or perp is None:
+            return None
+        tick, step = spec.tick, spec.step
+        if sell:  # collateral is the base: sell enough of it for the debt
+            price = -(-(price * perp.perp.band_min // PPB) // tick) * tick
+            if price <= 0:
+                return None
+            free = m.ledger.balances[account][spec.base].free
+            qty = -(-debt // (price * spec.notional_mult))
+            qty = min(-(-qty // step) * step, free // spec.base_mult // step * step)
+        else:  # the debt is the base: buy it with the collateral
+            price = price * perp.perp.band_max // PPB // tick * tick
+            if price <= 0:
+                return None
+            free = m.ledger.balances[account][spec.quote].free
+            qty = -(-debt // spec.base_mult)
+            # what the free collateral pays for, fee included (fees are at most 10%, ``SetFees``)
+            qty = min(-(-qty // step) * step, free * 10 // 11 // (price * spec.notional_mult) // step * step)
+        if qty < max(spec.min_quantity, 1):
+            return None
+        return PlaceOrder(account, spec.symbol, ASK if sell else BID, LIMIT, IOC, False, price, qty, 0, None, REJECT_TAKER,
+                          False, 0, BY_MARK, LIQUIDATION, auto=AUTO_BORROW_REPAY)
+
+    def _bad_debt(self, account: str, f: "Figures", seq: int, out: list) -> None:
+        """Tier 4 for debts, then the write-off: see the module docstring."""
+        m = self.m
+        for asset, debt in m.loans.debts(account):
+            covered = 0
+            if asset == m.settle_asset and m.insurance > 0:
+                covered = min(debt, m.insurance)
+                m.insurance -= covered
+                m.credit(account, covered)
+                try:
+                    m.loans.repay(seq, account, asset, covered, "Liquidation", out)
+                except LendingError:  # dust worth no share of the debt: the fund keeps it
+                    m.credit(account, -covered)
+                    m.insurance += covered
+                    covered = 0
+                if covered:
+                    self._event(seq, account, INSURANCE, f, 0, amount=covered, out=out)
+            if asset in m.loans.loans.get(account, {}) and m.loans.loans[account][asset].borrowed:
+                m.loans.write_off(seq, account, asset, covered, out)
 
     def _cancels(self, account: str) -> list[CancelAll]:
         m = self.m
@@ -118,6 +232,15 @@ class Liquidator:
         for account in sorted(m.liquidating):
             f = m.figures(account)
             positions = sorted((s, p) for s, p in m.positions.get(account, {}).items() if p.size)
+            if not positions and account in m.loans.debtors:
+                m.loans.repay_from_free(seq, account, "Liquidation", out)  # the collateral sold in this block
+                f = m.figures(account)
+                if f.equity >= f.maintenance or account not in m.loans.debtors:
+                    del m.liquidating[account]
+                elif not self._debt_orders(account):  # nothing left the book could turn into the debt
+                    self._bad_debt(account, f, seq, out)
+                    del m.liquidating[account]
+                continue  # else: more collateral is sold at the next checks
             if not positions:
                 if f.equity < 0:
                     self._cover(account, f, seq, out)

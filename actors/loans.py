@@ -41,7 +41,7 @@ from satchel.core import lending as pools
 from satchel.core.errors import Code
 from satchel.core.lending import LendingError, Pool
 from satchel.core.messages import (
-    AUTO_BORROW, AUTO_BORROW_REPAY, AUTO_LEND, AUTO_LEND_REDEEM, LEND, BorrowLend, LendMoved, LendPosition, PlaceOrder,
+    AUTO_BORROW, AUTO_BORROW_REPAY, AUTO_LEND, AUTO_LEND_REDEEM, LEND, BadDebt, BorrowLend, LendMoved, LendPosition, PlaceOrder,
     TxRejected,
 )
 from satchel.core.state import LoanState, LoansState
@@ -288,6 +288,45 @@ class Loans:
     def order_done(self, order_id: int) -> None:
         self.order_flags.pop(order_id, None)
 
+    # ------------------------------------------------------------------ liquidation
+
+    def unwind(self, seq: int, account: str, out: list) -> None:
+        """Liquidation's first step for borrows: redeem every lend the pools have cash
+        for, then repay each debt from the free balance of its asset."""
+        for asset, loan in sorted(self.loans.get(account, {}).items()):
+            if loan.lent:
+                amount = min(pools.claim(self.pools[asset], loan.lent), self.pools[asset].cash)
+                if amount > 0:
+                    self.redeem(seq, account, asset, amount, LIQUIDATION_SOURCE, out)
+        self.repay_from_free(seq, account, LIQUIDATION_SOURCE, out)
+
+    def repay_from_free(self, seq: int, account: str, source: str, out: list) -> None:
+        balances = self.ledger.balances.get(account, {})
+        for asset, loan in sorted(self.loans.get(account, {}).items()):
+            bal = balances.get(asset)
+            if loan.borrowed and bal is not None and bal.free > 0:
+                try:
+                    self.repay(seq, account, asset, min(bal.free, pools.owed(self.pools[asset], loan.borrowed)), source, out)
+                except LendingError:
+                    continue  # dust worth no share of the debt
+
+    def write_off(self, seq: int, account: str, asset: str, covered: int, out: list) -> None:
+        """Bad debt: the rest of the account's debt in ``asset`` is cancelled and the pool's
+        lenders bear it (``core.lending.write_off``); ``covered`` is what the insurance
+        fund repaid before, for the event."""
+        loan = self.loans[account][asset]
+        self.pools[asset], loss = pools.write_off(self.pools[asset], loan.borrowed, priced=False)
+        loan.borrowed = 0
+        loan.principal = 0
+        self.changed[asset] = None
+        if not loan.lent:
+            del self.loans[account][asset]
+            if not self.loans[account]:
+                del self.loans[account]
+        if not any(x.borrowed for x in self.loans.get(account, {}).values()):
+            self.debtors.pop(account, None)
+        out.append(BadDebt(seq, account, asset, loss + covered, covered, loss, self.now))
+
     # ------------------------------------------------------------------ settings and sweep
 
     def configure(self, account: str, auto_lend: int, auto_repay: int) -> None:
@@ -305,9 +344,10 @@ class Loans:
     def settings(self, account: str) -> tuple[bool, bool]:
         return account not in self.auto_lend_off, account in self.auto_repay_on
 
-    def sweep(self, seq: int, out: list) -> None:
+    def sweep(self, seq: int, out: list, skip: dict[str, None]) -> None:
         """Lend idle balances, repay borrows, cover negative balances (see the module
-        docstring): the flagged accounts every block, the others once per second."""
+        docstring): the flagged accounts every block, the others once per second; never
+        the accounts in ``skip`` (in liquidation: their funds repay debts)."""
         if not self.pools:
             return
         accounts = self.flagged
@@ -321,6 +361,8 @@ class Loans:
             return
         balances = self.ledger.balances
         for account in sorted(accounts):
+            if account in skip:
+                continue
             flags = accounts[account]
             lend = flags & AUTO_LEND or account not in self.auto_lend_off
             repay = flags & AUTO_BORROW_REPAY or account in self.auto_repay_on

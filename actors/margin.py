@@ -722,7 +722,7 @@ class Margin:
         if moved:  # a debt or a lent collateral is valued at the marks
             check.update(self.loans.debtors)
         self.loans.now = ts
-        self.loans.sweep(seq, events)
+        self.loans.sweep(seq, events, self.liquidating)
         check.update(self.traded)
         check.update(self.liquidating)
         self.traded.clear()

@@ -116,6 +116,8 @@ class LendingConfig(msgspec.Struct, frozen=True):
     slope2: str = "0.75"  # borrow rate added from the optimal utilization to 100%
     optimal_utilization: str = "0.8"
     reserve_factor: str = "0.1"  # the reserve's share of borrowers' interest
+    borrow_imf: str = "0.1"  # initial margin of a borrow, as a fraction of its value (10x)
+    borrow_mmf: str = "0.05"  # maintenance margin of a borrow
 
 
 class OracleSettings(msgspec.Struct, frozen=True):
@@ -155,7 +157,8 @@ class Config(msgspec.Struct, frozen=True):
             if symbol in self.lending:
                 c = self.lending[symbol]
                 spec = LendingSpec(symbol, fraction(c.base_rate), fraction(c.slope1), fraction(c.slope2),
-                                   fraction(c.optimal_utilization), fraction(c.reserve_factor))
+                                   fraction(c.optimal_utilization), fraction(c.reserve_factor), fraction(c.borrow_imf),
+                                   fraction(c.borrow_mmf))
                 if problem := spec_problem(spec):
                     raise ConfigError(f"lending: {problem}")
                 specs.append(spec)

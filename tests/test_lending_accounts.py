@@ -14,7 +14,7 @@ from satchel.core import lending as pools
 from satchel.core.engine import Engine
 from satchel.core.messages import (
     ASK, AUTO_BORROW, AUTO_BORROW_REPAY, AUTO_LEND_REDEEM, BID, BORROW, IOC, LEND, BalancesOf, BorrowLend, CollateralOf,
-    Deposit, LendingOf, LendMoved, PoolsOf, SetIndex, SetLeverage, StateOf, TxRejected,
+    BadDebt, Deposit, LendingOf, LendMoved, Liquidation, PoolsOf, SetIndex, SetLeverage, StateOf, TxRejected,
 )
 
 USDC = 10**6
@@ -263,3 +263,67 @@ async def replay(workload: list, check: bool) -> tuple[str, list]:
 def test_money_and_interest_conserved_and_replay_identical(workload):
     final, hashes = trio.run(replay, workload, True)
     assert trio.run(replay, workload, False)[1] == hashes
+
+
+# ---------------------------------------------------------------- liquidation of borrows
+
+
+async def margin_long(ex: Exchange) -> None:
+    """``b`` holds 10 SOL (auto-lent) and buys 5 more at $150 with borrowed USDC."""
+    await ex.block([Deposit(ADMIN, "whale", "USDC", 100_000 * USDC), Deposit(ADMIN, "b", "SOL", 10 * SOL),
+                    Deposit(ADMIN, "mm", "SOL", 100 * SOL), Deposit(ADMIN, "mm", "USDC", 100_000 * USDC),
+                    SetLeverage("mm", 0, auto_lend=0)])
+    await later(ex, 10**6)
+    await ex.block([order("mm", ASK, 15_000, 5 * 100)])
+    await ex.block([msgspec.structs.replace(order("b", BID, 15_000, 5 * 100, tif=IOC), auto=AUTO_BORROW)])
+    await later(ex, 10**6)
+    assert (await position(ex, "b", "SOL"))[0] >= 15 * SOL - 1  # everything it holds is lent, and collateral
+    assert 750 * USDC <= (await position(ex, "b", "USDC"))[1] < 760 * USDC
+
+
+async def walk_down(ex: Exchange, price: int) -> None:
+    """Trades stepping the SOL_USDC last price down to ``price`` (the spot band is 10% of
+    the last trade), then a resting bid there from ``mm``."""
+    await ex.block([Deposit(ADMIN, "c", "USDC", 10_000 * USDC)])
+    last = 15_000
+    while last > price:
+        last = max(last * 91 // 100, price)
+        await ex.block([order("mm", ASK, last, 100), order("c", BID, last, 100, tif=IOC)])
+    await ex.block([order("mm", BID, price, 30 * 100)])
+
+
+async def test_lent_collateral_is_sold_to_repay_a_borrow(nursery):
+    ex = await start(nursery)
+    await margin_long(ex)
+    # SOL falls to $60: 15 SOL x $60 x 0.8 = $720 against $750 owed, under maintenance
+    await walk_down(ex, 6_000)  # a buyer at $60 in the spot book
+    events = await later(ex, 10**6, [SetIndex(ADMIN, PERP, 6_000)])
+    steps = [(e.tier, e.symbol) for e in events if e.__class__ is Liquidation]
+    assert (1, "") in steps and (2, "SOL_USDC") in steps
+    moved = [(m.kind, m.source) for m in events if m.__class__ is LendMoved and m.account == "b"]
+    assert ("LendRedeem", "Liquidation") in moved and ("BorrowRepay", "Liquidation") in moved
+    assert await position(ex, "b", "USDC") == (0, 0)
+    sol = (await ex.engine.risk.call(BalancesOf("b")))["SOL"][0]
+    assert 0 < sol < 5 * SOL  # sold about $750 / $60 of it, keeps the rest
+    assert not (await ex.engine.risk.call(CollateralOf("b"))).liquidating
+    await conserved(ex)
+
+
+async def test_bad_debt_insurance_first_then_the_lenders(nursery):
+    ex = await start(nursery)
+    await margin_long(ex)
+    await ex.block([Deposit(ADMIN, "@insurance", "USDC", 100 * USDC)])
+    lent_before = (await position(ex, "whale", "USDC"))[0]
+    index_before = (await pool(ex, "USDC")).lend_index
+    # SOL crashes to $40 and the only bid is at $40: 15 SOL fetch $600 of the $750+ owed
+    await walk_down(ex, 4_000)
+    events = await later(ex, 10**6, [SetIndex(ADMIN, PERP, 4_000)])
+    bad = [e for e in events if e.__class__ is BadDebt]
+    assert len(bad) == 1 and bad[0].asset == "USDC" and bad[0].covered == 100 * USDC
+    assert 40 * USDC < bad[0].socialized < 60 * USDC and bad[0].amount == bad[0].covered + bad[0].socialized
+    assert any(e.__class__ is Liquidation and e.tier == 4 for e in events)
+    assert await position(ex, "b", "USDC") == (0, 0) and (await ex.engine.risk.call(BalancesOf("b"))).get("SOL", (0, 0))[0] == 0
+    lent_after = (await position(ex, "whale", "USDC"))[0]
+    assert lent_before - lent_after >= bad[0].socialized * 85 // 100  # the whale holds over 90% of the lends
+    assert (await pool(ex, "USDC")).lend_index < index_before
+    await conserved(ex)

@@ -393,3 +393,23 @@ def test_lenders_earn_and_the_reserve_takes_its_factor(lends, gaps):
     if borrowers_interest > 10**6:
         assert lenders_interest > 0
         assert ledger.pool.reserve * PPB >= borrowers_interest * ledger.pool.spec.reserve_factor * 99 // 100
+
+
+@settings(max_examples=300, deadline=None)
+@given(pool_specs, st.lists(st.integers(1, 10**15), min_size=1, max_size=3), st.integers(1, 1000),
+       st.integers(0, 1000), gaps)
+def test_bad_debt_written_off_lowers_the_lend_index_and_keeps_the_pool_solvent(spec, lends, permille, share, gap):
+    pool = lnd.new_pool(spec, T0)
+    for amount in lends:
+        pool, _ = lnd.lend(pool, amount)
+    pool, bad = lnd.borrow(pool, max(1, pool.cash * permille // 1000))
+    if pool.cash > 1:
+        pool, _ = lnd.borrow(pool, max(1, pool.cash * share // 1000) if share else 1)
+    pool = lnd.accrue(pool, T0 + gap)
+    claims, debts = lnd.lent_total(pool), lnd.borrowed_total(pool)
+    after, loss = lnd.write_off(pool, bad)
+    assert loss == lnd.owed(pool, bad) and after.borrowed_scaled == pool.borrowed_scaled - bad
+    assert after.lend_index <= pool.lend_index and lnd.solvent(after)  # reserve = surplus >= 0
+    assert claims - lnd.lent_total(after) >= min(loss, claims)  # the lenders bear the whole loss
+    assert lnd.borrowed_total(after) <= debts - loss + 1  # the rest of the debt stands (rounded up)
+    msgspec.msgpack.encode(after)

@@ -78,6 +78,7 @@ from satchel.core.messages import PPB, LendingSpec  # the spec is a journaled re
 
 RAY = 10**18  # an index of 1.0
 MAX_INDEX = 2**63 - 1  # indices fit a signed 64-bit msgpack integer
+MIN_LEND_INDEX = RAY // 10**6  # a socialized loss lowers the lend index no further
 YEAR_US = 365 * 86_400 * 1_000_000  # one year of sequenced time
 HOURS_PER_YEAR = 365 * 24
 
@@ -92,6 +93,8 @@ def spec_problem(spec: LendingSpec) -> str:
         return f"{spec.asset}: reserve factor must lie in [0, 1]"
     if spec.base_rate + spec.slope1 + spec.slope2 > 100 * PPB:
         return f"{spec.asset}: the curve's top rate must not exceed 10000%"
+    if not 0 < spec.borrow_mmf <= spec.borrow_imf <= PPB:
+        return f"{spec.asset}: borrow margins need 0 < borrow_mmf <= borrow_imf <= 1"
     return ""
 
 
@@ -278,6 +281,8 @@ def lend(pool: Pool, amount: int, priced: bool = True) -> tuple[Pool, int]:
     scaled = to_scaled(amount, pool.lend_index, up=False)
     if not scaled:
         raise LendingError(Refusal.AMOUNT_TOO_SMALL, f"{amount} is worth no share at the lend index")
+    if pool.lent_scaled + scaled > MAX_INDEX:
+        raise LendingError(Refusal.INVALID_AMOUNT, "the pool's scaled lends would pass 64 bits")
     lent = to_amount(pool.lent_scaled + scaled, pool.lend_index, up=False)
     dust = amount - (lent - lent_total(pool))
     return _moved(pool, priced, lent_scaled=pool.lent_scaled + scaled, cash=pool.cash + amount,
@@ -332,6 +337,27 @@ def repay(pool: Pool, amount: int, borrowed_scaled: int, priced: bool = True) ->
     dust = amount - (borrowed_total(pool) - debt)
     return _moved(pool, priced, borrowed_scaled=pool.borrowed_scaled - scaled, cash=pool.cash + amount,
                    reserve=pool.reserve + dust), scaled
+
+
+def write_off(pool: Pool, borrowed_scaled: int, priced: bool = True) -> tuple[Pool, int]:
+    """Bad debt: cancel a debt nobody will repay and let the lenders bear it. Returns the
+    pool and the loss (the debt, rounded up). The lend index drops so that the lenders'
+    claims fall by at least the loss (rounded down: never more than they have), the
+    reserve is what is left over. Lenders' claims always cover any one debt
+    (``debt <= cash + debt = claims + reserve``), so the reserve stays non-negative; if the
+    loss is more than the claims, the reserve takes the rest. The lend index never goes
+    below ``MIN_LEND_INDEX`` (a millionth): were the lenders all but wiped out, what the
+    floor keeps them above the loss is taken from the reserve, which may then be negative
+    (``solvent`` says so); scaled balances stay within 64 bits."""
+    loss = owed(pool, borrowed_scaled)
+    claims = lent_total(pool)
+    index = pool.lend_index
+    if pool.lent_scaled:
+        target = max(claims - loss, 0)
+        index = target * RAY // pool.lent_scaled  # <= target's exact index: claims fall by >= loss
+        index = max(min(index, pool.lend_index), MIN_LEND_INDEX)
+    new = msgspec.structs.replace(pool, borrowed_scaled=pool.borrowed_scaled - borrowed_scaled, lend_index=index)
+    return _moved(new, priced, reserve=surplus(new)), loss
 
 
 # ---------------------------------------------------------------- display (derived, never state)
