@@ -327,3 +327,20 @@ async def test_bad_debt_insurance_first_then_the_lenders(nursery):
     assert lent_before - lent_after >= bad[0].socialized * 85 // 100  # the whale holds over 90% of the lends
     assert (await pool(ex, "USDC")).lend_index < index_before
     await conserved(ex)
+
+
+async def test_incident_report_counts_lends_and_debts(nursery):
+    """A diverged node that booked a larger lend shows as a gainer by that much."""
+    from satchel.verify.incident import compare
+
+    ex = await start(nursery)
+    await ex.block([SetLeverage("l", 0, auto_lend=0), Deposit(ADMIN, "l", "USDC", 100 * USDC)])
+    await ex.block([BorrowLend("l", "USDC", LEND, 40 * USDC)])
+    state = await ex.engine.canonical()
+    margin = state.risk.margin
+    loans = [msgspec.structs.replace(row, lent=row.lent + 7 * USDC) for row in margin.loans.loans]
+    altered = msgspec.structs.replace(state, risk=msgspec.structs.replace(state.risk, margin=msgspec.structs.replace(
+        margin, loans=msgspec.structs.replace(margin.loans, loans=loans))))
+    report = compare(altered, state)
+    assert [(r["account"], r["asset"], r["difference"]) for r in report["gainers"]] == [("l", "USDC", "7")]
+    assert report["losers"] == [] and compare(state, state)["gainers"] == []

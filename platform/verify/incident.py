@@ -7,7 +7,9 @@ under ``diverged/``), rolls back to the last good snapshot before the divergence
 canonical rules -- checking each block against the commitment the canonical node
 wrote -- and compares, per account, what the diverged node had with the canonical state:
 
-* balances, per asset (gainers and losers, totals per asset);
+* balances, per asset (gainers and losers, totals per asset), lend claims added and
+  debts taken off -- both sides valued at the canonical pools' indices, so a difference
+  is the accounts' and not the interest's;
 * perp positions: size, net cost, unrealized PnL -- both sides valued at the canonical
   mark, so the difference is the positions' and not the prices' --, realized PnL and
   funding paid (these two already moved the settlement balance: they explain a balance
@@ -37,6 +39,7 @@ import msgspec
 import trio
 
 from satchel.actors.margin import HISTORY
+from satchel.core import lending
 from satchel.ledger import snapshots
 from satchel.core.amounts import format_units
 from satchel.core.engine import Engine
@@ -46,9 +49,18 @@ from satchel.core.state import EngineState, PositionState, state_decoder
 from satchel.ledger.chain import Chain, DivergedError, decode_block
 
 
-def _balances(state: EngineState) -> dict[tuple[str, str], int]:
-    """(account, asset) -> free + held, from an Engine.canonical() state."""
-    return {(row.account, b.asset): b.free + b.held for row in state.risk.balances for b in row.assets}
+def _balances(state: EngineState, pools: dict[str, lending.Pool]) -> dict[tuple[str, str], int]:
+    """(account, asset) -> free + held + lent - borrowed, from an Engine.canonical() state,
+    lends and debts valued at ``pools``."""
+    out = {(row.account, b.asset): b.free + b.held for row in state.risk.balances for b in row.assets}
+    margin = state.risk.margin
+    if margin is not None and margin.loans is not None:
+        for loan in margin.loans.loans:
+            pool = pools.get(loan.asset)
+            if pool is not None:
+                key = (loan.account, loan.asset)
+                out[key] = out.get(key, 0) + lending.claim(pool, loan.lent) - lending.owed(pool, loan.borrowed)
+    return out
 
 
 class _Units:
@@ -81,7 +93,8 @@ class _Units:
 
 def _balance_rows(diverged: EngineState, canonical: EngineState, units: _Units) -> tuple[list[dict], dict[str, str]]:
     """One row per (account, asset) whose balance differs, gainers first per asset; totals per asset."""
-    had, should = _balances(diverged), _balances(canonical)
+    pools = {p.spec.asset: p for p in canonical.lending}
+    had, should = _balances(diverged, pools), _balances(canonical, pools)
     rows = []
     totals: dict[str, int] = {}
     for key in sorted(set(had) | set(should)):
