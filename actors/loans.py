@@ -16,9 +16,10 @@ Movements, each a ``LendMoved`` event and a change of the account's free balance
   short (INSUFFICIENT_FUNDS), the pool's cash short (INSUFFICIENT_LIQUIDITY), an amount
   worth no share (AMOUNT_TOO_SMALL), or the borrow limit (BORROW_LIMIT, the margin
   engine's initial-margin check);
-* an order's spot hold (``provide``): with auto-lend on, or ``autoLendRedeem``, what
-  the hold lacks is redeemed from the account's lend of that asset; with ``autoBorrow``
-  the rest is borrowed within the borrow limit;
+* an order's spot hold (``provide``): with auto-lend on, the account's lend of that
+  asset is redeemed whole when the hold lacks funds (one redeem per account and asset
+  between sweeps, not one per order); with ``autoLendRedeem`` only what the hold lacks;
+  with ``autoBorrow`` the rest is borrowed within the borrow limit;
 * the sweep (``sweep``, periodic phase): once per second of sequenced time, the accounts
   whose balances changed lend their idle (free) balances when auto-lend is on (the
   default; never an asset they owe), repay borrows from free balances when auto-repay
@@ -268,11 +269,15 @@ class Loans:
         if pool is None:
             return
         loan = self.loans.get(account, {}).get(asset)
-        if loan is not None and loan.lent and (tx.auto & AUTO_LEND_REDEEM or account not in self.auto_lend_off):
-            claim = pools.claim(pool, loan.lent)
-            amount = min(claim if need is None else need - bal.free, claim, pool.cash)
-            if amount > 0:
-                self.redeem(seq, account, asset, amount, AUTO_REDEEM_SOURCE, out)
+        if loan is not None and loan.lent:
+            auto_lend = account not in self.auto_lend_off
+            if auto_lend or tx.auto & AUTO_LEND_REDEEM:
+                claim = pools.claim(pool, loan.lent)
+                # auto-lend redeems the whole claim: the account's next orders need no
+                # redeem of their own, and what stays idle is lent again at the next sweep
+                amount = min(claim if need is None or auto_lend else need - bal.free, claim, pool.cash)
+                if amount > 0:
+                    self.redeem(seq, account, asset, amount, AUTO_REDEEM_SOURCE, out)
         if need is not None and tx.auto & AUTO_BORROW and bal.free < need:
             loan = self.loans.get(account, {}).get(asset)
             amount = need - bal.free
