@@ -167,7 +167,7 @@ class Loans:
         if source != AUTO_LEND_SOURCE or account in self.auto_lend_off:
             # an auto-lend by an auto-lend account changes no balance as shown (``on_demand``)
             self.ledger.touched[(account, asset)] = None
-        out.append(LendMoved(seq, account, asset, kind, source, amount, lent, owed, self.now))
+        out.append(LendMoved(seq, account, asset, kind, source, amount, lent, owed, self.now, loan.lent, loan.borrowed))
 
     def lend(self, seq: int, account: str, asset: str, amount: int, source: str, out: list) -> None:
         bal = self.ledger.bal(account, asset)

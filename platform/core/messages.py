@@ -562,6 +562,8 @@ class LendMoved(_Rec, tag=36):
     lent: int
     borrowed: int
     timestamp: int  # the block's, us
+    lent_scaled: int = 0  # the position as the pool keeps it: read models derive interest from
+    borrowed_scaled: int = 0  # these and the indices in ``PoolUpdate``
 
 
 class PoolUpdate(_Rec, tag=37):
