@@ -128,8 +128,9 @@ class Loans:
 
     def debts(self, account: str) -> list[tuple[str, int]]:
         """(asset, debt) of every borrow of the account."""
+        # sorted: a dict restored from a snapshot is in another order than the live one
         return [(a, pools.owed(self.pools[a], loan.borrowed))
-                for a, loan in self.loans.get(account, {}).items() if loan.borrowed]
+                for a, loan in sorted(self.loans.get(account, {}).items()) if loan.borrowed]
 
     def positions(self, account: str) -> list[LendPosition]:
         out = []
@@ -406,6 +407,7 @@ class Loans:
             due=sorted(self.due),
             order_flags=sorted(self.order_flags.items()),
             next_sweep=self.next_sweep,
+            flagged=sorted(self.flagged.items()),
         )
 
     def restore(self, state: LoansState | None) -> None:
@@ -420,3 +422,4 @@ class Loans:
         self.due = dict.fromkeys(state.due)
         self.order_flags = dict(state.order_flags)
         self.next_sweep = state.next_sweep
+        self.flagged = dict(state.flagged)

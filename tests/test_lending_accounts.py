@@ -241,11 +241,18 @@ def txs_for(ops: list) -> list:
     return out
 
 
-async def replay(workload: list, check: bool) -> tuple[str, list]:
+async def replay(workload: list, check: bool) -> list[str]:
+    """The workload's state hashes, block by block. Without ``check`` the engine is
+    restored from its own snapshot halfway and the rest applied to the copy: the hashes
+    must not notice (dict orders, per-block leftovers)."""
     async with trio.open_nursery() as nursery:
         ex = await start(nursery)
         hashes = []
-        for gap, price, ops in workload:
+        for n, (gap, price, ops) in enumerate(workload):
+            if not check and n == len(workload) // 2:
+                copy = Engine(nursery)
+                await copy.restore(await ex.engine.canonical())
+                ex.engine = copy
             ex.ts += gap
             await ex.block([SetIndex(ADMIN, PERP, price * 100), *txs_for(ops)])
             if check:
@@ -253,19 +260,14 @@ async def replay(workload: list, check: bool) -> tuple[str, list]:
                 for p in await ex.engine.lending.call(PoolsOf()):
                     assert 0 <= pools.pool_utilization(p) <= 10**9
             hashes.append(await ex.engine.state_hash())
-        state = await ex.engine.canonical()
-        copy = Engine(nursery)
-        await copy.restore(state)
-        assert await copy.state_hash() == hashes[-1]
         nursery.cancel_scope.cancel()
-    return hashes[-1], hashes
+    return hashes
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(workload_st)
 def test_money_and_interest_conserved_and_replay_identical(workload):
-    final, hashes = trio.run(replay, workload, True)
-    assert trio.run(replay, workload, False)[1] == hashes
+    assert trio.run(replay, workload, True) == trio.run(replay, workload, False)
 
 
 # ---------------------------------------------------------------- liquidation of borrows

@@ -113,6 +113,7 @@ class LoansState(_State):
     due: list[str]  # accounts to sweep at the next sweep, sorted
     order_flags: list[tuple[int, int]]  # open spot order id -> its AUTO_LEND / AUTO_BORROW_REPAY flags
     next_sweep: int  # us
+    flagged: list[tuple[str, int]] = []  # accounts whose flagged orders filled after the block's sweep
 
 
 class MarginState(_State):
