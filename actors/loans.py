@@ -16,16 +16,18 @@ Movements, each a ``LendMoved`` event and a change of the account's free balance
   short (INSUFFICIENT_FUNDS), the pool's cash short (INSUFFICIENT_LIQUIDITY), an amount
   worth no share (AMOUNT_TOO_SMALL), or the borrow limit (BORROW_LIMIT, the margin
   engine's initial-margin check);
-* an order's spot hold (``provide``): with auto-lend on, the account's lend of that
-  asset is redeemed whole when the hold lacks funds (one redeem per account and asset
-  between sweeps, not one per order); with ``autoLendRedeem`` only what the hold lacks;
-  with ``autoBorrow`` the rest is borrowed within the borrow limit;
-* the sweep (``sweep``, periodic phase): once per second of sequenced time, the accounts
-  whose balances changed lend their idle (free) balances when auto-lend is on (the
-  default; never an asset they owe), repay borrows from free balances when auto-repay
-  is on, and redeem what covers a negative balance (a perp loss); an order flagged
-  ``autoLend`` / ``autoBorrowRepay`` has its account swept at the end of its block.
-  Cost: O(accounts touched since the last sweep), never a scan of all accounts.
+* an order's spot hold (``provide``): with auto-lend on, or ``autoLendRedeem``, what
+  the hold lacks is redeemed from the account's lend of that asset; with ``autoBorrow``
+  the rest is borrowed within the borrow limit;
+* the sweep (``sweep``, periodic phase), once per second of sequenced time: accounts
+  whose balances changed repay borrows from free balances when auto-repay is on and
+  redeem what covers a negative balance (a perp loss); accounts that have been **idle**
+  a whole interval (balances changed before the last sweep, not since) lend their free
+  balances when auto-lend is on (the default; never an asset they owe). So an active
+  trader's balances are not lent only to be redeemed by its next order, and a pool's
+  cash does not swing with trading. An order flagged ``autoLend`` / ``autoBorrowRepay``
+  has its account swept (lend, repay) at the end of its block. Cost: O(accounts touched
+  in the last two intervals), never a scan of all accounts.
 
 Conservation per asset: balances + fees + pool cash (+ insurance) = deposits; every
 movement changes a free balance and the pool's cash by the same amount.
@@ -80,7 +82,9 @@ class Loans:
         self.debtors: dict[str, None] = {}  # accounts with a debt: re-checked when marks move
         self.auto_lend_off: dict[str, None] = {}
         self.auto_repay_on: dict[str, None] = {}
-        self.due: dict[str, None] = {}
+        self.due: dict[str, None] = {}  # accounts whose balances changed since the last sweep
+        self.pending: dict[str, None] = {}  # ... in the interval before it: lent if quiet since
+        self.swept: dict[str, None] = {}  # accounts the running sweep moved: not activity (``report``)
         self.flagged: dict[str, int] = {}  # account -> settle flags of its orders that filled in this block
         self.order_flags: dict[int, int] = {}
         self.next_sweep = 0
@@ -168,7 +172,9 @@ class Loans:
         if source != AUTO_LEND_SOURCE or account in self.auto_lend_off:
             # an auto-lend by an auto-lend account changes no balance as shown (``on_demand``)
             self.ledger.touched[(account, asset)] = None
-        out.append(LendMoved(seq, account, asset, kind, source, amount, lent, owed, self.now, loan.lent, loan.borrowed))
+        index = pool.lend_index if kind in (LEND_KIND, REDEEM_KIND) else pool.borrow_index
+        out.append(LendMoved(seq, account, asset, kind, source, amount, lent, owed, self.now, loan.lent, loan.borrowed,
+                             index))
 
     def lend(self, seq: int, account: str, asset: str, amount: int, source: str, out: list) -> None:
         bal = self.ledger.bal(account, asset)
@@ -217,9 +223,12 @@ class Loans:
             moves: list[tuple[Callable, int]] = []
             if tx.side == LEND:
                 owed = pools.owed(pool, loan.borrowed) if loan is not None and loan.borrowed else 0
-                if bal.free < qty:
-                    raise Refused(Code.INSUFFICIENT_FUNDS, f"{qty} exceeds the free balance {bal.free}")
-                moves = [(self.repay, min(qty, owed)), (self.lend, qty - min(qty, owed))]
+                # with auto-lend on, what is already lent is shown as available: it counts first
+                lent = self.on_demand(account, asset)
+                if bal.free + lent < qty:
+                    raise Refused(Code.INSUFFICIENT_FUNDS, f"{qty} exceeds the available balance {bal.free + lent}")
+                repay = min(qty, owed)
+                moves = [(self.repay, repay), (self.lend, max(qty - repay - lent, 0))]
             else:
                 claim = pools.claim(pool, loan.lent) if loan is not None and loan.lent else 0
                 redeem = min(qty, claim)
@@ -270,15 +279,11 @@ class Loans:
         if pool is None:
             return
         loan = self.loans.get(account, {}).get(asset)
-        if loan is not None and loan.lent:
-            auto_lend = account not in self.auto_lend_off
-            if auto_lend or tx.auto & AUTO_LEND_REDEEM:
-                claim = pools.claim(pool, loan.lent)
-                # auto-lend redeems the whole claim: the account's next orders need no
-                # redeem of their own, and what stays idle is lent again at the next sweep
-                amount = min(claim if need is None or auto_lend else need - bal.free, claim, pool.cash)
-                if amount > 0:
-                    self.redeem(seq, account, asset, amount, AUTO_REDEEM_SOURCE, out)
+        if loan is not None and loan.lent and (tx.auto & AUTO_LEND_REDEEM or account not in self.auto_lend_off):
+            claim = pools.claim(pool, loan.lent)
+            amount = min(claim if need is None else need - bal.free, claim, pool.cash)
+            if amount > 0:
+                self.redeem(seq, account, asset, amount, AUTO_REDEEM_SOURCE, out)
         if need is not None and tx.auto & AUTO_BORROW and bal.free < need:
             loan = self.loans.get(account, {}).get(asset)
             amount = need - bal.free
@@ -335,11 +340,18 @@ class Loans:
 
     # ------------------------------------------------------------------ settings and sweep
 
-    def configure(self, account: str, auto_lend: int, auto_repay: int) -> None:
+    def configure(self, seq: int, account: str, auto_lend: int, auto_repay: int, out: list) -> None:
+        """An account's switches. Turning auto-lend off redeems its lends (as far as the
+        pools have cash): while it was on they were shown as available, and stay so."""
         if auto_lend == 1:
             self.auto_lend_off.pop(account, None)
             self.due[account] = None
-        elif auto_lend == 0:
+        elif auto_lend == 0 and account not in self.auto_lend_off:
+            for asset, loan in sorted(self.loans.get(account, {}).items()):
+                if loan.lent:
+                    amount = min(pools.claim(self.pools[asset], loan.lent), self.pools[asset].cash)
+                    if amount > 0:
+                        self.redeem(seq, account, asset, amount, AUTO_REDEEM_SOURCE, out)
             self.auto_lend_off[account] = None
         if auto_repay == 1:
             self.auto_repay_on[account] = None
@@ -358,10 +370,15 @@ class Loans:
             return
         accounts = self.flagged
         self.flagged = {}
+        idle: dict[str, None] = {}
         if self.now >= self.next_sweep:
-            if self.due:
-                accounts = {**dict.fromkeys(self.due, 0), **accounts}
-                self.due = {}
+            touched = self.due
+            # idle: touched before the last sweep and not since -- a trading account's
+            # balances are never lent just to be redeemed by its next order
+            idle = {a: None for a in self.pending if a not in touched}
+            self.pending = touched
+            self.due = {}
+            accounts = {**dict.fromkeys(touched, 0), **dict.fromkeys(idle, 0), **accounts}
             self.next_sweep = (self.now // SWEEP_US + 1) * SWEEP_US
         if not accounts:
             return
@@ -369,8 +386,9 @@ class Loans:
         for account in sorted(accounts):
             if account in skip:
                 continue
+            self.swept[account] = None
             flags = accounts[account]
-            lend = flags & AUTO_LEND or account not in self.auto_lend_off
+            lend = flags & AUTO_LEND or (account in idle and account not in self.auto_lend_off)
             repay = flags & AUTO_BORROW_REPAY or account in self.auto_repay_on
             for asset, bal in sorted(balances.get(account, {}).items()):
                 pool = self.pools.get(asset)
@@ -405,6 +423,7 @@ class Loans:
             auto_lend_off=sorted(self.auto_lend_off),
             auto_repay_on=sorted(self.auto_repay_on),
             due=sorted(self.due),
+            pending=sorted(self.pending),
             order_flags=sorted(self.order_flags.items()),
             next_sweep=self.next_sweep,
             flagged=sorted(self.flagged.items()),
@@ -420,6 +439,7 @@ class Loans:
         self.auto_lend_off = dict.fromkeys(state.auto_lend_off)
         self.auto_repay_on = dict.fromkeys(state.auto_repay_on)
         self.due = dict.fromkeys(state.due)
+        self.pending = dict.fromkeys(state.pending)
         self.order_flags = dict(state.order_flags)
         self.next_sweep = state.next_sweep
         self.flagged = dict(state.flagged)

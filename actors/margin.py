@@ -459,7 +459,7 @@ class Margin:
                 self._pass.pop(tx.account, None)
                 if tx.leverage:
                     self.leverage[tx.account] = tx.leverage
-                self.loans.configure(tx.account, tx.auto_lend, tx.auto_repay)
+                self.loans.configure(seq, tx.account, tx.auto_lend, tx.auto_repay, out)
                 out.append(LeverageSet(seq, tx.account, self.leverage.get(tx.account, 0), *self.loans.settings(tx.account)))
         return PreTraded(routed, out)
 
@@ -673,11 +673,12 @@ class Margin:
         touched = self.ledger.touched
         due = self.loans.due if self.loans.pools else None
         lenders = self.loans.loans
+        swept = self.loans.swept
         for account, asset in touched:
             bal = balances[account][asset]
             free = bal.free
             if due is not None:
-                if free:
+                if free and account not in swept:
                     due[account] = None
                 if account in lenders:
                     free += self.loans.on_demand(account, asset)
@@ -730,6 +731,7 @@ class Margin:
         if self.spec is not None:
             orders.extend(self.liquidator.check(sorted(check), seq, events))
         events.extend(self.report(seq))
+        self.loans.swept.clear()
         return Ticked(events, orders, bool(self.liquidating))
 
     def _escalate(self, msg: Escalate) -> Ticked:

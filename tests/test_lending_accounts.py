@@ -46,6 +46,12 @@ async def later(ex: Exchange, us: int, txs: list | None = None) -> list:
     return await ex.block(txs or [])
 
 
+async def idle(ex: Exchange) -> None:
+    """Two sweeps: balances untouched for a whole interval are lent (auto-lend)."""
+    await later(ex, 10**6)
+    await later(ex, 10**6)
+
+
 def rejected(events: list) -> list[str]:
     return [e.code for e in events if e.__class__ is TxRejected]
 
@@ -73,7 +79,7 @@ async def test_borrow_against_collateral_interest_and_repay(nursery):
                                     BorrowLend("borrower", "SOL", BORROW, 1)])) == ["INSUFFICIENT_LIQUIDITY"]
     await ex.block([SetLeverage("borrower", 0, auto_lend=0)])
     await ex.block([Deposit(ADMIN, "whale", "USDC", 1_000_000 * USDC)])
-    await later(ex, 2 * 10**6)  # the whale's deposit is swept into the pool (auto-lend is on by default)
+    await idle(ex)  # the whale's deposit is swept into the pool (auto-lend is on by default)
     assert (await position(ex, "whale", "USDC"))[0] >= 1_000_000 * USDC - 1  # a claim rounds down
     assert rejected(await ex.block([BorrowLend("borrower", "USDC", BORROW, 200_000 * USDC)])) == ["BORROW_LIMIT"]
     assert (await ex.engine.risk.call(BalancesOf("borrower")))["USDC"][0] == 7_999 * USDC
@@ -131,21 +137,21 @@ async def test_redeem_at_full_utilization_is_refused_and_changes_nothing(nursery
 async def test_auto_lend_sweeps_idle_balances_and_orders_redeem(nursery):
     ex = await start(nursery)
     await ex.block([Deposit(ADMIN, "a", "USDC", 1_000 * USDC)])
-    await later(ex, 10**6)
+    await idle(ex)
     assert await position(ex, "a", "USDC") == (1_000 * USDC, 0)
     assert await ex.balance("a", "USDC") == (1_000 * USDC, 0)  # shown as available: orders redeem by themselves
     events = await ex.block([order("a", BID, 10_000, 5 * 100)])  # 5 SOL at $100.00
     assert [(m.kind, m.source) for m in events if m.__class__ is LendMoved] == [("LendRedeem", "AutoLendRedeem")]
     free, held = await ex.balance("a", "USDC")
     assert held > 500 * USDC and free + held == 1_000 * USDC
-    assert await position(ex, "a", "USDC") == (0, 0)  # the whole lend came back: later orders need no redeem
-    await later(ex, 2 * 10**6)
-    assert (await position(ex, "a", "USDC"))[0] == free  # the idle rest is lent again by the next sweep
-    # auto-lend off: the lend stays where it is and is no longer shown as available
-    await ex.block([SetLeverage("a", 0, auto_lend=0)])
-    await later(ex, 2 * 10**6)
-    lent, _ = await position(ex, "a", "USDC")
-    assert lent >= free - 1 and await ex.balance("a", "USDC") == (0, held)
+    assert (await position(ex, "a", "USDC"))[0] >= free - 1  # only what the hold lacked was redeemed
+    # auto-lend off: the lend comes back, so what the account sees does not change
+    events = await ex.block([SetLeverage("a", 0, auto_lend=0)])
+    assert [(m.kind, m.source) for m in events if m.__class__ is LendMoved] == [("LendRedeem", "AutoLendRedeem")]
+    assert await position(ex, "a", "USDC") == (0, 0)
+    assert (await ex.balance("a", "USDC"))[1] == held and (await ex.balance("a", "USDC"))[0] >= free - 1
+    await idle(ex)
+    assert await position(ex, "a", "USDC") == (0, 0)  # and the sweep leaves it alone
     await conserved(ex)
 
 
@@ -153,7 +159,7 @@ async def test_auto_borrow_on_a_spot_bid_and_repay_from_proceeds(nursery):
     ex = await start(nursery)
     await ex.block([Deposit(ADMIN, "whale", "USDC", 100_000 * USDC), Deposit(ADMIN, "b", "SOL", 100 * SOL),
                     Deposit(ADMIN, "seller", "SOL", 100 * SOL), SetLeverage("b", 0, auto_lend=0)])
-    await later(ex, 10**6)  # the whale's USDC is lent: the pool has cash
+    await idle(ex)  # the whale's USDC is lent: the pool has cash
     bid = msgspec.structs.replace(order("b", BID, 15_000, 10 * 100), auto=AUTO_BORROW)
     events = await ex.block([bid])
     assert [(m.kind, m.source, m.amount) for m in events if m.__class__ is LendMoved][0][:2] == ("Borrow", "SpotMargin")
@@ -176,14 +182,14 @@ async def test_auto_borrow_on_a_spot_bid_and_repay_from_proceeds(nursery):
 async def test_auto_repay_setting_repays_from_incoming_funds(nursery):
     ex = await start(nursery)
     await ex.block([Deposit(ADMIN, "whale", "USDC", 10_000 * USDC), Deposit(ADMIN, "b", "SOL", 10 * SOL)])
-    await later(ex, 10**6)
+    await idle(ex)
     await ex.block([BorrowLend("b", "USDC", BORROW, 500 * USDC), SetLeverage("b", 0, auto_repay=1)])
     await ex.block([order("b", BID, 100, 100)])  # spends 1 USDC of the borrowed cash, the rest stays free
-    await later(ex, 10**6)
+    await idle(ex)
     lent, owed = await position(ex, "b", "USDC")
     assert lent == 0 and 0 < owed <= 2 * USDC  # the free balance repaid all it could
     await ex.block([Deposit(ADMIN, "b", "USDC", 10 * USDC)])
-    await later(ex, 10**6)
+    await idle(ex)
     lent, owed = await position(ex, "b", "USDC")
     assert owed == 0 and lent > 0  # repaid, and the rest lent (auto-lend is on)
     await conserved(ex)
@@ -194,7 +200,7 @@ async def test_a_perp_loss_is_covered_from_a_lend(nursery):
     ex = await start(nursery)
     await ex.block([Deposit(ADMIN, "whale", "USDC", 10_000 * USDC), Deposit(ADMIN, "t", "USDC", 1_000 * USDC),
                     Deposit(ADMIN, "u", "USDC", 1_000 * USDC)])
-    await later(ex, 10**6)
+    await idle(ex)
     assert (await position(ex, "t", "USDC"))[0] == 1_000 * USDC
     await ex.block([order("t", BID, 15_000, 500, symbol=PERP), order("u", ASK, 15_000, 500, symbol=PERP)])
     await later(ex, 10**6, [SetIndex(ADMIN, PERP, 13_000)])  # t's long loses $10 at the next PnL settlement
@@ -278,10 +284,10 @@ async def margin_long(ex: Exchange) -> None:
     await ex.block([Deposit(ADMIN, "whale", "USDC", 100_000 * USDC), Deposit(ADMIN, "b", "SOL", 10 * SOL),
                     Deposit(ADMIN, "mm", "SOL", 100 * SOL), Deposit(ADMIN, "mm", "USDC", 100_000 * USDC),
                     SetLeverage("mm", 0, auto_lend=0)])
-    await later(ex, 10**6)
+    await idle(ex)
     await ex.block([order("mm", ASK, 15_000, 5 * 100)])
     await ex.block([msgspec.structs.replace(order("b", BID, 15_000, 5 * 100, tif=IOC), auto=AUTO_BORROW)])
-    await later(ex, 10**6)
+    await idle(ex)
     assert (await position(ex, "b", "SOL"))[0] >= 15 * SOL - 1  # everything it holds is lent, and collateral
     assert 750 * USDC <= (await position(ex, "b", "USDC"))[1] < 760 * USDC
 
@@ -349,3 +355,21 @@ async def test_incident_report_counts_lends_and_debts(nursery):
     report = compare(altered, state)
     assert [(r["account"], r["asset"], r["difference"]) for r in report["gainers"]] == [("l", "USDC", "7")]
     assert report["losers"] == [] and compare(state, state)["gainers"] == []
+
+
+async def test_only_idle_balances_are_lent_and_a_manual_lend_counts_what_is_lent(nursery):
+    ex = await start(nursery)
+    await ex.block([Deposit(ADMIN, "t", "USDC", 1_000 * USDC), Deposit(ADMIN, "t", "SOL", 10 * SOL),
+                    Deposit(ADMIN, "q", "USDC", 1_000 * USDC)])
+    moved = []
+    for n in range(6):  # t trades every half second: its balances are never idle a whole interval
+        ex.ts += 500_000
+        events = await ex.block([order("t", BID if n % 2 else ASK, 10_000, 100, tif=IOC)])
+        moved += [m for m in events if m.__class__ is LendMoved]
+    assert {m.account for m in moved} == {"q"}  # the quiet account's deposit was lent
+    # q's 1,000 USDC are lent by the sweep, and shown as available: lending 600 of them is
+    # already done, lending 1,200 is more than q has
+    assert rejected(await ex.block([BorrowLend("q", "USDC", LEND, 1_200 * USDC)])) == ["INSUFFICIENT_FUNDS"]
+    events = await ex.block([BorrowLend("q", "USDC", LEND, 600 * USDC)])
+    assert rejected(events) == [] and not [m for m in events if m.__class__ is LendMoved]
+    await conserved(ex)

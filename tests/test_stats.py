@@ -19,7 +19,7 @@ from satchel.api.format import Formatter
 from satchel.api.marketdata import MarketData
 from satchel.api.stats import STREAM, PlatformStats
 from satchel.core.messages import (
-    BID, BlockHeader, Deposited, Fill, LedgerOf, MarksOf, PerpPrices, PositionsOf, SetIndex,
+    BID, BlockHeader, Deposited, Fill, LedgerOf, MarksOf, PerpPrices, PoolsOf, PositionsOf, SetIndex,
 )
 from satchel.rest import serve
 from satchel.signing import Keypair, load_key
@@ -56,10 +56,11 @@ class Reads:
     def __call__(self, query, callback) -> None:
         self.queue.append((query, callback))
 
-    def answer(self, marks: dict, ledger: dict | None = None) -> None:
+    def answer(self, marks: dict, ledger: dict | None = None, pools: list | None = None) -> None:
         queued, self.queue = self.queue, []
         for query, callback in queued:
-            callback(ledger if isinstance(query.message, LedgerOf) else marks)
+            message = query.message
+            callback(ledger if isinstance(message, LedgerOf) else pools or [] if isinstance(message, PoolsOf) else marks)
 
 
 def header(height: int, ts: int) -> BlockHeader:
@@ -84,7 +85,7 @@ def test_one_frame_per_second_of_sequenced_time():
     assert sink.take() == []  # no figures yet: no snapshot
 
     stats.start()  # the first read asks the ledger's deposits too
-    assert [type(q.message) for q, _ in reads.queue] == [MarksOf, LedgerOf]
+    assert [type(q.message) for q, _ in reads.queue] == [MarksOf, PoolsOf, LedgerOf]
     # a block published while that read waits is inside its answer: not counted twice
     stats.publish(header(11, T0 + 100), [Deposited(1, "a", "USDC", 5 * USDC)])
     reads.answer({}, {"USDC": (105 * USDC, 0, 105 * USDC), "SOL": (0, 0, 0)})
@@ -100,15 +101,15 @@ def test_one_frame_per_second_of_sequenced_time():
         md.publish(header(12, ts + dt), [])
         stats.publish(header(12, ts + dt), [Deposited(1, "b", "SOL", 2 * SOL)])
     assert reads.queue == [] and sink.take() == []
-    # a second of sequenced time later: one read (MarksOf only), one frame
+    # a second of sequenced time later: one read (MarksOf and PoolsOf), one frame
     md.publish(header(13, ts + SECOND), [sol_fill(15_000, 1_000)])  # 10 SOL at 150 on the spot market
     stats.publish(header(13, ts + SECOND), [])
-    assert [type(q.message) for q, _ in reads.queue] == [MarksOf]
+    assert [type(q.message) for q, _ in reads.queue] == [MarksOf, PoolsOf]
     # blocks keep coming while the read waits: its answer describes the last of them
     for h, dt in ((14, SECOND + 400_000), (15, 2 * SECOND + 300_000)):
         md.publish(header(h, ts + dt), [sol_fill(15_000, 100, PERP)])  # 1 SOL at 150 on the perp
         stats.publish(header(h, ts + dt), [])
-    assert len(reads.queue) == 1
+    assert len(reads.queue) == 2
     reads.answer(marks(oi=200, mark=15_000))
     [f] = sink.take()
     d = f["data"]
@@ -160,7 +161,7 @@ def test_a_request_refreshes_the_figures_without_a_frame():
     answers: list[dict] = []
     stats.when_ready(answers.append)  # nothing taken yet: waits for the read it starts
     stats.when_ready(answers.append)  # ... and a second request shares it
-    assert len(reads.queue) == 2 and answers == []  # MarksOf + LedgerOf
+    assert len(reads.queue) == 3 and answers == []  # MarksOf + PoolsOf + LedgerOf
     reads.answer({}, {"USDC": (7 * USDC, 0, 7 * USDC)})
     assert len(answers) == 2 and answers[0] is answers[1] and len(sink.take()) == 1
     stats.when_ready(answers.append)  # nothing published since: answered at once
@@ -271,7 +272,12 @@ async def test_live_figures_agree_with_the_ledger(nursery, server, traders):
         assert (assets["USDC"]["custody"], assets["SOL"]["custody"], assets["BTC"]["custody"]) == ("102000", "1000", "0")
         assert assets["SOL"]["price"] == mark["markPrice"]  # valued at the perp's mark
         assert Decimal(last["custodyValue"]) == 102_000 + 1_000 * Decimal(mark["markPrice"])
-        assert last["lentValue"] == last["borrowedValue"] == "0"
+        # lent and borrowed: the pools' totals (auto-lend has swept idle balances into them)
+        pools = {p["symbol"]: p for p in await watcher.request("borrowLendMarkets", sign=False)}
+        assert {s: (x["lent"], x["borrowed"]) for s, x in assets.items() if s in pools} == {
+            s: (p["lentQuantity"], p["borrowedQuantity"]) for s, p in pools.items()}
+        assert Decimal(assets["USDC"]["lent"]) > 0 and last["borrowedValue"] == "0"
+        assert Decimal(last["lentValue"]) == sum(Decimal(x["lentValue"]) for x in assets.values() if x["lentValue"])
 
         # the request and REST answer the same figures, as of the last block
         answer = await watcher.request("platformStats", sign=False)

@@ -43,6 +43,9 @@ async def workload(url: str, data) -> tuple[Keypair, ...]:
         # carol may not trade SOL_USDC; ETH_USDC stays open to her
         await admin.request("adminSetTrading", {"account": carol.api_key, "symbol": "SOL_USDC", "enabled": False})
     async with connect(url, alice) as a, connect(url, bob) as b, connect(url, carol) as c:
+        # lending in the journal: a manual lend, a borrow against USDC, auto-lend sweeps, interest
+        await a.request("borrowLendExecute", {"symbol": "USDC", "side": "Lend", "quantity": "5000"})
+        await c.request("borrowLendExecute", {"symbol": "USDC", "side": "Borrow", "quantity": "4000"})
         for i in range(12):
             await b.request("orderExecute", limit("SOL_USDC", "Ask", f"{150 + i % 3}", "1"))
             await b.request("orderExecute", limit("ETH_USDC", "Ask", f"{3000 + i % 3}", "0.1"))
@@ -52,6 +55,8 @@ async def workload(url: str, data) -> tuple[Keypair, ...]:
                 assert r["status"] == "Filled"
                 r = await c.request("orderExecute", limit("SOL_USDC", "Bid", "152", "0.1"))
                 assert r["reason"] == "AccountTradingDisabled"
+        await trio.sleep(1.1)  # a sweep of the balances the orders moved
+        await c.request("borrowLendExecute", {"symbol": "USDC", "side": "Lend", "quantity": "4000.01"})
     return alice, bob, carol
 
 

@@ -19,8 +19,8 @@ from satchel.core.amounts import format_units
 from satchel.core.messages import (
     BY_MARK, GTC, LIMIT, MARKET, ORDER_TYPE_NAMES, PPB, REJECT_TAKER, SIDE_NAMES, STP_NAMES, TIF_NAMES,
     TRIGGER_BY_NAMES, NEW, PARTIALLY_FILLED,
-    AssetSpec, CollateralView, FundingPayment, Liquidation, MarketSpec, MarkPrice, OpenInterest, PerpPrices,
-    PositionChanged,
+    AssetSpec, CollateralView, FundingPayment, LendPosition, Liquidation, MarketSpec, MarkPrice, OpenInterest,
+    PerpPrices, PositionChanged,
 )
 from satchel.core.state import PositionState
 
@@ -246,7 +246,10 @@ class Formatter:
     def collateral(self, view: CollateralView) -> dict:
         """An account's margin, shaped like Backpack's ``GET /api/v1/capital/collateral``.
         Figures are in the settlement asset; ``marginFraction`` is null with no exposure
-        (0 would read as an account about to be liquidated)."""
+        (0 would read as an account about to be liquidated). Per asset, ``totalQuantity``
+        nets lends and debts in; ``lendQuantity`` is the lent claim (auto-lend's sweep
+        included, so an idle balance moves from ``availableQuantity`` to it) and
+        ``borrowLiability`` values every debt."""
         settle = self.settlement_asset()
         money = self.assets[settle].decimals
         rows = []
@@ -265,12 +268,13 @@ class Formatter:
                 "collateralWeight": fraction(r.weight),
                 "collateralValue": format_units(r.value, money),
                 "openOrderQuantity": self.asset(r.asset, r.held),
-                "lendQuantity": "0",
-                "availableQuantity": self.asset(r.asset, r.total - r.held),
+                "lendQuantity": self.asset(r.asset, r.lent),
+                # the free balance: total = free + held + lent - borrowed
+                "availableQuantity": self.asset(r.asset, r.total - r.held - r.lent + r.borrowed),
             })
         return {
             "assetsValue": format_units(assets_value, money),
-            "borrowLiability": "0",
+            "borrowLiability": format_units(view.borrow_liability, money),
             "liabilitiesValue": format_units(liabilities, money),
             "imf": fraction(view.imf),
             "mmf": fraction(view.mmf),
@@ -287,7 +291,8 @@ class Formatter:
     def account(self, view: CollateralView, max_leverage: int) -> dict:
         """Backpack's ``GET /api/v1/account``: the account's settings. Fees are per market
         in Satchel (``GET /api/v1/markets``); these are the first listed spot and perp
-        market's, in basis points. Lending is not offered yet, so its switches are off."""
+        market's, in basis points. ``autoLend`` and ``autoRepayBorrows`` are the account's
+        switches (``PATCH /api/v1/account``); settlements are never auto-borrowed."""
         fees = {}
         for spec in self.markets.values():
             kind = "futures" if spec.perp is not None else "spot"
@@ -295,7 +300,8 @@ class Formatter:
                 fees[f"{kind}MakerFee"] = str(spec.maker_fee_bps)
                 fees[f"{kind}TakerFee"] = str(spec.taker_fee_bps)
         return {
-            "autoBorrowSettlements": False, "autoLend": False, "autoRealizePnl": True, "autoRepayBorrows": False,
+            "autoBorrowSettlements": False, "autoLend": view.auto_lend, "autoRealizePnl": True,
+            "autoRepayBorrows": view.auto_repay,
             "borrowLimit": "0", "leverageLimit": str(view.leverage or max_leverage), "liquidating": view.liquidating,
             **fees,
         }
@@ -316,6 +322,33 @@ class Formatter:
             "optimalUtilization": fraction(pool.spec.optimal_utilization),
             "maxUtilization": "1", "fee": fraction(pool.spec.reserve_factor),
             "timestamp": naive_iso(timestamp_us),
+        }
+
+    def lend_position(self, pos: LendPosition, price: int, position_id: int | None) -> dict:
+        """A ``GET /api/v1/borrowLend/positions`` item: ``netQuantity`` lent (+) or borrowed
+        (-), valued at ``price`` (settlement-asset units per whole unit of the asset, as
+        margin values collateral: "1" for the settlement asset, "0" without a perp mark).
+        ``cumulativeInterest`` is earned (+) or owed (-) since the position opened. A
+        borrow's IMF/MMF are flat fractions of its value (the pool's ``borrow_imf``/
+        ``borrow_mmf``), so the functions' ``factor`` is 0; the estimated liquidation
+        price is not computed ("0", as for perp positions)."""
+        asset = pos.asset
+        money = self.assets[self.settlement_asset() or asset].decimals
+        net = pos.lent - pos.borrowed
+        notional = _quotient(abs(net) * price, 10 ** self.assets[asset].decimals)
+        return {
+            "id": None if position_id is None else str(position_id),
+            "symbol": asset,
+            "netQuantity": self.asset(asset, net),
+            "markPrice": format_units(price, money),
+            "cumulativeInterest": self.asset(asset, pos.interest),
+            "imf": fraction(pos.imf),
+            "imfFunction": self.margin_function(pos.imf, 0),
+            "mmf": fraction(pos.mmf),
+            "mmfFunction": self.margin_function(pos.mmf, 0),
+            "netExposureQuantity": self.asset(asset, abs(net)),
+            "netExposureNotional": format_units(notional, money),
+            "estLiquidationPrice": "0",
         }
 
     def funding_payment(self, p: FundingPayment) -> dict:

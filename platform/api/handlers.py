@@ -35,12 +35,13 @@ from satchel.clock import now_ms
 from satchel.core import instructions
 from satchel.core.engine import MAX_WINDOW_MS
 from satchel.core.errors import (
-    EXPIRED, INVALID_REQUEST, INVALID_SIGNATURE, INVALID_SYMBOL, MAINTENANCE, RESOURCE_NOT_FOUND, UNAUTHORIZED,
+    EXPIRED, INVALID_ASSET, INVALID_REQUEST, INVALID_SIGNATURE, INVALID_SYMBOL, MAINTENANCE, RESOURCE_NOT_FOUND, UNAUTHORIZED,
     RequestError,
 )
 from satchel.core.messages import (
-    NEW, PARTIALLY_FILLED, REJECTED, TRIGGER_PENDING, Auth, BalancesOf, CollateralOf, Fill, HistoryOf, LedgerOf, MarksOf,
-    OpenOrders, OrderDone, OrderOf, PlaceOrder, PoolsOf, PositionsOf, Query, TriggerPlaced, TxRejected,
+    LEND_SIDE_NAMES, NEW, PARTIALLY_FILLED, REJECTED, TRIGGER_PENDING, Auth, BalancesOf, BorrowLend, CollateralOf, Fill,
+    HistoryOf, LedgerOf, LendingOf, LendMoved, LeverageSet, MarksOf, OpenOrders, OrderDone, OrderOf, PlaceOrder, PoolsOf,
+    PositionsOf, Query, TriggerPlaced, TxRejected,
 )
 from satchel.history import queries as history_queries, views as history_views
 from satchel.history.store import Store
@@ -52,7 +53,7 @@ METHODS = (
     "ledgerTotals", "nodeStats", "deposit", "adminSetTrading", "adminSetFees",
     "positionQuery", "collateralQuery", "fundingHistoryQueryAll", "liquidationHistoryQueryAll", "markPrices",
     "openInterest", "accountUpdate", "accountQuery", "orderExecuteBatch", "orderHistoryQueryAll", "fillHistoryQueryAll",
-    "borrowLendMarkets", "platformStats",
+    "borrowLendMarkets", "platformStats", "borrowLendExecute", "borrowLendPositionQuery", "borrowHistoryQueryAll",
 )
 MAX_BATCH = 50  # orders in one POST /api/v1/orders (each journaled record keeps the whole signed batch)
 # requests whose params are a list of objects, each signed as its own segment
@@ -88,6 +89,21 @@ class FillHistoryParams(OrderHistoryParams):
     """``GET /wapi/v1/history/fills``: also ``fillType`` (ccxt sends ``User``)."""
 
     fillType: str | None = None
+
+
+class LendHistoryParams(msgspec.Struct):
+    """``GET /wapi/v1/history/borrowLend``: ``symbol`` is an asset, ``type`` an eventType,
+    ``sources`` a comma-separated list of sources; ``from``/``to`` in ms (inclusive)."""
+
+    symbol: str | None = None
+    type: str | None = None
+    sources: str | None = None
+    positionId: str | None = None
+    limit: str | None = None
+    offset: str | None = None
+    since: str | None = msgspec.field(default=None, name="from")
+    to: str | None = None
+    sortDirection: str | None = None
 
 
 class Replies(Protocol):
@@ -474,9 +490,111 @@ class Api:
     @_request
     def accountUpdate(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
         """Backpack's ``PATCH /api/v1/account``: the account's ``leverageLimit`` (its IMF is
-        at least 1/leverageLimit from this transaction on)."""
-        self._transaction(caller, req_id, texts, sig, "accountUpdate",
-                          lambda tx, texts: self._ack_reply({"leverageLimit": str(tx.leverage)}))
+        at least 1/leverageLimit from this transaction on), ``autoLend`` and
+        ``autoRepayBorrows``. Answers the settings the request named, as they now are."""
+        self._transaction(caller, req_id, texts, sig, "accountUpdate", self._settings_reply)
+
+    def _settings_reply(self, tx: Any, texts: Mapping[str, str]) -> Callable[[Replies, Any, list], None]:
+        top = instructions.max_leverage(self.listing)
+
+        def reply(replies: Replies, req_id: Any, events: list) -> None:
+            for ev in events:
+                if ev.__class__ is TxRejected:
+                    return replies.error(req_id, ev.code, ev.message)
+                if ev.__class__ is LeverageSet:
+                    now = {"leverageLimit": str(ev.leverage or top), "autoLend": ev.auto_lend,
+                           "autoRepayBorrows": ev.auto_repay}
+                    return replies.result(req_id, {k: v for k, v in now.items() if k in texts})
+            replies.result(req_id, {})
+
+        return reply
+
+    # ------------------------------------------------------------------ lending
+
+    @_request
+    def borrowLendExecute(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """Backpack's ``POST /api/v1/borrowLend`` (``symbol`` an asset, ``side`` Borrow or
+        Lend, ``quantity``): Lend repays a borrow first and lends the rest, Borrow redeems
+        a lend first and borrows the rest. Answered once durable with the request and the
+        account's position in the asset afterwards (``netQuantity``: lent +, borrowed -);
+        REST answers an empty body, as Backpack does. A refusal (INSUFFICIENT_FUNDS,
+        INSUFFICIENT_LIQUIDITY, AMOUNT_TOO_SMALL, BORROW_LIMIT, ...) changed nothing."""
+        self._transaction(caller, req_id, texts, sig, "borrowLendExecute", self._borrow_lend_reply)
+
+    def _borrow_lend_reply(self, tx: BorrowLend, texts: Mapping[str, str]) -> Callable[[Replies, Any, list], None]:
+        fmt = self.fmt
+
+        def reply(replies: Replies, req_id: Any, events: list) -> None:
+            net = 0
+            for ev in events:
+                if ev.__class__ is TxRejected:
+                    return replies.error(req_id, ev.code, ev.message)
+                if ev.__class__ is LendMoved and ev.account == tx.account and ev.asset == tx.asset:
+                    net = ev.lent - ev.borrowed  # the last one (an auto-lend sweep may follow) is the position now
+            replies.result(req_id, {"symbol": tx.asset, "side": LEND_SIDE_NAMES[tx.side],
+                                    "quantity": fmt.asset(tx.asset, tx.quantity), "netQuantity": fmt.asset(tx.asset, net)})
+
+        return reply
+
+    @_request
+    def borrowLendPositionQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """The account's open lend and borrow positions (``GET /api/v1/borrowLend/positions``),
+        valued as the margin engine values collateral. A position's ``id`` is the one its
+        movements carry in the history (``borrowHistoryQueryAll``); null on a node that
+        keeps no history."""
+        signed = self.check_signature("borrowLendPositionQuery", texts, sig)
+        instructions.params_of(NoParams, texts)
+        account = signed.account
+        replies = caller.replies
+        history = self.history
+        fmt = self.fmt
+
+        def answer(positions: list, prices: dict[str, int], ids: Any) -> None:
+            ids = ids if isinstance(ids, dict) else {}  # a failed history read costs the ids, not the answer
+            try:
+                items = [fmt.lend_position(p, prices.get(p.asset, 0), ids.get(p.asset))
+                         for p in positions if p.asset in fmt.assets]
+            except Exception as exc:  # runs in the publisher's or the history's callback: never raise there
+                return replies.failed(req_id, exc)
+            replies.result(req_id, items)
+
+        def read(answers: list) -> None:
+            positions = [p for p in answers[0] if p.lent or p.borrowed]
+            prices = {r.asset: r.price for r in answers[1].assets}
+            if history is None or not positions:
+                return answer(positions, prices, {})
+            # queued after the blocks this state includes: the ids are those of these positions
+            history.read(history_queries.OpenLendPositions(account, tuple(p.asset for p in positions)),
+                         lambda ids: answer(positions, prices, ids))
+
+        queries = [Query("risk", LendingOf(account)), Query("risk", CollateralOf(account))]  # back to back: one state
+        caller.verified(req_id, signed, lambda m: self._read(queries, read))
+
+    @_request
+    def borrowHistoryQueryAll(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """The account's borrow and lend movements, newest first (``GET /wapi/v1/history/borrowLend``):
+        ``type`` (Borrow, BorrowRepay, Lend, LendRedeem), ``sources`` (comma-separated),
+        ``symbol`` (an asset), ``positionId``, ``from``/``to`` (ms), ``limit``/``offset``,
+        ``sortDirection`` (Asc, Desc)."""
+        params = instructions.params_of(LendHistoryParams, texts)
+
+        def query(account: str) -> history_queries.LendHistory:
+            if params.symbol is not None and params.symbol not in self.listing.assets:
+                raise RequestError(INVALID_ASSET, f"Unknown asset {params.symbol}")
+            if params.type is not None and params.type not in history_queries.LEND_KINDS:
+                raise RequestError(INVALID_REQUEST, f"type must be one of {', '.join(history_queries.LEND_KINDS)}")
+            sources = tuple(sorted({s for s in (params.sources or "").split(",") if s}))
+            unknown = [s for s in sources if s not in history_queries.LEND_SOURCES]
+            if unknown:
+                raise RequestError(INVALID_REQUEST, f"unknown source {unknown[0]}")
+            if params.sortDirection not in (None, "Asc", "Desc"):
+                raise RequestError(INVALID_REQUEST, "sortDirection must be Asc or Desc")
+            return history_queries.LendHistory(
+                account, asset=params.symbol, kind=params.type, sources=sources,
+                position_id=instructions.uint(params.positionId, "positionId", 2**63), ascending=params.sortDirection == "Asc",
+                **self._window(params))
+
+        self._history_read(caller, req_id, texts, sig, "borrowHistoryQueryAll", query, history_views.lend_moves)
 
     # ------------------------------------------------------------------ queries
 
@@ -655,30 +773,15 @@ class Api:
     # ------------------------------------------------------------------ order and fill history
 
     def _history_read(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature, instruction: str,
-                      params: OrderHistoryParams, query: Callable[[str, dict], Any],
-                      view: Callable[[Formatter, list], list]) -> None:
-        """A signed read of the history database (``satchel.history``): ``query(account,
-        filters)`` is run after every block published so far, and ``view(fmt, rows)``
-        answers. ``limit`` defaults to 100 (at most 1000); ``from``/``to`` are ms, inclusive."""
+                      query: Callable[[str], Any], view: Callable[[Formatter, list], list]) -> None:
+        """A signed read of the history database (``satchel.history``): ``query(account)``
+        checks the params and gives the query, which is run after every block published so
+        far, and ``view(fmt, rows)`` answers."""
         signed = self.check_signature(instruction, texts, sig)
         history = self.history
         if history is None:
             raise RequestError(RESOURCE_NOT_FOUND, "This node keeps no order history")
-        if params.symbol is not None:
-            self.listing.check_symbol(params.symbol)
-        uint = instructions.uint
-        # below 2**53 ms, so their µs stay within SQLite's 64-bit integers
-        since, until = uint(params.since, "from", 2**53), uint(params.to, "to", 2**53)
-        filters = {
-            "symbol": params.symbol,
-            "order_id": uint(params.orderId, "orderId"),
-            "since_us": None if since is None else since * 1000,
-            "until_us": None if until is None else (until + 1) * 1000,
-            "limit": history_queries.DEFAULT_LIMIT if params.limit is None else
-            uint(params.limit, "limit", history_queries.MAX_LIMIT + 1),
-            "offset": uint(params.offset, "offset") or 0,
-        }
-        q = query(signed.account, filters)
+        q = query(signed.account)
         replies = caller.replies
 
         def reply(rows: Any) -> None:
@@ -691,13 +794,35 @@ class Api:
 
         caller.verified(req_id, signed, lambda m: history.read(q, reply))
 
+    @staticmethod
+    def _window(params: Any) -> dict:
+        """A history read's ``from``/``to`` (ms, inclusive) as µs bounds and its page:
+        ``limit`` defaults to 100 (at most 1000)."""
+        uint = instructions.uint
+        # below 2**53 ms, so their µs stay within SQLite's 64-bit integers
+        since, until = uint(params.since, "from", 2**53), uint(params.to, "to", 2**53)
+        return {
+            "since_us": None if since is None else since * 1000,
+            "until_us": None if until is None else (until + 1) * 1000,
+            "limit": history_queries.DEFAULT_LIMIT if params.limit is None else
+            uint(params.limit, "limit", history_queries.MAX_LIMIT + 1),
+            "offset": uint(params.offset, "offset") or 0,
+        }
+
+    def _order_filters(self, params: OrderHistoryParams) -> dict:
+        """The filters of order and fill history: one market, one order, the window."""
+        if params.symbol is not None:
+            self.listing.check_symbol(params.symbol)
+        return {"symbol": params.symbol, "order_id": instructions.uint(params.orderId, "orderId"), **self._window(params)}
+
     @_request
     def orderHistoryQueryAll(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
         """The account's orders, open and done, newest first (``GET /wapi/v1/history/orders``;
         ccxt's ``fetch_order`` and ``fetch_orders``). A cancelled order keeps what it executed."""
         params = instructions.params_of(OrderHistoryParams, texts)
-        self._history_read(caller, req_id, texts, sig, "orderHistoryQueryAll", params,
-                           lambda account, f: history_queries.OrderHistory(account, **f), history_views.orders)
+        self._history_read(caller, req_id, texts, sig, "orderHistoryQueryAll",
+                           lambda account: history_queries.OrderHistory(account, **self._order_filters(params)),
+                           history_views.orders)
 
     @_request
     def fillHistoryQueryAll(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
@@ -708,8 +833,9 @@ class Api:
             kind = history_queries.FILL_TYPES.get(params.fillType)
             if kind is None:
                 raise RequestError(INVALID_REQUEST, f"fillType must be one of {', '.join(history_queries.FILL_TYPES)}")
-        self._history_read(caller, req_id, texts, sig, "fillHistoryQueryAll", params,
-                           lambda account, f: history_queries.FillHistory(account, kind=kind, **f), history_views.fills)
+        self._history_read(caller, req_id, texts, sig, "fillHistoryQueryAll",
+                           lambda account: history_queries.FillHistory(account, kind=kind, **self._order_filters(params)),
+                           history_views.fills)
 
     def _marks(self, caller: Caller, req_id: Any, texts: Mapping[str, str], item: Callable[[str, Any], dict]) -> None:
         """A public read of every perp's prices (``MarksOf``), one item per perp it has figures for."""

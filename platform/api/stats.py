@@ -32,7 +32,9 @@ read's state includes. So:
   are exactly the engine's increments of the same counter (the insurance fund's
   deposits included). A block published while that first read is in flight is already
   in its answer and is not counted twice.
-* **Lent and borrowed** per asset come from ``lending_totals``: "0" until lending lands.
+* **Lent and borrowed** per asset are the lending pools' totals (``PoolsOf``, read from
+  the lending actor with the same read, so the same state): the lenders' claims and the
+  borrowers' debts at the pools' indices, O(pools).
 
 Values in USDC use, for an asset, the mark of a perp on it quoted in USDC (as the margin
 engine values collateral), else the last trade of its spot market against USDC; each
@@ -54,7 +56,8 @@ import trio
 from satchel.api.format import Formatter
 from satchel.api.marketdata import MarketData
 from satchel.core.errors import MAINTENANCE, RequestError
-from satchel.core.messages import BlockHeader, Deposited, LedgerOf, MarketSpec, MarksOf, Query
+from satchel.core import lending
+from satchel.core.messages import BlockHeader, Deposited, LedgerOf, MarketSpec, MarksOf, PoolsOf, Query
 
 STREAM = "platformStats"
 EVERY_US = 1_000_000  # one frame per second of sequenced time
@@ -126,7 +129,7 @@ class PlatformStats:
 
     def _take(self) -> bool:
         """Ask the engine for the figures' state; False if the node is shutting down."""
-        queries = [Query("risk", MarksOf())]
+        queries = [Query("risk", MarksOf()), Query("lending", PoolsOf())]
         if self._deposits is None:
             queries.append(Query("risk", LedgerOf()))
         answers: list = []
@@ -138,7 +141,7 @@ class PlatformStats:
 
         self._pending = True
         try:
-            for q in queries:  # queued back to back: both see the same state
+            for q in queries:  # queued back to back: all see the same state
                 self._read(q, collect)
         except trio.ClosedResourceError:  # shutting down: no more figures
             self._pending = False
@@ -148,8 +151,8 @@ class PlatformStats:
     def _taken(self, answers: list) -> None:
         self._pending = False
         if self._deposits is None:
-            self._deposits = {asset: d for asset, (d, _fees, _balances) in answers[1].items()}
-        data = self.figures(answers[0])
+            self._deposits = {asset: d for asset, (d, _fees, _balances) in answers[2].items()}
+        data = self.figures(answers[0], self.lending_totals(answers[1]))
         self.latest = data
         self._taken_height = self._height
         if self._ts >= self._next:  # figures a request asked for within the second only refresh ``latest``
@@ -160,20 +163,15 @@ class PlatformStats:
         for answer in waiting:
             answer(data)
 
-    def lending_totals(self) -> dict[str, tuple[int, int]]:
-        """Per asset: (lent, borrowed) in asset units; an asset left out has neither.
+    @staticmethod
+    def lending_totals(pools: list) -> dict[str, tuple[int, int]]:
+        """Per asset: (lent, borrowed) in asset units, from the lending actor's ``PoolsOf``
+        answer (``core.lending.Pool``); an asset without a pool is left out (shows "0")."""
+        return {pool.spec.asset: (lending.lent_total(pool), lending.borrowed_total(pool)) for pool in pools}
 
-        PENDING THE LENDING WORK (issue 10): no account can lend or borrow yet, so this
-        is empty and every asset shows "0". When lending lands, fill it here from the
-        lending actor: add ``Query("lending", PoolsOf())`` to ``_take``'s queries and
-        return ``{pool.spec.asset: (lending.lent_total(pool), lending.borrowed_total(pool))}``
-        from its answer -- the same read, so the same state as every other figure.
-        """
-        return {}
-
-    def figures(self, marks: dict) -> dict:
+    def figures(self, marks: dict, pools: dict[str, tuple[int, int]] | None = None) -> dict:
         """The stream's ``data`` for the state after the last published block, given the
-        margin engine's ``MarksOf`` answer for that state."""
+        margin engine's ``MarksOf`` answer and the pools' ``lending_totals`` for that state."""
         fmt = self.fmt
         md = self.md
         prices = self._prices(marks)
@@ -204,12 +202,12 @@ class PlatformStats:
                     "markPrice": fmt.price(sym, mark) if mark else None,
                     "notional": fmt.quote(sym, notional), "notionalValue": add("openInterest", spec.quote, notional),
                 })
-        lending = self.lending_totals()
+        pools = pools or {}
         deposits = self._deposits or {}
         assets = []
         for asset in fmt.assets:
             custody = deposits.get(asset, 0)
-            lent, borrowed = lending.get(asset, (0, 0))
+            lent, borrowed = pools.get(asset, (0, 0))
             price = self._value(prices, asset, 10 ** fmt.assets[asset].decimals)  # one whole unit
             assets.append({
                 "symbol": asset, "price": fmt.asset(unit, price) if price is not None and unit else None,

@@ -78,7 +78,7 @@ from satchel.core.messages import PPB, LendingSpec  # the spec is a journaled re
 
 RAY = 10**18  # an index of 1.0
 MAX_INDEX = 2**63 - 1  # indices fit a signed 64-bit msgpack integer
-MIN_LEND_INDEX = RAY // 10**6  # a socialized loss lowers the lend index no further
+MIN_LEND_INDEX = 1  # an index stays positive (divisions), even when the lenders lost everything
 YEAR_US = 365 * 86_400 * 1_000_000  # one year of sequenced time
 HOURS_PER_YEAR = 365 * 24
 
@@ -345,10 +345,9 @@ def write_off(pool: Pool, borrowed_scaled: int, priced: bool = True) -> tuple[Po
     claims fall by at least the loss (rounded down: never more than they have), the
     reserve is what is left over. Lenders' claims always cover any one debt
     (``debt <= cash + debt = claims + reserve``), so the reserve stays non-negative; if the
-    loss is more than the claims, the reserve takes the rest. The lend index never goes
-    below ``MIN_LEND_INDEX`` (a millionth): were the lenders all but wiped out, what the
-    floor keeps them above the loss is taken from the reserve, which may then be negative
-    (``solvent`` says so); scaled balances stay within 64 bits."""
+    loss is more than the claims, the reserve takes the rest. Were the lenders wiped out,
+    the index ends near zero and the pool refuses new lends (their scaled balances would
+    pass 64 bits, see ``lend``): the catastrophe is visible, never papered over."""
     loss = owed(pool, borrowed_scaled)
     claims = lent_total(pool)
     index = pool.lend_index

@@ -564,6 +564,7 @@ class LendMoved(_Rec, tag=36):
     timestamp: int  # the block's, us
     lent_scaled: int = 0  # the position as the pool keeps it: read models derive interest from
     borrowed_scaled: int = 0  # these and the indices in ``PoolUpdate``
+    index: int = 0  # the index the movement used (lend index for Lend/LendRedeem, else borrow index)
 
 
 class PoolUpdate(_Rec, tag=37):

@@ -111,6 +111,7 @@ class LoansState(_State):
     auto_lend_off: list[str]  # sorted accounts
     auto_repay_on: list[str]
     due: list[str]  # accounts to sweep at the next sweep, sorted
+    pending: list[str]  # accounts touched in the interval before: lent at the next sweep if quiet since
     order_flags: list[tuple[int, int]]  # open spot order id -> its AUTO_LEND / AUTO_BORROW_REPAY flags
     next_sweep: int  # us
     flagged: list[tuple[str, int]] = []  # accounts whose flagged orders filled after the block's sweep

@@ -1,4 +1,5 @@
-"""The history read model: orders, fills and trades kept in SQLite outside the deterministic core.
+"""The history read model: orders, fills, trades and lending movements kept in SQLite outside the
+deterministic core.
 
 Fed by the node's durable blocks, rebuilt from the journal when missing or behind; the
 engine never reads it. In the order a block travels: ``store`` (the thread that owns the

@@ -172,6 +172,103 @@ class FillHistory(msgspec.Struct, frozen=True):
                                     "ORDER BY f.height DESC, f.ix DESC, f.is_maker LIMIT ? OFFSET ?", args)
 
 
+class LendRow(NamedTuple):
+    pos: int
+    seq: int
+    asset: str
+    kind: str
+    source: str
+    amount: int
+    lent: int
+    borrowed: int
+    ts: int
+    position_id: int | None  # the ``pos`` of the movement that opened the position
+
+
+# the ``pos`` of the movement that opened the position row ``m`` belongs to: the first
+# movement after the account's last one in that asset that left it flat (see ``schema``)
+_OPENED = """(SELECT MIN(o.pos) FROM lend_moves o WHERE o.account = m.account AND o.asset = m.asset AND o.pos >
+    IFNULL((SELECT MAX(c.pos) FROM lend_moves c WHERE c.account = m.account AND c.asset = m.asset
+            AND c.lent = 0 AND c.borrowed = 0 AND c.pos < m.pos), -1))"""
+
+# Backpack's borrow/lend movement sources (``sources=`` filter), and Satchel's own AutoLendRedeem
+LEND_SOURCES = frozenset({
+    "AdlProvider", "AutoBorrowRepay", "AutoLend", "AutoLendRedeem", "BackstopProvider", "Interest", "Liquidation",
+    "LiquidationAdl", "LiquidationBackstop", "Manual", "Reconciliation", "SpotMargin", "Withdrawal",
+})
+LEND_KINDS = ("Borrow", "BorrowRepay", "Lend", "LendRedeem")
+
+
+class LendHistory(msgspec.Struct, frozen=True):
+    """An account's borrow and lend movements, newest first (``ascending``: oldest first),
+    each with the id of the position it belongs to. ``position_id`` narrows to one
+    position: from the movement that opened it to the one that closed it.
+
+    Cost: an index range per page, and two index seeks per row for its position id."""
+
+    account: str
+    asset: str | None = None
+    kind: str | None = None
+    sources: tuple[str, ...] = ()
+    position_id: int | None = None
+    since_us: int | None = None
+    until_us: int | None = None
+    limit: int = DEFAULT_LIMIT
+    offset: int = 0
+    ascending: bool = False
+
+    def run(self, conn: sqlite3.Connection) -> list[LendRow]:
+        where = ["m.account = ?"]
+        args: list = [self.account]
+        _narrow(where, args, (("m.asset = ?", self.asset), ("m.kind = ?", self.kind),
+                              ("m.ts >= ?", self.since_us), ("m.ts < ?", self.until_us)))
+        if self.sources:
+            where.append(f"m.source IN ({', '.join('?' * len(self.sources))})")
+            args.extend(self.sources)
+        if self.position_id is not None:
+            span = self._span(conn)
+            if span is None:
+                return []
+            where.append("m.asset = ? AND m.pos >= ? AND m.pos <= ?")
+            args.extend(span)
+        args += [self.limit, self.offset]
+        order = "ASC" if self.ascending else "DESC"
+        columns = ", ".join(f"m.{c}" for c in LendRow._fields[:-1])
+        return _rows(conn, LendRow, f"SELECT {columns}, {_OPENED} FROM lend_moves m WHERE {' AND '.join(where)} "
+                                    f"ORDER BY m.pos {order} LIMIT ? OFFSET ?", args)
+
+    def _span(self, conn: sqlite3.Connection) -> tuple[str, int, int] | None:
+        """(asset, first pos, last pos) of the account's position ``position_id``, or None
+        if no position of the account opened at that movement."""
+        row = conn.execute(f"SELECT m.asset, {_OPENED} FROM lend_moves m WHERE m.pos = ? AND m.account = ?",
+                           (self.position_id, self.account)).fetchone()
+        if row is None or row[1] != self.position_id:
+            return None
+        asset = row[0]
+        closed = conn.execute("SELECT MIN(pos) FROM lend_moves WHERE account = ? AND asset = ? AND lent = 0 "
+                              "AND borrowed = 0 AND pos >= ?", (self.account, asset, self.position_id)).fetchone()[0]
+        return asset, self.position_id, closed if closed is not None else 2**63 - 1
+
+
+class OpenLendPositions(msgspec.Struct, frozen=True):
+    """The ids of an account's open positions in ``assets``: asset -> the ``pos`` of the
+    movement that opened it (an asset whose movements are not written yet is left out)."""
+
+    account: str
+    assets: tuple[str, ...]
+
+    def run(self, conn: sqlite3.Connection) -> dict[str, int]:
+        out = {}
+        for asset in self.assets:
+            row = conn.execute(
+                "SELECT MIN(pos) FROM lend_moves WHERE account = ? AND asset = ? AND pos > IFNULL((SELECT MAX(pos) "
+                "FROM lend_moves WHERE account = ? AND asset = ? AND lent = 0 AND borrowed = 0), -1)",
+                (self.account, asset, self.account, asset)).fetchone()
+            if row[0] is not None:
+                out[asset] = row[0]
+        return out
+
+
 class TradeHistory(msgspec.Struct, frozen=True):
     """A market's public trades: ``limit`` of them, ``offset`` back from the newest,
     answered oldest first (as ``GET /api/v1/trades`` answers the latest ones)."""

@@ -21,6 +21,13 @@ block) order fills exactly; public trades are the taker rows.
 
 ``funding_rates`` has one row per perpetual market and funding interval (``FundingPaid``).
 
+``lend_moves`` has one row per movement between an account and a lending pool
+(``LendMoved``), keyed by ``pos`` = height << 32 | the event's index in its block: the
+order of movements, the same on every rebuild (so a position's id, the ``pos`` of the
+movement that opened it, is stable). A row whose ``lent`` and ``borrowed`` are both 0
+closed its position; the next movement in that asset opens a new one. Nothing here
+depends on the order rows are written in: position ids are found on read.
+
 ``written`` lists the blocks whose events are in the database, as disjoint [lo, hi]
 height ranges, updated in the same transaction as the rows: live writes and a catch-up
 from the journal can then run at once, each block is written exactly once, and after a
@@ -35,7 +42,7 @@ from pathlib import Path
 
 import structlog
 
-SCHEMA_VERSION = 2  # 2: funding_rates
+SCHEMA_VERSION = 3  # 2: funding_rates; 3: lend_moves
 
 log = structlog.get_logger("satchel.history")
 
@@ -91,6 +98,21 @@ CREATE TABLE IF NOT EXISTS funding_rates (
     mark INTEGER NOT NULL,
     PRIMARY KEY (symbol, interval_end)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lend_moves (
+    pos INTEGER PRIMARY KEY,                  -- height << 32 | the event's index in its block
+    seq INTEGER NOT NULL,                     -- the transaction (a SpotMargin borrow: the order's id)
+    account TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    kind TEXT NOT NULL,                       -- Lend, LendRedeem, Borrow, BorrowRepay
+    source TEXT NOT NULL,                     -- Manual, AutoLend, AutoLendRedeem, AutoBorrowRepay, SpotMargin, ...
+    amount INTEGER NOT NULL,                  -- asset units
+    lent INTEGER NOT NULL,                    -- the account's claim in the asset afterwards
+    borrowed INTEGER NOT NULL,                -- its debt afterwards
+    ts INTEGER NOT NULL                       -- the block's timestamp, µs
+);
+CREATE INDEX IF NOT EXISTS lend_moves_by_account ON lend_moves (account, pos);
+CREATE INDEX IF NOT EXISTS lend_moves_by_asset ON lend_moves (account, asset, pos);
+CREATE INDEX IF NOT EXISTS lend_moves_closing ON lend_moves (account, asset, pos) WHERE lent = 0 AND borrowed = 0;
 """
 
 

@@ -13,7 +13,7 @@ from satchel.api.format import Formatter, fraction, naive_iso
 from satchel.api.klines import bucket, clock_text
 from satchel.core.engine import INTERNAL_SEQ_BASE
 from satchel.core.messages import ASK, NEW, PARTIALLY_FILLED, REJECTED, SIDE_NAMES, TRIGGER_PENDING
-from satchel.history.queries import FillRow, FundingRateRow, KlineRow, OrderRow, TradeRow
+from satchel.history.queries import FillRow, FundingRateRow, KlineRow, LendRow, OrderRow, TradeRow
 
 TRIGGER_FAILED = "TriggerFailed"
 _EPOCH = datetime(1970, 1, 1)
@@ -110,3 +110,24 @@ def funding_rates(rows: list[FundingRateRow]) -> list[dict]:
     """``GET /api/v1/fundingRates`` items: the interval's end as naive ISO UTC, the rate a fraction."""
     return [{"symbol": r.symbol, "intervalEndTimestamp": naive_iso(r.interval_end), "fundingRate": fraction(r.rate)}
             for r in rows]
+
+
+def lend_moves(fmt: Formatter, rows: list[LendRow]) -> list[dict]:
+    """``GET /wapi/v1/history/borrowLend`` items: ``quantity`` moved, ``positionQuantity``
+    the position afterwards (lent positive, borrowed negative), ``spotMarginOrderId`` the
+    order that borrowed (source SpotMargin). An asset the formatter does not know is left out."""
+    out = []
+    for r in rows:
+        if r.asset not in fmt.assets:
+            continue
+        out.append({
+            "eventType": r.kind,
+            "positionId": None if r.position_id is None else str(r.position_id),
+            "positionQuantity": fmt.asset(r.asset, r.lent - r.borrowed),
+            "quantity": fmt.asset(r.asset, r.amount),
+            "source": r.source,
+            "symbol": r.asset,
+            "timestamp": iso_ms(r.ts),
+            "spotMarginOrderId": str(r.seq) if r.source == "SpotMargin" else None,
+        })
+    return out

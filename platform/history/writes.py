@@ -18,7 +18,7 @@ from __future__ import annotations
 import sqlite3
 
 from satchel.core.messages import (
-    ASK, BID, REJECTED, BlockHeader, Fill, FundingPaid, OrderAccepted, OrderDone, TriggerPlaced,
+    ASK, BID, REJECTED, BlockHeader, Fill, FundingPaid, LendMoved, OrderAccepted, OrderDone, TriggerPlaced,
 )
 
 _ACCEPTED = """
@@ -65,6 +65,11 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 _FUNDING = "INSERT OR IGNORE INTO funding_rates (symbol, interval_end, rate, mark) VALUES (?, ?, ?, ?)"
 
+_LEND = """
+INSERT OR IGNORE INTO lend_moves (pos, seq, account, asset, kind, source, amount, lent, borrowed, ts)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
 
 class Batch:
     """The rows of the blocks written since the last ``write``."""
@@ -77,6 +82,7 @@ class Batch:
         self._done: list[tuple] = []
         self._fills: list[tuple] = []
         self._funding: list[tuple] = []
+        self._lends: list[tuple] = []
         # order id -> [account, symbol, side, earliest fill µs, quantity, quote]: a taker that
         # sweeps many makers is one upsert
         self._executed: dict[int, list] = {}
@@ -124,6 +130,10 @@ class Batch:
             elif cls is FundingPaid:
                 self._funding.append((ev.symbol, ev.interval_end, ev.rate, ev.mark))
                 n += 1
+            elif cls is LendMoved:
+                self._lends.append((height << 32 | ix, ev.seq, ev.account, ev.asset, ev.kind, ev.source, ev.amount,
+                                    ev.lent, ev.borrowed, ts))
+                n += 1
         self.rows += n
 
     def write(self, conn: sqlite3.Connection) -> None:
@@ -140,3 +150,5 @@ class Batch:
             conn.executemany(_FILL, self._fills)
         if self._funding:
             conn.executemany(_FUNDING, self._funding)
+        if self._lends:
+            conn.executemany(_LEND, self._lends)

@@ -93,6 +93,10 @@ def _refusal(order: Any) -> dict | None:
     return {"code": _REFUSALS.get(reason, "INVALID_ORDER"), "message": f"Order rejected: {reason}"}
 
 
+# Backpack answers these with HTTP 200 and an empty body (the WebSocket API answers more)
+_EMPTY_BODY = frozenset({"borrowLendExecute"})
+
+
 def _shape(name: str, result: Any) -> tuple[Any, int]:
     """The API's answer as Backpack's REST gives it, with its HTTP status: a rejected
     order is an error, and a batch lists ``{"operation": "Ok", ...order}`` or
@@ -120,7 +124,10 @@ class _Answer:
         self.response: Response | None = None
 
     def result(self, req_id: Any, result: Any) -> None:
-        self.response = _json(*_shape(self.name, result))
+        if self.name in _EMPTY_BODY:
+            self.response = Response(b"", 200)
+        else:
+            self.response = _json(*_shape(self.name, result))
         self.done.set()
 
     def error(self, req_id: Any, code: str | int, message: str) -> None:
@@ -368,11 +375,15 @@ _PRIVATE = {
     "/api/v1/order": {"GET": "orderQuery", "POST": "orderExecute", "DELETE": "orderCancel"},
     "/api/v1/orders": {"GET": "orderQueryAll", "POST": "orderExecuteBatch", "DELETE": "orderCancelAll"},
     "/api/v1/account": {"GET": "accountQuery", "PATCH": "accountUpdate"},
+    "/api/v1/borrowLend": {"POST": "borrowLendExecute"},
+    "/api/v1/borrowLend/positions": {"GET": "borrowLendPositionQuery"},
+    "/wapi/v1/history/borrowLend": {"GET": "borrowHistoryQueryAll"},
     "/wapi/v1/history/funding": {"GET": "fundingHistoryQueryAll"},
     "/wapi/v1/history/orders": {"GET": "orderHistoryQueryAll"},
     "/wapi/v1/history/fills": {"GET": "fillHistoryQueryAll"},
 }
-_SEQUENCED = frozenset({"orderExecute", "orderExecuteBatch", "orderCancel", "orderCancelAll", "accountUpdate"})
+_SEQUENCED = frozenset({"orderExecute", "orderExecuteBatch", "orderCancel", "orderCancelAll", "accountUpdate",
+                        "borrowLendExecute"})
 
 
 async def serve(gateway: "Gateway", host: str, port: int, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -211,10 +211,12 @@ def render_stats(stats: dict) -> None:
             t.add_row(r["symbol"], r["openInterest"], show(r["markPrice"]), r["notional"])
         console.print(t)
     t = Table(title="assets")
-    for col in ("asset", f"price ({unit})", "custody", f"custody ({unit})", "lent", "borrowed"):
+    for col in ("asset", f"price ({unit})", "custody", f"custody ({unit})", "lent", f"lent ({unit})", "borrowed",
+                f"borrowed ({unit})"):
         t.add_column(col, justify="left" if col == "asset" else "right")
     for a in stats["assets"]:
-        t.add_row(a["symbol"], show(a["price"]), a["custody"], show(a["custodyValue"]), a["lent"], a["borrowed"])
+        t.add_row(a["symbol"], show(a["price"]), a["custody"], show(a["custodyValue"]), a["lent"], show(a["lentValue"]),
+                  a["borrowed"], show(a["borrowedValue"]))
     console.print(t)
 
 
