@@ -1,5 +1,7 @@
 """The load test's conservation verdict comes from the node's own ``ledgerTotals``, so fills
-that land after a trader stopped reading its private stream no longer raise a false alarm."""
+that land after a trader stopped reading its private stream no longer raise a false alarm;
+with lending, the pools' cash, reserve and rounding are part of it, every pool must be
+solvent and interest must add up."""
 
 from __future__ import annotations
 
@@ -65,12 +67,13 @@ def test_a_node_that_loses_or_makes_money_fails_conservation():
 
 
 class FakeNode:
-    """A WebSocket server in its own thread that answers ``ledgerTotals`` and ``balanceQuery``
-    the way the gateway does (check_conservation runs its own trio loop)."""
+    """A WebSocket server in its own thread that answers ``ledgerTotals``, ``collateralQuery``
+    and ``borrowLendMarkets`` the way the gateway does (check_conservation runs its own trio loop)."""
 
-    def __init__(self, totals: list[dict] | None, balances: dict[str, dict]):
+    def __init__(self, totals: list[dict] | None, balances: dict[str, dict], pools: list[dict] | None = None):
         self.totals = totals  # successive ledgerTotals answers (the last repeats); None: unknown method
-        self.balances = balances
+        self.balances = balances  # per account, per asset: available, locked and (optional) lent, borrowed
+        self.pools = pools  # borrowLendMarkets' answer; None: unknown method
         self.ledger_requests: list[dict] = []
         self._ready = threading.Event()
 
@@ -101,13 +104,25 @@ class FakeNode:
                     self.ledger_requests.append(msg)
                     answer = self.totals.pop(0) if len(self.totals) > 1 else self.totals[0]
                     reply = {"id": msg["id"], "result": answer}
-                elif msg["method"] == "balanceQuery":
-                    reply = {"id": msg["id"], "result": self.balances[msg["signature"][0]]}
+                elif msg["method"] == "collateralQuery":
+                    reply = {"id": msg["id"], "result": collateral(self.balances[msg["signature"][0]])}
+                elif msg["method"] == "borrowLendMarkets" and self.pools is not None:
+                    reply = {"id": msg["id"], "result": self.pools}
                 else:
                     reply = {"id": msg["id"], "error": {"code": "UNKNOWN_METHOD", "message": f"Unknown method {msg['method']}"}}
                 await ws.send_message(orjson.dumps(reply).decode())
         except ConnectionClosed:
             pass
+
+
+def collateral(balances: dict[str, dict]) -> dict:
+    """A ``collateralQuery`` answer's quantities: total = free + held + lent - borrowed."""
+    rows = []
+    for asset, b in balances.items():
+        free, held, lent, owed = (D(b.get(k, "0")) for k in ("available", "locked", "lent", "borrowed"))
+        rows.append({"symbol": asset, "totalQuantity": str(free + held + lent - owed), "lendQuantity": str(lent),
+                     "availableQuantity": str(free), "openOrderQuantity": str(held)})
+    return {"netEquity": "0", "collateral": rows}
 
 
 def two_traders() -> tuple[list[Keypair], dict[str, dict]]:
@@ -158,3 +173,51 @@ def test_a_node_without_ledger_totals_fails_the_check_visibly():
     assert out["conservation_ok"] is None and "ledgerTotals" in out["conservation_error"]
     (why,) = verdict(report_with(out), None, None)
     assert why.startswith("conservation not checked")
+
+
+# ---------------------------------------------------------------- lending
+
+
+def pool(asset: str, lent: str, borrowed: str, cash: str, reserve: str, utilization: str = "0") -> dict:
+    """A ``borrowLendMarkets`` item's figures."""
+    return {"symbol": asset, "lentQuantity": lent, "borrowedQuantity": borrowed, "availableQuantity": cash,
+            "reserveQuantity": reserve, "utilization": utilization, "lendInterestRate": "0.05", "borrowInterestRate": "0.1"}
+
+
+# 1000 SOL deposited; a lender lent 700 and keeps 300 free, a borrower borrowed 300 and holds
+# them. Interest: the borrower owes 0.000001 more, the lender's claim grew 0.0000008 (and
+# rounds down a unit), the reserve kept 0.0000002. The node counts free + held + the pool's
+# cash (400); the accounts' net holdings are free + held + lent - borrowed.
+SOL_TOTALS = {"SOL": {"deposits": D(1000), "withdrawals": D(0), "fees": D(0), "balances": D(300 + 300 + 400)}}
+SOL_NET = {"SOL": D(300) + D(300) + (D(700) + D("0.0000008") - D("0.000000001")) - (D(300) + D("0.000001"))}
+SOL_RESERVE = {"SOL": D("0.0000002")}
+SOL_ALLOWED = {"SOL": D("0.000000002")}  # one claim, one debt
+
+
+def test_the_pools_reserve_and_rounding_count_in_conservation():
+    rows, ok = conservation({"SOL": D(1000)}, SOL_NET, SOL_TOTALS, None, SOL_RESERVE, SOL_ALLOWED)
+    assert ok, rows
+    assert rows["SOL"]["traders_diff"] == "0.000000001" and rows["SOL"]["pool_reserve"] == "0.0000002"
+    assert verdict(report_with({"conservation": rows, "conservation_ok": ok}), None, None) == []
+    # without the reserve money is missing; and rounding is never more than a unit per claim or debt
+    rows, ok = conservation({"SOL": D(1000)}, SOL_NET, SOL_TOTALS, None, None, SOL_ALLOWED)
+    assert not ok
+    (why,) = verdict(report_with({"conservation": rows, "conservation_ok": ok}), None, None)
+    assert why.endswith("SOL traders off by 0.000000201")
+    assert not conservation({"SOL": D(1000)}, SOL_NET, SOL_TOTALS, None, SOL_RESERVE, {"SOL": D(0)})[1]
+    # accounts worth more than was deposited: never rounding
+    richer = {"SOL": SOL_NET["SOL"] + D("0.000000002")}
+    assert not conservation({"SOL": D(1000)}, richer, SOL_TOTALS, None, SOL_RESERVE, SOL_ALLOWED)[1]
+
+
+def test_check_conservation_with_a_lending_pool():
+    keys = [Keypair.generate(), Keypair.generate()]
+    balances = {keys[0].api_key: {"SOL": {"available": "300", "locked": "0", "lent": "700.000000799"}},
+                keys[1].api_key: {"SOL": {"available": "300", "locked": "0", "borrowed": "300.000001"}}}
+    totals = {"SOL": {"deposits": "1000", "withdrawals": "0", "fees": "0", "balances": "1000"}}
+    pools = [pool("SOL", "700.0000008", "300.000001", "400", "0.0000002", "0.428571")]
+    with FakeNode([totals], balances, pools) as node:
+        out = check_conservation(node.url, keys, {"SOL": D(1000)}, decimals={"SOL": 9})
+    assert out["conservation_ok"] is True and out["pools_ok"] is True, out
+    assert out["conservation"]["SOL"]["traders_diff"] == "0.000000001"
+    assert out["conservation"]["SOL"]["traders_rounding_allowed"] == "0.000000002"

@@ -1,6 +1,7 @@
 """The perps load test: its index file, node configuration and checks without a node, and
 end to end: an embedded node replays the runner's crash, leveraged takers are liquidated
-through every tier, and money and open interest still add up."""
+through every tier while idle balances are auto-lent and makers lend and borrow SOL, and
+money (pools included), open interest and interest still add up."""
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def test_the_checks_catch_unbalanced_open_interest_and_unrescued_deficits():
     assert why == "the crash liquidated nobody"
 
 
-def test_perps_loadtest_liquidates_through_every_tier_and_conserves(tmp_path):
+def test_perps_loadtest_liquidates_through_every_tier_and_conserves_with_interest(tmp_path):
     out = tmp_path / "report.json"
     r = subprocess.run(
         [sys.executable, "-m", "satchel.tools.cli", "loadtest", "--embedded", "--scenario", "perps", "--traders", "9",
@@ -113,3 +114,18 @@ def test_perps_loadtest_liquidates_through_every_tier_and_conserves(tmp_path):
     assert c["liquidated_accounts"] >= 3
     assert rep["perps"]["crash_drop"] == 0.25
     assert 0 < rep["perps"]["crash_after_warmup_s"] < 8
+    # with auto-lend on (the default) idle USDC was lent, and makers lent and borrowed SOL
+    lend = rep["lending"]
+    assert (lend["plan"]["lenders"], lend["plan"]["borrowers"]) == (2, 1)
+    assert o["borrow_lend_acked"].get("Borrow", 0) > 0, o  # lenders' redeems and borrows
+    end = lend["end_of_run"]
+    assert D(end["USDC"]["lent"]) > 1_000_000 and D(end["SOL"]["lent"]) > 3900 and 0 <= D(end["SOL"]["utilization"]) <= 1
+    assert all(v == "0" for v in lend["still_owed"].values())  # the borrowers repaid at the end
+    sol = c["conservation"]["SOL"]
+    assert D(sol["deposited"]) == 2 * 2000 + 20 and D(sol["pool_reserve"]) > 0
+    assert 0 <= D(sol["traders_diff"]) <= D(sol["traders_rounding_allowed"])
+    # every pool solvent; interest: borrowers' = lenders' + reserve, within the rounding
+    assert c["pools_ok"] is True and all(p["solvent"] for p in c["pools"].values())
+    interest = c["interest"]["SOL"]
+    assert c["interest_ok"] is True and D(interest["borrowers_interest"]) > D(interest["lenders_interest"]) > 0
+    assert D(interest["borrowers_interest"]) - D(interest["lenders_interest"]) - D(interest["reserve"]) == D(interest["rounding"])

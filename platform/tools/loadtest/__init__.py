@@ -5,5 +5,7 @@ Modules, in the order a run uses them: ``plan`` (what each trader sends), ``trad
 updates), ``feed`` (a worker process of market-data subscribers: lag, depth
 continuity, local book vs snapshot), ``report`` (HdrHistogram merging, the table, the
 JSON report, thresholds) and ``runner`` (embedded node, funding, processes, live
-progress, final checks).
+progress, final checks). The ``perps`` scenario adds ``perps`` (the index crash, the
+liquidation checks) and ``lending`` (who lends and borrows, the final repay, pool
+solvency and interest).
 """

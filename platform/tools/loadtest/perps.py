@@ -13,6 +13,10 @@ each position its margin allows (tier 3); the rest is auto-deleveraged against t
 (tier 5), all of it once the fund cannot cover an account's deficit. The makers' few
 quotes near the index are what the book offers the unwinding orders.
 
+Meanwhile everyone's idle USDC is auto-lent (on by default: orders redeem what they
+need), and the makers lend and borrow SOL (``lending``): interest accrues through the run,
+and the final checks include the pools and the interest.
+
 The index file runs on its own clock, from when the node's oracle starts; the runner
 starts the traders ``LEAD_S`` after it first sees an index price, so the crash falls
 ``CRASH_AT`` of the way into the measured run -- earlier if setting up took longer, as on
@@ -37,7 +41,8 @@ from satchel.config import Config
 from satchel.core.amounts import format_units
 from satchel.signing import Keypair
 from satchel.tools.client import Client, connect
-from satchel.tools.loadtest.plan import MarketPlan
+from satchel.tools.loadtest import lending
+from satchel.tools.loadtest.plan import LendPlan, MarketPlan
 from satchel.tools.loadtest.report import decimal_text
 
 ROW_S = 0.25  # an index price per perp this often
@@ -140,6 +145,9 @@ class CrashRun:
         self.markets = Markets([p.symbol for p in plans], cfg.margin.settlement_asset)
         self.config_text = with_backstop(config_text, self.backstop.api_key)
         self.warmup = warmup
+        decimals = {a.symbol: a.decimals for a in cfg.assets}
+        self.lending: list[LendPlan | None] = lending.cohort(roles, decimals[lending.ASSET]) \
+            if lending.ASSET in decimals else [None] * len(roles)
 
     def serve_args(self, directory: Path) -> list[str]:
         """Write the node's configuration and index file into ``directory``; the ``satchel serve`` flags that use them."""
@@ -149,9 +157,11 @@ class CrashRun:
         return ["--config", str(cfg), "--oracle-file", str(index)]
 
     def deposits(self) -> list[tuple[str, str, str]]:
-        """(account, asset, quantity) of every deposit the scenario makes, the insurance fund's seed included."""
+        """(account, asset, quantity) of every deposit the scenario makes, the insurance fund's
+        seed and the lending cohort's included."""
         asset = self.markets.settlement_asset
         out = [(k.api_key, asset, DEPOSITS[r]) for k, r in zip(self.keys, self.roles)]
+        out += lending.deposits(self.keys, self.lending)
         return out + [(self.backstop.api_key, asset, BACKSTOP_DEPOSIT), (INSURANCE_ACCOUNT, asset, INSURANCE_SEED)]
 
     def leverage(self) -> list[tuple[Keypair, int]]:
@@ -161,9 +171,11 @@ class CrashRun:
         return out + [(self.backstop, BACKSTOP_LEVERAGE)]
 
     async def set_leverage(self, url: str) -> None:
+        """The takers' and the backstop's leverage limits; the borrowers' auto-lend off."""
         for key, limit in self.leverage():
             async with connect(url, key) as c:
                 await c.request("accountUpdate", {"leverageLimit": str(limit)})
+        await lending.configure(url, self.keys, self.lending)
 
     def describe(self, index_seen: float, start_at: float) -> dict:
         """The report's ``perps`` section: the crash as planned, on the traders' clock."""
@@ -173,11 +185,19 @@ class CrashRun:
                 "taker_deposit": DEPOSITS["long"], "backstop": self.backstop.api_key, "backstop_deposit": BACKSTOP_DEPOSIT,
                 "backstop_leverage": BACKSTOP_LEVERAGE, "insurance_seed": INSURANCE_SEED}
 
+    def describe_lending(self) -> dict:
+        """The report's ``lending`` plan: who lends and borrows what."""
+        borrowers = [p for p in self.lending if p is not None and p.role == "borrow"]
+        return {"asset": lending.ASSET, **lending.counts(self.lending), "lender_deposit": lending.LENDER_DEPOSIT,
+                "borrower_buffer": lending.BORROWER_BUFFER, "borrow_share": str(lending.BORROW_SHARE),
+                "borrow_cap": format_units(borrowers[0].cap, borrowers[0].decimals) if borrowers else "0"}
 
-async def read_account(c: Client) -> dict:
-    """An account's perp figures: positions (size, net cost), equity, liquidation tiers (newest first)."""
+
+async def read_account(c: Client, collateral: dict) -> dict:
+    """An account's perp figures: positions (size, net cost), equity (from its
+    ``collateralQuery`` answer), liquidation tiers (newest first)."""
     positions = {p["symbol"]: (Decimal(p["netQuantity"]), Decimal(p["netCost"])) for p in await c.request("positionQuery")}
-    equity = Decimal((await c.request("collateralQuery"))["netEquity"])
+    equity = Decimal(collateral["netEquity"])
     steps = await c.request("liquidationHistoryQueryAll", {"limit": 1000})
     return {"positions": positions, "equity": equity, "tiers": [s["tier"] for s in steps],
             "tier_names": {s["tier"]: s["tierName"] for s in steps}}

@@ -8,7 +8,8 @@
   takers lean one way: most go ``long`` (the crash in ``perps.py`` liquidates them), one
   taker in four ``short`` (auto-deleveraging needs profitable opposite positions). A
   taker keeps no position book: it adds until pre-trade refuses its orders for margin,
-  so it sits at the leverage the runner set for it.
+  so it sits at the leverage the runner set for it. Some makers also lend or borrow
+  (``lending``): a share of their requests are ``borrowLendExecute``.
 
 Spot mid prices follow a slow random walk per trader (seeded), clamped to a band around
 the configured reference so orders stay inside the node's price band. Perp mids follow
@@ -18,7 +19,8 @@ the index from the ``markPrice`` stream (``Flow.index``), crash included.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from satchel.core.amounts import format_units, to_units
 from satchel.config import Config
@@ -66,6 +68,56 @@ def market_plans(cfg: Config, symbols: list[str] | None, perps: bool = False) ->
     return plans
 
 
+LEND_SHARE = 0.05  # of a lending maker's requests: borrowLendExecute (``lending``)
+
+
+@dataclass(frozen=True)
+class LendPlan:
+    """What a trader of the lending cohort does (``lending.cohort``); plain data, sent to the workers."""
+
+    role: str  # "lend" or "borrow"
+    asset: str
+    decimals: int
+    step: int  # asset units per step
+    cap: int = 0  # a borrower: the most it borrows, asset units
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Borrowing:
+    """A lender's or a borrower's ``borrowLendExecute`` requests (see ``lending``): a lender
+    redeems a small part of its claim (``Borrow`` within the claim), which auto-lend lends
+    again; a borrower borrows up to its cap (seven times in ten while under it, so its debt
+    grows through the run) and repays (``Lend``) at most what it borrowed, so it never lends
+    by accident while its debt carries interest."""
+
+    def __init__(self, plan: LendPlan):
+        self.plan = plan
+        self.owed = 0  # a borrower: what its requests borrowed and did not repay, asset units
+
+    def next(self, rng: Any) -> tuple[str, dict]:
+        p = self.plan
+        qty = p.step * rng.randint(1, 3)
+        if p.role == "lend":
+            side = "Borrow"  # a part of its claim: redeemed
+        elif self.owed + qty <= p.cap and (not self.owed or rng.random() < 0.7):
+            side = "Borrow"
+            self.owed += qty
+        else:
+            qty = min(qty, self.owed) or p.step
+            side = "Lend"
+            self.owed = max(0, self.owed - qty)
+        return "borrowLendExecute", {"symbol": p.asset, "side": side, "quantity": format_units(qty, p.decimals)}
+
+    def refused(self, params: dict) -> None:
+        """A request was refused: what it did to ``owed`` is undone."""
+        if self.plan.role != "borrow":
+            return
+        qty = to_units(params["quantity"], self.plan.decimals)
+        self.owed = max(0, self.owed - qty) if params["side"] == "Borrow" else self.owed + qty
+
+
 # the share of a leaning taker's orders on its side (the rest trade the other way)
 LEAN = {"long": 0.8, "short": 0.2, "taker": 0.5}
 
@@ -73,8 +125,9 @@ LEAN = {"long": 0.8, "short": 0.2, "taker": 0.5}
 class Flow:
     """One trader's order stream. ``next()`` returns (method, params)."""
 
-    def __init__(self, role: str, markets: list[MarketPlan], seed: int):
+    def __init__(self, role: str, markets: list[MarketPlan], seed: int, lending: LendPlan | None = None):
         self.role = role
+        self.lending = Borrowing(lending) if lending is not None else None
         self.markets = markets
         self.by_symbol = {m.symbol: m for m in markets}
         self.rng = random.Random(seed)
@@ -115,6 +168,8 @@ class Flow:
         return "orderCancel", {"symbol": symbol, "orderId": oid}
 
     def next(self) -> tuple[str, dict]:
+        if self.lending is not None and self.rng.random() < LEND_SHARE:
+            return self.lending.next(self.rng)
         m = self.rng.choice(self.markets)
         self._walk(m)
         rng = self.rng
@@ -150,6 +205,11 @@ class Flow:
     def gone(self, order_id: str) -> None:
         """An order update said this quote was filled or cancelled: stop cancelling it."""
         self.live = [q for q in self.live if q[1] != order_id]
+
+    def refused(self, method: str, params: dict) -> None:
+        """The node refused a request."""
+        if method == "borrowLendExecute" and self.lending is not None:
+            self.lending.refused(params)
 
     def acked(self, method: str, params: dict, result: dict) -> None:
         if self.role == "mm" and method == "orderExecute" and result.get("status") in ("New", "PartiallyFilled"):

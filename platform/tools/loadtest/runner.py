@@ -24,9 +24,10 @@ from rich.table import Table
 
 from satchel import config as config_mod
 from satchel.tools.client import ReplyError, connect, free_port
+from satchel.tools.loadtest import lending
 from satchel.tools.loadtest import perps as perps_mod
 from satchel.tools.loadtest.feed import run_feed
-from satchel.tools.loadtest.plan import market_plans, roles
+from satchel.tools.loadtest.plan import LendPlan, market_plans, roles
 from satchel.tools.loadtest.report import decimal_text, merge, render, summary, verdict
 from satchel.tools.loadtest.trader import run_worker
 from satchel.signing import load_key
@@ -81,23 +82,24 @@ def _deposited(deposits: Deposits) -> dict[str, Decimal]:
 
 
 async def _accounts(url: str, keys: list[Keypair], perps: bool) -> dict[str, dict]:
-    """Per account: its balances (free + held per asset) and, for perps, ``perps.read_account``'s figures."""
+    """Per account: its holdings per asset (``lending.holdings``, from ``collateralQuery``:
+    net of lends and debts, lent, borrowed, free) and, for perps, ``perps.read_account``'s figures."""
     out = {}
     for key in keys:
         async with connect(url, key) as c:
-            held = await c.request("balanceQuery")
-            balances = {a: Decimal(b["available"]) + Decimal(b["locked"]) for a, b in held.items()}
-            out[key.api_key] = {"balances": balances, **(await perps_mod.read_account(c) if perps else {})}
+            collateral = await c.request("collateralQuery")
+            out[key.api_key] = {"holdings": lending.holdings(collateral),
+                                **(await perps_mod.read_account(c, collateral) if perps else {})}
     return out
 
 
 def _holdings(accounts: dict[str, dict], settlement_asset: str | None) -> dict[str, Decimal]:
-    """The accounts' balances per asset as ``ledgerTotals`` counts them: the settlement
-    asset's less the positions' net costs."""
+    """The accounts' net holdings per asset (free + held + lent - borrowed), the settlement
+    asset's less the positions' net costs (``ledgerTotals`` counts unsettled PnL so)."""
     totals: dict[str, Decimal] = {}
     for a in accounts.values():
-        for asset, v in a["balances"].items():
-            totals[asset] = totals.get(asset, Decimal(0)) + v
+        for asset, held in a["holdings"].items():
+            totals[asset] = totals.get(asset, Decimal(0)) + held.net
     if settlement_asset is not None:
         totals[settlement_asset] = totals.get(settlement_asset, Decimal(0)) - perps_mod.net_costs(accounts)
     return totals
@@ -120,7 +122,8 @@ class LedgerTotalsUnavailable(Exception):
 
 async def _ledger_totals(url: str) -> dict[str, dict[str, Decimal]]:
     """The node's own per-asset totals (unsigned ``ledgerTotals``): deposits, withdrawals,
-    fees and balances (every account's free + held), read from one state."""
+    fees (with the insurance fund) and balances (every account's free + held, less unsettled
+    PnL, plus the lending pool's cash), read from one state."""
     async with connect(url) as c:
         reply = await c.request("ledgerTotals", sign=False, raw=True)
     # checked out here: an exception inside ``connect`` would come wrapped in an ExceptionGroup
@@ -137,23 +140,26 @@ class Reading:
     totals: dict[str, dict[str, Decimal]]  # ledgerTotals
     accounts: dict[str, dict]  # ``_accounts``
     open_interest: dict[str, Decimal]  # perps only
+    pools: dict[str, dict[str, Decimal]]  # ``lending.read_pools``
     settled: bool  # nothing moved while it was read
 
 
 async def _settled(url: str, keys: list[Keypair], perps: bool = False, tries: int = 5) -> Reading:
-    """The node's totals and the accounts' figures, read while the ledger stands still:
-    the totals are read before and after the accounts, and the accounts twice, and each
-    pair must agree (else read again). Both reads count: a zero-sum move between accounts
-    (a fee-free fill, a PnL settlement) leaves the totals as they were."""
+    """The node's totals, its lending pools and the accounts' figures, read while the ledger
+    stands still: the totals and pools are read before and after the accounts, and the
+    accounts twice, and each pair must agree (else read again). Both reads count: a zero-sum
+    move between accounts (a fee-free fill, a PnL settlement) leaves the totals as they
+    were. Interest accrues every block while anything is borrowed: claims and debts move,
+    so a reading stands still only once no debt is left (``lending.repay``)."""
     for _ in range(tries):
-        before = await _ledger_totals(url)
+        before, pools_before = await _ledger_totals(url), await lending.read_pools(url)
         accounts = await _accounts(url, keys, perps)
         open_interest = await perps_mod.read_open_interest(url) if perps else {}
-        after = await _ledger_totals(url)
-        if before == after and _unmoved(accounts, await _accounts(url, keys, perps)):
-            return Reading(after, accounts, open_interest, True)
+        after, pools = await _ledger_totals(url), await lending.read_pools(url)
+        if before == after and pools_before == pools and _unmoved(accounts, await _accounts(url, keys, perps)):
+            return Reading(after, accounts, open_interest, pools, True)
         await trio.sleep(0.5)
-    return Reading(after, accounts, open_interest, False)
+    return Reading(after, accounts, open_interest, pools, False)
 
 
 async def _node_stats(url: str, reset_with: Keypair | None = None) -> dict | None:
@@ -168,14 +174,19 @@ async def _node_stats(url: str, reset_with: Keypair | None = None) -> dict | Non
 
 
 def conservation(deposited: dict[str, Decimal], traders: dict[str, Decimal], totals: dict[str, dict[str, Decimal]],
-                 stream_fees: dict[str, Decimal] | None = None) -> tuple[dict[str, dict[str, str]], bool]:
-    """Money is conserved, by the node's own figures (``totals`` from ``ledgerTotals``) when
-    the load test made every deposit (``deposited``) and ``traders`` are its traders'
-    balances. Per asset, each must be zero:
+                 stream_fees: dict[str, Decimal] | None = None, reserves: dict[str, Decimal] | None = None,
+                 allowed: dict[str, Decimal] | None = None) -> tuple[dict[str, dict[str, str]], bool]:
+    """Money is conserved, by the node's own figures (``totals`` from ``ledgerTotals``, whose
+    balances include the lending pools' cash) when the load test made every deposit
+    (``deposited``) and ``traders`` are its traders' net holdings (free + held + lent -
+    borrowed). Per asset:
 
-    * ``ledger``: deposits - withdrawals - (balances + fees), the node's books;
-    * ``deposits``: the node's deposits - what the load test deposited (the only depositor);
-    * ``traders``: deposited - withdrawals - (traders' balances + the node's fees).
+    * ``ledger``: deposits - withdrawals - (balances + fees), the node's books: zero;
+    * ``deposits``: the node's deposits - what the load test deposited (the only depositor): zero;
+    * ``traders``: deposited - withdrawals - (traders' holdings + the node's fees + the
+      pool's reserve, ``reserves``): what the rounding of claims (down) and debts (up)
+      keeps in the pool beyond its reserve, from zero to ``allowed`` (``lending.rounding_allowed``;
+      zero when nothing is lent or borrowed).
 
     Fees seen on the traders' private streams (``stream_fees``) are shown but not used:
     a trader stops reading its stream when its own orders are settled, so a maker fill
@@ -188,10 +199,12 @@ def conservation(deposited: dict[str, Decimal], traders: dict[str, Decimal], tot
         t = totals.get(asset, {})
         dep, wd, fees, bal = (t.get(k, zero) for k in LEDGER_FIGURES)
         mine, given = traders.get(asset, zero), deposited.get(asset, zero)
-        diffs = {"ledger": dep - wd - bal - fees, "deposits": dep - given, "traders": given - wd - mine - fees}
-        ok = ok and all(v == 0 for v in diffs.values())
+        reserve, slack = (reserves or {}).get(asset, zero), (allowed or {}).get(asset, zero)
+        diffs = {"ledger": dep - wd - bal - fees, "deposits": dep - given, "traders": given - wd - mine - fees - reserve}
+        ok = ok and diffs["ledger"] == 0 and diffs["deposits"] == 0 and zero <= diffs["traders"] <= slack
         figures = {"deposited": given, "node_deposits": dep, "node_withdrawals": wd, "node_fees": fees,
-                   "node_balances": bal, "traders_balances": mine, **{f"{k}_diff": v for k, v in diffs.items()}}
+                   "node_balances": bal, "traders_balances": mine, "pool_reserve": reserve,
+                   **{f"{k}_diff": v for k, v in diffs.items()}, "traders_rounding_allowed": slack}
         rows[asset] = {k: decimal_text(v) for k, v in figures.items()}
         if stream_fees is not None:
             rows[asset]["stream_fees"] = decimal_text(stream_fees.get(asset, zero))
@@ -199,18 +212,31 @@ def conservation(deposited: dict[str, Decimal], traders: dict[str, Decimal], tot
 
 
 def check_conservation(url: str, keys: list[Keypair], deposited: dict[str, Decimal],
-                       stream_fees: dict[str, Decimal] | None = None, perps: perps_mod.Markets | None = None) -> dict:
-    """The report's conservation fields, from the node once every trader is done; given
-    the ``perps`` traded, also the perp checks (``perps.checks``) on the same reading."""
+                       stream_fees: dict[str, Decimal] | None = None, perps: perps_mod.Markets | None = None,
+                       cohort: list[LendPlan | None] | None = None, decimals: dict[str, int] | None = None) -> dict:
+    """The report's conservation fields, from the node once every trader is done: money
+    (``conservation``) and every lending pool's solvency (``lending.pool_checks``); given
+    the ``perps`` traded, also the perp checks (``perps.checks``), and given the lending
+    ``cohort`` (each key's ``LendPlan``, in the order of ``keys``), the interest
+    (``lending.interest``), all on the same reading. ``decimals``: each asset's (default:
+    the default configuration's), for the rounding allowed."""
     try:
         reading = trio.run(_settled, url, keys, perps is not None)
     except LedgerTotalsUnavailable as exc:
         return {"conservation_ok": None, "conservation_error": str(exc)}
+    if decimals is None:
+        decimals = {a.symbol: a.decimals for a in config_mod.load().assets}
     settle = perps.settlement_asset if perps else None
-    rows, ok = conservation(deposited, _holdings(reading.accounts, settle), reading.totals, stream_fees)
+    allowed = lending.rounding_allowed(reading.accounts, decimals)
+    rows, ok = conservation(deposited, _holdings(reading.accounts, settle), reading.totals, stream_fees,
+                            lending.reserves(reading.pools), allowed)
     out = {"conservation": rows, "conservation_ok": ok}
     if not reading.settled:
         out["conservation_unsettled"] = True  # the node's ledger kept moving while it was read
+    if reading.pools:
+        out["pools"], out["pools_ok"] = lending.pool_checks(reading.pools)
+    if cohort and any(cohort):
+        out["interest"], out["interest_ok"] = lending.interest(reading.accounts, keys, cohort, reading.pools, allowed)
     if perps:
         out.update(perps_mod.checks(reading.accounts, reading.open_interest, perps.symbols))
     return out
@@ -297,16 +323,24 @@ def run(args: argparse.Namespace) -> int:
             start_after = index_seen + crash.timeline.start_s  # so that the crash falls into the measured run
         if data is not None and (data / "admin.key").exists():  # stage latencies from here on: the traders' run
             trio.run(_node_stats, url, load_key(data, "admin.key"))
-        report = _drive(args, console, url, port, keys, role_list, plans, rate, node_proc, start_after)
+        cohort = crash.lending if crash and any(crash.lending) else None
+        pools_before = trio.run(lending.read_pools, url) if cohort else {}
+        report = _drive(args, console, url, port, keys, role_list, plans, rate, node_proc, start_after, cohort)
         report["node_stages_us"] = trio.run(_node_stats, url)
         if crash:
             report["perps"] = crash.describe(index_seen, report["config"]["start_at"])
+        if cohort:
+            # the pools as the traders left them; then the borrowers repay, so the reading stands still
+            report["lending"] = {"plan": crash.describe_lending(), "before": lending.pool_rows(pools_before),
+                                 "end_of_run": lending.pool_rows(trio.run(lending.read_pools, url)),
+                                 "still_owed": trio.run(lending.repay, url, keys, cohort)}
         if node_proc is not None and not args.keys:
             # every trader is done: the verdict comes from the node's own figures
             stream_fees = {k: Decimal(v) for k, v in report.pop("_fees").items()}
             accounts = keys + ([crash.backstop] if crash else [])
+            decimals = {a.symbol: a.decimals for a in cfg.assets}
             report["correctness"].update(check_conservation(url, accounts, _deposited(deposits), stream_fees,
-                                                            crash.markets if crash else None))
+                                                            crash.markets if crash else None, cohort, decimals))
         else:
             report.pop("_fees", None)
     except NodeFailed as exc:
@@ -332,7 +366,8 @@ def run(args: argparse.Namespace) -> int:
     return 0 if not failures else 1
 
 
-def _drive(args, console, url, port, keys, role_list, plans, rate, node_proc, start_after: float = 0.0) -> dict:
+def _drive(args, console, url, port, keys, role_list, plans, rate, node_proc, start_after: float = 0.0,
+           cohort: list[LendPlan | None] | None = None) -> dict:
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     n_workers = max(1, min(args.workers or os.cpu_count() or 1, len(keys)))
@@ -343,7 +378,9 @@ def _drive(args, console, url, port, keys, role_list, plans, rate, node_proc, st
     procs = []
     for w in range(n_workers):
         idx = list(range(w, len(keys), n_workers))
-        procs.append(ctx.Process(target=run_worker, args=(w, url, [keys[i].secret for i in idx], [role_list[i] for i in idx], markets, wcfg, q)))
+        lend = [cohort[i].to_dict() if cohort and cohort[i] else None for i in idx]
+        procs.append(ctx.Process(target=run_worker, args=(w, url, [keys[i].secret for i in idx], [role_list[i] for i in idx],
+                                                          markets, wcfg, q, lend)))
     symbols = [p.symbol for p in plans]
     if args.subscribers or args.slow_subscribers:
         procs.append(ctx.Process(target=run_feed, args=(url, port, symbols, args.subscribers, args.slow_subscribers, wcfg, q)))
@@ -388,7 +425,10 @@ def _drive(args, console, url, port, keys, role_list, plans, rate, node_proc, st
     acked_total = sum(f["acked"] for f in finals)
     errs: dict[str, int] = {}
     fees: dict[str, Decimal] = {}
+    borrow_lend: dict[str, int] = {}
     for f in finals:
+        for k, v in f.get("lending", {}).items():
+            borrow_lend[k] = borrow_lend.get(k, 0) + v
         for k, v in f["errors"].items():
             errs[k] = errs.get(k, 0) + v
         for k, v in f["fees"].items():
@@ -404,7 +444,8 @@ def _drive(args, console, url, port, keys, role_list, plans, rate, node_proc, st
                    "error_rate": n_err / sent if sent else 0.0,
                    # replies after the warm-up, over the measured duration
                    "acked_per_s": ack_hist.get_total_count() / args.duration if args.duration else 0.0,
-                   "cancel_races": sum(f["cancel_races"] for f in finals)},
+                   "cancel_races": sum(f["cancel_races"] for f in finals),
+                   "borrow_lend_acked": dict(sorted(borrow_lend.items()))},
         "ack_latency_us": summary(ack_hist),
         "fill_to_trade_us": summary(merge([feed.get("trade_lag", b"")])),
         "feed_lag_us": summary(merge([feed.get("lag", b"")])),

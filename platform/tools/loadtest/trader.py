@@ -25,7 +25,7 @@ import trio
 from hdrh.histogram import HdrHistogram
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from satchel.tools.loadtest.plan import Flow, MarketPlan
+from satchel.tools.loadtest.plan import Flow, LendPlan, MarketPlan
 from satchel.signing import Keypair, sign_request
 
 MAX_US = 60_000_000
@@ -47,6 +47,7 @@ class _Stats:
         self.fees: dict[str, Decimal] = {}
         self.disconnects = 0
         self.cancel_races = 0
+        self.lending: Counter[str] = Counter()  # borrowLendExecute accepted, by side
 
 
 async def _trader(url: str, key: Keypair, flow: Flow, cfg: dict, stats: _Stats, t0: float) -> None:
@@ -100,11 +101,14 @@ async def _trader(url: str, key: Keypair, flow: Flow, cfg: dict, stats: _Stats, 
                         stats.cancel_races += 1  # the quote filled while the cancel was in flight
                     else:
                         stats.errors[code] += 1
+                    flow.refused(method, params)
                     continue
                 stats.acked += 1
                 result = msg["result"]
                 if method == "orderExecute":
                     acked_ids.add(result["id"])
+                elif method == "borrowLendExecute":
+                    stats.lending[params["side"]] += 1
                 flow.acked(method, params, result)
 
         async def send(intended: float) -> None:
@@ -142,9 +146,12 @@ async def _trader(url: str, key: Keypair, flow: Flow, cfg: dict, stats: _Stats, 
     stats.acked_orders += len(acked_ids)
 
 
-def run_worker(worker: int, url: str, secrets: list[str], roles: list[str], markets: list[dict], cfg: dict, queue: Any) -> None:
-    """Process entry point: run these traders, report progress and the final tallies."""
+def run_worker(worker: int, url: str, secrets: list[str], roles: list[str], markets: list[dict], cfg: dict, queue: Any,
+               lending: list[dict | None] | None = None) -> None:
+    """Process entry point: run these traders, report progress and the final tallies.
+    ``lending``: each trader's ``LendPlan`` as a dict (None: it neither lends nor borrows)."""
     plans = [MarketPlan(**m) for m in markets]
+    lend_plans = [LendPlan(**p) if p else None for p in lending or [None] * len(secrets)]
     stats = _Stats()
 
     async def main() -> None:
@@ -168,7 +175,7 @@ def run_worker(worker: int, url: str, secrets: list[str], roles: list[str], mark
             nursery.start_soon(progress)
             async with trio.open_nursery() as traders:
                 for i, (secret, role) in enumerate(zip(secrets, roles)):
-                    flow = Flow(role, plans, seed=cfg["seed"] * 1000 + worker * 100 + i)
+                    flow = Flow(role, plans, seed=cfg["seed"] * 1000 + worker * 100 + i, lending=lend_plans[i])
                     traders.start_soon(guarded, Keypair.from_secret(secret), flow)
             nursery.cancel_scope.cancel()
 
@@ -177,5 +184,5 @@ def run_worker(worker: int, url: str, secrets: list[str], roles: list[str], mark
         "type": "traders", "worker": worker, "sent": stats.sent, "acked": stats.acked, "errors": dict(stats.errors),
         "hist": stats.hist.encode(), "lost_acks": stats.lost, "acked_orders": stats.acked_orders,
         "fees": {k: str(v) for k, v in stats.fees.items()}, "disconnects": stats.disconnects,
-        "cancel_races": stats.cancel_races,
+        "cancel_races": stats.cancel_races, "lending": dict(stats.lending),
     })
