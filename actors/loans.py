@@ -27,7 +27,8 @@ Movements, each a ``LendMoved`` event and a change of the account's free balance
   trader's balances are not lent only to be redeemed by its next order, and a pool's
   cash does not swing with trading. An order flagged ``autoLend`` / ``autoBorrowRepay``
   has its account swept (lend, repay) at the end of its block. Cost: O(accounts touched
-  in the last two intervals), never a scan of all accounts.
+  in the last two intervals), never a scan of all accounts, and at most ``SWEEP_MAX``
+  accounts per block: a burst waits for the next blocks in account order.
 
 Conservation per asset: balances + fees + pool cash (+ insurance) = deposits; every
 movement changes a free balance and the pool's cash by the same amount.
@@ -50,6 +51,8 @@ from satchel.core.messages import (
 from satchel.core.state import LoanState, LoansState
 
 SWEEP_US = 1_000_000  # idle balances are lent once per second of sequenced time
+SWEEP_MAX = 1_000  # accounts one block's sweep handles; the rest wait for the next blocks
+_IDLE = 1 << 8  # a sweep flag beside the orders' AUTO_* bits: the account was idle when chosen
 
 LEND_KIND, REDEEM_KIND, BORROW_KIND, REPAY_KIND = "Lend", "LendRedeem", "Borrow", "BorrowRepay"
 MANUAL, AUTO_LEND_SOURCE, AUTO_REDEEM_SOURCE, AUTO_REPAY_SOURCE, SPOT_MARGIN, LIQUIDATION_SOURCE = (
@@ -85,6 +88,7 @@ class Loans:
         self.due: dict[str, None] = {}  # accounts whose balances changed since the last sweep
         self.pending: dict[str, None] = {}  # ... in the interval before it: lent if quiet since
         self.swept: dict[str, None] = {}  # accounts the running sweep moved: not activity (``report``)
+        self.backlog: dict[str, int] = {}  # account -> sweep flags, left for the next blocks (SWEEP_MAX)
         self.flagged: dict[str, int] = {}  # account -> settle flags of its orders that filled in this block
         self.order_flags: dict[int, int] = {}
         self.next_sweep = 0
@@ -368,27 +372,36 @@ class Loans:
         the accounts in ``skip`` (in liquidation: their funds repay debts)."""
         if not self.pools:
             return
-        accounts = self.flagged
+        accounts = self.backlog
+        self.backlog = {}
+        for account, flags in self.flagged.items():
+            accounts[account] = accounts.get(account, 0) | flags
         self.flagged = {}
-        idle: dict[str, None] = {}
         if self.now >= self.next_sweep:
             touched = self.due
+            for account in touched:
+                accounts.setdefault(account, 0)
             # idle: touched before the last sweep and not since -- a trading account's
             # balances are never lent just to be redeemed by its next order
-            idle = {a: None for a in self.pending if a not in touched}
+            for account in self.pending:
+                if account not in touched:
+                    accounts[account] = accounts.get(account, 0) | _IDLE
             self.pending = touched
             self.due = {}
-            accounts = {**dict.fromkeys(touched, 0), **dict.fromkeys(idle, 0), **accounts}
             self.next_sweep = (self.now // SWEEP_US + 1) * SWEEP_US
         if not accounts:
             return
+        chosen = sorted(accounts)
+        if len(chosen) > SWEEP_MAX:  # a burst (thousands of deposits going idle) is spread over blocks
+            self.backlog = {a: accounts[a] for a in chosen[SWEEP_MAX:]}
+            chosen = chosen[:SWEEP_MAX]
         balances = self.ledger.balances
-        for account in sorted(accounts):
+        for account in chosen:
             if account in skip:
                 continue
             self.swept[account] = None
             flags = accounts[account]
-            lend = flags & AUTO_LEND or (account in idle and account not in self.auto_lend_off)
+            lend = flags & AUTO_LEND or (flags & _IDLE and account not in self.auto_lend_off)
             repay = flags & AUTO_BORROW_REPAY or account in self.auto_repay_on
             for asset, bal in sorted(balances.get(account, {}).items()):
                 pool = self.pools.get(asset)
@@ -427,6 +440,7 @@ class Loans:
             order_flags=sorted(self.order_flags.items()),
             next_sweep=self.next_sweep,
             flagged=sorted(self.flagged.items()),
+            backlog=sorted(self.backlog.items()),
         )
 
     def restore(self, state: LoansState | None) -> None:
@@ -443,3 +457,4 @@ class Loans:
         self.order_flags = dict(state.order_flags)
         self.next_sweep = state.next_sweep
         self.flagged = dict(state.flagged)
+        self.backlog = dict(state.backlog)

@@ -373,3 +373,22 @@ async def test_only_idle_balances_are_lent_and_a_manual_lend_counts_what_is_lent
     events = await ex.block([BorrowLend("q", "USDC", LEND, 600 * USDC)])
     assert rejected(events) == [] and not [m for m in events if m.__class__ is LendMoved]
     await conserved(ex)
+
+
+async def test_a_burst_of_idle_accounts_is_swept_over_several_blocks(nursery, monkeypatch):
+    from satchel.actors import loans
+
+    monkeypatch.setattr(loans, "SWEEP_MAX", 3)
+    ex = await start(nursery)
+    await ex.block([Deposit(ADMIN, f"acct{n}", "USDC", 10 * USDC) for n in range(7)])
+    await later(ex, 10**6)  # a sweep: the deposits are recent
+    per_block = []
+    for gap in (10**6, 1_000, 1_000, 1_000):  # the next sweep finds seven idle accounts
+        events = await later(ex, gap)
+        per_block.append(sorted(m.account for m in events if m.__class__ is LendMoved))
+        if len(per_block) == 1:  # what is left waits in the state: a restored engine carries on
+            copy = Engine(nursery)
+            await copy.restore(await ex.engine.canonical())
+            ex.engine = copy
+    assert per_block == [["acct0", "acct1", "acct2"], ["acct3", "acct4", "acct5"], ["acct6"], []]
+    await conserved(ex)

@@ -115,6 +115,7 @@ class LoansState(_State):
     order_flags: list[tuple[int, int]]  # open spot order id -> its AUTO_LEND / AUTO_BORROW_REPAY flags
     next_sweep: int  # us
     flagged: list[tuple[str, int]] = []  # accounts whose flagged orders filled after the block's sweep
+    backlog: list[tuple[str, int]] = []  # accounts (with sweep flags) a burst left for the next blocks
 
 
 class MarginState(_State):
