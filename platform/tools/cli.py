@@ -464,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subscribers", type=int, default=4)
     p.add_argument("--slow-subscribers", type=int, default=0)
     p.add_argument("--scenario", choices=["mm", "takers", "mixed", "perps"], default="mixed",
-                   help="perps: leveraged perp traders, an index crash, liquidations (embedded only)")
+                   help="perps: leveraged perp traders, an index crash, liquidations; makers lend and borrow SOL, "
+                        "idle balances auto-lent (embedded only)")
     p.add_argument("--markets", nargs="+", default=None)
     p.add_argument("--workers", type=int, default=None, help="trader processes (default: CPU count)")
     p.add_argument("--out", help="write the JSON report here")
