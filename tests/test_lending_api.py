@@ -317,3 +317,28 @@ def test_position_ids_do_not_depend_on_the_order_blocks_are_written(tmp_path):
     assert item == {"eventType": "BorrowRepay", "positionId": str(opened_second), "positionQuantity": "-2",
                     "quantity": "1", "source": "AutoBorrowRepay", "symbol": "SOL",
                     "timestamp": views.iso_ms(t + 7), "spotMarginOrderId": None}
+
+
+async def test_lending_streams(rest, server):
+    """``account.borrowLendUpdate`` carries each movement; ``borrowLendMarket.<asset>`` the
+    pool's figures once per second of sequenced time."""
+    gina = Keypair.generate()
+    async with connect(server.url, gina) as c:
+        await c.request("accountUpdate", {"autoLend": False})
+        await server.fund(gina, USDC=300 * USDC)
+        await c.subscribe(["account.borrowLendUpdate.USDC"], private=True)
+        await c.subscribe(["borrowLendMarket.USDC"])
+        await c.request("borrowLendExecute", {"symbol": "USDC", "side": "Lend", "quantity": "120"})
+        moved = await c.next_frame("account.borrowLendUpdate")
+        assert {k: moved["data"][k] for k in ("e", "s", "q", "Q", "o")} == {
+            "e": "lend", "s": "USDC", "q": "120", "Q": "120", "o": "Manual"}
+        for _ in range(2):  # a block in the next second of sequenced time carries the figures
+            await trio.sleep(1.05)
+            await server.node.submit_wait(Deposit(server.node.admin.api_key, "@nobody", "USDC", 1))
+        pool = (await c.next_frame("borrowLendMarket.USDC"))["data"]
+        assert pool["e"] == "borrowLendMarket" and pool["s"] == "USDC" and Decimal(pool["lentQuantity"]) >= 120
+        await c.subscribe(["borrowLendMarket.NOPE"])
+        with trio.fail_after(5):
+            while not c.errors:
+                await trio.sleep(0.01)
+        assert c.errors[0]["error"]["code"] == 4006  # not a listed asset

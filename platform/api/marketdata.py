@@ -45,6 +45,12 @@ Whether a position update opened or closed a position is decided here, from the 
 each (account, perp) had at the previous ``PositionChanged``; a position opened before
 this process started is first reported as opened.
 
+Lending adds the public ``borrowLendMarket.<asset>`` (a pool's figures, once per
+second of sequenced time, from ``PoolUpdate``) and the private
+``account.borrowLendUpdate[.<asset>]`` (each movement between the account and a pool,
+from ``LendMoved``). Backpack has no lending streams; these follow its frame style
+(``e`` event, ``E`` event time and ``T`` engine time in µs).
+
 A public stream whose frames are made elsewhere (``platformStats``, ``api.stats``) is
 registered with ``add_feed`` and sent with ``broadcast``: it shares the subscriptions,
 the subscribe-time snapshot and the encode-once fan-out.
@@ -63,13 +69,13 @@ from typing import Any, Protocol
 import msgspec
 from sortedcontainers import SortedDict
 
-from satchel.api.format import Formatter
+from satchel.api.format import Formatter, fraction
 from satchel.api.klines import INTERVALS, bucket, iso_text
 from satchel.core.messages import (
     ASK, BID, CANCELLED, EXPIRED, FILLED, ORDER_TYPE_NAMES, PARTIALLY_FILLED, REJECTED, SIDE_NAMES, TIF_NAMES,
     TRIGGER_BY_NAMES, TRIGGER_PENDING,
-    BalanceChanged, BlockHeader, ConfigChanged, DepthDelta, Fill, Liquidation, MarkPrice, OpenInterest, OrderAccepted,
-    OrderDone, PositionChanged, TriggerPlaced,
+    BalanceChanged, BlockHeader, ConfigChanged, DepthDelta, Fill, LendMoved, Liquidation, MarkPrice, OpenInterest,
+    OrderAccepted, OrderDone, PoolUpdate, PositionChanged, TriggerPlaced,
 )
 from satchel.clock import now_us
 
@@ -84,7 +90,9 @@ PUBLIC_KINDS = ("depth", "trade", "bookTicker", "ticker")
 KLINE_KIND = "kline"  # "kline.<interval>.<symbol>", interval among klines.INTERVALS
 PERP_KINDS = ("markPrice", "openInterest")  # "<kind>.<symbol>" of a perpetual market only
 LIQUIDATION_STREAM = "liquidation"  # every market's, no symbol
-PRIVATE_STREAMS = ("account.orderUpdate", "account.balanceUpdate", "account.positionUpdate")
+LENDING_MARKET_KIND = "borrowLendMarket"  # "borrowLendMarket.<asset>"
+LENDING_STREAM = "account.borrowLendUpdate"
+PRIVATE_STREAMS = ("account.orderUpdate", "account.balanceUpdate", "account.positionUpdate", LENDING_STREAM)
 SILENT_STREAMS = ("account.rfqUpdate",)  # accepted so ccxt's watchers work
 POSITION_STREAM = "account.positionUpdate"
 # the liquidation steps that trade a position (book unwind, backstop, auto-deleverage); cancelling
@@ -161,6 +169,8 @@ class MarketData:
         if stream == LIQUIDATION_STREAM or stream in self._feeds:
             return True
         kind, _, symbol = stream.partition(".")
+        if kind == LENDING_MARKET_KIND:
+            return symbol in self.fmt.assets
         if kind == KLINE_KIND:
             interval, _, symbol = symbol.partition(".")
             return interval in INTERVALS and symbol in self._markets
@@ -179,6 +189,8 @@ class MarketData:
             return True
         if name == POSITION_STREAM:
             return self._is_perp(symbol)
+        if name == LENDING_STREAM:
+            return symbol in self.fmt.assets
         return name != "account.balanceUpdate" and symbol in self.fmt.markets
 
     def _is_perp(self, symbol: str) -> bool:
@@ -378,6 +390,13 @@ class MarketData:
                         "e": "balanceUpdate", "E": now_us(), "a": ev.asset,
                         "A": fmt.asset(ev.asset, ev.free), "L": fmt.asset(ev.asset, ev.held), "S": "0", "T": ts,
                     })
+            elif cls is PoolUpdate:
+                key = f"{LENDING_MARKET_KIND}.{ev.asset}"
+                if key in subs:
+                    self._fanout(key, pool_frame(fmt, ev, now_us()))
+            elif cls is LendMoved:
+                if subs:
+                    self._private(ev.account, LENDING_STREAM, ev.asset, lend_frame(fmt, ev, now_us()))
             elif cls is ConfigChanged:
                 if ev.market is not None and ev.market.symbol not in self._markets:
                     self._markets[ev.market.symbol] = _Market()  # listed: its streams open now
@@ -614,3 +633,27 @@ class MarketData:
             "B": TRIGGER_BY_NAMES[ev.trigger_by], "Y": qty, "X": TRIGGER_PENDING, "i": str(ev.order_id),
             "r": ev.reduce_only, "T": ts, "O": "USER",
         }
+
+
+def pool_frame(fmt: Formatter, ev: PoolUpdate, now: int) -> dict:
+    """A ``borrowLendMarket.<asset>`` frame: the pool's totals, rates (APR fractions, as
+    ``borrowLend/markets`` gives them) and utilization after a second of sequenced time."""
+    a = ev.asset
+    return {
+        "e": "borrowLendMarket", "E": now, "s": a, "T": ev.timestamp,
+        "lentQuantity": fmt.asset(a, ev.lent), "borrowedQuantity": fmt.asset(a, ev.borrowed),
+        "availableQuantity": fmt.asset(a, ev.cash), "reserveQuantity": fmt.asset(a, ev.reserve),
+        "utilization": fraction(ev.utilization), "borrowInterestRate": fraction(ev.borrow_rate),
+        "lendInterestRate": fraction(ev.lend_rate),
+    }
+
+
+def lend_frame(fmt: Formatter, ev: LendMoved, now: int) -> dict:
+    """An ``account.borrowLendUpdate`` frame: one movement (``e`` Backpack's eventType in
+    lower camel case: lend, lendRedeem, borrow, borrowRepay; ``o`` its source) and the
+    account's net position in the asset afterwards (``Q``: + lent, - borrowed)."""
+    a = ev.asset
+    return {
+        "e": ev.kind[0].lower() + ev.kind[1:], "E": now, "s": a, "q": fmt.asset(a, ev.amount),
+        "Q": fmt.asset(a, ev.lent - ev.borrowed), "o": ev.source, "T": ev.timestamp,
+    }
