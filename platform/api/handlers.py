@@ -54,6 +54,7 @@ METHODS = (
     "positionQuery", "collateralQuery", "fundingHistoryQueryAll", "liquidationHistoryQueryAll", "markPrices",
     "openInterest", "accountUpdate", "accountQuery", "orderExecuteBatch", "orderHistoryQueryAll", "fillHistoryQueryAll",
     "borrowLendMarkets", "platformStats", "borrowLendExecute", "borrowLendPositionQuery", "borrowHistoryQueryAll",
+    "interestHistoryQueryAll",
 )
 MAX_BATCH = 50  # orders in one POST /api/v1/orders (each journaled record keeps the whole signed batch)
 # requests whose params are a list of objects, each signed as its own segment
@@ -104,6 +105,25 @@ class LendHistoryParams(msgspec.Struct):
     since: str | None = msgspec.field(default=None, name="from")
     to: str | None = None
     sortDirection: str | None = None
+
+
+class InterestHistoryParams(msgspec.Struct):
+    """``GET /wapi/v1/history/interest``: ``asset`` (or ``symbol``) an asset, ``source``
+    BorrowLend (everything here) or UnrealizedPnl (nothing: Satchel charges no interest on
+    unrealized PnL); ``from``/``to`` in ms (inclusive), on the hour's end."""
+
+    asset: str | None = None
+    symbol: str | None = None
+    source: str | None = None
+    positionId: str | None = None
+    limit: str | None = None
+    offset: str | None = None
+    since: str | None = msgspec.field(default=None, name="from")
+    to: str | None = None
+    sortDirection: str | None = None
+
+
+INTEREST_SOURCES = ("BorrowLend", "UnrealizedPnl")
 
 
 class Replies(Protocol):
@@ -595,6 +615,34 @@ class Api:
                 **self._window(params))
 
         self._history_read(caller, req_id, texts, sig, "borrowHistoryQueryAll", query, history_views.lend_moves)
+
+    @_request
+    def interestHistoryQueryAll(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """The account's interest per position and hour of sequenced time, newest first
+        (``GET /wapi/v1/history/interest``): paymentType Lend (earned) or Borrow (owed).
+        Filters ``asset`` (or ``symbol``), ``positionId``, ``source``, ``from``/``to`` (ms,
+        on the hour's end), ``limit``/``offset``, ``sortDirection`` (Asc, Desc). An hour is
+        listed once it is over (see ``history.queries.InterestHistory``)."""
+        params = instructions.params_of(InterestHistoryParams, texts)
+
+        def query(account: str) -> history_queries.InterestHistory:
+            if params.asset is not None and params.symbol is not None and params.asset != params.symbol:
+                raise RequestError(INVALID_REQUEST, "asset and symbol differ")
+            asset = params.asset if params.asset is not None else params.symbol
+            if asset is not None and asset not in self.listing.assets:
+                raise RequestError(INVALID_ASSET, f"Unknown asset {asset}")
+            if params.source is not None and params.source not in INTEREST_SOURCES:
+                raise RequestError(INVALID_REQUEST, f"source must be one of {', '.join(INTEREST_SOURCES)}")
+            if params.sortDirection not in (None, "Asc", "Desc"):
+                raise RequestError(INVALID_REQUEST, "sortDirection must be Asc or Desc")
+            window = self._window(params)
+            if params.source == "UnrealizedPnl":
+                window["limit"] = 0
+            return history_queries.InterestHistory(
+                account, asset=asset, position_id=instructions.uint(params.positionId, "positionId", 2**63),
+                ascending=params.sortDirection == "Asc", **window)
+
+        self._history_read(caller, req_id, texts, sig, "interestHistoryQueryAll", query, history_views.interest)
 
     # ------------------------------------------------------------------ queries
 

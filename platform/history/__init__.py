@@ -1,5 +1,5 @@
-"""The history read model: orders, fills, trades and lending movements kept in SQLite outside the
-deterministic core.
+"""The history read model: orders, fills, trades, lending movements and the pools' hourly
+indices (interest is derived from them on read) kept in SQLite outside the deterministic core.
 
 Fed by the node's durable blocks, rebuilt from the journal when missing or behind; the
 engine never reads it. In the order a block travels: ``store`` (the thread that owns the

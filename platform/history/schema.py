@@ -26,7 +26,33 @@ block) order fills exactly; public trades are the taker rows.
 order of movements, the same on every rebuild (so a position's id, the ``pos`` of the
 movement that opened it, is stable). A row whose ``lent`` and ``borrowed`` are both 0
 closed its position; the next movement in that asset opens a new one. Nothing here
-depends on the order rows are written in: position ids are found on read.
+depends on the order rows are written in: position ids are found on read. Each row also
+keeps the position as the pool holds it afterwards (``lent_scaled`` or
+``borrowed_scaled``) and the index the movement used (``pool_index``: the lend index for
+Lend/LendRedeem, the borrow index for Borrow/BorrowRepay). A debt written off as bad
+debt (``BadDebt``) is a row of kind ``WriteOff`` that closes the position (``amount``: the
+debt cancelled, where the position's interest ends; ``pool_index`` 0: the event does
+not carry it); the borrow/lend history
+does not list it.
+
+``lend_hours`` keeps, per pool and hour of sequenced time, the hour's first ``PoolUpdate``
+(by ``pos``): its indices and rates. The upsert keeps the row of the smaller ``pos``, so
+live blocks and a catch-up's converge on the same row in any order. These rows are the
+*hour marks* interest is read at.
+
+**Interest** (``queries.InterestHistory``) is derived on read from a position's movements
+and the hour marks, in ``pos`` order. Between two consecutive points (a movement or a
+mark) the position's scaled size ``s`` is constant, and its interest is the change of its
+worth: ``to_amount(s, index_b) - to_amount(s, index_a)``, a claim rounded down and a debt
+up, as the engine rounds them (so over a stretch without movements the amounts add up to
+exactly how much the claim or debt grew). A span belongs to the hour of the last mark at
+or before its start: the interest the first block of an hour accrues (since the block
+before) is the previous hour's, and an hour without blocks has no mark, its interest being
+accrued by the next block and counted in the hour of the mark before. The sum of a
+position's hours is its ``cumulativeInterest`` (``borrowLendPositionQuery``: the worth now
+minus the principal; a borrow's negated) as of the last mark, less each movement's
+rounding remainder (under ``index / RAY + 1`` units: what the pool keeps when it scales
+an amount).
 
 ``written`` lists the blocks whose events are in the database, as disjoint [lo, hi]
 height ranges, updated in the same transaction as the rows: live writes and a catch-up
@@ -42,7 +68,7 @@ from pathlib import Path
 
 import structlog
 
-SCHEMA_VERSION = 3  # 2: funding_rates; 3: lend_moves
+SCHEMA_VERSION = 4  # 2: funding_rates; 3: lend_moves; 4: scaled positions, lend_hours, write-offs
 
 log = structlog.get_logger("satchel.history")
 
@@ -108,11 +134,25 @@ CREATE TABLE IF NOT EXISTS lend_moves (
     amount INTEGER NOT NULL,                  -- asset units
     lent INTEGER NOT NULL,                    -- the account's claim in the asset afterwards
     borrowed INTEGER NOT NULL,                -- its debt afterwards
-    ts INTEGER NOT NULL                       -- the block's timestamp, µs
+    ts INTEGER NOT NULL,                      -- the block's timestamp, µs
+    lent_scaled INTEGER NOT NULL,             -- the position as the pool holds it afterwards
+    borrowed_scaled INTEGER NOT NULL,
+    pool_index INTEGER NOT NULL               -- RAY; the lend index for Lend/LendRedeem, else the borrow index
 );
 CREATE INDEX IF NOT EXISTS lend_moves_by_account ON lend_moves (account, pos);
 CREATE INDEX IF NOT EXISTS lend_moves_by_asset ON lend_moves (account, asset, pos);
 CREATE INDEX IF NOT EXISTS lend_moves_closing ON lend_moves (account, asset, pos) WHERE lent = 0 AND borrowed = 0;
+CREATE TABLE IF NOT EXISTS lend_hours (
+    asset TEXT NOT NULL,
+    hour INTEGER NOT NULL,                    -- the block's timestamp // 3600 s
+    pos INTEGER NOT NULL,                     -- of the hour's first PoolUpdate: height << 32 | index
+    ts INTEGER NOT NULL,                      -- the block's timestamp, µs
+    lend_index INTEGER NOT NULL,              -- RAY
+    borrow_index INTEGER NOT NULL,
+    lend_rate INTEGER NOT NULL,               -- annual, PPB
+    borrow_rate INTEGER NOT NULL,
+    PRIMARY KEY (asset, hour)
+) WITHOUT ROWID;
 """
 
 

@@ -13,7 +13,8 @@ from satchel.api.format import Formatter, fraction, naive_iso
 from satchel.api.klines import bucket, clock_text
 from satchel.core.engine import INTERNAL_SEQ_BASE
 from satchel.core.messages import ASK, NEW, PARTIALLY_FILLED, REJECTED, SIDE_NAMES, TRIGGER_PENDING
-from satchel.history.queries import FillRow, FundingRateRow, KlineRow, LendRow, OrderRow, TradeRow
+from satchel.history.queries import FillRow, FundingRateRow, InterestRow, KlineRow, LendRow, OrderRow, TradeRow
+from satchel.history.writes import HOUR_US
 
 TRIGGER_FAILED = "TriggerFailed"
 _EPOCH = datetime(1970, 1, 1)
@@ -131,3 +132,19 @@ def lend_moves(fmt: Formatter, rows: list[LendRow]) -> list[dict]:
             "spotMarginOrderId": str(r.seq) if r.source == "SpotMargin" else None,
         })
     return out
+
+
+def interest(fmt: Formatter, rows: list[InterestRow]) -> list[dict]:
+    """``GET /wapi/v1/history/interest`` items: per position and hour, ``quantity`` the
+    interest earned (paymentType Lend) or owed (Borrow) in the asset, ``interestRate`` the
+    pool's annual rate at the hour's start, ``timestamp`` the hour's end. An asset the
+    formatter does not know is left out."""
+    return [{
+        "paymentType": r.kind,
+        "interestRate": fraction(r.rate),
+        "interval": HOUR_US // 1000,
+        "positionId": str(r.position_id),
+        "quantity": fmt.asset(r.asset, r.quantity),
+        "symbol": r.asset,
+        "timestamp": iso_ms(r.hour_end),
+    } for r in rows if r.asset in fmt.assets]

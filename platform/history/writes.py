@@ -7,6 +7,11 @@ work stays at building a tuple. Every statement commutes with the others (see
 minimum), so grouping by statement rather than by event order gives the same rows, and
 so does writing the blocks of a catch-up after later live blocks.
 
+Lending: every ``LendMoved`` is a ``lend_moves`` row (a ``BadDebt`` write-off too, as
+a row of kind ``WriteOff``), and the first ``PoolUpdate`` of each pool and hour is its
+``lend_hours`` row: a batch keeps the one of the smallest ``pos`` per (asset, hour), and
+the upsert keeps the smaller of that and the stored one.
+
 Rejected orders are not history (Backpack answers them with an error, and nothing of
 them is kept), with one exception: a trigger order that fired and was then refused at
 pre-trade. Its ``OrderDone`` names an order id from an earlier block (below the block's
@@ -18,7 +23,8 @@ from __future__ import annotations
 import sqlite3
 
 from satchel.core.messages import (
-    ASK, BID, REJECTED, BlockHeader, Fill, FundingPaid, LendMoved, OrderAccepted, OrderDone, TriggerPlaced,
+    ASK, BID, REJECTED, BadDebt, BlockHeader, Fill, FundingPaid, LendMoved, OrderAccepted, OrderDone, PoolUpdate,
+    TriggerPlaced,
 )
 
 _ACCEPTED = """
@@ -66,9 +72,23 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 _FUNDING = "INSERT OR IGNORE INTO funding_rates (symbol, interval_end, rate, mark) VALUES (?, ?, ?, ?)"
 
 _LEND = """
-INSERT OR IGNORE INTO lend_moves (pos, seq, account, asset, kind, source, amount, lent, borrowed, ts)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT OR IGNORE INTO lend_moves (pos, seq, account, asset, kind, source, amount, lent, borrowed, ts, lent_scaled,
+                                  borrowed_scaled, pool_index)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+# the hour's first PoolUpdate wins, whichever block is written first
+_HOUR = """
+INSERT INTO lend_hours (asset, hour, pos, ts, lend_index, borrow_index, lend_rate, borrow_rate)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (asset, hour) DO UPDATE SET
+    pos = excluded.pos, ts = excluded.ts, lend_index = excluded.lend_index, borrow_index = excluded.borrow_index,
+    lend_rate = excluded.lend_rate, borrow_rate = excluded.borrow_rate
+WHERE excluded.pos < lend_hours.pos
+"""
+
+HOUR_US = 3_600_000_000
+WRITE_OFF = "WriteOff"  # a lend_moves kind of Satchel's own: a debt cancelled as bad debt
 
 
 class Batch:
@@ -83,6 +103,7 @@ class Batch:
         self._fills: list[tuple] = []
         self._funding: list[tuple] = []
         self._lends: list[tuple] = []
+        self._hours: dict[tuple[str, int], tuple] = {}  # (asset, hour) -> its first PoolUpdate's row
         # order id -> [account, symbol, side, earliest fill µs, quantity, quote]: a taker that
         # sweeps many makers is one upsert
         self._executed: dict[int, list] = {}
@@ -132,7 +153,19 @@ class Batch:
                 n += 1
             elif cls is LendMoved:
                 self._lends.append((height << 32 | ix, ev.seq, ev.account, ev.asset, ev.kind, ev.source, ev.amount,
-                                    ev.lent, ev.borrowed, ts))
+                                    ev.lent, ev.borrowed, ts, ev.lent_scaled, ev.borrowed_scaled, ev.index))
+                n += 1
+            elif cls is PoolUpdate:
+                key = (ev.asset, ts // HOUR_US)
+                pos = height << 32 | ix
+                first = self._hours.get(key)
+                if first is None or pos < first[2]:
+                    self._hours[key] = (*key, pos, ts, ev.lend_index, ev.borrow_index, ev.lend_rate, ev.borrow_rate)
+                    if first is None:
+                        n += 1
+            elif cls is BadDebt:
+                self._lends.append((height << 32 | ix, ev.seq, ev.account, ev.asset, WRITE_OFF, "Liquidation",
+                                    ev.socialized, 0, 0, ts, 0, 0, 0))
                 n += 1
         self.rows += n
 
@@ -152,3 +185,5 @@ class Batch:
             conn.executemany(_FUNDING, self._funding)
         if self._lends:
             conn.executemany(_LEND, self._lends)
+        if self._hours:
+            conn.executemany(_HOUR, list(self._hours.values()))

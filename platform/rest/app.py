@@ -378,6 +378,7 @@ _PRIVATE = {
     "/api/v1/borrowLend": {"POST": "borrowLendExecute"},
     "/api/v1/borrowLend/positions": {"GET": "borrowLendPositionQuery"},
     "/wapi/v1/history/borrowLend": {"GET": "borrowHistoryQueryAll"},
+    "/wapi/v1/history/interest": {"GET": "interestHistoryQueryAll"},
     "/wapi/v1/history/funding": {"GET": "fundingHistoryQueryAll"},
     "/wapi/v1/history/orders": {"GET": "orderHistoryQueryAll"},
     "/wapi/v1/history/fills": {"GET": "fillHistoryQueryAll"},
