@@ -92,35 +92,35 @@ class FillHistoryParams(OrderHistoryParams):
     fillType: str | None = None
 
 
-class LendHistoryParams(msgspec.Struct):
+class _LendPaging(msgspec.Struct):
+    """What the lending histories share: one position, a page, a time range (ms,
+    inclusive), an order."""
+
+    positionId: str | None = None
+    limit: str | None = None
+    offset: str | None = None
+    since: str | None = msgspec.field(default=None, name="from")
+    to: str | None = None
+    sortDirection: str | None = None
+
+
+class LendHistoryParams(_LendPaging):
     """``GET /wapi/v1/history/borrowLend``: ``symbol`` is an asset, ``type`` an eventType,
-    ``sources`` a comma-separated list of sources; ``from``/``to`` in ms (inclusive)."""
+    ``sources`` a comma-separated list of sources."""
 
     symbol: str | None = None
     type: str | None = None
     sources: str | None = None
-    positionId: str | None = None
-    limit: str | None = None
-    offset: str | None = None
-    since: str | None = msgspec.field(default=None, name="from")
-    to: str | None = None
-    sortDirection: str | None = None
 
 
-class InterestHistoryParams(msgspec.Struct):
+class InterestHistoryParams(_LendPaging):
     """``GET /wapi/v1/history/interest``: ``asset`` (or ``symbol``) an asset, ``source``
     BorrowLend (everything here) or UnrealizedPnl (nothing: Satchel charges no interest on
-    unrealized PnL); ``from``/``to`` in ms (inclusive), on the hour's end."""
+    unrealized PnL); ``from``/``to`` on the hour's end."""
 
     asset: str | None = None
     symbol: str | None = None
     source: str | None = None
-    positionId: str | None = None
-    limit: str | None = None
-    offset: str | None = None
-    since: str | None = msgspec.field(default=None, name="from")
-    to: str | None = None
-    sortDirection: str | None = None
 
 
 INTEREST_SOURCES = ("BorrowLend", "UnrealizedPnl")
@@ -607,12 +607,8 @@ class Api:
             unknown = [s for s in sources if s not in history_queries.LEND_SOURCES]
             if unknown:
                 raise RequestError(INVALID_REQUEST, f"unknown source {unknown[0]}")
-            if params.sortDirection not in (None, "Asc", "Desc"):
-                raise RequestError(INVALID_REQUEST, "sortDirection must be Asc or Desc")
-            return history_queries.LendHistory(
-                account, asset=params.symbol, kind=params.type, sources=sources,
-                position_id=instructions.uint(params.positionId, "positionId", 2**63), ascending=params.sortDirection == "Asc",
-                **self._window(params))
+            return history_queries.LendHistory(account, asset=params.symbol, kind=params.type, sources=sources,
+                                               **self._position_page(params))
 
         self._history_read(caller, req_id, texts, sig, "borrowHistoryQueryAll", query, history_views.lend_moves)
 
@@ -633,16 +629,19 @@ class Api:
                 raise RequestError(INVALID_ASSET, f"Unknown asset {asset}")
             if params.source is not None and params.source not in INTEREST_SOURCES:
                 raise RequestError(INVALID_REQUEST, f"source must be one of {', '.join(INTEREST_SOURCES)}")
-            if params.sortDirection not in (None, "Asc", "Desc"):
-                raise RequestError(INVALID_REQUEST, "sortDirection must be Asc or Desc")
-            window = self._window(params)
+            page = self._position_page(params)
             if params.source == "UnrealizedPnl":
-                window["limit"] = 0
-            return history_queries.InterestHistory(
-                account, asset=asset, position_id=instructions.uint(params.positionId, "positionId", 2**63),
-                ascending=params.sortDirection == "Asc", **window)
+                page["limit"] = 0
+            return history_queries.InterestHistory(account, asset=asset, **page)
 
         self._history_read(caller, req_id, texts, sig, "interestHistoryQueryAll", query, history_views.interest)
+
+    def _position_page(self, params: _LendPaging) -> dict[str, Any]:
+        """A lending history's position, order and window, checked."""
+        if params.sortDirection not in (None, "Asc", "Desc"):
+            raise RequestError(INVALID_REQUEST, "sortDirection must be Asc or Desc")
+        return {"position_id": instructions.uint(params.positionId, "positionId", 2**63),
+                "ascending": params.sortDirection == "Asc", **self._window(params)}
 
     # ------------------------------------------------------------------ queries
 

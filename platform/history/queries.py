@@ -201,7 +201,21 @@ LEND_SOURCES = frozenset({
 LEND_KINDS = ("Borrow", "BorrowRepay", "Lend", "LendRedeem")
 
 
-class LendHistory(msgspec.Struct, frozen=True):
+class _PositionPage(msgspec.Struct, frozen=True):
+    """What the lending histories share: an account, optionally one asset or position, a
+    time range (us), a page and an order."""
+
+    account: str
+    asset: str | None = None
+    position_id: int | None = None
+    since_us: int | None = None
+    until_us: int | None = None
+    limit: int = DEFAULT_LIMIT
+    offset: int = 0
+    ascending: bool = False
+
+
+class LendHistory(_PositionPage, frozen=True):
     """An account's borrow and lend movements, newest first (``ascending``: oldest first),
     each with the id of the position it belongs to. ``position_id`` narrows to one
     position: from the movement that opened it to the one that closed it. A write-off
@@ -209,16 +223,8 @@ class LendHistory(msgspec.Struct, frozen=True):
 
     Cost: an index range per page, and two index seeks per row for its position id."""
 
-    account: str
-    asset: str | None = None
     kind: str | None = None
     sources: tuple[str, ...] = ()
-    position_id: int | None = None
-    since_us: int | None = None
-    until_us: int | None = None
-    limit: int = DEFAULT_LIMIT
-    offset: int = 0
-    ascending: bool = False
 
     def run(self, conn: sqlite3.Connection) -> list[LendRow]:
         where = ["m.account = ?", f"m.kind != '{WRITE_OFF}'"]
@@ -315,7 +321,7 @@ FIRST_CHUNK_HOURS = 24  # hours computed at once when paging, doubling up to MAX
 MAX_CHUNK_HOURS = 4096
 
 
-class InterestHistory(msgspec.Struct, frozen=True):
+class InterestHistory(_PositionPage, frozen=True):
     """An account's interest, one row per position and hour of sequenced time in which it
     earned (a lend) or owed (a borrow) any; newest hour first (``ascending``: oldest), then
     by asset and position. ``since_us``/``until_us`` bound the hour's end. Derived from the
@@ -327,15 +333,6 @@ class InterestHistory(msgspec.Struct, frozen=True):
     oldest), 24 hours first and doubling, until the page is full: per chunk and asset a
     range of marks (one per hour), the account's movements in it, and a few index seeks.
     So a page costs about the hours it covers, never the account's whole history."""
-
-    account: str
-    asset: str | None = None
-    position_id: int | None = None
-    since_us: int | None = None
-    until_us: int | None = None
-    limit: int = DEFAULT_LIMIT
-    offset: int = 0
-    ascending: bool = False
 
     def run(self, conn: sqlite3.Connection) -> list[InterestRow]:
         spans = self._spans(conn) if self.limit > 0 else {}
