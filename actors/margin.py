@@ -45,6 +45,7 @@ from collections import deque
 
 import msgspec
 
+from satchel.actors.custody import CUSTODY_TXS, Custody
 from satchel.actors.liquidation import Liquidator
 from satchel.actors.loans import Loans
 from satchel.actors.risk import Ledger, Permissions, SpotHolds, _malformed
@@ -56,7 +57,7 @@ from satchel.core.errors import Code
 from satchel.core.instructions import INSURANCE_ACCOUNT
 from satchel.core.messages import (
     BID, CANCELLED, EXPIRED, LIQUIDATION, PPB,
-    AssetSpec, BorrowLend, LendingOf, PoolsUsed, UsePools, BalanceChanged, BalanceOf, BalancesOf, CancelAll, CancelOrder, CollateralOf, CollateralRow, CollateralView,
+    AssetSpec, BorrowLend, ChainCommand, ChainsOf, LendingOf, PoolsUsed, UsePools, Withdraw, WithdrawalsOf, BalanceChanged, BalanceOf, BalancesOf, CancelAll, CancelOrder, CollateralOf, CollateralRow, CollateralView,
     Deposit, Deposited, Entry, Escalate, Fill, FundingPaid, FundingPayment, HistoryOf, LedgerOf, LeverageSet,
     Liquidation, ListAssetSpec, ListMarginSpec, ListMarketSpec, MarginSpec, MarketSpec, MarkPrice, MarksOf, OpenInterest, OrderDone,
     PerpPrices, PlaceOrder, PositionChanged, PositionsOf, PositionsView, PreTrade, PreTraded, Remark, Restore,
@@ -136,6 +137,7 @@ class Margin:
         self.traded: dict[str, None] = {}  # accounts with perp fills since the last check
         self.liquidator = Liquidator(self)
         self.loans = Loans(self.ledger, self._borrow_ok)  # lend and borrow positions
+        self.custody = Custody(self.ledger, self._fund_withdrawal)  # chains: deposits, withdrawals
         self.now = 0  # the block being applied, us (event times)
         self._pass: dict[str, list] = {}  # pre-trade's margin figures per account, for one pass
 
@@ -455,6 +457,10 @@ class Margin:
             elif cls is BorrowLend:
                 self._pass.pop(tx.account, None)
                 self.loans.execute(seq, tx, out)
+            elif cls in CUSTODY_TXS:
+                self._pass.pop(getattr(tx, "account", ""), None)
+                self.custody.now = now
+                self.custody.apply(seq, tx, out)
             elif cls is SetLeverage:
                 self._pass.pop(tx.account, None)
                 if tx.leverage:
@@ -462,6 +468,38 @@ class Margin:
                 self.loans.configure(seq, tx.account, tx.auto_lend, tx.auto_repay, out)
                 out.append(LeverageSet(seq, tx.account, self.leverage.get(tx.account, 0), *self.loans.settings(tx.account)))
         return PreTraded(routed, out)
+
+    def _fund_withdrawal(self, seq: int, tx: Withdraw, out: list) -> str:
+        """Whether the account can give a withdrawal's amount ("" if it can): an auto-lent
+        claim is redeemed for what the free balance lacks, as for an order; and equity
+        must still cover the initial margin without the amount's collateral value."""
+        account, asset, amount = tx.account, tx.asset, tx.amount
+        bal = self.ledger.bal(account, asset)
+        if bal.free < amount and self.loans.on_demand(account, asset):
+            self.loans.redeem(seq, account, asset, min(amount - bal.free, self.loans.on_demand(account, asset),
+                                                       self.loans.pools[asset].cash), "AutoLendRedeem", out)
+        if bal.free < amount:
+            return Code.INSUFFICIENT_FUNDS
+        if self.has_perp(account) or account in self.loans.debtors:
+            if asset == self.settle_asset:
+                loss = amount
+            else:
+                total = bal.free + bal.held + self.loans.net(asset, self.loans.loans[account][asset]) \
+                    if asset in self.loans.loans.get(account, {}) else bal.free + bal.held
+                loss = self.asset_value(asset, total)[2] - self.asset_value(asset, total - amount)[2]
+            f = self.figures(account)
+            if f.equity - loss < f.initial:
+                return Code.INSUFFICIENT_MARGIN
+        return ""
+
+    def _chain_command(self, msg: ChainCommand) -> list:
+        return self.custody.command(msg.seq, msg.tx, msg.timestamp) + self.report(msg.seq)
+
+    def _chains_of(self, msg: ChainsOf) -> list:
+        return self.custody.views()
+
+    def _withdrawals_of(self, msg: WithdrawalsOf) -> list:
+        return self.custody.withdrawals(msg.account)
 
     def _provide(self, seq: int, tx: PlaceOrder, asset: str, bal: object, need: int | None, out: list) -> None:
         self.loans.provide(seq, tx, asset, bal, need, out)
@@ -803,26 +841,28 @@ class Margin:
         return sum(p.net_cost for book in self.positions.values() for p in book.values())
 
     def _totals(self, msg: Totals) -> dict[str, int]:
-        """Per asset: balances + fees (+ insurance fund - net costs for the settlement
-        asset): equals deposits when money is conserved."""
+        """Per asset: balances + fees + pools' cash + confirmed withdrawals (+ insurance
+        fund - net costs for the settlement asset): equals deposits when money is conserved."""
         out = self.ledger.totals()
         out[self.settle_asset] = out.get(self.settle_asset, 0) + self.insurance - self._unsettled()
         for asset, cash in self.loans.cash().items():
             out[asset] = out.get(asset, 0) + cash
+        for asset, withdrawn in self.custody.withdrawn.items():
+            out[asset] = out.get(asset, 0) + withdrawn
         return out
 
-    def _ledger(self, msg: LedgerOf) -> dict[str, tuple[int, int, int]]:
-        """Per asset: (deposits, fees + insurance fund, balances including unsettled PnL and
-        the lending pool's cash)."""
-        out = self.ledger.summary()
+    def _ledger(self, msg: LedgerOf) -> dict[str, tuple[int, int, int, int]]:
+        """Per asset: (deposits, withdrawals, fees + insurance fund, balances including
+        unsettled PnL and the lending pool's cash): deposits - withdrawals = fees + balances."""
+        out = {a: [d, self.custody.withdrawn.get(a, 0), f, b] for a, (d, f, b) in self.ledger.summary().items()}
         if self.settle_asset in out:
-            d, f, b = out[self.settle_asset]
-            out[self.settle_asset] = (d, f + self.insurance, b - self._unsettled())
+            row = out[self.settle_asset]
+            row[2] += self.insurance
+            row[3] -= self._unsettled()
         for asset, cash in self.loans.cash().items():
             if asset in out:
-                d, f, b = out[asset]
-                out[asset] = (d, f, b + cash)
-        return out
+                out[asset][3] += cash
+        return {a: tuple(row) for a, row in out.items()}
 
     def _positions_of(self, msg: PositionsOf) -> PositionsView:
         book = self.positions.get(msg.account, {})
@@ -893,6 +933,7 @@ class Margin:
             next_open_interest=self.next_oi,
             history=[(a, [*funding, *steps]) for a, (funding, steps) in sorted(self.history.items())],
             loans=self.loans.canonical(),
+            custody=self.custody.canonical(),
         )
         return RiskState(
             balances=ledger.balance_rows(),
@@ -934,6 +975,7 @@ class Margin:
         self.next_settle = m.next_settle
         self.next_oi = m.next_open_interest
         self.loans.restore(m.loans)
+        self.custody.restore(m.custody)
         self.history = {}
         for account, events in m.history:
             for ev in events:
@@ -944,5 +986,6 @@ class Margin:
         ListMarketSpec: _list_market, ListMarginSpec: _set_margin, SetPermission: _set_permission, BalanceOf: _balance_of,
         BalancesOf: _balances_of, Totals: _totals, LedgerOf: _ledger, PositionsOf: _positions_of,
         CollateralOf: _collateral_of, HistoryOf: _history_of, MarksOf: _marks_of, StateOf: _state, Restore: _restore,
-        UsePools: _use_pools, PoolsUsed: _pools_used, LendingOf: _lending_of,
+        UsePools: _use_pools, PoolsUsed: _pools_used, LendingOf: _lending_of, ChainCommand: _chain_command,
+        ChainsOf: _chains_of, WithdrawalsOf: _withdrawals_of,
     })

@@ -88,7 +88,7 @@ def test_one_frame_per_second_of_sequenced_time():
     assert [type(q.message) for q, _ in reads.queue] == [MarksOf, PoolsOf, LedgerOf]
     # a block published while that read waits is inside its answer: not counted twice
     stats.publish(header(11, T0 + 100), [Deposited(1, "a", "USDC", 5 * USDC)])
-    reads.answer({}, {"USDC": (105 * USDC, 0, 105 * USDC), "SOL": (0, 0, 0)})
+    reads.answer({}, {"USDC": (105 * USDC, 0, 0, 105 * USDC), "SOL": (0, 0, 0, 0)})
     [f] = sink.take()
     assert f["stream"] == STREAM and f["data"]["e"] == STREAM
     assert (f["data"]["E"], f["data"]["blockHeight"]) == (T0 + 100, 11)
@@ -162,7 +162,7 @@ def test_a_request_refreshes_the_figures_without_a_frame():
     stats.when_ready(answers.append)  # nothing taken yet: waits for the read it starts
     stats.when_ready(answers.append)  # ... and a second request shares it
     assert len(reads.queue) == 3 and answers == []  # MarksOf + PoolsOf + LedgerOf
-    reads.answer({}, {"USDC": (7 * USDC, 0, 7 * USDC)})
+    reads.answer({}, {"USDC": (7 * USDC, 0, 0, 7 * USDC)})
     assert len(answers) == 2 and answers[0] is answers[1] and len(sink.take()) == 1
     stats.when_ready(answers.append)  # nothing published since: answered at once
     assert len(answers) == 3 and reads.queue == []

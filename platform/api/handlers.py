@@ -712,9 +712,9 @@ class Api:
             ledger = answers[0]
             fmt = self.fmt
             replies.result(req_id, {
-                a: {"deposits": fmt.asset(a, dep), "withdrawals": "0", "fees": fmt.asset(a, fees),
+                a: {"deposits": fmt.asset(a, dep), "withdrawals": fmt.asset(a, wd), "fees": fmt.asset(a, fees),
                     "balances": fmt.asset(a, bal)}
-                for a, (dep, fees, bal) in sorted(ledger.items())
+                for a, (dep, wd, fees, bal) in sorted(ledger.items())
             })
 
         self._read([Query("risk", LedgerOf())], reply)

@@ -25,12 +25,11 @@ read's state includes. So:
 * **Open interest** per perp is the margin engine's long open interest (= short) and
   mark from the read (``MarksOf``: O(perps) in the engine, not the 60 s ``OpenInterest``
   events), its notional ``contracts x mark x notional_mult`` in quote units, exact.
-* **Assets under custody** per asset are the ledger's deposits - withdrawals (the ledger
-  has no withdrawals yet; ``ledgerTotals`` shows "0"). The ledger's deposits are read
-  once (``LedgerOf``, which sums every account and so costs O(accounts): fine once, not
-  every second), then kept from the ``Deposited`` events of each durable block, which
-  are exactly the engine's increments of the same counter (the insurance fund's
-  deposits included). A block published while that first read is in flight is already
+* **Assets under custody** per asset are the ledger's deposits - withdrawals. They are
+  read once (``LedgerOf``, which sums every account and so costs O(accounts): fine once,
+  not every second), then kept from the ``Deposited`` events and the Confirmed
+  ``WithdrawalUpdate`` events of each durable block, which are exactly the engine's
+  changes of the same counters (the insurance fund's deposits included). A block published while that first read is in flight is already
   in its answer and is not counted twice.
 * **Lent and borrowed** per asset are the lending pools' totals (``PoolsOf``, read from
   the lending actor with the same read, so the same state): the lenders' claims and the
@@ -57,7 +56,7 @@ from satchel.api.format import Formatter
 from satchel.api.marketdata import MarketData
 from satchel.core.errors import MAINTENANCE, RequestError
 from satchel.core import lending
-from satchel.core.messages import BlockHeader, Deposited, LedgerOf, MarketSpec, MarksOf, PoolsOf, Query
+from satchel.core.messages import BlockHeader, Deposited, LedgerOf, MarketSpec, MarksOf, PoolsOf, Query, WithdrawalUpdate
 
 STREAM = "platformStats"
 EVERY_US = 1_000_000  # one frame per second of sequenced time
@@ -109,6 +108,8 @@ class PlatformStats:
             for ev in events:
                 if ev.__class__ is Deposited:
                     deposits[ev.asset] = deposits.get(ev.asset, 0) + ev.amount
+                elif ev.__class__ is WithdrawalUpdate and ev.status == "Confirmed":
+                    deposits[ev.asset] = deposits.get(ev.asset, 0) - ev.amount
         if ts >= self._next and not self._pending:
             self._take()
 
@@ -151,7 +152,7 @@ class PlatformStats:
     def _taken(self, answers: list) -> None:
         self._pending = False
         if self._deposits is None:
-            self._deposits = {asset: d for asset, (d, _fees, _balances) in answers[2].items()}
+            self._deposits = {asset: d - w for asset, (d, w, _fees, _balances) in answers[2].items()}
         data = self.figures(answers[0], self.lending_totals(answers[1]))
         self.latest = data
         self._taken_height = self._height

@@ -52,7 +52,11 @@ from satchel.core.errors import Code
 from satchel.core.state import EngineState, PeriodicState, SeenSignature
 from satchel.core.messages import (
     Accrue,
+    ApproveSweep,
+    ChainCommand,
+    ChainStatus,
     CommitPools,
+    SetChain,
     Escalate,
     PoolsOf,
     UsePools,
@@ -89,8 +93,9 @@ from satchel.core.messages import (
     events_encoder,
 )
 
-RULES_VERSION = 6  # 4: batch orders (one signature covers several transactions); 5: lending pools;
-# 6: accounts lend and borrow (borrowLendExecute, spot-margin order flags, auto-lend)
+RULES_VERSION = 7  # 4: batch orders (one signature covers several transactions); 5: lending pools;
+# 6: accounts lend and borrow (borrowLendExecute, spot-margin order flags, auto-lend); 7: chains (deposits,
+# withdrawals, custody books)
 # Longest validity window a signed request may ask for (Backpack's maximum). Part of
 # the rules, not the configuration: replay must judge windows exactly as the node did.
 MAX_WINDOW_MS = 60_000
@@ -179,6 +184,7 @@ class Engine:
         self.funding = spawn(nursery, "funding", Funding())
         self.lending = spawn(nursery, "lending", Lending())
         self.lending_on = False  # a pool is listed: blocks accrue and commit interest
+        self.chains: dict[str, Any] = {}  # name -> ChainSpec (who may pause a chain)
         self._block_ts = 0
         self.books: dict[str, Mailbox] = {}
         self.marks: dict[str, int] = {}  # perp -> mark, as the funding actor last set it (books' price bands)
@@ -315,6 +321,9 @@ class Engine:
     # ------------------------------------------------------------------ configuration
 
     async def _configure(self, seq: int, tx: Any, events: list) -> None:
+        if tx.__class__ is ChainStatus:  # the chain's adapter may sign it too
+            await self._chain_status(seq, tx, events)
+            return
         if tx.__class__ is not SetAdmin and tx.admin != self.admin:
             events.append(TxRejected(seq, tx.admin, Code.UNAUTHORIZED, "Not signed by the admin key"))
             return
@@ -376,6 +385,32 @@ class Engine:
         them and sets the rates the next block accrues at."""
         changed = await self.risk.call(PoolsUsed())
         events.extend(await self.lending.call(CommitPools(changed, self._block_ts, seq)))
+
+    async def _set_chain(self, seq: int, tx: SetChain, events: list) -> None:
+        spec = tx.spec
+        unknown = [a for a in spec.assets if a not in self.assets]
+        if not spec.name or not spec.adapter or unknown or spec.confirmations < 0 or not spec.assets or any(
+                a not in spec.assets or v < 0 for a, v in spec.hot_limit):
+            events.append(TxRejected(seq, tx.admin, Code.INVALID_CHAIN, f"Bad chain spec {spec.name} (unknown assets {unknown})"))
+            return
+        self.chains[spec.name] = spec
+        events.extend(await self.risk.call(ChainCommand(seq, tx, self._block_ts)))
+        events.append(ConfigChanged(seq, "chain", spec.name, chain=spec))
+
+    async def _chain_status(self, seq: int, tx: ChainStatus, events: list) -> None:
+        spec = self.chains.get(tx.chain)
+        if spec is None:
+            events.append(TxRejected(seq, tx.signer, Code.INVALID_CHAIN, f"Unknown chain {tx.chain}"))
+        elif tx.signer not in (self.admin, spec.adapter):
+            events.append(TxRejected(seq, tx.signer, Code.UNAUTHORIZED, f"Not signed by the admin or {tx.chain}'s adapter"))
+        else:
+            events.extend(await self.risk.call(ChainCommand(seq, tx, self._block_ts)))
+
+    async def _approve_sweep(self, seq: int, tx: ApproveSweep, events: list) -> None:
+        if tx.chain not in self.chains:
+            events.append(TxRejected(seq, tx.admin, Code.INVALID_CHAIN, f"Unknown chain {tx.chain}"))
+            return
+        events.extend(await self.risk.call(ChainCommand(seq, tx, self._block_ts)))
 
     def _index_error(self, tx: SetIndex) -> tuple[str, str] | None:
         if tx.admin != self.admin:
@@ -457,6 +492,9 @@ class Engine:
             await self.risk.call(ListMarginSpec(state.margin))
             await self.funding.call(ListMarginSpec(state.margin))
         await self.risk.call(Restore(state.risk))
+        custody = state.risk.margin.custody if state.risk.margin is not None else None
+        if custody is not None:
+            self.chains = {c.spec.name: c.spec for c in custody.chains}
         if state.funding is not None:
             await self.funding.call(Restore(state.funding))
             self.marks = {row.symbol: row.mark for row in state.funding.markets if row.mark}
@@ -477,7 +515,7 @@ class Engine:
 _CONFIGURE = {
     SetAdmin: Engine._set_admin, ListAsset: Engine._list_asset, ListMarket: Engine._list_market,
     SetTrading: Engine._set_trading, SetFees: Engine._set_fees, SetMargin: Engine._set_margin,
-    SetLending: Engine._set_lending,
+    SetLending: Engine._set_lending, SetChain: Engine._set_chain, ApproveSweep: Engine._approve_sweep,
 }
 
 

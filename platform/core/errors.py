@@ -31,6 +31,12 @@ class Code(StrEnum):
     INSUFFICIENT_LIQUIDITY = "INSUFFICIENT_LIQUIDITY"  # a lending pool has not that much cash
     AMOUNT_TOO_SMALL = "AMOUNT_TOO_SMALL"  # worth no share of a lending pool at its index
     BORROW_LIMIT = "BORROW_LIMIT"  # the borrow would leave equity below initial margin
+    INSUFFICIENT_MARGIN = "INSUFFICIENT_MARGIN"  # a withdrawal would leave equity below initial margin
+    INVALID_CHAIN = "INVALID_CHAIN"
+    INVALID_ADDRESS = "INVALID_ADDRESS"
+    CHAIN_PAUSED = "CHAIN_PAUSED"  # deposits and withdrawals of the chain are paused; funds stay put
+    ALREADY_CREDITED = "ALREADY_CREDITED"  # this (chain, tx hash, log index) was credited before
+    INVALID_WITHDRAWAL = "INVALID_WITHDRAWAL"  # no such open withdrawal, or not in a state for this report
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     UNAUTHORIZED = "UNAUTHORIZED"
     INVALID_SIGNATURE = "INVALID_SIGNATURE"

@@ -28,7 +28,8 @@ from satchel.core.errors import (
 )
 from satchel.core.messages import (
     ASK, AUTO_BORROW, AUTO_BORROW_REPAY, AUTO_LEND, AUTO_LEND_REDEEM, BID, BORROW, BY_INDEX, BY_LAST, BY_MARK, FOK, GTC,
-    IOC, LEND, LIMIT, MARKET, REJECT_BOTH, REJECT_MAKER, REJECT_TAKER, AssetSpec, BorrowLend,
+    IOC, LEND, LIMIT, MARKET, REJECT_BOTH, REJECT_MAKER, REJECT_TAKER, ApproveSweep, AssetSpec, BorrowLend, ChainDeposit,
+    ChainSpec, ChainStatus, SetChain, Withdraw, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent,
     CancelAll, CancelOrder, Deposit, ListAsset, ListMarket, MarginSpec, MarketSpec, PerpSpec, PlaceOrder, SetAdmin,
     LendingSpec, SetFees, SetIndex, SetLending, SetLeverage, SetMargin, SetTrading,
 )
@@ -75,6 +76,44 @@ class OrderExecuteParams(msgspec.Struct):
 class BorrowLendParams(msgspec.Struct):
     symbol: str  # the asset, as Backpack names it
     side: Literal["Borrow", "Lend"]
+    quantity: str
+
+
+class WithdrawParams(msgspec.Struct):
+    """Backpack's ``POST /wapi/v1/capital/withdrawals``: ``blockchain`` names the chain."""
+
+    blockchain: str
+    symbol: str
+    quantity: str
+    address: str
+    clientId: str | None = None
+
+
+class DepositConfirmedParams(msgspec.Struct):
+    chain: str
+    txHash: str
+    logIndex: str
+    account: str
+    symbol: str
+    quantity: str
+
+
+class WithdrawalRefParams(msgspec.Struct):
+    chain: str
+    withdrawalId: str
+    txHash: str | None = None
+    reason: str | None = None
+
+
+class ChainStatusParams(msgspec.Struct):
+    chain: str
+    paused: Bool
+    reason: str = ""
+
+
+class ApproveSweepParams(msgspec.Struct):
+    chain: str
+    symbol: str
     quantity: str
 
 
@@ -286,6 +325,76 @@ def _borrow_lend(p: BorrowLendParams, account: str, listing: Listing) -> BorrowL
     return BorrowLend(account, p.symbol, LEND if p.side == "Lend" else BORROW, amount)
 
 
+def _amount(listing: Listing, asset: str, text: str) -> int:
+    amount = units(text, _asset(listing, asset).decimals, 1, INVALID_QUANTITY, "quantity")
+    if amount <= 0:
+        raise RequestError(INVALID_QUANTITY, "quantity must be positive")
+    return amount
+
+
+def _text(text: str | None, what: str, limit: int = 128) -> str:
+    """A short printable ASCII text (a hash, an address, a reason)."""
+    if text is None or not 0 < len(text) <= limit or not text.isascii() or not text.isprintable():
+        raise RequestError(INVALID_REQUEST, f"{what} must be 1 to {limit} printable ASCII characters")
+    return text
+
+
+def _withdraw(p: WithdrawParams, account: str, listing: Listing) -> Withdraw:
+    return Withdraw(account, p.blockchain, p.symbol, _amount(listing, p.symbol, p.quantity),
+                    _text(p.address, "address"), uint(p.clientId, "clientId", 2**32))
+
+
+def _deposit_confirmed(p: DepositConfirmedParams, adapter: str, listing: Listing) -> ChainDeposit:
+    if not is_api_key(p.account):
+        raise RequestError(INVALID_REQUEST, "account must be an API key")
+    return ChainDeposit(adapter, p.chain, _text(p.txHash, "txHash"), uint(p.logIndex, "logIndex"), p.account, p.symbol,
+                        _amount(listing, p.symbol, p.quantity))
+
+
+def _withdrawal_sent(p: WithdrawalRefParams, adapter: str, listing: Listing) -> WithdrawalSent:
+    return WithdrawalSent(adapter, p.chain, uint(p.withdrawalId, "withdrawalId"), _text(p.txHash, "txHash"))
+
+
+def _withdrawal_confirmed(p: WithdrawalRefParams, adapter: str, listing: Listing) -> WithdrawalConfirmed:
+    return WithdrawalConfirmed(adapter, p.chain, uint(p.withdrawalId, "withdrawalId"))
+
+
+def _withdrawal_failed(p: WithdrawalRefParams, adapter: str, listing: Listing) -> WithdrawalFailed:
+    return WithdrawalFailed(adapter, p.chain, uint(p.withdrawalId, "withdrawalId"), _text(p.reason, "reason", 256))
+
+
+def _chain_status(p: ChainStatusParams, signer: str, listing: Listing) -> ChainStatus:
+    return ChainStatus(signer, p.chain, boolean(p.paused), p.reason[:256])
+
+
+def _approve_sweep(p: ApproveSweepParams, admin: str, listing: Listing) -> ApproveSweep:
+    return ApproveSweep(admin, p.chain, p.symbol, _amount(listing, p.symbol, p.quantity))
+
+
+def _set_chain(p: dict[str, str], admin: str, listing: Listing) -> SetChain:
+    """``name``, ``adapter`` (its API key), ``assets`` (comma-separated), ``confirmations``,
+    ``hotLimit`` (``ASSET:decimal`` pairs, comma-separated; optional)."""
+    try:
+        assets = [a for a in p["assets"].split(",") if a]
+        limits = []
+        for pair in filter(None, p.get("hotLimit", "").split(",")):
+            asset, _, text = pair.partition(":")
+            limits.append((asset, units(text, _asset(listing, asset).decimals, 1, INVALID_QUANTITY, "hotLimit")))
+        spec = ChainSpec(p["name"], p["adapter"], assets, uint(p["confirmations"], "confirmations"), sorted(limits))
+    except KeyError as exc:
+        raise RequestError(INVALID_REQUEST, f"setChain needs {exc}") from exc
+    for asset in assets:
+        _asset(listing, asset)
+    return SetChain(admin, spec)
+
+
+def chain_params(spec: ChainSpec, listing: Listing) -> dict[str, str]:
+    """A chain listing's signed parameters (``_set_chain``'s input)."""
+    hot = ",".join(f"{a}:{format_units(v, listing.assets[a].decimals)}" for a, v in spec.hot_limit)
+    return {"name": spec.name, "adapter": spec.adapter, "assets": ",".join(spec.assets),
+            "confirmations": str(spec.confirmations), "hotLimit": hot}
+
+
 def order_ref(p: OrderRefParams, listing: Listing) -> tuple[str, int | None, int | None]:
     _market(listing, p.symbol)
     if (p.orderId is None) == (p.clientId is None):
@@ -415,9 +524,14 @@ def _admin(tx: Any) -> str:
     return tx.admin
 
 
+def _adapter(tx: Any) -> str:
+    return tx.adapter
+
+
 _ORDER_ERRORS = (INVALID_REQUEST, INVALID_SYMBOL, INVALID_DECIMAL, INVALID_PRICE, INVALID_QUANTITY)
 _REF_ERRORS = (INVALID_REQUEST, INVALID_SYMBOL, Code.RESOURCE_NOT_FOUND)
 _ADMIN_ERRORS = (INVALID_REQUEST, Code.UNAUTHORIZED)
+_CHAIN_ERRORS = (INVALID_REQUEST, INVALID_ASSET, INVALID_DECIMAL, INVALID_QUANTITY, Code.INVALID_CHAIN, Code.CHAIN_PAUSED)
 
 INSTRUCTIONS = (
     Instruction("orderExecute", PlaceOrder, OrderExecuteParams, _order, _account, False, "trade", _ORDER_ERRORS),
@@ -440,6 +554,21 @@ INSTRUCTIONS = (
                 _ADMIN_ERRORS + (INVALID_SYMBOL, INVALID_DECIMAL, INVALID_PRICE)),
     Instruction("accountUpdate", SetLeverage, AccountUpdateParams, _account_update, _account, False, "trade",
                 (INVALID_REQUEST, Code.INVALID_LEVERAGE)),
+    Instruction("withdraw", Withdraw, WithdrawParams, _withdraw, _account, False, "trade",
+                _CHAIN_ERRORS + (Code.INVALID_ADDRESS, Code.INSUFFICIENT_FUNDS, Code.INSUFFICIENT_MARGIN)),
+    Instruction("depositConfirmed", ChainDeposit, DepositConfirmedParams, _deposit_confirmed, _adapter, False, "trade",
+                _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_DEPOSIT, Code.ALREADY_CREDITED)),
+    Instruction("withdrawalSent", WithdrawalSent, WithdrawalRefParams, _withdrawal_sent, _adapter, False, "trade",
+                _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL)),
+    Instruction("withdrawalConfirmed", WithdrawalConfirmed, WithdrawalRefParams, _withdrawal_confirmed, _adapter, False,
+                "trade", _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL)),
+    Instruction("withdrawalFailed", WithdrawalFailed, WithdrawalRefParams, _withdrawal_failed, _adapter, False, "trade",
+                _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL)),
+    Instruction("chainStatus", ChainStatus, ChainStatusParams, _chain_status, lambda tx: tx.signer, False, "config",
+                (INVALID_REQUEST, Code.INVALID_CHAIN, Code.UNAUTHORIZED)),
+    Instruction("approveSweep", ApproveSweep, ApproveSweepParams, _approve_sweep, _admin, True, "config",
+                _ADMIN_ERRORS + _CHAIN_ERRORS),
+    Instruction("setChain", SetChain, None, _set_chain, _admin, True, "config", _ADMIN_ERRORS + (Code.INVALID_CHAIN,)),
     Instruction("borrowLendExecute", BorrowLend, BorrowLendParams, _borrow_lend, _account, False, "trade",
                 (INVALID_REQUEST, INVALID_ASSET, INVALID_DECIMAL, INVALID_QUANTITY, Code.INSUFFICIENT_FUNDS,
                  Code.INSUFFICIENT_LIQUIDITY, Code.AMOUNT_TOO_SMALL, Code.BORROW_LIMIT)),

@@ -131,6 +131,18 @@ class MarketSpec(msgspec.Struct, array_like=True, frozen=True):
     perp: PerpSpec | None = None  # a perpetual future settled in ``quote`` on ``base``
 
 
+class ChainSpec(msgspec.Struct, array_like=True, frozen=True):
+    """A chain the exchange takes deposits from and sends withdrawals to, and the key its
+    adapter signs its reports with. ``hot_limit`` per asset: what the hot wallet keeps;
+    credited deposits beyond it are booked to cold storage (the adapter moves them)."""
+
+    name: str
+    adapter: str  # the adapter's API key
+    assets: list[str]
+    confirmations: int  # blocks a deposit waits before the adapter reports it
+    hot_limit: list[tuple[str, int]]  # (asset, units), sorted by asset
+
+
 class MarginSpec(msgspec.Struct, array_like=True, frozen=True):
     """Platform-wide margin and liquidation rules (fractions in PPB, times in us)."""
 
@@ -319,9 +331,93 @@ class SetLending(_Rec, tag=15):
     auth: Auth | None = None
 
 
+class SetChain(_Rec, tag=17):
+    """A chain listed, or its spec changed (genesis, or an admin change)."""
+
+    admin: str
+    spec: ChainSpec
+    auth: Auth | None = None
+
+
+class ChainDeposit(_Rec, tag=18):
+    """A chain adapter's report (``depositConfirmed``): a transfer to an account's deposit
+    address reached its confirmations. Credited once per (chain, tx_hash, log_index)."""
+
+    adapter: str
+    chain: str
+    tx_hash: str
+    log_index: int
+    account: str
+    asset: str
+    amount: int
+    auth: Auth | None = None
+
+
+class Withdraw(_Rec, tag=19):
+    """An account's withdrawal request (``withdraw``): the amount is held at once."""
+
+    account: str
+    chain: str
+    asset: str
+    amount: int
+    address: str
+    client_id: int | None = None
+    auth: Auth | None = None
+
+
+class WithdrawalSent(_Rec, tag=20):
+    """The adapter broadcast withdrawal ``withdrawal_id`` as chain transaction ``tx_hash``."""
+
+    adapter: str
+    chain: str
+    withdrawal_id: int
+    tx_hash: str
+    auth: Auth | None = None
+
+
+class WithdrawalConfirmed(_Rec, tag=21):
+    adapter: str
+    chain: str
+    withdrawal_id: int
+    auth: Auth | None = None
+
+
+class WithdrawalFailed(_Rec, tag=22):
+    """The withdrawal will never be on chain: its funds are released."""
+
+    adapter: str
+    chain: str
+    withdrawal_id: int
+    reason: str
+    auth: Auth | None = None
+
+
+class ChainStatus(_Rec, tag=23):
+    """Pause or resume a chain's deposits and withdrawals (``chainStatus``), signed by its
+    adapter (its circuit breaker) or the admin."""
+
+    signer: str
+    chain: str
+    paused: bool
+    reason: str
+    auth: Auth | None = None
+
+
+class ApproveSweep(_Rec, tag=24):
+    """The admin approves moving ``amount`` of ``asset`` from cold storage to the hot
+    wallet: queued withdrawals it covers go out."""
+
+    admin: str
+    chain: str
+    asset: str
+    amount: int
+    auth: Auth | None = None
+
+
 # Every transaction type has an ``auth`` field (None for the node's own genesis records).
 Tx = Union[SetAdmin, ListAsset, ListMarket, Deposit, SetTrading, SetFees, PlaceOrder, CancelOrder, CancelAll, SetMargin,
-           SetIndex, SetLeverage, SetLending, BorrowLend]
+           SetIndex, SetLeverage, SetLending, BorrowLend, SetChain, ChainDeposit, Withdraw, WithdrawalSent,
+           WithdrawalConfirmed, WithdrawalFailed, ChainStatus, ApproveSweep]
 
 
 # ---------------------------------------------------------------- events
@@ -429,6 +525,7 @@ class ConfigChanged(_Rec, tag=27):
     market: MarketSpec | None = None
     margin: MarginSpec | None = None
     lending: LendingSpec | None = None
+    chain: ChainSpec | None = None
 
 
 class PositionChanged(_Rec, tag=28):
@@ -598,9 +695,61 @@ class BadDebt(_Rec, tag=38):
     timestamp: int
 
 
+class ChainCredited(_Rec, tag=39):
+    """A chain deposit credited (beside the account's ``Deposited``)."""
+
+    seq: int
+    chain: str
+    tx_hash: str
+    log_index: int
+    account: str
+    asset: str
+    amount: int
+    timestamp: int
+
+
+class WithdrawalUpdate(_Rec, tag=40):
+    """A withdrawal's new status: Queued (waiting for a cold-storage sweep), Pending (the
+    adapter is to send it), Sent, Confirmed (debited), Failed (released)."""
+
+    seq: int
+    withdrawal_id: int
+    account: str
+    chain: str
+    asset: str
+    amount: int
+    address: str
+    status: str
+    tx_hash: str
+    reason: str
+    timestamp: int
+    client_id: int | None = None
+
+
+class ChainStatusChanged(_Rec, tag=41):
+    seq: int
+    chain: str
+    paused: bool
+    reason: str
+    signer: str
+    timestamp: int
+
+
+class CustodyMoved(_Rec, tag=42):
+    """Funds booked between a chain's hot wallet and cold storage; the adapter moves them
+    on chain (``to_cold``: the hot wallet passed its limit; else an approved sweep)."""
+
+    seq: int
+    chain: str
+    asset: str
+    amount: int
+    to_cold: bool
+    timestamp: int
+
+
 Event = Union[OrderAccepted, Fill, OrderDone, TxRejected, Deposited, BalanceChanged, DepthDelta, ConfigChanged,
               PositionChanged, MarkPrice, FundingPaid, FundingPayment, Liquidation, OpenInterest, TriggerPlaced, LeverageSet,
-              LendMoved, PoolUpdate, BadDebt]
+              LendMoved, PoolUpdate, BadDebt, ChainCredited, WithdrawalUpdate, ChainStatusChanged, CustodyMoved]
 
 
 # ---------------------------------------------------------------- actor messages
@@ -718,6 +867,26 @@ class Escalate(msgspec.Struct):
 
 class ListMarginSpec(msgspec.Struct):
     spec: MarginSpec
+
+
+class ChainCommand(msgspec.Struct):
+    """To the margin engine, at the transaction's sequence number: a chain listed
+    (``SetChain``), paused or resumed (``ChainStatus``), a cold sweep (``ApproveSweep``);
+    answers the events."""
+
+    seq: int
+    tx: object
+    timestamp: int
+
+
+class ChainsOf(msgspec.Struct):
+    """The chains, their status and custody books (``actors.custody.ChainView`` list)."""
+
+
+class WithdrawalsOf(msgspec.Struct):
+    """An account's open withdrawals (None: every open one, for adapters)."""
+
+    account: str | None = None
 
 
 class ListLendingSpec(msgspec.Struct):

@@ -17,7 +17,7 @@ import msgspec
 
 from satchel.core.lending import Pool
 from satchel.core.messages import (
-    AssetSpec, FundingPayment, Liquidation, MarginSpec, MarketSpec, MarkPrice, MarkView, PlaceOrder,
+    AssetSpec, ChainSpec, FundingPayment, Liquidation, MarginSpec, MarketSpec, MarkPrice, MarkView, PlaceOrder,
 )
 
 
@@ -118,6 +118,33 @@ class LoansState(_State):
     backlog: list[tuple[str, int]] = []  # accounts (with sweep flags) a burst left for the next blocks
 
 
+class ChainState(_State):
+    spec: ChainSpec
+    paused: str | None  # the reason, None when open
+
+
+class WithdrawalState(_State):
+    withdrawal_id: int
+    account: str
+    chain: str
+    asset: str
+    amount: int
+    address: str
+    status: str
+    tx_hash: str
+    client_id: int | None
+
+
+class CustodyState(_State):
+    chains: list[ChainState]  # sorted by name
+    credited: list[str]  # "chain/tx_hash/log_index" of every credited deposit, sorted
+    hot: list[tuple[str, str, int]]  # (chain, asset, units), sorted
+    cold: list[tuple[str, str, int]]
+    reserved: list[tuple[str, str, int]]
+    withdrawals: list[WithdrawalState]  # open ones, by id
+    withdrawn: list[tuple[str, int]]  # confirmed withdrawals per asset, sorted
+
+
 class MarginState(_State):
     spec: MarginSpec | None
     positions: list[PositionState]  # sorted by (account, symbol)
@@ -133,6 +160,7 @@ class MarginState(_State):
     next_open_interest: int  # us
     history: list[tuple[str, list[FundingPayment | Liquidation]]]  # account -> its latest such events, sorted
     loans: LoansState | None = None
+    custody: CustodyState | None = None
 
 
 class RiskState(_State):

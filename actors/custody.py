@@ -1,0 +1,300 @@
+"""Chains, deposits credited from them and withdrawals to them: part of the margin actor.
+
+The chain adapters (``satchel.chains``) are edges: they watch chains and send
+withdrawals, and report what they saw as signed transactions. This part of the core
+applies those reports to the ledger, exactly once, and decides what the adapters are to
+do next (events). The ledger is kept apart from wallets: balances are what the exchange
+owes its accounts; the custody books (``hot``, ``cold`` per chain and asset) are what it
+should hold on each chain, and ``satchel reconcile`` compares them with the chain.
+
+* ``ChainDeposit`` (adapter): credited once per (chain, tx hash, log index) -- a
+  re-delivered or re-observed deposit is refused ``ALREADY_CREDITED`` and changes nothing,
+  across adapter restarts and journal replay, because the keys are ledger state. The hot
+  wallet's books grow; past the chain's ``hot_limit`` the excess is booked to cold storage
+  (``CustodyMoved``: the adapter moves it).
+* ``Withdraw`` (account): refused while the chain is paused (``CHAIN_PAUSED``), for an
+  unknown chain or asset, a bad address, short funds (an auto-lent claim is redeemed as
+  for an order), or when equity would fall below the initial margin; else the amount is
+  held (the hold's id is the withdrawal's id: its sequence number). If the hot wallet's
+  books cover it beside the withdrawals already out, it is ``Pending`` (the adapter sends
+  it) and that much of the hot wallet is reserved; else ``Queued`` until an admin approves
+  a sweep from cold storage (``ApproveSweep``), which releases the queue in order.
+* ``WithdrawalSent`` / ``WithdrawalConfirmed`` / ``WithdrawalFailed`` (adapter): Sent
+  records the chain transaction; Confirmed debits the hold and the hot wallet; Failed
+  releases both. Each is accepted only in the state it follows, so a repeated report
+  changes nothing (``INVALID_WITHDRAWAL``).
+* ``ChainStatus`` (adapter's circuit breaker or admin): pause / resume one chain's
+  deposits and withdrawals; trading and other chains go on.
+
+Conservation: deposits - withdrawals = balances + fees + pools' cash (+ insurance) per
+asset; per chain and asset, hot + cold = credited - confirmed withdrawals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+
+from satchel.actors.risk import Ledger
+from satchel.core.errors import Code
+from satchel.core.messages import (
+    ApproveSweep, ChainCredited, ChainDeposit, ChainSpec, ChainStatus, ChainStatusChanged, CustodyMoved, Deposited,
+    SetChain, TxRejected, Withdraw, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent, WithdrawalUpdate,
+)
+from satchel.core.state import ChainState, CustodyState, WithdrawalState
+
+QUEUED, PENDING, SENT, CONFIRMED, FAILED = "Queued", "Pending", "Sent", "Confirmed", "Failed"
+MAX_ADDRESS = 128  # characters; the adapter checks the chain's own format before sending
+
+
+class Withdrawal(msgspec.Struct, gc=False):
+    account: str
+    chain: str
+    asset: str
+    amount: int
+    address: str
+    status: str
+    tx_hash: str = ""
+    client_id: int | None = None
+
+
+class ChainView(msgspec.Struct, frozen=True):
+    """``ChainsOf``'s answer per chain."""
+
+    spec: ChainSpec
+    paused: bool
+    reason: str
+    hot: list[tuple[str, int]]  # (asset, units) booked to the hot wallet
+    cold: list[tuple[str, int]]
+    reserved: list[tuple[str, int]]  # hot units promised to withdrawals Pending or Sent
+    queued: int  # withdrawals waiting for a cold sweep
+    credited: int  # deposits credited so far
+
+
+class Refused(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Custody:
+    def __init__(self, ledger: Ledger, fund: Callable[[int, Withdraw, list], str]) -> None:
+        self.ledger = ledger
+        # (seq, withdraw, out) -> "" when the account can give the amount (the margin
+        # engine redeems an auto-lent claim and checks margin), else a refusal code
+        self.fund = fund
+        self.chains: dict[str, ChainSpec] = {}
+        self.paused: dict[str, str] = {}  # chain -> reason
+        self.credited: dict[str, None] = {}  # "chain/tx_hash/log_index" of every credited deposit
+        self.hot: dict[tuple[str, str], int] = {}
+        self.cold: dict[tuple[str, str], int] = {}
+        self.reserved: dict[tuple[str, str], int] = {}
+        self.open: dict[int, Withdrawal] = {}  # by id (the request's sequence number), in id order
+        self.withdrawn: dict[str, int] = {}  # confirmed withdrawals per asset
+        self.now = 0
+
+    # ------------------------------------------------------------------ configuration (at a sequence number)
+
+    def command(self, seq: int, tx: object, timestamp: int) -> list:
+        self.now = timestamp
+        out: list = []
+        cls = tx.__class__
+        if cls is SetChain:
+            self.chains[tx.spec.name] = tx.spec
+        elif cls is ChainStatus:
+            self._status(seq, tx, out)
+        elif cls is ApproveSweep:
+            self._approve(seq, tx, out)
+        return out
+
+    def _status(self, seq: int, tx: ChainStatus, out: list) -> None:
+        if tx.paused:
+            self.paused[tx.chain] = tx.reason
+        else:
+            self.paused.pop(tx.chain, None)
+        out.append(ChainStatusChanged(seq, tx.chain, tx.paused, tx.reason, tx.signer, self.now))
+        if not tx.paused:
+            self._release_queue(seq, tx.chain, out)
+
+    def _approve(self, seq: int, tx: ApproveSweep, out: list) -> None:
+        key = (tx.chain, tx.asset)
+        if not 0 < tx.amount <= self.cold.get(key, 0):
+            out.append(TxRejected(seq, tx.admin, Code.INVALID_QUANTITY,
+                                  f"cold storage holds {self.cold.get(key, 0)} of {tx.asset} on {tx.chain}"))
+            return
+        self.cold[key] -= tx.amount
+        self.hot[key] = self.hot.get(key, 0) + tx.amount
+        out.append(CustodyMoved(seq, tx.chain, tx.asset, tx.amount, False, self.now))
+        self._release_queue(seq, tx.chain, out)
+
+    def _release_queue(self, seq: int, chain: str, out: list) -> None:
+        """Queued withdrawals of the chain go out in id order while the hot wallet covers them."""
+        if chain in self.paused:
+            return
+        for wid, w in self.open.items():
+            if w.chain == chain and w.status == QUEUED and self._reserve(w):
+                w.status = PENDING
+                out.append(self._update(seq, wid, w, ""))
+
+    # ------------------------------------------------------------------ reports and requests (pre-trade)
+
+    def apply(self, seq: int, tx: object, out: list) -> None:
+        try:
+            _APPLY[tx.__class__](self, seq, tx, out)
+        except Refused as exc:
+            out.append(TxRejected(seq, _signer(tx), exc.code, exc.message))
+
+    def _spec(self, chain: str, adapter: str | None = None) -> ChainSpec:
+        spec = self.chains.get(chain)
+        if spec is None:
+            raise Refused(Code.INVALID_CHAIN, f"Unknown chain {chain}")
+        if adapter is not None and adapter != spec.adapter:
+            raise Refused(Code.UNAUTHORIZED, f"Not signed by {chain}'s adapter")
+        return spec
+
+    def _open(self, spec: ChainSpec) -> None:
+        if spec.name in self.paused:
+            raise Refused(Code.CHAIN_PAUSED, f"{spec.name} deposits and withdrawals are paused: {self.paused[spec.name]}")
+
+    def _deposit(self, seq: int, tx: ChainDeposit, out: list) -> None:
+        spec = self._spec(tx.chain, tx.adapter)
+        self._open(spec)
+        if tx.asset not in spec.assets or tx.amount <= 0:
+            raise Refused(Code.INVALID_DEPOSIT, f"{tx.asset} is not taken on {tx.chain}, or the amount is not positive")
+        key = f"{tx.chain}/{tx.tx_hash}/{tx.log_index}"
+        if key in self.credited:
+            raise Refused(Code.ALREADY_CREDITED, f"{key} was credited before")
+        self.credited[key] = None
+        self.ledger.deposit(tx.account, tx.asset, tx.amount)
+        out.append(Deposited(seq, tx.account, tx.asset, tx.amount))
+        out.append(ChainCredited(seq, tx.chain, tx.tx_hash, tx.log_index, tx.account, tx.asset, tx.amount, self.now))
+        hot = (tx.chain, tx.asset)
+        self.hot[hot] = self.hot.get(hot, 0) + tx.amount
+        limit = dict(spec.hot_limit).get(tx.asset)
+        excess = self.hot[hot] - self.reserved.get(hot, 0) - limit if limit is not None else 0
+        if excess > 0:
+            self.hot[hot] -= excess
+            self.cold[hot] = self.cold.get(hot, 0) + excess
+            out.append(CustodyMoved(seq, tx.chain, tx.asset, excess, True, self.now))
+
+    def _withdraw(self, seq: int, tx: Withdraw, out: list) -> None:
+        spec = self._spec(tx.chain)
+        self._open(spec)
+        if tx.asset not in spec.assets:
+            raise Refused(Code.INVALID_ASSET, f"{tx.asset} cannot be withdrawn on {tx.chain}")
+        if not 0 < len(tx.address) <= MAX_ADDRESS or not tx.address.isascii() or not tx.address.isprintable():
+            raise Refused(Code.INVALID_ADDRESS, "address must be 1 to 128 printable ASCII characters")
+        if tx.amount <= 0:
+            raise Refused(Code.INVALID_QUANTITY, "quantity must be positive")
+        problem = self.fund(seq, tx, out)
+        if problem:
+            raise Refused(problem, f"cannot withdraw {tx.amount} of {tx.asset}")
+        bal = self.ledger.bal(tx.account, tx.asset)
+        self.ledger.hold(seq, tx.account, tx.asset, bal, tx.amount)
+        w = Withdrawal(tx.account, tx.chain, tx.asset, tx.amount, tx.address, QUEUED, "", tx.client_id)
+        if self._reserve(w):
+            w.status = PENDING
+        self.open[seq] = w
+        out.append(self._update(seq, seq, w, ""))
+
+    def _reserve(self, w: Withdrawal) -> bool:
+        key = (w.chain, w.asset)
+        reserved = self.reserved.get(key, 0)
+        if self.hot.get(key, 0) - reserved < w.amount:
+            return False
+        self.reserved[key] = reserved + w.amount
+        return True
+
+    def _report(self, tx: WithdrawalSent | WithdrawalConfirmed | WithdrawalFailed, states: tuple[str, ...]) -> Withdrawal:
+        self._spec(tx.chain, tx.adapter)
+        w = self.open.get(tx.withdrawal_id)
+        if w is None or w.chain != tx.chain or w.status not in states:
+            raise Refused(Code.INVALID_WITHDRAWAL, f"withdrawal {tx.withdrawal_id} is not {' or '.join(states)} on {tx.chain}")
+        return w
+
+    def _sent(self, seq: int, tx: WithdrawalSent, out: list) -> None:
+        w = self._report(tx, (PENDING,))
+        w.status = SENT
+        w.tx_hash = tx.tx_hash
+        out.append(self._update(seq, tx.withdrawal_id, w, ""))
+
+    def _confirmed(self, seq: int, tx: WithdrawalConfirmed, out: list) -> None:
+        w = self._report(tx, (SENT,))
+        self.ledger.consume(tx.withdrawal_id, w.account, w.asset, w.amount)
+        self.ledger.holds.pop(tx.withdrawal_id, None)
+        self.ledger.touched[(w.account, w.asset)] = None
+        self.withdrawn[w.asset] = self.withdrawn.get(w.asset, 0) + w.amount
+        key = (w.chain, w.asset)
+        self.hot[key] -= w.amount
+        self.reserved[key] -= w.amount
+        del self.open[tx.withdrawal_id]
+        w.status = CONFIRMED
+        out.append(self._update(seq, tx.withdrawal_id, w, ""))
+
+    def _failed(self, seq: int, tx: WithdrawalFailed, out: list) -> None:
+        w = self._report(tx, (PENDING, SENT))
+        self.ledger.release(tx.withdrawal_id)
+        self.reserved[(w.chain, w.asset)] -= w.amount
+        del self.open[tx.withdrawal_id]
+        w.status = FAILED
+        out.append(self._update(seq, tx.withdrawal_id, w, tx.reason))
+        self._release_queue(seq, w.chain, out)
+
+    def _update(self, seq: int, wid: int, w: Withdrawal, reason: str) -> WithdrawalUpdate:
+        return WithdrawalUpdate(seq, wid, w.account, w.chain, w.asset, w.amount, w.address, w.status, w.tx_hash, reason,
+                                self.now, w.client_id)
+
+    # ------------------------------------------------------------------ reads
+
+    def views(self) -> list[ChainView]:
+        out = []
+        for name, spec in sorted(self.chains.items()):
+            def books(d: dict) -> list[tuple[str, int]]:
+                return sorted((a, v) for (c, a), v in d.items() if c == name)
+            out.append(ChainView(spec, name in self.paused, self.paused.get(name, ""), books(self.hot), books(self.cold),
+                                 books(self.reserved), sum(1 for w in self.open.values() if w.chain == name and w.status == QUEUED),
+                                 sum(1 for k in self.credited if k.startswith(name + "/"))))
+        return out
+
+    def withdrawals(self, account: str | None) -> list[tuple[int, Withdrawal]]:
+        return [(wid, w) for wid, w in self.open.items() if account is None or w.account == account]
+
+    # ------------------------------------------------------------------ state
+
+    def canonical(self) -> CustodyState:
+        def rows(d: dict) -> list[tuple[str, str, int]]:
+            return [(c, a, v) for (c, a), v in sorted(d.items())]
+        return CustodyState(
+            chains=[ChainState(spec, self.paused.get(name)) for name, spec in sorted(self.chains.items())],
+            credited=sorted(self.credited),
+            hot=rows(self.hot), cold=rows(self.cold), reserved=rows(self.reserved),
+            withdrawals=[WithdrawalState(wid, w.account, w.chain, w.asset, w.amount, w.address, w.status, w.tx_hash,
+                                         w.client_id) for wid, w in sorted(self.open.items())],
+            withdrawn=sorted(self.withdrawn.items()),
+        )
+
+    def restore(self, state: CustodyState | None) -> None:
+        if state is None:
+            return
+        self.chains = {c.spec.name: c.spec for c in state.chains}
+        self.paused = {c.spec.name: c.paused for c in state.chains if c.paused is not None}
+        self.credited = dict.fromkeys(state.credited)
+        self.hot = {(c, a): v for c, a, v in state.hot}
+        self.cold = {(c, a): v for c, a, v in state.cold}
+        self.reserved = {(c, a): v for c, a, v in state.reserved}
+        self.open = {w.withdrawal_id: Withdrawal(w.account, w.chain, w.asset, w.amount, w.address, w.status, w.tx_hash,
+                                                 w.client_id) for w in state.withdrawals}
+        self.withdrawn = dict(state.withdrawn)
+
+
+def _signer(tx: object) -> str:
+    return getattr(tx, "account", None) or getattr(tx, "adapter", "")
+
+
+_APPLY = {
+    ChainDeposit: Custody._deposit, Withdraw: Custody._withdraw, WithdrawalSent: Custody._sent,
+    WithdrawalConfirmed: Custody._confirmed, WithdrawalFailed: Custody._failed,
+}
+CUSTODY_TXS = tuple(_APPLY)

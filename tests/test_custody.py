@@ -1,0 +1,205 @@
+"""Chains in the core: deposits credited exactly once, withdrawals held, sent, confirmed or
+released, a chain paused while trading goes on, hot wallet limits and cold sweeps,
+conservation with withdrawals, and replay from a snapshot."""
+
+from __future__ import annotations
+
+import trio
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import ADMIN, Exchange, order
+from satchel import config
+from satchel.core.engine import Engine
+from satchel.core.messages import (
+    ASK, BID, IOC, ApproveSweep, ChainCredited, ChainDeposit, ChainsOf, ChainSpec, ChainStatus, CustodyMoved, Deposited,
+    SetChain, SetLeverage, TxRejected, Withdraw, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent, WithdrawalsOf,
+    WithdrawalUpdate,
+)
+
+USDC = 10**6
+ADAPTER = "ADAPTER"
+SPEC = ChainSpec("sim", ADAPTER, ["USDC", "ETH"], 3, [("USDC", 1_000 * USDC)])
+
+
+async def start(nursery) -> Exchange:
+    ex = Exchange(Engine(nursery))
+    await ex.block(config.genesis(config.load(), ADMIN))
+    await ex.block([SetChain(ADMIN, SPEC)])
+    return ex
+
+
+def credit(account: str, amount: int, tx_hash: str = "0xa", log_index: int = 0, asset: str = "USDC") -> ChainDeposit:
+    return ChainDeposit(ADAPTER, "sim", tx_hash, log_index, account, asset, amount)
+
+
+def codes(events: list) -> list[str]:
+    return [e.code for e in events if e.__class__ is TxRejected]
+
+
+def statuses(events: list) -> list[tuple[int, str]]:
+    return [(e.withdrawal_id, e.status) for e in events if e.__class__ is WithdrawalUpdate]
+
+
+async def chain(ex: Exchange):
+    return (await ex.engine.risk.call(ChainsOf()))[0]
+
+
+async def conserved(ex: Exchange) -> None:
+    """Balances + fees + pools' cash + confirmed withdrawals = deposits; hot + cold = what
+    the chain credited less what it sent."""
+    assert await ex.totals() == await ex.deposits()
+
+
+async def test_a_deposit_is_credited_once(nursery):
+    ex = await start(nursery)
+    events = await ex.block([credit("a", 100 * USDC)])
+    assert [e.__class__ for e in events if e.__class__ in (Deposited, ChainCredited)] == [Deposited, ChainCredited]
+    assert await ex.balance("a", "USDC") == (100 * USDC, 0)
+    # the same (chain, tx hash, log index) again, in the same block or later: nothing changes
+    assert codes(await ex.block([credit("a", 100 * USDC), credit("b", 5 * USDC)])) == ["ALREADY_CREDITED", "ALREADY_CREDITED"]
+    assert codes(await ex.block([credit("a", 100 * USDC, log_index=1)])) == []  # another log of the same tx is another deposit
+    assert await ex.balance("a", "USDC") == (200 * USDC, 0)
+    # only the chain's adapter may report, only the chain's assets
+    assert codes(await ex.block([ChainDeposit("someone", "sim", "0xb", 0, "a", "USDC", 1)])) == ["UNAUTHORIZED"]
+    assert codes(await ex.block([credit("a", 1, "0xc", asset="SOL"), ChainDeposit(ADAPTER, "nope", "0xd", 0, "a", "USDC", 1)])) \
+        == ["INVALID_DEPOSIT", "INVALID_CHAIN"]
+    # a snapshot keeps the keys: a restored engine refuses the re-delivery as well
+    copy = Engine(nursery)
+    await copy.restore(await ex.engine.canonical())
+    ex.engine = copy
+    assert codes(await ex.block([credit("a", 100 * USDC)])) == ["ALREADY_CREDITED"]
+    await conserved(ex)
+
+
+async def test_withdrawal_held_sent_confirmed_or_failed_and_released(nursery):
+    ex = await start(nursery)
+    await ex.block([credit("a", 500 * USDC), SetLeverage("a", 0, auto_lend=0)])
+    events = await ex.block([Withdraw("a", "sim", "USDC", 200 * USDC, "0xdest")])
+    [(wid, status)] = statuses(events)
+    assert status == "Pending" and await ex.balance("a", "USDC") == (300 * USDC, 200 * USDC)
+    assert codes(await ex.block([WithdrawalConfirmed(ADAPTER, "sim", wid)])) == ["INVALID_WITHDRAWAL"]  # not sent yet
+    assert statuses(await ex.block([WithdrawalSent(ADAPTER, "sim", wid, "0xout")])) == [(wid, "Sent")]
+    assert codes(await ex.block([WithdrawalSent(ADAPTER, "sim", wid, "0xout2")])) == ["INVALID_WITHDRAWAL"]  # never twice
+    assert statuses(await ex.block([WithdrawalConfirmed(ADAPTER, "sim", wid)])) == [(wid, "Confirmed")]
+    assert await ex.balance("a", "USDC") == (300 * USDC, 0)
+    assert codes(await ex.block([WithdrawalConfirmed(ADAPTER, "sim", wid)])) == ["INVALID_WITHDRAWAL"]  # nor debited twice
+    # a failed one is released
+    [(wid2, _)] = statuses(await ex.block([Withdraw("a", "sim", "USDC", 100 * USDC, "0xdest")]))
+    await ex.block([WithdrawalSent(ADAPTER, "sim", wid2, "0xout3")])
+    assert statuses(await ex.block([WithdrawalFailed(ADAPTER, "sim", wid2, "reverted")])) == [(wid2, "Failed")]
+    assert await ex.balance("a", "USDC") == (300 * USDC, 0)
+    # refusals change nothing
+    events = await ex.block([Withdraw("a", "sim", "USDC", 301 * USDC, "0xdest"), Withdraw("a", "sim", "SOL", 1, "0xdest"),
+                             Withdraw("a", "sim", "USDC", 1, ""), Withdraw("a", "nope", "USDC", 1, "0x")])
+    assert codes(events) == ["INSUFFICIENT_FUNDS", "INVALID_ASSET", "INVALID_ADDRESS", "INVALID_CHAIN"]
+    assert await ex.balance("a", "USDC") == (300 * USDC, 0)
+    view = await chain(ex)
+    assert dict(view.hot)["USDC"] == 300 * USDC and dict(view.reserved)["USDC"] == 0
+    await conserved(ex)
+
+
+async def test_a_paused_chain_refuses_withdrawals_and_deposits_while_trading_goes_on(nursery):
+    ex = await start(nursery)
+    await ex.block([credit("a", 500 * USDC), credit("b", 10**9, "0xe", asset="ETH")])
+    await ex.deposit("s", "SOL", 10**10)
+    events = await ex.block([ChainStatus(ADAPTER, "sim", True, "every provider failing")])
+    assert any(e.__class__.__name__ == "ChainStatusChanged" and e.paused for e in events)
+    assert codes(await ex.block([Withdraw("a", "sim", "USDC", 1 * USDC, "0xdest"), credit("a", 5, "0xf")])) == [
+        "CHAIN_PAUSED", "CHAIN_PAUSED"]
+    fills = await ex.block([order("s", ASK, 10_000, 100), order("a", BID, 10_000, 100, tif=IOC)])
+    assert any(e.__class__.__name__ == "Fill" for e in fills)  # trading is unaffected
+    assert codes(await ex.block([ChainStatus("someone", "sim", False, "")])) == ["UNAUTHORIZED"]
+    await ex.block([ChainStatus(ADMIN, "sim", False, "providers healthy")])
+    assert codes(await ex.block([credit("a", 5, "0xf")])) == []  # the deposit seen while paused is credited now
+    await conserved(ex)
+
+
+async def test_withdrawals_beyond_the_hot_wallet_wait_for_a_cold_sweep(nursery):
+    ex = await start(nursery)
+    events = await ex.block([credit("a", 1_500 * USDC), SetLeverage("a", 0, auto_lend=0)])
+    moved = [e for e in events if e.__class__ is CustodyMoved]
+    assert [(m.amount, m.to_cold) for m in moved] == [(500 * USDC, True)]  # the hot wallet keeps 1,000
+    first = statuses(await ex.block([Withdraw("a", "sim", "USDC", 800 * USDC, "0x1")]))
+    second = statuses(await ex.block([Withdraw("a", "sim", "USDC", 300 * USDC, "0x2")]))
+    assert first[0][1] == "Pending" and second[0][1] == "Queued"  # 200 left in the hot wallet
+    assert codes(await ex.block([ApproveSweep(ADMIN, "sim", "USDC", 600 * USDC)])) == ["INVALID_QUANTITY"]  # cold holds 500
+    events = await ex.block([ApproveSweep(ADMIN, "sim", "USDC", 500 * USDC)])
+    assert statuses(events) == [(second[0][0], "Pending")]
+    assert codes(await ex.block([ApproveSweep(ADAPTER, "sim", "USDC", 1)])) == ["UNAUTHORIZED"]
+    view = await chain(ex)
+    assert dict(view.hot)["USDC"] == 1_500 * USDC and dict(view.cold)["USDC"] == 0
+    assert dict(view.reserved)["USDC"] == 1_100 * USDC
+    await conserved(ex)
+
+
+async def test_an_auto_lent_balance_is_redeemed_for_a_withdrawal_and_margin_is_kept(nursery):
+    ex = await start(nursery)
+    await ex.block([credit("a", 100 * USDC)])
+    for _ in range(2):  # idle for a whole sweep interval: lent
+        ex.ts += 10**6
+        await ex.block([])
+    events = await ex.block([Withdraw("a", "sim", "USDC", 60 * USDC, "0xdest")])
+    assert statuses(events)[0][1] == "Pending"
+    assert any(e.__class__.__name__ == "LendMoved" and e.kind == "LendRedeem" for e in events)
+    await conserved(ex)
+
+
+# ---------------------------------------------------------------- generated workloads
+
+ACCOUNTS = ("a", "b", "c")
+op_st = st.one_of(
+    st.tuples(st.just("credit"), st.sampled_from(ACCOUNTS), st.integers(1, 900), st.integers(0, 5)),
+    st.tuples(st.just("withdraw"), st.sampled_from(ACCOUNTS), st.integers(1, 900), st.just(0)),
+    st.tuples(st.just("sent"), st.just(""), st.integers(0, 9), st.just(0)),
+    st.tuples(st.just("confirmed"), st.just(""), st.integers(0, 9), st.just(0)),
+    st.tuples(st.just("failed"), st.just(""), st.integers(0, 9), st.just(0)),
+    st.tuples(st.just("pause"), st.just(""), st.integers(0, 1), st.just(0)),
+    st.tuples(st.just("sweep"), st.just(""), st.integers(1, 900), st.just(0)),
+)
+
+
+async def run(blocks: list, restore_at: int | None) -> list[str]:
+    async with trio.open_nursery() as nursery:
+        ex = await start(nursery)
+        ids: list[int] = []
+        hashes = []
+        custody = 0
+        for n, ops in enumerate(blocks):
+            if n == restore_at:
+                copy = Engine(nursery)
+                await copy.restore(await ex.engine.canonical())
+                ex.engine = copy
+            txs = []
+            for kind, account, amount, log in ops:
+                pick = ids[amount % len(ids)] if ids else 0
+                txs.append({
+                    "credit": lambda: credit(account, amount * USDC, f"0x{amount}", log),
+                    "withdraw": lambda: Withdraw(account, "sim", "USDC", amount * USDC, "0xdest"),
+                    "sent": lambda: WithdrawalSent(ADAPTER, "sim", pick, f"0xs{pick}"),
+                    "confirmed": lambda: WithdrawalConfirmed(ADAPTER, "sim", pick),
+                    "failed": lambda: WithdrawalFailed(ADAPTER, "sim", pick, "reverted"),
+                    "pause": lambda: ChainStatus(ADAPTER, "sim", bool(amount), "test"),
+                    "sweep": lambda: ApproveSweep(ADMIN, "sim", "USDC", amount * USDC),
+                }[kind]())
+            ex.ts += 400_000
+            events = await ex.block(txs)
+            ids += [e.withdrawal_id for e in events if e.__class__ is WithdrawalUpdate and e.status in ("Queued", "Pending")]
+            custody += sum(e.amount for e in events if e.__class__ is ChainCredited)
+            custody -= sum(e.amount for e in events if e.__class__ is WithdrawalUpdate and e.status == "Confirmed")
+            await conserved(ex)
+            view = await chain(ex)
+            hot, cold, reserved = dict(view.hot), dict(view.cold), dict(view.reserved)
+            assert hot.get("USDC", 0) + cold.get("USDC", 0) == custody  # the books follow the chain
+            assert hot.get("USDC", 0) >= reserved.get("USDC", 0) >= 0 and cold.get("USDC", 0) >= 0
+            # every open withdrawal is held, and the reserve is what Pending and Sent ones promise
+            open_ = await ex.engine.risk.call(WithdrawalsOf())
+            assert reserved.get("USDC", 0) == sum(w.amount for _, w in open_ if w.status in ("Pending", "Sent"))
+            hashes.append(await ex.engine.state_hash())
+        nursery.cancel_scope.cancel()
+    return hashes
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(op_st, max_size=6), min_size=1, max_size=10))
+def test_custody_conserves_money_and_replays_identically(blocks):
+    assert trio.run(run, blocks, None) == trio.run(run, blocks, len(blocks) // 2)
