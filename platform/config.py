@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 from satchel.core.amounts import decimals_of, to_units
 from satchel.core.lending import LendingSpec, spec_problem
 from satchel.core.messages import (
-    AssetSpec, ListAsset, ListMarket, MarginSpec, MarketSpec, PerpSpec, SetAdmin, SetLending, SetMargin,
+    AssetSpec, ChainSpec, ListAsset, ListMarket, MarginSpec, MarketSpec, PerpSpec, SetAdmin, SetChain, SetLending, SetMargin,
 )
 
 
@@ -120,6 +120,17 @@ class LendingConfig(msgspec.Struct, frozen=True):
     borrow_mmf: str = "0.05"  # maintenance margin of a borrow
 
 
+class ChainConfig(msgspec.Struct, frozen=True):
+    """One chain the node takes deposits from (``[chains.<name>]``)."""
+
+    kind: str = "sim"  # "sim": the embedded simulated chain; "evm": an Ethereum JSON-RPC chain
+    assets: list[str] = []
+    confirmations: int = 3  # blocks a deposit waits before it is credited
+    hot_limit: dict[str, str] = {}  # asset -> decimal: what the hot wallet keeps; the rest goes to cold storage
+    block_ms: int = 500  # sim: one block this often
+    providers: list[str] = []  # evm: JSON-RPC URLs, tried in order
+
+
 class OracleSettings(msgspec.Struct, frozen=True):
     """``[oracle]`` in the node's TOML configuration."""
 
@@ -145,6 +156,19 @@ class Config(msgspec.Struct, frozen=True):
     oracle: OracleSettings = OracleSettings()
     demo: DemoConfig = DemoConfig()
     lending: dict[str, LendingConfig] = {}  # asset -> its pool's curve
+    chains: dict[str, ChainConfig] = {}  # name -> the chain's settings
+
+    def chain_specs(self, adapters: dict[str, str]) -> list[ChainSpec]:
+        """The chains' specs, each with its adapter's API key (``adapters``: name -> key)."""
+        decimals = {a.symbol: a.decimals for a in self.assets}
+        specs = []
+        for name, c in sorted(self.chains.items()):
+            unknown = sorted(a for a in [*c.assets, *c.hot_limit] if a not in decimals)
+            if unknown or not c.assets:
+                raise ConfigError(f"chains.{name}: unknown or no assets {unknown}")
+            limits = sorted((a, to_units(v, decimals[a])) for a, v in c.hot_limit.items())
+            specs.append(ChainSpec(name, adapters[name], list(c.assets), c.confirmations, limits))
+        return specs
 
     def lending_specs(self) -> list[LendingSpec]:
         """The pools' curves in asset listing order (not in the genesis yet)."""
@@ -262,13 +286,15 @@ def load(path: str | Path | None = None) -> Config:
     return cfg
 
 
-def genesis(cfg: Config, admin: "str | Keypair") -> list:
-    """The first block's transactions: admin key, assets, markets.
+def genesis(cfg: Config, admin: "str | Keypair", adapters: dict[str, str] | None = None) -> list:
+    """The first block's transactions: admin key, assets, markets, margin, pools, chains
+    (``adapters``: chain name -> its adapter's API key; engine-level tests may leave it
+    out and get placeholder keys).
 
     Given the admin ``Keypair`` each is signed by it (what a node writes); given only
     the API key string they are unsigned (engine-level tests).
     """
-    from satchel.core.instructions import asset_params, lending_params, margin_params, market_params
+    from satchel.core.instructions import asset_params, chain_params, lending_params, margin_params, market_params
     from satchel.signing import Keypair, auth_for
 
     if isinstance(admin, Keypair):
@@ -281,4 +307,6 @@ def genesis(cfg: Config, admin: "str | Keypair") -> list:
     margin = cfg.margin_spec()
     txs.append(SetMargin(key, margin, sign("setMargin", margin_params(margin))))
     txs += [SetLending(key, spec, sign("setLending", lending_params(spec))) for spec in cfg.lending_specs()]
+    txs += [SetChain(key, spec, sign("setChain", chain_params(spec)))
+            for spec in cfg.chain_specs(adapters or {name: f"@chain:{name}" for name in cfg.chains})]
     return txs

@@ -33,6 +33,7 @@ from satchel.ledger.chain import Applied, Chain, recover_chain
 from satchel.ledger.journal import Journal
 from satchel.ledger.sequencer import Read, Sequencer
 from satchel.runtime import fatal_errors_unwrapped, tune_gc
+from satchel.chains.addresses import load_seed
 from satchel.signing import Keypair, load_key
 
 log = structlog.get_logger("satchel.node")
@@ -54,6 +55,9 @@ class Node:
         self.cfg = cfg or config_mod.load()
         self.journal = Journal(self.data / "journal", self.cfg.node.segment_bytes)
         self.admin: Keypair = load_key(self.data, "admin.key")
+        # each chain's adapter signs its reports with its own key; the seed derives deposit addresses
+        self.chain_keys: dict[str, Keypair] = {name: load_key(self.data, f"chain-{name}.key") for name in self.cfg.chains}
+        self.custody_seed: bytes = load_seed(self.data)
         self.subscribers: list[Subscriber] = []
         self.sequencer: Sequencer | None = None
         self.chain: Chain | None = None
@@ -95,7 +99,8 @@ class Node:
                 pipeline.start_soon(self._writer_stage, to_writer, to_pub_send)
                 pipeline.start_soon(self._publisher, to_pub)
                 if self.chain.height == 0:
-                    *first, last = config_mod.genesis(self.cfg, self.admin)
+                    adapters = {name: key.api_key for name, key in self.chain_keys.items()}
+                    *first, last = config_mod.genesis(self.cfg, self.admin, adapters)
                     for tx in first:
                         self.sequencer.submit(tx, None)
                     await self.submit_wait(last)

@@ -66,6 +66,7 @@ def satchel_imports(path: Path) -> set[str]:
 # folder -> the satchel packages it must not import (import contracts)
 CONTRACTS = {
     "core": ("satchel.gateway", "satchel.api", "satchel.ledger", "satchel.verify", "satchel.tools", "satchel.node",
+             "satchel.chains",
              "satchel.signing", "satchel.config", "satchel.clock", "satchel.latency"),
     "ledger": ("satchel.gateway", "satchel.api", "satchel.verify", "satchel.tools", "satchel.node", "satchel.latency"),
     "api": ("satchel.gateway", "satchel.verify", "satchel.tools", "satchel.node"),
@@ -73,6 +74,9 @@ CONTRACTS = {
     "gateway": ("satchel.tools", "satchel.verify", "satchel.rest"),
     "rest": ("satchel.tools", "satchel.verify"),
     "history": ("satchel.gateway", "satchel.verify", "satchel.tools", "satchel.node", "satchel.rest"),
+    # chain adapters are edges: they submit transactions and read events through what the node hands them
+    "chains": ("satchel.gateway", "satchel.api", "satchel.verify", "satchel.tools", "satchel.node", "satchel.rest",
+               "satchel.history"),
 }
 
 

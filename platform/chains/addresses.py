@@ -1,0 +1,44 @@
+"""Deposit addresses: one per account and chain, derived from the account's key and the
+node's custody seed, so the same account always gets the same address and nobody
+without the seed can tell which address belongs to whom.
+
+The seed is 32 random bytes in ``custody.seed`` in the node's data directory (file
+mode 0600 from the start), created on first use; losing it loses the mapping, not funds
+(the addresses' keys live with the wallet, see the chain's adapter).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from pathlib import Path
+
+SEED_FILE = "custody.seed"
+
+
+def load_seed(directory: Path) -> bytes:
+    """The custody seed kept in ``directory``, created on first use."""
+    path = Path(directory) / SEED_FILE
+    if path.exists():
+        return bytes.fromhex(path.read_text().strip())
+    seed = os.urandom(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(seed.hex() + "\n")
+    tmp.rename(path)
+    return seed
+
+
+def address_key(seed: bytes, chain: str, account: str) -> bytes:
+    """32 bytes that determine the account's address on ``chain`` (HMAC-SHA256 keyed by
+    the seed): for the simulated chain the address itself, for an EVM chain the private
+    key of the deposit address."""
+    return hmac.new(seed, f"{chain}\0{account}".encode(), hashlib.sha256).digest()
+
+
+def sim_address(seed: bytes, chain: str, account: str) -> str:
+    """The account's deposit address on a simulated chain."""
+    return "sim1" + address_key(seed, chain, account)[:20].hex()
