@@ -33,7 +33,7 @@ from satchel.ledger.chain import Applied, Chain, recover_chain
 from satchel.ledger.journal import Journal
 from satchel.ledger.sequencer import Read, Sequencer
 from satchel.runtime import fatal_errors_unwrapped, tune_gc
-from satchel.chains.addresses import load_seed
+from satchel.chains.addresses import AddressBook, load_seed
 from satchel.signing import Keypair, load_key
 
 log = structlog.get_logger("satchel.node")
@@ -58,6 +58,7 @@ class Node:
         # each chain's adapter signs its reports with its own key; the seed derives deposit addresses
         self.chain_keys: dict[str, Keypair] = {name: load_key(self.data, f"chain-{name}.key") for name in self.cfg.chains}
         self.custody_seed: bytes = load_seed(self.data)
+        self.addresses = AddressBook(self.data, self.custody_seed)  # deposit addresses handed out
         self.subscribers: list[Subscriber] = []
         self.sequencer: Sequencer | None = None
         self.chain: Chain | None = None

@@ -14,6 +14,8 @@ import hmac
 import os
 from pathlib import Path
 
+import orjson
+
 SEED_FILE = "custody.seed"
 
 
@@ -42,3 +44,41 @@ def address_key(seed: bytes, chain: str, account: str) -> bytes:
 def sim_address(seed: bytes, chain: str, account: str) -> str:
     """The account's deposit address on a simulated chain."""
     return "sim1" + address_key(seed, chain, account)[:20].hex()
+
+
+class AddressBook:
+    """The deposit addresses handed out, so an adapter knows whose a transfer is: one line
+    per (chain, address, account) in ``deposit-addresses.jsonl`` in the data directory,
+    appended and flushed before the address is answered (an address a client was given is
+    never unknown to the adapter after a restart)."""
+
+    FILE = "deposit-addresses.jsonl"
+
+    def __init__(self, directory: Path, seed: bytes):
+        self.path = Path(directory) / self.FILE
+        self.seed = seed
+        self.owners: dict[tuple[str, str], str] = {}
+        if self.path.exists():
+            for line in self.path.read_bytes().splitlines():
+                if line.strip():
+                    row = orjson.loads(line)
+                    self.owners[(row["chain"], row["address"])] = row["account"]
+
+    def issue(self, chain: str, account: str) -> str:
+        """The account's address on ``chain`` (simulated chains' derivation), recorded."""
+        address = sim_address(self.seed, chain, account)
+        self.record(chain, address, account)
+        return address
+
+    def record(self, chain: str, address: str, account: str) -> None:
+        if (chain, address) in self.owners:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as f:
+            f.write(orjson.dumps({"chain": chain, "address": address, "account": account}) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.owners[(chain, address)] = account
+
+    def owner(self, chain: str, address: str) -> str | None:
+        return self.owners.get((chain, address))

@@ -78,6 +78,10 @@ async def _serve(args: argparse.Namespace) -> int:
             if oracle is not None:
                 settings, rows = oracle
                 edges.start_soon(Oracle(node, settings, rows).run)
+            if node.cfg.chains:
+                from satchel.chains.embedded import SimChains
+
+                await edges.start(SimChains(node).run)
             if not args.no_demo:
                 edges.start_soon(MarketMaker(node).run)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

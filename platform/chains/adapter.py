@@ -1,0 +1,247 @@
+"""One chain's adapter: an edge that watches the chain and reports, never touching the ledger.
+
+It signs every report with the chain's adapter key (``chain-<name>.key``), so validators
+re-verify them like any other transaction, and it learns what to do from durable events.
+
+* **Deposits.** It scans blocks once they have ``confirmations`` (a reorg shallower than
+  that never reaches it), and reports each transfer to a deposit address handed out
+  (``AddressBook``) as ``depositConfirmed``; then it moves the deposit to the hot wallet.
+  Its scan position is a file written after each block, so a crash re-reports at most a
+  block, and the engine refuses a re-report (``ALREADY_CREDITED``): credit stays exactly
+  once across restarts.
+* **Withdrawals.** A ``Pending`` withdrawal (``WithdrawalUpdate``) is sent from the hot
+  wallet carrying the idempotency key ``<chain>:<withdrawal id>``. Before sending it asks
+  the chain for that key, so an adapter killed between broadcast and report finds its
+  transaction instead of sending again; then it reports ``withdrawalSent``, and after
+  ``confirmations`` ``withdrawalConfirmed`` (or ``withdrawalFailed`` when the chain failed
+  it). The backlog is bounded: the events feed a queue of ``BACKLOG`` withdrawals, and
+  every ``RESYNC_S`` the adapter re-reads the open withdrawals from the engine, so
+  nothing dropped from a full queue is lost.
+* **Custody moves.** ``CustodyMoved`` events (the hot wallet past its limit, an approved
+  sweep) are carried out between the hot and cold addresses, keyed by their sequence
+  number.
+* **Circuit breaker.** When every provider fails ``BREAKER_FAILURES`` polls in a row the
+  adapter reports ``chainStatus`` paused (deposits and withdrawals of this chain stop, new
+  withdrawal requests get ``CHAIN_PAUSED``, trading goes on), probes with a backoff that
+  doubles up to ``MAX_PROBE_S``, and reports resumed once a provider answers. It never
+  resumes a chain the admin paused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+import structlog
+import trio
+
+from satchel.chains.addresses import AddressBook
+from satchel.chains.base import ChainTransfer
+from satchel.chains.providers import AllProvidersFailing, Providers
+from satchel.core.amounts import format_units
+from satchel.core.messages import (
+    BlockHeader, ChainDeposit, ChainsOf, ChainStatus, CustodyMoved, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent,
+    TxRejected, WithdrawalsOf, WithdrawalUpdate,
+)
+from satchel.signing import Keypair, auth_for
+
+log = structlog.get_logger()
+
+POLL_S = 0.2
+RESYNC_S = 1.0
+BACKLOG = 10_000
+BREAKER_FAILURES = 3
+MAX_PROBE_S = 30.0
+
+
+class Adapter:
+    def __init__(self, node: Any, name: str, confirmations: int, providers: Providers, book: AddressBook,
+                 key: Keypair, decimals: dict[str, int], state_dir: Path):
+        self.node = node  # submit / submit_wait / ask / subscribers: what any edge gets
+        self.name = name
+        self.confirmations = max(confirmations, 1)
+        self.providers = providers
+        self.book = book
+        self.key = key
+        self.decimals = decimals
+        self.state_path = Path(state_dir) / f"chain-{name}.state"
+        self.hot = f"{name}-hot"
+        self.cold = f"{name}-cold"
+        self.cursor = 0
+        self._load()
+        self.queue_send, self.queue = trio.open_memory_channel(BACKLOG)
+        self.paused_by_me = False
+        self.failures = 0
+        self.inflight: set[int] = set()  # withdrawals queued or being handled
+        self.credited = 0
+        self.sent = 0
+
+    # ------------------------------------------------------------------ life
+
+    async def run(self) -> None:
+        self.node.subscribers.append(self)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._scan_loop)
+            nursery.start_soon(self._withdraw_loop)
+            nursery.start_soon(self._resync_loop)
+
+    def publish(self, header: BlockHeader, events: list) -> None:
+        """A durable block: queue this chain's pending withdrawals and custody moves."""
+        for ev in events:
+            cls = ev.__class__
+            if cls is WithdrawalUpdate and ev.chain == self.name and ev.status == "Pending":
+                self._enqueue(ev)
+            elif cls is CustodyMoved and ev.chain == self.name:
+                try:
+                    self.queue_send.send_nowait(ev)
+                except trio.WouldBlock:
+                    log.error("chain.backlog_full", chain=self.name, dropped="custody move", seq=ev.seq)
+
+    def _enqueue(self, ev: WithdrawalUpdate) -> None:
+        if ev.withdrawal_id in self.inflight:
+            return
+        try:
+            self.queue_send.send_nowait(ev)
+            self.inflight.add(ev.withdrawal_id)
+        except trio.WouldBlock:
+            pass  # the backlog is full: the next resync finds it
+
+    def _load(self) -> None:
+        if self.state_path.exists():
+            self.cursor = orjson.loads(self.state_path.read_bytes())["cursor"]
+
+    def _save(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps({"cursor": self.cursor}))
+        tmp.replace(self.state_path)
+
+    # ------------------------------------------------------------------ signed reports
+
+    async def _submit(self, instruction: str, params: dict[str, str], tx: Any) -> list:
+        return await self.node.submit_wait(msgspec.structs.replace(tx, auth=auth_for(self.key, instruction, params)))
+
+    # ------------------------------------------------------------------ deposits
+
+    async def _paused(self) -> bool:
+        for view in await self.node.ask("risk", ChainsOf()):
+            if view.spec.name == self.name:
+                return view.paused
+        return False
+
+    async def _scan_loop(self) -> None:
+        while True:
+            try:
+                if not (await self._paused() and not self.paused_by_me):  # the admin's pause is the admin's
+                    await self.providers.call("head")  # a probe: resume first, then report deposits
+                    await self._healthy()
+                    await self._scan()
+            except AllProvidersFailing as exc:
+                await self._failing(str(exc))
+                continue
+            except _Paused:
+                pass  # paused between the check and the report: the block is scanned again later
+            await trio.sleep(POLL_S)
+
+    async def _scan(self) -> None:
+        head = await self.providers.call("head")
+        safe = head - self.confirmations + 1
+        while self.cursor < safe:
+            block = await self.providers.call("block", self.cursor + 1)
+            for t in block.transfers:
+                owner = self.book.owner(self.name, t.to) if t.ok else None
+                if owner is not None and t.asset in self.decimals:
+                    await self._report_deposit(t, owner)
+            self.cursor = block.number
+            self._save()
+
+    async def _report_deposit(self, t: ChainTransfer, account: str) -> None:
+        params = {"chain": self.name, "txHash": t.tx_hash, "logIndex": str(t.log_index), "account": account,
+                  "symbol": t.asset, "quantity": format_units(t.amount, self.decimals[t.asset])}
+        events = await self._submit("depositConfirmed", params,
+                                    ChainDeposit(self.key.api_key, self.name, t.tx_hash, t.log_index, account, t.asset,
+                                                 t.amount))
+        codes = [e.code for e in events if e.__class__ is TxRejected]
+        if "CHAIN_PAUSED" in codes:
+            raise _Paused()
+        if not codes:
+            self.credited += 1
+        # to the hot wallet (idempotent: the key is the deposit's)
+        await self.providers.call("send", t.asset, t.to, self.hot, t.amount, f"sweep:{t.tx_hash}:{t.log_index}")
+
+    # ------------------------------------------------------------------ withdrawals and custody moves
+
+    async def _withdraw_loop(self) -> None:
+        async for ev in self.queue:
+            while True:
+                try:
+                    if ev.__class__ is CustodyMoved:
+                        await self._move(ev)
+                    else:
+                        await self._withdraw(ev.withdrawal_id, ev.asset, ev.amount, ev.address, ev.status)
+                    break
+                except AllProvidersFailing as exc:
+                    await self._failing(str(exc))
+            if ev.__class__ is WithdrawalUpdate:
+                self.inflight.discard(ev.withdrawal_id)
+
+    async def _move(self, ev: CustodyMoved) -> None:
+        frm, to = (self.hot, self.cold) if ev.to_cold else (self.cold, self.hot)
+        await self.providers.call("send", ev.asset, frm, to, ev.amount, f"custody:{ev.seq}:{ev.asset}")
+
+    async def _withdraw(self, wid: int, asset: str, amount: int, address: str, status: str) -> None:
+        key = f"{self.name}:{wid}"
+        found = await self.providers.call("find", key)
+        if status == "Pending":
+            tx_hash = found.tx_hash if found is not None else await self.providers.call(
+                "send", asset, self.hot, address, amount, key)
+            await self._submit("withdrawalSent", {"chain": self.name, "withdrawalId": str(wid), "txHash": tx_hash},
+                               WithdrawalSent(self.key.api_key, self.name, wid, tx_hash))
+            self.sent += 1
+            return
+        # Sent: confirmed or failed once deep enough; nothing yet: the next resync looks again
+        head = await self.providers.call("head")
+        if found is None or head - found.block + 1 < self.confirmations:
+            return
+        if found.ok:
+            await self._submit("withdrawalConfirmed", {"chain": self.name, "withdrawalId": str(wid)},
+                               WithdrawalConfirmed(self.key.api_key, self.name, wid))
+        else:
+            reason = "failed on chain"
+            await self._submit("withdrawalFailed", {"chain": self.name, "withdrawalId": str(wid), "reason": reason},
+                               WithdrawalFailed(self.key.api_key, self.name, wid, reason))
+
+    async def _resync_loop(self) -> None:
+        """The open withdrawals, re-read from the engine: after a restart, a full queue, or
+        to look again at sent ones that were not yet confirmed."""
+        while True:
+            if not await self._paused():
+                for wid, w in await self.node.ask("risk", WithdrawalsOf(None)):
+                    if w.chain == self.name and w.status in ("Pending", "Sent"):
+                        self._enqueue(WithdrawalUpdate(0, wid, w.account, w.chain, w.asset, w.amount, w.address, w.status,
+                                                       w.tx_hash, "", 0))
+            await trio.sleep(RESYNC_S)
+
+    # ------------------------------------------------------------------ circuit breaker
+
+    async def _failing(self, why: str) -> None:
+        self.failures += 1
+        if self.failures >= BREAKER_FAILURES and not self.paused_by_me and not await self._paused():
+            log.warning("chain.paused", chain=self.name, why=why)
+            self.paused_by_me = True  # before the await: the other loop may fail at the same time
+            await self._submit("chainStatus", {"chain": self.name, "paused": "true", "reason": "every provider failing"},
+                               ChainStatus(self.key.api_key, self.name, True, "every provider failing"))
+        await trio.sleep(min(POLL_S * 2 ** self.failures, MAX_PROBE_S))
+
+    async def _healthy(self) -> None:
+        self.failures = 0
+        if self.paused_by_me:
+            log.info("chain.resumed", chain=self.name)
+            self.paused_by_me = False
+            await self._submit("chainStatus", {"chain": self.name, "paused": "false", "reason": "providers healthy"},
+                               ChainStatus(self.key.api_key, self.name, False, "providers healthy"))
+
+
+class _Paused(Exception):
+    """The engine refused a report: the chain was paused meanwhile."""

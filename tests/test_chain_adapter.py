@@ -1,0 +1,140 @@
+"""The simulated chain's adapter beside a real node: deposits credited once after their
+confirmations (a reorg before them credits nothing), every provider down pauses the
+chain while orders keep filling and it resumes without double credit, withdrawals sent
+and confirmed or failed and released, and no withdrawal sent twice across a restart."""
+
+from __future__ import annotations
+
+import msgspec
+import trio
+
+from conftest import order
+from satchel import config
+from satchel.chains.adapter import Adapter
+from satchel.chains.embedded import SimChains
+from satchel.core.messages import (
+    ASK, BID, IOC, BalanceOf, ChainsOf, Deposit, SetLeverage, Withdraw, WithdrawalsOf,
+)
+from satchel.node import Node
+from satchel.signing import auth_for
+
+USDC = 10**6
+
+
+def fast_chains() -> config.Config:
+    cfg = config.load()
+    sim = msgspec.structs.replace(cfg.chains["sim"], block_ms=30, confirmations=3)
+    return msgspec.structs.replace(cfg, chains={"sim": sim})
+
+
+async def until(check, timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while not await check():
+            await trio.sleep(0.02)
+
+
+async def balance(node: Node, account: str, asset: str = "USDC") -> int:
+    free, held = await node.ask("risk", BalanceOf(account, asset))
+    return free + held
+
+
+async def paused(node: Node) -> bool:
+    return (await node.ask("risk", ChainsOf()))[0].paused
+
+
+async def start(nursery, tmp_path) -> tuple[Node, SimChains]:
+    node = await nursery.start(Node(tmp_path / "data", fast_chains()).run)
+    chains = await nursery.start(SimChains(node).run)
+    return node, chains
+
+
+async def test_deposit_credited_once_and_a_reorg_before_confirmations_credits_nothing(nursery, tmp_path):
+    node, chains = await start(nursery, tmp_path)
+    sim = chains.sims["sim"]
+    chains.deposit("sim", "alice", "USDC", 250 * USDC)
+    await until(lambda: _eq(balance(node, "alice"), 250 * USDC))
+    # the adapter forgets where it was (a crash before it saved): the re-report is refused
+    adapter = chains.adapters["sim"]
+    adapter.cursor = 0
+    await trio.sleep(0.5)
+    assert await balance(node, "alice") == 250 * USDC and adapter.credited == 1
+    # a reorg before the deposit has its confirmations: never credited
+    mining = sim.block_ms
+    sim.block_ms = 10**6  # stop the clock of the chain: mine by hand
+    await trio.sleep(mining / 1000 * 2)
+    chains.deposit("sim", "bob", "USDC", 70 * USDC)
+    sim.mine()
+    sim.mine()  # two of the three confirmations
+    await trio.sleep(0.3)
+    sim.reorg(2)
+    for _ in range(4):
+        sim.mine()
+    await trio.sleep(0.5)
+    assert await balance(node, "bob") == 0
+    node.shutdown()
+
+
+async def test_providers_down_pause_the_chain_while_trading_goes_on(nursery, tmp_path):
+    node, chains = await start(nursery, tmp_path)
+    admin = node.admin
+    for account, asset, amount in (("seller", "SOL", 10**10), ("buyer", "USDC", 10_000 * USDC)):
+        params = {"account": account, "asset": asset, "quantity": str(amount)}
+        await node.submit_wait(Deposit(admin.api_key, account, asset, amount, auth_for(admin, "deposit", params)))
+    for provider in chains.providers["sim"]:
+        provider.down = True
+    await until(lambda: paused(node))
+    # deposits and withdrawals of this chain stop; trading does not
+    chains.deposit("sim", "carol", "USDC", 40 * USDC)
+    events = await node.submit_wait(Withdraw("buyer", "sim", "USDC", 5 * USDC, "0xdest"))
+    assert [e.code for e in events if hasattr(e, "code")] == ["CHAIN_PAUSED"]
+    await node.submit_wait(order("seller", ASK, 10_000, 100))
+    events = await node.submit_wait(order("buyer", BID, 10_000, 100, tif=IOC))
+    assert any(e.__class__.__name__ == "Fill" for e in events)
+    await trio.sleep(0.3)
+    assert await balance(node, "carol") == 0
+    # back up: resumed, and the deposit made meanwhile is credited exactly once
+    for provider in chains.providers["sim"]:
+        provider.down = False
+    await until(lambda: _not(paused(node)), timeout=40)
+    await until(lambda: _eq(balance(node, "carol"), 40 * USDC))
+    await trio.sleep(0.3)
+    assert await balance(node, "carol") == 40 * USDC
+    node.shutdown()
+
+
+async def test_withdrawals_confirmed_or_failed_and_never_sent_twice(nursery, tmp_path):
+    node, chains = await start(nursery, tmp_path)
+    sim = chains.sims["sim"]
+    await node.submit_wait(SetLeverage("dave", 0, auto_lend=0))
+    chains.deposit("sim", "dave", "USDC", 500 * USDC)
+    await until(lambda: _eq(balance(node, "dave"), 500 * USDC))
+    await node.submit_wait(Withdraw("dave", "sim", "USDC", 120 * USDC, "0xfriend"))
+    await node.submit_wait(Withdraw("dave", "sim", "USDC", 30 * USDC, "fail-address"))
+    await until(lambda: _eq(_open(node), 0))
+    assert await balance(node, "dave") == 380 * USDC  # 120 left, the failed 30 came back
+    assert sim.balances[("0xfriend", "USDC")] == 120 * USDC
+    # an adapter that broadcast and died before reporting: a new one (as after a restart)
+    # runs the same withdrawal again, finds the transaction by its idempotency key and
+    # reports it instead of sending again
+    adapter = chains.adapters["sim"]
+    events = await node.submit_wait(Withdraw("dave", "sim", "USDC", 50 * USDC, "0xagain"))
+    wid = next(e.withdrawal_id for e in events if e.__class__.__name__ == "WithdrawalUpdate")
+    restarted = Adapter(node, "sim", 3, adapter.providers, node.addresses, adapter.key, adapter.decimals, tmp_path / "data")
+    await restarted._withdraw(wid, "USDC", 50 * USDC, "0xagain", "Pending")
+    await restarted._withdraw(wid, "USDC", 50 * USDC, "0xagain", "Pending")
+    await until(lambda: _eq(_open(node), 0))
+    sends = [t for b in sim.blocks for t in b.transfers if t.key == f"sim:{wid}"]
+    assert len(sends) == 1 and sim.balances[("0xagain", "USDC")] == 50 * USDC
+    node.shutdown()
+
+
+async def _eq(value, expected) -> bool:
+    return await value == expected
+
+
+async def _not(value) -> bool:
+    return not await value
+
+
+async def _open(node: Node) -> int:
+    return len(await node.ask("risk", WithdrawalsOf(None)))
