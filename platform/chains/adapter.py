@@ -29,6 +29,7 @@ re-verify them like any other transaction, and it learns what to do from durable
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ class Adapter:
         self.paused_by_me = False
         self.failures = 0
         self.inflight: set[int] = set()  # withdrawals queued or being handled
+        self.sweeps: deque[tuple[ChainTransfer, str]] = deque()  # credited deposits still on their addresses
         self.credited = 0
         self.sent = 0
 
@@ -86,6 +88,7 @@ class Adapter:
             nursery.start_soon(self._scan_loop)
             nursery.start_soon(self._withdraw_loop)
             nursery.start_soon(self._resync_loop)
+            nursery.start_soon(self._sweep_loop)
 
     def publish(self, header: BlockHeader, events: list) -> None:
         """A durable block: queue this chain's pending withdrawals and custody moves."""
@@ -149,26 +152,53 @@ class Adapter:
         safe = head - self.confirmations + 1
         while self.cursor < safe:
             block = await self.providers.call("block", self.cursor + 1)
+            found = []
             for t in block.transfers:
                 owner = self.book.owner(self.name, t.to) if t.ok else None
                 if owner is not None and t.asset in self.decimals:
-                    await self._report_deposit(t, owner)
+                    found.append((t, owner))
+            if found:
+                await self._report_deposits(found)
             self.cursor = block.number
             self._save()
 
-    async def _report_deposit(self, t: ChainTransfer, account: str) -> None:
-        params = {"chain": self.name, "txHash": t.tx_hash, "logIndex": str(t.log_index), "account": account,
-                  "symbol": t.asset, "quantity": format_units(t.amount, self.decimals[t.asset])}
-        events = await self._submit("depositConfirmed", params,
-                                    ChainDeposit(self.key.api_key, self.name, t.tx_hash, t.log_index, account, t.asset,
-                                                 t.amount))
-        codes = [e.code for e in events if e.__class__ is TxRejected]
+    async def _report_deposits(self, found: list[tuple[ChainTransfer, str]]) -> None:
+        """One block's deposits, submitted together and awaited once (the sequencer keeps
+        their order); then each is queued for the sweep to the hot wallet."""
+        answers: list[list] = []
+        done = trio.Event()
+
+        def answered(events: list) -> None:
+            answers.append(events)
+            if len(answers) == len(found):
+                done.set()
+
+        for t, account in found:
+            params = {"chain": self.name, "txHash": t.tx_hash, "logIndex": str(t.log_index), "account": account,
+                      "symbol": t.asset, "quantity": format_units(t.amount, self.decimals[t.asset])}
+            tx = ChainDeposit(self.key.api_key, self.name, t.tx_hash, t.log_index, account, t.asset, t.amount,
+                              auth_for(self.key, "depositConfirmed", params))
+            self.node.submit(tx, answered)
+        await done.wait()
+        codes = [e.code for events in answers for e in events if e.__class__ is TxRejected]
         if "CHAIN_PAUSED" in codes:
-            raise _Paused()
-        if not codes:
-            self.credited += 1
-        # to the hot wallet (idempotent: the key is the deposit's)
-        await self.providers.call("send", t.asset, t.to, self.hot, t.amount, f"sweep:{t.tx_hash}:{t.log_index}")
+            raise _Paused()  # the block is scanned again once resumed; what was credited is refused then
+        self.credited += len(found) - len(codes)
+        self.sweeps.extend(found)
+
+    async def _sweep_loop(self) -> None:
+        """Credited deposits to the hot wallet, at the providers' pace (idempotent: each
+        carries its deposit's key). A crash forgets the queue: what stays on deposit
+        addresses is still the exchange's, and ``satchel reconcile`` counts it."""
+        while True:
+            while self.sweeps:
+                t, _ = self.sweeps[0]
+                try:
+                    await self.providers.call("send", t.asset, t.to, self.hot, t.amount, f"sweep:{t.tx_hash}:{t.log_index}")
+                except AllProvidersFailing:
+                    break
+                self.sweeps.popleft()
+            await trio.sleep(POLL_S)
 
     # ------------------------------------------------------------------ withdrawals and custody moves
 
@@ -194,6 +224,8 @@ class Adapter:
         key = f"{self.name}:{wid}"
         found = await self.providers.call("find", key)
         if status == "Pending":
+            if found is None and await self.providers.call("balance", self.hot, asset) < amount:
+                return  # the hot wallet's deposits are not swept in yet: the next resync tries again
             tx_hash = found.tx_hash if found is not None else await self.providers.call(
                 "send", asset, self.hot, address, amount, key)
             await self._submit("withdrawalSent", {"chain": self.name, "withdrawalId": str(wid), "txHash": tx_hash},
