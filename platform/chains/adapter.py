@@ -6,9 +6,9 @@ re-verify them like any other transaction, and it learns what to do from durable
 * **Deposits.** It scans blocks once they have ``confirmations`` (a reorg shallower than
   that never reaches it), and reports each transfer to a deposit address handed out
   (``AddressBook``) as ``depositConfirmed``; then it moves the deposit to the hot wallet.
-  Its scan position is a file written after each block, so a crash re-reports at most a
-  block, and the engine refuses a re-report (``ALREADY_CREDITED``): credit stays exactly
-  once across restarts.
+  Its scan position is a file written at most once a second, so a crash re-reports at most
+  a second of blocks, and the engine refuses a re-report (``ALREADY_CREDITED``): credit
+  stays exactly once across restarts.
 * **Withdrawals.** A ``Pending`` withdrawal (``WithdrawalUpdate``) is sent from the hot
   wallet carrying the idempotency key ``<chain>:<withdrawal id>``. Before sending it asks
   the chain for that key, so an adapter killed between broadcast and report finds its
@@ -51,6 +51,7 @@ from satchel.signing import Keypair, auth_for
 log = structlog.get_logger()
 
 POLL_S = 0.2
+SAVE_S = 1.0
 RESYNC_S = 1.0
 BACKLOG = 10_000
 BREAKER_FAILURES = 3
@@ -71,6 +72,7 @@ class Adapter:
         self.hot = f"{name}-hot"
         self.cold = f"{name}-cold"
         self.cursor = 0
+        self.saved_at = 0.0
         self._load()
         self.queue_send, self.queue = trio.open_memory_channel(BACKLOG)
         self.paused_by_me = False
@@ -160,7 +162,12 @@ class Adapter:
             if found:
                 await self._report_deposits(found)
             self.cursor = block.number
-            self._save()
+            now = trio.current_time()
+            if now - self.saved_at >= SAVE_S:
+                # at most once a second: a crash re-reports a second of blocks at worst, and the
+                # engine refuses what it credited before (ALREADY_CREDITED)
+                self.saved_at = now
+                await trio.to_thread.run_sync(self._save)
 
     async def _report_deposits(self, found: list[tuple[ChainTransfer, str]]) -> None:
         """One block's deposits, submitted together and awaited once (the sequencer keeps
@@ -173,11 +180,16 @@ class Adapter:
             if len(answers) == len(found):
                 done.set()
 
-        for t, account in found:
-            params = {"chain": self.name, "txHash": t.tx_hash, "logIndex": str(t.log_index), "account": account,
-                      "symbol": t.asset, "quantity": format_units(t.amount, self.decimals[t.asset])}
-            tx = ChainDeposit(self.key.api_key, self.name, t.tx_hash, t.log_index, account, t.asset, t.amount,
-                              auth_for(self.key, "depositConfirmed", params))
+        def signed() -> list[ChainDeposit]:  # libsodium releases the GIL: signing stays off the event loop
+            out = []
+            for t, account in found:
+                params = {"chain": self.name, "txHash": t.tx_hash, "logIndex": str(t.log_index), "account": account,
+                          "symbol": t.asset, "quantity": format_units(t.amount, self.decimals[t.asset])}
+                out.append(ChainDeposit(self.key.api_key, self.name, t.tx_hash, t.log_index, account, t.asset, t.amount,
+                                        auth_for(self.key, "depositConfirmed", params)))
+            return out
+
+        for tx in await trio.to_thread.run_sync(signed):
             self.node.submit(tx, answered)
         await done.wait()
         codes = [e.code for events in answers for e in events if e.__class__ is TxRejected]
