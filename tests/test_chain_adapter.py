@@ -138,3 +138,35 @@ async def _not(value) -> bool:
 
 async def _open(node: Node) -> int:
     return len(await node.ask("risk", WithdrawalsOf(None)))
+
+
+async def test_reconcile_chain_against_books_and_ledger(nursery, tmp_path):
+    from satchel.chains.reconcile import reconcile
+    from satchel.core.messages import LedgerOf
+
+    node, chains = await start(nursery, tmp_path)
+    admin = node.admin
+    params = {"account": "faucet", "asset": "USDC", "quantity": "7000000"}
+    await node.submit_wait(Deposit(admin.api_key, "faucet", "USDC", 7 * USDC, auth_for(admin, "deposit", params)))
+    await node.submit_wait(SetLeverage("erin", 0, auto_lend=0))
+    chains.deposit("sim", "erin", "USDC", 300 * USDC)
+    await until(lambda: _eq(balance(node, "erin"), 300 * USDC))
+    await node.submit_wait(Withdraw("erin", "sim", "USDC", 100 * USDC, "0xout"))
+    await until(lambda: _eq(_open(node), 0))
+    adapter = chains.adapters["sim"]
+    await until(lambda: _swept(adapter))
+    on_chain = {("sim", a): v for a, v in (await adapter.custody()).items()}
+    view = (await node.ask("risk", ChainsOf()))[0]
+    books = {("sim", a): v for a, v in view.hot}
+    for a, v in view.cold:
+        books[("sim", a)] = books.get(("sim", a), 0) + v
+    lines, assets = reconcile(on_chain, books, await node.ask("risk", LedgerOf()))
+    usdc = next(line for line in lines if line.asset == "USDC")
+    assert (usdc.on_chain, usdc.books, usdc.difference) == (200 * USDC, 200 * USDC, 0)
+    totals = next(a for a in assets if a.asset == "USDC")
+    assert (totals.liabilities, totals.books, totals.unbacked) == (207 * USDC, 200 * USDC, 7 * USDC)  # the faucet's 7
+    node.shutdown()
+
+
+async def _swept(adapter) -> bool:
+    return not adapter.sweeps

@@ -267,6 +267,20 @@ class Adapter:
                                                        w.tx_hash, "", 0))
             await trio.sleep(RESYNC_S)
 
+    # ------------------------------------------------------------------ reconciliation
+
+    async def custody(self) -> dict[str, int]:
+        """Per asset, what the chain holds for the exchange: the hot and cold wallets and
+        the deposit addresses of credited deposits not swept in yet (``satchel reconcile``)."""
+        out: dict[str, int] = {}
+        unswept: dict[tuple[str, str], None] = {(t.to, t.asset): None for t, _ in self.sweeps}
+        for asset in self.decimals:
+            for address in (self.hot, self.cold):
+                out[asset] = out.get(asset, 0) + await self.providers.call("balance", address, asset)
+        for address, asset in unswept:
+            out[asset] = out.get(asset, 0) + await self.providers.call("balance", address, asset)
+        return out
+
     # ------------------------------------------------------------------ circuit breaker
 
     async def _failing(self, why: str) -> None:

@@ -1,0 +1,49 @@
+"""Reconciliation: what the chains hold against what the ledger owes, per asset and chain.
+
+Three figures per asset and chain, in the asset's units:
+
+* ``on_chain`` -- what the adapter reads on the chain: the hot and cold wallets plus the
+  deposit addresses whose credited deposits are not swept to the hot wallet yet;
+* ``books`` -- the custody books the engine keeps for the chain (hot + cold: credited
+  deposits less confirmed withdrawals);
+* the difference ``on_chain - books``: zero when chain and ledger agree; a withdrawal
+  broadcast but not yet confirmed shows here for a few blocks, anything else is for an
+  operator to explain.
+
+Per asset, ``liabilities`` are the ledger's deposits - withdrawals (what every account,
+the fee account, the pools and the insurance fund hold together); ``unbacked`` is what of
+them no chain's books cover -- deposits credited by the admin faucet, not by a chain.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Line(NamedTuple):
+    asset: str
+    chain: str
+    on_chain: int
+    books: int
+    difference: int
+
+
+class AssetLine(NamedTuple):
+    asset: str
+    liabilities: int
+    books: int  # over every chain
+    unbacked: int
+
+
+def reconcile(on_chain: dict[tuple[str, str], int], books: dict[tuple[str, str], int],
+              ledger: dict[str, tuple[int, int, int, int]]) -> tuple[list[Line], list[AssetLine]]:
+    """``on_chain`` and ``books`` by (chain, asset); ``ledger`` as ``LedgerOf`` answers it
+    (deposits, withdrawals, fees, balances) by asset."""
+    lines = [Line(asset, chain, on_chain.get((chain, asset), 0), books.get((chain, asset), 0),
+                  on_chain.get((chain, asset), 0) - books.get((chain, asset), 0))
+             for chain, asset in sorted(set(on_chain) | set(books), key=lambda k: (k[1], k[0]))]
+    assets = []
+    for asset, (deposits, withdrawals, _fees, _balances) in sorted(ledger.items()):
+        covered = sum(v for (_, a), v in books.items() if a == asset)
+        assets.append(AssetLine(asset, deposits - withdrawals, covered, deposits - withdrawals - covered))
+    return lines, assets
