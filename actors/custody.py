@@ -88,6 +88,7 @@ class Custody:
         self.chains: dict[str, ChainSpec] = {}
         self.paused: dict[str, str] = {}  # chain -> reason
         self.credited: dict[str, None] = {}  # "chain/tx_hash/log_index" of every credited deposit
+        self.credited_count: dict[str, int] = {}  # per chain, for reads (derived from ``credited``)
         self.hot: dict[tuple[str, str], int] = {}
         self.cold: dict[tuple[str, str], int] = {}
         self.reserved: dict[tuple[str, str], int] = {}
@@ -167,6 +168,7 @@ class Custody:
         if key in self.credited:
             raise Refused(Code.ALREADY_CREDITED, f"{key} was credited before")
         self.credited[key] = None
+        self.credited_count[tx.chain] = self.credited_count.get(tx.chain, 0) + 1
         self.ledger.deposit(tx.account, tx.asset, tx.amount)
         out.append(Deposited(seq, tx.account, tx.asset, tx.amount))
         out.append(ChainCredited(seq, tx.chain, tx.tx_hash, tx.log_index, tx.account, tx.asset, tx.amount, self.now))
@@ -255,7 +257,7 @@ class Custody:
                 return sorted((a, v) for (c, a), v in d.items() if c == name)
             out.append(ChainView(spec, name in self.paused, self.paused.get(name, ""), books(self.hot), books(self.cold),
                                  books(self.reserved), sum(1 for w in self.open.values() if w.chain == name and w.status == QUEUED),
-                                 sum(1 for k in self.credited if k.startswith(name + "/"))))
+                                 self.credited_count.get(name, 0)))
         return out
 
     def withdrawals(self, account: str | None) -> list[tuple[int, Withdrawal]]:
@@ -281,6 +283,10 @@ class Custody:
         self.chains = {c.spec.name: c.spec for c in state.chains}
         self.paused = {c.spec.name: c.paused for c in state.chains if c.paused is not None}
         self.credited = dict.fromkeys(state.credited)
+        self.credited_count = {}
+        for key in state.credited:
+            chain = key.split("/", 1)[0]
+            self.credited_count[chain] = self.credited_count.get(chain, 0) + 1
         self.hot = {(c, a): v for c, a, v in state.hot}
         self.cold = {(c, a): v for c, a, v in state.cold}
         self.reserved = {(c, a): v for c, a, v in state.reserved}

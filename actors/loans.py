@@ -282,17 +282,26 @@ class Loans:
         pool = self.pools.get(asset)
         if pool is None:
             return
-        loan = self.loans.get(account, {}).get(asset)
-        if loan is not None and loan.lent and (tx.auto & AUTO_LEND_REDEEM or account not in self.auto_lend_off):
-            claim = pools.claim(pool, loan.lent)
-            amount = min(claim if need is None else need - bal.free, claim, pool.cash)
-            if amount > 0:
-                self.redeem(seq, account, asset, amount, AUTO_REDEEM_SOURCE, out)
+        self.redeem_shortfall(seq, account, asset, bal, need, bool(tx.auto & AUTO_LEND_REDEEM), out)
         if need is not None and tx.auto & AUTO_BORROW and bal.free < need:
             loan = self.loans.get(account, {}).get(asset)
             amount = need - bal.free
             if (loan is None or not loan.lent) and amount <= self.pools[asset].cash and self.borrow_ok(account, asset, amount, tx):
                 self.borrow(seq, account, asset, amount, SPOT_MARGIN, out)
+
+    def redeem_shortfall(self, seq: int, account: str, asset: str, bal: Balance, need: int | None, forced: bool,
+                         out: list) -> None:
+        """Redeem what ``bal``'s free balance lacks of ``need`` (None: the whole claim) from
+        the account's lend of ``asset``, as far as the pool has cash -- with auto-lend on, or
+        ``forced`` (an order's ``autoLendRedeem``). Orders and withdrawals both use it."""
+        pool = self.pools.get(asset)
+        loan = self.loans.get(account, {}).get(asset)
+        if pool is None or loan is None or not loan.lent or not (forced or account not in self.auto_lend_off):
+            return
+        claim = pools.claim(pool, loan.lent)
+        amount = min(claim if need is None else need - bal.free, claim, pool.cash)
+        if amount > 0:
+            self.redeem(seq, account, asset, amount, AUTO_REDEEM_SOURCE, out)
 
     def filled(self, account: str, order_id: int) -> None:
         """An order with settle flags filled: its account is swept at the block's end."""

@@ -475,9 +475,8 @@ class Margin:
         must still cover the initial margin without the amount's collateral value."""
         account, asset, amount = tx.account, tx.asset, tx.amount
         bal = self.ledger.bal(account, asset)
-        if bal.free < amount and self.loans.on_demand(account, asset):
-            self.loans.redeem(seq, account, asset, min(amount - bal.free, self.loans.on_demand(account, asset),
-                                                       self.loans.pools[asset].cash), "AutoLendRedeem", out)
+        if bal.free < amount:
+            self.loans.redeem_shortfall(seq, account, asset, bal, amount, False, out)
         if bal.free < amount:
             return Code.INSUFFICIENT_FUNDS
         if self.has_perp(account) or account in self.loans.debtors:
