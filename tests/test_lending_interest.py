@@ -21,7 +21,7 @@ from satchel.core.messages import (
     BORROW, LEND, BadDebt, BlockHeader, BorrowLend, Deposit, LendingOf, LendMoved, PoolUpdate, PoolsOf, SetLeverage,
 )
 from satchel.history import queries, views
-from satchel.history.schema import open_db
+from satchel.history.schema import SCHEMA_VERSION, open_db
 from satchel.history.store import Store
 from satchel.history.writes import HOUR_US, Batch
 from satchel.rest import serve
@@ -448,7 +448,7 @@ def test_a_database_of_the_previous_schema_is_replaced(tmp_path):
                       "INSERT INTO lend_moves VALUES (1, 'a');")
     old.close()
     conn = open_db(path)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (4,)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (SCHEMA_VERSION,)
     assert conn.execute("SELECT COUNT(*) FROM lend_moves").fetchone() == (0,)
     assert conn.execute("SELECT COUNT(*) FROM lend_hours").fetchone() == (0,)
     conn.close()

@@ -41,6 +41,24 @@ def naive_iso(us: int) -> str:
     return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+def iso_ms(us: int) -> str:
+    """Naive UTC ISO 8601 to the millisecond ("2025-01-01T12:00:00.123"): a fill's
+    ``timestamp`` or a withdrawal's ``createdAt`` as Backpack sends it and ccxt parses it
+    (``parse8601``)."""
+    t = _EPOCH + timedelta(microseconds=us)
+    return f"{t:%Y-%m-%dT%H:%M:%S}.{t.microsecond // 1000:03d}"
+
+
+# Satchel's withdrawal statuses (``WithdrawalUpdate.status``) as Backpack's clients know them:
+# queued (waiting for a cold sweep), pending (to be sent) and sent (on chain, not yet
+# confirmed) are all "pending"; a failed withdrawal, whose funds were released, is "void"
+# (the value Backpack's Rust client has for a withdrawal that will not happen; ccxt passes
+# it through). The withdrawal's own status is in the added ``state`` field.
+WITHDRAWAL_STATUS = {"Queued": "pending", "Pending": "pending", "Sent": "pending", "Confirmed": "confirmed",
+                     "Failed": "void"}
+ADMIN_DEPOSIT_SOURCE = "administrator"  # Backpack's deposit source for credits by the platform (the admin faucet)
+
+
 def _quotient(num: int, den: int) -> int:
     """num / den rounded toward zero (Python's // floors, which would move negatives away from zero)."""
     q = abs(num) // abs(den)
@@ -79,9 +97,43 @@ class Formatter:
     def asset(self, asset: str, units: int) -> str:
         return format_units(units, self.assets[asset].decimals)
 
-    def asset_info(self, spec: AssetSpec) -> dict:
-        """A ``GET /api/v1/assets`` item. Satchel has no chain deposits yet: no tokens."""
-        return {"symbol": spec.symbol, "displayName": spec.symbol, "tokens": []}
+    def asset_info(self, spec: AssetSpec, chains: list[tuple[str, bool]] = ()) -> dict:
+        """A ``GET /api/v1/assets`` item: a token per chain that takes the asset, ``chains``
+        as (name, paused). ccxt builds a currency's networks from them (the network code is
+        the chain's name, e.g. ``sim``), and ``withdraw`` needs one. No fees, no minimum
+        but the asset's smallest unit, no maximum."""
+        least = self.asset(spec.symbol, 1)
+        return {"symbol": spec.symbol, "displayName": spec.symbol, "tokens": [
+            {"blockchain": name, "contractAddress": None, "depositEnabled": not paused, "withdrawEnabled": not paused,
+             "displayName": spec.symbol, "minimumDeposit": least, "minimumWithdrawal": least, "maximumWithdrawal": None,
+             "withdrawalFee": "0"}
+            for name, paused in chains]}
+
+    def withdrawal(self, wid: int, chain: str, asset: str, amount: int, address: str, status: str, tx_hash: str,
+                   reason: str, created_us: int, client_id: int | None) -> dict:
+        """A withdrawal as Backpack shows it (``POST`` and ``GET /wapi/v1/capital/withdrawals``):
+        ``id`` its request's sequence number, ``status`` Backpack's (``WITHDRAWAL_STATUS``),
+        no fee; Satchel adds ``state`` (queued, pending, sent, confirmed, failed) and
+        ``reason`` (why it failed)."""
+        return {
+            "id": wid, "blockchain": chain, "clientId": None if client_id is None else str(client_id),
+            "quantity": self.asset(asset, amount), "fee": "0", "symbol": asset,
+            "status": WITHDRAWAL_STATUS.get(status, status.lower()), "toAddress": address,
+            "transactionHash": tx_hash or None, "createdAt": iso_ms(created_us), "isInternal": False,
+            "state": status.lower(), "reason": reason or None,
+        }
+
+    def deposit(self, deposit_id: int, source: str, asset: str, amount: int, tx_hash: str | None,
+                to_address: str | None, created_us: int) -> dict:
+        """A ``GET /wapi/v1/capital/deposits`` item: ``id`` the crediting transaction's
+        sequence number, ``source`` the chain (or ``administrator``: the faucet), credited
+        (``confirmed``) once the chain's confirmations were reached. The sender is not known
+        to the ledger (``fromAddress`` null)."""
+        return {
+            "id": deposit_id, "symbol": asset, "quantity": self.asset(asset, amount), "source": source,
+            "status": "confirmed", "fromAddress": None, "toAddress": to_address, "transactionHash": tx_hash,
+            "createdAt": iso_ms(created_us),
+        }
 
     def collateral_info(self, spec: AssetSpec) -> dict | None:
         """A ``GET /api/v1/collateral`` item: how the asset counts as collateral (None if

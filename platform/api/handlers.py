@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import msgspec
 import trio
 
+from satchel.api.chains import Addresses, ChainStatus
 from satchel.api.format import Formatter
 from satchel.api.listing import Listing
 from satchel.api.marketdata import MarketData
@@ -41,7 +42,7 @@ from satchel.core.errors import (
 from satchel.core.messages import (
     LEND_SIDE_NAMES, NEW, PARTIALLY_FILLED, REJECTED, TRIGGER_PENDING, Auth, BalancesOf, BorrowLend, CollateralOf, Fill,
     HistoryOf, LedgerOf, LendingOf, LendMoved, LeverageSet, MarksOf, OpenOrders, OrderDone, OrderOf, PlaceOrder, PoolsOf,
-    PositionsOf, Query, TriggerPlaced, TxRejected,
+    PositionsOf, Query, TriggerPlaced, TxRejected, Withdraw, WithdrawalUpdate,
 )
 from satchel.history import queries as history_queries, views as history_views
 from satchel.history.store import Store
@@ -54,13 +55,14 @@ METHODS = (
     "positionQuery", "collateralQuery", "fundingHistoryQueryAll", "liquidationHistoryQueryAll", "markPrices",
     "openInterest", "accountUpdate", "accountQuery", "orderExecuteBatch", "orderHistoryQueryAll", "fillHistoryQueryAll",
     "borrowLendMarkets", "platformStats", "borrowLendExecute", "borrowLendPositionQuery", "borrowHistoryQueryAll",
-    "interestHistoryQueryAll",
+    "interestHistoryQueryAll", "withdraw", "withdrawalQueryAll", "depositQueryAll", "depositAddressQuery",
+    "chainStatusQuery",
 )
 MAX_BATCH = 50  # orders in one POST /api/v1/orders (each journaled record keeps the whole signed batch)
 # requests whose params are a list of objects, each signed as its own segment
 BATCHED = frozenset({"orderExecuteBatch"})
 # requests that read no params: whatever params arrive, even malformed ones, are ignored
-PARAMLESS = frozenset({"ledgerTotals", "platformStats"})
+PARAMLESS = frozenset({"ledgerTotals", "platformStats", "chainStatusQuery"})
 
 Signature = list[str] | None
 
@@ -124,6 +126,34 @@ class InterestHistoryParams(_LendPaging):
 
 
 INTEREST_SOURCES = ("BorrowLend", "UnrealizedPnl")
+
+
+class _CapitalPaging(msgspec.Struct):
+    """What the deposit and withdrawal histories share: a page and a time range (ms, inclusive)."""
+
+    limit: str | None = None
+    offset: str | None = None
+    since: str | None = msgspec.field(default=None, name="from")
+    to: str | None = None
+
+
+class DepositHistoryParams(_CapitalPaging):
+    """``GET /wapi/v1/capital/deposits``: ``excludePlatform`` leaves out the admin faucet's
+    credits. ccxt's ``endTime`` (and anything else unknown) is ignored."""
+
+    excludePlatform: instructions.Bool = "false"
+
+
+class WithdrawalHistoryParams(_CapitalPaging):
+    """``GET /wapi/v1/capital/withdrawals``: ``id`` one withdrawal, ``clientId`` the ones
+    requested with that client id."""
+
+    id: str | None = None
+    clientId: str | None = None
+
+
+class DepositAddressParams(msgspec.Struct):
+    blockchain: str
 
 
 class Replies(Protocol):
@@ -275,7 +305,7 @@ class Api:
 
     def __init__(self, node: Any, listing: Listing, fmt: Formatter, verifier: Verifier, marketdata: MarketData, *,
                  max_page: int = 1000, stats: Callable[[], dict] = dict, history: Store | None = None,
-                 platform_stats: PlatformStats | None = None):
+                 platform_stats: PlatformStats | None = None, chains: ChainStatus | None = None):
         self.node = node
         self.listing = listing
         self.fmt = fmt
@@ -285,6 +315,8 @@ class Api:
         self.stats = stats
         self.history = history  # the order and fill history (``satchel.history``); None: not kept
         self.platform_stats = platform_stats  # the headline figures (``satchel.api.stats``); None: not kept
+        self.chains = chains  # the chains' status (``satchel.api.chains``); None: not kept
+        self.addresses = Addresses(node)  # deposit addresses
 
     def caller(self, replies: Replies) -> Caller:
         """A new client (one per connection), answered through ``replies``."""
@@ -930,3 +962,83 @@ class Api:
             raise RequestError(RESOURCE_NOT_FOUND, "This node keeps no platform statistics")
         replies = caller.replies
         stats.when_ready(lambda figures: replies.result(req_id, figures))
+
+    # ------------------------------------------------------------------ deposits and withdrawals
+
+    @_request
+    def withdraw(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """Backpack's ``POST /wapi/v1/capital/withdrawals`` (``blockchain`` the chain's name,
+        ``symbol``, ``quantity``, ``address``, ``clientId``): the amount is held at once.
+        Answered once durable with the withdrawal, status ``pending`` (Satchel's ``state``:
+        queued while the hot wallet's books do not cover it, else pending); refused
+        (nothing changed) with CHAIN_PAUSED, INVALID_CHAIN, INVALID_ASSET, INVALID_ADDRESS,
+        INSUFFICIENT_FUNDS or INSUFFICIENT_MARGIN. Backpack's ``twoFactorToken``,
+        ``autoBorrow`` and ``autoLendRedeem`` are accepted and ignored: there is no second
+        factor, a withdrawal never borrows, and an auto-lent claim is always redeemed for it."""
+        self._transaction(caller, req_id, texts, sig, "withdraw", self._withdraw_reply)
+
+    def _withdraw_reply(self, tx: Withdraw, texts: Mapping[str, str]) -> Callable[[Replies, Any, list], None]:
+        fmt = self.fmt
+
+        def reply(replies: Replies, req_id: Any, events: list) -> None:
+            for ev in events:
+                if ev.__class__ is TxRejected:
+                    return replies.error(req_id, ev.code, ev.message)
+                if ev.__class__ is WithdrawalUpdate and ev.withdrawal_id == ev.seq:
+                    return replies.result(req_id, fmt.withdrawal(
+                        ev.withdrawal_id, ev.chain, ev.asset, ev.amount, ev.address, ev.status, ev.tx_hash, ev.reason,
+                        ev.timestamp, ev.client_id))
+            replies.failed(req_id, RuntimeError("the withdrawal applied without a WithdrawalUpdate"))
+
+        return reply
+
+    @_request
+    def depositAddressQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """Backpack's ``GET /wapi/v1/capital/deposit/address?blockchain=``: the signer's
+        deposit address on the chain, ``{"address": ...}``, the same every time (derived
+        from the account key and the custody seed, see ``api.chains``)."""
+        signed = self.check_signature("depositAddressQuery", texts, sig)
+        chain = instructions.params_of(DepositAddressParams, texts).blockchain
+        addresses = self.addresses
+        addresses.require(chain, self.listing.chains)
+        replies = caller.replies
+        caller.verified(req_id, signed, lambda m: replies.result(req_id, {"address": addresses.issue(chain, signed.account)}))
+
+    @_request
+    def depositQueryAll(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """The account's credited deposits, newest first (``GET /wapi/v1/capital/deposits``):
+        chain deposits (``source`` the chain) and the admin faucet's (``administrator``;
+        left out with ``excludePlatform=true``); ``from``/``to`` (ms), ``limit``/``offset``."""
+        params = instructions.params_of(DepositHistoryParams, texts)
+        derive = self.addresses.derive
+        self._history_read(
+            caller, req_id, texts, sig, "depositQueryAll",
+            lambda account: history_queries.DepositHistory(account, chains_only=params.excludePlatform == "true",
+                                                           **self._window(params)),
+            lambda fmt, rows: history_views.deposits(fmt, rows, derive))
+
+    @_request
+    def withdrawalQueryAll(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """The account's withdrawals, newest first, each with its latest status
+        (``GET /wapi/v1/capital/withdrawals``): ``id``, ``clientId``, ``from``/``to`` (ms,
+        on the request's time), ``limit``/``offset``."""
+        params = instructions.params_of(WithdrawalHistoryParams, texts)
+        wid = instructions.uint(params.id, "id", 2**63)
+        client_id = instructions.uint(params.clientId, "clientId", 2**32)
+        self._history_read(
+            caller, req_id, texts, sig, "withdrawalQueryAll",
+            lambda account: history_queries.WithdrawalHistory(account, withdrawal_id=wid, client_id=client_id,
+                                                              **self._window(params)),
+            history_views.withdrawals)
+
+    @_request
+    def chainStatusQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """Every chain's status and custody books (``GET /api/v1/chains``), as of the last
+        published block: kind, assets, confirmations, paused and why, per asset the hot
+        wallet, cold storage, what of the hot wallet is reserved for withdrawals out and
+        its limit, withdrawals queued for a cold sweep, deposits credited. Unsigned."""
+        chains = self.chains
+        if chains is None:
+            raise RequestError(RESOURCE_NOT_FOUND, "This node keeps no chain status")
+        replies = caller.replies
+        chains.when_ready(lambda views: replies.result(req_id, chains.payload(views)))

@@ -1,4 +1,4 @@
-"""The markets and assets the edges know, learned from durable events.
+"""The markets, assets and chains the edges know, learned from durable events.
 
 The engine changes its configuration while it applies a block, before the block is
 durable; the edges must not see a market (or a fee change) a crash could lose. So
@@ -13,15 +13,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from satchel.core.errors import INVALID_SYMBOL, RequestError
-from satchel.core.messages import AssetSpec, BlockHeader, ConfigChanged, MarketSpec
+from satchel.core.messages import AssetSpec, BlockHeader, ChainSpec, ConfigChanged, MarketSpec
 
 
 class Listing:
-    """Market and asset specs by symbol (``core.instructions.Listing``), kept by ``publish``."""
+    """Market and asset specs by symbol (``core.instructions.Listing``) and chain specs by
+    name, kept by ``publish``."""
 
-    def __init__(self, markets: Mapping[str, MarketSpec], assets: Mapping[str, AssetSpec]):
+    def __init__(self, markets: Mapping[str, MarketSpec], assets: Mapping[str, AssetSpec],
+                 chains: Mapping[str, ChainSpec] | None = None):
         self.markets: dict[str, MarketSpec] = dict(markets)
         self.assets: dict[str, AssetSpec] = dict(assets)
+        self.chains: dict[str, ChainSpec] = dict(chains or {})
 
     def publish(self, header: BlockHeader, events: list) -> None:
         """A durable block's events (a node subscriber): take the listings and fee changes."""
@@ -31,6 +34,8 @@ class Listing:
                     self.assets[ev.asset.symbol] = ev.asset
                 if ev.market is not None:
                     self.markets[ev.market.symbol] = ev.market
+                if ev.chain is not None:
+                    self.chains[ev.chain.name] = ev.chain
 
     def check_symbol(self, symbol: str) -> None:
         if symbol not in self.markets:

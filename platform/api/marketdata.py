@@ -51,9 +51,10 @@ second of sequenced time, from ``PoolUpdate``) and the private
 from ``LendMoved``). Backpack has no lending streams; these follow its frame style
 (``e`` event, ``E`` event time and ``T`` engine time in µs).
 
-A public stream whose frames are made elsewhere (``platformStats``, ``api.stats``) is
-registered with ``add_feed`` and sent with ``broadcast``: it shares the subscriptions,
-the subscribe-time snapshot and the encode-once fan-out.
+A public stream whose frames are made elsewhere (``platformStats``, ``api.stats``;
+``chainStatus``, ``api.chains``) is registered with ``add_feed`` and sent with
+``broadcast``: it shares the subscriptions, the subscribe-time snapshot and the
+encode-once fan-out.
 
 The markets are those of the formatter's listing at construction, and each market
 whose ``ConfigChanged`` event arrives in a published block (listed later); the
@@ -148,14 +149,15 @@ class MarketData:
         self._candles_changed: dict[tuple[str, str], None] = {}  # (symbol, interval) traded in this block
         self._next_close = _NEVER  # no open candle ends before this (a lower bound: a scan makes it exact)
         self.last_timestamp = 0
-        self._feeds: dict[str, Callable[[], str | None]] = {}  # stream kept elsewhere -> its latest frame
+        self._feeds: dict[str, Callable[[], list[str]]] = {}  # stream kept elsewhere -> a new subscriber's frames
 
     # ------------------------------------------------------------------ subscriptions
 
-    def add_feed(self, stream: str, latest: Callable[[], str | None]) -> None:
-        """A public stream without a symbol whose frames are made elsewhere (``api.stats``)
-        and sent with ``broadcast``: it can be subscribed to, and a new subscriber first
-        gets ``latest()``, the last frame sent (nothing while it is None)."""
+    def add_feed(self, stream: str, latest: Callable[[], list[str]]) -> None:
+        """A public stream without a symbol whose frames are made elsewhere (``api.stats``,
+        ``api.chains``) and sent with ``broadcast``: it can be subscribed to, and a new
+        subscriber first gets the encoded frames ``latest()`` gives (the last frame sent,
+        or the current state as a frame per item)."""
         self._feeds[stream] = latest
 
     def broadcast(self, stream: str, frame: str) -> None:
@@ -205,8 +207,7 @@ class MarketData:
         subs[sink] = None
         kind, _, rest = stream.partition(".")
         if stream in self._feeds:
-            frame = self._feeds[stream]()
-            if frame is not None:
+            for frame in self._feeds[stream]():
                 sink.push(frame)
         elif kind == "depth" and rest in self._markets:
             if first:

@@ -88,7 +88,7 @@ class PlatformStats:
         self._pending = False  # a read is in flight
         self._deposits: dict[str, int] | None = None  # per asset, once the first read answered
         self._waiting: list[Callable[[dict], None]] = []
-        marketdata.add_feed(STREAM, lambda: self._frame)
+        marketdata.add_feed(STREAM, lambda: [] if self._frame is None else [self._frame])
 
     # ------------------------------------------------------------------ the node's side
 

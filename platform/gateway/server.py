@@ -1,7 +1,7 @@
 """The gateway's listening side: accepts WebSocket connections and owns what they share:
 the API (``satchel.api.handlers``), the listing it follows, market data, the platform
-statistics (``satchel.api.stats``), the order and fill history (``satchel.history``) and
-the verifier."""
+statistics (``satchel.api.stats``), the chains' status (``satchel.api.chains``), the
+history (``satchel.history``) and the verifier."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import structlog
 import trio
 from trio_websocket import serve_websocket
 
+from satchel.api.chains import Addresses, ChainStatus
 from satchel.api.format import Formatter
 from satchel.api.handlers import Api
 from satchel.api.listing import Listing
@@ -42,7 +43,7 @@ class Gateway:
         # seeded once from the recovered engine (nothing is being published yet), then kept
         # by the durable blocks' ConfigChanged events: the listing comes first among the
         # subscribers, so market data formats a new market's first events with its spec
-        self.listing = Listing(engine.markets, engine.assets)
+        self.listing = Listing(engine.markets, engine.assets, engine.chains)
         node.subscribers.append(self.listing)
         self.fmt = Formatter(self.listing.markets, self.listing.assets)
         self.marketdata = MarketData(self.fmt)
@@ -52,6 +53,11 @@ class Gateway:
         self.platform_stats = PlatformStats(self.fmt, self.marketdata, lambda q, cb: node.sequencer.read(q, cb),
                                             height=node.chain.height, timestamp=node.chain.last_timestamp)
         node.subscribers.append(self.platform_stats)
+        # the chains' pause status (``chainStatus``) from the durable blocks, read once at start
+        self.chains = ChainStatus(self.fmt, self.marketdata, lambda q, cb: node.sequencer.read(q, cb),
+                                  self.listing.chains, Addresses(node).kind, height=node.chain.height,
+                                  timestamp=node.chain.last_timestamp)
+        node.subscribers.append(self.chains)
         # the order and fill history (``satchel.history``), fed by the durable blocks from
         # here on; ``run`` replays from the journal what it lacks up to the recovered height
         self.history = Store(node.data / HISTORY_FILE) if history else None
@@ -62,7 +68,8 @@ class Gateway:
         idle = self._node_idle
         self.verifier = ProcessVerifier(n, inline_when=idle) if n > 0 else Verifier(inline_when=idle)
         self.api = Api(node, self.listing, self.fmt, self.verifier, self.marketdata, max_page=self.settings.max_page,
-                       stats=self._stats, history=self.history, platform_stats=self.platform_stats)
+                       stats=self._stats, history=self.history, platform_stats=self.platform_stats,
+                       chains=self.chains)
         self.sessions = 0
         self.slow_consumers = 0
         self.handler_errors = 0  # frames whose handling failed unexpectedly (answered INTERNAL_ERROR)
@@ -92,6 +99,7 @@ class Gateway:
                 # a few missing blocks are written before serving, a long rebuild while serving
                 await nursery.start(catch_up, self.history, self.node.data, self._history_upto)
             self.platform_stats.start()
+            self.chains.start()
             if self.settings.depth_heartbeat_ms:
                 nursery.start_soon(self._depth_heartbeats, self.settings.depth_heartbeat_ms / 1000)
             server = await nursery.start(

@@ -1,5 +1,6 @@
 """The history read model: orders, fills, trades, lending movements and the pools' hourly
-indices (interest is derived from them on read) kept in SQLite outside the deterministic core.
+indices (interest is derived from them on read), deposits and withdrawals, kept in SQLite
+outside the deterministic core.
 
 Fed by the node's durable blocks, rebuilt from the journal when missing or behind; the
 engine never reads it. In the order a block travels: ``store`` (the thread that owns the

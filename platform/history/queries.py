@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from satchel.api.format import ADMIN_DEPOSIT_SOURCE
 from satchel.api.klines import INTERVALS, bucket
 from satchel.core.engine import INTERNAL_SEQ_BASE
 from satchel.core.lending import to_amount
@@ -487,6 +488,74 @@ def _hour_at(conn: sqlite3.Connection, asset: str, pos: int) -> int | None:
                        "(SELECT ts FROM lend_moves WHERE pos = ?) / ? ORDER BY h.hour DESC LIMIT 1",
                        (asset, pos, pos, HOUR_US)).fetchone()
     return None if row is None else row[0]
+
+
+class DepositRow(NamedTuple):
+    id: int
+    account: str
+    asset: str
+    amount: int
+    source: str  # the chain, or ADMIN_DEPOSIT_SOURCE
+    tx_hash: str | None
+    ts: int
+
+
+class DepositHistory(msgspec.Struct, frozen=True):
+    """An account's credited deposits, newest first; ``chains_only`` leaves out the admin
+    faucet's (Backpack's ``excludePlatform``)."""
+
+    account: str
+    since_us: int | None = None
+    until_us: int | None = None
+    limit: int = DEFAULT_LIMIT
+    offset: int = 0
+    chains_only: bool = False
+
+    def run(self, conn: sqlite3.Connection) -> list[DepositRow]:
+        where = ["account = ?"]
+        args: list = [self.account]
+        _narrow(where, args, (("ts >= ?", self.since_us), ("ts < ?", self.until_us),
+                              ("source != ?", ADMIN_DEPOSIT_SOURCE if self.chains_only else None)))
+        args += [self.limit, self.offset]
+        return _rows(conn, DepositRow, f"SELECT {', '.join(DepositRow._fields)} FROM deposits "
+                                       f"WHERE {' AND '.join(where)} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?", args)
+
+
+class WithdrawalRow(NamedTuple):
+    id: int
+    account: str
+    chain: str
+    asset: str
+    amount: int
+    address: str
+    client_id: int | None
+    created: int
+    status: str
+    tx_hash: str
+    reason: str
+
+
+class WithdrawalHistory(msgspec.Struct, frozen=True):
+    """An account's withdrawals, each with its latest status, newest first; optionally one
+    id or client id. ``since_us``/``until_us`` bound the request's time."""
+
+    account: str
+    withdrawal_id: int | None = None
+    client_id: int | None = None
+    since_us: int | None = None
+    until_us: int | None = None
+    limit: int = DEFAULT_LIMIT
+    offset: int = 0
+
+    def run(self, conn: sqlite3.Connection) -> list[WithdrawalRow]:
+        where = ["account = ?"]
+        args: list = [self.account]
+        _narrow(where, args, (("id = ?", self.withdrawal_id), ("client_id = ?", self.client_id),
+                              ("created >= ?", self.since_us), ("created < ?", self.until_us)))
+        args += [self.limit, self.offset]
+        return _rows(conn, WithdrawalRow, f"SELECT {', '.join(WithdrawalRow._fields)} FROM withdrawals "
+                                          f"WHERE {' AND '.join(where)} ORDER BY created DESC, id DESC LIMIT ? OFFSET ?",
+                     args)
 
 
 class TradeHistory(msgspec.Struct, frozen=True):

@@ -54,6 +54,17 @@ minus the principal; a borrow's negated) as of the last mark, less each movement
 rounding remainder (under ``index / RAY + 1`` units: what the pool keeps when it scales
 an amount).
 
+``deposits`` has one row per credited deposit, keyed by the crediting transaction's
+sequence number: a chain deposit (``ChainCredited``: its chain, transaction hash and log
+index) or a credit by the admin faucet (a ``Deposited`` without one: source
+``administrator``). Both events of a chain deposit are in the same block, so the batch
+keeps the chain's row; a block is written once.
+
+``withdrawals`` has one row per withdrawal (its id: the request's sequence number),
+upserted by every ``WithdrawalUpdate``. The row keeps the status, transaction hash and
+reason of the update with the highest ``pos`` (height << 32 | the event's index), and the
+earliest block time as its creation, so blocks written in any order give the same row.
+
 ``written`` lists the blocks whose events are in the database, as disjoint [lo, hi]
 height ranges, updated in the same transaction as the rows: live writes and a catch-up
 from the journal can then run at once, each block is written exactly once, and after a
@@ -68,7 +79,7 @@ from pathlib import Path
 
 import structlog
 
-SCHEMA_VERSION = 4  # 2: funding_rates; 3: lend_moves; 4: scaled positions, lend_hours, write-offs
+SCHEMA_VERSION = 5  # 2: funding_rates; 3: lend_moves; 4: scaled positions, lend_hours, write-offs; 5: deposits, withdrawals
 
 log = structlog.get_logger("satchel.history")
 
@@ -153,6 +164,32 @@ CREATE TABLE IF NOT EXISTS lend_hours (
     borrow_rate INTEGER NOT NULL,
     PRIMARY KEY (asset, hour)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deposits (
+    id INTEGER PRIMARY KEY,                   -- the crediting transaction's sequence number
+    account TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    amount INTEGER NOT NULL,                  -- asset units
+    source TEXT NOT NULL,                     -- the chain, or 'administrator' (the admin faucet)
+    tx_hash TEXT,                             -- the chain transaction; NULL for the faucet
+    log_index INTEGER,
+    ts INTEGER NOT NULL                       -- the block's timestamp, µs
+);
+CREATE INDEX IF NOT EXISTS deposits_by_account ON deposits (account, ts DESC, id DESC);
+CREATE TABLE IF NOT EXISTS withdrawals (
+    id INTEGER PRIMARY KEY,                   -- the request's sequence number
+    account TEXT NOT NULL,
+    chain TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    client_id INTEGER,
+    created INTEGER NOT NULL,                 -- µs: the block of its first status
+    pos INTEGER NOT NULL,                     -- of the latest status: height << 32 | the event's index
+    status TEXT NOT NULL,                     -- Queued, Pending, Sent, Confirmed, Failed
+    tx_hash TEXT NOT NULL,                    -- '' until sent
+    reason TEXT NOT NULL                      -- why it failed
+);
+CREATE INDEX IF NOT EXISTS withdrawals_by_account ON withdrawals (account, created DESC, id DESC);
 """
 
 

@@ -7,26 +7,20 @@ out rather than guessed at.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from collections.abc import Callable
 
-from satchel.api.format import Formatter, fraction, naive_iso
+from satchel.api.format import Formatter, fraction, iso_ms, naive_iso
 from satchel.api.klines import bucket, clock_text
 from satchel.core.engine import INTERNAL_SEQ_BASE
 from satchel.core.messages import ASK, NEW, PARTIALLY_FILLED, REJECTED, SIDE_NAMES, TRIGGER_PENDING
-from satchel.history.queries import FillRow, FundingRateRow, InterestRow, KlineRow, LendRow, OrderRow, TradeRow
+from satchel.history.queries import (
+    DepositRow, FillRow, FundingRateRow, InterestRow, KlineRow, LendRow, OrderRow, TradeRow, WithdrawalRow,
+)
 from satchel.history.writes import HOUR_US
 
 TRIGGER_FAILED = "TriggerFailed"
-_EPOCH = datetime(1970, 1, 1)
 # Backpack's name for orders and fills of the liquidation engine's book orders
 _LIQUIDATION_ORDER = "LiquidatePositionOnBook"
-
-
-def iso_ms(us: int) -> str:
-    """Naive UTC ISO 8601 to the millisecond ("2025-01-01T12:00:00.123"): a fill's
-    ``timestamp`` as Backpack sends it and ccxt parses it (``parse8601``)."""
-    t = _EPOCH + timedelta(microseconds=us)
-    return f"{t:%Y-%m-%dT%H:%M:%S}.{t.microsecond // 1000:03d}"
 
 
 def status(row: OrderRow) -> str:
@@ -148,3 +142,24 @@ def interest(fmt: Formatter, rows: list[InterestRow]) -> list[dict]:
         "symbol": r.asset,
         "timestamp": iso_ms(r.hour_end),
     } for r in rows if r.asset in fmt.assets]
+
+
+def deposits(fmt: Formatter, rows: list[DepositRow], address: Callable[[str, str], str | None]) -> list[dict]:
+    """``GET /wapi/v1/capital/deposits`` items; ``address(chain, account)`` gives the
+    account's deposit address on the chain (``toAddress``; None where it cannot be
+    derived here). An asset the formatter does not know is left out."""
+    out = []
+    for r in rows:
+        if r.asset not in fmt.assets:
+            continue
+        to = None if r.tx_hash is None else address(r.source, r.account)
+        out.append(fmt.deposit(r.id, r.source, r.asset, r.amount, r.tx_hash, to, r.ts))
+    return out
+
+
+def withdrawals(fmt: Formatter, rows: list[WithdrawalRow]) -> list[dict]:
+    """``GET /wapi/v1/capital/withdrawals`` items, each as its latest status shows it. An
+    asset the formatter does not know is left out."""
+    return [fmt.withdrawal(r.id, r.chain, r.asset, r.amount, r.address, r.status, r.tx_hash, r.reason, r.created,
+                           r.client_id)
+            for r in rows if r.asset in fmt.assets]

@@ -12,6 +12,10 @@ a row of kind ``WriteOff``), and the first ``PoolUpdate`` of each pool and hour 
 ``lend_hours`` row: a batch keeps the one of the smallest ``pos`` per (asset, hour), and
 the upsert keeps the smaller of that and the stored one.
 
+Deposits and withdrawals: one ``deposits`` row per credited deposit (``ChainCredited``,
+or a faucet ``Deposited``), one ``withdrawals`` row per withdrawal that every
+``WithdrawalUpdate`` upserts, keeping the latest status by ``pos`` (see ``schema``).
+
 Rejected orders are not history (Backpack answers them with an error, and nothing of
 them is kept), with one exception: a trigger order that fired and was then refused at
 pre-trade. Its ``OrderDone`` names an order id from an earlier block (below the block's
@@ -22,9 +26,10 @@ from __future__ import annotations
 
 import sqlite3
 
+from satchel.api.format import ADMIN_DEPOSIT_SOURCE
 from satchel.core.messages import (
-    ASK, BID, REJECTED, BadDebt, BlockHeader, Fill, FundingPaid, LendMoved, OrderAccepted, OrderDone, PoolUpdate,
-    TriggerPlaced,
+    ASK, BID, REJECTED, BadDebt, BlockHeader, ChainCredited, Deposited, Fill, FundingPaid, LendMoved, OrderAccepted,
+    OrderDone, PoolUpdate, TriggerPlaced, WithdrawalUpdate,
 )
 
 _ACCEPTED = """
@@ -87,6 +92,23 @@ ON CONFLICT (asset, hour) DO UPDATE SET
 WHERE excluded.pos < lend_hours.pos
 """
 
+_DEPOSIT = """
+INSERT OR IGNORE INTO deposits (id, account, asset, amount, source, tx_hash, log_index, ts)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+# the status, hash and reason of the latest update (by pos) win, whichever block is written first
+_WITHDRAWAL = """
+INSERT INTO withdrawals (id, account, chain, asset, amount, address, client_id, created, pos, status, tx_hash, reason)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    created = MIN(created, excluded.created),
+    status = CASE WHEN excluded.pos > pos THEN excluded.status ELSE status END,
+    tx_hash = CASE WHEN excluded.pos > pos THEN excluded.tx_hash ELSE tx_hash END,
+    reason = CASE WHEN excluded.pos > pos THEN excluded.reason ELSE reason END,
+    pos = MAX(pos, excluded.pos)
+"""
+
 HOUR_US = 3_600_000_000
 WRITE_OFF = "WriteOff"  # a lend_moves kind of Satchel's own: a debt cancelled as bad debt
 
@@ -104,6 +126,8 @@ class Batch:
         self._funding: list[tuple] = []
         self._lends: list[tuple] = []
         self._hours: dict[tuple[str, int], tuple] = {}  # (asset, hour) -> its first PoolUpdate's row
+        self._deposits: dict[int, tuple] = {}  # by id: a chain's row replaces the faucet row of the same credit
+        self._withdrawals: list[tuple] = []
         # order id -> [account, symbol, side, earliest fill µs, quantity, quote]: a taker that
         # sweeps many makers is one upsert
         self._executed: dict[int, list] = {}
@@ -167,6 +191,18 @@ class Batch:
                 self._lends.append((height << 32 | ix, ev.seq, ev.account, ev.asset, WRITE_OFF, "Liquidation",
                                     ev.socialized, 0, 0, ts, 0, 0, 0))
                 n += 1
+            elif cls is Deposited:
+                if ev.seq not in self._deposits:
+                    self._deposits[ev.seq] = (ev.seq, ev.account, ev.asset, ev.amount, ADMIN_DEPOSIT_SOURCE, None, None, ts)
+                    n += 1
+            elif cls is ChainCredited:
+                if ev.seq not in self._deposits:
+                    n += 1
+                self._deposits[ev.seq] = (ev.seq, ev.account, ev.asset, ev.amount, ev.chain, ev.tx_hash, ev.log_index, ts)
+            elif cls is WithdrawalUpdate:
+                self._withdrawals.append((ev.withdrawal_id, ev.account, ev.chain, ev.asset, ev.amount, ev.address,
+                                          ev.client_id, ts, height << 32 | ix, ev.status, ev.tx_hash, ev.reason))
+                n += 1
         self.rows += n
 
     def write(self, conn: sqlite3.Connection) -> None:
@@ -187,3 +223,7 @@ class Batch:
             conn.executemany(_LEND, self._lends)
         if self._hours:
             conn.executemany(_HOUR, list(self._hours.values()))
+        if self._deposits:
+            conn.executemany(_DEPOSIT, list(self._deposits.values()))
+        if self._withdrawals:
+            conn.executemany(_WITHDRAWAL, self._withdrawals)

@@ -221,8 +221,13 @@ class RestApp:
         return Response(str(now_ms()), media_type="text/plain")
 
     async def assets(self, request: Request) -> Response:
+        """Backpack's ``GET /api/v1/assets``: per asset a token per chain that takes it,
+        deposits and withdrawals enabled while the chain is not paused."""
         fmt = self.gw.fmt
-        return _json([fmt.asset_info(a) for a in self.gw.listing.assets.values()])
+        chains = sorted(self.gw.listing.chains.items())
+        paused = self.gw.chains.paused
+        return _json([fmt.asset_info(a, [(name, paused(name)) for name, spec in chains if a.symbol in spec.assets])
+                      for a in self.gw.listing.assets.values()])
 
     async def markets(self, request: Request) -> Response:
         fmt = self.gw.fmt
@@ -382,9 +387,14 @@ _PRIVATE = {
     "/wapi/v1/history/funding": {"GET": "fundingHistoryQueryAll"},
     "/wapi/v1/history/orders": {"GET": "orderHistoryQueryAll"},
     "/wapi/v1/history/fills": {"GET": "fillHistoryQueryAll"},
+    "/wapi/v1/capital/deposits": {"GET": "depositQueryAll"},
+    "/wapi/v1/capital/deposit/address": {"GET": "depositAddressQuery"},
+    "/wapi/v1/capital/withdrawals": {"GET": "withdrawalQueryAll", "POST": "withdraw"},
+    # Satchel's own (Backpack has no such endpoint): every chain's status and custody books, unsigned
+    "/api/v1/chains": {"GET": "chainStatusQuery"},
 }
 _SEQUENCED = frozenset({"orderExecute", "orderExecuteBatch", "orderCancel", "orderCancelAll", "accountUpdate",
-                        "borrowLendExecute"})
+                        "borrowLendExecute", "withdraw"})
 
 
 async def serve(gateway: "Gateway", host: str, port: int, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

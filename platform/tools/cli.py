@@ -1,4 +1,4 @@
-"""``satchel`` command line: serve, keygen, faucet, replay, stats."""
+"""``satchel`` command line: serve, keygen, faucet, replay, stats, status."""
 
 from __future__ import annotations
 
@@ -224,6 +224,52 @@ def render_stats(stats: dict) -> None:
     console.print(t)
 
 
+async def _status(args: argparse.Namespace) -> int:
+    """The node's chains (``chainStatusQuery``): a status line per chain and one per asset
+    of its custody books, or with ``--json`` the answer as it came."""
+    import json as json_mod
+
+    from trio_websocket import ConnectionClosed, HandshakeError
+
+    from satchel.tools.client import ReplyError, connect
+
+    failure = None
+    try:
+        async with connect(args.url) as client:
+            chains = await client.request("chainStatusQuery", sign=False)
+    except* (OSError, HandshakeError, ConnectionClosed, ConnectionError) as eg:
+        failure = f"cannot reach {args.url}: {eg.exceptions[0]}"
+    except* ReplyError as eg:
+        failure = str(eg.exceptions[0])
+    if failure is not None:
+        print(f"satchel status: {failure}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json_mod.dumps(chains, indent=2))
+    else:
+        for line in chain_status_lines(chains):
+            print(line)
+    return 0
+
+
+def chain_status_lines(chains: list[dict]) -> list[str]:
+    """``chainStatusQuery``'s answer as lines: per chain its state (running, or PAUSED and
+    why), confirmations, deposits credited and withdrawals queued; per asset the custody
+    books (hot wallet, what of it is reserved for withdrawals out, its limit, cold storage)."""
+    if not chains:
+        return ["no chains listed"]
+    lines = []
+    for c in chains:
+        state = f"PAUSED ({c['reason'] or 'no reason given'})" if c["paused"] else "running"
+        lines.append(f"chain {c['chain']} ({c['kind'] or 'not configured here'}): {state}; "
+                     f"{c['confirmations']} confirmations, {c['depositsCredited']} deposits credited, "
+                     f"{c['queuedWithdrawals']} withdrawals queued")
+        for b in c["custody"]:
+            limit = b["hotLimit"] if b["hotLimit"] is not None else "none"
+            lines.append(f"  {b['symbol']}: hot {b['hot']} (reserved {b['reserved']}, limit {limit}), cold {b['cold']}")
+    return lines
+
+
 async def _admin(args: argparse.Namespace) -> int:
     """Sign an admin transaction with the node's admin key and send it."""
     from satchel.tools.client import ReplyError, connect
@@ -433,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default="ws://127.0.0.1:8765")
     p.add_argument("--json", action="store_true", help="print the platformStats answer as JSON")
 
+    p = sub.add_parser("status", help="the chains: paused or running, custody books, queued withdrawals")
+    p.add_argument("--url", default="ws://127.0.0.1:8765")
+    p.add_argument("--json", action="store_true", help="print the chainStatusQuery answer as JSON")
+
     p = sub.add_parser("faucet", help="deposit to an account, signed by the node's admin key")
     p.add_argument("--account", required=True, help="API key (base64 public key)")
     p.add_argument("--asset", default="USDC")
@@ -528,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.embedded = True
             return loadtest(args)
         runner = {"serve": _serve, "faucet": _faucet, "replay": _replay, "admin": _admin, "snapshot": _snapshot,
-                  "validator": _validator, "incident": _incident, "stats": _stats}[args.command]
+                  "validator": _validator, "incident": _incident, "stats": _stats, "status": _status}[args.command]
         with fatal_errors_unwrapped():  # the serve/validator nurseries wrap them in groups
             return trio.run(runner, args)
     except config_mod.ConfigError as exc:
