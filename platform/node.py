@@ -59,6 +59,7 @@ class Node:
         self.chain_keys: dict[str, Keypair] = {name: load_key(self.data, f"chain-{name}.key") for name in self.cfg.chains}
         self.custody_seed: bytes = load_seed(self.data)
         self.addresses = AddressBook(self.data, self.custody_seed)  # deposit addresses handed out
+        self.chain_adapters: dict[str, Any] = {}  # name -> the running chain adapter (``satchel reconcile`` reads through it)
         self.subscribers: list[Subscriber] = []
         self.sequencer: Sequencer | None = None
         self.chain: Chain | None = None

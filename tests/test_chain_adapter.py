@@ -6,6 +6,7 @@ and confirmed or failed and released, and no withdrawal sent twice across a rest
 from __future__ import annotations
 
 import msgspec
+import pytest
 import trio
 
 from conftest import order
@@ -141,10 +142,17 @@ async def _open(node: Node) -> int:
 
 
 async def test_reconcile_chain_against_books_and_ledger(nursery, tmp_path):
-    from satchel.chains.reconcile import reconcile
-    from satchel.core.messages import LedgerOf
+    """``satchel reconcile``'s figures, through ``reconcileQuery`` on a live gateway:
+    after a chain deposit, a withdrawal and a faucet deposit the chain and the books agree
+    and the faucet's deposit shows as unbacked; a lost sweep shows as a difference; only
+    the admin key may ask."""
+    from satchel.gateway.server import Gateway
+    from satchel.signing import Keypair
+    from satchel.tools.cli import reconcile_lines
+    from satchel.tools.client import ReplyError, connect
 
     node, chains = await start(nursery, tmp_path)
+    gateway = await nursery.start(Gateway(node, "127.0.0.1", 0).run)
     admin = node.admin
     params = {"account": "faucet", "asset": "USDC", "quantity": "7000000"}
     await node.submit_wait(Deposit(admin.api_key, "faucet", "USDC", 7 * USDC, auth_for(admin, "deposit", params)))
@@ -155,16 +163,24 @@ async def test_reconcile_chain_against_books_and_ledger(nursery, tmp_path):
     await until(lambda: _eq(_open(node), 0))
     adapter = chains.adapters["sim"]
     await until(lambda: _swept(adapter))
-    on_chain = {("sim", a): v for a, v in (await adapter.custody()).items()}
-    view = (await node.ask("risk", ChainsOf()))[0]
-    books = {("sim", a): v for a, v in view.hot}
-    for a, v in view.cold:
-        books[("sim", a)] = books.get(("sim", a), 0) + v
-    lines, assets = reconcile(on_chain, books, await node.ask("risk", LedgerOf()))
-    usdc = next(line for line in lines if line.asset == "USDC")
-    assert (usdc.on_chain, usdc.books, usdc.difference) == (200 * USDC, 200 * USDC, 0)
-    totals = next(a for a in assets if a.asset == "USDC")
-    assert (totals.liabilities, totals.books, totals.unbacked) == (207 * USDC, 200 * USDC, 7 * USDC)  # the faucet's 7
+    async with connect(gateway.url, admin) as client:
+        result = await client.request("reconcileQuery", {})
+    usdc = next(c for c in result["chains"] if c["symbol"] == "USDC")
+    assert (usdc["chain"], usdc["onChain"], usdc["books"], usdc["difference"]) == ("sim", "200", "200", "0")
+    totals = next(a for a in result["assets"] if a["symbol"] == "USDC")
+    assert (totals["liabilities"], totals["chainBooks"], totals["unbacked"]) == ("207", "200", "7")  # the faucet's 7
+    assert not any("differs" in line for line in reconcile_lines(result))
+    # 5 USDC leave the hot wallet behind the exchange's back: the chain holds less than the books
+    chains.sims["sim"].transfer("USDC", adapter.hot, "thief", 5 * USDC)
+    await trio.sleep(0.1)
+    async with connect(gateway.url, admin) as client:
+        result = await client.request("reconcileQuery", {})
+    usdc = next(c for c in result["chains"] if c["symbol"] == "USDC")
+    assert (usdc["onChain"], usdc["difference"]) == ("195", "-5")
+    assert any(line.startswith("sim") and "differs" in line for line in reconcile_lines(result))
+    async with connect(gateway.url, Keypair.generate()) as client:
+        with pytest.raises(ReplyError, match="admin key"):
+            await client.request("reconcileQuery", {})
     node.shutdown()
 
 

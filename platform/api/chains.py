@@ -213,3 +213,49 @@ class ChainStatus:
                 "custody": books, "queuedWithdrawals": v.queued, "depositsCredited": v.credited,
             })
         return out
+
+
+class Reconciliation:
+    """``reconcileQuery`` (admin-signed; ``satchel reconcile``): per asset and chain what the
+    chain holds against the custody books, and per asset the ledger's liabilities against
+    every chain's books (``satchel.chains.reconcile``). Reading a chain costs its providers
+    a call per wallet, so at most one reconciliation runs at a time and the requests that
+    arrive meanwhile share the next one's answer."""
+
+    def __init__(self, node: Any, fmt: Formatter):
+        self.node = node
+        self.fmt = fmt
+        self._waiting: list[Callable[[dict | Exception], None]] = []
+        self._kick_send, self._kick = trio.open_memory_channel[None](1)
+
+    def request(self, answer: Callable[[dict | Exception], None]) -> None:
+        """``answer`` gets the payload, or the exception that stopped the reconciliation."""
+        self._waiting.append(answer)
+        try:
+            self._kick_send.send_nowait(None)
+        except trio.WouldBlock:
+            pass  # one is due already: it takes every request waiting by then
+
+    async def run(self) -> None:
+        from satchel.chains.reconcile import gather
+
+        async for _ in self._kick:
+            waiting, self._waiting = self._waiting, []
+            try:
+                result: dict | Exception = self.payload(*await gather(self.node))
+            except Exception as exc:  # a chain's providers all failing: every waiting request hears why
+                result = exc
+            for answer in waiting:
+                answer(result)
+
+    def payload(self, lines: list, assets: list) -> dict:
+        fmt = self.fmt
+        known = [line for line in lines if line.asset in fmt.assets]
+        return {
+            "chains": [{"chain": line.chain, "symbol": line.asset, "onChain": fmt.asset(line.asset, line.on_chain),
+                        "books": fmt.asset(line.asset, line.books), "difference": fmt.asset(line.asset, line.difference)}
+                       for line in known],
+            "assets": [{"symbol": a.asset, "liabilities": fmt.asset(a.asset, a.liabilities),
+                        "chainBooks": fmt.asset(a.asset, a.books), "unbacked": fmt.asset(a.asset, a.unbacked)}
+                       for a in assets if a.asset in fmt.assets],
+        }

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import msgspec
 import trio
 
-from satchel.api.chains import Addresses, ChainStatus
+from satchel.api.chains import Addresses, ChainStatus, Reconciliation
 from satchel.api.format import Formatter
 from satchel.api.listing import Listing
 from satchel.api.marketdata import MarketData
@@ -56,7 +56,7 @@ METHODS = (
     "openInterest", "accountUpdate", "accountQuery", "orderExecuteBatch", "orderHistoryQueryAll", "fillHistoryQueryAll",
     "borrowLendMarkets", "platformStats", "borrowLendExecute", "borrowLendPositionQuery", "borrowHistoryQueryAll",
     "interestHistoryQueryAll", "withdraw", "withdrawalQueryAll", "depositQueryAll", "depositAddressQuery",
-    "chainStatusQuery",
+    "chainStatusQuery", "reconcileQuery",
 )
 MAX_BATCH = 50  # orders in one POST /api/v1/orders (each journaled record keeps the whole signed batch)
 # requests whose params are a list of objects, each signed as its own segment
@@ -305,7 +305,8 @@ class Api:
 
     def __init__(self, node: Any, listing: Listing, fmt: Formatter, verifier: Verifier, marketdata: MarketData, *,
                  max_page: int = 1000, stats: Callable[[], dict] = dict, history: Store | None = None,
-                 platform_stats: PlatformStats | None = None, chains: ChainStatus | None = None):
+                 platform_stats: PlatformStats | None = None, chains: ChainStatus | None = None,
+                 reconciliation: Reconciliation | None = None):
         self.node = node
         self.listing = listing
         self.fmt = fmt
@@ -317,6 +318,7 @@ class Api:
         self.platform_stats = platform_stats  # the headline figures (``satchel.api.stats``); None: not kept
         self.chains = chains  # the chains' status (``satchel.api.chains``); None: not kept
         self.addresses = Addresses(node)  # deposit addresses
+        self.reconciliation = reconciliation  # chains against books (``satchel.api.chains``); None: not offered
 
     def caller(self, replies: Replies) -> Caller:
         """A new client (one per connection), answered through ``replies``."""
@@ -1030,6 +1032,27 @@ class Api:
             lambda account: history_queries.WithdrawalHistory(account, withdrawal_id=wid, client_id=client_id,
                                                               **self._window(params)),
             history_views.withdrawals)
+
+    @_request
+    def reconcileQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """Per asset and chain what the chain holds against the custody books, and per asset
+        the ledger's liabilities against every chain's books (``satchel reconcile``).
+        Signed by the admin key: reading the chains costs their providers' calls."""
+        signed = self.check_signature("reconcileQuery", texts, sig)
+        if signed.account != self.node.admin.api_key:
+            raise RequestError(UNAUTHORIZED, "reconcileQuery must be signed by the admin key")
+        reconciliation = self.reconciliation
+        if reconciliation is None:
+            raise RequestError(RESOURCE_NOT_FOUND, "This node runs no reconciliation")
+        replies = caller.replies
+
+        def answer(result: dict | Exception) -> None:
+            if isinstance(result, Exception):
+                replies.error(req_id, MAINTENANCE, f"Cannot read the chains now: {result}")
+            else:
+                replies.result(req_id, result)
+
+        caller.verified(req_id, signed, lambda m: reconciliation.request(answer))
 
     @_request
     def chainStatusQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:

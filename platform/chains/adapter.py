@@ -86,6 +86,7 @@ class Adapter:
 
     async def run(self) -> None:
         self.node.subscribers.append(self)
+        self.node.chain_adapters[self.name] = self
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._scan_loop)
             nursery.start_soon(self._withdraw_loop)

@@ -17,7 +17,9 @@ them no chain's books cover -- deposits credited by the admin faucet, not by a c
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from satchel.core.messages import ChainsOf, LedgerOf
 
 
 class Line(NamedTuple):
@@ -47,3 +49,21 @@ def reconcile(on_chain: dict[tuple[str, str], int], books: dict[tuple[str, str],
         covered = sum(v for (_, a), v in books.items() if a == asset)
         assets.append(AssetLine(asset, deposits - withdrawals, covered, deposits - withdrawals - covered))
     return lines, assets
+
+
+async def gather(node: Any) -> tuple[list[Line], list[AssetLine]]:
+    """Reconcile the node's running chains now: each adapter reads its chain
+    (``Adapter.custody``), the engine answers the custody books (``ChainsOf``) and the
+    ledger (``LedgerOf``). The chain is read first and the books after, so a deposit
+    credited in between shows for a moment as books above the chain, never the other way
+    round for long; a chain whose every provider fails raises ``AllProvidersFailing``."""
+    on_chain: dict[tuple[str, str], int] = {}
+    for name, adapter in sorted(node.chain_adapters.items()):
+        for asset, amount in (await adapter.custody()).items():
+            on_chain[(name, asset)] = amount
+    books: dict[tuple[str, str], int] = {}
+    for view in await node.ask("risk", ChainsOf()):
+        for asset, amount in (*view.hot, *view.cold):
+            key = (view.spec.name, asset)
+            books[key] = books.get(key, 0) + amount
+    return reconcile(on_chain, books, await node.ask("risk", LedgerOf()))

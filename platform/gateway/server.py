@@ -11,7 +11,7 @@ import structlog
 import trio
 from trio_websocket import serve_websocket
 
-from satchel.api.chains import Addresses, ChainStatus
+from satchel.api.chains import Addresses, ChainStatus, Reconciliation
 from satchel.api.format import Formatter
 from satchel.api.handlers import Api
 from satchel.api.listing import Listing
@@ -58,6 +58,7 @@ class Gateway:
                                   self.listing.chains, Addresses(node).kind, height=node.chain.height,
                                   timestamp=node.chain.last_timestamp)
         node.subscribers.append(self.chains)
+        self.reconciliation = Reconciliation(node, self.fmt)  # the running chains' adapters against the books
         # the order and fill history (``satchel.history``), fed by the durable blocks from
         # here on; ``run`` replays from the journal what it lacks up to the recovered height
         self.history = Store(node.data / HISTORY_FILE) if history else None
@@ -69,7 +70,7 @@ class Gateway:
         self.verifier = ProcessVerifier(n, inline_when=idle) if n > 0 else Verifier(inline_when=idle)
         self.api = Api(node, self.listing, self.fmt, self.verifier, self.marketdata, max_page=self.settings.max_page,
                        stats=self._stats, history=self.history, platform_stats=self.platform_stats,
-                       chains=self.chains)
+                       chains=self.chains, reconciliation=self.reconciliation)
         self.sessions = 0
         self.slow_consumers = 0
         self.handler_errors = 0  # frames whose handling failed unexpectedly (answered INTERNAL_ERROR)
@@ -93,6 +94,7 @@ class Gateway:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.verifier.run)
+            nursery.start_soon(self.reconciliation.run)
             if self.history is not None:
                 # cancelled with the gateway: the store commits what is queued and closes
                 await nursery.start(self.history.run)

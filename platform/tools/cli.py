@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -270,6 +271,53 @@ def chain_status_lines(chains: list[dict]) -> list[str]:
     return lines
 
 
+async def _reconcile(args: argparse.Namespace) -> int:
+    """``reconcileQuery``, signed by the node's admin key: a line per asset and chain (on
+    chain, custody books, difference) and per asset (liabilities, chains' books, unbacked).
+    Exit status 1 when a chain's difference is not zero, or the node cannot answer."""
+    import json as json_mod
+
+    from trio_websocket import ConnectionClosed, HandshakeError
+
+    from satchel.signing import load_key
+    from satchel.tools.client import ReplyError, connect
+
+    admin_path = Path(args.data) / "admin.key"
+    if not admin_path.exists():
+        print(f"satchel reconcile: no admin key at {admin_path}; give the node's --data", file=sys.stderr)
+        return 1
+    failure = None
+    try:
+        async with connect(args.url, load_key(Path(args.data), "admin.key")) as client:
+            result = await client.request("reconcileQuery", {})
+    except* (OSError, HandshakeError, ConnectionClosed, ConnectionError) as eg:
+        failure = f"cannot reach {args.url}: {eg.exceptions[0]}"
+    except* ReplyError as eg:
+        failure = str(eg.exceptions[0])
+    if failure is not None:
+        print(f"satchel reconcile: {failure}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json_mod.dumps(result, indent=2))
+    else:
+        for line in reconcile_lines(result):
+            print(line)
+    return 1 if any(Decimal(c["difference"]) for c in result["chains"]) else 0
+
+
+def reconcile_lines(result: dict) -> list[str]:
+    """``reconcileQuery``'s answer as a table an operator reads top-down."""
+    lines = [f"{'chain':<10} {'asset':<6} {'on chain':>20} {'books':>20} {'difference':>16}"]
+    for c in result["chains"]:
+        mark = "" if Decimal(c["difference"]) == 0 else "  <-- differs"
+        lines.append(f"{c['chain']:<10} {c['symbol']:<6} {c['onChain']:>20} {c['books']:>20} {c['difference']:>16}{mark}")
+    lines.append("")
+    lines.append(f"{'asset':<6} {'liabilities':>20} {'chains books':>20} {'unbacked (faucet)':>20}")
+    for a in result["assets"]:
+        lines.append(f"{a['symbol']:<6} {a['liabilities']:>20} {a['chainBooks']:>20} {a['unbacked']:>20}")
+    return lines
+
+
 async def _admin(args: argparse.Namespace) -> int:
     """Sign an admin transaction with the node's admin key and send it."""
     from satchel.tools.client import ReplyError, connect
@@ -483,6 +531,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default="ws://127.0.0.1:8765")
     p.add_argument("--json", action="store_true", help="print the chainStatusQuery answer as JSON")
 
+    p = sub.add_parser("reconcile", help="per asset and chain: what the chain holds against the custody books")
+    p.add_argument("--url", default="ws://127.0.0.1:8765")
+    p.add_argument("--data", default="./data", help="the node's data directory (for its admin key)")
+    p.add_argument("--json", action="store_true", help="print the reconcileQuery answer as JSON")
+
     p = sub.add_parser("faucet", help="deposit to an account, signed by the node's admin key")
     p.add_argument("--account", required=True, help="API key (base64 public key)")
     p.add_argument("--asset", default="USDC")
@@ -578,7 +631,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.embedded = True
             return loadtest(args)
         runner = {"serve": _serve, "faucet": _faucet, "replay": _replay, "admin": _admin, "snapshot": _snapshot,
-                  "validator": _validator, "incident": _incident, "stats": _stats, "status": _status}[args.command]
+                  "validator": _validator, "incident": _incident, "stats": _stats, "status": _status,
+                  "reconcile": _reconcile}[args.command]
         with fatal_errors_unwrapped():  # the serve/validator nurseries wrap them in groups
             return trio.run(runner, args)
     except config_mod.ConfigError as exc:
