@@ -213,6 +213,7 @@ def log_state(log: Path, event: str) -> str:
 class Listing:
     markets = {m.symbol: m for m in config.load().market_specs()}
     assets = {a.symbol: a for a in config.load().asset_specs()}
+    chains: dict = {}
 
 
 LISTING = Listing()

@@ -133,6 +133,8 @@ async def test_deposit_addresses(rest, server):
         assert other != first and server.node.addresses.owner(CHAIN, other) == bob.api_key
         async with connect(server.url, alice) as c:
             assert await c.request("depositAddressQuery", {"blockchain": CHAIN}) == {"address": first}
+            # Backpack's clients capitalise chain names ("Solana"): a listed chain's name in any case
+            assert await c.request("depositAddressQuery", {"blockchain": CHAIN.upper()}) == {"address": first}
         r = await a.get("/wapi/v1/capital/deposit/address", "depositAddressQuery", blockchain="Ethereum")
         assert (r.status_code, r.json()["code"]) == (400, "INVALID_CHAIN")
         r = await a.get("/wapi/v1/capital/deposit/address", "depositAddressQuery")
@@ -218,9 +220,9 @@ async def test_deposit_then_withdrawal_sent_confirmed_and_failed(rest, server):
 
         # one that fails on chain: released
         async with connect(server.url, alice) as c:
-            w2 = await c.request("withdraw", {"address": "sim1other", "blockchain": CHAIN, "quantity": "50",
+            w2 = await c.request("withdraw", {"address": "sim1other", "blockchain": CHAIN.capitalize(), "quantity": "50",
                                               "symbol": "USDC"})
-            assert (w2["status"], w2["state"], w2["clientId"]) == ("pending", "pending", None)
+            assert (w2["status"], w2["state"], w2["clientId"], w2["blockchain"]) == ("pending", "pending", None, CHAIN)
             assert await a.usdc() == {"available": "855", "locked": "50", "staked": "0"}
             assert rejected(await adapter.failed(w2["id"], "reverted")) == []
             assert await a.usdc() == {"available": "905", "locked": "0", "staked": "0"}

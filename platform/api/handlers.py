@@ -1000,7 +1000,7 @@ class Api:
         deposit address on the chain, ``{"address": ...}``, the same every time (derived
         from the account key and the custody seed, see ``api.chains``)."""
         signed = self.check_signature("depositAddressQuery", texts, sig)
-        chain = instructions.params_of(DepositAddressParams, texts).blockchain
+        chain = instructions.chain_name(self.listing, instructions.params_of(DepositAddressParams, texts).blockchain)
         addresses = self.addresses
         addresses.require(chain, self.listing.chains)
         replies = caller.replies

@@ -44,6 +44,7 @@ class Listing(Protocol):
 
     markets: Mapping[str, MarketSpec]
     assets: Mapping[str, AssetSpec]
+    chains: Mapping[str, Any]  # name -> ChainSpec
 
 
 Bool = Literal["true", "false"]
@@ -339,8 +340,19 @@ def _text(text: str | None, what: str, limit: int = 128) -> str:
     return text
 
 
+def chain_name(listing: Listing, text: str) -> str:
+    """The listed chain ``text`` names: its name, or the one name equal to it ignoring case
+    (Backpack's clients send ``Solana``, ``Ethereum``; a chain is configured as
+    ``solana``, ``ethereum``). Anything else is returned as given, for the engine to refuse."""
+    chains = listing.chains
+    if text in chains:
+        return text
+    same = [name for name in chains if name.lower() == text.lower()]
+    return same[0] if len(same) == 1 else text
+
+
 def _withdraw(p: WithdrawParams, account: str, listing: Listing) -> Withdraw:
-    return Withdraw(account, p.blockchain, p.symbol, _amount(listing, p.symbol, p.quantity),
+    return Withdraw(account, chain_name(listing, p.blockchain), p.symbol, _amount(listing, p.symbol, p.quantity),
                     _text(p.address, "address"), uint(p.clientId, "clientId", 2**32))
 
 
