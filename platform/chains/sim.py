@@ -4,6 +4,10 @@ configured, and what tests and the load tester break on purpose.
 ``SimChain`` is a ledger of transfers cut into blocks: ``mine`` seals what was
 submitted since the last block, ``reorg(depth)`` throws the newest blocks away (their
 transfers are gone, as in a reorg that drops them), ``run`` mines every ``block_ms``.
+A chain does not vanish when the node restarts: given a ``path`` (``satchel serve`` puts
+it in the data directory), its state -- balances, idempotency keys, the newest blocks --
+is saved once a second and when it stops, and a restarted node carries on with the same
+chain, so deposit addresses, custody wallets and sent withdrawals are still there.
 Each transfer has a hash; a transfer submitted with an idempotency ``key`` is never
 accepted twice (the second submission answers the first one's hash), as a real chain
 does when the same signed transaction is broadcast again. A transfer to an address
@@ -18,25 +22,52 @@ from __future__ import annotations
 
 import hashlib
 import random
+from pathlib import Path
 
+import msgspec
 import trio
 
 from satchel.chains.base import ChainBlock, ChainTransfer, ProviderDown, RateLimited
 
 
+KEEP_BLOCKS = 100_000  # blocks kept in memory (~14 h at 500 ms); an adapter further behind reads None
+SAVE_S = 1.0  # the chain's state is written at most this often (and when it stops)
+SAVED_BLOCKS = 64  # the newest blocks kept in the saved state, for an adapter a few blocks behind
+
+
+class _Saved(msgspec.Struct, array_like=True):
+    """A simulated chain's state on disk: what a restarted node needs to carry on with the
+    same chain (balances, the idempotency keys and the transfers they name, the newest blocks)."""
+
+    n: int
+    blocks: list[ChainBlock]
+    balances: list[tuple[str, str, int]]
+    keys: dict[str, str]
+    keyed: list[ChainTransfer]
+
+
 class SimChain:
-    def __init__(self, name: str, block_ms: int = 500):
+    def __init__(self, name: str, block_ms: int = 500, path: Path | None = None):
         self.name = name
         self.block_ms = block_ms
+        self.path = path  # where its state is saved; None: in memory only
         self.blocks: list[ChainBlock] = [ChainBlock(0, _hash(name, "genesis"), "", [])]
         self.mempool: list[ChainTransfer] = []
         self.keys: dict[str, str] = {}  # idempotency key -> tx hash (mined or pending)
+        self.keyed: dict[str, ChainTransfer] = {}  # tx hash -> the mined transfer carrying a key
         self.balances: dict[tuple[str, str], int] = {}  # (address, asset) -> units
         self._n = 0
+        if path is not None and path.exists():
+            self._restore(msgspec.msgpack.decode(path.read_bytes(), type=_Saved))
 
     @property
     def head(self) -> int:
         return self.blocks[-1].number
+
+    def block(self, number: int) -> ChainBlock | None:
+        """Block ``number`` if it is mined and still kept."""
+        first = self.blocks[0].number
+        return self.blocks[number - first] if first <= number <= self.head else None
 
     def fund(self, address: str, asset: str, amount: int) -> None:
         """Units out of thin air (a user's wallet before it deposits)."""
@@ -63,10 +94,15 @@ class SimChain:
             if ok:
                 self.balances[(t.sender, t.asset)] -= t.amount
                 self.balances[(t.to, t.asset)] = self.balances.get((t.to, t.asset), 0) + t.amount
-            sealed.append(ChainTransfer(t.tx_hash, i, t.sender, t.to, t.asset, t.amount, number, block_hash, t.key, ok))
+            mined = ChainTransfer(t.tx_hash, i, t.sender, t.to, t.asset, t.amount, number, block_hash, t.key, ok)
+            sealed.append(mined)
+            if t.key:
+                self.keyed[t.tx_hash] = mined
         self.mempool = []
         block = ChainBlock(number, block_hash, parent.hash, sealed)
         self.blocks.append(block)
+        if len(self.blocks) > KEEP_BLOCKS:
+            del self.blocks[: len(self.blocks) - KEEP_BLOCKS]
         return block
 
     def reorg(self, depth: int) -> None:
@@ -78,23 +114,49 @@ class SimChain:
                     self.balances[(t.sender, t.asset)] += t.amount
                 if t.key:
                     self.keys.pop(t.key, None)
+                    self.keyed.pop(t.tx_hash, None)
         del self.blocks[-depth:]
 
     def find(self, key: str) -> ChainTransfer | None:
         """The mined transfer carrying ``key``, if any."""
         tx_hash = self.keys.get(key)
-        if tx_hash is None:
-            return None
-        for block in reversed(self.blocks):
-            for t in block.transfers:
-                if t.tx_hash == tx_hash:
-                    return t
-        return None
+        return None if tx_hash is None else self.keyed.get(tx_hash)
 
     async def run(self) -> None:
-        while True:
-            await trio.sleep(self.block_ms / 1000)
-            self.mine()
+        """Mine every ``block_ms``; save the state at most once a second, in a worker thread,
+        and once more when stopped. A crash loses at most that second of the chain, as a
+        reorg deeper than any confirmations would (``satchel reconcile`` shows what it took)."""
+        saved_at = trio.current_time()
+        try:
+            while True:
+                await trio.sleep(self.block_ms / 1000)
+                self.mine()
+                if self.path is not None and trio.current_time() - saved_at >= SAVE_S:
+                    saved_at = trio.current_time()
+                    state = self._state()
+                    await trio.to_thread.run_sync(self._write, state)
+        finally:
+            if self.path is not None:
+                self._write(self._state())
+
+    def _state(self) -> bytes:
+        # pending transfers are not saved: like a node's mempool, they are gone after a restart
+        return msgspec.msgpack.encode(_Saved(
+            self._n, self.blocks[-SAVED_BLOCKS:], [(a, s, v) for (a, s), v in self.balances.items()],
+            {k: h for k, h in self.keys.items() if h in self.keyed}, list(self.keyed.values())))
+
+    def _write(self, state: bytes) -> None:
+        assert self.path is not None
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(state)
+        tmp.replace(self.path)
+
+    def _restore(self, saved: _Saved) -> None:
+        self._n = saved.n
+        self.blocks = list(saved.blocks)
+        self.balances = {(a, s): v for a, s, v in saved.balances}
+        self.keys = dict(saved.keys)
+        self.keyed = {t.tx_hash: t for t in saved.keyed}
 
 
 class SimProvider:
@@ -131,7 +193,7 @@ class SimProvider:
 
     async def block(self, number: int) -> ChainBlock | None:
         await self._call()
-        return self.chain.blocks[number] if number <= self.chain.head else None
+        return self.chain.block(number)
 
     async def send(self, asset: str, sender: str, to: str, amount: int, key: str) -> str:
         await self._call()
