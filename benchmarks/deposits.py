@@ -79,17 +79,24 @@ async def run(deposits: int, accounts: int, rate: int, seconds: float) -> dict:
             sent = {}
 
             async def deposit_stream() -> None:
+                # the users' wallets, outside the exchange: their transfers reach the chain
+                # in the block they fall into, so they are handed to it a block at a time
+                # (one wake-up per block, not per transfer, on the loop this process shares)
                 start = trio.current_time()
-                for i in range(deposits):
-                    await trio.sleep_until(start + i * seconds / deposits)
-                    account = f"user{i % accounts}"
-                    chains.deposit("sim", account, "USDC", (i % 7 + 1) * USDC)
-                    sent[account] = sent.get(account, 0) + (i % 7 + 1) * USDC
+                per_block = max(1, round(deposits * sim.block_ms / 1000 / seconds))
+                for first in range(0, deposits, per_block):
+                    await trio.sleep_until(start + first * seconds / deposits)
+                    for i in range(first, min(first + per_block, deposits)):
+                        account = f"user{i % accounts}"
+                        chains.deposit("sim", account, "USDC", (i % 7 + 1) * USDC)
+                        sent[account] = sent.get(account, 0) + (i % 7 + 1) * USDC
 
             t0 = time.perf_counter()
+            node.latency.reset()
             async with trio.open_nursery() as inner:
                 inner.start_soon(deposit_stream)
                 beside = await trade(node, rate, seconds)
+            stages = node.latency.summary()
             adapter = chains.adapters["sim"]
             with trio.move_on_after(120):
                 while adapter.credited < deposits:
@@ -103,7 +110,7 @@ async def run(deposits: int, accounts: int, rate: int, seconds: float) -> dict:
                 wrong += free + held != amount
             result = {"before": quantiles(before), "beside": quantiles(beside), "after": quantiles(after), "credited": adapter.credited,
                       "wrong_balances": wrong, "seconds_to_credit_all": credited_s,
-                      "provider_errors": chains.adapters["sim"].providers.errors, "overloaded_calls": overloaded.calls}
+                      "provider_errors": chains.adapters["sim"].providers.errors, "overloaded_calls": overloaded.calls, "stages": stages}
             node.shutdown()
             nursery.cancel_scope.cancel()
     return result
@@ -124,6 +131,10 @@ def main() -> None:
     print(f"  beside {args.deposits:,} deposits: {r['beside'][0]:7.2f} / {r['beside'][1]:7.2f}  "
           f"(p99 / mean p99 alone = {r['beside'][1] / alone_p99:.2f})")
     print(f"  trading alone, after    : {r['after'][0]:7.2f} / {r['after'][1]:7.2f}")
+    print("the node's stages beside the deposits, us (p50 / p99 / max; apply and durable per block, weighted by its txs):")
+    for stage, s in r["stages"].items():
+        if s["count"]:
+            print(f"  {stage:<9}: {s['p50']:>8,} / {s['p99']:>8,} / {s['max']:>8,}")
     print(f"deposits credited: {r['credited']:,} of {args.deposits:,} in {r['seconds_to_credit_all']:.1f} s; "
           f"accounts whose balance differs from what was sent: {r['wrong_balances']}")
     print(f"overloaded provider: {r['overloaded_calls']:,} calls; failovers after a provider error: {r['provider_errors']:,}")

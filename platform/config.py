@@ -129,6 +129,11 @@ class ChainConfig(msgspec.Struct, frozen=True):
     hot_limit: dict[str, str] = {}  # asset -> decimal: what the hot wallet keeps; the rest goes to cold storage
     block_ms: int = 500  # sim: one block this often
     providers: list[str] = []  # evm: JSON-RPC URLs, tried in order
+    tokens: dict[str, str] = {}  # evm: asset -> its ERC-20 contract address; an asset not here is the native coin
+    chain_id: int = 0  # evm: the chain id transactions are signed for; 0: ask the provider
+    # evm: the gas tank's private key (hex), a file in the node's data directory unless absolute;
+    # "": chain-<name>-gas.key there, created on first use (fund its address with the native coin)
+    gas_key: str = ""
 
 
 class OracleSettings(msgspec.Struct, frozen=True):

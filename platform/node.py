@@ -58,7 +58,8 @@ class Node:
         # each chain's adapter signs its reports with its own key; the seed derives deposit addresses
         self.chain_keys: dict[str, Keypair] = {name: load_key(self.data, f"chain-{name}.key") for name in self.cfg.chains}
         self.custody_seed: bytes = load_seed(self.data)
-        self.addresses = AddressBook(self.data, self.custody_seed)  # deposit addresses handed out
+        # deposit addresses handed out, each derived by its chain kind's rule
+        self.addresses = AddressBook(self.data, self.custody_seed, {n: c.kind for n, c in self.cfg.chains.items()})
         self.chain_adapters: dict[str, Any] = {}  # name -> the running chain adapter (``satchel reconcile`` reads through it)
         self.subscribers: list[Subscriber] = []
         self.sequencer: Sequencer | None = None

@@ -59,6 +59,13 @@ async def test_deposit_credited_once_and_a_reorg_before_confirmations_credits_no
     adapter.cursor = 0
     await trio.sleep(0.5)
     assert await balance(node, "alice") == 250 * USDC and adapter.credited == 1
+    # ... and counted again for the sweep, which the address's balance caps: swept once
+    adapter.sweep_s = 0.1
+    await until(lambda: _swept(adapter))
+    address = node.addresses.issue("sim", "alice")
+    await until(lambda: _eq(_sim_balance(sim, adapter.hot), 250 * USDC))
+    assert sim.balances[(address, "USDC")] == 0
+    assert [t.ok for b in sim.blocks for t in b.transfers if t.sender == address] == [True]
     # a reorg before the deposit has its confirmations: never credited
     mining = sim.block_ms
     sim.block_ms = 10**6  # stop the clock of the chain: mine by hand
@@ -182,6 +189,10 @@ async def test_reconcile_chain_against_books_and_ledger(nursery, tmp_path):
         with pytest.raises(ReplyError, match="admin key"):
             await client.request("reconcileQuery", {})
     node.shutdown()
+
+
+async def _sim_balance(sim, address: str) -> int:
+    return sim.balances.get((address, "USDC"), 0)
 
 
 async def _swept(adapter) -> bool:

@@ -143,19 +143,26 @@ async def test_deposit_addresses(rest, server):
         assert (r.status_code, r.json()["code"]) == (401, "UNAUTHORIZED")
 
 
-def test_deposit_addresses_of_other_chain_kinds_are_not_supported_yet():
-    chains = {"sim": SimpleNamespace(kind="sim"), "eth": SimpleNamespace(kind="evm")}
+def test_deposit_addresses_by_chain_kind():
+    """A simulated chain's address is the derived bytes, an EVM chain's the address of the
+    deposit wallet the derived bytes are the key of; a chain of another kind, or not
+    listed, hands out none (INVALID_CHAIN)."""
+    from satchel.chains.evm.transactions import deposit_wallet
+
+    chains = {"sim": SimpleNamespace(kind="sim"), "eth": SimpleNamespace(kind="evm"), "btc": SimpleNamespace(kind="utxo")}
     node = SimpleNamespace(cfg=SimpleNamespace(chains=chains), custody_seed=b"s" * 32)
     addresses = Addresses(node)
     addresses.require("sim", chains)
+    addresses.require("eth", chains)
     assert addresses.derive("sim", "k") == sim_address(b"s" * 32, "sim", "k")
-    assert addresses.derive("eth", "k") is None
-    for chain, listed in (("eth", chains), ("nope", chains), ("other", {"other": None})):
+    assert addresses.derive("eth", "k") == deposit_wallet(b"s" * 32, "eth", "k").address
+    assert addresses.derive("eth", "k").startswith("0x") and addresses.derive("btc", "k") is None
+    for chain, listed in (("btc", chains), ("nope", chains), ("other", {"other": None})):
         with pytest.raises(RequestError) as refused:
             addresses.require(chain, listed)
         assert refused.value.code == "INVALID_CHAIN"
     with pytest.raises(RequestError, match="not supported yet"):
-        addresses.issue("eth", "k")
+        addresses.issue("btc", "k")
 
 
 async def test_deposit_then_withdrawal_sent_confirmed_and_failed(rest, server):

@@ -27,15 +27,12 @@ import trio
 
 from satchel.api.format import Formatter
 from satchel.api.marketdata import MarketData
-from satchel.chains.addresses import sim_address
+from satchel.chains.addresses import DERIVATIONS
 from satchel.clock import now_us
 from satchel.core.errors import MAINTENANCE, Code, RequestError
 from satchel.core.messages import BlockHeader, ChainsOf, ChainStatusChanged, ConfigChanged, Query
 
 STREAM = "chainStatus"
-
-# chain kind -> (custody seed, chain, account) -> the account's deposit address there
-DERIVATIONS: dict[str, Callable[[bytes, str, str], str]] = {"sim": sim_address}
 
 Read = Callable[[Query, Callable[[Any], None]], None]
 

@@ -25,11 +25,20 @@ re-verify them like any other transaction, and it learns what to do from durable
   withdrawal requests get ``CHAIN_PAUSED``, trading goes on), probes with a backoff that
   doubles up to ``MAX_PROBE_S``, and reports resumed once a provider answers. It never
   resumes a chain the admin paused.
+* **Reorgs deeper than the confirmations.** It remembers the hash of the last block it
+  scanned; when the next block's parent is another, the chain reorganised below the
+  confirmations. It logs an error and scans again from ``REORG_RESCAN`` blocks back:
+  deposits the new branch moved to other blocks are found there, and what was credited
+  before is refused by the engine (``ALREADY_CREDITED``). A credited deposit the new branch
+  dropped stays credited: that is for an operator (``satchel reconcile`` shows it).
+* **Undeliverable transfers.** A provider that refuses a transfer for good (a malformed
+  destination, a transaction the node rejects) raises ``Undeliverable``: the withdrawal is
+  reported failed (its funds are released), a sweep or custody move is logged and dropped.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import os
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +65,13 @@ RESYNC_S = 1.0
 BACKLOG = 10_000
 BREAKER_FAILURES = 3
 MAX_PROBE_S = 30.0
+SWEEP_S = 2.0  # deposit addresses are swept into the hot wallet this often
+REORG_RESCAN = 64  # blocks scanned again after a reorg deeper than the confirmations
+
+
+class Undeliverable(Exception):
+    """A provider will never deliver this transfer (not a retry on another provider: the
+    withdrawal is failed, a sweep or move is dropped and logged)."""
 
 
 class Adapter:
@@ -72,15 +88,22 @@ class Adapter:
         self.hot = f"{name}-hot"
         self.cold = f"{name}-cold"
         self.cursor = 0
+        self.last_block: tuple[int, str] = (-1, "")  # (number, hash) last scanned, for the reorg check
         self.saved_at = 0.0
+        # (deposit address, asset) -> credited deposits not swept in yet: saved with the cursor
+        self.sweeps: dict[tuple[str, str], int] = {}
         self._load()
         self.queue_send, self.queue = trio.open_memory_channel(BACKLOG)
         self.paused_by_me = False
         self.failures = 0
         self.inflight: set[int] = set()  # withdrawals queued or being handled
-        self.sweeps: deque[tuple[ChainTransfer, str]] = deque()  # credited deposits still on their addresses
+        self.swept_at = 0.0
+        self.sweep_s = SWEEP_S
+        self.run_id = os.urandom(4).hex()  # this run's sweep keys: a restart never reuses one
+        self._sweep_n = 0
         self.credited = 0
         self.sent = 0
+        self.reorgs = 0  # reorgs seen below the confirmations
 
     # ------------------------------------------------------------------ life
 
@@ -116,12 +139,17 @@ class Adapter:
 
     def _load(self) -> None:
         if self.state_path.exists():
-            self.cursor = orjson.loads(self.state_path.read_bytes())["cursor"]
+            state = orjson.loads(self.state_path.read_bytes())
+            self.cursor = state["cursor"]
+            self.sweeps = {(address, asset): amount for address, asset, amount in state.get("sweeps", [])}
 
-    def _save(self) -> None:
+    def _save(self, state: bytes) -> None:
         tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps({"cursor": self.cursor}))
+        tmp.write_bytes(state)
         tmp.replace(self.state_path)
+
+    def _state(self) -> bytes:
+        return orjson.dumps({"cursor": self.cursor, "sweeps": [[*k, v] for k, v in self.sweeps.items()]})
 
     # ------------------------------------------------------------------ signed reports
 
@@ -155,6 +183,15 @@ class Adapter:
         safe = head - self.confirmations + 1
         while self.cursor < safe:
             block = await self.providers.call("block", self.cursor + 1)
+            if block is None:
+                return  # a provider behind the one that answered head: the next poll reads it
+            if self.last_block[0] == block.number - 1 and block.parent != self.last_block[1]:
+                log.error("chain.reorg_below_confirmations", chain=self.name, block=block.number,
+                          parent=block.parent, scanned=self.last_block[1], rescan_from=self.cursor - REORG_RESCAN)
+                self.reorgs += 1
+                self.cursor = max(0, self.cursor - REORG_RESCAN)
+                self.last_block = (-1, "")
+                continue
             found = []
             for t in block.transfers:
                 owner = self.book.owner(self.name, t.to) if t.ok else None
@@ -163,23 +200,29 @@ class Adapter:
             if found:
                 await self._report_deposits(found)
             self.cursor = block.number
+            self.last_block = (block.number, block.hash)
             now = trio.current_time()
             if now - self.saved_at >= SAVE_S:
                 # at most once a second: a crash re-reports a second of blocks at worst, and the
                 # engine refuses what it credited before (ALREADY_CREDITED)
                 self.saved_at = now
-                await trio.to_thread.run_sync(self._save)
+                await trio.to_thread.run_sync(self._save, self._state())
 
     async def _report_deposits(self, found: list[tuple[ChainTransfer, str]]) -> None:
         """One block's deposits, submitted together and awaited once (the sequencer keeps
-        their order); then each is queued for the sweep to the hot wallet."""
-        answers: list[list] = []
+        their order); then each address credited (now, or before a restart:
+        ``ALREADY_CREDITED``) is marked for the sweep to the hot wallet."""
+        answers: list[list | None] = [None] * len(found)
+        left = [len(found)]
         done = trio.Event()
 
-        def answered(events: list) -> None:
-            answers.append(events)
-            if len(answers) == len(found):
-                done.set()
+        def answerer(i: int) -> Any:
+            def answered(events: list) -> None:
+                answers[i] = events
+                left[0] -= 1
+                if not left[0]:
+                    done.set()
+            return answered
 
         def signed() -> list[ChainDeposit]:  # libsodium releases the GIL: signing stays off the event loop
             out = []
@@ -190,28 +233,54 @@ class Adapter:
                                         auth_for(self.key, "depositConfirmed", params)))
             return out
 
-        for tx in await trio.to_thread.run_sync(signed):
-            self.node.submit(tx, answered)
+        for i, tx in enumerate(await trio.to_thread.run_sync(signed)):
+            self.node.submit(tx, answerer(i))
         await done.wait()
-        codes = [e.code for events in answers for e in events if e.__class__ is TxRejected]
-        if "CHAIN_PAUSED" in codes:
+        paused = False
+        for (t, _), events in zip(found, answers):
+            code = next((e.code for e in events or () if e.__class__ is TxRejected), None)
+            if code is None:
+                self.credited += 1
+            elif code == "CHAIN_PAUSED":
+                paused = True
+                continue
+            elif code != "ALREADY_CREDITED":
+                log.error("chain.deposit_refused", chain=self.name, tx=t.tx_hash, log_index=t.log_index, code=code)
+                continue
+            self.sweeps[(t.to, t.asset)] = self.sweeps.get((t.to, t.asset), 0) + t.amount
+        if paused:
             raise _Paused()  # the block is scanned again once resumed; what was credited is refused then
-        self.credited += len(found) - len(codes)
-        self.sweeps.extend(found)
 
     async def _sweep_loop(self) -> None:
-        """Credited deposits to the hot wallet, at the providers' pace (idempotent: each
-        carries its deposit's key). A crash forgets the queue: what stays on deposit
-        addresses is still the exchange's, and ``satchel reconcile`` counts it."""
+        """Every ``SWEEP_S``, each deposit address with credited deposits is swept into the
+        hot wallet in one transfer, however many deposits reached it meanwhile (one
+        transaction, and on a real chain one fee, per address rather than per deposit).
+
+        The amount is what was credited there, capped by what the chain says the address
+        holds: so a sweep can be repeated without harm. The amounts are saved with the scan
+        position; after a crash a deposit credited since that save is re-reported
+        (``ALREADY_CREDITED``) and counted again, and a sweep already made since is capped to
+        nothing by the address's balance. What the cap keeps on the address (gas left over,
+        dust below the ledger's decimals) is not the books' and stays there."""
         while True:
-            while self.sweeps:
-                t, _ = self.sweeps[0]
-                try:
-                    await self.providers.call("send", t.asset, t.to, self.hot, t.amount, f"sweep:{t.tx_hash}:{t.log_index}")
-                except AllProvidersFailing:
-                    break
-                self.sweeps.popleft()
             await trio.sleep(POLL_S)
+            if not self.sweeps or trio.current_time() - self.swept_at < self.sweep_s:
+                continue
+            self.swept_at = trio.current_time()
+            for (address, asset), credited in list(self.sweeps.items()):
+                try:
+                    amount = min(credited, await self.providers.call("balance", address, asset))
+                    if amount > 0:
+                        self._sweep_n += 1
+                        await self.providers.call("send", asset, address, self.hot, amount,
+                                                  f"sweep:{self.run_id}:{self._sweep_n}")
+                except AllProvidersFailing:
+                    break  # the next round
+                except Undeliverable as exc:
+                    log.error("chain.sweep_undeliverable", chain=self.name, address=address, asset=asset, why=str(exc))
+                left = self.sweeps.pop((address, asset), 0) - credited  # credited meanwhile: the next round
+                if left > 0:
+                    self.sweeps[(address, asset)] = left
 
     # ------------------------------------------------------------------ withdrawals and custody moves
 
@@ -226,8 +295,20 @@ class Adapter:
                     break
                 except AllProvidersFailing as exc:
                     await self._failing(str(exc))
+                except Undeliverable as exc:
+                    await self._undeliverable(ev, str(exc))
+                    break
             if ev.__class__ is WithdrawalUpdate:
                 self.inflight.discard(ev.withdrawal_id)
+
+    async def _undeliverable(self, ev: WithdrawalUpdate | CustodyMoved, why: str) -> None:
+        if ev.__class__ is CustodyMoved:
+            log.error("chain.move_undeliverable", chain=self.name, seq=ev.seq, why=why)
+            return
+        wid, reason = ev.withdrawal_id, why[:256]
+        log.warning("chain.withdrawal_undeliverable", chain=self.name, withdrawal=wid, why=why)
+        await self._submit("withdrawalFailed", {"chain": self.name, "withdrawalId": str(wid), "reason": reason},
+                           WithdrawalFailed(self.key.api_key, self.name, wid, reason))
 
     async def _move(self, ev: CustodyMoved) -> None:
         frm, to = (self.hot, self.cold) if ev.to_cold else (self.cold, self.hot)
@@ -274,7 +355,7 @@ class Adapter:
         """Per asset, what the chain holds for the exchange: the hot and cold wallets and
         the deposit addresses of credited deposits not swept in yet (``satchel reconcile``)."""
         out: dict[str, int] = {}
-        unswept: dict[tuple[str, str], None] = {(t.to, t.asset): None for t, _ in self.sweeps}
+        unswept = list(self.sweeps)
         for asset in self.decimals:
             for address in (self.hot, self.cold):
                 out[asset] = out.get(asset, 0) + await self.providers.call("balance", address, asset)

@@ -2,6 +2,10 @@
 node's custody seed, so the same account always gets the same address and nobody
 without the seed can tell which address belongs to whom.
 
+On a simulated chain the address is the derived bytes themselves (``sim_address``); on an
+EVM chain the derived bytes are the private key of the address (``evm.transactions.
+deposit_wallet``), so the chain's adapter can sign the sweep of any address it handed out.
+
 The seed is 32 random bytes in ``custody.seed`` in the node's data directory (file
 mode 0600 from the start), created on first use; losing it loses the mapping, not funds
 (the addresses' keys live with the wallet, see the chain's adapter).
@@ -12,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -46,6 +51,20 @@ def sim_address(seed: bytes, chain: str, account: str) -> str:
     return "sim1" + address_key(seed, chain, account)[:20].hex()
 
 
+def evm_address(seed: bytes, chain: str, account: str) -> str:
+    """The account's deposit wallet's address on an EVM chain (lowercase 0x hex, as blocks
+    report it)."""
+    # imported here: eth-account is heavy, and a node with only sim chains never needs it
+    from satchel.chains.evm.transactions import deposit_wallet
+
+    return deposit_wallet(seed, chain, account).address
+
+
+# chain kind -> (custody seed, chain, account) -> the account's deposit address there:
+# the one place that knows which kinds hand out addresses
+DERIVATIONS: dict[str, Callable[[bytes, str, str], str]] = {"sim": sim_address, "evm": evm_address}
+
+
 class AddressBook:
     """The deposit addresses handed out, so an adapter knows whose a transfer is: one line
     per (chain, address, account) in ``deposit-addresses.jsonl`` in the data directory,
@@ -54,9 +73,13 @@ class AddressBook:
 
     FILE = "deposit-addresses.jsonl"
 
-    def __init__(self, directory: Path, seed: bytes):
+    def __init__(self, directory: Path, seed: bytes, kinds: dict[str, str] | None = None):
         self.path = Path(directory) / self.FILE
         self.seed = seed
+        # chain name -> kind ("sim" | "evm"), as configured; a chain not named here is a
+        # simulated one (what every node had before EVM chains). ``chains.embedded.Chains``
+        # fills it from the node's configuration.
+        self.kinds: dict[str, str] = dict(kinds or {})
         self.owners: dict[tuple[str, str], str] = {}
         if self.path.exists():
             for line in self.path.read_bytes().splitlines():
@@ -65,10 +88,15 @@ class AddressBook:
                     self.owners[(row["chain"], row["address"])] = row["account"]
 
     def issue(self, chain: str, account: str) -> str:
-        """The account's address on ``chain`` (simulated chains' derivation), recorded."""
-        address = sim_address(self.seed, chain, account)
+        """The account's address on ``chain`` by the chain kind's derivation, recorded."""
+        address = self.derive(chain, account)
         self.record(chain, address, account)
         return address
+
+    def derive(self, chain: str, account: str) -> str:
+        """The account's address on ``chain`` by its kind's derivation (a chain not in
+        ``kinds`` is a simulated one)."""
+        return DERIVATIONS[self.kinds.get(chain, "sim")](self.seed, chain, account)
 
     def record(self, chain: str, address: str, account: str) -> None:
         if (chain, address) in self.owners:

@@ -1,6 +1,17 @@
-"""The chains a node runs beside itself: for each ``[chains.<name>]`` of kind "sim", an
-in-process simulated chain with two providers and its adapter (``satchel serve`` starts
-them as edges). EVM chains get their adapter from ``satchel.chains.evm``."""
+"""The chains a node runs beside itself, one adapter each (``satchel serve`` starts them as edges).
+
+* ``[chains.<name>]`` of kind "sim": an in-process simulated chain with two providers, its
+  state kept in the data directory (``sim-chain-<name>.bin``) so a restart carries on with
+  the same chain;
+* of kind "evm": a real EVM chain behind its ``providers`` URLs, one
+  ``evm.provider.EvmProvider`` per URL over the chain's shared ``EvmCustody`` (keys,
+  sent-transactions journal, gas tank).
+
+Every adapter is the same chain-agnostic ``Adapter``: an edge that reports what it sees as
+signed transactions and never touches ledger state (DESIGN §2). The EVM modules (and
+eth-account, a heavy import) are imported only when an EVM chain is configured, so the
+default node, with its simulated chain, needs nothing but its pip dependencies.
+"""
 
 from __future__ import annotations
 
@@ -16,26 +27,46 @@ from satchel.chains.sim import SimChain, SimProvider
 log = structlog.get_logger()
 
 
-class SimChains:
-    """The node's simulated chains and their adapters (``sims`` and ``adapters`` by name:
-    tests and the load tester reach in to deposit and to break providers)."""
+class Chains:
+    """The node's chains and their adapters (``sims``, ``providers`` and ``adapters`` by
+    name: tests and the load tester reach in to deposit and to break providers).
 
-    def __init__(self, node: Any):
+    ``gas_tanks``: chain name -> a funded ``evm.transactions.Wallet`` that pays the gas of
+    custody transfers (tests pass a dev account); a chain not named uses the key file of its
+    ``gas_key`` setting (``evm.provider.load_gas_key``).
+    """
+
+    def __init__(self, node: Any, *, gas_tanks: dict[str, Any] | None = None):
         self.node = node
         decimals = {a.symbol: a.decimals for a in node.cfg.asset_specs()}
         self.sims: dict[str, SimChain] = {}
-        self.providers: dict[str, list[SimProvider]] = {}
+        self.providers: dict[str, list[Any]] = {}
         self.adapters: dict[str, Adapter] = {}
         for name, c in sorted(node.cfg.chains.items()):
-            if c.kind != "sim":
+            chain_decimals = {a: decimals[a] for a in c.assets}
+            if c.kind == "sim":
+                sim = self.sims[name] = SimChain(name, c.block_ms, node.data / f"sim-chain-{name}.bin")
+                self.providers[name] = [SimProvider(sim, f"{name}-rpc-{i}", seed=i) for i in range(2)]
+            elif c.kind == "evm":
+                self.providers[name] = self._evm_providers(name, c, chain_decimals, (gas_tanks or {}).get(name))
+            else:
+                log.warning("chain.unknown_kind", chain=name, kind=c.kind)
                 continue
-            sim = self.sims[name] = SimChain(name, c.block_ms)
-            providers = self.providers[name] = [SimProvider(sim, f"{name}-rpc-{i}", seed=i) for i in range(2)]
-            self.adapters[name] = Adapter(node, name, c.confirmations, Providers(providers), node.addresses,
-                                          node.chain_keys[name], {a: decimals[a] for a in c.assets}, node.data)
+            self.adapters[name] = Adapter(node, name, c.confirmations, Providers(self.providers[name]), node.addresses,
+                                          node.chain_keys[name], chain_decimals, node.data)
+
+    def _evm_providers(self, name: str, c: Any, decimals: dict[str, int], tank: Any) -> list[Any]:
+        from satchel.chains.evm.provider import EvmCustody, load_gas_key, providers_for
+
+        if not c.providers:
+            raise ValueError(f"chains.{name}: an evm chain needs at least one provider URL")
+        tank = tank if tank is not None else load_gas_key(self.node.data, name, c.gas_key)
+        custody = EvmCustody(name, self.node.data, self.node.custody_seed, self.node.addresses, c.tokens, decimals,
+                             tank, c.chain_id)
+        return providers_for(c.providers, custody)
 
     def deposit(self, chain: str, account: str, asset: str, amount: int) -> str:
-        """A user's transfer to the account's deposit address (funded from nowhere)."""
+        """A user's transfer to the account's deposit address on a simulated chain (funded from nowhere)."""
         sim = self.sims[chain]
         address = self.node.addresses.issue(chain, account)
         sender = f"user:{account}"
@@ -43,10 +74,21 @@ class SimChains:
         return sim.transfer(asset, sender, address, amount)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            for name, sim in self.sims.items():
-                nursery.start_soon(sim.run)
-                nursery.start_soon(self.adapters[name].run)
-                log.info("chain.started", chain=name, kind="sim", confirmations=self.adapters[name].confirmations,
-                         block_ms=sim.block_ms)
-            task_status.started(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                for name, adapter in self.adapters.items():
+                    if name in self.sims:
+                        nursery.start_soon(self.sims[name].run)
+                    nursery.start_soon(adapter.run)
+                    log.info("chain.started", chain=name, kind=self.node.cfg.chains[name].kind,
+                             confirmations=adapter.confirmations, providers=len(self.providers[name]))
+                task_status.started(self)
+        finally:
+            with trio.CancelScope(shield=True):  # the providers' HTTP connections end with the chains
+                for providers in self.providers.values():
+                    for p in providers:
+                        if hasattr(p, "aclose"):
+                            await p.aclose()
+
+
+SimChains = Chains  # the name its first callers know (satchel serve, the deposit benchmark, tests)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import random
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import trio
@@ -133,22 +134,25 @@ class SimChain:
                 self.mine()
                 if self.path is not None and trio.current_time() - saved_at >= SAVE_S:
                     saved_at = trio.current_time()
-                    state = self._state()
-                    await trio.to_thread.run_sync(self._write, state)
+                    # copied here (shallow: blocks and transfers are immutable), encoded and
+                    # written in a worker thread: encoding thousands of transfers on the loop
+                    # would stall every other task for milliseconds once a second
+                    await trio.to_thread.run_sync(self._write, self._state())
         finally:
             if self.path is not None:
                 self._write(self._state())
 
-    def _state(self) -> bytes:
+    def _state(self) -> tuple[Any, ...]:
         # pending transfers are not saved: like a node's mempool, they are gone after a restart
-        return msgspec.msgpack.encode(_Saved(
-            self._n, self.blocks[-SAVED_BLOCKS:], [(a, s, v) for (a, s), v in self.balances.items()],
-            {k: h for k, h in self.keys.items() if h in self.keyed}, list(self.keyed.values())))
+        return self._n, self.blocks[-SAVED_BLOCKS:], self.balances.copy(), self.keys.copy(), self.keyed.copy()
 
-    def _write(self, state: bytes) -> None:
+    def _write(self, state: tuple[Any, ...]) -> None:
         assert self.path is not None
+        n, blocks, balances, keys, keyed = state
+        saved = _Saved(n, blocks, [(a, s, v) for (a, s), v in balances.items()],
+                       {k: h for k, h in keys.items() if h in keyed}, list(keyed.values()))
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(state)
+        tmp.write_bytes(msgspec.msgpack.encode(saved))
         tmp.replace(self.path)
 
     def _restore(self, saved: _Saved) -> None:

@@ -40,7 +40,7 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from satchel.tools.demo import MarketMaker
+    from satchel.tools.demo import DemoDeposits, MarketMaker
     from satchel.gateway import Gateway
     from satchel.oracle import Oracle
     from satchel.node import Node
@@ -79,12 +79,15 @@ async def _serve(args: argparse.Namespace) -> int:
             if oracle is not None:
                 settings, rows = oracle
                 edges.start_soon(Oracle(node, settings, rows).run)
+            chains = None
             if node.cfg.chains:
                 from satchel.chains.embedded import SimChains
 
-                await edges.start(SimChains(node).run)
+                chains = await edges.start(SimChains(node).run)
             if not args.no_demo:
                 edges.start_soon(MarketMaker(node).run)
+                if chains is not None:
+                    edges.start_soon(DemoDeposits(node, chains).run)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
                     structlog.get_logger("satchel").info("node.shutdown_requested", signal=signal.Signals(signum).name)

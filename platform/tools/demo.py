@@ -117,3 +117,31 @@ class MarketMaker:
         record grows (an ``Auth`` once landed in ``PlaceOrder.reduce_only``)."""
         tx = instructions.build(instruction, params, key.api_key, self.node.engine)
         self.node.submit(msgspec.structs.replace(tx, auth=auth_for(key, instruction, params)))
+
+
+class DemoDeposits:
+    """Deposits arriving on the simulated chains, so a newcomer sees the custody edge at
+    work: every ``period`` seconds a transfer of ``amount`` USDC from outside reaches the
+    taker demo account's deposit address; the chain's adapter reports it once it has its
+    confirmations and the engine credits it (``chainStatus`` counts it, ``depositQueryAll``
+    lists it). Like a user's wallet, it only moves funds on the chain: it never touches
+    the ledger."""
+
+    def __init__(self, node, chains, period: float = 10.0, amount: str = "100"):
+        self.node = node
+        self.chains = chains  # ``satchel.chains.embedded`` (its ``sims`` and ``deposit``)
+        self.period = period
+        self.amount = amount
+        self.account = _keys(node.data, 2)[1].api_key
+
+    async def run(self) -> None:
+        sims = [name for name, sim in sorted(self.chains.sims.items()) if "USDC" in self.node.cfg.chains[name].assets]
+        if not sims or "USDC" not in self.node.engine.assets:
+            return
+        units = to_units(self.amount, self.node.engine.assets["USDC"].decimals)
+        log.info("demo.deposits", chains=sims, account=self.account, every_s=self.period, amount=self.amount)
+        while True:
+            await trio.sleep(self.period)
+            for name in sims:
+                tx_hash = self.chains.deposit(name, self.account, "USDC", units)
+                log.info("demo.deposit_sent", chain=name, tx=tx_hash, account=self.account, quantity=self.amount)
