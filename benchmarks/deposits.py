@@ -3,14 +3,16 @@
 A node runs in this process on a temporary data directory, with the embedded simulated
 chain (blocks every 50 ms, 3 confirmations) and its adapter. Its first provider is
 overloaded (it answers 429 beyond 40 calls/s and takes 20 ms per call), the second is
-healthy: the pool fails over. Two runs in one process: trading alone, then trading while
-``--deposits`` transfers reach accounts' deposit addresses. Trading is a steady stream
-of signed-size orders (resting bids and asks crossing, ``--rate`` a second) whose
-durable-ack latency is measured; the report gives its p50 / p99 alone (before and after,
-to show the machine's drift) and beside the deposits, and checks that every deposit was credited exactly once (the balances equal what
-was sent, and the adapter's count of credits equals the transfers).
+healthy: the pool fails over. Runs alternate in one process (``--rounds`` pairs):
+trading alone, then trading while ``--deposits`` transfers reach accounts' deposit
+addresses. Trading is a steady stream of orders (resting bids and asks crossing,
+``--rate`` a second) whose durable-ack latency is measured. The report gives its p50 /
+p99 alone and beside the deposits per round and their medians (a shared machine drifts:
+alternating spreads the drift over both), and checks that every deposit was credited
+exactly once (the balances equal what was sent, and the adapter's count of credits
+equals the transfers).
 
-Usage: python -m benchmarks.deposits [--deposits 10000] [--accounts 500] [--rate 400] [--seconds 8]
+Usage: python -m benchmarks.deposits [--deposits 10000] [--accounts 500] [--rate 400] [--seconds 8] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ async def trade(node: Node, rate: int, seconds: float) -> list[float]:
     return latencies
 
 
-async def run(deposits: int, accounts: int, rate: int, seconds: float) -> dict:
+async def run(deposits: int, accounts: int, rate: int, seconds: float, rounds: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config.load()
         sim = msgspec.structs.replace(cfg.chains["sim"], block_ms=50, confirmations=3)
@@ -75,10 +77,10 @@ async def run(deposits: int, accounts: int, rate: int, seconds: float) -> dict:
                 await node.submit_wait(Deposit(admin, f"mm{i}", "SOL", 10**15))
             for i in range(accounts):  # users asked for their addresses before (each is fsynced once)
                 node.addresses.issue("sim", f"user{i}")
-            before = await trade(node, rate, seconds)
-            sent = {}
+            sent: dict[str, int] = {}
+            adapter = chains.adapters["sim"]
 
-            async def deposit_stream() -> None:
+            async def deposit_stream(first_id: int) -> None:
                 # the users' wallets, outside the exchange: their transfers reach the chain
                 # in the block they fall into, so they are handed to it a block at a time
                 # (one wake-up per block, not per transfer, on the loop this process shares)
@@ -86,31 +88,32 @@ async def run(deposits: int, accounts: int, rate: int, seconds: float) -> dict:
                 per_block = max(1, round(deposits * sim.block_ms / 1000 / seconds))
                 for first in range(0, deposits, per_block):
                     await trio.sleep_until(start + first * seconds / deposits)
-                    for i in range(first, min(first + per_block, deposits)):
+                    for i in range(first_id + first, first_id + min(first + per_block, deposits)):
                         account = f"user{i % accounts}"
                         chains.deposit("sim", account, "USDC", (i % 7 + 1) * USDC)
                         sent[account] = sent.get(account, 0) + (i % 7 + 1) * USDC
 
-            t0 = time.perf_counter()
-            node.latency.reset()
-            async with trio.open_nursery() as inner:
-                inner.start_soon(deposit_stream)
-                beside = await trade(node, rate, seconds)
-            stages = node.latency.summary()
-            adapter = chains.adapters["sim"]
-            with trio.move_on_after(120):
-                while adapter.credited < deposits:
-                    await trio.sleep(0.05)
-            credited_s = time.perf_counter() - t0
-            after = await trade(node, rate, seconds)  # alone again: the machine's drift, if any
+            alone, beside, stages, to_credit = [], [], [], []
+            for r in range(rounds):
+                alone.append(quantiles(await trade(node, rate, seconds)))
+                node.latency.reset()
+                t0 = time.perf_counter()
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(deposit_stream, r * deposits)
+                    beside.append(quantiles(await trade(node, rate, seconds)))
+                stages.append(node.latency.summary())
+                with trio.move_on_after(120):
+                    while adapter.credited < (r + 1) * deposits:
+                        await trio.sleep(0.05)
+                to_credit.append(time.perf_counter() - t0)
             await trio.sleep(1.0)  # re-reports, if any, would be refused and change nothing
             wrong = 0
             for account, amount in sent.items():
                 free, held = await node.ask("risk", BalanceOf(account, "USDC"))
                 wrong += free + held != amount
-            result = {"before": quantiles(before), "beside": quantiles(beside), "after": quantiles(after), "credited": adapter.credited,
-                      "wrong_balances": wrong, "seconds_to_credit_all": credited_s,
-                      "provider_errors": chains.adapters["sim"].providers.errors, "overloaded_calls": overloaded.calls, "stages": stages}
+            result = {"alone": alone, "beside": beside, "stages": stages, "credited": adapter.credited,
+                      "wrong_balances": wrong, "seconds_to_credit": to_credit,
+                      "provider_errors": adapter.providers.errors, "overloaded_calls": overloaded.calls}
             node.shutdown()
             nursery.cancel_scope.cancel()
     return result
@@ -118,27 +121,32 @@ async def run(deposits: int, accounts: int, rate: int, seconds: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--deposits", type=int, default=10_000)
+    ap.add_argument("--deposits", type=int, default=10_000, help="deposits per round")
     ap.add_argument("--accounts", type=int, default=500)
-    ap.add_argument("--rate", type=int, default=400)
-    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--rate", type=int, default=400, help="orders a second")
+    ap.add_argument("--seconds", type=float, default=8.0, help="each run's length (the deposits spread over it)")
+    ap.add_argument("--rounds", type=int, default=3, help="runs alone and beside, alternated")
     args = ap.parse_args()
     setup_logging(logging.WARNING)
-    r = trio.run(run, args.deposits, args.accounts, args.rate, args.seconds)
-    print(f"orders at {args.rate}/s, durable-ack latency ms (p50 / p99):")
-    alone_p99 = (r["before"][1] + r["after"][1]) / 2
-    print(f"  trading alone, before   : {r['before'][0]:7.2f} / {r['before'][1]:7.2f}")
-    print(f"  beside {args.deposits:,} deposits: {r['beside'][0]:7.2f} / {r['beside'][1]:7.2f}  "
-          f"(p99 / mean p99 alone = {r['beside'][1] / alone_p99:.2f})")
-    print(f"  trading alone, after    : {r['after'][0]:7.2f} / {r['after'][1]:7.2f}")
-    print("the node's stages beside the deposits, us (p50 / p99 / max; apply and durable per block, weighted by its txs):")
-    for stage, s in r["stages"].items():
-        if s["count"]:
-            print(f"  {stage:<9}: {s['p50']:>8,} / {s['p99']:>8,} / {s['max']:>8,}")
-    print(f"deposits credited: {r['credited']:,} of {args.deposits:,} in {r['seconds_to_credit_all']:.1f} s; "
-          f"accounts whose balance differs from what was sent: {r['wrong_balances']}")
+    r = trio.run(run, args.deposits, args.accounts, args.rate, args.seconds, args.rounds)
+    med = statistics.median
+    print(f"orders at {args.rate}/s, durable-ack latency ms (p50 / p99), {args.rounds} rounds alternated; "
+          f"{args.deposits:,} deposits over {args.seconds:g} s ({args.deposits / args.seconds:,.0f}/s) beside:")
+    for i, (a, b) in enumerate(zip(r["alone"], r["beside"])):
+        print(f"  round {i + 1}: alone {a[0]:6.2f} / {a[1]:6.2f}   beside the deposits {b[0]:6.2f} / {b[1]:6.2f}   "
+              f"credited in {r['seconds_to_credit'][i]:.1f} s")
+    alone_p99, beside_p99 = med(a[1] for a in r["alone"]), med(b[1] for b in r["beside"])
+    print(f"  median: alone {med(a[0] for a in r['alone']):6.2f} / {alone_p99:6.2f}   beside "
+          f"{med(b[0] for b in r['beside']):6.2f} / {beside_p99:6.2f}   p99 ratio beside/alone {beside_p99 / alone_p99:.2f}")
+    print("the node's stages beside the deposits, us, median of the rounds (p50 / p99; per block, weighted by its txs):")
+    for stage in ("apply", "durable"):
+        print(f"  {stage:<8}: {med(s[stage]['p50'] for s in r['stages']):>8,.0f} / "
+              f"{med(s[stage]['p99'] for s in r['stages']):>8,.0f}")
+    total = args.deposits * args.rounds
+    print(f"deposits credited: {r['credited']:,} of {total:,}; accounts whose balance differs from what was sent: "
+          f"{r['wrong_balances']}")
     print(f"overloaded provider: {r['overloaded_calls']:,} calls; failovers after a provider error: {r['provider_errors']:,}")
-    if r["credited"] != args.deposits or r["wrong_balances"]:
+    if r["credited"] != total or r["wrong_balances"]:
         raise SystemExit("FAILED: not every deposit was credited exactly once")
 
 
