@@ -66,6 +66,7 @@ BACKLOG = 10_000
 BREAKER_FAILURES = 3
 MAX_PROBE_S = 30.0
 SWEEP_S = 2.0  # an address is swept this long after its first deposit not swept yet (later ones go along)
+SIGN_CHUNK = 8  # deposit reports signed between two checkpoints
 SWEEP_BATCH = 20  # addresses swept per poll at most: custody housekeeping at a steady pace, never a burst
 REORG_RESCAN = 64  # blocks scanned again after a reorg deeper than the confirmations
 
@@ -225,17 +226,17 @@ class Adapter:
                     done.set()
             return answered
 
-        def signed() -> list[ChainDeposit]:  # libsodium releases the GIL: signing stays off the event loop
-            out = []
-            for t, account in found:
-                params = {"chain": self.name, "txHash": t.tx_hash, "logIndex": str(t.log_index), "account": account,
-                          "symbol": t.asset, "quantity": format_units(t.amount, self.decimals[t.asset])}
-                out.append(ChainDeposit(self.key.api_key, self.name, t.tx_hash, t.log_index, account, t.asset, t.amount,
-                                        auth_for(self.key, "depositConfirmed", params)))
-            return out
-
-        for i, tx in enumerate(await trio.to_thread.run_sync(signed)):
-            self.node.submit(tx, answerer(i))
+        # signed on the loop, SIGN_CHUNK at a time with a checkpoint between: ~70 us each,
+        # mostly Python around libsodium. In a worker thread the same work held the GIL in
+        # slices that kept the loop waiting up to a switch interval (5 ms) each time
+        # (measured: order p99 beside the deposits went up by that much)
+        for i, (t, account) in enumerate(found):
+            if i and not i % SIGN_CHUNK:
+                await trio.sleep(0)
+            params = {"chain": self.name, "txHash": t.tx_hash, "logIndex": str(t.log_index), "account": account,
+                      "symbol": t.asset, "quantity": format_units(t.amount, self.decimals[t.asset])}
+            self.node.submit(ChainDeposit(self.key.api_key, self.name, t.tx_hash, t.log_index, account, t.asset,
+                                          t.amount, auth_for(self.key, "depositConfirmed", params)), answerer(i))
         await done.wait()
         paused = False
         for (t, _), events in zip(found, answers):
