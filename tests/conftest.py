@@ -271,3 +271,23 @@ def concretize(blocks: list, first_seq: int) -> list:
             seq += 1
         out.append(txs)
     return out
+
+
+# ---------------------------------------------------------------- the EVM dev node
+
+
+@pytest.fixture(scope="module")
+def installed():
+    """The EVM dev node's npm project (hardhat and solc-js), installed on first use; the
+    test is skipped with the reason where npm is missing, and fails instead when
+    SATCHEL_REQUIRE_EVM is set (``.ci/run`` sets it)."""
+    import os
+
+    from satchel.chains.evm import devnode
+
+    try:
+        return devnode.ensure_installed()
+    except devnode.NpmMissing as e:
+        if os.environ.get("SATCHEL_REQUIRE_EVM"):
+            pytest.fail(f"SATCHEL_REQUIRE_EVM is set but the EVM dev node cannot be installed: {e}")
+        pytest.skip(f"EVM dev node unavailable: {e}")

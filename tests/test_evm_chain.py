@@ -10,7 +10,6 @@ npm the tests are skipped with the reason; SATCHEL_REQUIRE_EVM=1 (for CI) makes 
 
 from __future__ import annotations
 
-import os
 
 import msgspec
 import pytest
@@ -38,16 +37,6 @@ MINTED = 1_000_000 * USDC
 
 
 # -- the dev node, once per module -----------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def installed():
-    try:
-        return devnode.ensure_installed()
-    except devnode.NpmMissing as e:
-        if os.environ.get("SATCHEL_REQUIRE_EVM"):
-            pytest.fail(f"SATCHEL_REQUIRE_EVM is set but the EVM dev node cannot be installed: {e}")
-        pytest.skip(f"EVM dev node unavailable: {e}")
-
 
 @pytest.fixture(scope="module")
 def dev(installed):

@@ -11,7 +11,6 @@ failure instead.
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 import socket
 
@@ -27,17 +26,6 @@ from satchel.chains.evm.rpc import EvmRpc, Fault, JsonRpcError, ProviderDown, Ra
 
 USDC_UNIT = 10**6
 ETH = 10**18
-
-
-@pytest.fixture(scope="module")
-def installed():
-    """The dev node's npm project (hardhat and solc-js), installed on first use."""
-    try:
-        return devnode.ensure_installed()
-    except devnode.NpmMissing as e:
-        if os.environ.get("SATCHEL_REQUIRE_EVM"):
-            pytest.fail(f"SATCHEL_REQUIRE_EVM is set but the EVM dev node cannot be installed: {e}")
-        pytest.skip(f"EVM dev node unavailable: {e}")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import signal
 import sys
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -154,24 +154,32 @@ async def _faucet(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _stats(args: argparse.Namespace) -> int:
-    """The node's ``platformStats``: a table, or with ``--json`` the answer as it came."""
-    import json as json_mod
-
+async def _request(args: argparse.Namespace, command: str, method: str, key: Any = None) -> Any:
+    """One request to the node at ``args.url`` (signed with ``key``, unsigned without):
+    the answer, or None once the failure is printed as ``satchel <command>: ...``."""
     from trio_websocket import ConnectionClosed, HandshakeError
 
     from satchel.tools.client import ReplyError, connect
 
     failure = None
     try:
-        async with connect(args.url) as client:
-            stats = await client.request("platformStats", sign=False)
+        async with connect(args.url, key) as client:
+            return await (client.request(method, {}) if key is not None else client.request(method, sign=False))
     except* (OSError, HandshakeError, ConnectionClosed, ConnectionError) as eg:
-        failure = f"cannot reach {args.url}: {eg.exceptions[0]}"
+        exc = eg.exceptions[0]
+        failure = f"cannot reach {args.url}: {str(exc) or str(exc.__cause__ or exc.__context__ or '') or type(exc).__name__}"
     except* ReplyError as eg:
         failure = str(eg.exceptions[0])
-    if failure is not None:
-        print(f"satchel stats: {failure}", file=sys.stderr)
+    print(f"satchel {command}: {failure}", file=sys.stderr)
+    return None
+
+
+async def _stats(args: argparse.Namespace) -> int:
+    """The node's ``platformStats``: a table, or with ``--json`` the answer as it came."""
+    import json as json_mod
+
+    stats = await _request(args, "stats", "platformStats")
+    if stats is None:
         return 1
     if args.json:
         print(json_mod.dumps(stats, indent=2))
@@ -233,20 +241,8 @@ async def _status(args: argparse.Namespace) -> int:
     of its custody books, or with ``--json`` the answer as it came."""
     import json as json_mod
 
-    from trio_websocket import ConnectionClosed, HandshakeError
-
-    from satchel.tools.client import ReplyError, connect
-
-    failure = None
-    try:
-        async with connect(args.url) as client:
-            chains = await client.request("chainStatusQuery", sign=False)
-    except* (OSError, HandshakeError, ConnectionClosed, ConnectionError) as eg:
-        failure = f"cannot reach {args.url}: {eg.exceptions[0]}"
-    except* ReplyError as eg:
-        failure = str(eg.exceptions[0])
-    if failure is not None:
-        print(f"satchel status: {failure}", file=sys.stderr)
+    chains = await _request(args, "status", "chainStatusQuery")
+    if chains is None:
         return 1
     if args.json:
         print(json_mod.dumps(chains, indent=2))
@@ -280,25 +276,14 @@ async def _reconcile(args: argparse.Namespace) -> int:
     Exit status 1 when a chain's difference is not zero, or the node cannot answer."""
     import json as json_mod
 
-    from trio_websocket import ConnectionClosed, HandshakeError
-
     from satchel.signing import load_key
-    from satchel.tools.client import ReplyError, connect
 
     admin_path = Path(args.data) / "admin.key"
     if not admin_path.exists():
         print(f"satchel reconcile: no admin key at {admin_path}; give the node's --data", file=sys.stderr)
         return 1
-    failure = None
-    try:
-        async with connect(args.url, load_key(Path(args.data), "admin.key")) as client:
-            result = await client.request("reconcileQuery", {})
-    except* (OSError, HandshakeError, ConnectionClosed, ConnectionError) as eg:
-        failure = f"cannot reach {args.url}: {eg.exceptions[0]}"
-    except* ReplyError as eg:
-        failure = str(eg.exceptions[0])
-    if failure is not None:
-        print(f"satchel reconcile: {failure}", file=sys.stderr)
+    result = await _request(args, "reconcile", "reconcileQuery", load_key(Path(args.data), "admin.key"))
+    if result is None:
         return 1
     if args.json:
         print(json_mod.dumps(result, indent=2))
