@@ -28,7 +28,7 @@ import trio
 
 from satchel import config
 from satchel.chains.embedded import SimChains
-from satchel.core.messages import ASK, BID, GTC, IOC, LIMIT, REJECT_TAKER, BalanceOf, Deposit, PlaceOrder
+from satchel.core.messages import ASK, BID, GTC, IOC, LIMIT, REJECT_TAKER, BalanceOf, Deposit, PlaceOrder, SetLeverage
 from satchel.node import Node
 from satchel.tools.cli import setup_logging
 
@@ -61,7 +61,7 @@ async def trade(node: Node, rate: int, seconds: float) -> list[float]:
     return latencies
 
 
-async def run(deposits: int, accounts: int, rate: int, seconds: float, rounds: int) -> dict:
+async def run(deposits: int, accounts: int, rate: int, seconds: float, rounds: int, auto_lend: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config.load()
         sim = msgspec.structs.replace(cfg.chains["sim"], block_ms=50, confirmations=3)
@@ -77,6 +77,8 @@ async def run(deposits: int, accounts: int, rate: int, seconds: float, rounds: i
                 await node.submit_wait(Deposit(admin, f"mm{i}", "SOL", 10**15))
             for i in range(accounts):  # users asked for their addresses before (each is fsynced once)
                 node.addresses.issue("sim", f"user{i}")
+                if not auto_lend:
+                    await node.submit_wait(SetLeverage(f"user{i}", 0, auto_lend=0))
             sent: dict[str, int] = {}
             adapter = chains.adapters["sim"]
 
@@ -93,9 +95,11 @@ async def run(deposits: int, accounts: int, rate: int, seconds: float, rounds: i
                         chains.deposit("sim", account, "USDC", (i % 7 + 1) * USDC)
                         sent[account] = sent.get(account, 0) + (i % 7 + 1) * USDC
 
-            alone, beside, stages, to_credit = [], [], [], []
+            alone, beside, stages, stages_alone, to_credit = [], [], [], [], []
             for r in range(rounds):
+                node.latency.reset()
                 alone.append(quantiles(await trade(node, rate, seconds)))
+                stages_alone.append(node.latency.summary())
                 node.latency.reset()
                 t0 = time.perf_counter()
                 async with trio.open_nursery() as inner:
@@ -111,7 +115,7 @@ async def run(deposits: int, accounts: int, rate: int, seconds: float, rounds: i
             for account, amount in sent.items():
                 free, held = await node.ask("risk", BalanceOf(account, "USDC"))
                 wrong += free + held != amount
-            result = {"alone": alone, "beside": beside, "stages": stages, "credited": adapter.credited,
+            result = {"alone": alone, "beside": beside, "stages": stages, "stages_alone": stages_alone, "credited": adapter.credited,
                       "wrong_balances": wrong, "seconds_to_credit": to_credit,
                       "provider_errors": adapter.providers.errors, "overloaded_calls": overloaded.calls}
             node.shutdown()
@@ -126,9 +130,10 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=400, help="orders a second")
     ap.add_argument("--seconds", type=float, default=8.0, help="each run's length (the deposits spread over it)")
     ap.add_argument("--rounds", type=int, default=3, help="runs alone and beside, alternated")
+    ap.add_argument("--no-auto-lend", action="store_true", help="the depositing accounts do not auto-lend")
     args = ap.parse_args()
     setup_logging(logging.WARNING)
-    r = trio.run(run, args.deposits, args.accounts, args.rate, args.seconds, args.rounds)
+    r = trio.run(run, args.deposits, args.accounts, args.rate, args.seconds, args.rounds, not args.no_auto_lend)
     med = statistics.median
     print(f"orders at {args.rate}/s, durable-ack latency ms (p50 / p99), {args.rounds} rounds alternated; "
           f"{args.deposits:,} deposits over {args.seconds:g} s ({args.deposits / args.seconds:,.0f}/s) beside:")
@@ -138,10 +143,12 @@ def main() -> None:
     alone_p99, beside_p99 = med(a[1] for a in r["alone"]), med(b[1] for b in r["beside"])
     print(f"  median: alone {med(a[0] for a in r['alone']):6.2f} / {alone_p99:6.2f}   beside "
           f"{med(b[0] for b in r['beside']):6.2f} / {beside_p99:6.2f}   p99 ratio beside/alone {beside_p99 / alone_p99:.2f}")
-    print("the node's stages beside the deposits, us, median of the rounds (p50 / p99; per block, weighted by its txs):")
+    print("the node's stages, us, median of the rounds (p50 / p99; per block, weighted by its txs):")
     for stage in ("apply", "durable"):
-        print(f"  {stage:<8}: {med(s[stage]['p50'] for s in r['stages']):>8,.0f} / "
-              f"{med(s[stage]['p99'] for s in r['stages']):>8,.0f}")
+        alone_s, beside_s = r["stages_alone"], r["stages"]
+        print(f"  {stage:<8}: alone {med(s[stage]['p50'] for s in alone_s):>7,.0f} / "
+              f"{med(s[stage]['p99'] for s in alone_s):>7,.0f}   beside {med(s[stage]['p50'] for s in beside_s):>7,.0f} / "
+              f"{med(s[stage]['p99'] for s in beside_s):>7,.0f}")
     total = args.deposits * args.rounds
     print(f"deposits credited: {r['credited']:,} of {total:,}; accounts whose balance differs from what was sent: "
           f"{r['wrong_balances']}")
