@@ -25,11 +25,12 @@ from typing import Any
 import msgspec
 import trio
 
+from satchel.api.coalesced import ReadPerBlock
 from satchel.api.format import Formatter
 from satchel.api.marketdata import MarketData
 from satchel.chains.addresses import DERIVATIONS
 from satchel.clock import now_us
-from satchel.core.errors import MAINTENANCE, Code, RequestError
+from satchel.core.errors import Code, RequestError
 from satchel.core.messages import BlockHeader, ChainsOf, ChainStatusChanged, ConfigChanged, Query
 
 STREAM = "chainStatus"
@@ -79,7 +80,7 @@ class Addresses:
         return address
 
 
-class ChainStatus:
+class ChainStatus(ReadPerBlock):
     """The ``chainStatus`` stream and the ``chainStatusQuery`` answers, through ``read``
     (``node.sequencer.read``) and ``marketdata``'s subscriptions. ``chains``: the chain
     specs the edges know (``api.listing.Listing.chains``), ``kinds`` a chain's kind."""
@@ -94,12 +95,8 @@ class ChainStatus:
         # chain -> (paused, reason, signer or None when not known, sequenced time of the change)
         self.status: dict[str, tuple[bool, str, str | None, int]] = {
             name: (False, "", None, timestamp) for name in sorted(chains)}
-        self._height = height
+        ReadPerBlock.__init__(self, height)  # ``latest``: the last ChainsOf answer
         self._ts = timestamp
-        self._views: list | None = None  # the last ChainsOf answer
-        self._views_height = -1
-        self._pending = False
-        self._waiting: list[Callable[[list], None]] = []
         marketdata.add_feed(STREAM, self._frames)
 
     # ------------------------------------------------------------------ the node's side
@@ -151,18 +148,6 @@ class ChainStatus:
 
     # ------------------------------------------------------------------ the query
 
-    def when_ready(self, answer: Callable[[list], None]) -> None:
-        """``answer(views)``: the ``ChainsOf`` answer as of the last published block (one
-        read per block at most, shared by every request waiting); MAINTENANCE if the node
-        is shutting down."""
-        if self._views is not None and self._views_height == self._height:
-            answer(self._views)
-            return
-        self._waiting.append(answer)
-        if not self._pending and not self._take():
-            self._waiting.remove(answer)
-            raise RequestError(MAINTENANCE, "Node is shutting down")
-
     def _take(self) -> bool:
         self._pending = True
         try:
@@ -174,17 +159,12 @@ class ChainStatus:
 
     def _taken(self, views: list) -> None:
         # the read's state includes every block published before this call
-        self._pending = False
-        self._views = views
-        self._views_height = self._height
         for v in views:
             name = v.spec.name
             old = self.status.get(name)
             if old is None or (old[0], old[1]) != (v.paused, v.reason):
                 self.status[name] = (v.paused, v.reason, None, self._ts)
-        waiting, self._waiting = self._waiting, []
-        for answer in waiting:
-            answer(views)
+        self._answered(views)
 
     def payload(self, views: list) -> list[dict]:
         """``chainStatusQuery`` items: per chain its kind, assets, confirmations, pause, and

@@ -52,9 +52,9 @@ from typing import Any
 import msgspec
 import trio
 
+from satchel.api.coalesced import ReadPerBlock
 from satchel.api.format import Formatter
 from satchel.api.marketdata import MarketData
-from satchel.core.errors import MAINTENANCE, RequestError
 from satchel.core import lending
 from satchel.core.messages import BlockHeader, Deposited, LedgerOf, MarketSpec, MarksOf, PoolsOf, Query, WithdrawalUpdate
 
@@ -67,7 +67,7 @@ Read = Callable[[Query, Callable[[Any], None]], None]
 _encode = msgspec.json.encode
 
 
-class PlatformStats:
+class PlatformStats(ReadPerBlock):
     """The figures of ``STREAM``, taken through ``read`` (``node.sequencer.read``) and
     sent through ``marketdata``'s subscriptions; ``height``/``timestamp`` are the
     recovered chain's, the state before the first published block."""
@@ -79,15 +79,11 @@ class PlatformStats:
         self._read = read
         self.every_us = every_us
         self.valuation = valuation
-        self.latest: dict | None = None  # the last figures taken (a request's answer)
+        ReadPerBlock.__init__(self, height)  # ``latest``: the last figures taken (a request's answer)
         self._frame: str | None = None  # the stream's last frame, encoded once (a new subscriber's snapshot)
-        self._height = height  # of the last published block
         self._ts = timestamp
-        self._taken_height = -1  # the state ``latest`` describes
         self._next = 0  # sequenced time (µs) from which figures taken go out on the stream
-        self._pending = False  # a read is in flight
         self._deposits: dict[str, int] | None = None  # per asset, once the first read answered
-        self._waiting: list[Callable[[dict], None]] = []
         marketdata.add_feed(STREAM, lambda: [] if self._frame is None else [self._frame])
 
     # ------------------------------------------------------------------ the node's side
@@ -113,19 +109,6 @@ class PlatformStats:
         if ts >= self._next and not self._pending:
             self._take()
 
-    def when_ready(self, answer: Callable[[dict], None]) -> None:
-        """``answer(figures)`` as of the last published block: now if the latest figures
-        are, else once the read in flight (or a new one) is answered. Requests coalesce:
-        at most one read is in flight, and its state includes every block published
-        while it waits."""
-        if self.latest is not None and self._taken_height == self._height:
-            answer(self.latest)
-            return
-        self._waiting.append(answer)
-        if not self._pending and not self._take():
-            self._waiting.remove(answer)
-            raise RequestError(MAINTENANCE, "Node is shutting down")
-
     # ------------------------------------------------------------------ taking the figures
 
     def _take(self) -> bool:
@@ -150,19 +133,14 @@ class PlatformStats:
         return True
 
     def _taken(self, answers: list) -> None:
-        self._pending = False
         if self._deposits is None:
             self._deposits = {asset: d - w for asset, (d, w, _fees, _balances) in answers[2].items()}
         data = self.figures(answers[0], self.lending_totals(answers[1]))
-        self.latest = data
-        self._taken_height = self._height
         if self._ts >= self._next:  # figures a request asked for within the second only refresh ``latest``
             self._next = self._ts + self.every_us
             self._frame = _encode({"stream": STREAM, "data": data}).decode()
             self.md.broadcast(STREAM, self._frame)
-        waiting, self._waiting = self._waiting, []
-        for answer in waiting:
-            answer(data)
+        self._answered(data)
 
     @staticmethod
     def lending_totals(pools: list) -> dict[str, tuple[int, int]]:
