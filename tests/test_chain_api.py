@@ -426,3 +426,41 @@ def test_history_rows_do_not_depend_on_the_order_blocks_are_written(tmp_path):
     assert (item["status"], item["state"], item["clientId"], item["quantity"]) == ("confirmed", "confirmed", "3", "7")
     items = views.deposits(fmt, deposits, lambda chain, account: f"{chain}:{account}")
     assert [d["toAddress"] for d in items] == [None, f"{CHAIN}:a"]
+
+
+async def test_chain_control_and_adapter_reports_through_the_gateway(server):
+    """An operator pauses and resumes a chain and approves a cold sweep over the API (signed
+    by the admin key; anyone else is refused and nothing changes), and an adapter in another
+    process reports deposits and withdrawals over the API with its own key."""
+    admin, carol = server.node.admin, Keypair.generate()
+    key = server.node.chain_keys[CHAIN]
+    async with connect(server.url, admin) as a, connect(server.url, carol) as c, connect(server.url, key) as adapter:
+        with pytest.raises(ReplyError, match="UNAUTHORIZED"):
+            await c.request("chainStatus", {"chain": CHAIN, "paused": "true", "reason": "mine"})
+        with pytest.raises(ReplyError, match="UNAUTHORIZED"):
+            await c.request("approveSweep", {"chain": CHAIN, "symbol": "USDC", "quantity": "1"})
+        [sim] = await c.request("chainStatusQuery", sign=False)
+        assert sim["paused"] is False
+        assert (await a.request("chainStatus", {"chain": CHAIN, "paused": "true", "reason": "maintenance"}))["paused"] == "true"
+        [sim] = await c.request("chainStatusQuery", sign=False)
+        assert (sim["paused"], sim["reason"]) == (True, "maintenance")
+        with pytest.raises(ReplyError, match="CHAIN_PAUSED"):
+            await adapter.request("depositConfirmed", {"chain": CHAIN, "txHash": "0xfeed", "logIndex": "0",
+                                                       "account": carol.api_key, "symbol": "USDC", "quantity": "12"})
+        await a.request("chainStatus", {"chain": CHAIN, "paused": "false", "reason": "done"})
+        report = {"chain": CHAIN, "txHash": "0xfeed", "logIndex": "0", "account": carol.api_key, "symbol": "USDC",
+                  "quantity": "12"}
+        await adapter.request("depositConfirmed", report)
+        with pytest.raises(ReplyError, match="ALREADY_CREDITED"):
+            await adapter.request("depositConfirmed", report)
+        with pytest.raises(ReplyError, match="UNAUTHORIZED"):  # only the chain's adapter reports its deposits
+            await c.request("depositConfirmed", {**report, "txHash": "0xbeef"})
+        assert (await c.request("balanceQuery"))["USDC"]["available"] == "12"
+        w = await c.request("withdraw", {"address": "sim1out", "blockchain": CHAIN, "quantity": "5", "symbol": "USDC"})
+        await adapter.request("withdrawalSent", {"chain": CHAIN, "withdrawalId": str(w["id"]), "txHash": "0xout"})
+        await adapter.request("withdrawalConfirmed", {"chain": CHAIN, "withdrawalId": str(w["id"])})
+        assert (await c.request("balanceQuery"))["USDC"] == {"available": "7", "locked": "0", "staked": "0"}
+        # cold storage: nothing there to sweep yet
+        with pytest.raises(ReplyError) as refused:
+            await a.request("approveSweep", {"chain": CHAIN, "symbol": "USDC", "quantity": "1"})
+        assert "UNAUTHORIZED" not in str(refused.value)

@@ -56,7 +56,8 @@ METHODS = (
     "openInterest", "accountUpdate", "accountQuery", "orderExecuteBatch", "orderHistoryQueryAll", "fillHistoryQueryAll",
     "borrowLendMarkets", "platformStats", "borrowLendExecute", "borrowLendPositionQuery", "borrowHistoryQueryAll",
     "interestHistoryQueryAll", "withdraw", "withdrawalQueryAll", "depositQueryAll", "depositAddressQuery",
-    "chainStatusQuery", "reconcileQuery",
+    "chainStatusQuery", "reconcileQuery", "chainStatus", "approveSweep", "depositConfirmed", "withdrawalSent",
+    "withdrawalConfirmed", "withdrawalFailed",
 )
 MAX_BATCH = 50  # orders in one POST /api/v1/orders (each journaled record keeps the whole signed batch)
 # requests whose params are a list of objects, each signed as its own segment
@@ -535,6 +536,37 @@ class Api:
     @_request
     def adminSetFees(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
         self._transaction(caller, req_id, texts, sig, "adminSetFees", lambda tx, texts: self._ack_reply(texts))
+
+    # ------------------------------------------------------------------ chains: the admin and the adapters
+
+    @_request
+    def chainStatus(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """Pause or resume a chain's deposits and withdrawals (``{"chain", "paused", "reason"}``),
+        signed by the admin key or the chain's adapter key (the engine checks which)."""
+        self._transaction(caller, req_id, texts, sig, "chainStatus", lambda tx, texts: self._ack_reply(texts))
+
+    @_request
+    def approveSweep(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """Move ``quantity`` of ``symbol`` from cold storage to the hot wallet of ``chain``
+        (admin); queued withdrawals it covers become pending."""
+        self._transaction(caller, req_id, texts, sig, "approveSweep", lambda tx, texts: self._ack_reply(texts))
+
+    # an adapter running in its own process reports through the gateway, signed with its key
+    @_request
+    def depositConfirmed(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        self._transaction(caller, req_id, texts, sig, "depositConfirmed", lambda tx, texts: self._ack_reply(texts))
+
+    @_request
+    def withdrawalSent(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        self._transaction(caller, req_id, texts, sig, "withdrawalSent", lambda tx, texts: self._ack_reply(texts))
+
+    @_request
+    def withdrawalConfirmed(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        self._transaction(caller, req_id, texts, sig, "withdrawalConfirmed", lambda tx, texts: self._ack_reply(texts))
+
+    @_request
+    def withdrawalFailed(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        self._transaction(caller, req_id, texts, sig, "withdrawalFailed", lambda tx, texts: self._ack_reply(texts))
 
     @_request
     def deposit(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:

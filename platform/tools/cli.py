@@ -318,6 +318,12 @@ async def _admin(args: argparse.Namespace) -> int:
             params["account"] = args.account
         if args.symbol:
             params["symbol"] = args.symbol
+    elif args.what == "chain":
+        method = "chainStatus"
+        params = {"chain": args.chain, "paused": args.state == "pause", "reason": args.reason or f"admin {args.state}"}
+    elif args.what == "sweep":
+        method = "approveSweep"
+        params = {"chain": args.chain, "symbol": args.asset, "quantity": args.amount}
     else:
         method = "adminSetFees"
         params = {"symbol": args.symbol, "makerFeeBps": args.maker, "takerFeeBps": args.taker}
@@ -541,7 +547,15 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--symbol", required=True)
     f.add_argument("--maker", type=int, required=True)
     f.add_argument("--taker", type=int, required=True)
-    for q in (t, f):
+    c = asub.add_parser("chain", help="pause or resume a chain's deposits and withdrawals (trading goes on)")
+    c.add_argument("state", choices=["pause", "resume"])
+    c.add_argument("--chain", required=True)
+    c.add_argument("--reason", help="shown in satchel status and the chainStatus stream")
+    w = asub.add_parser("sweep", help="approve moving funds from cold storage to a chain's hot wallet")
+    w.add_argument("--chain", required=True)
+    w.add_argument("--asset", required=True)
+    w.add_argument("--amount", required=True, help="a decimal in the asset's units")
+    for q in (t, f, c, w):
         q.add_argument("--url", default="ws://127.0.0.1:8765")
         q.add_argument("--data", default="./data")
 
