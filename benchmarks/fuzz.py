@@ -82,11 +82,18 @@ SYMBOLS = ["SOL_USDC", "BTC_USDC", "ETH_USDC"]
 ASSETS = ["USDC", "SOL", "BTC", "ETH"]
 SIGNED_METHODS = ["orderExecute", "orderCancel", "orderCancelAll", "orderQuery", "orderQueryAll", "balanceQuery",
                   "deposit", "adminSetTrading", "adminSetFees"]
-METHODS = SIGNED_METHODS + ["depth", "ledgerTotals", "nodeStats", "SUBSCRIBE", "UNSUBSCRIBE"]
+# deposits and withdrawals: the account's requests, the admin's chain control, the adapter's reports
+CHAIN_METHODS = ["withdraw", "withdrawalQueryAll", "depositQueryAll", "depositAddressQuery", "reconcileQuery",
+                 "chainStatus", "approveSweep", "depositConfirmed", "withdrawalSent", "withdrawalConfirmed",
+                 "withdrawalFailed"]
+METHODS = SIGNED_METHODS + CHAIN_METHODS + ["depth", "ledgerTotals", "nodeStats", "chainStatusQuery", "SUBSCRIBE",
+                                            "UNSUBSCRIBE"]
 # nodeStats walks HdrHistograms in pure Python on the event loop (~48 ms a call, unsigned):
 # the fuzzer sends it at most once per this many frames, or it would be most of the run
 NODE_STATS_EVERY = 1_000
-WRITE_METHODS = frozenset(["orderExecute", "orderCancel", "orderCancelAll", "deposit", "adminSetTrading", "adminSetFees"])
+WRITE_METHODS = frozenset(["orderExecute", "orderCancel", "orderCancelAll", "deposit", "adminSetTrading", "adminSetFees",
+                           "withdraw", "chainStatus", "approveSweep", "depositConfirmed", "withdrawalSent",
+                           "withdrawalConfirmed", "withdrawalFailed"])
 STREAMS = [f"{k}.{s}" for k in ("depth", "trade", "bookTicker", "ticker") for s in SYMBOLS] + [
     "account.orderUpdate", "account.orderUpdate.SOL_USDC", "account.balanceUpdate", "account.rfqUpdate",
     "account.positionUpdate"]
@@ -569,6 +576,12 @@ _GOOD: dict[str, list] = {
     "orderId": [1, 2, 12_345, "3"], "asset": ASSETS, "enabled": [True, False], "makerFeeBps": [-1, 0, 2, 10_000],
     "takerFeeBps": [0, 5, 10_000], "account": ["@pool0", "@pool1", "@admin", "@fresh"],
     "limit": ["1", "10", "1000", 5], "offset": ["0", "1", 3], "reset": [False, "false", True],
+    # odd but valid texts (&, =, %, unicode) where a chain request takes free text
+    "blockchain": ["sim", "Sim", "SIM"], "chain": ["sim"], "address": ["sim1abc", "0xdead", "a&b=c%d", "ünï ✓"],
+    "txHash": ["0xabc", "0x&=%20", "hash ü"], "logIndex": ["0", "1", "4294967295"], "withdrawalId": ["1", "19", 7],
+    "reason": ["", "node maintenance", "a&b=c%25", "∑ü ✓"], "paused": ["true", "false"],
+    "id": ["1", 2], "from": ["0", "1700000000000"], "to": ["9999999999999"], "excludePlatform": ["true", "false"],
+    "twoFactorToken": ["123456"], "autoBorrow": ["false"], "autoLendRedeem": ["true"],
 }
 _NEAR: dict[str, list] = {
     "symbol": ["DOGE_USDC", "sol_usdc", "SOL-USDC", "SOLUSDC", "SOL_USDC\x00", "ＳＯＬ＿ＵＳＤＣ", "USDC_SOL", ""],
@@ -581,6 +594,10 @@ _NEAR: dict[str, list] = {
     "account": ["", "not base64!", "AAAA", "A" * 43 + "=", "A" * 44, "@pool0\n"],
     "limit": ["-1", "0", "1001", "1e3", str(2**64), Tok("1e400"), "", " 1"], "offset": ["-1", str(2**64), "1.5", "x"],
     "reset": ["true", 1, "yes"],
+    "blockchain": ["Solana", "ethereum", "sim\x00", "", "ｓｉｍ"], "chain": ["SIM", "nope", ""],
+    "address": ["", "x" * 129, "line\nbreak", "\x00"], "txHash": ["", "x" * 300, "\x7f"],
+    "logIndex": ["-1", "4294967296", str(2**64), "1.5"], "withdrawalId": ["-1", "0", str(2**64), "x"],
+    "reason": ["x" * 300, "\x00"], "paused": ["yes", 1, None],
 }
 for _f in ("price", "quantity", "quoteQuantity"):
     _NEAR[_f] = DECIMAL_TEXTS + [Tok(t) for t in ("1", "150.25", "1e2", "-0", "1e400", "01")]
@@ -599,6 +616,19 @@ TEMPLATES: dict[str, tuple[list[str], list[str]]] = {
     "adminSetFees": (["symbol", "makerFeeBps", "takerFeeBps"], []),
     "ledgerTotals": ([], ["asset", "symbol", "account"]),
     "nodeStats": ([], ["reset"]),
+    "withdraw": (["blockchain", "symbol", "quantity", "address"], ["clientId", "twoFactorToken", "autoBorrow",
+                                                                    "autoLendRedeem"]),
+    "withdrawalQueryAll": ([], ["id", "clientId", "from", "to", "limit", "offset"]),
+    "depositQueryAll": ([], ["from", "to", "limit", "offset", "excludePlatform"]),
+    "depositAddressQuery": (["blockchain"], []),
+    "chainStatusQuery": ([], []),
+    "reconcileQuery": ([], []),
+    "chainStatus": (["chain", "paused"], ["reason"]),
+    "approveSweep": (["chain", "symbol", "quantity"], []),
+    "depositConfirmed": (["chain", "txHash", "logIndex", "account", "symbol", "quantity"], []),
+    "withdrawalSent": (["chain", "withdrawalId", "txHash"], []),
+    "withdrawalConfirmed": (["chain", "withdrawalId"], []),
+    "withdrawalFailed": (["chain", "withdrawalId", "reason"], []),
 }
 _TEMPLATE_NAMES = sorted(TEMPLATES)
 _KEY_NAMES = sorted({k for r, o in TEMPLATES.values() for k in r + o} | {"pad", "id", "method", "signature", "params"})

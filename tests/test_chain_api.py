@@ -464,3 +464,40 @@ async def test_chain_control_and_adapter_reports_through_the_gateway(server):
         with pytest.raises(ReplyError) as refused:
             await a.request("approveSweep", {"chain": CHAIN, "symbol": "USDC", "quantity": "1"})
         assert "UNAUTHORIZED" not in str(refused.value)
+
+
+async def test_odd_but_valid_texts_in_chain_requests_get_an_answer_and_validators_agree(server, tmp_path):
+    """Signed chain requests whose free texts hold ``&``, ``=``, ``%`` and unicode get a
+    result or an error, never a halt; what was sequenced replays under a validator."""
+    node = server.node
+    admin, carol = node.admin, Keypair.generate()
+    adapter = node.chain_keys[CHAIN]
+    odd = ["a&b=c%25d", "k=v&timestamp=1", "%", "ünïcode ✓", "x" * 128]
+    async with connect(server.url, admin) as a, connect(server.url, carol) as c, connect(server.url, adapter) as ad:
+        await ad.request("depositConfirmed", {"chain": CHAIN, "txHash": "0xa&b=c%", "logIndex": "0",
+                                              "account": carol.api_key, "symbol": "USDC", "quantity": "50"})
+        answers = []
+        for text in odd:
+            for method, params, client in (
+                ("withdraw", {"address": text, "blockchain": CHAIN, "quantity": "1", "symbol": "USDC"}, c),
+                ("chainStatus", {"chain": CHAIN, "paused": "false", "reason": text}, a),
+                ("depositConfirmed", {"chain": CHAIN, "txHash": text, "logIndex": "1", "account": carol.api_key,
+                                      "symbol": "USDC", "quantity": "1"}, ad),
+                ("withdrawalFailed", {"chain": CHAIN, "withdrawalId": "1", "reason": text}, ad),
+                ("depositAddressQuery", {"blockchain": text}, c),
+                ("withdrawalQueryAll", {"clientId": text}, c),
+            ):
+                try:
+                    answers.append(("result", await client.request(method, params)))
+                except ReplyError as exc:
+                    answers.append(("error", str(exc)))
+        assert not any("INTERNAL_ERROR" in str(a) for a in answers)
+        assert {kind for kind, _ in answers} == {"result", "error"}
+        assert (await c.request("depth", {"symbol": "SOL_USDC"}, sign=False)) is not None  # still serving
+    node.shutdown()
+    await node.wait_stopped()
+    out = await trio.run_process([sys.executable, "-m", "satchel.tools.cli", "validator", "--journal",
+                                  str(node.data / "journal"), "--data", str(tmp_path / "v")], capture_stdout=True,
+                                 capture_stderr=True, check=False)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    assert "blocks=1.." in out.stdout.decode()
