@@ -44,19 +44,10 @@ from satchel.core.messages import (
 )
 from satchel.core.state import ChainState, CustodyState, WithdrawalState
 
+copy = msgspec.structs.replace  # a record's shallow copy (its fields are immutable)
+
 QUEUED, PENDING, SENT, CONFIRMED, FAILED = "Queued", "Pending", "Sent", "Confirmed", "Failed"
 MAX_ADDRESS = 128  # characters; the adapter checks the chain's own format before sending
-
-
-class Withdrawal(msgspec.Struct, gc=False):
-    account: str
-    chain: str
-    asset: str
-    amount: int
-    address: str
-    status: str
-    tx_hash: str = ""
-    client_id: int | None = None
 
 
 class ChainView(msgspec.Struct, frozen=True):
@@ -92,7 +83,10 @@ class Custody:
         self.hot: dict[tuple[str, str], int] = {}
         self.cold: dict[tuple[str, str], int] = {}
         self.reserved: dict[tuple[str, str], int] = {}
-        self.open: dict[int, Withdrawal] = {}  # by id (the request's sequence number), in id order
+        # by id (the request's sequence number), in id order; each record is the snapshot's
+        # own type, so the state is these records (copied: a snapshot or a read never
+        # aliases a record the actor goes on changing)
+        self.open: dict[int, WithdrawalState] = {}
         self.withdrawn: dict[str, int] = {}  # confirmed withdrawals per asset
         self.now = 0
 
@@ -195,13 +189,13 @@ class Custody:
             raise Refused(problem, f"cannot withdraw {tx.amount} of {tx.asset}")
         bal = self.ledger.bal(tx.account, tx.asset)
         self.ledger.hold(seq, tx.account, tx.asset, bal, tx.amount)
-        w = Withdrawal(tx.account, tx.chain, tx.asset, tx.amount, tx.address, QUEUED, "", tx.client_id)
+        w = WithdrawalState(seq, tx.account, tx.chain, tx.asset, tx.amount, tx.address, QUEUED, "", tx.client_id)
         if self._reserve(w):
             w.status = PENDING
         self.open[seq] = w
         out.append(self._update(seq, seq, w, ""))
 
-    def _reserve(self, w: Withdrawal) -> bool:
+    def _reserve(self, w: WithdrawalState) -> bool:
         key = (w.chain, w.asset)
         reserved = self.reserved.get(key, 0)
         if self.hot.get(key, 0) - reserved < w.amount:
@@ -209,7 +203,7 @@ class Custody:
         self.reserved[key] = reserved + w.amount
         return True
 
-    def _report(self, tx: WithdrawalSent | WithdrawalConfirmed | WithdrawalFailed, states: tuple[str, ...]) -> Withdrawal:
+    def _report(self, tx: WithdrawalSent | WithdrawalConfirmed | WithdrawalFailed, states: tuple[str, ...]) -> WithdrawalState:
         self._spec(tx.chain, tx.adapter)
         w = self.open.get(tx.withdrawal_id)
         if w is None or w.chain != tx.chain or w.status not in states:
@@ -244,7 +238,7 @@ class Custody:
         out.append(self._update(seq, tx.withdrawal_id, w, tx.reason))
         self._release_queue(seq, w.chain, out)
 
-    def _update(self, seq: int, wid: int, w: Withdrawal, reason: str) -> WithdrawalUpdate:
+    def _update(self, seq: int, wid: int, w: WithdrawalState, reason: str) -> WithdrawalUpdate:
         return WithdrawalUpdate(seq, wid, w.account, w.chain, w.asset, w.amount, w.address, w.status, w.tx_hash, reason,
                                 self.now, w.client_id)
 
@@ -260,8 +254,8 @@ class Custody:
                                  self.credited_count.get(name, 0)))
         return out
 
-    def withdrawals(self, account: str | None) -> list[tuple[int, Withdrawal]]:
-        return [(wid, w) for wid, w in self.open.items() if account is None or w.account == account]
+    def withdrawals(self, account: str | None) -> list[tuple[int, WithdrawalState]]:
+        return [(wid, copy(w)) for wid, w in self.open.items() if account is None or w.account == account]
 
     # ------------------------------------------------------------------ state
 
@@ -272,8 +266,7 @@ class Custody:
             chains=[ChainState(spec, self.paused.get(name)) for name, spec in sorted(self.chains.items())],
             credited=sorted(self.credited),
             hot=rows(self.hot), cold=rows(self.cold), reserved=rows(self.reserved),
-            withdrawals=[WithdrawalState(wid, w.account, w.chain, w.asset, w.amount, w.address, w.status, w.tx_hash,
-                                         w.client_id) for wid, w in sorted(self.open.items())],
+            withdrawals=[copy(w) for _, w in sorted(self.open.items())],
             withdrawn=sorted(self.withdrawn.items()),
         )
 
@@ -290,8 +283,7 @@ class Custody:
         self.hot = {(c, a): v for c, a, v in state.hot}
         self.cold = {(c, a): v for c, a, v in state.cold}
         self.reserved = {(c, a): v for c, a, v in state.reserved}
-        self.open = {w.withdrawal_id: Withdrawal(w.account, w.chain, w.asset, w.amount, w.address, w.status, w.tx_hash,
-                                                 w.client_id) for w in state.withdrawals}
+        self.open = {w.withdrawal_id: copy(w) for w in state.withdrawals}
         self.withdrawn = dict(state.withdrawn)
 
 
