@@ -298,6 +298,17 @@ def _request(method: Callable) -> Callable:
     return call
 
 
+def _acked(instruction: str, doc: str | None = None) -> Callable:
+    """The API method for a signed transaction answered with its params once applied."""
+
+    def method(self: "Api", caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        self._transaction(caller, req_id, texts, sig, instruction, lambda tx, texts: self._ack_reply(texts))
+
+    method.__name__ = instruction
+    method.__doc__ = doc
+    return _request(method)
+
+
 class Api:
     """The requests, against a node (``submit``, ``sequencer.read``, ``admin``,
     ``latency``), the listing the edges know, the payload formatter, a signature
@@ -529,44 +540,20 @@ class Api:
 
         return reply
 
-    @_request
-    def adminSetTrading(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
-        self._transaction(caller, req_id, texts, sig, "adminSetTrading", lambda tx, texts: self._ack_reply(texts))
-
-    @_request
-    def adminSetFees(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
-        self._transaction(caller, req_id, texts, sig, "adminSetFees", lambda tx, texts: self._ack_reply(texts))
-
-    # ------------------------------------------------------------------ chains: the admin and the adapters
-
-    @_request
-    def chainStatus(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
-        """Pause or resume a chain's deposits and withdrawals (``{"chain", "paused", "reason"}``),
-        signed by the admin key or the chain's adapter key (the engine checks which)."""
-        self._transaction(caller, req_id, texts, sig, "chainStatus", lambda tx, texts: self._ack_reply(texts))
-
-    @_request
-    def approveSweep(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
-        """Move ``quantity`` of ``symbol`` from cold storage to the hot wallet of ``chain``
-        (admin); queued withdrawals it covers become pending."""
-        self._transaction(caller, req_id, texts, sig, "approveSweep", lambda tx, texts: self._ack_reply(texts))
-
-    # an adapter running in its own process reports through the gateway, signed with its key
-    @_request
-    def depositConfirmed(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
-        self._transaction(caller, req_id, texts, sig, "depositConfirmed", lambda tx, texts: self._ack_reply(texts))
-
-    @_request
-    def withdrawalSent(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
-        self._transaction(caller, req_id, texts, sig, "withdrawalSent", lambda tx, texts: self._ack_reply(texts))
-
-    @_request
-    def withdrawalConfirmed(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
-        self._transaction(caller, req_id, texts, sig, "withdrawalConfirmed", lambda tx, texts: self._ack_reply(texts))
-
-    @_request
-    def withdrawalFailed(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
-        self._transaction(caller, req_id, texts, sig, "withdrawalFailed", lambda tx, texts: self._ack_reply(texts))
+    # transactions answered with their params once applied, or the engine's refusal
+    adminSetTrading = _acked("adminSetTrading")
+    adminSetFees = _acked("adminSetFees")
+    # chains: the admin's control (chainStatus is also the adapter's), and the reports of an
+    # adapter running in its own process, signed with its key
+    chainStatus = _acked("chainStatus", """Pause or resume a chain's deposits and withdrawals
+        (``{"chain", "paused", "reason"}``), signed by the admin key or the chain's adapter key
+        (the engine checks which).""")
+    approveSweep = _acked("approveSweep", """Move ``quantity`` of ``symbol`` from cold storage to
+        the hot wallet of ``chain`` (admin); queued withdrawals it covers become pending.""")
+    depositConfirmed = _acked("depositConfirmed")
+    withdrawalSent = _acked("withdrawalSent")
+    withdrawalConfirmed = _acked("withdrawalConfirmed")
+    withdrawalFailed = _acked("withdrawalFailed")
 
     @_request
     def deposit(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
