@@ -52,7 +52,7 @@ from satchel.chains.base import ChainTransfer
 from satchel.chains.providers import AllProvidersFailing, Providers
 from satchel.core.amounts import format_units
 from satchel.core.messages import (
-    BlockHeader, ChainDeposit, ChainsOf, ChainStatus, CustodyMoved, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent,
+    BlockHeader, ChainDeposit, ChainsOf, ChainStatus, ChainStatusChanged, CustodyMoved, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent,
     TxRejected, WithdrawalsOf, WithdrawalUpdate,
 )
 from satchel.signing import Keypair, auth_for
@@ -98,6 +98,7 @@ class Adapter:
         self._load()
         self.queue_send, self.queue = trio.open_memory_channel(BACKLOG)
         self.paused_by_me = False
+        self.chain_paused: bool | None = None  # None: not read yet
         self.failures = 0
         self.inflight: set[int] = set()  # withdrawals queued or being handled
         self.sweep_s = SWEEP_S
@@ -119,11 +120,13 @@ class Adapter:
             nursery.start_soon(self._sweep_loop)
 
     def publish(self, header: BlockHeader, events: list) -> None:
-        """A durable block: queue this chain's pending withdrawals and custody moves."""
+        """A durable block: queue this chain's pending withdrawals and custody moves; note a pause or resume."""
         for ev in events:
             cls = ev.__class__
             if cls is WithdrawalUpdate and ev.chain == self.name and ev.status == "Pending":
                 self._enqueue(ev)
+            elif cls is ChainStatusChanged and ev.chain == self.name:
+                self.chain_paused = ev.paused
             elif cls is CustodyMoved and ev.chain == self.name:
                 try:
                     self.queue_send.send_nowait(ev)
@@ -161,10 +164,16 @@ class Adapter:
     # ------------------------------------------------------------------ deposits
 
     async def _paused(self) -> bool:
-        for view in await self.node.ask("risk", ChainsOf()):
-            if view.spec.name == self.name:
-                return view.paused
-        return False
+        """Whether the chain is paused: read from the engine once, then kept from the
+        durable ``ChainStatusChanged`` events (``publish``), not read on every poll."""
+        if self.chain_paused is None:
+            paused = False
+            for view in await self.node.ask("risk", ChainsOf()):
+                if view.spec.name == self.name:
+                    paused = view.paused
+            if self.chain_paused is None:  # else an event newer than the read came meanwhile
+                self.chain_paused = paused
+        return self.chain_paused
 
     async def _scan_loop(self) -> None:
         while True:
