@@ -174,17 +174,22 @@ async def _request(args: argparse.Namespace, command: str, method: str, key: Any
     return None
 
 
+def _show(args: argparse.Namespace, answer: Any, render: Any) -> None:
+    """``--json``: the answer as it came; else as ``render`` shows it."""
+    if args.json:
+        import json
+
+        print(json.dumps(answer, indent=2))
+    else:
+        render(answer)
+
+
 async def _stats(args: argparse.Namespace) -> int:
     """The node's ``platformStats``: a table, or with ``--json`` the answer as it came."""
-    import json as json_mod
-
     stats = await _request(args, "stats", "platformStats")
     if stats is None:
         return 1
-    if args.json:
-        print(json_mod.dumps(stats, indent=2))
-    else:
-        render_stats(stats)
+    _show(args, stats, render_stats)
     return 0
 
 
@@ -239,16 +244,10 @@ def render_stats(stats: dict) -> None:
 async def _status(args: argparse.Namespace) -> int:
     """The node's chains (``chainStatusQuery``): a status line per chain and one per asset
     of its custody books, or with ``--json`` the answer as it came."""
-    import json as json_mod
-
     chains = await _request(args, "status", "chainStatusQuery")
     if chains is None:
         return 1
-    if args.json:
-        print(json_mod.dumps(chains, indent=2))
-    else:
-        for line in chain_status_lines(chains):
-            print(line)
+    _show(args, chains, lambda answer: print("\n".join(chain_status_lines(answer))))
     return 0
 
 
@@ -274,8 +273,6 @@ async def _reconcile(args: argparse.Namespace) -> int:
     """``reconcileQuery``, signed by the node's admin key: a line per asset and chain (on
     chain, custody books, difference) and per asset (liabilities, chains' books, unbacked).
     Exit status 1 when a chain's difference is not zero, or the node cannot answer."""
-    import json as json_mod
-
     from satchel.signing import load_key
 
     admin_path = Path(args.data) / "admin.key"
@@ -285,11 +282,7 @@ async def _reconcile(args: argparse.Namespace) -> int:
     result = await _request(args, "reconcile", "reconcileQuery", load_key(Path(args.data), "admin.key"))
     if result is None:
         return 1
-    if args.json:
-        print(json_mod.dumps(result, indent=2))
-    else:
-        for line in reconcile_lines(result):
-            print(line)
+    _show(args, result, lambda answer: print("\n".join(reconcile_lines(answer))))
     return 1 if any(Decimal(c["difference"]) for c in result["chains"]) else 0
 
 
