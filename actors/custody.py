@@ -7,11 +7,12 @@ do next (events). The ledger is kept apart from wallets: balances are what the e
 owes its accounts; the custody books (``hot``, ``cold`` per chain and asset) are what it
 should hold on each chain, and ``satchel reconcile`` compares them with the chain.
 
-* ``ChainDeposit`` (adapter): credited once per (chain, tx hash, log index) -- a
-  re-delivered or re-observed deposit is refused ``ALREADY_CREDITED`` and changes nothing,
-  across adapter restarts and journal replay, because the keys are ledger state. The hot
-  wallet's books grow; past the chain's ``hot_limit`` the excess is booked to cold storage
-  (``CustodyMoved``: the adapter moves it).
+* ``ChainDeposit`` (adapter): a block's deposits, each credited once per (chain, tx hash,
+  log index) -- a re-delivered or re-observed deposit changes nothing (a report whose every
+  deposit was credited before is refused ``ALREADY_CREDITED``), across adapter restarts and
+  journal replay, because the keys are ledger state. A deposit of an asset the chain does
+  not take refuses the whole report. The hot wallet's books grow; past the chain's
+  ``hot_limit`` the excess is booked to cold storage (``CustodyMoved``: the adapter moves it).
 * ``Withdraw`` (account): refused while the chain is paused (``CHAIN_PAUSED``), for an
   unknown chain or asset, a bad address, short funds (an auto-lent claim is redeemed as
   for an order), or when equity would fall below the initial margin; else the amount is
@@ -156,24 +157,36 @@ class Custody:
     def _deposit(self, seq: int, tx: ChainDeposit, out: list) -> None:
         spec = self._spec(tx.chain, tx.adapter)
         self._open(spec)
-        if tx.asset not in spec.assets or tx.amount <= 0:
-            raise Refused(Code.INVALID_DEPOSIT, f"{tx.asset} is not taken on {tx.chain}, or the amount is not positive")
-        key = f"{tx.chain}/{tx.tx_hash}/{tx.log_index}"
-        if key in self.credited:
-            raise Refused(Code.ALREADY_CREDITED, f"{key} was credited before")
-        self.credited[key] = None
-        self.credited_count[tx.chain] = self.credited_count.get(tx.chain, 0) + 1
-        self.ledger.deposit(tx.account, tx.asset, tx.amount)
-        out.append(Deposited(seq, tx.account, tx.asset, tx.amount))
-        out.append(ChainCredited(seq, tx.chain, tx.tx_hash, tx.log_index, tx.account, tx.asset, tx.amount, self.now))
-        hot = (tx.chain, tx.asset)
-        self.hot[hot] = self.hot.get(hot, 0) + tx.amount
-        limit = dict(spec.hot_limit).get(tx.asset)
-        excess = self.hot[hot] - self.reserved.get(hot, 0) - limit if limit is not None else 0
-        if excess > 0:
-            self.hot[hot] -= excess
-            self.cold[hot] = self.cold.get(hot, 0) + excess
-            out.append(CustodyMoved(seq, tx.chain, tx.asset, excess, True, self.now))
+        for d in tx.deposits:  # checked whole before anything changes: a refusal changes nothing
+            if d.asset not in spec.assets or d.amount <= 0:
+                raise Refused(Code.INVALID_DEPOSIT, f"{d.asset} is not taken on {tx.chain}, or the amount is not positive")
+        credited = self.credited
+        fresh = []
+        for d in tx.deposits:
+            key = f"{tx.chain}/{d.tx_hash}/{d.log_index}"
+            if key not in credited:
+                credited[key] = None
+                fresh.append(d)
+        if not fresh:
+            what = "every deposit it reports was" if len(tx.deposits) > 1 else f"{key} was"
+            raise Refused(Code.ALREADY_CREDITED, f"{what} credited before")
+        self.credited_count[tx.chain] = self.credited_count.get(tx.chain, 0) + len(fresh)
+        by_asset: dict[str, int] = {}
+        for d in fresh:  # the rest were credited before: re-reported, they change nothing
+            self.ledger.deposit(d.account, d.asset, d.amount)
+            out.append(Deposited(seq, d.account, d.asset, d.amount))
+            out.append(ChainCredited(seq, tx.chain, d.tx_hash, d.log_index, d.account, d.asset, d.amount, self.now))
+            by_asset[d.asset] = by_asset.get(d.asset, 0) + d.amount
+        limits = dict(spec.hot_limit)
+        for asset, amount in by_asset.items():
+            hot = (tx.chain, asset)
+            self.hot[hot] = self.hot.get(hot, 0) + amount
+            limit = limits.get(asset)
+            excess = self.hot[hot] - self.reserved.get(hot, 0) - limit if limit is not None else 0
+            if excess > 0:
+                self.hot[hot] -= excess
+                self.cold[hot] = self.cold.get(hot, 0) + excess
+                out.append(CustodyMoved(seq, tx.chain, asset, excess, True, self.now))
 
     def _withdraw(self, seq: int, tx: Withdraw, out: list) -> None:
         spec = self._spec(tx.chain)

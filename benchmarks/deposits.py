@@ -75,24 +75,29 @@ async def run(deposits: int, accounts: int, rate: int, seconds: float, rounds: i
             for i in range(10):
                 await node.submit_wait(Deposit(admin, f"mm{i}", "USDC", 10**7 * USDC))
                 await node.submit_wait(Deposit(admin, f"mm{i}", "SOL", 10**15))
+            chain = chains.sims["sim"]
+            wallets = {}  # account -> its deposit address
             for i in range(accounts):  # users asked for their addresses before (each is fsynced once)
-                node.addresses.issue("sim", f"user{i}")
+                account = f"user{i}"
+                wallets[account] = node.addresses.issue("sim", account)
+                chain.fund(f"user:{account}", "USDC", 10**9 * USDC)  # the user's own wallet on the chain
                 if not auto_lend:
-                    await node.submit_wait(SetLeverage(f"user{i}", 0, auto_lend=0))
+                    await node.submit_wait(SetLeverage(account, 0, auto_lend=0))
             sent: dict[str, int] = {}
             adapter = chains.adapters["sim"]
 
             async def deposit_stream(first_id: int) -> None:
                 # the users' wallets, outside the exchange: their transfers reach the chain
                 # in the block they fall into, so they are handed to it a block at a time
-                # (one wake-up per block, not per transfer, on the loop this process shares)
+                # (one wake-up per block, not per transfer, on the loop this process shares;
+                # a wallet knows its destination, so no address is derived per transfer)
                 start = trio.current_time()
                 per_block = max(1, round(deposits * sim.block_ms / 1000 / seconds))
                 for first in range(0, deposits, per_block):
                     await trio.sleep_until(start + first * seconds / deposits)
                     for i in range(first_id + first, first_id + min(first + per_block, deposits)):
                         account = f"user{i % accounts}"
-                        chains.deposit("sim", account, "USDC", (i % 7 + 1) * USDC)
+                        chain.transfer("USDC", f"user:{account}", wallets[account], (i % 7 + 1) * USDC)
                         sent[account] = sent.get(account, 0) + (i % 7 + 1) * USDC
 
             alone, beside, stages, stages_alone, to_credit = [], [], [], [], []

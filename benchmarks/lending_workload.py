@@ -27,8 +27,9 @@ What is measured:
   margin engine, ``CommitPools`` back: what ``Engine.apply`` sends when lending is on), a
   whole empty block, and a block whose only transaction moves the SOL index -- a moved
   mark re-checks every debtor's margin (``Margin._remark``), so that one is O(borrowers);
-  and an empty block whose sweep lends a new deposit of every lender: the sweep is
-  O(accounts touched since the last one), by design.
+  and the empty blocks whose sweep lends a new deposit of every lender: the sweep is
+  O(accounts touched since the last one), by design, and takes ``loans.SWEEP_MAX``
+  accounts a block (its total and its largest block are shown).
 """
 
 from __future__ import annotations
@@ -112,10 +113,22 @@ def lending_accounts(n: int) -> tuple[list, list]:
     return funding, borrows
 
 
+async def sweep_all(chain: Chain) -> None:
+    """Blocks at second boundaries until the sweep lends (a balance is lent once it was
+    idle a whole interval), then as many blocks as it takes (``loans.SWEEP_MAX`` accounts
+    a block)."""
+    for _ in range(3):
+        events = await chain.block([], SECOND_US)
+        if any(e.__class__ is LendMoved for e in events):
+            break
+    while any(e.__class__ is LendMoved for e in events):
+        events = await chain.block([])
+
+
 async def setup_lending(chain: Chain, n: int) -> None:
     funding, borrows = lending_accounts(n)
     refused = await chain.blocks(funding)
-    await chain.block([], SECOND_US)  # the sweep lends the lenders' deposits
+    await sweep_all(chain)  # the sweep lends the lenders' deposits
     refused += await chain.blocks(borrows)
     if refused:
         raise RuntimeError(f"lending setup refused {len(refused)} transactions, e.g. {refused[0]}")
@@ -130,7 +143,7 @@ async def setup_traders(chain: Chain, auto_lend: bool) -> None:
             txs.append(SetLeverage(account, 0, auto_lend=0))
         txs += [Deposit(ADMIN, account, asset, TRADER_DEPOSIT) for asset in ("USDC", "SOL", "ETH", "BTC")]
     await chain.blocks(txs)
-    await chain.block([], SECOND_US)  # with auto-lend on, the traders' balances are lent now
+    await sweep_all(chain)  # with auto-lend on, the traders' balances are lent now
 
 
 async def conserved(chain: Chain) -> bool:
@@ -198,7 +211,9 @@ class AccrualRun:
     accrue_us: list[float] = field(default_factory=list)  # Accrue + UsePools + PoolsUsed + CommitPools
     empty_us: list[float] = field(default_factory=list)  # a whole block without transactions
     marked_us: list[float] = field(default_factory=list)  # a block with one SetIndex (the SOL mark moves)
-    sweep_us: list[float] = field(default_factory=list)  # an empty block whose sweep lends every lender's new deposit
+    sweep_us: list[float] = field(default_factory=list)  # the empty blocks whose sweep lends every lender's new deposit
+    sweep_largest_us: list[float] = field(default_factory=list)  # the largest of them
+    sweep_blocks: int = 0  # how many blocks it took
     second_us: list[float] = field(default_factory=list)  # an empty block at a second boundary, nothing to sweep
     utilization: dict[str, float] = field(default_factory=dict)
     debtors: int = 0
@@ -243,10 +258,22 @@ async def _accruals(steps: tuple[int, ...], blocks: int) -> list[AccrualRun]:
                 await chain.block([])
                 run.second_us.append((clock() - t) * 1e6)
                 await chain.blocks([Deposit(ADMIN, a, "USDC", SWEPT_USDC) for a in lenders], len(lenders))
-                t = clock()
-                events = await chain.block([], (chain.ts // SECOND_US + 1) * SECOND_US - chain.ts)
-                run.sweep_us.append((clock() - t) * 1e6)
-                assert sum(1 for e in events if e.__class__ is LendMoved) == len(lenders)
+                # the sweep handles loans.SWEEP_MAX accounts a block: timed over the blocks it
+                # takes, and its largest block (what an order beside it waits for)
+                # (a balance is lent once idle a whole interval: blocks pass until then)
+                total = largest = 0.0
+                lent = blocks = 0
+                dt = (chain.ts // SECOND_US + 1) * SECOND_US - chain.ts
+                while lent < len(lenders):
+                    t = clock()
+                    moved = sum(1 for e in await chain.block([], dt) if e.__class__ is LendMoved)
+                    spent, dt = clock() - t, BLOCK_US
+                    if moved:
+                        lent, blocks, total, largest = lent + moved, blocks + 1, total + spent, max(largest, spent)
+                run.sweep_us.append(total * 1e6)
+                run.sweep_largest_us.append(largest * 1e6)
+                run.sweep_blocks = blocks
+                assert lent == len(lenders)
         for chain, run in zip(chains, runs):
             for p in await chain.engine.lending.call(PoolsOf()):
                 if p.borrowed_scaled:
@@ -297,8 +324,8 @@ def main(stream: list, sign, runs: int, lenders: int, accrual_blocks: int) -> No
         util = ", ".join(f"{a} U {u:.0%}" for a, u in sorted(r.utilization.items()))
         print(f"  {n:>6,} lending accounts ({r.debtors:,} borrowing; {util}): accrue + commit {_med(r.accrue_us):,.1f} us, "
               f"empty block {_med(r.empty_us):,.1f} us, block moving the SOL mark {_med(r.marked_us):,.1f} us; "
-              f"block at a second boundary {_med(r.second_us):,.0f} us, {_med(r.sweep_us):,.0f} us when its sweep lends "
-              f"{n - r.debtors:,} new deposits")
+              f"block at a second boundary {_med(r.second_us):,.0f} us; a sweep lending {n - r.debtors:,} new deposits "
+              f"{_med(r.sweep_us):,.0f} us over {r.sweep_blocks} blocks (the largest {_med(r.sweep_largest_us):,.0f} us)")
     lo, mid, hi = rows[0], rows[-2], rows[-1]
     debtors = hi.debtors - mid.debtors
     swept = (hi.accounts - hi.debtors) - (mid.accounts - mid.debtors)

@@ -217,3 +217,24 @@ async def test_the_simulated_chain_survives_a_restart(tmp_path):
     assert again.find("sim:7").tx_hash == sent and again.transfer("USDC", "deposit-address", "out", 25, key="sim:7") == sent
     again.mine()
     assert again.block(again.head).parent == sim.block(sim.head).hash
+
+
+async def test_background_steps_wait_for_the_pipeline_to_run_dry(nursery, tmp_path):
+    """``Node.quiet``, what an adapter awaits before each report and sweep: at once when
+    nothing is in the pipeline, after the transactions in flight were answered, and never
+    longer than its patience."""
+    node = await nursery.start(Node(tmp_path / "data", fast_chains()).run)
+    with trio.fail_after(1):
+        await node.quiet(10)
+    seen: list[str] = []
+    for i in range(3):
+        node.submit(Deposit(node.admin.api_key, f"a{i}", "USDC", USDC), lambda events, i=i: seen.append(f"answered {i}"))
+    with trio.fail_after(5):
+        await node.quiet(10)
+    seen.append("quiet")
+    assert seen == ["answered 0", "answered 1", "answered 2", "quiet"]
+    node._in_pipeline += 1  # as if a block never came back: the patience bounds the wait
+    start = trio.current_time()
+    await node.quiet(0.1)
+    assert 0.1 <= trio.current_time() - start < 1
+    node._in_pipeline -= 1

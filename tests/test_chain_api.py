@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import ccxt
 import httpx
 import msgspec
+import orjson
 import pytest
 import trio
 
@@ -22,8 +23,8 @@ from satchel.api.format import Formatter
 from satchel.chains.addresses import sim_address
 from satchel.core.errors import RequestError
 from satchel.core.messages import (
-    ApproveSweep, BlockHeader, ChainCredited, ChainDeposit, ChainStatus, Deposited, TxRejected, WithdrawalConfirmed,
-    WithdrawalFailed, WithdrawalSent, WithdrawalUpdate,
+    ApproveSweep, BlockHeader, ChainCredited, ChainDeposit, ChainStatus, Deposited, ReportedDeposit, TxRejected,
+    WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent, WithdrawalUpdate,
 )
 from satchel.history import queries, views
 from satchel.history.schema import open_db
@@ -93,8 +94,8 @@ class Adapter:
         params = {"chain": CHAIN, "txHash": tx_hash, "logIndex": str(log_index), "account": account.api_key,
                   "symbol": "USDC", "quantity": quantity}
         units = int(float(quantity) * USDC)
-        return await self.submit("depositConfirmed", params, ChainDeposit(self.key.api_key, CHAIN, tx_hash, log_index,
-                                                                          account.api_key, "USDC", units))
+        return await self.submit("depositConfirmed", params, ChainDeposit(
+            self.key.api_key, CHAIN, (ReportedDeposit(tx_hash, log_index, account.api_key, "USDC", units),)))
 
     async def sent(self, wid: int, tx_hash: str) -> list:
         return await self.submit("withdrawalSent", {"chain": CHAIN, "withdrawalId": str(wid), "txHash": tx_hash},
@@ -456,10 +457,23 @@ async def test_chain_control_and_adapter_reports_through_the_gateway(server):
         with pytest.raises(ReplyError, match="UNAUTHORIZED"):  # only the chain's adapter reports its deposits
             await c.request("depositConfirmed", {**report, "txHash": "0xbeef"})
         assert (await c.request("balanceQuery"))["USDC"]["available"] == "12"
+        # a block's deposits under one signature, applied as one transaction: what was credited
+        # before is skipped (and said so), the rest credited once
+        block = [report, {**report, "txHash": "0xb1", "quantity": "1"}, {**report, "txHash": "0xb2", "quantity": "2"}]
+        answer = await adapter.request_batch("depositConfirmedBatch", "depositConfirmed", block)
+        assert [(d["txHash"], d["credited"]) for d in answer] == [("0xfeed", False), ("0xb1", True), ("0xb2", True)]
+        with pytest.raises(ReplyError, match="ALREADY_CREDITED"):
+            await adapter.request_batch("depositConfirmedBatch", "depositConfirmed", block)
+        with pytest.raises(ReplyError, match="INVALID_DECIMAL: deposit 1"):  # one bad item refuses the report whole
+            await adapter.request_batch("depositConfirmedBatch", "depositConfirmed",
+                                        [{**report, "txHash": "0xb3"}, {**report, "txHash": "0xb4", "quantity": "x"}])
+        with pytest.raises(ReplyError, match="UNAUTHORIZED"):
+            await c.request_batch("depositConfirmedBatch", "depositConfirmed", [{**report, "txHash": "0xb5"}])
+        assert (await c.request("balanceQuery"))["USDC"]["available"] == "15"
         w = await c.request("withdraw", {"address": "sim1out", "blockchain": CHAIN, "quantity": "5", "symbol": "USDC"})
         await adapter.request("withdrawalSent", {"chain": CHAIN, "withdrawalId": str(w["id"]), "txHash": "0xout"})
         await adapter.request("withdrawalConfirmed", {"chain": CHAIN, "withdrawalId": str(w["id"])})
-        assert (await c.request("balanceQuery"))["USDC"] == {"available": "7", "locked": "0", "staked": "0"}
+        assert (await c.request("balanceQuery"))["USDC"] == {"available": "10", "locked": "0", "staked": "0"}
         # cold storage: nothing there to sweep yet
         with pytest.raises(ReplyError) as refused:
             await a.request("approveSweep", {"chain": CHAIN, "symbol": "USDC", "quantity": "1"})
@@ -491,6 +505,11 @@ async def test_odd_but_valid_texts_in_chain_requests_get_an_answer_and_validator
                     answers.append(("result", await client.request(method, params)))
                 except ReplyError as exc:
                     answers.append(("error", str(exc)))
+        # a whole batch of odd texts in one record, for the validator below to rebuild
+        batch = [{"chain": CHAIN, "txHash": text, "logIndex": "2", "account": carol.api_key, "symbol": "USDC",
+                  "quantity": "1"} for text in odd if text.isascii()]
+        credited = await ad.request_batch("depositConfirmedBatch", "depositConfirmed", batch)
+        assert [d["credited"] for d in credited] == [True] * len(batch)
         assert not any("INTERNAL_ERROR" in str(a) for a in answers)
         assert {kind for kind, _ in answers} == {"result", "error"}
         assert (await c.request("depth", {"symbol": "SOL_USDC"}, sign=False)) is not None  # still serving
@@ -501,3 +520,26 @@ async def test_odd_but_valid_texts_in_chain_requests_get_an_answer_and_validator
                                  capture_stderr=True, check=False)
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     assert "blocks=1.." in out.stdout.decode()
+
+
+async def test_malformed_deposit_batches_are_refused_and_change_nothing(server):
+    """``depositConfirmedBatch`` with params that are not a list of deposit objects, an
+    empty list, an item missing a field or of another chain: each gets an error, never
+    INTERNAL_ERROR, nothing is credited, and the node keeps serving."""
+    key, carol = server.node.chain_keys[CHAIN], Keypair.generate()
+    good = {"chain": CHAIN, "txHash": "0xgood", "logIndex": "0", "account": carol.api_key, "symbol": "USDC",
+            "quantity": "1"}
+    async with connect(server.url, key) as adapter, connect(server.url, carol) as c:
+        for params in ({"chain": CHAIN}, "text", 7, [1, 2], [[good]], None):
+            _, signature = sign_request(key, "depositConfirmed", {})
+            reply = await adapter.exchange(999, orjson.dumps({"id": 999, "method": "depositConfirmedBatch",
+                                                               "params": params, "signature": signature}), raw=True)
+            assert "error" in reply and reply["error"]["code"] != "INTERNAL_ERROR", (params, reply)
+        for items in ([], [{k: v for k, v in good.items() if k != "account"}], [good, {**good, "chain": "other"}],
+                      [{**good, "logIndex": "-1"}]):
+            with pytest.raises(ReplyError) as refused:
+                await adapter.request_batch("depositConfirmedBatch", "depositConfirmed", items)
+            assert "INTERNAL_ERROR" not in str(refused.value)
+        assert (await c.request("balanceQuery")).get("USDC", {}).get("available", "0") == "0"
+        assert await adapter.request_batch("depositConfirmedBatch", "depositConfirmed", [good]) == [
+            {"txHash": "0xgood", "logIndex": 0, "credited": True}]

@@ -12,7 +12,7 @@ from satchel import config
 from satchel.core.engine import Engine
 from satchel.core.messages import (
     ASK, BID, IOC, ApproveSweep, ChainCredited, ChainDeposit, ChainsOf, ChainSpec, ChainStatus, CustodyMoved, Deposited,
-    SetChain, SetLeverage, TxRejected, Withdraw, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent, WithdrawalsOf,
+    ReportedDeposit, SetChain, SetLeverage, TxRejected, Withdraw, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent, WithdrawalsOf,
     WithdrawalUpdate,
 )
 
@@ -29,7 +29,7 @@ async def start(nursery) -> Exchange:
 
 
 def credit(account: str, amount: int, tx_hash: str = "0xa", log_index: int = 0, asset: str = "USDC") -> ChainDeposit:
-    return ChainDeposit(ADAPTER, "sim", tx_hash, log_index, account, asset, amount)
+    return ChainDeposit(ADAPTER, "sim", (ReportedDeposit(tx_hash, log_index, account, asset, amount),))
 
 
 def codes(events: list) -> list[str]:
@@ -60,14 +60,41 @@ async def test_a_deposit_is_credited_once(nursery):
     assert codes(await ex.block([credit("a", 100 * USDC, log_index=1)])) == []  # another log of the same tx is another deposit
     assert await ex.balance("a", "USDC") == (200 * USDC, 0)
     # only the chain's adapter may report, only the chain's assets
-    assert codes(await ex.block([ChainDeposit("someone", "sim", "0xb", 0, "a", "USDC", 1)])) == ["UNAUTHORIZED"]
-    assert codes(await ex.block([credit("a", 1, "0xc", asset="SOL"), ChainDeposit(ADAPTER, "nope", "0xd", 0, "a", "USDC", 1)])) \
+    assert codes(await ex.block([ChainDeposit("someone", "sim", (ReportedDeposit("0xb", 0, "a", "USDC", 1),))])) == ["UNAUTHORIZED"]
+    assert codes(await ex.block([credit("a", 1, "0xc", asset="SOL"), ChainDeposit(ADAPTER, "nope", (ReportedDeposit("0xd", 0, "a", "USDC", 1),))])) \
         == ["INVALID_DEPOSIT", "INVALID_CHAIN"]
     # a snapshot keeps the keys: a restored engine refuses the re-delivery as well
     copy = Engine(nursery)
     await copy.restore(await ex.engine.canonical())
     ex.engine = copy
     assert codes(await ex.block([credit("a", 100 * USDC)])) == ["ALREADY_CREDITED"]
+    await conserved(ex)
+
+
+async def test_a_report_of_a_blocks_deposits_credits_each_once(nursery):
+    """One ``ChainDeposit`` carries a chain block's deposits: each is credited once (also
+    twice in the same report), what was credited before is skipped, a report of nothing
+    new is refused ALREADY_CREDITED, and one deposit the chain does not take refuses the
+    whole report with nothing changed. The hot wallet's limit is applied once per asset."""
+    ex = await start(nursery)
+
+    def report(*deposits: tuple) -> ChainDeposit:
+        return ChainDeposit(ADAPTER, "sim", tuple(ReportedDeposit(h, i, acct, "USDC", amt) for h, i, acct, amt in deposits))
+
+    events = await ex.block([report(("0x1", 0, "a", 10 * USDC), ("0x1", 1, "b", 20 * USDC), ("0x1", 0, "a", 10 * USDC))])
+    assert codes(events) == []
+    assert [(e.account, e.amount) for e in events if e.__class__ is ChainCredited] == [("a", 10 * USDC), ("b", 20 * USDC)]
+    events = await ex.block([report(("0x1", 0, "a", 10 * USDC), ("0x2", 0, "a", 5 * USDC))])  # one new among them
+    assert codes(events) == [] and [e.tx_hash for e in events if e.__class__ is ChainCredited] == ["0x2"]
+    assert codes(await ex.block([report(("0x1", 1, "b", 20 * USDC), ("0x2", 0, "a", 5 * USDC))])) == ["ALREADY_CREDITED"]
+    bad = ChainDeposit(ADAPTER, "sim", (ReportedDeposit("0x3", 0, "a", "USDC", USDC), ReportedDeposit("0x4", 0, "a", "SOL", 1)))
+    assert codes(await ex.block([bad])) == ["INVALID_DEPOSIT"]
+    assert await ex.balance("a", "USDC") == (15 * USDC, 0) and await ex.balance("b", "USDC") == (20 * USDC, 0)
+    # past the hot wallet's limit (1,000 USDC) the excess of the whole report goes to cold storage at once
+    events = await ex.block([report(("0x5", 0, "c", 600 * USDC), ("0x5", 1, "c", 600 * USDC))])
+    assert [e.amount for e in events if e.__class__ is CustodyMoved] == [235 * USDC]
+    view = await chain(ex)
+    assert dict(view.hot)["USDC"] == 1_000 * USDC and dict(view.cold)["USDC"] == 235 * USDC
     await conserved(ex)
 
 

@@ -40,9 +40,9 @@ from satchel.core.errors import (
     RequestError,
 )
 from satchel.core.messages import (
-    LEND_SIDE_NAMES, NEW, PARTIALLY_FILLED, REJECTED, TRIGGER_PENDING, Auth, BalancesOf, BorrowLend, CollateralOf, Fill,
-    HistoryOf, LedgerOf, LendingOf, LendMoved, LeverageSet, MarksOf, OpenOrders, OrderDone, OrderOf, PlaceOrder, PoolsOf,
-    PositionsOf, Query, TriggerPlaced, TxRejected, Withdraw, WithdrawalUpdate,
+    LEND_SIDE_NAMES, NEW, PARTIALLY_FILLED, REJECTED, TRIGGER_PENDING, Auth, BalancesOf, BorrowLend, ChainCredited,
+    CollateralOf, Fill, HistoryOf, LedgerOf, LendingOf, LendMoved, LeverageSet, MarksOf, OpenOrders, OrderDone, OrderOf,
+    PlaceOrder, PoolsOf, PositionsOf, Query, TriggerPlaced, TxRejected, Withdraw, WithdrawalUpdate,
 )
 from satchel.history import queries as history_queries, views as history_views
 from satchel.history.store import Store
@@ -56,12 +56,12 @@ METHODS = (
     "openInterest", "accountUpdate", "accountQuery", "orderExecuteBatch", "orderHistoryQueryAll", "fillHistoryQueryAll",
     "borrowLendMarkets", "platformStats", "borrowLendExecute", "borrowLendPositionQuery", "borrowHistoryQueryAll",
     "interestHistoryQueryAll", "withdraw", "withdrawalQueryAll", "depositQueryAll", "depositAddressQuery",
-    "chainStatusQuery", "reconcileQuery", "chainStatus", "approveSweep", "depositConfirmed", "withdrawalSent",
-    "withdrawalConfirmed", "withdrawalFailed",
+    "chainStatusQuery", "reconcileQuery", "chainStatus", "approveSweep", "depositConfirmed", "depositConfirmedBatch",
+    "withdrawalSent", "withdrawalConfirmed", "withdrawalFailed",
 )
 MAX_BATCH = 50  # orders in one POST /api/v1/orders (each journaled record keeps the whole signed batch)
 # requests whose params are a list of objects, each signed as its own segment
-BATCHED = frozenset({"orderExecuteBatch"})
+BATCHED = frozenset({"orderExecuteBatch", "depositConfirmedBatch"})
 # requests that read no params: whatever params arrive, even malformed ones, are ignored
 PARAMLESS = frozenset({"ledgerTotals", "platformStats", "chainStatusQuery"})
 
@@ -178,12 +178,13 @@ class Signed:
 
     __slots__ = ("account", "public", "signature", "timestamp", "window", "texts", "candidates", "batch")
 
-    def auth(self, message: bytes, item: int = 0) -> Auth:
-        """The journal's record of this request (of item ``item`` of a batch), given the
-        form the signature covered."""
+    def auth(self, message: bytes, item: int | None = 0) -> Auth:
+        """The journal's record of this request (of item ``item`` of a batch; None: of a
+        transaction carrying the whole batch), given the form the signature covered."""
         encoded = message is not self.candidates[0]
         if self.batch:
-            return Auth(self.batch[item], encoded, self.signature, self.timestamp, self.window, self.batch, item)
+            params = () if item is None else self.batch[item]
+            return Auth(params, encoded, self.signature, self.timestamp, self.window, self.batch, item or 0)
         return Auth(tuple(sorted(self.texts.items())), encoded, self.signature, self.timestamp, self.window)
 
 
@@ -551,6 +552,32 @@ class Api:
     approveSweep = _acked("approveSweep", """Move ``quantity`` of ``symbol`` from cold storage to
         the hot wallet of ``chain`` (admin); queued withdrawals it covers become pending.""")
     depositConfirmed = _acked("depositConfirmed")
+
+    @_request
+    def depositConfirmedBatch(self, caller: Caller, req_id: Any, items: list[Mapping[str, str]], sig: Signature) -> None:
+        """An adapter's deposits of a block under one signature (signed as a batch of
+        ``depositConfirmed`` segments), applied as one transaction: answered with one
+        ``{"txHash", "logIndex", "credited"}`` per item (false: credited before)."""
+        if not isinstance(items, list):
+            raise RequestError(INVALID_REQUEST, "params must be an array of deposits")
+        signed = self.check_batch_signature("depositConfirmed", items, sig)
+        tx = instructions.build("depositConfirmed", items, signed.account, self.listing)
+        received = caller.received
+
+        def reply(replies: Replies, req_id: Any, events: list) -> None:
+            credited = set()
+            for ev in events:
+                if ev.__class__ is TxRejected:
+                    return replies.error(req_id, ev.code, ev.message)
+                if ev.__class__ is ChainCredited:
+                    credited.add((ev.tx_hash, ev.log_index))
+            replies.result(req_id, [{"txHash": d.tx_hash, "logIndex": d.log_index,
+                                     "credited": (d.tx_hash, d.log_index) in credited} for d in tx.deposits])
+
+        def go(message: bytes) -> None:
+            self._submit(caller, req_id, msgspec.structs.replace(tx, auth=signed.auth(message, None)), reply, received)
+
+        caller.verified(req_id, signed, go)
     withdrawalSent = _acked("withdrawalSent")
     withdrawalConfirmed = _acked("withdrawalConfirmed")
     withdrawalFailed = _acked("withdrawalFailed")

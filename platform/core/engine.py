@@ -93,9 +93,9 @@ from satchel.core.messages import (
     events_encoder,
 )
 
-RULES_VERSION = 7  # 4: batch orders (one signature covers several transactions); 5: lending pools;
+RULES_VERSION = 8  # 4: batch orders (one signature covers several transactions); 5: lending pools;
 # 6: accounts lend and borrow (borrowLendExecute, spot-margin order flags, auto-lend); 7: chains (deposits,
-# withdrawals, custody books)
+# withdrawals, custody books); 8: a depositConfirmed carries a block's deposits under one signature
 # Longest validity window a signed request may ask for (Backpack's maximum). Part of
 # the rules, not the configuration: replay must judge windows exactly as the node did.
 MAX_WINDOW_MS = 60_000

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple, Protocol
 
 import msgspec
@@ -29,6 +29,7 @@ from satchel.core.errors import (
 from satchel.core.messages import (
     ASK, AUTO_BORROW, AUTO_BORROW_REPAY, AUTO_LEND, AUTO_LEND_REDEEM, BID, BORROW, BY_INDEX, BY_LAST, BY_MARK, FOK, GTC,
     IOC, LEND, LIMIT, MARKET, REJECT_BOTH, REJECT_MAKER, REJECT_TAKER, ApproveSweep, AssetSpec, BorrowLend, ChainDeposit,
+    ReportedDeposit,
     ChainSpec, ChainStatus, SetChain, Withdraw, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent,
     CancelAll, CancelOrder, Deposit, ListAsset, ListMarket, MarginSpec, MarketSpec, PerpSpec, PlaceOrder, SetAdmin,
     LendingSpec, SetFees, SetIndex, SetLending, SetLeverage, SetMargin, SetTrading,
@@ -356,11 +357,25 @@ def _withdraw(p: WithdrawParams, account: str, listing: Listing) -> Withdraw:
                     _text(p.address, "address"), uint(p.clientId, "clientId", 2**32))
 
 
-def _deposit_confirmed(p: DepositConfirmedParams, adapter: str, listing: Listing) -> ChainDeposit:
-    if not is_api_key(p.account):
-        raise RequestError(INVALID_REQUEST, "account must be an API key")
-    return ChainDeposit(adapter, p.chain, _text(p.txHash, "txHash"), uint(p.logIndex, "logIndex"), p.account, p.symbol,
-                        _amount(listing, p.symbol, p.quantity))
+MAX_REPORTED_DEPOSITS = 256  # deposits in one depositConfirmed (its block's apply stays short)
+
+
+def _deposit_confirmed(items: list[DepositConfirmedParams], adapter: str, listing: Listing) -> ChainDeposit:
+    if not 1 <= len(items) <= MAX_REPORTED_DEPOSITS:
+        raise RequestError(INVALID_REQUEST, f"a report holds 1..{MAX_REPORTED_DEPOSITS} deposits")
+    chain = items[0].chain
+    deposits = []
+    for i, p in enumerate(items):
+        try:
+            if p.chain != chain:
+                raise RequestError(INVALID_REQUEST, "every deposit of a report is on the same chain")
+            if not is_api_key(p.account):
+                raise RequestError(INVALID_REQUEST, "account must be an API key")
+            deposits.append(ReportedDeposit(_text(p.txHash, "txHash"), uint(p.logIndex, "logIndex"), p.account,
+                                            p.symbol, _amount(listing, p.symbol, p.quantity)))
+        except RequestError as exc:
+            raise RequestError(exc.code, f"deposit {i}: {exc.message}" if len(items) > 1 else exc.message) from exc
+    return ChainDeposit(adapter, chain, tuple(deposits))
 
 
 def _withdrawal_sent(p: WithdrawalRefParams, adapter: str, listing: Listing) -> WithdrawalSent:
@@ -525,6 +540,9 @@ class Instruction(NamedTuple):
     phase: str  # "trade": through the engine's trading phases; "config": applied at its sequence number;
     # "periodic": taken by the periodic phase of its block (oracle prices)
     errors: tuple[str, ...]  # codes a request of this kind can be refused with (besides signature and window)
+    # the transaction carries every item of a batch request (``build`` gets a list of
+    # params; one record, one signature), instead of one transaction per item
+    many: bool = False
 
 
 def _account(tx: Any) -> str:
@@ -568,7 +586,7 @@ INSTRUCTIONS = (
     Instruction("withdraw", Withdraw, WithdrawParams, _withdraw, _account, False, "trade",
                 _CHAIN_ERRORS + (Code.INVALID_ADDRESS, Code.INSUFFICIENT_FUNDS, Code.INSUFFICIENT_MARGIN)),
     Instruction("depositConfirmed", ChainDeposit, DepositConfirmedParams, _deposit_confirmed, _adapter, False, "trade",
-                _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_DEPOSIT, Code.ALREADY_CREDITED)),
+                _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_DEPOSIT, Code.ALREADY_CREDITED), many=True),
     Instruction("withdrawalSent", WithdrawalSent, WithdrawalRefParams, _withdrawal_sent, _adapter, False, "trade",
                 _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL)),
     Instruction("withdrawalConfirmed", WithdrawalConfirmed, WithdrawalRefParams, _withdrawal_confirmed, _adapter, False,
@@ -598,10 +616,22 @@ def params_of(schema: type | None, texts: Mapping[str, str]) -> Any:
         raise RequestError(INVALID_REQUEST, str(exc)) from exc
 
 
-def build(name: str, texts: Mapping[str, str], signer: str, listing: Listing) -> Any:
-    """The transaction a request asks for (without its ``auth``), or RequestError."""
+def build(name: str, texts: "Mapping[str, str] | Sequence[Mapping[str, str]]", signer: str, listing: Listing) -> Any:
+    """The transaction a request asks for (without its ``auth``), or RequestError. An
+    instruction with ``many`` takes a batch's items, or one item's params alone."""
     decl = BY_NAME[name]
+    if decl.many:
+        items = [texts] if isinstance(texts, Mapping) else texts
+        return decl.build([params_of(decl.schema, t) for t in items], signer, listing)
     return decl.build(params_of(decl.schema, texts), signer, listing)
+
+
+def signed_params(auth: Any) -> "dict[str, str] | list[dict[str, str]]":
+    """The params a journaled ``Auth`` record holds, as ``build`` takes them: a record
+    carrying a whole batch (empty ``params``) gives its items."""
+    if auth.batch and not auth.params:
+        return [dict(item) for item in auth.batch]
+    return dict(auth.params)
 
 
 def is_api_key(text: str) -> bool:

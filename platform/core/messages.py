@@ -193,8 +193,9 @@ class Auth(msgspec.Struct, array_like=True, frozen=True):
     signature: bytes  # 64-byte Ed25519 signature
     timestamp: int  # client's timestamp, ms
     window: int  # validity window, ms
-    # a batch order (``POST /api/v1/orders``): one signature covers every item, so each
-    # item's record keeps all of them (each item's params, sorted) and its own place
+    # a batch (``POST /api/v1/orders``): one signature covers every item, so each item's
+    # record keeps all of them (each item's params, sorted) and its own place; a transaction
+    # that carries every item itself (``Instruction.many``) has empty ``params``
     batch: tuple[tuple[tuple[str, str], ...], ...] = ()
     item: int = 0
 
@@ -339,17 +340,25 @@ class SetChain(_Rec, tag=17):
     auth: Auth | None = None
 
 
-class ChainDeposit(_Rec, tag=18):
-    """A chain adapter's report (``depositConfirmed``): a transfer to an account's deposit
-    address reached its confirmations. Credited once per (chain, tx_hash, log_index)."""
+class ReportedDeposit(msgspec.Struct, array_like=True, frozen=True):
+    """One transfer to an account's deposit address, as a ``ChainDeposit`` reports it."""
 
-    adapter: str
-    chain: str
     tx_hash: str
     log_index: int
     account: str
     asset: str
     amount: int
+
+
+class ChainDeposit(_Rec, tag=18):
+    """A chain adapter's report (``depositConfirmed``): transfers to accounts' deposit
+    addresses reached their confirmations. One transaction carries a chain block's
+    deposits under one signature (one record, one signature to check, however many
+    deposits). Each is credited once per (chain, tx_hash, log_index)."""
+
+    adapter: str
+    chain: str
+    deposits: tuple[ReportedDeposit, ...]
     auth: Auth | None = None
 
 

@@ -5,9 +5,10 @@ magic; each record is ``u32 length | u32 crc32(payload) | payload`` (little endi
 one record per block. A segment rolls over once it passes ``segment_bytes``.
 
 Durability: ``append`` writes a group of records and fsyncs before it returns. It is
-blocking on purpose -- the node calls it from a worker thread so the trio thread keeps
-serving, and releases a block's effects only after it returned (group commit: every
-block that piled up meanwhile goes in the next write and fsync).
+blocking on purpose -- the node calls it on its event loop (a worker thread waits for the
+GIL while the loop is busy, which cost more than the fsync: see ``satchel.node``) and
+releases a block's effects only after it returned (group commit: every block that piled
+up meanwhile goes in the next write and fsync).
 
 Recovery tells a crash from corruption:
 * a record cut short or failing its checksum at the very end of the last segment is a

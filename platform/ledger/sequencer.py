@@ -107,6 +107,11 @@ class Sequencer:
             await self._arrived.wait()
 
     @property
+    def idle(self) -> bool:
+        """Nothing submitted or queued that the engine has not taken yet."""
+        return not self._txs and not self._queue
+
+    @property
     def backlog(self) -> int:
         """Transactions accepted but not yet handed to the engine."""
         return len(self._txs) + sum(len(i.txs) for i in self._queue if i.__class__ is Stamped)

@@ -16,7 +16,7 @@ import orjson
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from satchel.signing import Keypair, sign_request
+from satchel.signing import Keypair, sign_batch_request, sign_request
 
 
 def free_port() -> int:
@@ -52,6 +52,14 @@ class Client:
         if sign and self.key is not None:
             _, body["signature"] = sign_request(self.key, instruction or method, params or {})
         return req_id, orjson.dumps(body)
+
+    async def request_batch(self, method: str, instruction: str, items: list[dict]) -> Any:
+        """A batch request (``orderExecuteBatch``, ``depositConfirmedBatch``): ``items``
+        under one signature, one ``instruction`` segment per item."""
+        req_id = next(self._ids)
+        _, signature = sign_batch_request(self.key, instruction, items)
+        return await self.exchange(req_id, orjson.dumps({"id": req_id, "method": method, "params": items,
+                                                         "signature": signature}))
 
     async def send_raw(self, text: str | bytes) -> None:
         await self.ws.send_message(text.decode() if isinstance(text, bytes) else text)
