@@ -101,15 +101,20 @@ async def run(deposits: int, accounts: int, rate: int, seconds: float, rounds: i
                         sent[account] = sent.get(account, 0) + (i % 7 + 1) * USDC
 
             alone, beside, stages, stages_alone, to_credit = [], [], [], [], []
+            pooled: dict[str, list[float]] = {"alone": [], "beside": []}  # every order of every round
             for r in range(rounds):
                 node.latency.reset()
-                alone.append(quantiles(await trade(node, rate, seconds)))
+                latencies = await trade(node, rate, seconds)
+                alone.append(quantiles(latencies))
+                pooled["alone"] += latencies
                 stages_alone.append(node.latency.summary())
                 node.latency.reset()
                 t0 = time.perf_counter()
                 async with trio.open_nursery() as inner:
                     inner.start_soon(deposit_stream, r * deposits)
-                    beside.append(quantiles(await trade(node, rate, seconds)))
+                    latencies = await trade(node, rate, seconds)
+                    beside.append(quantiles(latencies))
+                    pooled["beside"] += latencies
                 stages.append(node.latency.summary())
                 with trio.move_on_after(120):
                     while adapter.credited < (r + 1) * deposits:
@@ -120,7 +125,7 @@ async def run(deposits: int, accounts: int, rate: int, seconds: float, rounds: i
             for account, amount in sent.items():
                 free, held = await node.ask("risk", BalanceOf(account, "USDC"))
                 wrong += free + held != amount
-            result = {"alone": alone, "beside": beside, "stages": stages, "stages_alone": stages_alone, "credited": adapter.credited,
+            result = {"alone": alone, "beside": beside, "pooled": {k: quantiles(v) for k, v in pooled.items()}, "stages": stages, "stages_alone": stages_alone, "credited": adapter.credited,
                       "wrong_balances": wrong, "seconds_to_credit": to_credit,
                       "provider_errors": adapter.providers.errors, "overloaded_calls": overloaded.calls}
             node.shutdown()
@@ -148,6 +153,9 @@ def main() -> None:
     alone_p99, beside_p99 = med(a[1] for a in r["alone"]), med(b[1] for b in r["beside"])
     print(f"  median: alone {med(a[0] for a in r['alone']):6.2f} / {alone_p99:6.2f}   beside "
           f"{med(b[0] for b in r['beside']):6.2f} / {beside_p99:6.2f}   p99 ratio beside/alone {beside_p99 / alone_p99:.2f}")
+    pa, pb = r["pooled"]["alone"], r["pooled"]["beside"]
+    print(f"  every order of the rounds pooled: alone {pa[0]:6.2f} / {pa[1]:6.2f}   beside {pb[0]:6.2f} / {pb[1]:6.2f}   "
+          f"p99 ratio beside/alone {pb[1] / pa[1]:.2f}")
     print("the node's stages, us, median of the rounds (p50 / p99; per block, weighted by its txs):")
     for stage in ("apply", "durable"):
         alone_s, beside_s = r["stages_alone"], r["stages"]

@@ -226,9 +226,10 @@ class Node:
         """Submit and wait until the transaction's block is durable; returns its events."""
         return await _answer(lambda cb: self.sequencer.submit(tx, cb))
 
-    async def quiet(self, patience: float) -> None:
+    async def quiet(self, patience: float) -> bool:
         """Wait until the pipeline has nothing to do (no transaction or read waiting,
-        applied, being made durable or answered), or ``patience`` seconds at most.
+        applied, being made durable or answered), or ``patience`` seconds at most; True if
+        it ran dry, False if the patience ran out (the node is saturated).
 
         Background work at the edges (a chain adapter's reports and sweeps) calls this
         before each step, so it runs between orders rather than beside them: on one event
@@ -240,6 +241,8 @@ class Node:
                 if self._quiet.is_set():
                     self._quiet = trio.Event()
                 await self._quiet.wait()
+            return True
+        return False
 
     async def ask(self, target: str, message: Any) -> Any:
         """A typed query (``core.messages``) to ``target`` between blocks; answered once

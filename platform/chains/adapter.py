@@ -57,6 +57,7 @@ from satchel.core.messages import (
     BlockHeader, ChainCredited, ChainDeposit, ChainsOf, ChainStatus, ChainStatusChanged, CustodyMoved, ReportedDeposit,
     TxRejected, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent, WithdrawalsOf, WithdrawalUpdate,
 )
+from satchel.core.instructions import MAX_REPORTED_DEPOSITS
 from satchel.signing import Keypair, auth_for, batch_auth_for
 
 log = structlog.get_logger()
@@ -69,7 +70,11 @@ BREAKER_FAILURES = 3
 MAX_PROBE_S = 30.0
 SWEEP_S = 2.0  # an address is swept this long after its first deposit not swept yet (later ones go along)
 SWEEP_BATCH = 20  # addresses swept per poll at most: custody housekeeping at a steady pace, never a burst
-REPORT_DEPOSITS = 16  # deposits per report: each report is one step on the loop (~0.4 ms) and one short block
+# deposits per report while the node has idle moments: each report is one short step on the
+# loop and one short block (measured beside orders at 1,250 deposits/s, orders' p99 over
+# alone's: 8 a report x1.2, 16 x1.4, 64 x1.9); a saturated node gets the rest of the block
+# in one report (at most MAX_REPORTED_DEPOSITS), so deposits keep pace under any load
+REPORT_DEPOSITS = 8
 QUIET_S = 0.05  # each step waits this long at most for the node's pipeline to run dry (``Node.quiet``)
 REORG_RESCAN = 64  # blocks scanned again after a reorg deeper than the confirmations
 
@@ -224,12 +229,14 @@ class Adapter:
 
     async def _report_deposits(self, found: list[tuple[ChainTransfer, str]]) -> None:
         """A block's deposits, reported in transactions of ``REPORT_DEPOSITS`` under one
-        signature each, each once the node's pipeline is quiet (between orders); then each
-        address credited (now, or before a restart) is marked for the sweep to the hot
-        wallet."""
-        for first in range(0, len(found), REPORT_DEPOSITS):
-            part = found[first:first + REPORT_DEPOSITS]
-            await self.node.quiet(QUIET_S)
+        signature each, each once the node's pipeline is quiet (between orders), or all the
+        rest at once when it stays busy; then each address credited (now, or before a
+        restart) is marked for the sweep to the hot wallet."""
+        first = 0
+        while first < len(found):
+            size = REPORT_DEPOSITS if await self.node.quiet(QUIET_S) else MAX_REPORTED_DEPOSITS
+            part = found[first:first + size]
+            first += size
             items = [{"chain": self.name, "txHash": t.tx_hash, "logIndex": str(t.log_index), "account": account,
                       "symbol": t.asset, "quantity": format_units(t.amount, self.decimals[t.asset])} for t, account in part]
             tx = ChainDeposit(self.key.api_key, self.name,
