@@ -132,12 +132,17 @@ def sign_request(key: Keypair, instruction: str, params: Mapping[str, object], w
     return msg, [key.api_key, sig, str(ts), str(window)]
 
 
+def batch_texts(items: "list[Mapping[str, object]]") -> tuple[tuple[tuple[str, str], ...], ...]:
+    """A batch's items as signed and journaled (``Auth.batch``): each item's params as
+    texts, sorted by key, in the batch's order."""
+    return tuple(tuple(sorted((k, param_text(v)) for k, v in item.items())) for item in items)
+
+
 def sign_batch_request(key: Keypair, instruction: str, items: "list[Mapping[str, object]]",
                        window: int = DEFAULT_WINDOW_MS) -> tuple[bytes, list[str]]:
     """As ``sign_request``, for a batch: one segment per item, in order."""
     ts = int(time.time() * 1000)
-    texts = [tuple(sorted((k, param_text(v)) for k, v in item.items())) for item in items]
-    msg = batch_signing_string(instruction, texts, ts, window)
+    msg = batch_signing_string(instruction, batch_texts(items), ts, window)
     return msg, [key.api_key, base64.b64encode(key.sign(msg)).decode(), str(ts), str(window)]
 
 
@@ -180,7 +185,7 @@ def batch_auth_for(key: Keypair, instruction: str, items: "list[Mapping[str, obj
     signature (``Instruction.many``: a chain adapter's deposits of a block)."""
     from satchel.core.messages import Auth
 
-    batch = tuple(tuple(sorted((k, param_text(v)) for k, v in item.items())) for item in items)
+    batch = batch_texts(items)
     ts = int(time.time() * 1000)
     return Auth((), False, key.sign(batch_signing_string(instruction, batch, ts, window)), ts, window, batch)
 

@@ -578,6 +578,7 @@ class Api:
             self._submit(caller, req_id, msgspec.structs.replace(tx, auth=signed.auth(message, None)), reply, received)
 
         caller.verified(req_id, signed, go)
+
     withdrawalSent = _acked("withdrawalSent")
     withdrawalConfirmed = _acked("withdrawalConfirmed")
     withdrawalFailed = _acked("withdrawalFailed")

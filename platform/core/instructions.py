@@ -29,8 +29,7 @@ from satchel.core.errors import (
 from satchel.core.messages import (
     ASK, AUTO_BORROW, AUTO_BORROW_REPAY, AUTO_LEND, AUTO_LEND_REDEEM, BID, BORROW, BY_INDEX, BY_LAST, BY_MARK, FOK, GTC,
     IOC, LEND, LIMIT, MARKET, REJECT_BOTH, REJECT_MAKER, REJECT_TAKER, ApproveSweep, AssetSpec, BorrowLend, ChainDeposit,
-    ReportedDeposit,
-    ChainSpec, ChainStatus, SetChain, Withdraw, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent,
+    ChainSpec, ChainStatus, ReportedDeposit, SetChain, Withdraw, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent,
     CancelAll, CancelOrder, Deposit, ListAsset, ListMarket, MarginSpec, MarketSpec, PerpSpec, PlaceOrder, SetAdmin,
     LendingSpec, SetFees, SetIndex, SetLending, SetLeverage, SetMargin, SetTrading,
 )
