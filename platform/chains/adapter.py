@@ -5,9 +5,9 @@ re-verify them like any other transaction, and it learns what to do from durable
 
 * **Deposits.** It scans blocks once they have ``confirmations`` (a reorg shallower than
   that never reaches it), and reports each transfer to a deposit address handed out
-  (``AddressBook``), a block's deposits in one ``depositConfirmed`` under one signature
-  (per deposit, signing cost as much as the engine's whole credit); then it moves the
-  deposits to the hot wallet.
+  (``AddressBook``), the deposits of the blocks one poll reads together in
+  ``depositConfirmed`` reports under one signature each (per deposit, signing cost as much
+  as the engine's whole credit); then it moves the deposits to the hot wallet.
   Its scan position is a file written at most once a second, so a crash re-reports at most
   a second of blocks, and the engine skips what it credited before (a report of nothing
   new is refused ``ALREADY_CREDITED``): credit stays exactly once across restarts.
@@ -71,10 +71,12 @@ MAX_PROBE_S = 30.0
 SWEEP_S = 2.0  # an address is swept this long after its first deposit not swept yet (later ones go along)
 SWEEP_BATCH = 20  # addresses swept per poll at most: custody housekeeping at a steady pace, never a burst
 # deposits per report while the node has idle moments: each report is one short step on the
-# loop and one short block (measured beside orders at 1,250 deposits/s, orders' p99 over
-# alone's: 8 a report x1.2, 16 x1.4, 64 x1.9); a saturated node gets the rest of the block
-# in one report (at most MAX_REPORTED_DEPOSITS), so deposits keep pace under any load
-REPORT_DEPOSITS = 8
+# loop and one short block (orders' p99 beside deposits over alone's, benchmarks.deposits:
+# per chain block, 8 a report x1.2, 16 x1.4, 64 x1.9 at 1,250/s; per poll, 8 x1.37 and 32
+# x1.30 at 1,250/s, x1.08 and x0.99 at 100/s: fewer blocks beside orders at low rates, no
+# worse at high ones); a saturated node gets the rest in one report (at most
+# MAX_REPORTED_DEPOSITS), so deposits keep pace under any load
+REPORT_DEPOSITS = 32
 QUIET_S = 0.05  # each step waits this long at most for the node's pipeline to run dry (``Node.quiet``)
 REORG_RESCAN = 64  # blocks scanned again after a reorg deeper than the confirmations
 
@@ -198,37 +200,48 @@ class Adapter:
             await trio.sleep(POLL_S)
 
     async def _scan(self) -> None:
+        """The blocks past the cursor with ``confirmations``, their deposits reported
+        together (up to ``MAX_REPORTED_DEPOSITS``): at 100 deposits a second, one report a
+        poll instead of one per chain block, so a quarter of the engine blocks beside orders.
+        The cursor moves only past what was reported."""
         head = await self.providers.call("head")
         safe = head - self.confirmations + 1
-        while self.cursor < safe:
-            block = await self.providers.call("block", self.cursor + 1)
+        found: list[tuple[ChainTransfer, str]] = []
+        scanned = (self.cursor, self.last_block)  # how far the blocks read so far reach
+        while scanned[0] < safe:
+            block = await self.providers.call("block", scanned[0] + 1)
             if block is None:
-                return  # a provider behind the one that answered head: the next poll reads it
-            if self.last_block[0] == block.number - 1 and block.parent != self.last_block[1]:
+                break  # a provider behind the one that answered head: the next poll reads it
+            last = scanned[1]
+            if last[0] == block.number - 1 and block.parent != last[1]:
                 log.error("chain.reorg_below_confirmations", chain=self.name, block=block.number,
-                          parent=block.parent, scanned=self.last_block[1], rescan_from=self.cursor - REORG_RESCAN)
+                          parent=block.parent, scanned=last[1], rescan_from=self.cursor - REORG_RESCAN)
                 self.reorgs += 1
+                # what was read since the cursor may be of the replaced blocks: not reported
+                found = []
                 self.cursor = max(0, self.cursor - REORG_RESCAN)
                 self.last_block = (-1, "")
+                scanned = (self.cursor, self.last_block)
                 continue
-            found = []
             for t in block.transfers:
                 owner = self.book.owner(self.name, t.to) if t.ok else None
                 if owner is not None and t.asset in self.decimals:
                     found.append((t, owner))
-            if found:
-                await self._report_deposits(found)
-            self.cursor = block.number
-            self.last_block = (block.number, block.hash)
-            now = trio.current_time()
-            if now - self.saved_at >= SAVE_S:
-                # at most once a second: a crash re-reports a second of blocks at worst, and the
-                # engine skips what it credited before
-                self.saved_at = now
-                await trio.to_thread.run_sync(self._save, self._state())
+            scanned = (block.number, (block.number, block.hash))
+            if len(found) >= MAX_REPORTED_DEPOSITS:
+                break
+        if found:
+            await self._report_deposits(found)
+        self.cursor, self.last_block = scanned
+        now = trio.current_time()
+        if now - self.saved_at >= SAVE_S:
+            # at most once a second: a crash re-reports a second of blocks at worst, and the
+            # engine skips what it credited before
+            self.saved_at = now
+            await trio.to_thread.run_sync(self._save, self._state())
 
     async def _report_deposits(self, found: list[tuple[ChainTransfer, str]]) -> None:
-        """A block's deposits, reported in transactions of ``REPORT_DEPOSITS`` under one
+        """A poll's deposits, reported in transactions of ``REPORT_DEPOSITS`` under one
         signature each, each once the node's pipeline is quiet (between orders), or all the
         rest at once when it stays busy; then each address credited (now, or before a
         restart) is marked for the sweep to the hot wallet."""
