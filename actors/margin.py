@@ -45,6 +45,7 @@ from collections import deque
 
 import msgspec
 
+from satchel.actors.compliance import Compliance
 from satchel.actors.custody import CUSTODY_TXS, Custody
 from satchel.actors.liquidation import Liquidator
 from satchel.actors.loans import Loans
@@ -57,7 +58,7 @@ from satchel.core.errors import Code
 from satchel.core.instructions import INSURANCE_ACCOUNT
 from satchel.core.messages import (
     BID, CANCELLED, EXPIRED, LIQUIDATION, PPB,
-    AssetSpec, BorrowLend, ChainCommand, ChainsOf, LendingOf, PoolsUsed, UsePools, Withdraw, WithdrawalsOf, BalanceChanged, BalanceOf, BalancesOf, CancelAll, CancelOrder, CollateralOf, CollateralRow, CollateralView,
+    AssetSpec, BorrowLend, ChainCommand, ChainsOf, ComplianceCommand, PermissionsOf, LendingOf, PoolsUsed, UsePools, Withdraw, WithdrawalsOf, BalanceChanged, BalanceOf, BalancesOf, CancelAll, CancelOrder, CollateralOf, CollateralRow, CollateralView,
     Deposit, Deposited, Entry, Escalate, Fill, FundingPaid, FundingPayment, HistoryOf, LedgerOf, LeverageSet,
     Liquidation, ListAssetSpec, ListMarginSpec, ListMarketSpec, MarginSpec, MarketSpec, MarkPrice, MarksOf, OpenInterest, OrderDone,
     PerpPrices, PlaceOrder, PositionChanged, PositionsOf, PositionsView, PreTrade, PreTraded, Remark, Restore,
@@ -138,6 +139,7 @@ class Margin:
         self.liquidator = Liquidator(self)
         self.loans = Loans(self.ledger, self._borrow_ok)  # lend and borrow positions
         self.custody = Custody(self.ledger, self._fund_withdrawal)  # chains: deposits, withdrawals
+        self.compliance = Compliance()  # KYC profiles, tier limits, product and market rules
         self.now = 0  # the block being applied, us (event times)
         self._pass: dict[str, list] = {}  # pre-trade's margin figures per account, for one pass
 
@@ -405,6 +407,7 @@ class Margin:
         routed: dict[str, list] = {}
         markets = self.markets
         permission = self.permissions.check
+        compliance = self.compliance
         hold = self.policy.hold
         ledger = self.ledger
         now = msg.timestamp
@@ -417,7 +420,8 @@ class Margin:
                 if spec is None:
                     out.append(TxRejected(seq, tx.account, Code.INVALID_SYMBOL, f"Unknown symbol {tx.symbol}"))
                     continue
-                bad = _malformed(tx) or (tx.origin != LIQUIDATION and permission(tx.account, tx.symbol))
+                bad = _malformed(tx) or (tx.origin != LIQUIDATION and (
+                    permission(tx.account, tx.symbol) or (compliance.active and self._compliant(tx, spec))))
                 if bad:
                     out.append(order_rejected(seq, tx, bad))
                     continue
@@ -455,13 +459,28 @@ class Margin:
                     ledger.deposit(tx.account, tx.asset, tx.amount)
                 out.append(Deposited(seq, tx.account, tx.asset, tx.amount))
             elif cls is BorrowLend:
+                if compliance.active and self._refused(seq, tx.account, compliance.borrow_lend(tx.account, tx.side), out):
+                    continue
                 self._pass.pop(tx.account, None)
                 self.loans.execute(seq, tx, out)
             elif cls in CUSTODY_TXS:
+                if cls is Withdraw and compliance.active:
+                    if self._refused(seq, tx.account, compliance.withdraw(tx.account, now), out):
+                        continue
+                    before = len(out)
+                    self._pass.pop(tx.account, None)
+                    self.custody.now = now
+                    self.custody.apply(seq, tx, out)
+                    if not any(e.__class__ is TxRejected for e in out[before:]):
+                        compliance.withdrew(tx.account, now)
+                    continue
                 self._pass.pop(getattr(tx, "account", ""), None)
                 self.custody.now = now
                 self.custody.apply(seq, tx, out)
             elif cls is SetLeverage:
+                if tx.auto_lend == 1 and compliance.active and self._refused(
+                        seq, tx.account, compliance.auto_lend(tx.account), out):
+                    continue
                 self._pass.pop(tx.account, None)
                 if tx.leverage:
                     self.leverage[tx.account] = tx.leverage
@@ -490,6 +509,24 @@ class Margin:
             if f.equity - loss < f.initial:
                 return Code.INSUFFICIENT_MARGIN
         return ""
+
+    def _compliant(self, tx: PlaceOrder, spec: MarketSpec) -> str:
+        """Why compliance refuses the order ("" if it does not)."""
+        view = self.marks.get(spec.symbol) if spec.perp is not None else None
+        return self.compliance.order(tx, spec, view.mark if view is not None else 0)
+
+    @staticmethod
+    def _refused(seq: int, account: str, refusal: tuple[str, str], out: list) -> bool:
+        code, message = refusal
+        if code:
+            out.append(TxRejected(seq, account, code, message))
+        return bool(code)
+
+    def _compliance_command(self, msg: ComplianceCommand) -> list:
+        return self.compliance.command(msg.seq, msg.tx, self.markets)
+
+    def _permissions_of(self, msg: PermissionsOf) -> dict:
+        return self.compliance.effective(msg.account, sorted(self.markets))
 
     def _chain_command(self, msg: ChainCommand) -> list:
         return self.custody.command(msg.seq, msg.tx, msg.timestamp) + self.report(msg.seq)
@@ -933,6 +970,7 @@ class Margin:
             history=[(a, [*funding, *steps]) for a, (funding, steps) in sorted(self.history.items())],
             loans=self.loans.canonical(),
             custody=self.custody.canonical(),
+            compliance=self.compliance.canonical(),
         )
         return RiskState(
             balances=ledger.balance_rows(),
@@ -975,6 +1013,7 @@ class Margin:
         self.next_oi = m.next_open_interest
         self.loans.restore(m.loans)
         self.custody.restore(m.custody)
+        self.compliance.restore(m.compliance)
         self.history = {}
         for account, events in m.history:
             for ev in events:
@@ -986,5 +1025,6 @@ class Margin:
         BalancesOf: _balances_of, Totals: _totals, LedgerOf: _ledger, PositionsOf: _positions_of,
         CollateralOf: _collateral_of, HistoryOf: _history_of, MarksOf: _marks_of, StateOf: _state, Restore: _restore,
         UsePools: _use_pools, PoolsUsed: _pools_used, LendingOf: _lending_of, ChainCommand: _chain_command,
-        ChainsOf: _chains_of, WithdrawalsOf: _withdrawals_of,
+        ChainsOf: _chains_of, WithdrawalsOf: _withdrawals_of, ComplianceCommand: _compliance_command,
+        PermissionsOf: _permissions_of,
     })

@@ -21,7 +21,7 @@ from satchel.core.engine import Engine
 from satchel.core.messages import (
     BalanceOf, BalancesOf, DepthOf, OpenOrders, StateHashOf, StateOf, Totals,
     ASK, BID, FOK, GTC, IOC, LIMIT, MARKET, REJECT_TAKER, CancelAll, CancelOrder, Deposit, PlaceOrder, SetFees,
-    SetTrading,
+    SetProfile, SetRule, SetTierLimits, SetTrading,
 )
 from satchel.signing import Keypair, auth_for, param_text
 
@@ -253,6 +253,15 @@ admin_st = st.one_of(
     st.builds(lambda a, s, on: SetTrading(ADMIN, a, s, on), st.one_of(st.none(), st.sampled_from(ACCOUNTS)),
               st.sampled_from(SYMBOLS), st.booleans()),
     st.builds(lambda s, m, t: SetFees(ADMIN, s, max(m, -t), t), st.sampled_from(SYMBOLS), st.integers(-5, 20), st.integers(0, 50)),
+    # compliance: profiles in two jurisdictions, rules for them, an account or everywhere, tier notional limits
+    st.builds(lambda a, j, t: SetProfile(ADMIN, a, t, j, ()), st.sampled_from(ACCOUNTS), st.sampled_from(["", "XX", "YY"]),
+              st.integers(0, 2)),
+    st.builds(lambda scope, who, what, allowed: SetRule(ADMIN, scope, who, what, allowed),
+              st.sampled_from(["jurisdiction"]), st.sampled_from(["XX", "YY", "*"]),
+              st.sampled_from(["spot", "market:SOL_USDC", "market:BTC_USDC"]), st.one_of(st.none(), st.booleans())),
+    st.builds(lambda a, what, allowed: SetRule(ADMIN, "account", a, what, allowed), st.sampled_from(ACCOUNTS),
+              st.sampled_from(["spot", "market:SOL_USDC"]), st.one_of(st.none(), st.booleans())),
+    st.builds(lambda t, n: SetTierLimits(ADMIN, t, -1, (("USDC", n),)), st.integers(0, 2), st.integers(10**6, 10**12)),
 )
 tx_st = st.one_of(order_st, order_st, order_st, order_st, cancel_st, deposit_st, admin_st)
 workload_st = st.lists(st.lists(tx_st, min_size=1, max_size=25), min_size=1, max_size=12)

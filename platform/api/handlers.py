@@ -21,6 +21,7 @@ each request arrived (for the per-stage latencies).
 from __future__ import annotations
 
 from collections import deque
+from datetime import date, timedelta
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -42,7 +43,7 @@ from satchel.core.errors import (
 from satchel.core.messages import (
     LEND_SIDE_NAMES, NEW, PARTIALLY_FILLED, REJECTED, TRIGGER_PENDING, Auth, BalancesOf, BorrowLend, ChainCredited,
     CollateralOf, Fill, HistoryOf, LedgerOf, LendingOf, LendMoved, LeverageSet, MarksOf, OpenOrders, OrderDone, OrderOf,
-    PlaceOrder, PoolsOf, PositionsOf, Query, TriggerPlaced, TxRejected, Withdraw, WithdrawalUpdate,
+    PermissionsOf, PlaceOrder, PoolsOf, PositionsOf, Query, TriggerPlaced, TxRejected, Withdraw, WithdrawalUpdate,
 )
 from satchel.history import queries as history_queries, views as history_views
 from satchel.history.store import Store
@@ -57,7 +58,8 @@ METHODS = (
     "borrowLendMarkets", "platformStats", "borrowLendExecute", "borrowLendPositionQuery", "borrowHistoryQueryAll",
     "interestHistoryQueryAll", "withdraw", "withdrawalQueryAll", "depositQueryAll", "depositAddressQuery",
     "chainStatusQuery", "reconcileQuery", "chainStatus", "approveSweep", "depositConfirmed", "depositConfirmedBatch",
-    "withdrawalSent", "withdrawalConfirmed", "withdrawalFailed",
+    "withdrawalSent", "withdrawalConfirmed", "withdrawalFailed", "adminSetProfile", "adminSetTierLimits",
+    "adminSetPermission", "accountPermissionsQuery",
 )
 MAX_BATCH = 50  # orders in one POST /api/v1/orders (each journaled record keeps the whole signed batch)
 # requests whose params are a list of objects, each signed as its own segment
@@ -66,6 +68,10 @@ BATCHED = frozenset({"orderExecuteBatch", "depositConfirmedBatch"})
 PARAMLESS = frozenset({"ledgerTotals", "platformStats", "chainStatusQuery"})
 
 Signature = list[str] | None
+
+
+class AccountParams(msgspec.Struct):
+    account: str | None = None
 
 
 class OptionalSymbolParams(msgspec.Struct):
@@ -544,6 +550,15 @@ class Api:
     # transactions answered with their params once applied, or the engine's refusal
     adminSetTrading = _acked("adminSetTrading")
     adminSetFees = _acked("adminSetFees")
+    # compliance (``actors.compliance``), each in force from its sequence number
+    adminSetProfile = _acked("adminSetProfile", """An account's KYC tier, jurisdiction and tags
+        (``{"account", "kycTier", "jurisdiction", "tags"}``, tags comma-separated; admin).""")
+    adminSetTierLimits = _acked("adminSetTierLimits", """A KYC tier's limits (``{"tier",
+        "withdrawalsPerDay", "maxOrderNotional"}``: withdrawals a UTC day, absent for none;
+        ``ASSET:decimal`` pairs, the largest order notional per quote asset; admin).""")
+    adminSetPermission = _acked("adminSetPermission", """Allow, deny or ``inherit`` (remove the
+        rule) a ``product`` or a market (``symbol``) for an ``account`` or a ``jurisdiction``
+        (``*``: every jurisdiction); admin.""")
     # chains: the admin's control (chainStatus is also the adapter's), and the reports of an
     # adapter running in its own process, signed with its key
     chainStatus = _acked("chainStatus", """Pause or resume a chain's deposits and withdrawals
@@ -844,6 +859,34 @@ class Api:
         query = Query("risk", message(signed.account))
         replies = caller.replies
         caller.verified(req_id, signed, lambda m: self._read([query], lambda a: replies.result(req_id, reply(a[0]))))
+
+    @_request
+    def accountPermissionsQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """The account's effective permissions and where each comes from: its profile, each
+        product and market allowed or not with the rule's source (``account``,
+        ``jurisdiction:<code>``, ``jurisdiction:*`` or ``default``) and sequence number, its
+        tier's limits and today's withdrawals. The admin key may name another ``account``."""
+        params = instructions.params_of(AccountParams, texts)
+        signed = self.check_signature("accountPermissionsQuery", texts, sig)
+        account = signed.account
+        if params.account is not None and params.account != account:
+            if account != self.node.admin.api_key:
+                raise RequestError(UNAUTHORIZED, "only the admin key may read another account's permissions")
+            account = params.account
+        fmt = self.fmt
+        query = Query("risk", PermissionsOf(account))
+        replies = caller.replies
+
+        def reply(answers: list) -> None:
+            view = answers[0]
+            if view["withdrawals"] is not None:  # days since the epoch, as the UTC date
+                view["withdrawals"]["day"] = (date(1970, 1, 1) + timedelta(days=view["withdrawals"]["day"])).isoformat()
+            if view["limits"] is not None:
+                view["limits"]["maxOrderNotional"] = {a: fmt.asset(a, v) for a, v in view["limits"]["maxOrderNotional"].items()
+                                                      if a in fmt.assets}
+            replies.result(req_id, view)
+
+        caller.verified(req_id, signed, lambda m: self._read([query], reply))
 
     @_request
     def positionQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:

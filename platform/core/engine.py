@@ -56,6 +56,10 @@ from satchel.core.messages import (
     ChainCommand,
     ChainStatus,
     CommitPools,
+    ComplianceCommand,
+    SetProfile,
+    SetRule,
+    SetTierLimits,
     SetChain,
     Escalate,
     PoolsOf,
@@ -93,9 +97,10 @@ from satchel.core.messages import (
     events_encoder,
 )
 
-RULES_VERSION = 8  # 4: batch orders (one signature covers several transactions); 5: lending pools;
+RULES_VERSION = 9  # 4: batch orders (one signature covers several transactions); 5: lending pools;
 # 6: accounts lend and borrow (borrowLendExecute, spot-margin order flags, auto-lend); 7: chains (deposits,
-# withdrawals, custody books); 8: a depositConfirmed carries a block's deposits under one signature
+# withdrawals, custody books); 8: a depositConfirmed carries a block's deposits under one signature;
+# 9: compliance (KYC profiles, tier limits, product and market rules)
 # Longest validity window a signed request may ask for (Backpack's maximum). Part of
 # the rules, not the configuration: replay must judge windows exactly as the node did.
 MAX_WINDOW_MS = 60_000
@@ -406,6 +411,9 @@ class Engine:
         else:
             events.extend(await self.risk.call(ChainCommand(seq, tx, self._block_ts)))
 
+    async def _compliance(self, seq: int, tx: SetProfile | SetTierLimits | SetRule, events: list) -> None:
+        events.extend(await self.risk.call(ComplianceCommand(seq, tx)))
+
     async def _approve_sweep(self, seq: int, tx: ApproveSweep, events: list) -> None:
         if tx.chain not in self.chains:
             events.append(TxRejected(seq, tx.admin, Code.INVALID_CHAIN, f"Unknown chain {tx.chain}"))
@@ -516,6 +524,7 @@ _CONFIGURE = {
     SetAdmin: Engine._set_admin, ListAsset: Engine._list_asset, ListMarket: Engine._list_market,
     SetTrading: Engine._set_trading, SetFees: Engine._set_fees, SetMargin: Engine._set_margin,
     SetLending: Engine._set_lending, SetChain: Engine._set_chain, ApproveSweep: Engine._approve_sweep,
+    SetProfile: Engine._compliance, SetTierLimits: Engine._compliance, SetRule: Engine._compliance,
 }
 
 

@@ -37,6 +37,8 @@ class Code(StrEnum):
     CHAIN_PAUSED = "CHAIN_PAUSED"  # deposits and withdrawals of the chain are paused; funds stay put
     ALREADY_CREDITED = "ALREADY_CREDITED"  # this (chain, tx hash, log index) was credited before
     INVALID_WITHDRAWAL = "INVALID_WITHDRAWAL"  # no such open withdrawal, or not in a state for this report
+    PRODUCT_RESTRICTED = "PRODUCT_RESTRICTED"  # the account may not use this product (compliance)
+    TIER_LIMIT = "TIER_LIMIT"  # beyond the account's KYC tier limit (withdrawals a day)
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     UNAUTHORIZED = "UNAUTHORIZED"
     INVALID_SIGNATURE = "INVALID_SIGNATURE"

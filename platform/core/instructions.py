@@ -31,7 +31,7 @@ from satchel.core.messages import (
     IOC, LEND, LIMIT, MARKET, REJECT_BOTH, REJECT_MAKER, REJECT_TAKER, ApproveSweep, AssetSpec, BorrowLend, ChainDeposit,
     ChainSpec, ChainStatus, ReportedDeposit, SetChain, Withdraw, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent,
     CancelAll, CancelOrder, Deposit, ListAsset, ListMarket, MarginSpec, MarketSpec, PerpSpec, PlaceOrder, SetAdmin,
-    LendingSpec, SetFees, SetIndex, SetLending, SetLeverage, SetMargin, SetTrading,
+    LendingSpec, SetFees, SetIndex, SetLending, SetLeverage, SetMargin, SetProfile, SetRule, SetTierLimits, SetTrading,
 )
 
 
@@ -131,6 +131,27 @@ class SymbolParams(msgspec.Struct):
 class SetTradingParams(msgspec.Struct):
     enabled: Bool
     account: str | None = None
+    symbol: str | None = None
+
+
+class SetProfileParams(msgspec.Struct):
+    account: str
+    kycTier: str
+    jurisdiction: str = ""
+    tags: str = ""  # comma-separated
+
+
+class SetTierLimitsParams(msgspec.Struct):
+    tier: str
+    withdrawalsPerDay: str | None = None  # absent: no limit
+    maxOrderNotional: str = ""  # ASSET:decimal pairs, comma-separated, per quote asset
+
+
+class SetPermissionParams(msgspec.Struct):
+    allowed: Literal["true", "false", "inherit"]  # inherit: the rule is removed
+    account: str | None = None
+    jurisdiction: str | None = None  # a code, or * for every jurisdiction
+    product: Literal["spot", "perps", "margin", "lending", "withdrawals"] | None = None
     symbol: str | None = None
 
 
@@ -454,6 +475,51 @@ def _set_trading(p: SetTradingParams, admin: str, listing: Listing) -> SetTradin
     return SetTrading(admin, p.account, p.symbol, boolean(p.enabled))
 
 
+MAX_TIER = 255
+MAX_TAGS = 16
+
+
+def _code(text: str, what: str, limit: int = 32) -> str:
+    """A jurisdiction code or a tag: 1..limit letters, digits, ``_`` or ``-``."""
+    if not 0 < len(text) <= limit or not text.isascii() or not text.replace("_", "").replace("-", "").isalnum():
+        raise RequestError(INVALID_REQUEST, f"{what} must be 1 to {limit} letters, digits, _ or -")
+    return text
+
+
+def _set_profile(p: SetProfileParams, admin: str, listing: Listing) -> SetProfile:
+    if not is_api_key(p.account):
+        raise RequestError(INVALID_REQUEST, "account must be an API key")
+    tags = sorted({_code(t, "a tag") for t in p.tags.split(",") if t})
+    if len(tags) > MAX_TAGS:
+        raise RequestError(INVALID_REQUEST, f"at most {MAX_TAGS} tags")
+    jurisdiction = _code(p.jurisdiction, "jurisdiction", 16) if p.jurisdiction else ""
+    return SetProfile(admin, p.account, uint(p.kycTier, "kycTier", MAX_TIER + 1), jurisdiction, tuple(tags))
+
+
+def _set_tier_limits(p: SetTierLimitsParams, admin: str, listing: Listing) -> SetTierLimits:
+    per_day = -1 if p.withdrawalsPerDay is None else uint(p.withdrawalsPerDay, "withdrawalsPerDay", 1_000_000)
+    limits = {}
+    for pair in filter(None, p.maxOrderNotional.split(",")):
+        asset, _, text = pair.partition(":")
+        limits[asset] = _amount(listing, asset, text)
+    return SetTierLimits(admin, uint(p.tier, "tier", MAX_TIER + 1), per_day, tuple(sorted(limits.items())))
+
+
+def _set_permission(p: SetPermissionParams, admin: str, listing: Listing) -> SetRule:
+    if (p.account is None) == (p.jurisdiction is None):
+        raise RequestError(INVALID_REQUEST, "Give exactly one of account and jurisdiction")
+    if (p.product is None) == (p.symbol is None):
+        raise RequestError(INVALID_REQUEST, "Give exactly one of product and symbol")
+    if p.account is not None:
+        if not is_api_key(p.account):
+            raise RequestError(INVALID_REQUEST, "account must be an API key")
+        scope, who = "account", p.account
+    else:
+        scope, who = "jurisdiction", "*" if p.jurisdiction == "*" else _code(p.jurisdiction, "jurisdiction", 16)
+    what = p.product if p.product is not None else "market:" + _market(listing, p.symbol).symbol
+    return SetRule(admin, scope, who, what, None if p.allowed == "inherit" else boolean(p.allowed))
+
+
 def _set_fees(p: SetFeesParams, admin: str, listing: Listing) -> SetFees:
     _market(listing, p.symbol)
     return SetFees(admin, p.symbol, sint(p.makerFeeBps, "makerFeeBps", 10_001), sint(p.takerFeeBps, "takerFeeBps", 10_001))
@@ -571,6 +637,11 @@ INSTRUCTIONS = (
                 _ADMIN_ERRORS + (INVALID_SYMBOL,)),
     Instruction("adminSetFees", SetFees, SetFeesParams, _set_fees, _admin, True, "config",
                 _ADMIN_ERRORS + (INVALID_SYMBOL, Code.INVALID_FEES)),
+    Instruction("adminSetProfile", SetProfile, SetProfileParams, _set_profile, _admin, True, "config", _ADMIN_ERRORS),
+    Instruction("adminSetTierLimits", SetTierLimits, SetTierLimitsParams, _set_tier_limits, _admin, True, "config",
+                _ADMIN_ERRORS + (INVALID_ASSET, INVALID_DECIMAL, INVALID_QUANTITY)),
+    Instruction("adminSetPermission", SetRule, SetPermissionParams, _set_permission, _admin, True, "config",
+                _ADMIN_ERRORS + (INVALID_SYMBOL,)),
     Instruction("setAdmin", SetAdmin, SetAdminParams, _set_admin, lambda tx: tx.key, True, "config", _ADMIN_ERRORS),
     Instruction("listAsset", ListAsset, ListAssetParams, _list_asset, _admin, True, "config", _ADMIN_ERRORS),
     Instruction("listMarket", ListMarket, None, _list_market, _admin, True, "config",
@@ -581,9 +652,10 @@ INSTRUCTIONS = (
     Instruction("oracleIndex", SetIndex, OracleIndexParams, _oracle_index, _admin, True, "periodic",
                 _ADMIN_ERRORS + (INVALID_SYMBOL, INVALID_DECIMAL, INVALID_PRICE)),
     Instruction("accountUpdate", SetLeverage, AccountUpdateParams, _account_update, _account, False, "trade",
-                (INVALID_REQUEST, Code.INVALID_LEVERAGE)),
+                (INVALID_REQUEST, Code.INVALID_LEVERAGE, Code.PRODUCT_RESTRICTED)),
     Instruction("withdraw", Withdraw, WithdrawParams, _withdraw, _account, False, "trade",
-                _CHAIN_ERRORS + (Code.INVALID_ADDRESS, Code.INSUFFICIENT_FUNDS, Code.INSUFFICIENT_MARGIN)),
+                _CHAIN_ERRORS + (Code.INVALID_ADDRESS, Code.INSUFFICIENT_FUNDS, Code.INSUFFICIENT_MARGIN,
+                                 Code.PRODUCT_RESTRICTED, Code.TIER_LIMIT)),
     Instruction("depositConfirmed", ChainDeposit, DepositConfirmedParams, _deposit_confirmed, _adapter, False, "trade",
                 _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_DEPOSIT, Code.ALREADY_CREDITED), many=True),
     Instruction("withdrawalSent", WithdrawalSent, WithdrawalRefParams, _withdrawal_sent, _adapter, False, "trade",
@@ -599,7 +671,7 @@ INSTRUCTIONS = (
     Instruction("setChain", SetChain, None, _set_chain, _admin, True, "config", _ADMIN_ERRORS + (Code.INVALID_CHAIN,)),
     Instruction("borrowLendExecute", BorrowLend, BorrowLendParams, _borrow_lend, _account, False, "trade",
                 (INVALID_REQUEST, INVALID_ASSET, INVALID_DECIMAL, INVALID_QUANTITY, Code.INSUFFICIENT_FUNDS,
-                 Code.INSUFFICIENT_LIQUIDITY, Code.AMOUNT_TOO_SMALL, Code.BORROW_LIMIT)),
+                 Code.INSUFFICIENT_LIQUIDITY, Code.AMOUNT_TOO_SMALL, Code.BORROW_LIMIT, Code.PRODUCT_RESTRICTED)),
 )
 BY_NAME = {i.name: i for i in INSTRUCTIONS}
 BY_TX = {i.tx: i for i in INSTRUCTIONS}

@@ -423,10 +423,47 @@ class ApproveSweep(_Rec, tag=24):
     auth: Auth | None = None
 
 
+
+class SetProfile(_Rec, tag=25):
+    """An account's compliance profile (``actors.compliance``): KYC tier, jurisdiction (a
+    code, "" unknown), tags (communities, flags)."""
+
+    admin: str
+    account: str
+    tier: int
+    jurisdiction: str
+    tags: tuple[str, ...]
+    auth: Auth | None = None
+
+
+class SetTierLimits(_Rec, tag=26):
+    """A KYC tier's limits: withdrawals a UTC day (-1: none), the largest order notional
+    per quote asset (units; an asset not named: no limit)."""
+
+    admin: str
+    tier: int
+    withdrawals_per_day: int
+    max_order_notional: tuple[tuple[str, int], ...]
+    auth: Auth | None = None
+
+
+class SetRule(_Rec, tag=27):
+    """Allow or deny a product or a market (``what``: a product of
+    ``actors.compliance.PRODUCTS`` or ``market:<symbol>``) for an account or a
+    jurisdiction (``scope``; ``who`` the key, the code, or ``*`` for every jurisdiction);
+    ``allowed`` None removes the rule."""
+
+    admin: str
+    scope: str
+    who: str
+    what: str
+    allowed: bool | None
+    auth: Auth | None = None
+
 # Every transaction type has an ``auth`` field (None for the node's own genesis records).
 Tx = Union[SetAdmin, ListAsset, ListMarket, Deposit, SetTrading, SetFees, PlaceOrder, CancelOrder, CancelAll, SetMargin,
            SetIndex, SetLeverage, SetLending, BorrowLend, SetChain, ChainDeposit, Withdraw, WithdrawalSent,
-           WithdrawalConfirmed, WithdrawalFailed, ChainStatus, ApproveSweep]
+           WithdrawalConfirmed, WithdrawalFailed, ChainStatus, ApproveSweep, SetProfile, SetTierLimits, SetRule]
 
 
 # ---------------------------------------------------------------- events
@@ -756,9 +793,20 @@ class CustodyMoved(_Rec, tag=42):
     timestamp: int
 
 
+
+class ComplianceChanged(_Rec, tag=43):
+    """A compliance change applied: ``what`` is ``profile`` (``key`` the account),
+    ``tierLimits`` (the tier) or ``rule`` (``scope:who``); ``value`` says what it now is."""
+
+    seq: int
+    what: str
+    key: str
+    value: str
+
 Event = Union[OrderAccepted, Fill, OrderDone, TxRejected, Deposited, BalanceChanged, DepthDelta, ConfigChanged,
               PositionChanged, MarkPrice, FundingPaid, FundingPayment, Liquidation, OpenInterest, TriggerPlaced, LeverageSet,
-              LendMoved, PoolUpdate, BadDebt, ChainCredited, WithdrawalUpdate, ChainStatusChanged, CustodyMoved]
+              LendMoved, PoolUpdate, BadDebt, ChainCredited, WithdrawalUpdate, ChainStatusChanged, CustodyMoved,
+              ComplianceChanged]
 
 
 # ---------------------------------------------------------------- actor messages
@@ -887,6 +935,21 @@ class ChainCommand(msgspec.Struct):
     tx: object
     timestamp: int
 
+
+
+class ComplianceCommand(msgspec.Struct):
+    """To the margin engine, at the transaction's sequence number: a ``SetProfile``,
+    ``SetTierLimits`` or ``SetRule``; answers the events."""
+
+    seq: int
+    tx: object
+
+
+class PermissionsOf(msgspec.Struct):
+    """An account's effective permissions and where each comes from (a dict, as
+    ``actors.compliance.Compliance.effective`` gives it)."""
+
+    account: str
 
 class ChainsOf(msgspec.Struct):
     """The chains, their status and custody books (``actors.custody.ChainView`` list)."""

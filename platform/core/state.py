@@ -145,6 +145,36 @@ class CustodyState(_State):
     withdrawn: list[tuple[str, int]]  # confirmed withdrawals per asset, sorted
 
 
+
+class ProfileState(_State):
+    account: str
+    tier: int
+    jurisdiction: str
+    tags: list[str]  # sorted
+    seq: int  # the transaction that set it
+
+
+class TierState(_State):
+    tier: int
+    withdrawals_per_day: int  # -1: no limit
+    max_order_notional: list[tuple[str, int]]  # (quote asset, units), sorted
+    seq: int
+
+
+class RuleState(_State):
+    scope: str  # "account" | "jurisdiction"
+    who: str
+    what: str  # a product or "market:<symbol>"
+    allowed: bool
+    seq: int
+
+
+class ComplianceState(_State):
+    profiles: list[ProfileState]  # sorted by account
+    tiers: list[TierState]  # sorted by tier
+    rules: list[RuleState]  # sorted by (scope, who, what)
+    withdrawals: list[tuple[str, int, int]]  # (account, UTC day, withdrawals that day), sorted
+
 class MarginState(_State):
     spec: MarginSpec | None
     positions: list[PositionState]  # sorted by (account, symbol)
@@ -161,6 +191,7 @@ class MarginState(_State):
     history: list[tuple[str, list[FundingPayment | Liquidation]]]  # account -> its latest such events, sorted
     loans: LoansState | None = None
     custody: CustodyState | None = None
+    compliance: ComplianceState | None = None
 
 
 class RiskState(_State):

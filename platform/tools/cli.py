@@ -317,6 +317,21 @@ async def _admin(args: argparse.Namespace) -> int:
     elif args.what == "sweep":
         method = "approveSweep"
         params = {"chain": args.chain, "symbol": args.asset, "quantity": args.amount}
+    elif args.what == "profile":
+        method = "adminSetProfile"
+        params = {"account": args.account, "kycTier": str(args.tier), "jurisdiction": args.jurisdiction or "",
+                  "tags": args.tags or ""}
+    elif args.what == "tier":
+        method = "adminSetTierLimits"
+        params = {"tier": str(args.tier), "maxOrderNotional": args.max_order_notional or ""}
+        if args.withdrawals_per_day is not None:
+            params["withdrawalsPerDay"] = str(args.withdrawals_per_day)
+    elif args.what == "permit":
+        method = "adminSetPermission"
+        params = {"allowed": {"allow": "true", "deny": "false", "inherit": "inherit"}[args.state]}
+        for name in ("account", "jurisdiction", "product", "symbol"):
+            if getattr(args, name):
+                params[name] = getattr(args, name)
     else:
         method = "adminSetFees"
         params = {"symbol": args.symbol, "makerFeeBps": args.maker, "takerFeeBps": args.taker}
@@ -548,7 +563,22 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--chain", required=True)
     w.add_argument("--asset", required=True)
     w.add_argument("--amount", required=True, help="a decimal in the asset's units")
-    for q in (t, f, c, w):
+    pr = asub.add_parser("profile", help="an account's KYC tier, jurisdiction and tags (compliance)")
+    pr.add_argument("--account", required=True, help="the account's API key")
+    pr.add_argument("--tier", type=int, required=True, help="KYC tier, 0-255")
+    pr.add_argument("--jurisdiction", help="a jurisdiction code, e.g. US")
+    pr.add_argument("--tags", help="comma-separated tags, e.g. community-a,vip")
+    ti = asub.add_parser("tier", help="a KYC tier's limits (compliance)")
+    ti.add_argument("--tier", type=int, required=True)
+    ti.add_argument("--withdrawals-per-day", type=int, help="withdrawals a UTC day (omit: no limit)")
+    ti.add_argument("--max-order-notional", help="largest order notional per quote asset, e.g. USDC:10000")
+    pe = asub.add_parser("permit", help="allow, deny or inherit a product or market for an account or jurisdiction")
+    pe.add_argument("state", choices=["allow", "deny", "inherit"])
+    pe.add_argument("--account")
+    pe.add_argument("--jurisdiction", help="a jurisdiction code, or '*' for every jurisdiction")
+    pe.add_argument("--product", choices=["spot", "perps", "margin", "lending", "withdrawals"])
+    pe.add_argument("--symbol", help="a market (region restriction)")
+    for q in (t, f, c, w, pr, ti, pe):
         q.add_argument("--url", default="ws://127.0.0.1:8765")
         q.add_argument("--data", default="./data")
 
