@@ -21,7 +21,7 @@ from satchel.core.engine import Engine
 from satchel.core.messages import (
     BalanceOf, BalancesOf, DepthOf, OpenOrders, StateHashOf, StateOf, Totals,
     ASK, BID, FOK, GTC, IOC, LIMIT, MARKET, REJECT_TAKER, CancelAll, CancelOrder, Deposit, PlaceOrder, SetFees,
-    SetProfile, SetRule, SetTierLimits, SetTrading,
+    SetProfile, SetRule, SetTierLimits, SetTrading, ReferralCode, SeasonSpec, SetMultiplier, SetSeason, UseReferral,
 )
 from satchel.signing import Keypair, auth_for, param_text
 
@@ -262,6 +262,14 @@ admin_st = st.one_of(
     st.builds(lambda a, what, allowed: SetRule(ADMIN, "account", a, what, allowed), st.sampled_from(ACCOUNTS),
               st.sampled_from(["spot", "market:SOL_USDC"]), st.one_of(st.none(), st.booleans())),
     st.builds(lambda t, n: SetTierLimits(ADMIN, t, -1, (("USDC", n),)), st.integers(0, 2), st.integers(10**6, 10**12)),
+    # rewards: a season (its second setting changes its weights), referrals, multipliers now or after the fact
+    st.builds(lambda m, t: SetSeason(ADMIN, SeasonSpec(1, "s", 0, 2**62, "USDC", m, t, 1000)), st.integers(0, 200),
+              st.integers(0, 200)),
+    st.builds(lambda a, c: ReferralCode(a, c), st.sampled_from(ACCOUNTS), st.sampled_from(["c0", "c1", "c2"])),
+    st.builds(lambda a, c: UseReferral(a, c), st.sampled_from(ACCOUNTS), st.sampled_from(["c0", "c1", "c2"])),
+    st.builds(lambda scope, a, f, h, n: SetMultiplier(ADMIN, scope, "" if scope == "all" else a, f, h, h + n if n else 0),
+              st.sampled_from(["account", "all"]), st.sampled_from(ACCOUNTS), st.integers(100, 400), st.integers(1, 12),
+              st.integers(0, 5)),
 )
 tx_st = st.one_of(order_st, order_st, order_st, order_st, cancel_st, deposit_st, admin_st)
 workload_st = st.lists(st.lists(tx_st, min_size=1, max_size=25), min_size=1, max_size=12)

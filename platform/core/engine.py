@@ -48,6 +48,7 @@ from satchel.actors.funding import Funding
 from satchel.actors.lending import Lending
 from satchel.core import lending
 from satchel.actors.margin import Margin
+from satchel.actors.rewards import Rewards
 from satchel.core.errors import Code
 from satchel.core.state import EngineState, PeriodicState, SeenSignature
 from satchel.core.messages import (
@@ -57,6 +58,13 @@ from satchel.core.messages import (
     ChainStatus,
     CommitPools,
     ComplianceCommand,
+    AccruePoints,
+    Fill,
+    ReferralCode,
+    RewardsCommand,
+    SetMultiplier,
+    SetSeason,
+    UseReferral,
     SetProfile,
     SetRule,
     SetTierLimits,
@@ -100,7 +108,7 @@ from satchel.core.messages import (
 RULES_VERSION = 9  # 4: batch orders (one signature covers several transactions); 5: lending pools;
 # 6: accounts lend and borrow (borrowLendExecute, spot-margin order flags, auto-lend); 7: chains (deposits,
 # withdrawals, custody books); 8: a depositConfirmed carries a block's deposits under one signature;
-# 9: compliance (KYC profiles, tier limits, product and market rules)
+# 9: compliance (KYC profiles, tier limits, product and market rules), rewards (seasons, points, referrals)
 # Longest validity window a signed request may ask for (Backpack's maximum). Part of
 # the rules, not the configuration: replay must judge windows exactly as the node did.
 MAX_WINDOW_MS = 60_000
@@ -189,6 +197,9 @@ class Engine:
         self.funding = spawn(nursery, "funding", Funding())
         self.lending = spawn(nursery, "lending", Lending())
         self.lending_on = False  # a pool is listed: blocks accrue and commit interest
+        self.rewards = spawn(nursery, "rewards", Rewards())  # seasons, points, achievements, referrals
+        self.rewards_on = False  # a season is set: blocks' fills accrue points
+        self.height = 0  # the last block applied
         self.chains: dict[str, Any] = {}  # name -> ChainSpec (who may pause a chain)
         self._block_ts = 0
         self.books: dict[str, Mailbox] = {}
@@ -203,8 +214,9 @@ class Engine:
         # The phases of a block part, in order (DESIGN §2): new actors add rows here.
         self._phases = (self._pretrade, self._match, self._settle)
 
-    async def apply(self, first_seq: int, timestamp_us: int, txs: list) -> list:
-        """Apply one block; returns its events in deterministic order."""
+    async def apply(self, first_seq: int, timestamp_us: int, txs: list, height: int | None = None) -> list:
+        """Apply one block (``height``: the next one unless given); returns its events in deterministic order."""
+        self.height = self.height + 1 if height is None else height
         now_ms = timestamp_us // 1000
         guard = self._guard
         guard.expire(now_ms)
@@ -260,6 +272,10 @@ class Engine:
         events.extend(work.events)
         events.extend(work.deltas)
         events.extend(work.settled)
+        if self.rewards_on:  # points from the fills the phases produced: O(fills + accounts touched)
+            fills = [ev for ev in work.events if ev.__class__ is Fill]
+            if fills:
+                events.extend(await self.rewards.call(AccruePoints(self.height, timestamp_us, work.batch[-1][0], fills)))
 
     async def _pretrade(self, work: _Work) -> None:
         reply = await self.risk.call(PreTrade(work.batch, work.timestamp))
@@ -329,6 +345,9 @@ class Engine:
         if tx.__class__ is ChainStatus:  # the chain's adapter may sign it too
             await self._chain_status(seq, tx, events)
             return
+        if tx.__class__ is ReferralCode or tx.__class__ is UseReferral:  # an account's own, at its sequence number
+            await self._rewards(seq, tx, events)
+            return
         if tx.__class__ is not SetAdmin and tx.admin != self.admin:
             events.append(TxRejected(seq, tx.admin, Code.UNAUTHORIZED, "Not signed by the admin key"))
             return
@@ -344,6 +363,7 @@ class Engine:
     async def _list_asset(self, seq: int, tx: ListAsset, events: list) -> None:
         self.assets[tx.spec.symbol] = tx.spec
         await self.risk.call(ListAssetSpec(tx.spec))
+        await self.rewards.call(ListAssetSpec(tx.spec))
         events.append(ConfigChanged(seq, "asset", tx.spec.symbol, asset=tx.spec))
 
     async def _list_market(self, seq: int, tx: ListMarket, events: list) -> None:
@@ -358,6 +378,7 @@ class Engine:
         self.markets[spec.symbol] = spec
         await self.risk.call(ListMarketSpec(spec))
         await self.funding.call(ListMarketSpec(spec))
+        await self.rewards.call(ListMarketSpec(spec))
         self.books[spec.symbol] = spawn(self._nursery, f"book:{spec.symbol}", Book(spec))
 
     async def _set_margin(self, seq: int, tx: SetMargin, events: list) -> None:
@@ -413,6 +434,14 @@ class Engine:
 
     async def _compliance(self, seq: int, tx: SetProfile | SetTierLimits | SetRule, events: list) -> None:
         events.extend(await self.risk.call(ComplianceCommand(seq, tx)))
+        if tx.__class__ is SetProfile:  # its tags name communities for points multipliers
+            await self.rewards.call(RewardsCommand(seq, self.height, self._block_ts, tx))
+
+    async def _rewards(self, seq: int, tx: Any, events: list) -> None:
+        answer = await self.rewards.call(RewardsCommand(seq, self.height, self._block_ts, tx))
+        events.extend(answer)
+        if tx.__class__ is SetSeason and answer and answer[0].__class__ is not TxRejected:
+            self.rewards_on = True
 
     async def _approve_sweep(self, seq: int, tx: ApproveSweep, events: list) -> None:
         if tx.chain not in self.chains:
@@ -456,7 +485,7 @@ class Engine:
             if query.message.__class__ is StateHashOf:
                 return await self.state_hash()
             raise ValueError(f"the engine does not answer {query.message.__class__.__name__}")
-        box = {"risk": self.risk, "lending": self.lending}.get(target) or self.books.get(target)
+        box = {"risk": self.risk, "lending": self.lending, "rewards": self.rewards}.get(target) or self.books.get(target)
         if box is None:
             raise ValueError(f"no actor {target!r}")
         return await box.call(query.message)
@@ -483,6 +512,8 @@ class Engine:
             periodic=[PeriodicState(name, await box.call(StateOf())) for name, box in self.periodic.items()],
             funding=await self.funding.call(StateOf()),
             lending=await self.lending.call(StateOf()),
+            height=self.height,
+            rewards=await self.rewards.call(StateOf()),
         )
 
     async def restore(self, state: EngineState) -> None:
@@ -493,6 +524,7 @@ class Engine:
         for spec in state.assets:
             self.assets[spec.symbol] = spec
             await self.risk.call(ListAssetSpec(spec))
+            await self.rewards.call(ListAssetSpec(spec))
         for spec in state.markets:
             await self._add_market(spec)
         if state.margin is not None:
@@ -518,6 +550,9 @@ class Engine:
         self.last_seq = state.last_seq
         self.last_timestamp = state.last_timestamp
         self.internal_seq = state.internal_seq
+        self.height = state.height
+        await self.rewards.call(Restore(state.rewards))
+        self.rewards_on = bool(state.rewards and state.rewards.seasons)
 
 
 _CONFIGURE = {
@@ -525,6 +560,7 @@ _CONFIGURE = {
     SetTrading: Engine._set_trading, SetFees: Engine._set_fees, SetMargin: Engine._set_margin,
     SetLending: Engine._set_lending, SetChain: Engine._set_chain, ApproveSweep: Engine._approve_sweep,
     SetProfile: Engine._compliance, SetTierLimits: Engine._compliance, SetRule: Engine._compliance,
+    SetSeason: Engine._rewards, SetMultiplier: Engine._rewards,
 }
 
 

@@ -39,6 +39,9 @@ class Code(StrEnum):
     INVALID_WITHDRAWAL = "INVALID_WITHDRAWAL"  # no such open withdrawal, or not in a state for this report
     PRODUCT_RESTRICTED = "PRODUCT_RESTRICTED"  # the account may not use this product (compliance)
     TIER_LIMIT = "TIER_LIMIT"  # beyond the account's KYC tier limit (withdrawals a day)
+    INVALID_SEASON = "INVALID_SEASON"  # a points season that overlaps another, ends before it starts, ...
+    INVALID_MULTIPLIER = "INVALID_MULTIPLIER"
+    INVALID_REFERRAL = "INVALID_REFERRAL"  # unknown, taken or own referral code, or already referred
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     UNAUTHORIZED = "UNAUTHORIZED"
     INVALID_SIGNATURE = "INVALID_SIGNATURE"

@@ -32,6 +32,7 @@ from satchel.core.messages import (
     ChainSpec, ChainStatus, ReportedDeposit, SetChain, Withdraw, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent,
     CancelAll, CancelOrder, Deposit, ListAsset, ListMarket, MarginSpec, MarketSpec, PerpSpec, PlaceOrder, SetAdmin,
     LendingSpec, SetFees, SetIndex, SetLending, SetLeverage, SetMargin, SetProfile, SetRule, SetTierLimits, SetTrading,
+    ReferralCode, SeasonSpec, SetMultiplier, SetSeason, UseReferral,
 )
 
 
@@ -153,6 +154,29 @@ class SetPermissionParams(msgspec.Struct):
     jurisdiction: str | None = None  # a code, or * for every jurisdiction
     product: Literal["spot", "perps", "margin", "lending", "withdrawals"] | None = None
     symbol: str | None = None
+
+
+class SetSeasonParams(msgspec.Struct):
+    id: str
+    name: str
+    start: str  # ms of sequenced time
+    end: str
+    asset: str = "USDC"
+    makerWeight: str = "100"  # percent of a point per whole unit traded
+    takerWeight: str = "100"
+    referralBps: str = "1000"
+
+
+class SetMultiplierParams(msgspec.Struct):
+    factor: str  # a decimal: 2 doubles, 1.5 adds half
+    fromHeight: str
+    toHeight: str = "0"  # 0: no end
+    account: str | None = None
+    tag: str | None = None  # neither: every account
+
+
+class ReferralCodeParams(msgspec.Struct):
+    code: str
 
 
 class SetFeesParams(msgspec.Struct):
@@ -520,6 +544,38 @@ def _set_permission(p: SetPermissionParams, admin: str, listing: Listing) -> Set
     return SetRule(admin, scope, who, what, None if p.allowed == "inherit" else boolean(p.allowed))
 
 
+def _set_season(p: SetSeasonParams, admin: str, listing: Listing) -> SetSeason:
+    name = _text(p.name, "name", 64)
+    spec = SeasonSpec(uint(p.id, "id", 2**32), name, uint(p.start, "start") * 1000, uint(p.end, "end") * 1000,
+                      _asset(listing, p.asset).symbol, uint(p.makerWeight, "makerWeight", 10_001),
+                      uint(p.takerWeight, "takerWeight", 10_001), uint(p.referralBps, "referralBps", 10_001))
+    return SetSeason(admin, spec)
+
+
+def _set_multiplier(p: SetMultiplierParams, admin: str, listing: Listing) -> SetMultiplier:
+    if p.account is not None and p.tag is not None:
+        raise RequestError(INVALID_REQUEST, "Give an account, a tag, or neither (everyone)")
+    if p.account is not None and not is_api_key(p.account):
+        raise RequestError(INVALID_REQUEST, "account must be an API key")
+    factor = units(p.factor, 2, 1, INVALID_QUANTITY, "factor")  # percent
+    if not 100 <= factor <= 10_000:
+        raise RequestError(INVALID_QUANTITY, "factor must be 1 to 100")
+    scope, who = ("account", p.account) if p.account is not None else ("tag", _code(p.tag, "tag")) \
+        if p.tag is not None else ("all", "")
+    start, end = uint(p.fromHeight, "fromHeight"), uint(p.toHeight, "toHeight")
+    if start < 1 or (end and end < start):
+        raise RequestError(INVALID_REQUEST, "fromHeight must be at least 1, and toHeight 0 or at least fromHeight")
+    return SetMultiplier(admin, scope, who, factor, start, end)
+
+
+def _referral_code(p: ReferralCodeParams, account: str, listing: Listing) -> ReferralCode:
+    return ReferralCode(account, _code(p.code, "code"))
+
+
+def _use_referral(p: ReferralCodeParams, account: str, listing: Listing) -> UseReferral:
+    return UseReferral(account, _code(p.code, "code"))
+
+
 def _set_fees(p: SetFeesParams, admin: str, listing: Listing) -> SetFees:
     _market(listing, p.symbol)
     return SetFees(admin, p.symbol, sint(p.makerFeeBps, "makerFeeBps", 10_001), sint(p.takerFeeBps, "takerFeeBps", 10_001))
@@ -642,6 +698,14 @@ INSTRUCTIONS = (
                 _ADMIN_ERRORS + (INVALID_ASSET, INVALID_DECIMAL, INVALID_QUANTITY)),
     Instruction("adminSetPermission", SetRule, SetPermissionParams, _set_permission, _admin, True, "config",
                 _ADMIN_ERRORS + (INVALID_SYMBOL,)),
+    Instruction("adminSetSeason", SetSeason, SetSeasonParams, _set_season, _admin, True, "config",
+                _ADMIN_ERRORS + (INVALID_ASSET, Code.INVALID_SEASON)),
+    Instruction("adminSetMultiplier", SetMultiplier, SetMultiplierParams, _set_multiplier, _admin, True, "config",
+                _ADMIN_ERRORS + (INVALID_DECIMAL, INVALID_QUANTITY, Code.INVALID_MULTIPLIER)),
+    Instruction("referralCodeCreate", ReferralCode, ReferralCodeParams, _referral_code, _account, False, "config",
+                (INVALID_REQUEST, Code.INVALID_REFERRAL)),
+    Instruction("referralCodeUse", UseReferral, ReferralCodeParams, _use_referral, _account, False, "config",
+                (INVALID_REQUEST, Code.INVALID_REFERRAL)),
     Instruction("setAdmin", SetAdmin, SetAdminParams, _set_admin, lambda tx: tx.key, True, "config", _ADMIN_ERRORS),
     Instruction("listAsset", ListAsset, ListAssetParams, _list_asset, _admin, True, "config", _ADMIN_ERRORS),
     Instruction("listMarket", ListMarket, None, _list_market, _admin, True, "config",

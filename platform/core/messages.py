@@ -131,6 +131,22 @@ class MarketSpec(msgspec.Struct, array_like=True, frozen=True):
     perp: PerpSpec | None = None  # a perpetual future settled in ``quote`` on ``base``
 
 
+class SeasonSpec(msgspec.Struct, array_like=True, frozen=True):
+    """A points season (``actors.rewards``): fills between ``start`` and ``end`` (us of
+    sequenced time) earn points per whole unit of ``asset`` traded (fills of markets quoted
+    in another asset earn none), ``maker_weight`` / ``taker_weight`` percent of a point each;
+    a referrer earns ``referral_bps`` of its referees' trading points."""
+
+    id: int
+    name: str
+    start: int
+    end: int
+    asset: str
+    maker_weight: int
+    taker_weight: int
+    referral_bps: int
+
+
 class ChainSpec(msgspec.Struct, array_like=True, frozen=True):
     """A chain the exchange takes deposits from and sends withdrawals to, and the key its
     adapter signs its reports with. ``hot_limit`` per asset: what the hot wallet keeps;
@@ -460,10 +476,51 @@ class SetRule(_Rec, tag=27):
     allowed: bool | None
     auth: Auth | None = None
 
+
+class SetSeason(_Rec, tag=28):
+    """A points season set (or changed: same id)."""
+
+    admin: str
+    spec: SeasonSpec
+    auth: Auth | None = None
+
+
+class SetMultiplier(_Rec, tag=29):
+    """Points multiplier (``factor`` percent: 200 doubles) for an account, a tag or everyone
+    (``scope`` account | tag | all, ``who`` the key or the tag, "" for all) on the trading
+    points earned in blocks ``from_height`` .. ``to_height`` (0: no end). A range already
+    past is applied to the points the accounts earned there (``actors.rewards``)."""
+
+    admin: str
+    scope: str
+    who: str
+    factor: int
+    from_height: int
+    to_height: int
+    auth: Auth | None = None
+
+
+class ReferralCode(_Rec, tag=30):
+    """An account creates its referral code (one per account, unique)."""
+
+    account: str
+    code: str
+    auth: Auth | None = None
+
+
+class UseReferral(_Rec, tag=31):
+    """An account joins under a referrer's code (once; never its own)."""
+
+    account: str
+    code: str
+    auth: Auth | None = None
+
+
 # Every transaction type has an ``auth`` field (None for the node's own genesis records).
 Tx = Union[SetAdmin, ListAsset, ListMarket, Deposit, SetTrading, SetFees, PlaceOrder, CancelOrder, CancelAll, SetMargin,
            SetIndex, SetLeverage, SetLending, BorrowLend, SetChain, ChainDeposit, Withdraw, WithdrawalSent,
-           WithdrawalConfirmed, WithdrawalFailed, ChainStatus, ApproveSweep, SetProfile, SetTierLimits, SetRule]
+           WithdrawalConfirmed, WithdrawalFailed, ChainStatus, ApproveSweep, SetProfile, SetTierLimits, SetRule, SetSeason,
+           SetMultiplier, ReferralCode, UseReferral]
 
 
 # ---------------------------------------------------------------- events
@@ -803,10 +860,24 @@ class ComplianceChanged(_Rec, tag=43):
     key: str
     value: str
 
+
+class RewardUpdate(_Rec, tag=44):
+    """An account's points in a season changed (block's last sequence number, or the
+    transaction's): ``points`` its total and ``delta`` this change, in millionths of a
+    point; ``achievements`` unlocked by it."""
+
+    seq: int
+    season: int
+    account: str
+    points: int
+    delta: int
+    achievements: tuple[str, ...] = ()
+
+
 Event = Union[OrderAccepted, Fill, OrderDone, TxRejected, Deposited, BalanceChanged, DepthDelta, ConfigChanged,
               PositionChanged, MarkPrice, FundingPaid, FundingPayment, Liquidation, OpenInterest, TriggerPlaced, LeverageSet,
               LendMoved, PoolUpdate, BadDebt, ChainCredited, WithdrawalUpdate, ChainStatusChanged, CustodyMoved,
-              ComplianceChanged]
+              ComplianceChanged, RewardUpdate]
 
 
 # ---------------------------------------------------------------- actor messages
@@ -950,6 +1021,41 @@ class PermissionsOf(msgspec.Struct):
     ``actors.compliance.Compliance.effective`` gives it)."""
 
     account: str
+
+class AccruePoints(msgspec.Struct):
+    """To the rewards actor after settlement: the block's fills (in event order); answers
+    its ``RewardUpdate`` events."""
+
+    height: int
+    timestamp: int
+    last_seq: int
+    fills: list
+
+
+class RewardsCommand(msgspec.Struct):
+    """To the rewards actor, at the transaction's sequence number: ``SetSeason``,
+    ``SetMultiplier``, ``ReferralCode``, ``UseReferral`` or ``SetProfile`` (its tags);
+    answers the events."""
+
+    seq: int
+    height: int
+    timestamp: int
+    tx: object
+
+
+class RewardsOf(msgspec.Struct):
+    """An account's points breakdown in a season (None: the latest season) -- a dict."""
+
+    account: str
+    season: int | None = None
+
+
+class LeaderboardOf(msgspec.Struct):
+    """A season's top ``limit`` accounts by points (None: the latest season) -- a dict."""
+
+    season: int | None = None
+    limit: int = 100
+
 
 class ChainsOf(msgspec.Struct):
     """The chains, their status and custody books (``actors.custody.ChainView`` list)."""

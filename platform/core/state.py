@@ -18,6 +18,7 @@ import msgspec
 from satchel.core.lending import Pool
 from satchel.core.messages import (
     AssetSpec, ChainSpec, FundingPayment, Liquidation, MarginSpec, MarketSpec, MarkPrice, MarkView, PlaceOrder,
+    SeasonSpec,
 )
 
 
@@ -272,6 +273,38 @@ class PeriodicState(_State):
     state: Any  # the periodic actor's own ``StateOf`` reply
 
 
+
+class RewardAccountState(_State):
+    season: int
+    account: str
+    points: int  # millionths of a point
+    volume: int  # traded, units of the season's asset
+    kinds: list[tuple[str, int]]  # points by source (maker, taker, streak, milestone, referral, multiplier), sorted
+    last_day: int  # UTC day (days since the epoch) of the last trade, -1 before
+    streak: int  # consecutive UTC days traded, up to last_day
+    achievements: list[tuple[str, int]]  # (name, block height unlocked), sorted
+    heights: list[int]  # the trading points' history: the blocks, oldest first
+    traded: list[int]  # and the trading points earned in each (after multipliers)
+    referees: int
+
+
+class MultiplierState(_State):
+    seq: int
+    scope: str
+    who: str
+    factor: int
+    from_height: int
+    to_height: int
+
+
+class RewardsState(_State):
+    seasons: list[SeasonSpec]  # sorted by id
+    accounts: list[RewardAccountState]  # sorted by (season, account)
+    codes: list[tuple[str, str]]  # (referral code, account), sorted
+    referrers: list[tuple[str, str]]  # (account, its referrer), sorted
+    tags: list[tuple[str, list[str]]]  # (account, its profile's tags), sorted
+    multipliers: list[MultiplierState]  # by seq
+
 class EngineState(_State):
     rules_version: int
     admin: str | None
@@ -288,6 +321,8 @@ class EngineState(_State):
     periodic: list[PeriodicState]  # in registration order
     funding: FundingState | None = None
     lending: list[Pool] = []  # sorted by asset
+    height: int = 0  # the last block applied
+    rewards: RewardsState | None = None
 
 
 state_encoder = msgspec.msgpack.Encoder()

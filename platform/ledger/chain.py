@@ -84,7 +84,7 @@ class Chain:
     async def apply(self, block: Block) -> list:
         """Apply a checked block and advance; returns its events (the caller compares them)."""
         h = block.header
-        events = await self.engine.apply(h.first_seq, h.timestamp, block.txs)
+        events = await self.engine.apply(h.first_seq, h.timestamp, block.txs, h.height)
         self.advance(h)
         return events
 
@@ -97,7 +97,7 @@ class Chain:
         return events
 
     async def extend(self, item: Stamped) -> "Applied":
-        events = await self.engine.apply(item.first_seq, item.timestamp, item.txs)
+        events = await self.engine.apply(item.first_seq, item.timestamp, item.txs, item.height)
         ev_bytes = events_encoder.encode(events)
         txs_bytes = block_encoder.encode(item.txs)
         header = BlockHeader(item.height, item.first_seq, item.timestamp, self.prev_hash, RULES_VERSION, len(item.txs),
