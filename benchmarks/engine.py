@@ -17,12 +17,14 @@ takes them; the clock stops when the last one's block is durable and its callbac
 With both (the default) the runs alternate, spot then perps, so that both see the same
 machine; the ratio perps / spot is reported against the 60% target.
 
+* rewards -- the spot stream without and with a points season (``rewards_workload``), and
+  one block's accrual in the rewards actor alone for 10 to 10,000 fills.
 * lending -- the engine alone, driven block by block (``lending_workload``): the spot stream
   with the traders' auto-lend off, on, and beside ``--lenders`` accounts lending and
   borrowing; and the cost of a block's interest accrual at 100, 1,000 and 10,000 lending
   accounts, which must not grow with them (indices, not per-account loops).
 
-Usage: python -m benchmarks.engine [--txs N] [--runs R] [--workload spot|perps|both|lending] [--index-every N]
+Usage: python -m benchmarks.engine [--txs N] [--runs R] [--workload spot|perps|both|lending|rewards] [--index-every N]
        [--lenders N] [--accrual-blocks N]
 """
 
@@ -225,7 +227,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--txs", type=int, default=300_000)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--workload", choices=("spot", "perps", "both", "lending"), default="both")
+    ap.add_argument("--workload", choices=("spot", "perps", "both", "lending", "rewards"), default="both")
     ap.add_argument("--index-every", type=int, default=0,
                     help="a SetIndex every N transactions of the perps stream (0: the measured mean block size)")
     ap.add_argument("--lenders", type=int, default=10_000, help="lending accounts beside the spot stream (--workload lending)")
@@ -233,6 +235,11 @@ def main() -> None:
                     help="blocks timed per account count for the accrual cost (--workload lending)")
     args = ap.parse_args()
     setup_logging(level=30)
+    if args.workload == "rewards":
+        from benchmarks import rewards_workload
+
+        rewards_workload.main(workload(args.txs), signed_like_clients, args.runs)
+        return
     if args.workload == "lending":
         from benchmarks import lending_workload  # it builds on this module's stream and signatures
 

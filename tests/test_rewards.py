@@ -177,3 +177,60 @@ def test_referral_codes_are_short_plain_texts(bad):
 
     with pytest.raises(RequestError):
         instructions.build("referralCodeCreate", {"code": bad}, "k", None)
+
+
+# ---------------------------------------------------------------- through the gateway
+
+
+async def test_rewards_over_the_api_streams_and_cli(server):
+    import sys
+
+    import trio
+
+    from satchel.signing import Keypair
+    from satchel.tools.client import ReplyError, connect
+
+    alice, bob, carol = Keypair.generate(), Keypair.generate(), Keypair.generate()
+    for key in (alice, bob, carol):
+        await server.fund(key, USDC=100_000 * USDC, SOL=1_000 * SOL)
+    spot = {"symbol": "SOL_USDC", "orderType": "Limit", "price": "150", "quantity": "2"}
+    admin_key = server.node.admin
+    async with connect(server.url, admin_key) as admin, connect(server.url, alice) as a, \
+            connect(server.url, bob) as b, connect(server.url) as watcher:
+        with pytest.raises(ReplyError) as err:
+            await watcher.request("leaderboard", {}, sign=False)
+        assert err.value.code == "RESOURCE_NOT_FOUND"  # no season yet
+        await admin.request("adminSetSeason", {"id": "1", "name": "Season 2", "start": "0", "end": "9000000000000",
+                                               "makerWeight": "100", "takerWeight": "50", "referralBps": "2000"})
+        await a.request("referralCodeCreate", {"code": "alice-1"})
+        await b.request("referralCodeUse", {"code": "alice-1"})
+        with pytest.raises(ReplyError) as err:
+            await b.request("referralCodeUse", {"code": "alice-1"})
+        assert err.value.code == "INVALID_REFERRAL"
+        await b.subscribe(["account.rewardUpdate"], private=True)
+        await watcher.subscribe(["leaderboard"])
+        await a.request("orderExecute", {**spot, "side": "Ask"})
+        assert (await b.request("orderExecute", {**spot, "side": "Bid"}))["status"] == "Filled"
+        update = (await b.next_frame("account.rewardUpdate"))["data"]
+        assert update["e"] == "rewardUpdate" and update["d"] == "160" and update["a"] == ["first-trade"]
+        frame = (await watcher.next_frame("leaderboard"))["data"]
+        assert [r["account"] for r in frame["rows"]] == [alice.api_key, bob.api_key]
+        # alice: maker 300 + streak 10 + 20 % of bob's 150 trading points
+        mine = await a.request("rewardsQuery", {})
+        assert mine["points"] == "340" and mine["kinds"]["referral"] == "30"
+        assert mine["achievements"].keys() >= {"first-trade", "first-maker", "first-referral"} and mine["rank"] == 1
+        assert (await admin.request("rewardsQuery", {"account": alice.api_key})) == mine
+        with pytest.raises(ReplyError) as err:
+            await b.request("rewardsQuery", {"account": alice.api_key})
+        assert err.value.code == "UNAUTHORIZED"
+        board = await watcher.request("leaderboard", {"limit": "1"}, sign=False)
+        assert board["rows"] == [{"rank": 1, "account": alice.api_key, "points": "340"}]
+        # x2 after the fact on bob's points of the block he traded in
+        height = mine["history"][0]["height"]
+        await admin.request("adminSetMultiplier", {"factor": "2", "fromHeight": str(height), "toHeight": str(height),
+                                                   "account": bob.api_key})
+        assert (await b.request("rewardsQuery", {}))["points"] == "310"  # 150 x 2 + 10
+    out = await trio.run_process([sys.executable, "-m", "satchel.tools.cli", "rewards", "--url", server.url],
+                                 capture_stdout=True, capture_stderr=True)
+    text = out.stdout.decode()
+    assert "season 1 \"Season 2\": 2 accounts" in text and alice.api_key in text and "340" in text

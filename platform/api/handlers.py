@@ -29,6 +29,7 @@ import msgspec
 import trio
 
 from satchel.api.chains import Addresses, ChainStatus, Reconciliation
+from satchel.api.rewards import board_view, rewards_view
 from satchel.api.format import Formatter
 from satchel.api.listing import Listing
 from satchel.api.marketdata import MarketData
@@ -43,7 +44,7 @@ from satchel.core.errors import (
 from satchel.core.messages import (
     LEND_SIDE_NAMES, NEW, PARTIALLY_FILLED, REJECTED, TRIGGER_PENDING, Auth, BalancesOf, BorrowLend, ChainCredited,
     CollateralOf, Fill, HistoryOf, LedgerOf, LendingOf, LendMoved, LeverageSet, MarksOf, OpenOrders, OrderDone, OrderOf,
-    PermissionsOf, PlaceOrder, PoolsOf, PositionsOf, Query, TriggerPlaced, TxRejected, Withdraw, WithdrawalUpdate,
+    LeaderboardOf, PermissionsOf, PlaceOrder, PoolsOf, PositionsOf, Query, RewardsOf, TriggerPlaced, TxRejected, Withdraw, WithdrawalUpdate,
 )
 from satchel.history import queries as history_queries, views as history_views
 from satchel.history.store import Store
@@ -59,7 +60,8 @@ METHODS = (
     "interestHistoryQueryAll", "withdraw", "withdrawalQueryAll", "depositQueryAll", "depositAddressQuery",
     "chainStatusQuery", "reconcileQuery", "chainStatus", "approveSweep", "depositConfirmed", "depositConfirmedBatch",
     "withdrawalSent", "withdrawalConfirmed", "withdrawalFailed", "adminSetProfile", "adminSetTierLimits",
-    "adminSetPermission", "accountPermissionsQuery",
+    "adminSetPermission", "accountPermissionsQuery", "adminSetSeason", "adminSetMultiplier", "referralCodeCreate",
+    "referralCodeUse", "rewardsQuery", "leaderboard",
 )
 MAX_BATCH = 50  # orders in one POST /api/v1/orders (each journaled record keeps the whole signed batch)
 # requests whose params are a list of objects, each signed as its own segment
@@ -72,6 +74,16 @@ Signature = list[str] | None
 
 class AccountParams(msgspec.Struct):
     account: str | None = None
+
+
+class RewardsParams(msgspec.Struct):
+    account: str | None = None
+    season: str | None = None
+
+
+class LeaderboardParams(msgspec.Struct):
+    season: str | None = None
+    limit: str | None = None
 
 
 class OptionalSymbolParams(msgspec.Struct):
@@ -556,6 +568,15 @@ class Api:
     adminSetTierLimits = _acked("adminSetTierLimits", """A KYC tier's limits (``{"tier",
         "withdrawalsPerDay", "maxOrderNotional"}``: withdrawals a UTC day, absent for none;
         ``ASSET:decimal`` pairs, the largest order notional per quote asset; admin).""")
+    # points seasons (``actors.rewards``)
+    adminSetSeason = _acked("adminSetSeason", """A points season (``{"id", "name", "start", "end"
+        (ms of sequenced time), "asset", "makerWeight", "takerWeight" (percent of a point per
+        whole unit traded), "referralBps"}``; admin).""")
+    adminSetMultiplier = _acked("adminSetMultiplier", """A points multiplier (``{"factor"
+        (decimal), "fromHeight", "toHeight", "account" or "tag" or neither for everyone}``;
+        admin); a range already past applies to the points earned there.""")
+    referralCodeCreate = _acked("referralCodeCreate", """The account's referral code (``{"code"}``).""")
+    referralCodeUse = _acked("referralCodeUse", """Join under a referrer's code (``{"code"}``), once.""")
     adminSetPermission = _acked("adminSetPermission", """Allow, deny or ``inherit`` (remove the
         rule) a ``product`` or a market (``symbol``) for an ``account`` or a ``jurisdiction``
         (``*``: every jurisdiction); admin.""")
@@ -868,11 +889,7 @@ class Api:
         tier's limits and today's withdrawals. The admin key may name another ``account``."""
         params = instructions.params_of(AccountParams, texts)
         signed = self.check_signature("accountPermissionsQuery", texts, sig)
-        account = signed.account
-        if params.account is not None and params.account != account:
-            if account != self.node.admin.api_key:
-                raise RequestError(UNAUTHORIZED, "only the admin key may read another account's permissions")
-            account = params.account
+        account = self._subject(signed.account, params.account, "permissions")
         fmt = self.fmt
         query = Query("risk", PermissionsOf(account))
         replies = caller.replies
@@ -887,6 +904,49 @@ class Api:
             replies.result(req_id, view)
 
         caller.verified(req_id, signed, lambda m: self._read([query], reply))
+
+    @_request
+    def rewardsQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """The account's points in a season (``season``, default the latest): total and by
+        source, rank, volume, streak, achievements with their block heights, referral code,
+        referrer and referees, the points of each block it traded in (the last 1,000 at
+        least) and the multipliers that apply. The admin key may name another ``account``."""
+        params = instructions.params_of(RewardsParams, texts)
+        season = instructions.uint(params.season, "season", 2**32)
+        signed = self.check_signature("rewardsQuery", texts, sig)
+        account = self._subject(signed.account, params.account, "rewards")
+        query = Query("rewards", RewardsOf(account, season))
+        replies = caller.replies
+        caller.verified(req_id, signed, lambda m: self._read([query], lambda a: self._found(replies, req_id,
+                                                                                             rewards_view(a[0]))))
+
+    @_request
+    def leaderboard(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """A season's leaderboard (``season``, default the latest; ``limit`` 1..1000, default
+        100): ``{season, accounts, rows: [{rank, account, points}]}`` as of the last block."""
+        params = instructions.params_of(LeaderboardParams, texts)
+        season = instructions.uint(params.season, "season", 2**32)
+        limit = instructions.uint(params.limit, "limit", self.max_page + 1) if params.limit is not None else 100
+        if not limit:
+            raise RequestError(INVALID_REQUEST, f"limit must be 1..{self.max_page}")
+        replies = caller.replies
+        self._read([Query("rewards", LeaderboardOf(season, limit))],
+                   lambda a: self._found(replies, req_id, board_view(a[0])))
+
+    @staticmethod
+    def _found(replies: Replies, req_id: Any, answer: Any) -> None:
+        if answer is None:
+            replies.error(req_id, RESOURCE_NOT_FOUND, "No such season")
+        else:
+            replies.result(req_id, answer)
+
+    def _subject(self, signer: str, named: str | None, what: str) -> str:
+        """The account a signed read is about: the signer's, or one the admin key names."""
+        if named is None or named == signer:
+            return signer
+        if signer != self.node.admin.api_key:
+            raise RequestError(UNAUTHORIZED, f"only the admin key may read another account's {what}")
+        return named
 
     @_request
     def positionQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:

@@ -49,7 +49,8 @@ Lending adds the public ``borrowLendMarket.<asset>`` (a pool's figures, once per
 second of sequenced time, from ``PoolUpdate``) and the private
 ``account.borrowLendUpdate[.<asset>]`` (each movement between the account and a pool,
 from ``LendMoved``). Backpack has no lending streams; these follow its frame style
-(``e`` event, ``E`` event time and ``T`` engine time in µs).
+(``e`` event, ``E`` event time and ``T`` engine time in µs), as does the private
+``account.rewardUpdate`` (an account's points moved, from ``RewardUpdate``).
 
 A public stream whose frames are made elsewhere (``platformStats``, ``api.stats``;
 ``chainStatus``, ``api.chains``) is registered with ``add_feed`` and sent with
@@ -75,10 +76,11 @@ from satchel.api.klines import INTERVALS, bucket, iso_text
 from satchel.core.messages import (
     ASK, BID, CANCELLED, EXPIRED, FILLED, ORDER_TYPE_NAMES, PARTIALLY_FILLED, REJECTED, SIDE_NAMES, TIF_NAMES,
     TRIGGER_BY_NAMES, TRIGGER_PENDING,
-    BalanceChanged, BlockHeader, ConfigChanged, DepthDelta, Fill, LendMoved, Liquidation, MarkPrice, OpenInterest,
+    BalanceChanged, BlockHeader, ConfigChanged, DepthDelta, Fill, LendMoved, RewardUpdate, Liquidation, MarkPrice, OpenInterest,
     OrderAccepted, OrderDone, PoolUpdate, PositionChanged, TriggerPlaced,
 )
 from satchel.clock import now_us
+from satchel.core.amounts import format_units
 
 _encode = msgspec.json.encode
 _DAY_US = 86_400_000_000
@@ -93,7 +95,9 @@ PERP_KINDS = ("markPrice", "openInterest")  # "<kind>.<symbol>" of a perpetual m
 LIQUIDATION_STREAM = "liquidation"  # every market's, no symbol
 LENDING_MARKET_KIND = "borrowLendMarket"  # "borrowLendMarket.<asset>"
 LENDING_STREAM = "account.borrowLendUpdate"
-PRIVATE_STREAMS = ("account.orderUpdate", "account.balanceUpdate", "account.positionUpdate", LENDING_STREAM)
+REWARDS_STREAM = "account.rewardUpdate"
+PRIVATE_STREAMS = ("account.orderUpdate", "account.balanceUpdate", "account.positionUpdate", LENDING_STREAM,
+                   REWARDS_STREAM)
 SILENT_STREAMS = ("account.rfqUpdate",)  # accepted so ccxt's watchers work
 POSITION_STREAM = "account.positionUpdate"
 # the liquidation steps that trade a position (book unwind, backstop, auto-deleverage); cancelling
@@ -193,7 +197,7 @@ class MarketData:
             return self._is_perp(symbol)
         if name == LENDING_STREAM:
             return symbol in self.fmt.assets
-        return name != "account.balanceUpdate" and symbol in self.fmt.markets
+        return name not in ("account.balanceUpdate", REWARDS_STREAM) and symbol in self.fmt.markets
 
     def _is_perp(self, symbol: str) -> bool:
         spec = self.fmt.markets.get(symbol)
@@ -398,6 +402,9 @@ class MarketData:
             elif cls is LendMoved:
                 if subs:
                     self._private(ev.account, LENDING_STREAM, ev.asset, lend_frame(fmt, ev, now_us()))
+            elif cls is RewardUpdate:
+                if subs:
+                    self._private(ev.account, REWARDS_STREAM, None, reward_frame(ev, now_us(), ts))
             elif cls is ConfigChanged:
                 if ev.market is not None and ev.market.symbol not in self._markets:
                     self._markets[ev.market.symbol] = _Market()  # listed: its streams open now
@@ -647,6 +654,13 @@ def pool_frame(fmt: Formatter, ev: PoolUpdate, now: int) -> dict:
         "utilization": fraction(ev.utilization), "borrowInterestRate": fraction(ev.borrow_rate),
         "lendInterestRate": fraction(ev.lend_rate),
     }
+
+
+def reward_frame(ev: RewardUpdate, now: int, ts: int) -> dict:
+    """An ``account.rewardUpdate`` frame: ``s`` season, ``p`` the account's points, ``d``
+    this change, ``a`` achievements unlocked (points as decimal strings, up to 6 decimals)."""
+    return {"e": "rewardUpdate", "E": now, "T": ts, "s": ev.season, "p": format_units(ev.points, 6),
+            "d": format_units(ev.delta, 6), "a": list(ev.achievements)}
 
 
 def lend_frame(fmt: Formatter, ev: LendMoved, now: int) -> dict:

@@ -16,6 +16,7 @@ from satchel.api.format import Formatter
 from satchel.api.handlers import Api
 from satchel.api.listing import Listing
 from satchel.api.marketdata import MarketData
+from satchel.api.rewards import Leaderboard
 from satchel.api.stats import PlatformStats
 from satchel.gateway.session import Session
 from satchel.history import Store, catch_up
@@ -58,6 +59,9 @@ class Gateway:
                                   self.listing.chains, Addresses(node).kind, height=node.chain.height,
                                   timestamp=node.chain.last_timestamp)
         node.subscribers.append(self.chains)
+        # the points leaderboard (``leaderboard``), read from the rewards actor at most once per second of sequenced time
+        self.leaderboard = Leaderboard(self.marketdata, lambda q, cb: node.sequencer.read(q, cb))
+        node.subscribers.append(self.leaderboard)
         self.reconciliation = Reconciliation(node, self.fmt)  # the running chains' adapters against the books
         # the order and fill history (``satchel.history``), fed by the durable blocks from
         # here on; ``run`` replays from the journal what it lacks up to the recovered height

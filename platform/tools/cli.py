@@ -154,7 +154,7 @@ async def _faucet(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _request(args: argparse.Namespace, command: str, method: str, key: Any = None) -> Any:
+async def _request(args: argparse.Namespace, command: str, method: str, key: Any = None, params: dict | None = None) -> Any:
     """One request to the node at ``args.url`` (signed with ``key``, unsigned without):
     the answer, or None once the failure is printed as ``satchel <command>: ...``."""
     from trio_websocket import ConnectionClosed, HandshakeError
@@ -164,7 +164,7 @@ async def _request(args: argparse.Namespace, command: str, method: str, key: Any
     failure = None
     try:
         async with connect(args.url, key) as client:
-            return await (client.request(method, {}) if key is not None else client.request(method, sign=False))
+            return await client.request(method, params or {}, sign=key is not None)
     except* (OSError, HandshakeError, ConnectionClosed, ConnectionError) as eg:
         exc = eg.exceptions[0]
         failure = f"cannot reach {args.url}: {str(exc) or str(exc.__cause__ or exc.__context__ or '') or type(exc).__name__}"
@@ -284,6 +284,52 @@ async def _reconcile(args: argparse.Namespace) -> int:
         return 1
     _show(args, result, lambda answer: print("\n".join(reconcile_lines(answer))))
     return 1 if any(Decimal(c["difference"]) for c in result["chains"]) else 0
+
+
+async def _rewards(args: argparse.Namespace) -> int:
+    """The season's leaderboard (unsigned ``leaderboard``), or with ``--account`` that
+    account's breakdown (``rewardsQuery``, signed by the node's admin key from ``--data``)."""
+    from satchel.signing import load_key
+
+    season = {"season": str(args.season)} if args.season is not None else {}
+    if args.account:
+        admin_path = Path(args.data) / "admin.key"
+        if not admin_path.exists():
+            print(f"satchel rewards: no admin key at {admin_path}; give the node's --data", file=sys.stderr)
+            return 1
+        answer = await _request(args, "rewards", "rewardsQuery", load_key(Path(args.data), "admin.key"),
+                                {"account": args.account, **season})
+        render = rewards_lines
+    else:
+        answer = await _request(args, "rewards", "leaderboard", None, {"limit": str(args.limit), **season})
+        render = leaderboard_lines
+    if answer is None:
+        return 1
+    _show(args, answer, lambda a: print("\n".join(render(a))))
+    return 0
+
+
+def leaderboard_lines(board: dict) -> list[str]:
+    s = board["season"]
+    lines = [f"season {s['id']} \"{s['name']}\": {board['accounts']} accounts with points",
+             f"{'rank':>5}  {'account':<44} {'points':>20}"]
+    lines += [f"{r['rank']:>5}  {r['account']:<44} {r['points']:>20}" for r in board["rows"]]
+    return lines
+
+
+def rewards_lines(view: dict) -> list[str]:
+    s = view["season"]
+    lines = [f"season {s['id']} \"{s['name']}\", account {view['account']}",
+             f"points {view['points']} (rank {view['rank'] or '-'}), volume {view['volume']} units of {s['asset']}, "
+             f"streak {view['streak']} day(s)"]
+    lines += [f"  {kind:<11} {pts:>20}" for kind, pts in view["kinds"].items()]
+    lines.append("achievements: " + (", ".join(f"{name} (block {h})" for name, h in view["achievements"].items()) or "none"))
+    lines.append(f"referral code {view['referralCode'] or '-'}, referrer {view['referrer'] or '-'}, "
+                 f"referees {view['referees']}")
+    for m in view["multipliers"]:
+        to = m["toHeight"] or "on"
+        lines.append(f"multiplier x{m['factor'] / 100:g} ({m['scope']} {m['who']}) blocks {m['fromHeight']}..{to}")
+    return lines
 
 
 def reconcile_lines(result: dict) -> list[str]:
@@ -529,6 +575,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default="ws://127.0.0.1:8765")
     p.add_argument("--json", action="store_true", help="print the platformStats answer as JSON")
 
+    p = sub.add_parser("rewards", help="a points season's leaderboard, or one account's breakdown")
+    p.add_argument("--url", default="ws://127.0.0.1:8765")
+    p.add_argument("--season", type=int, help="a season id (default: the latest)")
+    p.add_argument("--limit", type=int, default=20, help="leaderboard rows")
+    p.add_argument("--account", help="an account's breakdown, read with the admin key from --data")
+    p.add_argument("--data", default="./data")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+
     p = sub.add_parser("status", help="the chains: paused or running, custody books, queued withdrawals")
     p.add_argument("--url", default="ws://127.0.0.1:8765")
     p.add_argument("--json", action="store_true", help="print the chainStatusQuery answer as JSON")
@@ -656,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.embedded = True
             return loadtest(args)
         runner = {"serve": _serve, "faucet": _faucet, "replay": _replay, "admin": _admin, "snapshot": _snapshot,
-                  "validator": _validator, "incident": _incident, "stats": _stats, "status": _status,
+                  "validator": _validator, "incident": _incident, "stats": _stats, "rewards": _rewards, "status": _status,
                   "reconcile": _reconcile}[args.command]
         with fatal_errors_unwrapped():  # the serve/validator nurseries wrap them in groups
             return trio.run(runner, args)
