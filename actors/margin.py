@@ -62,7 +62,8 @@ from satchel.core.messages import (
     Deposit, Deposited, Entry, Escalate, Fill, FundingPaid, FundingPayment, HistoryOf, LedgerOf, LeverageSet,
     Liquidation, ListAssetSpec, ListMarginSpec, ListMarketSpec, MarginSpec, MarketSpec, MarkPrice, MarksOf, OpenInterest, OrderDone,
     PerpPrices, PlaceOrder, PositionChanged, PositionsOf, PositionsView, PreTrade, PreTraded, Remark, Restore,
-    SetLeverage, SetPermission, Settle, Settled, StateOf, Ticked, Totals, TriggerPlaced, TxRejected, order_rejected,
+    SetLeverage, SetPermission, Settle, Settled, StateOf, Ticked, Totals, Transfer, Transferred, TriggerPlaced, TxRejected,
+    order_rejected,
 )
 from satchel.core.state import (
     AccountLeverage, AssetAmount, MarginState, PerpOrderState, PositionState, RiskState,
@@ -458,6 +459,8 @@ class Margin:
                 else:
                     ledger.deposit(tx.account, tx.asset, tx.amount)
                 out.append(Deposited(seq, tx.account, tx.asset, tx.amount))
+            elif cls is Transfer:
+                self._transfer(seq, tx, out)
             elif cls is BorrowLend:
                 if compliance.active and self._refused(seq, tx.account, compliance.borrow_lend(tx.account, tx.side), out):
                     continue
@@ -509,6 +512,26 @@ class Margin:
             if f.equity - loss < f.initial:
                 return Code.INSUFFICIENT_MARGIN
         return ""
+
+    def _transfer(self, seq: int, tx: Transfer, out: list) -> None:
+        """The admin's transfer between two accounts' free balances: the source gives it as
+        it would a withdrawal (an auto-lent claim redeemed, margin kept)."""
+        if tx.asset not in self.assets or not 0 < tx.amount < MAX_UNITS or tx.source == tx.target \
+                or tx.source.startswith("@") or tx.target.startswith("@"):
+            out.append(TxRejected(seq, tx.admin, Code.INVALID_REQUEST, "Unknown asset, bad amount or accounts"))
+            return
+        self._pass.pop(tx.source, None)
+        self._pass.pop(tx.target, None)
+        code = self._fund_withdrawal(seq, Withdraw(tx.source, "", tx.asset, tx.amount, ""), out)
+        if code:
+            out.append(TxRejected(seq, tx.admin, code, f"{tx.source} cannot give {tx.amount} {tx.asset}"))
+            return
+        ledger = self.ledger
+        ledger.bal(tx.source, tx.asset).free -= tx.amount
+        ledger.bal(tx.target, tx.asset).free += tx.amount
+        ledger.touched[(tx.source, tx.asset)] = None
+        ledger.touched[(tx.target, tx.asset)] = None
+        out.append(Transferred(seq, tx.source, tx.target, tx.asset, tx.amount))
 
     def _compliant(self, tx: PlaceOrder, spec: MarketSpec) -> str:
         """Why compliance refuses the order ("" if it does not)."""

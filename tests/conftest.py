@@ -22,6 +22,7 @@ from satchel.core.messages import (
     BalanceOf, BalancesOf, DepthOf, OpenOrders, StateHashOf, StateOf, Totals,
     ASK, BID, FOK, GTC, IOC, LIMIT, MARKET, REJECT_TAKER, CancelAll, CancelOrder, Deposit, PlaceOrder, SetFees,
     SetProfile, SetRule, SetTierLimits, SetTrading, ReferralCode, SeasonSpec, SetMultiplier, SetSeason, UseReferral,
+    Transfer,
 )
 from satchel.signing import Keypair, auth_for, param_text
 
@@ -270,6 +271,8 @@ admin_st = st.one_of(
     st.builds(lambda scope, a, f, h, n: SetMultiplier(ADMIN, scope, "" if scope == "all" else a, f, h, h + n if n else 0),
               st.sampled_from(["account", "all"]), st.sampled_from(ACCOUNTS), st.integers(100, 400), st.integers(1, 12),
               st.integers(0, 5)),
+    st.builds(lambda a, b, asset, n: Transfer(ADMIN, a, b, asset, n), st.sampled_from(ACCOUNTS), st.sampled_from(ACCOUNTS),
+              st.sampled_from(["USDC", "SOL"]), st.integers(1, 10**12)),
 )
 tx_st = st.one_of(order_st, order_st, order_st, order_st, cancel_st, deposit_st, admin_st)
 workload_st = st.lists(st.lists(tx_st, min_size=1, max_size=25), min_size=1, max_size=12)
@@ -308,3 +311,24 @@ def installed():
         if os.environ.get("SATCHEL_REQUIRE_EVM"):
             pytest.fail(f"SATCHEL_REQUIRE_EVM is set but the EVM dev node cannot be installed: {e}")
         pytest.skip(f"EVM dev node unavailable: {e}")
+
+
+# ---------------------------------------------------------------- divergence drills
+
+
+def leaves(eg: BaseExceptionGroup):
+    """The exceptions inside nested exception groups (what a trio nursery raised)."""
+    for e in eg.exceptions:
+        yield from leaves(e) if isinstance(e, BaseExceptionGroup) else [e]
+
+
+def older_permissions_rule(account_rule, jurisdiction_rule, everywhere_rule, jurisdiction):
+    """``actors.compliance.decide`` as it was before account exemptions: a jurisdiction's
+    rule wins over the account's (the incident drills' faulty validator)."""
+    from satchel.actors.compliance import EVERYWHERE, Source
+
+    for rule, source in ((jurisdiction_rule, f"jurisdiction:{jurisdiction}"), (account_rule, "account"),
+                         (everywhere_rule, f"jurisdiction:{EVERYWHERE}")):
+        if rule is not None:
+            return Source(rule[0], source, rule[1])
+    return Source(True, "default", 0)

@@ -70,3 +70,23 @@ async def test_only_the_admin_may_configure(ex):
     assert [e.code for e in ev if isinstance(e, TxRejected)] == ["UNAUTHORIZED", "UNAUTHORIZED"]
     ev = await ex.block([SetFees(ADMIN, "SOL_USDC", -10, 5), SetTrading(ADMIN, None, "DOGE_USDC", False)])
     assert [e.code for e in ev if isinstance(e, TxRejected)] == ["INVALID_FEES", "INVALID_SYMBOL"]
+
+
+async def test_admin_transfer_moves_free_balance_and_conserves_money(ex):
+    from satchel.core.messages import Transfer, Transferred
+
+    await funded(ex)
+    ev = await ex.block([Transfer(ADMIN, "alice", "carol", "USDC", 1_000 * USDC)])
+    assert [type(e) for e in ev if isinstance(e, (Transferred, TxRejected))] == [Transferred]
+    assert await ex.balance("carol", "USDC") == (1_000 * USDC, 0)
+    assert await ex.balance("alice", "USDC") == (99_000 * USDC, 0)
+    ev = await ex.block([
+        Transfer(ADMIN, "alice", "carol", "USDC", 10**12 * USDC),  # more than alice has
+        Transfer(ADMIN, "alice", "alice", "USDC", 1),  # to itself
+        Transfer(ADMIN, "alice", "carol", "DOGE", 1),  # unknown asset
+        Transfer("mallory", "alice", "mallory", "USDC", 1),  # not the admin
+    ])
+    assert sorted((e.seq, e.code) for e in ev if isinstance(e, TxRejected)) == [
+        (ex.seq - 4, "INSUFFICIENT_FUNDS"), (ex.seq - 3, "INVALID_CLIENT_REQUEST"), (ex.seq - 2, "INVALID_CLIENT_REQUEST"),
+        (ex.seq - 1, "UNAUTHORIZED")]
+    assert (await ex.totals())["USDC"] == (await ex.deposits())["USDC"]

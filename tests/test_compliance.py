@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from conftest import ADMIN, ASK, BID, order
+from conftest import ADMIN, ASK, BID, order, leaves, older_permissions_rule
 from satchel.actors import compliance
 from satchel.core.engine import Engine
 from satchel.core.messages import (
@@ -222,17 +222,6 @@ async def test_admin_requests_and_the_permissions_query(server):
 # ---------------------------------------------------------------- the article's incident, with these rules
 
 
-def _older_rule(account_rule, jurisdiction_rule, everywhere_rule, jurisdiction):
-    """The rule before account exemptions: a jurisdiction's rule wins over the account's."""
-    if jurisdiction_rule is not None:
-        return compliance.Source(jurisdiction_rule[0], f"jurisdiction:{jurisdiction}", jurisdiction_rule[1])
-    if account_rule is not None:
-        return compliance.Source(account_rule[0], "account", account_rule[1])
-    if everywhere_rule is not None:
-        return compliance.Source(everywhere_rule[0], "jurisdiction:*", everywhere_rule[1])
-    return compliance.Source(True, "default", 0)
-
-
 async def test_a_validator_on_the_older_permissions_rule_stops_at_the_first_block_it_applies_differently(
         server, tmp_path, monkeypatch):
     """A spot-market permission change (the article's incident began as one): jurisdiction
@@ -261,13 +250,8 @@ async def test_a_validator_on_the_older_permissions_rule_stops_at_the_first_bloc
         if any(isinstance(tx, PlaceOrder) and tx.account == dana.api_key and tx.symbol == "SOL_USDC" for tx in b.txs))
     # the validator on today's rule agrees with every block
     assert await Validator(tmp_path / "v-today", verify_processes=-1).check_journal(journal) >= first
-    monkeypatch.setattr(compliance, "decide", _older_rule)
+    monkeypatch.setattr(compliance, "decide", older_permissions_rule)
     with pytest.raises(BaseExceptionGroup) as group:
         await Validator(tmp_path / "v-older", verify_processes=-1).check_journal(journal)
-    (stop,) = [x for x in _leaves(group.value) if isinstance(x, Divergence)]
+    (stop,) = [x for x in leaves(group.value) if isinstance(x, Divergence)]
     assert stop.report["height"] == first and stop.report["kind"] == "events"
-
-
-def _leaves(eg):
-    for e in eg.exceptions:
-        yield from _leaves(e) if isinstance(e, BaseExceptionGroup) else [e]

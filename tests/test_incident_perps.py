@@ -12,7 +12,7 @@ import msgspec
 import pytest
 import trio
 
-from conftest import order, run_node
+from conftest import order, run_node, leaves
 from satchel import config
 from satchel.actors.liquidation import ADL, BACKSTOP, INSURANCE, Liquidator
 from satchel.actors.margin import HISTORY
@@ -83,13 +83,8 @@ async def diverged(tmp_path, monkeypatch):
         # no signature checks: the workload's orders are submitted to the node unsigned
         await Validator(tmp_path / "v", verify_processes=-1).check_journal(journal)
     monkeypatch.undo()  # ``satchel incident`` replays under the canonical rules
-    (d,) = [e for e in _leaves(group.value) if isinstance(e, Divergence)]
+    (d,) = [e for e in leaves(group.value) if isinstance(e, Divergence)]
     return tmp_path / "v", height, d.report
-
-
-def _leaves(eg):
-    for e in eg.exceptions:
-        yield from _leaves(e) if isinstance(e, BaseExceptionGroup) else [e]
 
 
 async def test_a_different_liquidation_rule_stops_the_validator_at_the_crash_block(diverged):

@@ -7,16 +7,11 @@ import shutil
 import pytest
 import trio
 
-from conftest import run_node, workload
+from conftest import run_node, workload, leaves
 from satchel.ledger.journal import MAGIC, Journal, JournalCorrupt, read_records
 from satchel.core.messages import Deposit, block_decoder
 from satchel.ledger.chain import replay
 from satchel.node import Node
-
-
-def _leaves(eg):
-    for e in eg.exceptions:
-        yield from _leaves(e) if isinstance(e, BaseExceptionGroup) else [e]
 
 
 def segment(data):
@@ -80,7 +75,7 @@ async def test_corrupt_middle_stops_with_file_and_offset(tmp_path):
     seg.write_bytes(bytes(raw))
     with pytest.raises(BaseExceptionGroup) as group:
         await run_node(data)
-    (exc,) = [e for e in _leaves(group.value) if isinstance(e, JournalCorrupt)]
+    (exc,) = [e for e in leaves(group.value) if isinstance(e, JournalCorrupt)]
     assert str(seg) in str(exc) and f"offset {offset}" in str(exc)
     with pytest.raises(JournalCorrupt):
         await replay(data)

@@ -10,7 +10,7 @@ import sys
 import pytest
 import trio
 
-from conftest import run_node, signed_order, wait_ready, workload as node_workload
+from conftest import run_node, signed_order, wait_ready, workload as node_workload, leaves
 from satchel.tools.client import connect, free_port
 from satchel.config import DEFAULTS
 from satchel.ledger.journal import read_records
@@ -137,7 +137,7 @@ async def test_incident_drill(node, tmp_path, monkeypatch):
         try:
             await v.follow(rurl)
         except BaseExceptionGroup as eg:
-            stopped.extend(_leaves(eg))
+            stopped.extend(leaves(eg))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_validator)  # the validator runs alongside the node, live
@@ -167,11 +167,6 @@ async def test_incident_drill(node, tmp_path, monkeypatch):
     assert "carol" not in out.stdout and "gainer" in out.stdout
 
 
-def _leaves(eg):
-    for e in eg.exceptions:
-        yield from _leaves(e) if isinstance(e, BaseExceptionGroup) else [e]
-
-
 async def test_validator_refuses_other_rules_version(tmp_path, monkeypatch):
     from satchel.ledger import chain
     from satchel.ledger.chain import DivergedError
@@ -182,7 +177,7 @@ async def test_validator_refuses_other_rules_version(tmp_path, monkeypatch):
     monkeypatch.setattr(chain, "RULES_VERSION", ours + 1)
     with pytest.raises(BaseExceptionGroup) as group:
         await Validator(tmp_path / "v", verify_processes=-1).check_journal(data / "journal")
-    (exc,) = [e for e in _leaves(group.value) if isinstance(e, DivergedError)]
+    (exc,) = [e for e in leaves(group.value) if isinstance(e, DivergedError)]
     assert f"rules version {ours}; this code runs {ours + 1}" in str(exc)
 
 
@@ -207,7 +202,7 @@ async def test_validator_catches_a_signature_reused_for_another_order(tmp_path):
         node.shutdown()
     with pytest.raises(BaseExceptionGroup) as group:
         await Validator(tmp_path / "v").check_journal(data / "journal")
-    (d,) = [e for e in _leaves(group.value) if isinstance(e, Divergence)]
+    (d,) = [e for e in leaves(group.value) if isinstance(e, Divergence)]
     assert d.report["kind"] == "signatures"
     assert "do not match the transaction" in d.report["problems"][0]
 
@@ -252,6 +247,6 @@ async def test_validator_checks_each_item_of_a_signed_batch(tmp_path):
             continue
         with pytest.raises(BaseExceptionGroup) as group:
             await Validator(data.parent / "v").check_journal(data / "journal")
-        (d,) = [e for e in _leaves(group.value) if isinstance(e, Divergence)]
+        (d,) = [e for e in leaves(group.value) if isinstance(e, Divergence)]
         assert d.report["kind"] == "signatures" and len(d.report["bad_seqs"]) == 1
         assert "bad signature" in d.report["problems"][0], d.report

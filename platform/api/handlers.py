@@ -61,7 +61,7 @@ METHODS = (
     "chainStatusQuery", "reconcileQuery", "chainStatus", "approveSweep", "depositConfirmed", "depositConfirmedBatch",
     "withdrawalSent", "withdrawalConfirmed", "withdrawalFailed", "adminSetProfile", "adminSetTierLimits",
     "adminSetPermission", "accountPermissionsQuery", "adminSetSeason", "adminSetMultiplier", "referralCodeCreate",
-    "referralCodeUse", "rewardsQuery", "leaderboard",
+    "referralCodeUse", "rewardsQuery", "leaderboard", "adminTransfer",
 )
 MAX_BATCH = 50  # orders in one POST /api/v1/orders (each journaled record keeps the whole signed batch)
 # requests whose params are a list of objects, each signed as its own segment
@@ -568,6 +568,8 @@ class Api:
     adminSetTierLimits = _acked("adminSetTierLimits", """A KYC tier's limits (``{"tier",
         "withdrawalsPerDay", "maxOrderNotional"}``: withdrawals a UTC day, absent for none;
         ``ASSET:decimal`` pairs, the largest order notional per quote asset; admin).""")
+    adminTransfer = _acked("adminTransfer", """Move ``quantity`` of ``asset`` from ``source``'s free
+        balance to ``target``'s (admin; ``satchel compensate`` pays losers from a treasury).""")
     # points seasons (``actors.rewards``)
     adminSetSeason = _acked("adminSetSeason", """A points season (``{"id", "name", "start", "end"
         (ms of sequenced time), "asset", "makerWeight", "takerWeight" (percent of a point per

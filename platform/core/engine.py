@@ -58,6 +58,7 @@ from satchel.core.messages import (
     ChainStatus,
     CommitPools,
     ComplianceCommand,
+    Transfer,
     AccruePoints,
     Fill,
     ReferralCode,
@@ -237,8 +238,9 @@ class Engine:
                     seq += 1
                     continue
             if cls in _PHASED:
-                if cls is Deposit and tx.admin != self.admin:
-                    events.append(TxRejected(seq, tx.account, Code.UNAUTHORIZED, "Deposit not signed by the admin key"))
+                if (cls is Deposit or cls is Transfer) and tx.admin != self.admin:
+                    events.append(TxRejected(seq, getattr(tx, "account", tx.admin), Code.UNAUTHORIZED,
+                                             f"{cls.__name__} not signed by the admin key"))
                 else:
                     part.append((seq, tx))
             elif cls is SetIndex:

@@ -32,7 +32,7 @@ from satchel.core.messages import (
     ChainSpec, ChainStatus, ReportedDeposit, SetChain, Withdraw, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent,
     CancelAll, CancelOrder, Deposit, ListAsset, ListMarket, MarginSpec, MarketSpec, PerpSpec, PlaceOrder, SetAdmin,
     LendingSpec, SetFees, SetIndex, SetLending, SetLeverage, SetMargin, SetProfile, SetRule, SetTierLimits, SetTrading,
-    ReferralCode, SeasonSpec, SetMultiplier, SetSeason, UseReferral,
+    ReferralCode, SeasonSpec, SetMultiplier, SetSeason, Transfer, UseReferral,
 )
 
 
@@ -173,6 +173,13 @@ class SetMultiplierParams(msgspec.Struct):
     toHeight: str = "0"  # 0: no end
     account: str | None = None
     tag: str | None = None  # neither: every account
+
+
+class TransferParams(msgspec.Struct):
+    source: str
+    target: str
+    asset: str
+    quantity: str
 
 
 class ReferralCodeParams(msgspec.Struct):
@@ -568,6 +575,15 @@ def _set_multiplier(p: SetMultiplierParams, admin: str, listing: Listing) -> Set
     return SetMultiplier(admin, scope, who, factor, start, end)
 
 
+def _transfer(p: TransferParams, admin: str, listing: Listing) -> Transfer:
+    for key in (p.source, p.target):
+        if not is_api_key(key):
+            raise RequestError(INVALID_REQUEST, "source and target must be API keys")
+    if p.source == p.target:
+        raise RequestError(INVALID_REQUEST, "source and target are the same account")
+    return Transfer(admin, p.source, p.target, p.asset, _amount(listing, p.asset, p.quantity))
+
+
 def _referral_code(p: ReferralCodeParams, account: str, listing: Listing) -> ReferralCode:
     return ReferralCode(account, _code(p.code, "code"))
 
@@ -702,6 +718,9 @@ INSTRUCTIONS = (
                 _ADMIN_ERRORS + (INVALID_ASSET, Code.INVALID_SEASON)),
     Instruction("adminSetMultiplier", SetMultiplier, SetMultiplierParams, _set_multiplier, _admin, True, "config",
                 _ADMIN_ERRORS + (INVALID_DECIMAL, INVALID_QUANTITY, Code.INVALID_MULTIPLIER)),
+    Instruction("adminTransfer", Transfer, TransferParams, _transfer, _admin, True, "trade",
+                _ADMIN_ERRORS + (INVALID_ASSET, INVALID_DECIMAL, INVALID_QUANTITY, Code.INSUFFICIENT_FUNDS,
+                                 Code.INSUFFICIENT_MARGIN)),
     Instruction("referralCodeCreate", ReferralCode, ReferralCodeParams, _referral_code, _account, False, "config",
                 (INVALID_REQUEST, Code.INVALID_REFERRAL)),
     Instruction("referralCodeUse", UseReferral, ReferralCodeParams, _use_referral, _account, False, "config",

@@ -516,11 +516,24 @@ class UseReferral(_Rec, tag=31):
     auth: Auth | None = None
 
 
+
+class Transfer(_Rec, tag=32):
+    """The admin moves ``amount`` of ``asset`` from one account's free balance to another's
+    (a treasury making losers whole after an incident: ``satchel compensate``)."""
+
+    admin: str
+    source: str
+    target: str
+    asset: str
+    amount: int
+    auth: Auth | None = None
+
+
 # Every transaction type has an ``auth`` field (None for the node's own genesis records).
 Tx = Union[SetAdmin, ListAsset, ListMarket, Deposit, SetTrading, SetFees, PlaceOrder, CancelOrder, CancelAll, SetMargin,
            SetIndex, SetLeverage, SetLending, BorrowLend, SetChain, ChainDeposit, Withdraw, WithdrawalSent,
            WithdrawalConfirmed, WithdrawalFailed, ChainStatus, ApproveSweep, SetProfile, SetTierLimits, SetRule, SetSeason,
-           SetMultiplier, ReferralCode, UseReferral]
+           SetMultiplier, ReferralCode, UseReferral, Transfer]
 
 
 # ---------------------------------------------------------------- events
@@ -874,10 +887,19 @@ class RewardUpdate(_Rec, tag=44):
     achievements: tuple[str, ...] = ()
 
 
+
+class Transferred(_Rec, tag=45):
+    seq: int
+    source: str
+    target: str
+    asset: str
+    amount: int
+
+
 Event = Union[OrderAccepted, Fill, OrderDone, TxRejected, Deposited, BalanceChanged, DepthDelta, ConfigChanged,
               PositionChanged, MarkPrice, FundingPaid, FundingPayment, Liquidation, OpenInterest, TriggerPlaced, LeverageSet,
               LendMoved, PoolUpdate, BadDebt, ChainCredited, WithdrawalUpdate, ChainStatusChanged, CustodyMoved,
-              ComplianceChanged, RewardUpdate]
+              ComplianceChanged, RewardUpdate, Transferred]
 
 
 # ---------------------------------------------------------------- actor messages

@@ -454,6 +454,54 @@ async def _incident(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _compensate(args: argparse.Namespace) -> int:
+    """Settle an incident report: losers paid from the treasury, x2 points over the range
+    (``satchel.verify.compensate``). Exit 1 if any request was refused, 2 if the report is
+    missing or was already compensated."""
+    import json as json_mod
+
+    from satchel.signing import load_key
+    from satchel.tools.client import ReplyError, connect
+    from satchel.verify import compensate
+
+    report_path = Path(args.report)
+    if not report_path.exists():
+        print(f"satchel compensate: no report {report_path}", file=sys.stderr)
+        return 2
+    done = compensate.marker(report_path)
+    if done.exists():
+        print(f"satchel compensate: {report_path} was compensated already (see {done})", file=sys.stderr)
+        return 2
+    admin = load_key(Path(args.data), "admin.key")
+    try:
+        requests = compensate.plan(json_mod.loads(report_path.read_text()), args.treasury or admin.api_key, args.to_height)
+    except ValueError as exc:
+        print(f"satchel compensate: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for method, params in requests:
+            print(method, json_mod.dumps(params))
+        return 0
+    outcomes = []
+    async with connect(args.url, admin) as client:
+        for method, params in requests:  # in order, each on its own: one refusal does not stop the others
+            try:
+                outcomes.append({"method": method, "params": params, "result": await client.request(method, params)})
+            except ReplyError as exc:
+                outcomes.append({"method": method, "params": params,
+                                 "error": {"code": str(exc.code), "message": exc.message}})
+    compensate.record(report_path, outcomes)
+    failed = 0
+    for o in outcomes:
+        if "error" in o:
+            failed += 1
+            print(f"REFUSED {o['method']} {json_mod.dumps(o['params'])}: {o['error']['code']} {o['error']['message']}")
+        else:
+            print(f"done    {o['method']} {json_mod.dumps(o['params'])}")
+    print(f"{len(outcomes) - failed} of {len(outcomes)} applied; record: {done}")
+    return 1 if failed else 0
+
+
 def _prove(args: argparse.Namespace) -> int:
     import json as json_mod
 
@@ -677,6 +725,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-snapshot", type=int, default=None, help="roll back to the snapshot at or below this height")
     p.add_argument("--out", default=None, help="JSON report path (default DATA/incident-<height>.json)")
 
+    p = sub.add_parser("compensate", help="settle an incident report: losers paid from a treasury, x2 points over the range")
+    p.add_argument("--report", required=True, help="the incident-<height>.json that satchel incident wrote")
+    p.add_argument("--url", default="ws://127.0.0.1:8765")
+    p.add_argument("--data", default="./data", help="the node's data directory (its admin.key signs)")
+    p.add_argument("--treasury", help="the API key of the account paying the losers (default: the admin key's)")
+    p.add_argument("--to-height", type=int, default=None, help="last block of the affected range (default: the divergent one)")
+    p.add_argument("--dry-run", action="store_true", help="print the requests without sending them")
+
     p = sub.add_parser("prove", help="inclusion proof of an account's balances in the newest snapshot's liabilities root")
     p.add_argument("--data", default="./data")
     p.add_argument("--account", required=True)
@@ -710,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.embedded = True
             return loadtest(args)
         runner = {"serve": _serve, "faucet": _faucet, "replay": _replay, "admin": _admin, "snapshot": _snapshot,
-                  "validator": _validator, "incident": _incident, "stats": _stats, "rewards": _rewards, "status": _status,
+                  "validator": _validator, "incident": _incident, "compensate": _compensate, "stats": _stats, "rewards": _rewards, "status": _status,
                   "reconcile": _reconcile}[args.command]
         with fatal_errors_unwrapped():  # the serve/validator nurseries wrap them in groups
             return trio.run(runner, args)
