@@ -12,13 +12,16 @@ millionths of a point (``MICRO``).
 * **Accrual** runs in the settlement phase from the fills the block already produced
   (``AccruePoints``): the work is O(fills + accounts touched), one ``RewardUpdate`` event
   per account whose points moved.
+* **Lending**: a claim in the season's asset earns ``lend_weight`` percent of a point per
+  whole unit and day, credited at each movement of the claim (``LendMoved``: lends,
+  redemptions, the auto-lend sweep) for the time since the one before.
 * **Streaks**: the first trade of a UTC day of sequenced time extends the account's streak
   when it traded the day before (else starts it at 1) and earns ``STREAK_POINTS`` per day
   of streak, up to ``STREAK_CAP`` days.
 * **Achievements**, each unlocked once a season with the block height: ``first-trade``,
   ``first-maker``, ``streak-3/7/30``, ``volume-10k/100k/1m`` (whole units of the season's
   asset; each with bonus points, ``MILESTONES``), ``first-referral`` (a referee joined),
-  ``referred`` (joined with a code).
+  ``referred`` (joined with a code), ``first-lend``.
 * **Referrals**: an account creates one code (``ReferralCode``); another joins with it once
   (``UseReferral``, never its own); the referrer then earns ``referral_bps`` of the
   referee's trading points as they accrue.
@@ -53,14 +56,16 @@ STREAK_CAP = 7
 MILESTONES = ((10_000, "volume-10k", 100), (100_000, "volume-100k", 1_000), (1_000_000, "volume-1m", 10_000))
 STREAKS = ((3, "streak-3"), (7, "streak-7"), (30, "streak-30"))
 FIRST_TRADE, FIRST_MAKER, FIRST_REFERRAL, REFERRED = "first-trade", "first-maker", "first-referral", "referred"
+FIRST_LEND = "first-lend"
 MAX_FACTOR = 10_000  # percent: x100
-KINDS = ("maker", "taker", "streak", "milestone", "referral", "multiplier")
+KINDS = ("maker", "taker", "streak", "milestone", "referral", "multiplier", "lending")
 
 
 class _Account:
     """One account's season (mutable; private to the actor)."""
 
-    __slots__ = ("points", "volume", "kinds", "last_day", "streak", "achievements", "heights", "traded", "referees")
+    __slots__ = ("points", "volume", "kinds", "last_day", "streak", "achievements", "heights", "traded", "referees",
+                 "lent", "lent_since")
 
     def __init__(self) -> None:
         self.points = 0
@@ -72,6 +77,8 @@ class _Account:
         self.heights: list[int] = []
         self.traded: list[int] = []
         self.referees = 0
+        self.lent = 0
+        self.lent_since = 0
 
 
 class Rewards:
@@ -123,7 +130,8 @@ class Rewards:
             problem = f"Unknown asset {s.asset}"
         elif not 0 <= s.start < s.end:
             problem = "A season ends after it starts"
-        elif not (0 <= s.maker_weight <= MAX_FACTOR and 0 <= s.taker_weight <= MAX_FACTOR and 0 <= s.referral_bps <= 10_000):
+        elif not (0 <= s.maker_weight <= MAX_FACTOR and 0 <= s.taker_weight <= MAX_FACTOR and 0 <= s.referral_bps <= 10_000
+                  and 0 <= s.lend_weight <= MAX_FACTOR):
             problem = "Weights are 0..10000 percent, the referral share 0..10000 bps"
         else:
             clash = [o.id for o in self.seasons.values() if o.id != s.id and o.start < s.end and s.start < o.end]
@@ -235,6 +243,7 @@ class Rewards:
         unit = 100 * 10 ** self.decimals[asset]
         quotes = self.quotes
         maker_w, taker_w = season.maker_weight * MICRO, season.taker_weight * MICRO
+        out: list = self._lending(season, msg) if msg.moves else []
         earned: dict[str, list[int]] = {}  # account -> [maker points, taker points, volume], in order of first fill
         for f in msg.fills:
             if quotes.get(f.symbol) != asset:
@@ -249,8 +258,7 @@ class Rewards:
                 e[k] += q * weight // unit
                 e[2] += q
         if not earned:
-            return []
-        out: list = []
+            return out
         shares: dict[str, int] = {}
         height, sid, seq = msg.height, season.id, msg.last_seq
         day = msg.timestamp // DAY_US
@@ -312,6 +320,33 @@ class Rewards:
             out.append(RewardUpdate(seq, sid, referrer, r.points, share))
         return out
 
+    def _lending(self, season: SeasonSpec, msg: AccruePoints) -> list:
+        """Lending points, credited at each movement of an account's claim in the season's
+        asset for the time since the one before: ``lend_weight`` percent of a point per whole
+        unit per day, on the claim as it was (O(movements); lenders who do not move wait)."""
+        out: list = []
+        asset, ts, sid = season.asset, msg.timestamp, season.id
+        scale = 100 * 10 ** self.decimals[asset] * DAY_US
+        for ev in msg.moves:
+            if ev.asset != asset or ev.kind not in ("Lend", "LendRedeem") or ev.account[:1] == "@":
+                continue
+            a = self._account(sid, ev.account)
+            delta = 0
+            if a.lent and season.lend_weight:
+                since = max(a.lent_since, season.start)
+                delta = a.lent * (ts - since) * season.lend_weight * MICRO // scale
+            a.lent, a.lent_since = ev.lent, ts
+            unlocked: tuple[str, ...] = ()
+            if ev.kind == "Lend" and FIRST_LEND not in a.achievements:
+                a.achievements[FIRST_LEND] = msg.height
+                unlocked = (FIRST_LEND,)
+            if delta:
+                a.kinds["lending"] = a.kinds.get("lending", 0) + delta
+                self._add(sid, ev.account, a, delta)
+            if delta or unlocked:
+                out.append(RewardUpdate(msg.last_seq, sid, ev.account, a.points, delta, unlocked))
+        return out
+
     # ------------------------------------------------------------------ reads
 
     def _latest(self, season: int | None) -> SeasonSpec | None:
@@ -331,7 +366,7 @@ class Rewards:
             "volume": a.volume, "kinds": {k: a.kinds.get(k, 0) for k in KINDS},
             "streak": a.streak, "lastDay": a.last_day, "achievements": dict(sorted(a.achievements.items())),
             "referralCode": self.code_of.get(msg.account), "referrer": self.referrers.get(msg.account),
-            "referees": a.referees, "history": list(zip(a.heights, a.traded)),
+            "referees": a.referees, "history": list(zip(a.heights, a.traded)), "lent": a.lent, "lentSince": a.lent_since,
             "multipliers": [_multiplier_view(m) for m in self.multipliers if self._applies(m, msg.account)],
         }
 
@@ -352,7 +387,7 @@ class Rewards:
             seasons=[self.seasons[i] for i in sorted(self.seasons)],
             accounts=[RewardAccountState(season, account, a.points, a.volume, sorted(a.kinds.items()), a.last_day,
                                          a.streak, sorted(a.achievements.items()), list(a.heights), list(a.traded),
-                                         a.referees)
+                                         a.referees, a.lent, a.lent_since)
                       for (season, account), a in sorted(self.accounts.items())],
             codes=sorted(self.codes.items()),
             referrers=sorted(self.referrers.items()),
@@ -370,6 +405,7 @@ class Rewards:
             a = _Account()
             a.points, a.volume, a.kinds, a.last_day, a.streak = row.points, row.volume, dict(row.kinds), row.last_day, row.streak
             a.achievements, a.heights, a.traded, a.referees = dict(row.achievements), list(row.heights), list(row.traded), row.referees
+            a.lent, a.lent_since = row.lent, row.lent_since
             self.accounts[(row.season, row.account)] = a
             self.boards[row.season].add((-a.points, row.account))
         self.codes = dict(state.codes)
@@ -387,7 +423,8 @@ class Rewards:
 
 def _season_view(s: SeasonSpec) -> dict:
     return {"id": s.id, "name": s.name, "start": s.start, "end": s.end, "asset": s.asset,
-            "makerWeight": s.maker_weight, "takerWeight": s.taker_weight, "referralBps": s.referral_bps}
+            "makerWeight": s.maker_weight, "takerWeight": s.taker_weight, "referralBps": s.referral_bps,
+            "lendWeight": s.lend_weight}
 
 
 def _multiplier_view(m: MultiplierState) -> dict:

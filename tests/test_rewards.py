@@ -137,6 +137,21 @@ async def test_multipliers_for_an_account_a_tag_and_a_past_block_range(ex):
     assert codes(ev) == ["INVALID_MULTIPLIER"] * 3
 
 
+async def test_lending_earns_points_per_unit_and_day(ex):
+    from satchel.core.messages import BORROW, LEND, BorrowLend
+
+    await funded(ex, "alice")
+    spec = SeasonSpec(1, "s", 0, FAR, "USDC", 100, 50, 0, lend_weight=100)  # a point per USDC lent per day
+    await ex.block([SetSeason(ADMIN, spec)])
+    ev = await ex.block([BorrowLend("alice", "USDC", LEND, 1_000 * USDC)])
+    assert [(u.delta, u.achievements) for u in updates(ev)] == [(0, ("first-lend",))]
+    ex.ts += DAY - 1000  # the next movement, a day later, credits the day on the claim as it was
+    ev = await ex.block([BorrowLend("alice", "USDC", BORROW, 1 * USDC)])  # redeems 1 USDC of the claim
+    (u,) = updates(ev)
+    assert 1_000 * P <= u.delta < 1_001 * P  # 1,000 USDC for a day (the claim grew by a little interest)
+    assert (await of(ex, "alice"))["kinds"]["lending"] == u.delta
+
+
 async def test_leaderboard_and_seasons(ex):
     await funded(ex, "alice", "bob", "carol")
     ev = await ex.block([season(0, ex.ts + 10 * DAY, sid=1), season(ex.ts + 5 * DAY, ex.ts + 20 * DAY, sid=2),
@@ -213,8 +228,14 @@ async def test_rewards_over_the_api_streams_and_cli(server):
         assert (await b.request("orderExecute", {**spot, "side": "Bid"}))["status"] == "Filled"
         update = (await b.next_frame("account.rewardUpdate"))["data"]
         assert update["e"] == "rewardUpdate" and update["d"] == "160" and update["a"] == ["first-trade"]
+        # the stream sends at most a frame per second of sequenced time: blocks move it on
         frame = (await watcher.next_frame("leaderboard"))["data"]
-        assert [r["account"] for r in frame["rows"]] == [alice.api_key, bob.api_key]
+        while frame["rows"][0]["points"] == "0":  # a frame from before the trade (the auto-lend sweep's first-lend)
+            with trio.move_on_after(0.3):
+                frame = (await watcher.next_frame("leaderboard"))["data"]
+                continue
+            await server.fund(carol, USDC=1)
+        assert [r["account"] for r in frame["rows"][:2]] == [alice.api_key, bob.api_key]
         # alice: maker 300 + streak 10 + 20 % of bob's 150 trading points
         mine = await a.request("rewardsQuery", {})
         assert mine["points"] == "340" and mine["kinds"]["referral"] == "30"

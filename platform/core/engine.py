@@ -61,6 +61,7 @@ from satchel.core.messages import (
     Transfer,
     AccruePoints,
     Fill,
+    LendMoved,
     ReferralCode,
     RewardsCommand,
     SetMultiplier,
@@ -274,10 +275,8 @@ class Engine:
         events.extend(work.events)
         events.extend(work.deltas)
         events.extend(work.settled)
-        if self.rewards_on:  # points from the fills the phases produced: O(fills + accounts touched)
-            fills = [ev for ev in work.events if ev.__class__ is Fill]
-            if fills:
-                events.extend(await self.rewards.call(AccruePoints(self.height, timestamp_us, work.batch[-1][0], fills)))
+        if self.rewards_on:  # points from what the phases produced: O(fills + accounts touched)
+            await self._accrue(events, timestamp_us, work.batch[-1][0], work.events, work.settled)
 
     async def _pretrade(self, work: _Work) -> None:
         reply = await self.risk.call(PreTrade(work.batch, work.timestamp))
@@ -310,6 +309,12 @@ class Engine:
     async def _settle(self, work: _Work) -> None:
         work.settled = (await self.risk.call(Settle(work.events, work.batch[-1][0]))).events
 
+    async def _accrue(self, events: list, timestamp_us: int, seq: int, *produced: list) -> None:
+        fills = [ev for ev in produced[0] if ev.__class__ is Fill]
+        moves = [ev for out in produced for ev in out if ev.__class__ is LendMoved]
+        if fills or moves:
+            events.extend(await self.rewards.call(AccruePoints(self.height, timestamp_us, seq, fills, moves)))
+
     async def _tick(self, events: list, timestamp_us: int, last_seq: int, indexes: list) -> None:
         """The periodic phase: marks and funding, then margin (funding payments, PnL
         settlement, maintenance, triggers), then other periodic actors; the orders they
@@ -324,6 +329,8 @@ class Engine:
         prices = [ev for ev in marked.events if ev.__class__ is MarkPrice]
         ticked = await self.risk.call(Remark(timestamp_us, previous, last_seq, marked.marks, marked.funding, prices))
         events.extend(ticked.events)
+        if self.rewards_on:  # the auto-lend sweep's movements
+            await self._accrue(events, timestamp_us, last_seq, [], ticked.events)
         orders: list = list(ticked.orders)
         for box in self.periodic.values():
             other = await box.call(Tick(timestamp_us, previous))

@@ -165,6 +165,7 @@ class SetSeasonParams(msgspec.Struct):
     makerWeight: str = "100"  # percent of a point per whole unit traded
     takerWeight: str = "100"
     referralBps: str = "1000"
+    lendWeight: str = "0"  # percent of a point per whole unit lent per day
 
 
 class SetMultiplierParams(msgspec.Struct):
@@ -555,7 +556,8 @@ def _set_season(p: SetSeasonParams, admin: str, listing: Listing) -> SetSeason:
     name = _text(p.name, "name", 64)
     spec = SeasonSpec(uint(p.id, "id", 2**32), name, uint(p.start, "start") * 1000, uint(p.end, "end") * 1000,
                       _asset(listing, p.asset).symbol, uint(p.makerWeight, "makerWeight", 10_001),
-                      uint(p.takerWeight, "takerWeight", 10_001), uint(p.referralBps, "referralBps", 10_001))
+                      uint(p.takerWeight, "takerWeight", 10_001), uint(p.referralBps, "referralBps", 10_001),
+                      uint(p.lendWeight, "lendWeight", 10_001))
     return SetSeason(admin, spec)
 
 

@@ -135,7 +135,8 @@ class SeasonSpec(msgspec.Struct, array_like=True, frozen=True):
     """A points season (``actors.rewards``): fills between ``start`` and ``end`` (us of
     sequenced time) earn points per whole unit of ``asset`` traded (fills of markets quoted
     in another asset earn none), ``maker_weight`` / ``taker_weight`` percent of a point each;
-    a referrer earns ``referral_bps`` of its referees' trading points."""
+    a referrer earns ``referral_bps`` of its referees' trading points; a lender earns
+    ``lend_weight`` percent of a point per whole unit of ``asset`` lent, per day."""
 
     id: int
     name: str
@@ -145,6 +146,7 @@ class SeasonSpec(msgspec.Struct, array_like=True, frozen=True):
     maker_weight: int
     taker_weight: int
     referral_bps: int
+    lend_weight: int = 0
 
 
 class ChainSpec(msgspec.Struct, array_like=True, frozen=True):
@@ -1045,13 +1047,14 @@ class PermissionsOf(msgspec.Struct):
     account: str
 
 class AccruePoints(msgspec.Struct):
-    """To the rewards actor after settlement: the block's fills (in event order); answers
-    its ``RewardUpdate`` events."""
+    """To the rewards actor after settlement: the block's fills and lending movements
+    (``LendMoved``), in event order; answers its ``RewardUpdate`` events."""
 
     height: int
     timestamp: int
     last_seq: int
     fills: list
+    moves: list = []
 
 
 class RewardsCommand(msgspec.Struct):

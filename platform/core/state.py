@@ -286,6 +286,8 @@ class RewardAccountState(_State):
     heights: list[int]  # the trading points' history: the blocks, oldest first
     traded: list[int]  # and the trading points earned in each (after multipliers)
     referees: int
+    lent: int = 0  # the claim in the season's asset after its last lending movement
+    lent_since: int = 0  # us: since when (lending points are credited at each movement)
 
 
 class MultiplierState(_State):
