@@ -56,7 +56,9 @@ from satchel.api.coalesced import ReadPerBlock
 from satchel.api.format import Formatter
 from satchel.api.marketdata import MarketData
 from satchel.core import lending
-from satchel.core.messages import BlockHeader, Deposited, LedgerOf, MarketSpec, MarksOf, PoolsOf, Query, WithdrawalUpdate
+from satchel.core.messages import (
+    REJECTED, BlockHeader, Deposited, LedgerOf, MarketSpec, MarksOf, OrderDone, PoolsOf, Query, TxRejected, WithdrawalUpdate,
+)
 
 STREAM = "platformStats"
 EVERY_US = 1_000_000  # one frame per second of sequenced time
@@ -65,6 +67,26 @@ VALUATION_ASSET = "USDC"
 Read = Callable[[Query, Callable[[Any], None]], None]
 
 _encode = msgspec.json.encode
+
+
+class Rejects:
+    """Refusals since the node started, by code (a node subscriber: durable blocks only):
+    a transaction's ``TxRejected`` code, or an order's rejection reason."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def publish(self, header: BlockHeader, events: list) -> None:
+        counts = self.counts
+        for ev in events:
+            cls = ev.__class__
+            if cls is TxRejected:
+                key = str(ev.code)
+            elif cls is OrderDone and ev.status == REJECTED:
+                key = ev.reason
+            else:
+                continue
+            counts[key] = counts.get(key, 0) + 1
 
 
 class PlatformStats(ReadPerBlock):

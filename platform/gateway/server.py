@@ -17,7 +17,7 @@ from satchel.api.handlers import Api
 from satchel.api.listing import Listing
 from satchel.api.marketdata import MarketData
 from satchel.api.rewards import Leaderboard
-from satchel.api.stats import PlatformStats
+from satchel.api.stats import PlatformStats, Rejects
 from satchel.gateway.session import Session
 from satchel.history import Store, catch_up
 from satchel.signing import ProcessVerifier, Verifier
@@ -62,6 +62,9 @@ class Gateway:
         # the points leaderboard (``leaderboard``), read from the rewards actor at most once per second of sequenced time
         self.leaderboard = Leaderboard(self.marketdata, lambda q, cb: node.sequencer.read(q, cb))
         node.subscribers.append(self.leaderboard)
+        self.rejects = Rejects()  # refusals by code, for the operations page
+        node.subscribers.append(self.rejects)
+        self.replicator: Any = None  # the block stream, when the node serves one (its followers are counted)
         self.reconciliation = Reconciliation(node, self.fmt)  # the running chains' adapters against the books
         # the order and fill history (``satchel.history``), fed by the durable blocks from
         # here on; ``run`` replays from the journal what it lacks up to the recovered height
@@ -83,8 +86,12 @@ class Gateway:
 
     def _stats(self) -> dict:
         """The transport's part of ``nodeStats`` (and blocks or reads queued to the history)."""
+        sequencer = self.node.sequencer
         return {"sessions": self.sessions, "slowConsumers": self.slow_consumers, "handlerErrors": self.handler_errors,
-                "historyPending": self.history.pending() if self.history is not None else 0}
+                "historyPending": self.history.pending() if self.history is not None else 0,
+                "height": self.node.chain.height, "backlog": sequencer.backlog if sequencer is not None else 0,
+                "rejects": dict(sorted(self.rejects.counts.items())),
+                "followers": self.replicator.active if self.replicator is not None else None}
 
     def _node_idle(self) -> bool:
         sequencer = self.node.sequencer

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from pathlib import Path
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -29,8 +30,9 @@ import structlog
 import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from satchel.clock import now_ms
 from satchel.core.errors import (
@@ -56,6 +58,7 @@ _STATUS = {
 }
 _HEADERS = ("x-api-key", "x-signature", "x-timestamp", "x-window")
 _MAX_BODY = 16384
+STATIC = Path(__file__).with_name("static")  # the pages' bundle (built from web/ by `npm run build`)
 _encode = msgspec.json.encode
 
 
@@ -182,7 +185,21 @@ class RestApp:
                 routes.append(Route(path, self._via_api(name), methods=[verb], name=f"{name}"))
         self.metrics = metrics.registry(gateway)
         routes.append(Route("/metrics", self.prometheus))
+        # the trading and operations pages: static files bundled at development time (web/)
+        routes += [Route("/", self._page("index.html")), Route("/ops", self._page("ops.html")),
+                   Route("/ui/config", self.ui_config), Mount("/static", StaticFiles(directory=STATIC), name="static")]
         self.app = Starlette(routes=routes)
+
+    @staticmethod
+    def _page(name: str) -> Callable:
+        async def page(request: Request) -> Response:
+            return FileResponse(STATIC / name, media_type="text/html")
+
+        return page
+
+    async def ui_config(self, request: Request) -> Response:
+        """Where the pages find the WebSocket API (the gateway this REST server runs beside)."""
+        return Response(_encode({"ws": self.gw.url}), media_type="application/json")
 
     # ------------------------------------------------------------------ through the API
 

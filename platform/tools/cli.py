@@ -71,9 +71,9 @@ async def _serve(args: argparse.Namespace) -> int:
 
                 await edges.start(serve_rest, gateway, host, args.rest_port)
             if args.replication_port >= 0:
-                await edges.start(Replicator(
-                    node, args.replication_host, args.replication_port, max_followers=args.max_followers,
-                    allow=followers).run)
+                gateway.replicator = Replicator(node, args.replication_host, args.replication_port,
+                                                max_followers=args.max_followers, allow=followers)
+                await edges.start(gateway.replicator.run)
             # stderr carries log lines only (JSON, or readable on a terminal): no plain prints here
             structlog.get_logger("satchel").info("node.serving", url=gateway.url, data=str(Path(args.data).resolve()))
             if oracle is not None:
