@@ -91,6 +91,11 @@ async def test_validator_agrees_and_resumes(node, tmp_path):
     await follow_until(v, rurl, height)
     assert v.verified_signatures > 60  # every deposit, admin change and order, re-verified
     assert not list((tmp_path / "v").glob("divergence-*.json"))
+    # the node knows how far its validator verified, and that it agrees (nodeStats, /ops)
+    async with connect(url) as c:
+        (seen,) = (await c.request("nodeStats", {}, sign=False))["validators"]
+    assert seen["key"] == validator_key(tmp_path / "v").api_key and seen["agrees"] and seen["diverged"] is None
+    assert seen["height"] >= 1 and not seen["connected"]  # it hung up when follow_until returned
     assert json.loads((tmp_path / "v" / "status.json").read_text())["height"] >= 1
     # a restart resumes from the validator's own snapshot and journal
     v2 = Validator(tmp_path / "v", snapshot_blocks=5)
@@ -151,6 +156,9 @@ async def test_incident_drill(node, tmp_path, monkeypatch):
         if any(isinstance(tx, PlaceOrder) and tx.account == carol.api_key and tx.symbol == "ETH_USDC" for tx in b.txs))
     report = json.loads((tmp_path / "v" / f"divergence-{first_affected}.json").read_text())
     assert report["kind"] == "events" and report["height"] == first_affected
+    async with connect(url) as c:  # the node's operators see where it stopped
+        (seen,) = (await c.request("nodeStats", {}, sign=False))["validators"]
+    assert seen["diverged"] == first_affected and not seen["agrees"] and seen["height"] == first_affected - 1
     assert report["node_only"] and report["validator_only"]  # the differing events are named
     monkeypatch.undo()
 

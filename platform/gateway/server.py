@@ -91,7 +91,8 @@ class Gateway:
                 "historyPending": self.history.pending() if self.history is not None else 0,
                 "height": self.node.chain.height, "backlog": sequencer.backlog if sequencer is not None else 0,
                 "rejects": dict(sorted(self.rejects.counts.items())),
-                "followers": self.replicator.active if self.replicator is not None else None}
+                "followers": self.replicator.active if self.replicator is not None else None,
+                "validators": self.replicator.validators() if self.replicator is not None else []}
 
     def _node_idle(self) -> bool:
         sequencer = self.node.sequencer

@@ -189,11 +189,27 @@ class _Stalled(Exception):
     pass
 
 
-async def _until_closed(ws: Any, scope: trio.CancelScope) -> None:
-    """Followers send nothing after their hello: wait for the close, then stop serving."""
+class FollowerReport(msgspec.Struct, forbid_unknown_fields=True):
+    """What a follower says after its hello: the height it verified up to, or the block at
+    which it diverged (``{"verified": 120}``, ``{"verified": 119, "diverged": 120}``)."""
+
+    verified: int = 0
+    diverged: int | None = None
+
+
+_report = msgspec.json.Decoder(FollowerReport)
+
+
+async def _until_closed(ws: Any, scope: trio.CancelScope, reported: Any) -> None:
+    """Read the follower's progress reports until it hangs up, then stop serving it; a
+    message that is not a report is ignored (it changes nothing)."""
     try:
         while True:
-            await ws.get_message()
+            text = await ws.get_message()
+            try:
+                reported(_report.decode(text))
+            except msgspec.DecodeError:
+                pass
     except ConnectionClosed:
         scope.cancel()
 
@@ -219,7 +235,23 @@ class Replicator:
         self._seen: dict[bytes, int] = {}  # hello signature -> when its window closes (ms): no replays
         self._refusals: dict[str, float] = {}  # peer -> last logged
         self._followers: dict[trio.MemorySendChannel, None] = {}
+        # per follower key (allow-listed, so bounded): its last progress report, kept after
+        # it leaves so that a validator that stopped on a divergence stays visible
+        self.reports: dict[str, dict] = {}
         node.block_listeners.append(self)
+
+    def validators(self) -> list[dict]:
+        """Each follower that reported: key, connected, verified height, lag behind the
+        durable height, and whether it agrees (no divergence reported)."""
+        out = []
+        for key, r in sorted(self.reports.items()):
+            out.append({"key": key, "connected": r["connected"], "height": r["verified"],
+                        "lag": max(0, self.durable_height - r["verified"]), "diverged": r["diverged"],
+                        "agrees": r["diverged"] is None})
+        return out
+
+    def _reported(self, key: str, report: FollowerReport) -> None:
+        self.reports[key] = {"connected": True, "verified": report.verified, "diverged": report.diverged}
 
     @property
     def followers_file(self) -> Path:
@@ -319,11 +351,13 @@ class Replicator:
         try:
             async with trio.open_nursery() as tasks:
                 # an idle follower's slot must come free when it hangs up, not at the next block
-                tasks.start_soon(_until_closed, ws, tasks.cancel_scope)
+                tasks.start_soon(_until_closed, ws, tasks.cancel_scope, lambda r: self._reported(key, r))
                 await self._send_blocks(ws, peer, key, start, upto, recv)
                 tasks.cancel_scope.cancel()
         finally:
             self._followers.pop(send, None)
+            if key in self.reports:
+                self.reports[key]["connected"] = False
 
     async def _send_blocks(self, ws: Any, peer: str, key: str, start: int, upto: int,
                            recv: trio.MemoryReceiveChannel) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import orjson
 import structlog
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
@@ -194,9 +195,18 @@ class Validator:
             try:
                 async with open_websocket_url(url, max_message_size=1 << 30) as ws:
                     await ws.send_message(hello(key, self.chain.height + 1))
+                    reported = -REPORT_EVERY_S
                     while True:
                         payload, node_events, node_state = msgspec.msgpack.decode(await ws.get_message())
-                        await self._one(payload, node_events, node_state, journal)
+                        try:
+                            await self._one(payload, node_events, node_state, journal)
+                        except Divergence as d:  # the node's operators see it stop (``nodeStats``, /ops)
+                            with trio.move_on_after(1):
+                                await ws.send_message(_report(d.report["height"] - 1, d.report["height"]))
+                            raise
+                        if trio.current_time() - reported >= REPORT_EVERY_S:
+                            reported = trio.current_time()
+                            await ws.send_message(_report(self.chain.height))
             except ConnectionClosed as exc:
                 code, why = (exc.reason.code, exc.reason.reason or exc.reason.name) if exc.reason else (None, "closed")
                 hint = (f"; this validator's key is {key.api_key}: allow it in the node's DATA/followers or with "
@@ -245,6 +255,13 @@ class Validator:
         snap = await self.chain.snapshot()
         await trio.to_thread.run_sync(snapshots.write, self.data / "diverged", snap)
         log.error("validator.diverged", height=report["height"], kind=report["kind"], report=str(path))
+
+
+REPORT_EVERY_S = 0.5  # a follower tells the node how far it verified, at most this often
+
+
+def _report(verified: int, diverged: int | None = None) -> str:
+    return orjson.dumps({"verified": verified, "diverged": diverged}).decode()
 
 
 async def _verify_all(verifier: Verifier, pending: list) -> list:

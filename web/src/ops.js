@@ -37,6 +37,9 @@ async function node() {
   rows($("stages"), ["stage", "count", "p50", "p99", "max"],
        Object.entries(n.stages).map(([k, v]) => [k, v.count, Math.round(v.p50), Math.round(v.p99), Math.round(v.max)]));
   rows($("rejects"), ["code", "count"], Object.entries(n.rejects ?? {}).sort((a, b) => b[1] - a[1]));
+  rows($("validators"), ["key", "verified", "lag", "agrees", ""],
+       (n.validators ?? []).map((v) => [v.key.slice(0, 12) + "...", v.height, v.lag,
+                                        v.agrees ? "yes" : `NO: diverged at ${v.diverged}`, v.connected ? "following" : "gone"]));
 }
 
 async function chains() {
