@@ -46,15 +46,20 @@ if _missing():
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
+    from satchel.verify.validator import validator_key
+
     data = tmp_path_factory.mktemp("browser") / "data"
-    port, rest = free_port(), free_port()
+    validator = data.parent / "validator"
+    port, rest, stream = free_port(), free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "satchel.tools.cli", "serve", "--data", str(data), "--port", str(port), "--rest-port",
-         str(rest), "--no-demo", "--no-oracle", "--replication-port", "-1"],
+         str(rest), "--no-demo", "--no-oracle", "--replication-port", str(stream), "--allow-follower",
+         validator_key(validator).api_key],
         stdout=subprocess.DEVNULL, stderr=open(data.parent / "node.log", "wb"))
     url = f"ws://127.0.0.1:{port}"
     trio.run(wait_ready, url, proc)
-    yield {"url": url, "http": f"http://127.0.0.1:{rest}", "data": data}
+    yield {"url": url, "http": f"http://127.0.0.1:{rest}", "data": data, "stream": f"ws://127.0.0.1:{stream}",
+           "validator": validator}
     proc.terminate()
     proc.wait(10)
 
@@ -174,6 +179,11 @@ def test_a_trade_moves_the_last_candle(node, page):
 
 
 def test_the_operations_page_shows_the_height_advancing(node, page):
+    validator = subprocess.Popen([sys.executable, "-m", "satchel.tools.cli", "validator", "--follow", node["stream"],
+                                  "--data", str(node["validator"])], stdout=subprocess.DEVNULL,
+                                 stderr=open(node["validator"].parent / "validator.log", "wb"))
+    broke = Keypair.generate()
+    orders(node, broke, limit("Bid", "150", "1"))  # no funds: a reject for the table
     page.goto(f"{node['http']}/ops")
     page.wait_for_function("/^[0-9]+$/.test(document.querySelector('#height').textContent)")
     first = int(page.locator("#height").inner_text())
@@ -182,4 +192,11 @@ def test_the_operations_page_shows_the_height_advancing(node, page):
     page.wait_for_function(f"Number(document.querySelector('#height').textContent) > {first}", timeout=10_000)
     assert "apply" in page.locator("#stages").inner_text()
     assert "sim" in page.locator("#chains").inner_text()
+    assert "InsufficientFunds" in page.locator("#rejects").inner_text()
+    # the validator following the node: its verified height and agreement
+    lag = "document.querySelector('#validators tr:nth-child(2) td:nth-child(3)')"
+    page.wait_for_function(f"{lag} && {lag}.textContent === '0'", timeout=20_000)  # caught up
+    assert "yes" in page.locator("#validators").inner_text() and "following" in page.locator("#validators").inner_text()
     shot(page, "ops")
+    validator.terminate()
+    validator.wait(10)

@@ -87,6 +87,7 @@ class Validator:
         self.chain: Chain | None = None
         self.verifier: Verifier | None = None
         self.source: Path | None = None  # the journal checked offline, for ``satchel incident``
+        self._applied = trio.Event()  # a block was applied since the last progress report
 
     # ------------------------------------------------------------------ one block
 
@@ -195,18 +196,17 @@ class Validator:
             try:
                 async with open_websocket_url(url, max_message_size=1 << 30) as ws:
                     await ws.send_message(hello(key, self.chain.height + 1))
-                    reported = -REPORT_EVERY_S
+                    progress = trio.CancelScope()  # the reporter's own: cancelling it leaves this task alone
+                    nursery.start_soon(self._report_progress, ws, progress)
                     while True:
                         payload, node_events, node_state = msgspec.msgpack.decode(await ws.get_message())
                         try:
                             await self._one(payload, node_events, node_state, journal)
                         except Divergence as d:  # the node's operators see it stop (``nodeStats``, /ops)
+                            progress.cancel()
                             with trio.move_on_after(1):
                                 await ws.send_message(_report(d.report["height"] - 1, d.report["height"]))
                             raise
-                        if trio.current_time() - reported >= REPORT_EVERY_S:
-                            reported = trio.current_time()
-                            await ws.send_message(_report(self.chain.height))
             except ConnectionClosed as exc:
                 code, why = (exc.reason.code, exc.reason.reason or exc.reason.name) if exc.reason else (None, "closed")
                 hint = (f"; this validator's key is {key.api_key}: allow it in the node's DATA/followers or with "
@@ -217,6 +217,19 @@ class Validator:
             finally:
                 journal.close()
                 nursery.cancel_scope.cancel()
+
+    async def _report_progress(self, ws: Any, scope: trio.CancelScope) -> None:
+        """Tell the node how far this validator verified: at the first block, then at most
+        every ``REPORT_EVERY_S`` while blocks come (the last one too, once caught up)."""
+        with scope:
+            try:
+                while True:
+                    await self._applied.wait()
+                    self._applied = trio.Event()
+                    await ws.send_message(_report(self.chain.height))
+                    await trio.sleep(REPORT_EVERY_S)
+            except ConnectionClosed:
+                pass  # the stream ended: following says why
 
     async def check_journal(self, directory: str | Path) -> int:
         """Check a journal offline (its directory or the node's data dir); returns the last height."""
@@ -239,6 +252,7 @@ class Validator:
         except Divergence as d:
             await self._record(d.report, payload)
             raise
+        self._applied.set()
 
     async def _record(self, report: dict, payload: bytes) -> None:
         self.data.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,9 @@ import { Client, config, rows } from "./client.js";
 
 const $ = (id) => document.getElementById(id);
 let client, last = null;
+// what each stage of nodeStats measures (satchel.latency)
+const STAGES = { verify: "verify (signatures)", sequence: "sequence (wait for the engine)", apply: "apply (engine)",
+                 durable: "durable (journal fsync)", reply: "reply", total: "total" };
 
 async function main() {
   client = new Client((await config()).ws);
@@ -35,7 +38,8 @@ async function node() {
   $("errors").textContent = n.handlerErrors;
   $("followers").textContent = n.followers ?? "-";
   rows($("stages"), ["stage", "count", "p50", "p99", "max"],
-       Object.entries(n.stages).map(([k, v]) => [k, v.count, Math.round(v.p50), Math.round(v.p99), Math.round(v.max)]));
+       Object.entries(n.stages).map(([k, v]) => [STAGES[k] ?? k, v.count, Math.round(v.p50), Math.round(v.p99),
+                                                 Math.round(v.max)]));
   rows($("rejects"), ["code", "count"], Object.entries(n.rejects ?? {}).sort((a, b) => b[1] - a[1]));
   rows($("validators"), ["key", "verified", "lag", "agrees", ""],
        (n.validators ?? []).map((v) => [v.key.slice(0, 12) + "...", v.height, v.lag,
