@@ -200,3 +200,43 @@ def test_the_operations_page_shows_the_height_advancing(node, page):
     shot(page, "ops")
     validator.terminate()
     validator.wait(10)
+
+
+# drops the next ``window.__drop`` depth deltas that change the book, before the page sees them
+DROP_DEPTH = """
+const Native = window.WebSocket;
+window.__drop = 0;
+window.__dropped = 0;
+window.WebSocket = class extends Native {
+  set onmessage(handler) {
+    super.onmessage = (event) => {
+      const f = JSON.parse(event.data);
+      if (window.__drop > 0 && f.stream?.startsWith("depth.") && f.data.e === "depth" && f.data.a.length + f.data.b.length) {
+        window.__drop -= 1;
+        window.__dropped += 1;
+        return;
+      }
+      handler(event);
+    };
+  }
+  get onmessage() { return super.onmessage; }
+};
+"""
+
+
+def test_a_gap_in_the_depth_stream_resyncs_the_book(node, browser):
+    page = browser.new_page(viewport={"width": 1500, "height": 900})
+    page.add_init_script(DROP_DEPTH)
+    maker = Keypair.generate()
+    fund(node, maker.api_key, BTC="1")
+    orders(node, maker, limit("Ask", "90001", "0.01", "BTC_USDC"))
+    page.goto(f"{node['http']}/#BTC_USDC")
+    has = "(p) => [...document.querySelectorAll('#asks tr')].some(r => r.cells[0]?.textContent === p)"
+    page.wait_for_function(f"({has})('90001')")
+    page.evaluate("window.__drop = 1")
+    orders(node, maker, limit("Ask", "90002", "0.01", "BTC_USDC"))  # its delta never reaches the page
+    page.wait_for_function("window.__dropped === 1")
+    assert not page.evaluate(f"({has})('90002')")
+    orders(node, maker, limit("Ask", "90003", "0.01", "BTC_USDC"))  # U skips one: a fresh snapshot
+    page.wait_for_function(f"({has})('90002') && ({has})('90003') && ({has})('90001')")
+    page.close()
