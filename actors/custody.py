@@ -72,9 +72,9 @@ class Refused(Exception):
 
 
 class Custody:
-    def __init__(self, ledger: Ledger, fund: Callable[[int, Withdraw, list], str]) -> None:
+    def __init__(self, ledger: Ledger, fund: Callable[[int, str, str, int, list], str]) -> None:
         self.ledger = ledger
-        # (seq, withdraw, out) -> "" when the account can give the amount (the margin
+        # (seq, account, asset, amount, out) -> "" when the account can give the amount (the margin
         # engine redeems an auto-lent claim and checks margin), else a refusal code
         self.fund = fund
         self.chains: dict[str, ChainSpec] = {}
@@ -197,7 +197,7 @@ class Custody:
             raise Refused(Code.INVALID_ADDRESS, "address must be 1 to 128 printable ASCII characters")
         if tx.amount <= 0:
             raise Refused(Code.INVALID_QUANTITY, "quantity must be positive")
-        problem = self.fund(seq, tx, out)
+        problem = self.fund(seq, tx.account, tx.asset, tx.amount, out)
         if problem:
             raise Refused(problem, f"cannot withdraw {tx.amount} of {tx.asset}")
         bal = self.ledger.bal(tx.account, tx.asset)

@@ -467,19 +467,15 @@ class Margin:
                 self._pass.pop(tx.account, None)
                 self.loans.execute(seq, tx, out)
             elif cls in CUSTODY_TXS:
-                if cls is Withdraw and compliance.active:
-                    if self._refused(seq, tx.account, compliance.withdraw(tx.account, now), out):
-                        continue
-                    before = len(out)
-                    self._pass.pop(tx.account, None)
-                    self.custody.now = now
-                    self.custody.apply(seq, tx, out)
-                    if not any(e.__class__ is TxRejected for e in out[before:]):
-                        compliance.withdrew(tx.account, now)
+                checked = cls is Withdraw and compliance.active  # a withdrawal counts against the tier's day
+                if checked and self._refused(seq, tx.account, compliance.withdraw(tx.account, now), out):
                     continue
+                before = len(out)
                 self._pass.pop(getattr(tx, "account", ""), None)
                 self.custody.now = now
                 self.custody.apply(seq, tx, out)
+                if checked and not any(e.__class__ is TxRejected for e in out[before:]):
+                    compliance.withdrew(tx.account, now)
             elif cls is SetLeverage:
                 if tx.auto_lend == 1 and compliance.active and self._refused(
                         seq, tx.account, compliance.auto_lend(tx.account), out):
@@ -491,11 +487,11 @@ class Margin:
                 out.append(LeverageSet(seq, tx.account, self.leverage.get(tx.account, 0), *self.loans.settings(tx.account)))
         return PreTraded(routed, out)
 
-    def _fund_withdrawal(self, seq: int, tx: Withdraw, out: list) -> str:
-        """Whether the account can give a withdrawal's amount ("" if it can): an auto-lent
-        claim is redeemed for what the free balance lacks, as for an order; and equity
-        must still cover the initial margin without the amount's collateral value."""
-        account, asset, amount = tx.account, tx.asset, tx.amount
+    def _fund_withdrawal(self, seq: int, account: str, asset: str, amount: int, out: list) -> str:
+        """Whether the account can give ``amount`` of ``asset`` away (a withdrawal, the
+        source of a transfer; "" if it can): an auto-lent claim is redeemed for what the
+        free balance lacks, as for an order; and equity must still cover the initial
+        margin without the amount's collateral value."""
         bal = self.ledger.bal(account, asset)
         if bal.free < amount:
             self.loans.redeem_shortfall(seq, account, asset, bal, amount, False, out)
@@ -522,7 +518,7 @@ class Margin:
             return
         self._pass.pop(tx.source, None)
         self._pass.pop(tx.target, None)
-        code = self._fund_withdrawal(seq, Withdraw(tx.source, "", tx.asset, tx.amount, ""), out)
+        code = self._fund_withdrawal(seq, tx.source, tx.asset, tx.amount, out)
         if code:
             out.append(TxRejected(seq, tx.admin, code, f"{tx.source} cannot give {tx.amount} {tx.asset}"))
             return

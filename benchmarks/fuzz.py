@@ -86,17 +86,23 @@ SIGNED_METHODS = ["orderExecute", "orderCancel", "orderCancelAll", "orderQuery",
 CHAIN_METHODS = ["withdraw", "withdrawalQueryAll", "depositQueryAll", "depositAddressQuery", "reconcileQuery",
                  "chainStatus", "approveSweep", "depositConfirmed", "withdrawalSent", "withdrawalConfirmed",
                  "withdrawalFailed"]
-METHODS = SIGNED_METHODS + CHAIN_METHODS + ["depth", "ledgerTotals", "nodeStats", "chainStatusQuery", "SUBSCRIBE",
-                                            "UNSUBSCRIBE"]
+# compliance, points seasons, compensation: the admin's changes, the accounts' referrals and reads
+REWARD_METHODS = ["adminSetProfile", "adminSetTierLimits", "adminSetPermission", "accountPermissionsQuery",
+                  "adminSetSeason", "adminSetMultiplier", "adminTransfer", "referralCodeCreate", "referralCodeUse",
+                  "rewardsQuery"]
+METHODS = SIGNED_METHODS + CHAIN_METHODS + REWARD_METHODS + [
+    "depth", "ledgerTotals", "nodeStats", "chainStatusQuery", "leaderboard", "SUBSCRIBE", "UNSUBSCRIBE"]
 # nodeStats walks HdrHistograms in pure Python on the event loop (~48 ms a call, unsigned):
 # the fuzzer sends it at most once per this many frames, or it would be most of the run
 NODE_STATS_EVERY = 1_000
 WRITE_METHODS = frozenset(["orderExecute", "orderCancel", "orderCancelAll", "deposit", "adminSetTrading", "adminSetFees",
                            "withdraw", "chainStatus", "approveSweep", "depositConfirmed", "withdrawalSent",
-                           "withdrawalConfirmed", "withdrawalFailed"])
+                           "withdrawalConfirmed", "withdrawalFailed", "adminSetProfile", "adminSetTierLimits",
+                           "adminSetPermission", "adminSetSeason", "adminSetMultiplier", "adminTransfer",
+                           "referralCodeCreate", "referralCodeUse"])
 STREAMS = [f"{k}.{s}" for k in ("depth", "trade", "bookTicker", "ticker") for s in SYMBOLS] + [
     "account.orderUpdate", "account.orderUpdate.SOL_USDC", "account.balanceUpdate", "account.rfqUpdate",
-    "account.positionUpdate"]
+    "account.positionUpdate", "account.rewardUpdate", "leaderboard"]
 
 
 # ---------------------------------------------------------------- JSON with anything in it
@@ -582,6 +588,15 @@ _GOOD: dict[str, list] = {
     "reason": ["", "node maintenance", "a&b=c%25", "∑ü ✓"], "paused": ["true", "false"],
     "id": ["1", 2], "from": ["0", "1700000000000"], "to": ["9999999999999"], "excludePlatform": ["true", "false"],
     "twoFactorToken": ["123456"], "autoBorrow": ["false"], "autoLendRedeem": ["true"],
+    # compliance, seasons, referrals, transfers: odd but valid texts where a name or code is free
+    "kycTier": ["0", "1", "255"], "jurisdiction": ["XX", "US", "*", "eu-1"], "tags": ["", "vip", "a,b,c", "a&b"],
+    "tier": ["0", "1"], "withdrawalsPerDay": ["0", "3"], "maxOrderNotional": ["", "USDC:1000", "USDC:0.5,SOL:2"],
+    "product": ["spot", "perps", "margin", "lending", "withdrawals"], "allowed": ["true", "false", "inherit"],
+    "name": ["Season 2", "a&b=c%d", "s"], "start": ["0", "1700000000000"], "end": ["9000000000000"],
+    "makerWeight": ["100", "0"], "takerWeight": ["50"], "referralBps": ["1000", "0"], "lendWeight": ["0", "100"],
+    "factor": ["2", "1.5", "1"], "fromHeight": ["1", "5"], "toHeight": ["0", "10"], "tag": ["community", "vip"],
+    "source": ["@admin", "@pool0"], "target": ["@pool1", "@fresh"], "code": ["alice-1", "A_b", "x"],
+    "season": ["1", "2"],
 }
 _NEAR: dict[str, list] = {
     "symbol": ["DOGE_USDC", "sol_usdc", "SOL-USDC", "SOLUSDC", "SOL_USDC\x00", "ＳＯＬ＿ＵＳＤＣ", "USDC_SOL", ""],
@@ -598,6 +613,10 @@ _NEAR: dict[str, list] = {
     "address": ["", "x" * 129, "line\nbreak", "\x00"], "txHash": ["", "x" * 300, "\x7f"],
     "logIndex": ["-1", "4294967296", str(2**64), "1.5"], "withdrawalId": ["-1", "0", str(2**64), "x"],
     "reason": ["x" * 300, "\x00"], "paused": ["yes", 1, None],
+    "kycTier": ["256", "-1", "1.0", ""], "jurisdiction": ["X X", "ü", "x" * 17, "a\x00"], "tags": [",,", "a b", "é"],
+    "allowed": ["yes", True, None], "product": ["futures", "SPOT", ""], "code": ["", "x" * 33, "a b", "é", "a&b"],
+    "factor": ["0.5", "101", "-2", "2.001", "1e1"], "fromHeight": ["0", "-1", str(2**64)], "toHeight": ["-1", "x"],
+    "maxOrderNotional": ["USDC", "USDC:-1", "DOGE:5", ":", "USDC:1e3"], "start": ["-1", "x"], "season": ["-1", "x", ""],
 }
 for _f in ("price", "quantity", "quoteQuantity"):
     _NEAR[_f] = DECIMAL_TEXTS + [Tok(t) for t in ("1", "150.25", "1e2", "-0", "1e400", "01")]
@@ -629,8 +648,20 @@ TEMPLATES: dict[str, tuple[list[str], list[str]]] = {
     "withdrawalSent": (["chain", "withdrawalId", "txHash"], []),
     "withdrawalConfirmed": (["chain", "withdrawalId"], []),
     "withdrawalFailed": (["chain", "withdrawalId", "reason"], []),
+    "adminSetProfile": (["account", "kycTier"], ["jurisdiction", "tags"]),
+    "adminSetTierLimits": (["tier"], ["withdrawalsPerDay", "maxOrderNotional"]),
+    "adminSetPermission": (["allowed"], ["account", "jurisdiction", "product", "symbol"]),
+    "accountPermissionsQuery": ([], ["account"]),
+    "adminSetSeason": (["id", "name", "start", "end"], ["asset", "makerWeight", "takerWeight", "referralBps", "lendWeight"]),
+    "adminSetMultiplier": (["factor", "fromHeight"], ["toHeight", "account", "tag"]),
+    "adminTransfer": (["source", "target", "asset", "quantity"], []),
+    "referralCodeCreate": (["code"], []),
+    "referralCodeUse": (["code"], []),
+    "rewardsQuery": ([], ["account", "season"]),
+    "leaderboard": ([], ["season", "limit"]),
 }
 _TEMPLATE_NAMES = sorted(TEMPLATES)
+_ACCOUNT_FIELDS = frozenset({"account", "source", "target"})  # "@<name>" there names a key of the run
 _KEY_NAMES = sorted({k for r, o in TEMPLATES.values() for k in r + o} | {"pad", "id", "method", "signature", "params"})
 
 
@@ -1038,7 +1069,8 @@ class Renderer:
             ids.append(uid)
             return uid
         if isinstance(v, Obj):
-            return Obj(tuple((k, self._resolve(self._account(x), ids) if k == "account" else self._resolve(x, ids)) for k, x in v.pairs))
+            return Obj(tuple((k, self._resolve(self._account(x), ids) if k in _ACCOUNT_FIELDS else self._resolve(x, ids))
+                             for k, x in v.pairs))
         if isinstance(v, list):
             return [self._resolve(x, ids) for x in v]
         return v

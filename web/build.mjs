@@ -1,10 +1,9 @@
-// Bundle the pages into the Python package (platform/rest/static), so `pip install`
-// needs no Node: run `npm ci && npm run build` here after changing anything in src/.
+// Bundle the pages' scripts into the Python package (platform/rest/static, where their
+// HTML and CSS live as they are), so `pip install` needs no Node: run `npm ci && npm run
+// build` here after changing anything in src/.
 import { build } from "esbuild";
-import { copyFileSync, mkdirSync } from "node:fs";
 
 const out = "../platform/rest/static";
-mkdirSync(out, { recursive: true });
 await build({
   entryPoints: ["src/app.js", "src/ops.js"],
   bundle: true,
@@ -14,4 +13,3 @@ await build({
   outdir: out,
   legalComments: "linked",
 });
-for (const page of ["index.html", "ops.html", "style.css"]) copyFileSync(`src/${page}`, `${out}/${page}`);

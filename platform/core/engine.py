@@ -310,8 +310,16 @@ class Engine:
         work.settled = (await self.risk.call(Settle(work.events, work.batch[-1][0]))).events
 
     async def _accrue(self, events: list, timestamp_us: int, seq: int, *produced: list) -> None:
-        fills = [ev for ev in produced[0] if ev.__class__ is Fill]
-        moves = [ev for out in produced for ev in out if ev.__class__ is LendMoved]
+        """The rewards actor's share of what the phases produced: fills and lending movements."""
+        fills: list = []
+        moves: list = []
+        for out in produced:
+            for ev in out:
+                cls = ev.__class__
+                if cls is Fill:
+                    fills.append(ev)
+                elif cls is LendMoved:
+                    moves.append(ev)
         if fills or moves:
             events.extend(await self.rewards.call(AccruePoints(self.height, timestamp_us, seq, fills, moves)))
 
@@ -330,7 +338,7 @@ class Engine:
         ticked = await self.risk.call(Remark(timestamp_us, previous, last_seq, marked.marks, marked.funding, prices))
         events.extend(ticked.events)
         if self.rewards_on:  # the auto-lend sweep's movements
-            await self._accrue(events, timestamp_us, last_seq, [], ticked.events)
+            await self._accrue(events, timestamp_us, last_seq, ticked.events)
         orders: list = list(ticked.orders)
         for box in self.periodic.values():
             other = await box.call(Tick(timestamp_us, previous))
