@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
 import structlog
 import trio
 
@@ -29,12 +30,16 @@ from satchel.core.engine import Engine
 from satchel.core.messages import BlockHeader, Query
 from satchel.latency import StageLatency
 from satchel.ledger import snapshots
-from satchel.ledger.chain import Applied, Chain, recover_chain
+from satchel.ledger.chain import Applied, Chain, DivergedError, recover_chain
 from satchel.ledger.journal import Journal
 from satchel.ledger.sequencer import Read, Sequencer
 from satchel.runtime import fatal_errors_unwrapped, tune_gc
 from satchel.chains.addresses import AddressBook, load_seed
 from satchel.signing import Keypair, load_key
+from satchel.cluster.follower import Received
+
+if TYPE_CHECKING:
+    from satchel.cluster.role import Cluster
 
 log = structlog.get_logger("satchel.node")
 
@@ -50,14 +55,25 @@ class BlockListener(Protocol):
 class Node:
     """Recover, run the pipeline, and shut down with everything durable."""
 
-    def __init__(self, data: str | Path, cfg: config_mod.Config | None = None):
+    def __init__(self, data: str | Path, cfg: config_mod.Config | None = None, cluster: "Cluster | None" = None):
         self.data = Path(data)
         self.cfg = cfg or config_mod.load()
+        # in a cluster (``satchel.cluster``) blocks come from the stream until this node sequences
+        self.cluster = cluster
         self.journal = Journal(self.data / "journal", self.cfg.node.segment_bytes)
-        self.admin: Keypair = load_key(self.data, "admin.key")
-        # each chain's adapter signs its reports with its own key; the seed derives deposit addresses
-        self.chain_keys: dict[str, Keypair] = {name: load_key(self.data, f"chain-{name}.key") for name in self.cfg.chains}
-        self.custody_seed: bytes = load_seed(self.data)
+        if cluster is not None and not cluster.can_sequence:
+            # a gateway or read replica holds no secret of the exchange: admin requests are
+            # checked against the admin key the chain itself names, deposit addresses are
+            # handed out where the custody seed is (a sequencer's own gateway)
+            self.cfg = msgspec.structs.replace(self.cfg, chains={})
+            self.admin: Any = _ChainAdmin(self)
+            self.chain_keys: dict[str, Keypair] = {}
+            self.custody_seed = b""
+        else:
+            self.admin = load_key(self.data, "admin.key")
+            # each chain's adapter signs its reports with its own key; the seed derives deposit addresses
+            self.chain_keys = {name: load_key(self.data, f"chain-{name}.key") for name in self.cfg.chains}
+            self.custody_seed = load_seed(self.data)
         # deposit addresses handed out, each derived by its chain kind's rule
         self.addresses = AddressBook(self.data, self.custody_seed, {n: c.kind for n, c in self.cfg.chains.items()})
         self.chain_adapters: dict[str, Any] = {}  # name -> the running chain adapter (``satchel reconcile`` reads through it)
@@ -95,20 +111,19 @@ class Node:
         async with trio.open_nursery() as actors:
             self.chain = Chain(Engine(actors))
             await self._recover()
-            s = self.cfg.node
-            self.sequencer = Sequencer(self.chain.height + 1, self.chain.next_seq, self.chain.last_timestamp, s.block_max_txs)
             async with trio.open_nursery() as pipeline:
                 to_writer_send, to_writer = trio.open_memory_channel(64)
                 to_pub_send, to_pub = trio.open_memory_channel(64)
+                if self.cluster is None:
+                    self.sequencer = self._new_sequencer()
+                else:
+                    self.sequencer = await self.cluster.start(self)
+                    pipeline.start_soon(self.cluster.run, self)
                 pipeline.start_soon(self._engine_stage, to_writer_send)
                 pipeline.start_soon(self._writer_stage, to_writer, to_pub_send)
                 pipeline.start_soon(self._publisher, to_pub)
-                if self.chain.height == 0:
-                    adapters = {name: key.api_key for name, key in self.chain_keys.items()}
-                    *first, last = config_mod.genesis(self.cfg, self.admin, adapters)
-                    for tx in first:
-                        self.sequencer.submit(tx, None)
-                    await self.submit_wait(last)
+                if self.cluster is None:
+                    await self._genesis()
                 log.info("node.ready", height=self.chain.height, data=str(self.data))
                 task_status.started(self)
             self.journal.close()
@@ -117,6 +132,26 @@ class Node:
             log.info("node.stopped", height=self.chain.height, txs=self.chain.txs, state=await self.engine.state_hash())
             actors.cancel_scope.cancel()
         self._stopped.set()
+
+    def _new_sequencer(self) -> Sequencer:
+        return Sequencer(self.chain.height + 1, self.chain.next_seq, self.chain.last_timestamp, self.cfg.node.block_max_txs)
+
+    async def _genesis(self) -> None:
+        if self.chain.height == 0:
+            adapters = {name: key.api_key for name, key in self.chain_keys.items()}
+            *first, last = config_mod.genesis(self.cfg, self.admin, adapters)
+            for tx in first:
+                self.sequencer.submit(tx, None)
+            await self.submit_wait(last)
+
+    def _take_over(self, following: Any) -> None:
+        """The stream is applied to its end: sequence from here (a cluster's new primary).
+        The rest (heartbeats, genesis on an empty stream, the intake) runs as a task: it
+        waits for blocks this engine stage applies."""
+        self.sequencer = self._new_sequencer()
+        for read in following.take_reads():
+            self.sequencer.read(read.query, read.callback)
+        self.cluster.become_primary(self, self._genesis)
 
     async def _recover(self) -> None:
         started = trio.current_time()
@@ -134,17 +169,26 @@ class Node:
     async def _engine_stage(self, send: trio.MemorySendChannel) -> None:
         """Pull the next block whenever the engine is free (natural batching)."""
         async with send:
-            while (item := await self.sequencer.next_item()) is not None:
+            while True:
+                source = self.sequencer
+                item = await source.next_item()
+                if item is None:
+                    if source.closed or self.cluster is None:
+                        break
+                    self._take_over(source)  # a follower drained to the stream's end
+                    continue
                 self._in_pipeline += 1
                 if item.__class__ is Read:
                     item.result = await self.engine.ask(item.query)
                     await send.send(item)
                 else:
-                    applied = await self.chain.extend(item)
+                    applied = await (self.chain.follow(item) if item.__class__ is Received else self.chain.extend(item))
                     applied.applied_at = trio.current_time()
                     if applied.header.height % self.cfg.node.snapshot_blocks == 0:
                         # written by the writer right after this block is durable
                         applied.snapshot = await self.chain.snapshot()
+                        if item.__class__ is Received and item.state_hash not in (None, applied.snapshot.state_hash):
+                            raise DivergedError(f"block {applied.header.height}: this node's state differs from the sequencer's")
                     await send.send(applied)
 
     async def _writer_stage(self, recv: trio.MemoryReceiveChannel, send: trio.MemorySendChannel) -> None:
@@ -159,6 +203,13 @@ class Node:
                         break
                 blocks = [a for a in batch if a.__class__ is Applied]
                 if blocks:
+                    cluster = self.cluster
+                    if cluster is not None and cluster.stream_durable:
+                        # the stream is the durability point: released once JetStream stored it
+                        mine = [(a.header.height, a.payload, None if a.snapshot is None else a.snapshot.state_hash)
+                                for a in blocks if a.item.__class__ is not Received]
+                        if mine:
+                            await cluster.publish(mine)
                     records = [(a.header.height, a.payload) for a in blocks]
                     # on the event loop, not in a worker thread: while the loop is busy a
                     # worker waits milliseconds for the GIL to start, to write and to hand the
@@ -253,9 +304,22 @@ class Node:
         """Stop taking transactions; the pipeline drains and the journal is flushed."""
         if self.sequencer is not None:
             self.sequencer.close()
+        if self.cluster is not None:
+            self.cluster.stop()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+class _ChainAdmin:
+    """The admin key a follower checks admin requests against: the one its chain names."""
+
+    def __init__(self, node: Node):
+        self._node = node
+
+    @property
+    def api_key(self) -> str | None:
+        return self._node.engine.admin
 
 
 async def _answer(register: Callable[[Callable[[Any], None]], None]) -> Any:

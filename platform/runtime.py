@@ -21,15 +21,17 @@ def tune_gc() -> None:
 
 @contextmanager
 def fatal_errors_unwrapped() -> Iterator[None]:
-    """Re-raise a JournalCorrupt or DivergedError found inside trio's exception groups
-    as itself, so callers and operators see the file, offset or block at fault."""
+    """Re-raise a JournalCorrupt, DivergedError or Fenced (another sequencer extended the
+    chain) found inside trio's exception groups as itself, so callers and operators see
+    the file, offset or block at fault."""
+    from satchel.cluster.bus import Fenced
     from satchel.ledger.chain import DivergedError
     from satchel.ledger.journal import JournalCorrupt
 
     try:
         yield
     except BaseExceptionGroup as eg:
-        fatal = _first_leaf(eg, (JournalCorrupt, DivergedError))
+        fatal = _first_leaf(eg, (JournalCorrupt, DivergedError, Fenced))
         if fatal is not None:
             raise fatal from eg
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -332,3 +333,25 @@ def older_permissions_rule(account_rule, jurisdiction_rule, everywhere_rule, jur
         if rule is not None:
             return Source(rule[0], source, rule[1])
     return Source(True, "default", 0)
+
+
+# ---------------------------------------------------------------- nats-server (satchel.cluster)
+
+
+def _nats_missing() -> str:
+    from satchel.cluster.natsserver import find_binary
+
+    return "" if find_binary() else "no nats-server (Debian's package nats-server; .ci/run installs it)"
+
+
+def nats_cluster(directory, size: int = 3):
+    """``size`` nats-server processes with JetStream on loopback (a context manager)."""
+    from satchel.cluster.natsserver import NatsCluster
+
+    return NatsCluster(directory, size)
+
+
+# modules that need nats-server skip without it, except under SATCHEL_REQUIRE_NATS=1 (.ci/run installs it)
+if _nats_missing() and os.environ.get("SATCHEL_REQUIRE_NATS") == "1":
+    raise RuntimeError(f"NATS tests required but {_nats_missing()}")
+nats_cluster.skip_without = pytest.mark.skipif(bool(_nats_missing()), reason=_nats_missing() or "nats-server found")

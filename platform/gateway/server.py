@@ -92,7 +92,15 @@ class Gateway:
                 "height": self.node.chain.height, "backlog": sequencer.backlog if sequencer is not None else 0,
                 "rejects": dict(sorted(self.rejects.counts.items())),
                 "followers": self.replicator.active if self.replicator is not None else None,
-                "validators": self.replicator.validators() if self.replicator is not None else []}
+                "validators": self._validators(),
+                "cluster": self.node.cluster.status() if self.node.cluster is not None else None}
+
+    def _validators(self) -> list[dict]:
+        """Those following this node's WebSocket block stream, and those on the cluster's bus."""
+        rows = self.replicator.validators() if self.replicator is not None else []
+        if self.node.cluster is not None:
+            rows += self.node.cluster.validators(self.node.chain.height)
+        return rows
 
     def _node_idle(self) -> bool:
         sequencer = self.node.sequencer

@@ -24,6 +24,7 @@ from satchel.ledger.journal import Journal, read_records
 from satchel.runtime import fatal_errors_unwrapped
 
 if TYPE_CHECKING:
+    from satchel.cluster.follower import Received
     from satchel.ledger.sequencer import Stamped
 
 log = structlog.get_logger("satchel.chain")
@@ -106,6 +107,19 @@ class Chain:
         payload = block_encoder.encode(Block(header, msgspec.Raw(txs_bytes)))
         self.advance(header)
         return Applied(item, header, payload, events, ev_bytes)
+
+    async def follow(self, item: "Received") -> "Applied":
+        """A block someone else sequenced (a cluster's block stream): checked, applied and
+        compared with its event commitment, then on its way like one of ours."""
+        block = item.block
+        h = block.header
+        self.check(h)
+        events = await self.engine.apply(h.first_seq, h.timestamp, block.txs, h.height)
+        ev_bytes = events_encoder.encode(events)
+        if hashlib.sha256(ev_bytes).digest() != h.events_hash:
+            raise DivergedError(f"block {h.height}: this node's events differ from the sequencer's commitment")
+        self.advance(h)
+        return Applied(item, h, item.payload, events, ev_bytes)
 
     async def load(self, snap: snapshots.Snapshot) -> None:
         """Start from a snapshot instead of genesis."""

@@ -200,6 +200,31 @@ class FollowerReport(msgspec.Struct, forbid_unknown_fields=True):
 _report = msgspec.json.Decoder(FollowerReport)
 
 
+class ValidatorReports:
+    """The last progress report of each follower key (allow-listed or signed, so bounded),
+    kept after it leaves so that a validator that stopped on a divergence stays visible."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, dict] = {}
+
+    def update(self, key: str, report: FollowerReport) -> None:
+        self._by_key[key] = {"connected": True, "verified": report.verified, "diverged": report.diverged}
+
+    def left(self, key: str) -> None:
+        if key in self._by_key:
+            self._by_key[key]["connected"] = False
+
+    def rows(self, durable_height: int) -> list[dict]:
+        """Each follower that reported: key, connected, verified height, lag behind the
+        durable height, and whether it agrees (no divergence reported)."""
+        out = []
+        for key, r in sorted(self._by_key.items()):
+            out.append({"key": key, "connected": r["connected"], "height": r["verified"],
+                        "lag": max(0, durable_height - r["verified"]), "diverged": r["diverged"],
+                        "agrees": r["diverged"] is None})
+        return out
+
+
 async def _until_closed(ws: Any, scope: trio.CancelScope, reported: Any) -> None:
     """Read the follower's progress reports until it hangs up, then stop serving it; a
     message that is not a report is ignored (it changes nothing)."""
@@ -235,23 +260,11 @@ class Replicator:
         self._seen: dict[bytes, int] = {}  # hello signature -> when its window closes (ms): no replays
         self._refusals: dict[str, float] = {}  # peer -> last logged
         self._followers: dict[trio.MemorySendChannel, None] = {}
-        # per follower key (allow-listed, so bounded): its last progress report, kept after
-        # it leaves so that a validator that stopped on a divergence stays visible
-        self.reports: dict[str, dict] = {}
+        self.reports = ValidatorReports()
         node.block_listeners.append(self)
 
     def validators(self) -> list[dict]:
-        """Each follower that reported: key, connected, verified height, lag behind the
-        durable height, and whether it agrees (no divergence reported)."""
-        out = []
-        for key, r in sorted(self.reports.items()):
-            out.append({"key": key, "connected": r["connected"], "height": r["verified"],
-                        "lag": max(0, self.durable_height - r["verified"]), "diverged": r["diverged"],
-                        "agrees": r["diverged"] is None})
-        return out
-
-    def _reported(self, key: str, report: FollowerReport) -> None:
-        self.reports[key] = {"connected": True, "verified": report.verified, "diverged": report.diverged}
+        return self.reports.rows(self.durable_height)
 
     @property
     def followers_file(self) -> Path:
@@ -351,13 +364,12 @@ class Replicator:
         try:
             async with trio.open_nursery() as tasks:
                 # an idle follower's slot must come free when it hangs up, not at the next block
-                tasks.start_soon(_until_closed, ws, tasks.cancel_scope, lambda r: self._reported(key, r))
+                tasks.start_soon(_until_closed, ws, tasks.cancel_scope, lambda r: self.reports.update(key, r))
                 await self._send_blocks(ws, peer, key, start, upto, recv)
                 tasks.cancel_scope.cancel()
         finally:
             self._followers.pop(send, None)
-            if key in self.reports:
-                self.reports[key]["connected"] = False
+            self.reports.left(key)
 
     async def _send_blocks(self, ws: Any, peer: str, key: str, start: int, upto: int,
                            recv: trio.MemoryReceiveChannel) -> None:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+from contextlib import AsyncExitStack
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ import trio
 
 from satchel import config as config_mod
 from satchel.ledger.journal import JournalCorrupt
+from satchel.cluster.bus import Fenced
 from satchel.ledger.chain import DivergedError
 from satchel.runtime import fatal_errors_unwrapped
 
@@ -40,12 +42,6 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from satchel.tools.demo import DemoDeposits, MarketMaker
-    from satchel.gateway import Gateway
-    from satchel.oracle import Oracle
-    from satchel.node import Node
-    from satchel.ledger.replication import Replicator
-
     from satchel.signing import decode_key
 
     cfg = config_mod.load(args.config)
@@ -61,7 +57,32 @@ async def _serve(args: argparse.Namespace) -> int:
         bad = args.allow_follower[followers.index(None)]
         print(f"satchel serve: --allow-follower {bad!r} is not a base64 Ed25519 public key", file=sys.stderr)
         return 2
-    node = Node(args.data, cfg)
+    async with AsyncExitStack() as stack:
+        cluster = None
+        if args.nats:
+            from satchel.cluster.bus import Bus
+            from satchel.cluster.role import Cluster
+            from satchel.signing import load_key
+
+            bus = await stack.enter_async_context(Bus(args.nats, name="sequencer"))
+            gateways = [decode_key(k) for k in args.allow_gateway]
+            if None in gateways:
+                print(f"satchel serve: --allow-gateway {args.allow_gateway[gateways.index(None)]!r} is not a base64 "
+                      "Ed25519 public key", file=sys.stderr)
+                return 2
+            own = load_key(Path(args.data), "gateway.key")  # this node's gateway forwards while it is a standby
+            cluster = Cluster(bus, own, sequencer=True, durability=args.durability, replicas=args.stream_replicas,
+                              takeover_after=args.takeover_after, allow_gateways=(own.public, *gateways))
+        return await _run_node(args, cfg, host, port, followers, oracle, cluster)
+
+
+async def _run_node(args: argparse.Namespace, cfg: config_mod.Config, host: str, port: int, followers: list,
+                    oracle: Any, cluster: Any) -> int:
+    from satchel.gateway import Gateway
+    from satchel.node import Node
+    from satchel.ledger.replication import Replicator
+
+    node = Node(args.data, cfg, cluster)
     async with trio.open_nursery() as outer:
         await outer.start(node.run)
         async with trio.open_nursery() as edges:
@@ -76,24 +97,73 @@ async def _serve(args: argparse.Namespace) -> int:
                 await edges.start(gateway.replicator.run)
             # stderr carries log lines only (JSON, or readable on a terminal): no plain prints here
             structlog.get_logger("satchel").info("node.serving", url=gateway.url, data=str(Path(args.data).resolve()))
-            if oracle is not None:
-                settings, rows = oracle
-                edges.start_soon(Oracle(node, settings, rows).run)
-            chains = None
-            if node.cfg.chains:
-                from satchel.chains.embedded import SimChains
-
-                chains = await edges.start(SimChains(node).run)
-            if not args.no_demo:
-                edges.start_soon(MarketMaker(node).run)
-                if chains is not None:
-                    edges.start_soon(DemoDeposits(node, chains).run)
+            edges.start_soon(_sequencing_edges, node, oracle, args.no_demo)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
                     structlog.get_logger("satchel").info("node.shutdown_requested", signal=signal.Signals(signum).name)
                     break
             edges.cancel_scope.cancel()
         node.shutdown()
+    return 0
+
+
+async def _sequencing_edges(node: Any, oracle: Any, no_demo: bool) -> None:
+    """What submits transactions of its own (the oracle, the chains' adapters, the demo
+    market maker): on the node that sequences, so in a cluster once it is the primary."""
+    from satchel.tools.demo import DemoDeposits, MarketMaker
+    from satchel.oracle import Oracle
+
+    if node.cluster is not None:
+        await node.cluster.promoted.wait()
+    async with trio.open_nursery() as edges:
+        if oracle is not None:
+            settings, rows = oracle
+            edges.start_soon(Oracle(node, settings, rows).run)
+        chains = None
+        if node.cfg.chains:
+            from satchel.chains.embedded import SimChains
+
+            chains = await edges.start(SimChains(node).run)
+        if not no_demo:
+            edges.start_soon(MarketMaker(node).run)
+            if chains is not None:
+                edges.start_soon(DemoDeposits(node, chains).run)
+
+
+async def _gateway(args: argparse.Namespace) -> int:
+    """A gateway process: follows the block stream, serves WebSocket (and REST), verifies
+    signatures and forwards transactions to the sequencer (``satchel.cluster``)."""
+    from satchel.cluster.bus import Bus
+    from satchel.cluster.role import Cluster
+    from satchel.gateway import Gateway
+    from satchel.node import Node
+    from satchel.signing import load_key
+
+    key = load_key(Path(args.data), "gateway.key")
+    if args.print_key:
+        print(key.api_key)
+        return 0
+    cfg = config_mod.load(args.config)
+    host = args.host or cfg.node.host
+    async with Bus(args.nats, name="gateway") as bus:
+        node = Node(args.data, cfg, Cluster(bus, key, sequencer=False))
+        async with trio.open_nursery() as outer:
+            await outer.start(node.run)
+            async with trio.open_nursery() as edges:
+                gateway = await edges.start(Gateway(node, host, args.port).run)
+                if args.rest_port >= 0:
+                    from satchel.rest import serve as serve_rest
+
+                    await edges.start(serve_rest, gateway, host, args.rest_port)
+                structlog.get_logger("satchel").info("gateway.serving", url=gateway.url, key=key.api_key,
+                                                     height=node.chain.height)
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        structlog.get_logger("satchel").info("gateway.shutdown_requested",
+                                                             signal=signal.Signals(signum).name)
+                        break
+                edges.cancel_scope.cancel()
+            node.shutdown()
     return 0
 
 
@@ -422,6 +492,8 @@ async def _validator(args: argparse.Namespace) -> int:
         if args.journal:
             height = await v.check_journal(args.journal)
             print(f"validated blocks=1..{height} signatures={v.verified_signatures}")
+        elif args.nats:
+            await v.follow_nats(args.nats)
         else:
             await v.follow(args.follow)
     except* Divergence as eg:
@@ -617,6 +689,27 @@ def main(argv: list[str] | None = None) -> int:
                    help="a validator's API key allowed to follow the block stream (repeatable; also DATA/followers)")
     p.add_argument("--max-followers", type=int, default=8, help="followers streamed to at once (default 8)")
 
+    cl = p.add_argument_group("cluster (satchel.cluster: the block stream on NATS JetStream)")
+    cl.add_argument("--nats", metavar="URL", help="sequence in a cluster: publish blocks to JetStream at URL "
+                    "(several: comma-separated); a sequencer started beside a live primary is its standby")
+    cl.add_argument("--durability", choices=["stream", "journal"], default="stream",
+                    help="stream: a block is released once JetStream stored it (failover loses nothing acknowledged); "
+                         "journal: once fsynced locally, JetStream a replica (one sequencer)")
+    cl.add_argument("--stream-replicas", type=int, default=1, help="copies of the stream when it is created (3 on a cluster)")
+    cl.add_argument("--takeover-after", type=_positive, default=3.0, metavar="S",
+                    help="take over when the primary's heartbeat has lapsed this long (default 3 s)")
+    cl.add_argument("--allow-gateway", action="append", default=[], metavar="KEY",
+                    help="a gateway key (satchel gateway --print-key) whose transactions are taken; also DATA/gateways")
+
+    p = sub.add_parser("gateway", help="a gateway process: WebSocket and REST over the block stream on NATS")
+    p.add_argument("--nats", required=True, metavar="URL", help="the cluster's NATS servers (comma-separated)")
+    p.add_argument("--data", default="./gateway-data", help="its journal copy, history and gateway.key")
+    p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="WebSocket port (0 picks a free one)")
+    p.add_argument("--rest-port", type=int, default=-1, help="REST API port (0: any free port, -1: off, the default)")
+    p.add_argument("--config", default=None, help="TOML file replacing the packaged defaults (gateway settings)")
+    p.add_argument("--print-key", action="store_true", help="print this gateway's key for the sequencers' allow-list")
+
     sub.add_parser("keygen", help="print a new Ed25519 key pair")
 
     p = sub.add_parser("stats", help="platform statistics: 24 h volume, open interest, custody, lending, tickers")
@@ -711,6 +804,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("validator", help="replay and check every block of a node (or a journal)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--follow", help="the node's replication endpoint, e.g. ws://127.0.0.1:8766")
+    src.add_argument("--nats", metavar="URL", help="follow the block stream on NATS JetStream, e.g. nats://127.0.0.1:4222 "
+                     "(several: comma-separated)")
     src.add_argument("--journal", help="check a journal offline: its directory or the node's data directory")
     src.add_argument("--print-key", action="store_true",
                      help="print this validator's API key (created in DATA/validator.key) for the node's allow-list")
@@ -766,7 +861,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.embedded = True
             return loadtest(args)
         runner = {"serve": _serve, "faucet": _faucet, "replay": _replay, "admin": _admin, "snapshot": _snapshot,
-                  "validator": _validator, "incident": _incident, "compensate": _compensate, "stats": _stats, "rewards": _rewards, "status": _status,
+                  "validator": _validator, "gateway": _gateway, "incident": _incident, "compensate": _compensate, "stats": _stats, "rewards": _rewards, "status": _status,
                   "reconcile": _reconcile}[args.command]
         with fatal_errors_unwrapped():  # the serve/validator nurseries wrap them in groups
             return trio.run(runner, args)
@@ -777,6 +872,11 @@ def main(argv: list[str] | None = None) -> int:
         # one line, and exit status 3: the systemd unit does not restart into the same failure
         structlog.get_logger("satchel").error("node.refused_journal", error=str(exc))
         return 3
+    except Fenced as exc:
+        # exit status 5: restarted, the node follows the stream again as the standby
+        structlog.get_logger("satchel").error("node.fenced", error=str(exc),
+                                              why="another sequencer extended the chain; this one stopped")
+        return 5
     except KeyboardInterrupt:
         return 130
 

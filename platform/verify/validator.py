@@ -197,7 +197,7 @@ class Validator:
                 async with open_websocket_url(url, max_message_size=1 << 30) as ws:
                     await ws.send_message(hello(key, self.chain.height + 1))
                     progress = trio.CancelScope()  # the reporter's own: cancelling it leaves this task alone
-                    nursery.start_soon(self._report_progress, ws, progress)
+                    nursery.start_soon(self._report_progress, ws.send_message, progress)
                     while True:
                         payload, node_events, node_state = msgspec.msgpack.decode(await ws.get_message())
                         try:
@@ -218,15 +218,46 @@ class Validator:
                 journal.close()
                 nursery.cancel_scope.cancel()
 
-    async def _report_progress(self, ws: Any, scope: trio.CancelScope) -> None:
-        """Tell the node how far this validator verified: at the first block, then at most
-        every ``REPORT_EVERY_S`` while blocks come (the last one too, once caught up)."""
+    async def follow_nats(self, servers: str) -> None:
+        """Follow the block stream on JetStream (``satchel.cluster.stream``) from this
+        validator's height; stops at the first disagreement, as ``follow`` does."""
+        from satchel.cluster import reports, stream
+        from satchel.cluster.bus import Bus
+
+        key = validator_key(self.data)
+        log.info("validator.key", api_key=key.api_key, file=str(self.data / KEY_FILE))
+        async with trio.open_nursery() as nursery:
+            journal = await self._start(nursery, True)
+            try:
+                async with Bus(servers, name="validator") as bus:
+                    progress = trio.CancelScope()
+                    nursery.start_soon(self._report_progress, lambda text: bus.publish_nowait(
+                        reports.SUBJECT, reports.seal(key, orjson.loads(text)["verified"])), progress)
+                    try:
+                        async for batch in stream.follow(bus, self.chain.height + 1):
+                            for b in batch:
+                                await self._one(b.payload, None, b.state_hash, journal)
+                    except Divergence as d:
+                        progress.cancel()
+                        bus.publish_nowait(reports.SUBJECT, reports.seal(key, d.report["height"] - 1, d.report["height"]))
+                        await trio.sleep(0.2)  # the bus's loop sends it before the bus closes
+                        raise
+            finally:
+                journal.close()
+                nursery.cancel_scope.cancel()
+
+    async def _report_progress(self, send: Any, scope: trio.CancelScope) -> None:
+        """Tell the node how far this validator verified (``send(report)``, awaited if it
+        is a coroutine function): at the first block, then at most every
+        ``REPORT_EVERY_S`` while blocks come (the last one too, once caught up)."""
         with scope:
             try:
                 while True:
                     await self._applied.wait()
                     self._applied = trio.Event()
-                    await ws.send_message(_report(self.chain.height))
+                    sent = send(_report(self.chain.height))
+                    if sent is not None:
+                        await sent
                     await trio.sleep(REPORT_EVERY_S)
             except ConnectionClosed:
                 pass  # the stream ended: following says why

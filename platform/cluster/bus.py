@@ -1,0 +1,224 @@
+"""NATS for trio: nats-py runs on its own asyncio loop in one thread, and only this
+module touches it.
+
+nats-py is asyncio-only. Rather than run trio on top of asyncio (trio-asyncio: every
+trio step then pays for asyncio's scheduling too, and the engine's loop is the hot
+one), the client gets a dedicated asyncio loop in a daemon thread and trio talks to it
+by handing over coroutines (``call``) and receiving callbacks (``subscribe``): a future
+completed on the asyncio side wakes the waiting trio task through its ``TrioToken``,
+no worker thread is parked per call. What crosses the boundary is bytes and small
+tuples; both sides batch (blocks per publish round, transactions per intake message),
+so the hop (~40-60 us, ``benchmarks/cluster``) is paid per batch, not per transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+import structlog
+import trio
+
+log = structlog.get_logger("satchel.cluster.bus")
+
+WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed Nats-Expected-Last-Sequence check
+
+
+class BusError(Exception):
+    """NATS or JetStream refused or could not do what was asked."""
+
+
+class Fenced(BusError):
+    """The stream already holds a block at the height this sequencer tried to publish:
+    another sequencer extended the chain, so this one must stop (JetStream's
+    expected-last-sequence check, not a protocol of ours)."""
+
+
+class Bus:
+    """One NATS connection (a server list: it fails over between a cluster's nodes) on
+    a private asyncio loop; use ``async with Bus(servers) as bus``."""
+
+    def __init__(self, servers: str | Sequence[str], name: str = "satchel"):
+        self.servers = [s.strip() for s in servers.split(",")] if isinstance(servers, str) else list(servers)
+        self.name = name
+        self.nc: Any = None
+        self.js: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._acks: dict[str, asyncio.Future] = {}
+        self._ack_inbox = ""
+        self._ack_ids = itertools.count()
+        self.connected = trio.Event()
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def __aenter__(self) -> "Bus":
+        self._token = trio.lowlevel.current_trio_token()
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name=f"nats-{self.name}", daemon=True)
+        self._thread.start()
+        await trio.to_thread.run_sync(ready.wait)
+        try:
+            await self.call(self._connect)
+        except BaseException:
+            await self._stop_loop()
+            raise
+        self.connected.set()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                with trio.move_on_after(2):
+                    await self.call(self._close)
+            finally:
+                await self._stop_loop()
+
+    async def _stop_loop(self) -> None:
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            await trio.to_thread.run_sync(self._thread.join, 2.0)
+
+    async def _connect(self) -> None:
+        import nats
+
+        async def disconnected() -> None:
+            log.warning("nats.disconnected", name=self.name)
+
+        async def reconnected() -> None:
+            log.info("nats.reconnected", name=self.name, server=str(self.nc.connected_url.netloc))
+
+        async def error(exc: Exception) -> None:
+            log.warning("nats.error", name=self.name, error=str(exc) or type(exc).__name__)
+
+        # reconnect fast and forever: a cluster node going away must cost milliseconds, not
+        # the client's default 2 s between attempts (the standby's takeover waits ~3 s)
+        self.nc = await nats.connect(self.servers, name=self.name, reconnect_time_wait=0.1, max_reconnect_attempts=-1,
+                                     connect_timeout=2, allow_reconnect=True, disconnected_cb=disconnected,
+                                     reconnected_cb=reconnected, error_cb=error, pending_size=8 << 20)
+        self.js = self.nc.jetstream(timeout=5)
+        self._ack_inbox = self.nc.new_inbox()
+        await self.nc.subscribe(self._ack_inbox + ".*", cb=self._on_ack)
+
+    async def _close(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.drain()
+
+    # ------------------------------------------------------------------ crossing over
+
+    async def call(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the asyncio loop; its result (or exception) here."""
+        fut = asyncio.run_coroutine_threadsafe(fn(*args), self._loop)
+        done = trio.Event()
+        token = self._token
+
+        def wake(_: Any) -> None:
+            try:
+                token.run_sync_soon(done.set)
+            except trio.RunFinishedError:
+                pass
+
+        fut.add_done_callback(wake)
+        try:
+            await done.wait()
+        except trio.Cancelled:
+            fut.cancel()
+            raise
+        return fut.result()
+
+    def deliver(self, handler: Callable[..., None]) -> Callable[..., Awaitable[None]]:
+        """An asyncio message callback that runs ``handler(msg)`` in trio (in arrival order)."""
+        token = self._token
+
+        async def cb(msg: Any) -> None:
+            try:
+                token.run_sync_soon(handler, msg)
+            except trio.RunFinishedError:
+                pass
+
+        return cb
+
+    # ------------------------------------------------------------------ core NATS
+
+    async def subscribe(self, subject: str, handler: Callable[[Any], None], queue: str = "") -> Any:
+        """Messages on ``subject`` delivered to ``handler(msg)`` in trio; returns the subscription."""
+        cb = self.deliver(handler)
+        return await self.call(lambda: self.nc.subscribe(subject, queue=queue, cb=cb))
+
+    async def unsubscribe(self, sub: Any) -> None:
+        await self.call(sub.unsubscribe)
+
+    def publish_nowait(self, subject: str, payload: bytes, reply: str = "", headers: dict | None = None) -> None:
+        """Fire and forget (replies, heartbeats): ordered with other publishes of this bus."""
+        asyncio.run_coroutine_threadsafe(self.nc.publish(subject, payload, reply=reply, headers=headers), self._loop)
+
+    async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
+        """Core NATS request/reply; ``BusError`` when nobody answers in time."""
+        import nats.errors
+
+        async def ask() -> bytes:
+            try:
+                return (await self.nc.request(subject, payload, timeout=timeout)).data
+            except nats.errors.NoRespondersError:
+                raise BusError(f"no responder on {subject}") from None
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                raise BusError(f"no answer on {subject} within {timeout} s") from None
+
+        return await self.call(ask)
+
+    # ------------------------------------------------------------------ JetStream publishing
+
+    async def _on_ack(self, msg: Any) -> None:
+        fut = self._acks.pop(msg.subject.rsplit(".", 1)[1], None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg.data)
+
+    async def publish_ordered(self, subject: str, items: Sequence[tuple[bytes, dict]], timeout: float = 5.0) -> list[dict]:
+        """Publish messages to a stream in this order, pipelined, and wait for every ack.
+
+        Each is published with its own reply inbox on one connection, so JetStream sees them
+        in order (``js.publish`` awaits each ack before the next: one round trip a message).
+        Returns the acks; raises ``Fenced`` on an expected-last-sequence failure and
+        ``BusError`` on any other refusal or a missing ack."""
+        return await self.call(self._publish_ordered, subject, items, timeout)
+
+    async def _publish_ordered(self, subject: str, items: Sequence[tuple[bytes, dict]], timeout: float) -> list[dict]:
+        loop = asyncio.get_running_loop()
+        futs = []
+        for payload, headers in items:
+            token = str(next(self._ack_ids))
+            fut = loop.create_future()
+            self._acks[token] = fut
+            futs.append((token, fut))
+            await self.nc.publish(subject, payload, reply=f"{self._ack_inbox}.{token}", headers=headers)
+        try:
+            async with asyncio.timeout(timeout):
+                raw = await asyncio.gather(*(f for _, f in futs))
+        except TimeoutError:
+            raise BusError(f"JetStream did not acknowledge {subject} within {timeout} s") from None
+        finally:
+            for token, _ in futs:
+                self._acks.pop(token, None)
+        acks = []
+        for data in raw:
+            ack = orjson.loads(data) if data else {"error": {"description": "no responders (is JetStream on?)"}}
+            err = ack.get("error")
+            if err:
+                if err.get("err_code") == WRONG_LAST_SEQUENCE:
+                    raise Fenced(err.get("description", "wrong last sequence"))
+                raise BusError(f"JetStream refused a publish to {subject}: {err.get('description')}")
+            acks.append(ack)
+        return acks

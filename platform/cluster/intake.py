@@ -1,0 +1,263 @@
+"""Verified transactions from gateway processes into the sequencer, over NATS request/reply.
+
+A gateway verifies each client's signature itself (that is the work spread over
+machines), then forwards what it built in batches: one message on ``satchel.intake``
+holding ``[gateway key, signature, transactions]``, the transactions the msgpack of a
+block's transaction list and the signature the gateway's Ed25519 signature over them.
+The sequencer takes a batch only from an allowed gateway key (``<data>/gateways``, one
+base64 key per line, or ``satchel serve --allow-gateway KEY``): one signature check per
+batch, not per transaction, and nobody else on the NATS network can put a transaction
+in front of the sequencer. Validators still re-verify every client signature.
+
+The sequencer answers a batch as soon as it has queued it (``ok``); the gateway learns
+each transaction's outcome from the block stream, where its own replay of the block
+produces the events (``follower``). A batch nobody answers (no sequencer subscribed
+during a failover, or a timeout) is sent again; a transaction not seen in a block after
+``RESEND_AFTER_S`` is sent again too. Both are safe: the engine refuses a signature it
+has already sequenced (``DUPLICATE_REQUEST``), and the first copy's events are the answer.
+
+Why request/reply rather than an intake stream: measured in ``benchmarks/cluster``, the
+stream adds a JetStream write and ack per batch before the sequencer sees it, and its
+durability buys nothing here -- a transaction is not acknowledged to the client until
+its block is in the block stream, and an unacknowledged one is resent by its gateway.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+import trio
+
+from satchel.cluster.bus import Bus, BusError
+from satchel.core.errors import Code
+from satchel.core.messages import Tx, TxRejected, block_encoder
+from satchel.signing import Keypair, decode_key, verify
+
+log = structlog.get_logger("satchel.cluster.intake")
+
+SUBJECT = "satchel.intake"
+QUEUE = "sequencer"
+MAX_BATCH = 2048  # transactions per intake message
+IN_FLIGHT = 4  # intake messages awaiting the sequencer's answer, per gateway
+REQUEST_TIMEOUT_S = 2.0
+RESEND_AFTER_S = 3.0
+GIVE_UP_GRACE_S = 30.0  # after the transaction's own window: the engine would refuse it as EXPIRED by then
+_txs = msgspec.msgpack.Decoder(list[Tx])
+_envelope = msgspec.msgpack.Decoder(tuple[bytes, bytes, bytes])
+
+
+def tx_key(tx: Any) -> bytes | None:
+    """What identifies a signed transaction in the stream: its signature (and item, for a
+    transaction of a signed batch), exactly what the engine's replay guard remembers."""
+    auth = getattr(tx, "auth", None)
+    if auth is None:
+        return None
+    return auth.signature + auth.item.to_bytes(2, "big") if auth.batch else auth.signature
+
+
+class _Pending:
+    __slots__ = ("tx", "callback", "sent", "give_up")
+
+    def __init__(self, tx: Any, callback: Callable[[list], None] | None, now: float):
+        self.tx = tx
+        self.callback = callback
+        self.sent = now
+        auth = tx.auth
+        self.give_up = (auth.timestamp + auth.window) / 1000 + GIVE_UP_GRACE_S
+
+
+class Forwarder:
+    """The gateway's side: queue, batch, sign and send; match blocks' transactions back."""
+
+    def __init__(self, bus: Bus, key: Keypair):
+        self.bus = bus
+        self.key = key
+        self._pending: dict[bytes, _Pending] = {}
+        self._queue: deque = deque()
+        self._arrived = trio.Event()
+        self.batches = 0
+        self.resent = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def forward(self, tx: Any, callback: Callable[[list], None] | None) -> None:
+        key = tx_key(tx)
+        if key is None:
+            raise ValueError("only signed transactions are forwarded to the sequencer")
+        if key not in self._pending:
+            self._pending[key] = _Pending(tx, callback, time.time())
+            self._queue.append(tx)
+            self._arrived.set()
+
+    def claim(self, block: Any) -> list:
+        """The callbacks of this gateway's transactions in ``block`` (by position), taken
+        off the pending list: the first copy sequenced answers."""
+        pending = self._pending
+        if not pending:
+            return []
+        out = [None] * len(block.txs)
+        for i, tx in enumerate(block.txs):
+            key = tx_key(tx)
+            if key is not None:
+                p = pending.pop(key, None)
+                if p is not None:
+                    out[i] = p.callback
+        return out
+
+    def requeue_all(self) -> list[Any]:
+        """Everything still pending, for a standby that became the sequencer itself."""
+        items = list(self._pending.values())
+        self._pending.clear()
+        self._queue.clear()
+        return items
+
+    def seal(self, txs: list) -> bytes:
+        body = block_encoder.encode(txs)
+        return msgspec.msgpack.encode((self.key.public, self.key.sign(body), body))
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            slots = trio.Semaphore(IN_FLIGHT)
+            nursery.start_soon(self._watch)
+            while True:
+                while not self._queue:
+                    self._arrived = trio.Event()
+                    await self._arrived.wait()
+                await slots.acquire()
+                n = min(len(self._queue), MAX_BATCH)
+                txs = [self._queue.popleft() for _ in range(n)]
+                nursery.start_soon(self._send, txs, slots)
+
+    async def _send(self, txs: list, slots: trio.Semaphore) -> None:
+        try:
+            payload = self.seal(txs)
+            delay = 0.05
+            while True:
+                try:
+                    answer = await self.bus.request(SUBJECT, payload, REQUEST_TIMEOUT_S)
+                except BusError as exc:
+                    log.warning("intake.retry", txs=len(txs), why=str(exc))
+                else:
+                    if answer == b"ok":
+                        self.batches += 1
+                        return
+                    log.warning("intake.refused", txs=len(txs), why=answer.decode(errors="replace"))
+                    if answer.startswith(b"refused"):
+                        self._fail(txs, Code.UNAUTHORIZED, answer.decode(errors="replace"))
+                        return
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        finally:
+            slots.release()
+
+    def _fail(self, txs: Iterable[Any], code: str, message: str) -> None:
+        for tx in txs:
+            p = self._pending.pop(tx_key(tx), None)
+            if p is not None and p.callback is not None:
+                p.callback([TxRejected(0, getattr(tx, "account", ""), code, message)])
+
+    async def _watch(self) -> None:
+        """Resend what the stream has not shown for a while; give up once the engine
+        could no longer take it anyway."""
+        while True:
+            await trio.sleep(1.0)
+            now = time.time()
+            lost = []
+            for key, p in list(self._pending.items()):
+                if now > p.give_up:
+                    lost.append(p.tx)
+                elif now - p.sent > RESEND_AFTER_S:
+                    p.sent = now
+                    self._queue.append(p.tx)
+                    self.resent += 1
+            if lost:
+                self._fail(lost, Code.MAINTENANCE, "not seen in the block stream within its window: its outcome is "
+                                                   "unknown to this gateway; query the order before sending it again")
+            if self._queue:
+                self._arrived.set()
+
+
+# ---------------------------------------------------------------- the sequencer's side
+
+
+def parse_gateways(text: str) -> set[bytes]:
+    keys = set()
+    for line in text.splitlines():
+        entry = line.split("#", 1)[0].strip()
+        if entry and (k := decode_key(entry)) is not None:
+            keys.add(k)
+    return keys
+
+
+class IntakeServer:
+    """Takes batches from allowed gateways and submits their transactions in order."""
+
+    def __init__(self, node: Any, bus: Bus, allow: Iterable[bytes] = ()):
+        self.node = node
+        self.bus = bus
+        self._cli_keys = set(allow)
+        self.batches = 0
+        self.txs = 0
+        self.refused = 0
+        self._sub: Any = None
+
+    def allowed(self) -> set[bytes]:
+        path = Path(self.node.data) / "gateways"
+        try:
+            return self._cli_keys | parse_gateways(path.read_text())
+        except FileNotFoundError:
+            return self._cli_keys
+        except (OSError, UnicodeDecodeError):
+            log.error("intake.gateways_unreadable", file=str(path))
+            return self._cli_keys
+
+    async def start(self) -> None:
+        self._allowed = self.allowed()
+        self._sub = await self.bus.subscribe(SUBJECT, self._handle, queue=QUEUE)
+        log.info("intake.listening", subject=SUBJECT, gateways=len(self._allowed))
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            await self.bus.unsubscribe(sub)
+
+    def _handle(self, msg: Any) -> None:
+        answer = self.take(msg.data)
+        if msg.reply:
+            self.bus.publish_nowait(msg.reply, answer)
+
+    def take(self, data: bytes) -> bytes:
+        try:
+            public, signature, body = _envelope.decode(data)
+        except (msgspec.DecodeError, ValueError):
+            self.refused += 1
+            return b"refused: not an intake batch"
+        if public not in self._allowed:
+            self._allowed = self.allowed()  # re-read: a gateway added since start
+            if public not in self._allowed:
+                self.refused += 1
+                return b"refused: gateway key not allowed by this sequencer"
+        if verify(public, (body,), signature) is None:
+            self.refused += 1
+            return b"refused: bad gateway signature"
+        try:
+            txs = _txs.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.refused += 1
+            return f"refused: {exc}".encode()
+        try:
+            for tx in txs:
+                self.node.submit(tx, None)
+        except trio.ClosedResourceError:
+            return b"closed"
+        self.batches += 1
+        self.txs += len(txs)
+        return b"ok"

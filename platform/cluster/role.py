@@ -1,0 +1,217 @@
+"""A node's part in a cluster: following the block stream, and sequencing when it is the
+primary.
+
+Every node of a cluster starts by following the stream (``follower.StreamSource``) from
+its own recovered height. A gateway or read replica stays that way. A sequencer
+(``satchel serve --nats``) listens for the primary's heartbeat on
+``satchel.sequencer.heartbeat``; when none came for ``takeover_after`` seconds it takes
+over: it reads the stream's last height, lets its engine apply up to it, then
+sequences from the next height -- takes the intake, sends heartbeats, and publishes
+every block with ``Nats-Expected-Last-Sequence``. A sequencer started beside a live
+primary is thus a standby. The heartbeat only decides *when* to try; that two
+sequencers never both extend the chain is JetStream's expected-last-sequence check
+(``stream.publish_blocks``): the one that loses a height stops with ``Fenced``.
+
+Durability (``--durability``):
+
+- ``journal`` (the embedded default's model): a block is released once fsynced to the
+  local journal; JetStream gets it right after, as a replica (a publisher task, in
+  order, catching up from the journal after an outage). A primary lost with its disk
+  may take its last, unpublished blocks with it: use it with one sequencer.
+- ``stream``: a block is released only once JetStream stored it (all replicas of an R3
+  stream acknowledge); it is journaled locally after that. Nothing acknowledged is lost
+  when the primary's machine is, so a standby can take over: use it for failover.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import closing
+from collections import deque
+from pathlib import Path
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import structlog
+import trio
+
+from satchel.cluster import reports, stream
+from satchel.cluster.bus import Bus, BusError
+from satchel.cluster.follower import StreamSource
+from satchel.cluster.intake import Forwarder, IntakeServer
+from satchel.ledger.replication import _batch, _records
+from satchel.signing import Keypair
+
+log = structlog.get_logger("satchel.cluster")
+
+HEARTBEAT = "satchel.sequencer.heartbeat"
+HEARTBEAT_EVERY_S = 0.2
+TAKEOVER_AFTER_S = 3.0
+_RETRY_S = 0.2
+_QUEUE_LIMIT = 10_000  # journal mode: blocks held for the stream before reading them back from the journal
+
+
+class Cluster:
+    """What a node needs to take part in a cluster: its NATS bus and its role."""
+
+    def __init__(self, bus: Bus, key: Keypair, *, sequencer: bool, durability: str = "stream", replicas: int = 1,
+                 takeover_after: float = TAKEOVER_AFTER_S, allow_gateways: tuple[bytes, ...] = ()):
+        if durability not in ("journal", "stream"):
+            raise ValueError("durability is 'journal' or 'stream'")
+        self.bus = bus
+        self.key = key  # a gateway's key: signs its intake batches
+        self.can_sequence = sequencer
+        self.durability = durability
+        self.replicas = replicas
+        self.takeover_after = takeover_after
+        self.allow_gateways = allow_gateways
+        self.id = os.urandom(6).hex()
+        self.role = "follower"
+        self.forwarder = Forwarder(bus, key)
+        self.source: StreamSource | None = None
+        self.intake: IntakeServer | None = None
+        self.published = 0  # the stream's last height as this node knows it
+        self.promoted = trio.Event()
+        self._last_beat = 0.0
+        self._scope = trio.CancelScope()
+        self._queue: deque = deque()  # journal mode: durable blocks not yet in the stream
+        self._queued = trio.Event()
+        self._from_journal = False
+        self._durable = 0  # journal mode: the node's durable height
+        self._nursery: trio.Nursery | None = None
+        self.validator_reports = reports.BusReports()  # validators following the stream (nodeStats, /ops)
+
+    @property
+    def stream_durable(self) -> bool:
+        return self.durability == "stream"
+
+    # ------------------------------------------------------------------ following
+
+    async def start(self, node: Any) -> StreamSource:
+        """Make sure the stream exists; the source the node's engine stage reads from."""
+        self.published = await stream.ensure_stream(self.bus, self.replicas)
+        self.source = StreamSource(self.bus, self.forwarder, node.chain.height + 1)
+        log.info("cluster.following", height=node.chain.height, stream=self.published,
+                 role="sequencer candidate" if self.can_sequence else "follower")
+        return self.source
+
+    async def run(self, node: Any) -> None:
+        """The follower's tasks, and the takeover watch of a sequencer; cancelled by ``stop``."""
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self.bus.subscribe(reports.SUBJECT, self.validator_reports.on_message)
+                nursery.start_soon(self.source.run)
+                nursery.start_soon(self.forwarder.run)
+                if self.can_sequence:
+                    nursery.start_soon(self._watch, node)
+
+    def stop(self) -> None:
+        self._scope.cancel()
+
+    def _beat(self, msg: Any) -> None:
+        try:
+            beat = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            return
+        if beat.get("id") != self.id:
+            self._last_beat = trio.current_time()
+
+    async def _watch(self, node: Any) -> None:
+        sub = await self.bus.subscribe(HEARTBEAT, self._beat)
+        self._last_beat = trio.current_time()  # a new node waits a full period before it takes over
+        while trio.current_time() - self._last_beat < self.takeover_after:
+            await trio.sleep(0.05)
+        await self.bus.unsubscribe(sub)
+        last = await stream.last_height(self.bus)
+        log.warning("cluster.taking_over", why=f"no primary heartbeat for {self.takeover_after} s",
+                    stream_height=last, applied=node.chain.height)
+        self.published = last
+        self.source.drain(last)  # the engine stage calls ``become_primary`` once it applied ``last``
+
+    # ------------------------------------------------------------------ sequencing
+
+    def become_primary(self, node: Any, genesis: Callable[[], Awaitable[None]]) -> None:
+        """Called by the node's engine stage once it applied the stream to its end and
+        sequences itself; the rest runs as a task, behind the blocks it submits."""
+        self.role = "primary"
+        self._nursery.start_soon(self._heartbeat, node)
+        self._nursery.start_soon(self._primary, node, genesis)
+
+    async def _primary(self, node: Any, genesis: Callable[[], Awaitable[None]]) -> None:
+        await genesis()  # on an empty stream: the first block, before anyone's transactions
+        if not self.stream_durable:
+            self._nursery.start_soon(self._replicate, node)
+        self.intake = IntakeServer(node, self.bus, self.allow_gateways)
+        await self.intake.start()
+        # what this node's own gateway forwarded and never saw sequenced goes in now (a
+        # transaction the old primary did sequence is refused as a duplicate by the engine)
+        for p in self.forwarder.requeue_all():
+            node.submit(p.tx, p.callback)
+        self.promoted.set()
+        log.warning("cluster.primary", height=node.chain.height, durability=self.durability)
+
+    async def _heartbeat(self, node: Any) -> None:
+        while True:
+            self.bus.publish_nowait(HEARTBEAT, orjson.dumps({"id": self.id, "height": node.chain.height}))
+            await trio.sleep(HEARTBEAT_EVERY_S)
+
+    async def publish(self, blocks: list) -> None:
+        """Stream durability: store these consecutive blocks in the stream before they are
+        released; retried while NATS is unreachable, ``Fenced`` ends the node."""
+        while True:
+            try:
+                await stream.publish_blocks(self.bus, blocks)
+                self.published = blocks[-1][0]
+                return
+            except stream.Fenced:
+                raise
+            except BusError as exc:
+                log.warning("cluster.publish_retry", height=blocks[0][0], error=str(exc))
+                await trio.sleep(_RETRY_S)
+
+    def block(self, header: Any, payload: bytes, events_bytes: bytes, state_hash: str | None) -> None:
+        """Journal durability: a block listener; the stream gets durable blocks in order."""
+        self._durable = header.height
+        if self._from_journal:
+            self._queued.set()
+            return
+        if len(self._queue) >= _QUEUE_LIMIT:
+            self._queue.clear()
+            self._from_journal = True
+            log.warning("cluster.stream_behind", why="NATS is not keeping up: the stream catches up from the journal")
+        else:
+            self._queue.append((header.height, payload, state_hash))
+        self._queued.set()
+
+    async def _replicate(self, node: Any) -> None:
+        node.block_listeners.append(self)
+        self._durable = node.chain.height  # everything applied so far came from the stream or the journal
+        journal_dir = Path(node.data) / "journal"
+        while True:
+            if self.published < self._durable and (self._from_journal or not self._queue
+                                                      or self._queue[0][0] > self.published + 1):
+                # catching up (after an outage, or blocks journaled before we ran): from the files
+                self._from_journal = False
+                upto = self._durable
+                with closing(_records(journal_dir, self.published + 1, upto)) as records:
+                    while self.published < upto and (batch := await trio.to_thread.run_sync(_batch, records)):
+                        await self.publish([(h, p, None) for h, p in batch])
+            while self._queue and self._queue[0][0] <= self.published:
+                self._queue.popleft()
+            if not self._queue:
+                self._queued = trio.Event()
+                await self._queued.wait()
+                continue
+            blocks = [self._queue.popleft() for _ in range(min(len(self._queue), 256))]
+            await self.publish(blocks)
+
+    def validators(self, height: int) -> list[dict]:
+        return self.validator_reports.reports.rows(height)
+
+    def status(self) -> dict:
+        return {"role": self.role, "durability": self.durability, "stream_height": self.published,
+                "forwarded_pending": self.forwarder.pending,
+                "intake": None if self.intake is None else {"batches": self.intake.batches, "txs": self.intake.txs,
+                                                            "refused": self.intake.refused}}

@@ -1,0 +1,187 @@
+"""The block stream on JetStream: one message per block, stream sequence = block height.
+
+Subject ``satchel.blocks`` in stream ``SATCHEL_BLOCKS``. A message is the block's
+journal record (the bytes the sequencer journaled, so a follower's copy is
+byte-identical), with headers:
+
+- ``Nats-Msg-Id: <height>``: JetStream drops a re-publish of the same height within its
+  duplicate window (a sequencer retrying after a lost ack);
+- ``Nats-Expected-Last-Sequence: <height - 1>``: JetStream stores the block only if it
+  extends exactly the stream's last one. Two sequencers can then never both extend the
+  chain: the stale one's publish fails and it stops (``Fenced``);
+- ``Satchel-State: <hash>`` at the heights where the sequencer took a snapshot, so a
+  validator compares whole-state hashes there, as on the WebSocket block stream.
+
+JetStream checks the message id before the expected sequence: a stale sequencer's
+*different* block at a height already stored comes back as a "duplicate", not as a
+failure. So a duplicate ack is accepted only when the stored message is this very
+block (read back and compared); otherwise it is ``Fenced`` too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import trio
+
+from satchel.cluster.bus import Bus, BusError, Fenced
+
+log = structlog.get_logger("satchel.cluster.stream")
+
+STREAM = "SATCHEL_BLOCKS"
+SUBJECT = "satchel.blocks"
+STATE_HEADER = "Satchel-State"
+DUPLICATE_WINDOW_S = 120.0
+FETCH_BATCH = 256
+STALL_CHECK_S = 2.0  # a follower idle this long checks that its consumer still delivers
+
+
+@dataclass(frozen=True)
+class StreamBlock:
+    """A block as read from the stream."""
+
+    height: int
+    payload: bytes
+    state_hash: str | None
+
+
+async def ensure_stream(bus: Bus, replicas: int = 1) -> int:
+    """Create the stream if it is missing (``replicas`` copies on a cluster's nodes);
+    returns its last height."""
+    from nats.js.api import StorageType, StreamConfig
+    from nats.js.errors import NotFoundError
+
+    async def ensure() -> int:
+        try:
+            info = await bus.js.stream_info(STREAM)
+        except NotFoundError:
+            info = await bus.js.add_stream(StreamConfig(
+                name=STREAM, subjects=[SUBJECT], storage=StorageType.FILE, num_replicas=replicas,
+                duplicate_window=DUPLICATE_WINDOW_S, description="Satchel's sequenced blocks; sequence = height"))
+            log.info("stream.created", stream=STREAM, replicas=replicas)
+        return info.state.last_seq
+
+    # a cluster that just started elects its JetStream meta leader first: retry a while
+    deadline = trio.current_time() + 30.0
+    while True:
+        try:
+            return await bus.call(ensure)
+        except Exception as exc:
+            if trio.current_time() > deadline:
+                raise BusError(f"cannot create or read stream {STREAM}: {exc or type(exc).__name__}") from exc
+            log.info("stream.not_ready", error=str(exc) or type(exc).__name__)
+            await trio.sleep(0.25)
+
+
+async def last_height(bus: Bus) -> int:
+    async def last() -> int:
+        return (await bus.js.stream_info(STREAM)).state.last_seq
+
+    return await bus.call(last)
+
+
+async def read_block(bus: Bus, height: int) -> bytes | None:
+    from nats.js.errors import NotFoundError
+
+    async def get() -> bytes | None:
+        try:
+            return (await bus.js.get_msg(STREAM, height)).data
+        except NotFoundError:
+            return None
+
+    return await bus.call(get)
+
+
+async def publish_blocks(bus: Bus, blocks: Sequence[tuple[int, bytes, str | None]]) -> None:
+    """Append consecutive blocks ``(height, payload, state hash or None)`` to the stream,
+    each only if it extends the one before; returns once JetStream has stored them all
+    (on every replica of an R3 stream). ``Fenced`` if another sequencer got there first."""
+    items = []
+    for height, payload, state in blocks:
+        headers = {"Nats-Msg-Id": str(height), "Nats-Expected-Last-Sequence": str(height - 1)}
+        if state is not None:
+            headers[STATE_HEADER] = state
+        items.append((payload, headers))
+    acks = await bus.publish_ordered(SUBJECT, items)
+    for (height, payload, _), ack in zip(blocks, acks):
+        if ack.get("seq") != height:
+            raise Fenced(f"block {height} was stored as stream sequence {ack.get('seq')}")
+        if ack.get("duplicate") and await read_block(bus, height) != payload:
+            raise Fenced(f"the stream already holds another block at height {height}")
+
+
+async def follow(bus: Bus, start: int, idle_timeout: float = 1.0) -> AsyncIterator[list[StreamBlock]]:
+    """Batches of blocks from height ``start`` on, forever: history first, then live.
+
+    An ephemeral pull consumer (no acks: the follower's own height is its cursor) fetched
+    ``FETCH_BATCH`` messages at a time, so a slow follower holds one batch, never a
+    backlog. When the consumer is lost (its NATS node went away) a new one starts from
+    the next height; nothing is skipped or repeated."""
+    from nats.errors import TimeoutError as NatsTimeout
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    nxt = max(1, start)
+    sub: Any = None
+
+    async def open_consumer(at: int) -> Any:
+        cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=at,
+                             ack_policy=AckPolicy.NONE, inactive_threshold=30.0, max_waiting=8)
+        return await bus.js.pull_subscribe(SUBJECT, durable=None, stream=STREAM, config=cfg)
+
+    async def fetch(s: Any) -> list[StreamBlock]:
+        try:
+            msgs = await s.fetch(FETCH_BATCH, timeout=idle_timeout)
+        except (NatsTimeout, TimeoutError):
+            return []
+        return [StreamBlock(m.metadata.sequence.stream, m.data, (m.headers or {}).get(STATE_HEADER)) for m in msgs]
+
+    idle_since = trio.current_time()
+    try:
+        while True:
+            try:
+                if sub is None:
+                    sub = await bus.call(open_consumer, nxt)
+                    idle_since = trio.current_time()
+                batch = await bus.call(fetch, sub)
+                if batch:
+                    idle_since = trio.current_time()
+                elif trio.current_time() - idle_since > STALL_CHECK_S:
+                    # quiet, or a consumer whose server went away (its fetches just time out):
+                    # the stream's own last height tells which
+                    idle_since = trio.current_time()
+                    if await last_height(bus) >= nxt:
+                        raise BusError(f"consumer stalled before height {nxt}")
+            except trio.Cancelled:
+                raise
+            except Exception as exc:  # the consumer's server went away, or a request timed out
+                log.warning("stream.consumer_lost", next=nxt, error=str(exc) or type(exc).__name__)
+                if sub is not None:
+                    old, sub = sub, None
+                    try:
+                        await bus.call(old.unsubscribe)
+                    except Exception:
+                        pass
+                await trio.sleep(0.2)
+                continue
+            batch = [b for b in batch if b.height >= nxt]
+            if batch:
+                if batch[0].height != nxt:  # never guess across a gap: start over from nxt
+                    log.warning("stream.gap", expected=nxt, got=batch[0].height)
+                    sub = None
+                    continue
+                nxt = batch[-1].height + 1
+                yield batch
+    finally:
+        if sub is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    await bus.call(sub.unsubscribe)
+                except Exception:
+                    pass
+
+
+__all__ = ["STREAM", "SUBJECT", "StreamBlock", "BusError", "Fenced", "ensure_stream", "last_height", "read_block",
+           "publish_blocks", "follow"]
