@@ -36,6 +36,7 @@ SUBJECT = "satchel.blocks"
 STATE_HEADER = "Satchel-State"
 DUPLICATE_WINDOW_S = 120.0
 FETCH_BATCH = 256
+CONSUMER_TIMEOUT_S = 2.0  # creating one waits no longer (a cluster re-electing answers late)
 STALL_CHECK_S = 2.0  # a follower idle this long checks that its consumer still delivers
 
 
@@ -118,18 +119,26 @@ async def follow(bus: Bus, start: int, idle_timeout: float = 1.0) -> AsyncIterat
 
     An ephemeral pull consumer (no acks: the follower's own height is its cursor) fetched
     ``FETCH_BATCH`` messages at a time, so a slow follower holds one batch, never a
-    backlog. When the consumer is lost (its NATS node went away) a new one starts from
-    the next height; nothing is skipped or repeated."""
+    backlog. When the consumer is lost (its NATS node went away), blocks are read one by
+    one from the stream itself (served by the stream's leader, there as soon as the stream
+    is) until a new consumer starts from the next height: a NATS node lost costs a
+    follower (and a standby about to take over) the stream's own re-election, not the
+    consumer's. Nothing is skipped or repeated."""
+    import asyncio
+
     from nats.errors import TimeoutError as NatsTimeout
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+    from nats.js.errors import NotFoundError
 
     nxt = max(1, start)
     sub: Any = None
+    degraded = False  # the last consumer failed: read directly until a new one starts
 
     async def open_consumer(at: int) -> Any:
         cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=at,
                              ack_policy=AckPolicy.NONE, inactive_threshold=30.0, max_waiting=8)
-        return await bus.js.pull_subscribe(SUBJECT, durable=None, stream=STREAM, config=cfg)
+        return await asyncio.wait_for(bus.js.pull_subscribe(SUBJECT, durable=None, stream=STREAM, config=cfg),
+                                      CONSUMER_TIMEOUT_S)
 
     async def fetch(s: Any) -> list[StreamBlock]:
         try:
@@ -138,39 +147,58 @@ async def follow(bus: Bus, start: int, idle_timeout: float = 1.0) -> AsyncIterat
             return []
         return [StreamBlock(m.metadata.sequence.stream, m.data, (m.headers or {}).get(STATE_HEADER)) for m in msgs]
 
+    async def direct(at: int) -> list[StreamBlock]:
+        out = []
+        for height in range(at, at + FETCH_BATCH):
+            try:
+                m = await bus.js.get_msg(STREAM, height)
+            except NotFoundError:
+                break
+            out.append(StreamBlock(height, m.data, (m.headers or {}).get(STATE_HEADER)))
+        return out
+
     idle_since = trio.current_time()
     try:
         while True:
             try:
-                if sub is None:
-                    sub = await bus.call(open_consumer, nxt)
-                    idle_since = trio.current_time()
-                batch = await bus.call(fetch, sub)
-                if batch:
-                    idle_since = trio.current_time()
-                elif trio.current_time() - idle_since > STALL_CHECK_S:
-                    # quiet, or a consumer whose server went away (its fetches just time out):
-                    # the stream's own last height tells which
-                    idle_since = trio.current_time()
-                    if await last_height(bus) >= nxt:
-                        raise BusError(f"consumer stalled before height {nxt}")
+                if sub is None and degraded:
+                    batch = await bus.call(direct, nxt)
+                    if len(batch) < FETCH_BATCH:  # at the stream's end: try a consumer again
+                        sub = await bus.call(open_consumer, nxt + len(batch))
+                        degraded = False
+                        idle_since = trio.current_time()
+                else:
+                    if sub is None:
+                        sub = await bus.call(open_consumer, nxt)
+                        idle_since = trio.current_time()
+                    batch = await bus.call(fetch, sub)
+                    if batch:
+                        idle_since = trio.current_time()
+                    elif trio.current_time() - idle_since > STALL_CHECK_S:
+                        # quiet, or a consumer whose server went away (its fetches just time
+                        # out): the stream's own last height tells which
+                        idle_since = trio.current_time()
+                        if await last_height(bus) >= nxt:
+                            raise BusError(f"consumer stalled before height {nxt}")
             except trio.Cancelled:
                 raise
             except Exception as exc:  # the consumer's server went away, or a request timed out
                 log.warning("stream.consumer_lost", next=nxt, error=str(exc) or type(exc).__name__)
+                degraded = True
                 if sub is not None:
                     old, sub = sub, None
-                    try:
-                        await bus.call(old.unsubscribe)
-                    except Exception:
-                        pass
-                await trio.sleep(0.2)
+                    with trio.move_on_after(1):
+                        try:
+                            await bus.call(old.unsubscribe)
+                        except Exception:
+                            pass
+                await trio.sleep(0.1)
                 continue
             batch = [b for b in batch if b.height >= nxt]
             if batch:
                 if batch[0].height != nxt:  # never guess across a gap: start over from nxt
                     log.warning("stream.gap", expected=nxt, got=batch[0].height)
-                    sub = None
+                    sub, degraded = None, True
                     continue
                 nxt = batch[-1].height + 1
                 yield batch
