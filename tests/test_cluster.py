@@ -203,6 +203,9 @@ async def test_intake_takes_only_signed_batches_from_allowed_gateways(tmp_path):
     class Node:
         data = tmp_path
 
+        class sequencer:
+            backlog = 0
+
         @staticmethod
         def submit(tx, cb):
             submitted.append(tx)
@@ -225,3 +228,30 @@ async def test_intake_takes_only_signed_batches_from_allowed_gateways(tmp_path):
     (tmp_path / "gateways").write_text(f"# added\n{stranger.api_key}\n")
     assert intake.take(Forwarder(None, stranger).seal([tx])) == b"ok"
     assert (intake.batches, intake.txs, intake.refused) == (2, 3, 4)
+
+
+async def test_stream_durability_releases_nothing_before_jetstream_stored_it(tmp_path):
+    """With the stream as the durability point an order's reply waits for JetStream: with
+    the NATS server down nothing is answered; once it is back the block is stored and
+    answered, and the stream holds it."""
+    with nats_cluster(tmp_path / "nats", 1) as nats:
+        async with Bus(nats.urls) as bus, trio.open_nursery() as nursery:
+            seq = await sequencer(nursery, bus, tmp_path / "seq")
+            await seq.submit_wait(Deposit(seq.admin.api_key, "alice", "USDC", 1))
+            height = seq.chain.height
+            nats.nodes[0].stop()
+            answered = trio.Event()
+
+            async def submit():
+                await seq.submit_wait(Deposit(seq.admin.api_key, "alice", "USDC", 2))
+                answered.set()
+
+            nursery.start_soon(submit)
+            await trio.sleep(1.5)
+            assert not answered.is_set() and seq.chain.height == height + 1  # applied, not released
+            nats.start_node(nats.nodes[0])
+            nats.wait_healthy()
+            with trio.fail_after(20):
+                await answered.wait()
+            assert await stream.last_height(bus) == height + 1
+            nursery.cancel_scope.cancel()

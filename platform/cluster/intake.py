@@ -47,6 +47,7 @@ MAX_BATCH = 2048  # transactions per intake message
 IN_FLIGHT = 4  # intake messages awaiting the sequencer's answer, per gateway
 REQUEST_TIMEOUT_S = 2.0
 RESEND_AFTER_S = 3.0
+MAX_BACKLOG = 200_000  # transactions waiting in the sequencer before intake answers "busy"
 GIVE_UP_GRACE_S = 30.0  # after the transaction's own window: the engine would refuse it as EXPIRED by then
 _txs = msgspec.msgpack.Decoder(list[Tx])
 _envelope = msgspec.msgpack.Decoder(tuple[bytes, bytes, bytes])
@@ -207,6 +208,7 @@ class IntakeServer:
         self.batches = 0
         self.txs = 0
         self.refused = 0
+        self.busy = 0
         self._sub: Any = None
 
     def allowed(self) -> set[bytes]:
@@ -253,6 +255,9 @@ class IntakeServer:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self.refused += 1
             return f"refused: {exc}".encode()
+        if self.node.sequencer.backlog > MAX_BACKLOG:
+            self.busy += 1
+            return b"busy"  # the gateway sends it again after a pause: memory here stays bounded
         try:
             for tx in txs:
                 self.node.submit(tx, None)

@@ -214,4 +214,4 @@ class Cluster:
         return {"role": self.role, "durability": self.durability, "stream_height": self.published,
                 "forwarded_pending": self.forwarder.pending,
                 "intake": None if self.intake is None else {"batches": self.intake.batches, "txs": self.intake.txs,
-                                                            "refused": self.intake.refused}}
+                                                            "refused": self.intake.refused, "busy": self.intake.busy}}
