@@ -68,7 +68,11 @@ CONTRACTS = {
     "core": ("satchel.gateway", "satchel.api", "satchel.ledger", "satchel.verify", "satchel.tools", "satchel.node",
              "satchel.chains",
              "satchel.signing", "satchel.config", "satchel.clock", "satchel.latency"),
-    "ledger": ("satchel.gateway", "satchel.api", "satchel.verify", "satchel.tools", "satchel.node", "satchel.latency"),
+    "ledger": ("satchel.gateway", "satchel.api", "satchel.verify", "satchel.tools", "satchel.node", "satchel.latency",
+               "satchel.cluster"),
+    # the cluster's bus, stream and roles sit on the ledger; the node and the transports use them
+    "cluster": ("satchel.gateway", "satchel.api", "satchel.verify", "satchel.tools", "satchel.node", "satchel.rest",
+                "satchel.history", "satchel.chains"),
     "api": ("satchel.gateway", "satchel.verify", "satchel.tools", "satchel.node"),
     "verify": ("satchel.gateway", "satchel.api", "satchel.tools", "satchel.node"),
     "gateway": ("satchel.tools", "satchel.verify", "satchel.rest"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -24,7 +24,6 @@ from satchel.ledger.journal import Journal, read_records
 from satchel.runtime import fatal_errors_unwrapped
 
 if TYPE_CHECKING:
-    from satchel.cluster.follower import Received
     from satchel.ledger.sequencer import Stamped
 
 log = structlog.get_logger("satchel.chain")
@@ -108,9 +107,10 @@ class Chain:
         self.advance(header)
         return Applied(item, header, payload, events, ev_bytes)
 
-    async def follow(self, item: "Received") -> "Applied":
-        """A block someone else sequenced (a cluster's block stream): checked, applied and
-        compared with its event commitment, then on its way like one of ours."""
+    async def follow(self, item: Any) -> "Applied":
+        """A block someone else sequenced (``item``: a ``cluster.follower.Received`` from
+        the cluster's block stream): checked, applied and compared with its event
+        commitment, then on its way like one of ours."""
         block = item.block
         h = block.header
         self.check(h)
