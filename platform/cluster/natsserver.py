@@ -145,7 +145,7 @@ class NatsCluster:
         for node in self.nodes:
             while node.running and not node.healthy():
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"nats-server {node.name} not healthy within {timeout} s; see {node.directory}/nats.log")
+                    raise TimeoutError(f"nats-server {node.name} not healthy within {timeout:.0f} s; see {node.directory}/nats.log")
                 time.sleep(0.1)
             if not node.running:
                 raise RuntimeError(f"nats-server {node.name} exited; see {node.directory}/nats.log")

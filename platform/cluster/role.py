@@ -90,7 +90,7 @@ class Cluster:
 
     async def start(self, node: Any) -> StreamSource:
         """Make sure the stream exists; the source the node's engine stage reads from."""
-        self.published = await stream.ensure_stream(self.bus, self.replicas)
+        self.published = await stream.ensure_stream(self.bus, self.replicas, create=self.can_sequence)
         self.source = StreamSource(self.bus, self.forwarder, node.chain.height + 1)
         log.info("cluster.following", height=node.chain.height, stream=self.published,
                  role="sequencer candidate" if self.can_sequence else "follower")

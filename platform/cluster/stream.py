@@ -49,32 +49,47 @@ class StreamBlock:
     state_hash: str | None
 
 
-async def ensure_stream(bus: Bus, replicas: int = 1) -> int:
-    """Create the stream if it is missing (``replicas`` copies on a cluster's nodes);
-    returns its last height."""
+async def ensure_stream(bus: Bus, replicas: int = 1, create: bool = True) -> int:
+    """The stream's last height. A sequencer (``create``) creates the stream if it is
+    missing, with ``replicas`` copies on a cluster's nodes; a follower waits for it,
+    so a gateway started first never creates it with the wrong number of replicas."""
     from nats.js.api import StorageType, StreamConfig
     from nats.js.errors import NotFoundError
 
-    async def ensure() -> int:
+    async def ensure() -> int | None:
         try:
             info = await bus.js.stream_info(STREAM)
         except NotFoundError:
+            if not create:
+                return None
             info = await bus.js.add_stream(StreamConfig(
                 name=STREAM, subjects=[SUBJECT], storage=StorageType.FILE, num_replicas=replicas,
                 duplicate_window=DUPLICATE_WINDOW_S, description="Satchel's sequenced blocks; sequence = height"))
             log.info("stream.created", stream=STREAM, replicas=replicas)
+        else:
+            if create and info.config.num_replicas != replicas:
+                log.warning("stream.replicas_differ", stream=STREAM, has=info.config.num_replicas, asked=replicas,
+                            why="the stream exists already; change it with the nats CLI (nats stream edit)")
         return info.state.last_seq
 
     # a cluster that just started elects its JetStream meta leader first: retry a while
     deadline = trio.current_time() + 30.0
+    waiting = False
     while True:
         try:
-            return await bus.call(ensure)
+            last = await bus.call(ensure)
         except Exception as exc:
             if trio.current_time() > deadline:
                 raise BusError(f"cannot create or read stream {STREAM}: {exc or type(exc).__name__}") from exc
             log.info("stream.not_ready", error=str(exc) or type(exc).__name__)
             await trio.sleep(0.25)
+            continue
+        if last is not None:
+            return last
+        if not waiting:
+            waiting = True
+            log.info("stream.waiting", stream=STREAM, why="no sequencer has created it yet")
+        await trio.sleep(0.25)
 
 
 async def last_height(bus: Bus) -> int:

@@ -143,6 +143,9 @@ async def _gateway(args: argparse.Namespace) -> int:
     if args.print_key:
         print(key.api_key)
         return 0
+    if not args.nats:
+        print("satchel gateway: --nats URL is required (the cluster's NATS servers)", file=sys.stderr)
+        return 2
     cfg = config_mod.load(args.config)
     host = args.host or cfg.node.host
     async with Bus(args.nats, name="gateway") as bus:
@@ -492,14 +495,16 @@ async def _validator(args: argparse.Namespace) -> int:
         if args.journal:
             height = await v.check_journal(args.journal)
             print(f"validated blocks=1..{height} signatures={v.verified_signatures}")
-        elif args.nats:
-            await v.follow_nats(args.nats)
         else:
-            await v.follow(args.follow)
+            async with trio.open_nursery() as n:  # SIGTERM/Ctrl-C: stop between blocks, journal closed
+                n.start_soon(_cancel_on_signal, n.cancel_scope, "validator")
+                await (v.follow_nats(args.nats) if args.nats else v.follow(args.follow))
+            if v.chain is not None:
+                structlog.get_logger("satchel").info("validator.stopped", height=v.chain.height)
     except* Divergence as eg:
-        diverged.extend(eg.exceptions)
+        diverged.extend(_leaves(eg))
     except* FollowError as eg:
-        failed.extend(eg.exceptions)
+        failed.extend(_leaves(eg))
     if diverged:
         print(f"satchel validator: {diverged[0]}", file=sys.stderr)
         return 4
@@ -507,6 +512,21 @@ async def _validator(args: argparse.Namespace) -> int:
         print(f"satchel validator: {failed[0]}", file=sys.stderr)
         return 1
     return 0
+
+
+def _leaves(eg: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in eg.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+async def _cancel_on_signal(scope: trio.CancelScope, what: str) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            structlog.get_logger("satchel").info(f"{what}.shutdown_requested", signal=signal.Signals(signum).name)
+            scope.cancel()
+            return
 
 
 async def _incident(args: argparse.Namespace) -> int:
@@ -702,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="a gateway key (satchel gateway --print-key) whose transactions are taken; also DATA/gateways")
 
     p = sub.add_parser("gateway", help="a gateway process: WebSocket and REST over the block stream on NATS")
-    p.add_argument("--nats", required=True, metavar="URL", help="the cluster's NATS servers (comma-separated)")
+    p.add_argument("--nats", metavar="URL", help="the cluster's NATS servers (comma-separated; required unless --print-key)")
     p.add_argument("--data", default="./gateway-data", help="its journal copy, history and gateway.key")
     p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="WebSocket port (0 picks a free one)")
