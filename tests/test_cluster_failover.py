@@ -169,6 +169,9 @@ async def test_failover_drill(tmp_path):
             async with connect(gw[1], admin) as a:
                 for t in traders:
                     await a.request("deposit", {"account": t.api_key, "asset": "USDC", "quantity": "1000000"})
+            # the standby's own gateway forwards to the primary too (signed with the shared admin key)
+            async with connect(f"ws://127.0.0.1:{ports['standby']}", admin) as a:
+                for t in traders:
                     await a.request("deposit", {"account": t.api_key, "asset": "SOL", "quantity": "10000"})
             # two traders start on each gateway, each moving to the other when its own goes away
             runners = [Trader(t, gw if i % 2 == 0 else gw[::-1]) for i, t in enumerate(traders)]

@@ -70,7 +70,9 @@ async def _serve(args: argparse.Namespace) -> int:
                 print(f"satchel serve: --allow-gateway {args.allow_gateway[gateways.index(None)]!r} is not a base64 "
                       "Ed25519 public key", file=sys.stderr)
                 return 2
-            own = load_key(Path(args.data), "gateway.key")  # this node's gateway forwards while it is a standby
+            # this node's own gateway forwards while it is a standby: it signs its batches with the
+            # admin key, which every sequencer of the cluster holds, so each takes the others'
+            own = load_key(Path(args.data), "admin.key")
             cluster = Cluster(bus, own, sequencer=True, durability=args.durability, replicas=args.stream_replicas,
                               takeover_after=args.takeover_after, allow_gateways=(own.public, *gateways))
         return await _run_node(args, cfg, host, port, followers, oracle, cluster)
