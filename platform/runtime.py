@@ -21,17 +21,17 @@ def tune_gc() -> None:
 
 @contextmanager
 def fatal_errors_unwrapped() -> Iterator[None]:
-    """Re-raise a JournalCorrupt, DivergedError or Fenced (another sequencer extended the
-    chain) found inside trio's exception groups as itself, so callers and operators see
+    """Re-raise a JournalCorrupt, DivergedError, Fenced (another sequencer extended the
+    chain) or TooLarge (a block over the NATS servers' max_payload) found inside trio's exception groups as itself, so callers and operators see
     the file, offset or block at fault."""
-    from satchel.cluster.bus import Fenced
+    from satchel.cluster.bus import Fenced, TooLarge
     from satchel.ledger.chain import DivergedError
     from satchel.ledger.journal import JournalCorrupt
 
     try:
         yield
     except BaseExceptionGroup as eg:
-        fatal = _first_leaf(eg, (JournalCorrupt, DivergedError, Fenced))
+        fatal = _first_leaf(eg, (JournalCorrupt, DivergedError, Fenced, TooLarge))
         if fatal is not None:
             raise fatal from eg
         raise

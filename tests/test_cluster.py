@@ -255,3 +255,29 @@ async def test_stream_durability_releases_nothing_before_jetstream_stored_it(tmp
                 await answered.wait()
             assert await stream.last_height(bus) == height + 1
             nursery.cancel_scope.cancel()
+
+
+async def test_intake_splits_what_nats_would_not_carry_and_turns_batches_away_when_busy(tmp_path):
+    from satchel.cluster import intake as intake_mod
+
+    gateway = Keypair.generate()
+
+    class SmallBus:
+        max_payload = 4096
+
+    orders = [signed_order(gateway, clientId=i) for i in range(40)]
+    parts = Forwarder(SmallBus, gateway)._parts(orders)
+    assert len(parts) > 1 and all(len(payload) <= 2048 for _, payload in parts)
+    assert [tx for txs, _ in parts for tx in txs] == orders  # in order, nothing lost
+
+    class Node:
+        data = tmp_path
+
+        class sequencer:
+            backlog = intake_mod.MAX_BACKLOG + 1
+
+        submit = staticmethod(lambda tx, cb: pytest.fail("a busy sequencer took a batch"))
+
+    server = IntakeServer(Node, None, [gateway.public])
+    server._allowed = server.allowed()
+    assert server.take(Forwarder(None, gateway).seal(orders[:2])) == b"busy" and server.busy == 1

@@ -32,6 +32,10 @@ class BusError(Exception):
     """NATS or JetStream refused or could not do what was asked."""
 
 
+class TooLarge(BusError):
+    """A message over the NATS servers' ``max_payload``: no retry can help."""
+
+
 class Fenced(BusError):
     """The stream already holds a block at the height this sequencer tried to publish:
     another sequencer extended the chain, so this one must stop (JetStream's
@@ -117,6 +121,11 @@ class Bus:
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.drain()
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message the servers take (their ``max_payload``, 1 MB by default)."""
+        return self.nc.max_payload
+
     # ------------------------------------------------------------------ crossing over
 
     async def call(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
@@ -169,6 +178,9 @@ class Bus:
         """Core NATS request/reply; ``BusError`` when nobody answers in time."""
         import nats.errors
 
+        if len(payload) > self.nc.max_payload:
+            raise TooLarge(f"a {len(payload)}-byte message is over the NATS max_payload of {self.nc.max_payload}")
+
         async def ask() -> bytes:
             try:
                 return (await self.nc.request(subject, payload, timeout=timeout)).data
@@ -198,6 +210,11 @@ class Bus:
     async def _publish_ordered(self, subject: str, items: Sequence[tuple[bytes, dict]], timeout: float) -> list[dict]:
         loop = asyncio.get_running_loop()
         futs = []
+        limit = self.nc.max_payload
+        for payload, _ in items:
+            if len(payload) > limit:
+                raise TooLarge(f"a {len(payload)}-byte block is over the NATS servers' max_payload of {limit} bytes: "
+                               "raise max_payload in their configuration (64MB at most), or block_max_txs")
         for payload, headers in items:
             token = str(next(self._ack_ids))
             fut = loop.create_future()

@@ -125,6 +125,11 @@ class StreamSource:
             while len(self._blocks) >= MAX_QUEUED_BLOCKS:
                 self._taken = trio.Event()
                 await self._taken.wait()
+            if self._drain_to is not None:
+                batch = [b for b in batch if b.height <= self._drain_to]
             self._blocks.extend(batch)
-            self.fetched = batch[-1].height
+            if batch:
+                self.fetched = batch[-1].height
             self._arrived.set()
+            if self._drain_to is not None and self.fetched >= self._drain_to:
+                return  # this node sequences from here: its own blocks need no fetching back

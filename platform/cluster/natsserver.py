@@ -58,6 +58,8 @@ class NatsNode:
             f"server_name: {self.name}",
             f"listen: 127.0.0.1:{self.client_port}",
             f"http: 127.0.0.1:{self.http_port}",
+            # a block is one message: 4,096 orders are over the 1 MB default (64 MB is NATS's maximum)
+            "max_payload: 64MB",
             "jetstream {",
             f'  store_dir: "{self.directory / "store"}"',
             "  max_memory_store: 256MB",

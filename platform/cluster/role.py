@@ -37,7 +37,7 @@ import structlog
 import trio
 
 from satchel.cluster import reports, stream
-from satchel.cluster.bus import Bus, BusError
+from satchel.cluster.bus import Bus, BusError, TooLarge
 from satchel.cluster.follower import StreamSource
 from satchel.cluster.intake import Forwarder, IntakeServer
 from satchel.ledger.replication import _batch, _records
@@ -144,7 +144,7 @@ class Cluster:
         if not self.stream_durable:
             self._nursery.start_soon(self._replicate, node)
         self.intake = IntakeServer(node, self.bus, self.allow_gateways)
-        await self.intake.start()
+        await self._nursery.start(self.intake.run)
         # what this node's own gateway forwarded and never saw sequenced goes in now (a
         # transaction the old primary did sequence is refused as a duplicate by the engine)
         for p in self.forwarder.requeue_all():
@@ -165,7 +165,7 @@ class Cluster:
                 await stream.publish_blocks(self.bus, blocks)
                 self.published = blocks[-1][0]
                 return
-            except stream.Fenced:
+            except (stream.Fenced, TooLarge):
                 raise
             except BusError as exc:
                 log.warning("cluster.publish_retry", height=blocks[0][0], error=str(exc))

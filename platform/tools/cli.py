@@ -16,7 +16,7 @@ import trio
 
 from satchel import config as config_mod
 from satchel.ledger.journal import JournalCorrupt
-from satchel.cluster.bus import Fenced
+from satchel.cluster.bus import Fenced, TooLarge
 from satchel.ledger.chain import DivergedError
 from satchel.runtime import fatal_errors_unwrapped
 
@@ -893,6 +893,10 @@ def main(argv: list[str] | None = None) -> int:
     except (JournalCorrupt, DivergedError) as exc:
         # one line, and exit status 3: the systemd unit does not restart into the same failure
         structlog.get_logger("satchel").error("node.refused_journal", error=str(exc))
+        return 3
+    except TooLarge as exc:
+        # exit status 3, as for a journal it cannot take: restarted, it would stop at the same block
+        structlog.get_logger("satchel").error("node.block_too_large", error=str(exc))
         return 3
     except Fenced as exc:
         # exit status 5: restarted, the node follows the stream again as the standby
