@@ -149,8 +149,10 @@ class Journal:
             self._file = open(segs[-1], "ab")
             self._size = self._file.tell()
 
-    def append(self, records: list[tuple[int, bytes]]) -> None:
-        """Write (height, payload) records and fsync. Blocking: run it in a worker thread."""
+    def append(self, records: list[tuple[int, bytes]], sync: bool = True) -> None:
+        """Write (height, payload) records and fsync (``sync``; without it the records are
+        handed to the OS only: for a copy whose source of truth is elsewhere, a cluster's
+        block stream). Blocking."""
         if not self._opened:
             self.open()
         f = self._file
@@ -167,7 +169,8 @@ class Journal:
         if parts:
             f.write(b"".join(parts))
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
 
     def _roll(self, height: int):
         if self._file is not None:
