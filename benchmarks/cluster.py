@@ -67,7 +67,8 @@ from satchel.cluster.natsserver import NatsCluster
 from satchel.cluster.role import Cluster
 from satchel.core import instructions
 from satchel.core.engine import RULES_VERSION
-from satchel.core.messages import Block, BlockHeader, Deposit, PlaceOrder, TxRejected, block_encoder
+from satchel.core.messages import Block, BlockHeader, Deposit, PlaceOrder, TxRejected, block_encoder, header_decoder
+from satchel.ledger.chain import header_hash
 from satchel.node import Node
 from satchel.signing import Keypair, auth_for, load_key
 from satchel.tools.cli import setup_logging
@@ -164,12 +165,26 @@ def funding(admin: str, keys: list[Keypair]) -> list:
     return out
 
 
-def block_record(height: int, txs: list) -> bytes:
+def block_record(height: int, txs: list, prev_hash: bytes = b"\x00" * 32) -> bytes:
     """A journal record of ``txs``, encoded as ``Chain.extend`` encodes one."""
     txs_bytes = block_encoder.encode(txs)
-    header = BlockHeader(height, 1, time.time_ns() // 1000, b"\x00" * 32, RULES_VERSION, len(txs),
+    header = BlockHeader(height, 1, time.time_ns() // 1000, prev_hash, RULES_VERSION, len(txs),
                          hashlib.sha256(b"").digest(), hashlib.sha256(txs_bytes).digest())
     return block_encoder.encode(Block(header, msgspec.Raw(txs_bytes)))
+
+
+class Chained:
+    """Records of one block's transactions at consecutive heights, each naming the one
+    before by hash, as the stream insists (``Nats-Expected-Last-Msg-Id``)."""
+
+    def __init__(self) -> None:
+        self.prev = b""
+
+    def record(self, height: int, record: bytes) -> bytes:
+        block = header_decoder.decode(record)  # the transactions stay raw bytes
+        header = msgspec.structs.replace(block.header, height=height, prev_hash=self.prev)
+        self.prev = header_hash(header)
+        return block_encoder.encode(Block(header, block.txs))
 
 
 # ---------------------------------------------------------------- measuring helpers
@@ -507,12 +522,14 @@ async def run_bridge(args: argparse.Namespace, r1: NatsCluster) -> None:
 # ---------------------------------------------------------------- 2. the block stream
 
 
-async def publish_rate(bus: Bus, height: int, payload: bytes, round_size: int, seconds: float) -> tuple[int, float]:
+async def publish_rate(bus: Bus, chain: Chained, height: int, payload: bytes, round_size: int,
+                       seconds: float) -> tuple[int, float]:
     """Publish rounds of ``round_size`` blocks for ``seconds``; (last height, blocks/s)."""
     n = 0
     t0 = time.perf_counter()
     while True:
-        await stream.publish_blocks(bus, [(height + i + 1, payload, None) for i in range(round_size)])
+        records = [(height + i + 1, chain.record(height + i + 1, payload), None) for i in range(round_size)]
+        await stream.publish_blocks(bus, records)
         height += round_size
         n += round_size
         t = time.perf_counter()
@@ -520,10 +537,11 @@ async def publish_rate(bus: Bus, height: int, payload: bytes, round_size: int, s
             return height, n / (t - t0)
 
 
-async def fill(bus: Bus, height: int, payload: bytes, count: int) -> int:
+async def fill(bus: Bus, chain: Chained, height: int, payload: bytes, count: int) -> int:
     while count > 0:
         k = min(64, count)
-        await stream.publish_blocks(bus, [(height + i + 1, payload, None) for i in range(k)])
+        await stream.publish_blocks(bus, [(height + i + 1, chain.record(height + i + 1, payload), None)
+                                          for i in range(k)])
         height += k
         count -= k
     return height
@@ -549,18 +567,19 @@ async def run_stream(args: argparse.Namespace, clusters: dict[int, NatsCluster],
         async with Bus(cluster.urls, name="bench-publisher") as bus, Bus(cluster.urls, name="bench-follower") as reader:
             await fresh_block_stream(bus, replicas)
             height = 0
+            chain = Chained()
             for r in range(args.runs):
                 parts = []
                 meter = CpuMeter({"this process": (os.getpid(), None), **nats_targets(cluster)})
                 meter.start()
                 for b in BLOCK_SIZES:
                     for rs in ROUNDS:
-                        height, rate = await publish_rate(bus, height, payloads[b], rs, args.seconds)
+                        height, rate = await publish_rate(bus, chain, height, payloads[b], rs, args.seconds)
                         pub.setdefault((replicas, b, rs), []).append(rate)
                         parts.append(f"{b}tx/r{rs} {rate:,.0f}")
                     count = max(300, min(10_000, int(args.seconds * 4e6 / len(payloads[b]))))
                     start = height + 1
-                    height = await fill(bus, height, payloads[b], count)
+                    height = await fill(bus, chain, height, payloads[b], count)
                     rate = await follow_rate(reader, start, height)
                     fol.setdefault((replicas, b), []).append(rate)
                     parts.append(f"follow {b}tx {rate:,.0f}")

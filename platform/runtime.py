@@ -21,17 +21,18 @@ def tune_gc() -> None:
 
 @contextmanager
 def fatal_errors_unwrapped() -> Iterator[None]:
-    """Re-raise a JournalCorrupt, DivergedError, Fenced (another sequencer extended the
-    chain) or TooLarge (a block over the NATS servers' max_payload) found inside trio's exception groups as itself, so callers and operators see
-    the file, offset or block at fault."""
-    from satchel.cluster.bus import Fenced, TooLarge
+    """Re-raise a JournalCorrupt, DivergedError or BusError (the cluster's: fenced by
+    another sequencer, a block over the NATS servers' max_payload, ...) found inside
+    trio's exception groups as itself, so callers and operators see the file, offset or
+    block at fault."""
+    from satchel.cluster.bus import BusError
     from satchel.ledger.chain import DivergedError
     from satchel.ledger.journal import JournalCorrupt
 
     try:
         yield
     except BaseExceptionGroup as eg:
-        fatal = _first_leaf(eg, (JournalCorrupt, DivergedError, Fenced, TooLarge))
+        fatal = _first_leaf(eg, (JournalCorrupt, DivergedError, BusError))
         if fatal is not None:
             raise fatal from eg
         raise

@@ -197,7 +197,7 @@ async def test_a_second_sequencer_is_fenced_never_both_extend_the_chain(tmp_path
 
 
 async def test_intake_takes_only_signed_batches_from_allowed_gateways(tmp_path):
-    gateway, stranger = Keypair.generate(), Keypair.generate()
+    gateway, stranger, trader = Keypair.generate(), Keypair.generate(), Keypair.generate()
     submitted = []
 
     class Node:
@@ -212,22 +212,43 @@ async def test_intake_takes_only_signed_batches_from_allowed_gateways(tmp_path):
 
     intake = IntakeServer(Node, None, [gateway.public])
     intake._allowed = intake.allowed()
-    tx = Deposit("admin", "alice", "USDC", 1)
-
-    ok = Forwarder(None, gateway).seal([tx, tx])
+    a, b = signed_order(trader, clientId=1), signed_order(trader, clientId=2)
+    ok = Forwarder(None, gateway).seal([a, b])
     assert intake.take(b"\x00garbage") == b"refused: not an intake batch"
-    assert intake.take(Forwarder(None, stranger).seal([tx])) == b"refused: gateway key not allowed by this sequencer"
+    assert intake.take(Forwarder(None, stranger).seal([a])) == b"refused: gateway key not allowed by this sequencer"
     public, sig, body = msgspec.msgpack.decode(ok)
     forged = msgspec.msgpack.encode((public, sig, body + b"\x01"))
     assert intake.take(forged) == b"refused: bad gateway signature"
     not_txs = msgspec.msgpack.encode((gateway.public, gateway.sign(b"\x91\x01"), b"\x91\x01"))
     assert intake.take(not_txs).startswith(b"refused:")
+    # an unsigned record (a deposit, an admin change) needs more than a gateway's key
+    unsigned = Forwarder(None, gateway).seal([a, Deposit(b"x".hex(), trader.api_key, "USDC", 10**12)])
+    assert intake.take(unsigned) == b"refused: unsigned transaction in the batch"
     assert submitted == []
-    assert intake.take(ok) == b"ok" and submitted == [tx, tx]
+    assert intake.take(ok) == b"ok" and submitted == [a, b]
     # a key added to DATA/gateways later is taken without a restart
     (tmp_path / "gateways").write_text(f"# added\n{stranger.api_key}\n")
-    assert intake.take(Forwarder(None, stranger).seal([tx])) == b"ok"
-    assert (intake.batches, intake.txs, intake.refused) == (2, 3, 4)
+    assert intake.take(Forwarder(None, stranger).seal([a])) == b"ok"
+    assert (intake.batches, intake.txs, intake.refused) == (2, 3, 5)
+
+
+async def test_a_request_sent_twice_through_a_gateway_gets_the_engines_answer_to_a_repeat():
+    key = Keypair.generate()
+    forwarder = Forwarder(None, key)
+    answers = []
+    order = signed_order(key, clientId=7)
+    forwarder.forward(order, lambda events: answers.append(("first", events)))
+    forwarder.forward(order, lambda events: answers.append(("again", events)))
+    assert forwarder.pending == 1 and len(forwarder._queue) == 1  # forwarded once
+
+    class Block:
+        txs = [order]
+
+    (callback,) = forwarder.claim(Block)
+    callback(["the block's events"])
+    assert answers[0] == ("first", ["the block's events"])
+    assert answers[1][0] == "again" and answers[1][1][0].code == "DUPLICATE_REQUEST"
+    assert forwarder.pending == 0
 
 
 async def test_stream_durability_releases_nothing_before_jetstream_stored_it(tmp_path):
@@ -281,3 +302,33 @@ async def test_intake_splits_what_nats_would_not_carry_and_turns_batches_away_wh
     server = IntakeServer(Node, None, [gateway.public])
     server._allowed = server.allowed()
     assert server.take(Forwarder(None, gateway).seal(orders[:2])) == b"busy" and server.busy == 1
+
+
+async def test_strangers_on_nats_cannot_write_into_the_stream_nor_crash_a_standby(tmp_path):
+    from satchel.cluster import intake, role
+    from satchel.node import Node
+
+    with nats_cluster(tmp_path / "nats", 1) as nats:
+        async with Bus(nats.urls) as bus, Bus(nats.urls) as sbus, Bus(nats.urls) as stranger, \
+                trio.open_nursery() as nursery:
+            seq = await sequencer(nursery, bus, tmp_path / "seq")
+            standby = Cluster(sbus, Keypair.generate(), sequencer=True, takeover_after=60)
+            await nursery.start(Node(tmp_path / "standby", None, standby).run)
+            height = await stream.last_height(bus)
+
+            async def publish(subject, data, reply=""):
+                await stranger.nc.publish(subject, data, reply=reply)
+                await stranger.nc.flush()
+
+            # a refusal answered to a reply subject naming the block stream would be stored as a block
+            await stranger.call(publish, intake.SUBJECT, b"\x00garbage", stream.SUBJECT)
+            for beat in (b"[]", b"1", b"null", b"{}"):  # valid JSON that is no heartbeat
+                await stranger.call(publish, role.HEARTBEAT, beat)
+            await trio.sleep(0.5)
+            assert await stream.last_height(bus) == height
+            await seq.submit_wait(Deposit(seq.admin.api_key, "alice", "USDC", 1))
+            assert await stream.last_height(bus) == height + 1
+            with trio.fail_after(10):
+                while standby.source.fetched < height + 1:  # and the standby still follows
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()

@@ -122,8 +122,13 @@ class Bus:
         await self.nc.subscribe(self._ack_inbox + ".*", cb=self._on_ack)
 
     async def _close(self) -> None:
+        import nats.errors
+
         if self.nc is not None and not self.nc.is_closed:
-            await self.nc.drain()
+            try:
+                await self.nc.drain()
+            except (nats.errors.Error, asyncio.TimeoutError):  # not connected: nothing to drain
+                await self.nc.close()
 
     @property
     def max_payload(self) -> int:
@@ -133,8 +138,11 @@ class Bus:
     # ------------------------------------------------------------------ crossing over
 
     async def call(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """Run ``fn(*args)`` on the asyncio loop; its result (or exception) here."""
-        fut = asyncio.run_coroutine_threadsafe(fn(*args), self._loop)
+        """Run ``fn(*args)`` on the asyncio loop; its result here. Whatever NATS raises
+        comes back as ``BusError`` (``TooLarge`` for a message over ``max_payload``), so
+        callers retry or report it by one type: a reconnecting client, a full outbound
+        buffer, a JetStream API error or a timeout must never end a node."""
+        fut = asyncio.run_coroutine_threadsafe(_translated(fn, *args), self._loop)
         done = trio.Event()
         token = self._token
 
@@ -153,12 +161,20 @@ class Bus:
         return fut.result()
 
     def deliver(self, handler: Callable[..., None]) -> Callable[..., Awaitable[None]]:
-        """An asyncio message callback that runs ``handler(msg)`` in trio (in arrival order)."""
+        """An asyncio message callback that runs ``handler(msg)`` in trio (in arrival order).
+        An exception from the handler is logged: raised inside ``run_sync_soon`` it would
+        end the whole trio run, and a message from the network must never do that."""
         token = self._token
+
+        def guarded(msg: Any) -> None:
+            try:
+                handler(msg)
+            except Exception:
+                log.exception("nats.handler_failed", subject=getattr(msg, "subject", "?"))
 
         async def cb(msg: Any) -> None:
             try:
-                token.run_sync_soon(handler, msg)
+                token.run_sync_soon(guarded, msg)
             except trio.RunFinishedError:
                 pass
 
@@ -172,6 +188,7 @@ class Bus:
         return await self.call(lambda: self.nc.subscribe(subject, queue=queue, cb=cb))
 
     async def unsubscribe(self, sub: Any) -> None:
+        """Stop a subscription (``BusError`` if NATS cannot be told now)."""
         await self.call(sub.unsubscribe)
 
     def publish_nowait(self, subject: str, payload: bytes, reply: str = "", headers: dict | None = None) -> None:
@@ -219,13 +236,13 @@ class Bus:
             if len(payload) > limit:
                 raise TooLarge(f"a {len(payload)}-byte block is over the NATS servers' max_payload of {limit} bytes: "
                                "raise max_payload in their configuration (64MB at most), or block_max_txs")
-        for payload, headers in items:
-            token = str(next(self._ack_ids))
-            fut = loop.create_future()
-            self._acks[token] = fut
-            futs.append((token, fut))
-            await self.nc.publish(subject, payload, reply=f"{self._ack_inbox}.{token}", headers=headers)
         try:
+            for payload, headers in items:
+                token = str(next(self._ack_ids))
+                fut = loop.create_future()
+                self._acks[token] = fut
+                futs.append((token, fut))
+                await self.nc.publish(subject, payload, reply=f"{self._ack_inbox}.{token}", headers=headers)
             async with asyncio.timeout(timeout):
                 raw = await asyncio.gather(*(f for _, f in futs))
         except TimeoutError:
@@ -243,3 +260,17 @@ class Bus:
                 raise BusError(f"JetStream refused a publish to {subject}: {err.get('description')}")
             acks.append(ack)
         return acks
+
+
+async def _translated(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    import nats.errors
+    import nats.js.errors
+
+    try:
+        return await fn(*args)
+    except BusError:
+        raise
+    except nats.errors.MaxPayloadError as exc:
+        raise TooLarge(str(exc) or "message over the NATS max_payload") from exc
+    except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError, TimeoutError, ConnectionError) as exc:
+        raise BusError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc

@@ -69,12 +69,14 @@ def tx_key(tx: Any) -> bytes | None:
 
 
 class _Pending:
-    __slots__ = ("tx", "callback", "sent", "give_up")
+    __slots__ = ("tx", "callback", "again", "sent", "sending", "give_up")
 
     def __init__(self, tx: Any, callback: Callable[[list], None] | None, now: float):
         self.tx = tx
         self.callback = callback
+        self.again: list[Callable[[list], None]] = []  # the same request sent again by its client
         self.sent = now
+        self.sending = True  # in a batch on its way (not to be queued again meanwhile)
         auth = tx.auth
         self.give_up = (auth.timestamp + auth.window) / 1000 + GIVE_UP_GRACE_S
 
@@ -100,10 +102,14 @@ class Forwarder:
         key = tx_key(tx)
         if key is None:
             raise ValueError("only signed transactions are forwarded to the sequencer")
-        if key not in self._pending:
-            self._pending[key] = _Pending(tx, callback, time.time())
-            self._queue.append(tx)
-            self._arrived.set()
+        p = self._pending.get(key)
+        if p is not None:  # answered as the engine answers a repeated signature, once the first is
+            if callback is not None:
+                p.again.append(callback)
+            return
+        self._pending[key] = _Pending(tx, callback, time.time())
+        self._queue.append(tx)
+        self._arrived.set()
 
     def claim(self, block: Any) -> list:
         """The callbacks of this gateway's transactions in ``block`` (by position), taken
@@ -117,7 +123,7 @@ class Forwarder:
             if key is not None:
                 p = pending.pop(key, None)
                 if p is not None:
-                    out[i] = p.callback
+                    out[i] = p.callback if not p.again else _with_repeats(p)
         return out
 
     def requeue_all(self) -> list[Any]:
@@ -163,6 +169,12 @@ class Forwarder:
     async def _send_part(self, txs: list, payload: bytes) -> None:
         delay = 0.05
         while True:
+            # what a block already showed is not sent again (after a failover, say)
+            still = [tx for tx in txs if tx_key(tx) in self._pending]
+            if not still:
+                return
+            if len(still) < len(txs):
+                txs, payload = still, self.seal(still)
             try:
                 answer = await self.bus.request(SUBJECT, payload, REQUEST_TIMEOUT_S)
             except TooLarge as exc:
@@ -177,7 +189,7 @@ class Forwarder:
                     for tx in txs:
                         p = self._pending.get(tx_key(tx))
                         if p is not None:
-                            p.sent = now
+                            p.sent, p.sending = now, False
                     return
                 if answer == b"busy":
                     self.busy += 1
@@ -192,8 +204,10 @@ class Forwarder:
     def _fail(self, txs: Iterable[Any], code: str, message: str) -> None:
         for tx in txs:
             p = self._pending.pop(tx_key(tx), None)
-            if p is not None and p.callback is not None:
-                p.callback([TxRejected(0, getattr(tx, "account", ""), code, message)])
+            if p is not None:
+                for cb in (p.callback, *p.again):
+                    if cb is not None:
+                        cb([TxRejected(0, getattr(tx, "account", ""), code, message)])
 
     async def _watch(self) -> None:
         """Resend what the stream has not shown for a while; give up once the engine
@@ -205,8 +219,8 @@ class Forwarder:
             for key, p in list(self._pending.items()):
                 if now > p.give_up:
                     lost.append(p.tx)
-                elif now - p.sent > RESEND_AFTER_S:
-                    p.sent = now
+                elif not p.sending and now - p.sent > RESEND_AFTER_S:
+                    p.sent, p.sending = now, True
                     self._queue.append(p.tx)
                     self.resent += 1
             if lost:
@@ -214,6 +228,20 @@ class Forwarder:
                                                    "unknown to this gateway; query the order before sending it again")
             if self._queue:
                 self._arrived.set()
+
+
+def _with_repeats(p: _Pending) -> Callable[[list], None]:
+    """The first request gets the block's events; the same request sent again meanwhile
+    gets what the engine answers a signature it has seen."""
+
+    def answer(events: list) -> None:
+        if p.callback is not None:
+            p.callback(events)
+        refusal = [TxRejected(0, getattr(p.tx, "account", ""), Code.DUPLICATE_REQUEST, "This signed request was already received")]
+        for cb in p.again:
+            cb(refusal)
+
+    return answer
 
 
 # ---------------------------------------------------------------- the sequencer's side
@@ -267,7 +295,10 @@ class IntakeServer:
                     await self._arrived.wait()
                 msg = self._inbox.popleft()
                 answer = self.take(msg.data)
-                if msg.reply:
+                # answers go only to a requester's inbox: a reply subject is the sender's to
+                # choose, and one naming satchel.blocks would have this sequencer write into
+                # its own block stream
+                if msg.reply.startswith("_INBOX."):
                     self.bus.publish_nowait(msg.reply, answer)
                 await trio.lowlevel.checkpoint()
         finally:
@@ -301,6 +332,11 @@ class IntakeServer:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self.refused += 1
             return f"refused: {exc}".encode()
+        if any(tx_key(tx) is None for tx in txs):
+            # a gateway forwards only what a client signed; an unsigned record (a deposit,
+            # an admin change) through here would need nothing but a gateway's key
+            self.refused += 1
+            return b"refused: unsigned transaction in the batch"
         try:
             for tx in txs:
                 self.node.submit(tx, None)

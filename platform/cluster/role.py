@@ -49,6 +49,7 @@ HEARTBEAT = "satchel.sequencer.heartbeat"
 HEARTBEAT_EVERY_S = 0.2
 TAKEOVER_AFTER_S = 3.0
 _RETRY_S = 0.2
+STOP_PATIENCE_S = 5.0  # a node asked to stop gives up storing its last blocks after this long
 _QUEUE_LIMIT = 10_000  # journal mode: blocks held for the stream before reading them back from the journal
 
 
@@ -74,6 +75,8 @@ class Cluster:
         self.published = 0  # the stream's last height as this node knows it
         self.promoted = trio.Event()
         self._last_beat = 0.0
+        self._others_seen = False  # another sequencer's heartbeat was heard
+        self._stopping = False
         self._scope = trio.CancelScope()
         self._queue: deque = deque()  # journal mode: durable blocks not yet in the stream
         self._queued = trio.Event()
@@ -108,6 +111,7 @@ class Cluster:
                     nursery.start_soon(self._watch, node)
 
     def stop(self) -> None:
+        self._stopping = True
         self._scope.cancel()
 
     def _beat(self, msg: Any) -> None:
@@ -115,16 +119,30 @@ class Cluster:
             beat = orjson.loads(msg.data)
         except orjson.JSONDecodeError:
             return
-        if beat.get("id") != self.id:
+        if isinstance(beat, dict) and beat.get("id") != self.id:
             self._last_beat = trio.current_time()
+            self._others_seen = True
 
     async def _watch(self, node: Any) -> None:
         sub = await self.bus.subscribe(HEARTBEAT, self._beat)
         self._last_beat = trio.current_time()  # a new node waits a full period before it takes over
         while trio.current_time() - self._last_beat < self.takeover_after:
             await trio.sleep(0.05)
-        await self.bus.unsubscribe(sub)
-        last = await stream.last_height(self.bus)
+        if self._others_seen and not self.stream_durable:
+            # under journal durability the primary's last blocks may exist only on its disk:
+            # taking over could fork the chain, so a second sequencer only ever follows
+            log.error("cluster.no_takeover", why="journal durability: one sequencer only; the primary's heartbeat "
+                                                 "lapsed, use --durability stream for a standby that takes over")
+            await trio.sleep_forever()
+        with trio.move_on_after(2):
+            await self.bus.unsubscribe(sub)
+        while True:  # the stream may be re-electing (the primary's machine held a NATS node too)
+            try:
+                last = await stream.last_height(self.bus)
+                break
+            except BusError as exc:
+                log.warning("cluster.takeover_waits", error=str(exc))
+                await trio.sleep(0.2)
         log.warning("cluster.taking_over", why=f"no primary heartbeat for {self.takeover_after} s",
                     stream_height=last, applied=node.chain.height)
         self.published = last
@@ -160,6 +178,7 @@ class Cluster:
     async def publish(self, blocks: list) -> None:
         """Stream durability: store these consecutive blocks in the stream before they are
         released; retried while NATS is unreachable, ``Fenced`` ends the node."""
+        since = trio.current_time()
         while True:
             try:
                 await stream.publish_blocks(self.bus, blocks)
@@ -168,6 +187,10 @@ class Cluster:
             except (stream.Fenced, TooLarge):
                 raise
             except BusError as exc:
+                if self._stopping and trio.current_time() - since > STOP_PATIENCE_S:
+                    # never released nor journaled: nothing of them was seen outside
+                    raise BusError(f"stopping with blocks {blocks[0][0]}..{blocks[-1][0]} not stored in the stream "
+                                   f"(they were never released): {exc}") from exc
                 log.warning("cluster.publish_retry", height=blocks[0][0], error=str(exc))
                 await trio.sleep(_RETRY_S)
 
@@ -211,7 +234,8 @@ class Cluster:
         return self.validator_reports.reports.rows(height)
 
     def status(self) -> dict:
-        return {"role": self.role, "durability": self.durability, "stream_height": self.published,
+        height = self.published if self.role == "primary" or self.source is None else self.source.fetched
+        return {"role": self.role, "durability": self.durability, "stream_height": height,
                 "forwarded_pending": self.forwarder.pending,
                 "intake": None if self.intake is None else {"batches": self.intake.batches, "txs": self.intake.txs,
                                                             "refused": self.intake.refused, "busy": self.intake.busy}}

@@ -4,18 +4,20 @@ Subject ``satchel.blocks`` in stream ``SATCHEL_BLOCKS``. A message is the block'
 journal record (the bytes the sequencer journaled, so a follower's copy is
 byte-identical), with headers:
 
-- ``Nats-Msg-Id: <height>``: JetStream drops a re-publish of the same height within its
-  duplicate window (a sequencer retrying after a lost ack);
-- ``Nats-Expected-Last-Sequence: <height - 1>``: JetStream stores the block only if it
-  extends exactly the stream's last one. Two sequencers can then never both extend the
-  chain: the stale one's publish fails and it stops (``Fenced``);
+- ``Nats-Msg-Id: <height>:<block hash, 16 bytes hex>``: JetStream drops a re-publish of
+  the same block within its duplicate window (a sequencer retrying after a lost ack);
+- ``Nats-Expected-Last-Sequence: <height - 1>`` and ``Nats-Expected-Last-Msg-Id: <the id
+  of the block it extends>``: JetStream stores the block only if it extends exactly the
+  stream's last one. Two sequencers can then never both extend the chain: the stale
+  one's publish fails and it stops (``Fenced``);
 - ``Satchel-State: <hash>`` at the heights where the sequencer took a snapshot, so a
   validator compares whole-state hashes there, as on the WebSocket block stream.
 
-JetStream checks the message id before the expected sequence: a stale sequencer's
-*different* block at a height already stored comes back as a "duplicate", not as a
-failure. So a duplicate ack is accepted only when the stored message is this very
-block (read back and compared); otherwise it is ``Fenced`` too.
+JetStream checks the message id before the expected sequence (measured on 2.9.10): had
+the id been the height alone, a stale sequencer's *different* block at a height already
+stored would come back as a "duplicate", not as a failure. With the hash in the id it
+fails; a duplicate ack is still believed only when the stored message is this very
+block (read back and compared).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import structlog
 import trio
 
 from satchel.cluster.bus import Bus, BusError, Fenced
+from satchel.core.messages import header_decoder
+from satchel.ledger.chain import header_hash
 
 log = structlog.get_logger("satchel.cluster.stream")
 
@@ -111,13 +115,29 @@ async def read_block(bus: Bus, height: int) -> bytes | None:
     return await bus.call(get)
 
 
+def message_id(height: int, block_hash: bytes) -> str:
+    """A block's message id: its height, then its hash (so a different block at the same
+    height is not a "duplicate", and the next block can name exactly this one)."""
+    return f"{height}:{block_hash[:16].hex()}"
+
+
 async def publish_blocks(bus: Bus, blocks: Sequence[tuple[int, bytes, str | None]]) -> None:
     """Append consecutive blocks ``(height, payload, state hash or None)`` to the stream,
     each only if it extends the one before; returns once JetStream has stored them all
-    (on every replica of an R3 stream). ``Fenced`` if another sequencer got there first."""
+    (acknowledged by the stream's quorum). ``Fenced`` if another sequencer got there first.
+
+    Each names the block it extends twice: ``Nats-Expected-Last-Sequence`` (the height
+    before) and ``Nats-Expected-Last-Msg-Id`` (that block's id, its hash in it). The id
+    matters when blocks are pipelined: if another sequencer took height H, this one's H+1
+    still expects sequence H and would be stored on top of the other's H; it does not
+    expect the other's id, so it is refused too."""
     items = []
     for height, payload, state in blocks:
-        headers = {"Nats-Msg-Id": str(height), "Nats-Expected-Last-Sequence": str(height - 1)}
+        header = header_decoder.decode(payload).header
+        headers = {"Nats-Msg-Id": message_id(height, header_hash(header)),
+                   "Nats-Expected-Last-Sequence": str(height - 1)}
+        if height > 1:
+            headers["Nats-Expected-Last-Msg-Id"] = message_id(height - 1, header.prev_hash)
         if state is not None:
             headers[STATE_HEADER] = state
         items.append((payload, headers))
@@ -125,7 +145,7 @@ async def publish_blocks(bus: Bus, blocks: Sequence[tuple[int, bytes, str | None
     for (height, payload, _), ack in zip(blocks, acks):
         if ack.get("seq") != height:
             raise Fenced(f"block {height} was stored as stream sequence {ack.get('seq')}")
-        if ack.get("duplicate") and await read_block(bus, height) != payload:
+        if ack.get("duplicate") and await read_block(bus, height) != payload:  # belt and braces: ids carry the hash
             raise Fenced(f"the stream already holds another block at height {height}")
 
 

@@ -16,7 +16,7 @@ import trio
 
 from satchel import config as config_mod
 from satchel.ledger.journal import JournalCorrupt
-from satchel.cluster.bus import Fenced, TooLarge
+from satchel.cluster.bus import BusError, Fenced, TooLarge
 from satchel.ledger.chain import DivergedError
 from satchel.runtime import fatal_errors_unwrapped
 
@@ -903,6 +903,9 @@ def main(argv: list[str] | None = None) -> int:
         structlog.get_logger("satchel").error("node.fenced", error=str(exc),
                                               why="another sequencer extended the chain; this one stopped")
         return 5
+    except BusError as exc:
+        structlog.get_logger("satchel").error("node.nats_failed", error=str(exc))
+        return 1
     except KeyboardInterrupt:
         return 130
 
