@@ -179,6 +179,7 @@ class Chained:
 
     def __init__(self) -> None:
         self.prev = b""
+        self.key = Keypair.generate()  # signs each block, as the admin key does a sequencer's
 
     def record(self, height: int, record: bytes) -> bytes:
         block = header_decoder.decode(record)  # the transactions stay raw bytes
@@ -529,7 +530,7 @@ async def publish_rate(bus: Bus, chain: Chained, height: int, payload: bytes, ro
     t0 = time.perf_counter()
     while True:
         records = [(height + i + 1, chain.record(height + i + 1, payload), None) for i in range(round_size)]
-        await stream.publish_blocks(bus, records)
+        await stream.publish_blocks(bus, records, chain.key)
         height += round_size
         n += round_size
         t = time.perf_counter()
@@ -541,7 +542,7 @@ async def fill(bus: Bus, chain: Chained, height: int, payload: bytes, count: int
     while count > 0:
         k = min(64, count)
         await stream.publish_blocks(bus, [(height + i + 1, chain.record(height + i + 1, payload), None)
-                                          for i in range(k)])
+                                          for i in range(k)], chain.key)
         height += k
         count -= k
     return height
@@ -659,7 +660,8 @@ async def intake_run(cluster: NatsCluster, replicas: int, workers: Workers, n_ga
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as d:
         async with Bus(cluster.urls, name="sequencer") as bus:
             await drop_stream(bus, stream.STREAM)
-            role = Cluster(bus, Keypair.generate(), sequencer=True, durability="stream", replicas=replicas,
+            role = Cluster(bus, load_key(Path(d) / "sequencer", "admin.key"), sequencer=True, durability="stream",
+                           replicas=replicas,
                            takeover_after=0.5, allow_gateways=tuple(g.public for g in gateways))
             node = Node(Path(d) / "sequencer", config.load(), role)
             async with trio.open_nursery() as nursery:

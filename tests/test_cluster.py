@@ -30,7 +30,7 @@ async def sequencer(nursery, bus, data, cfg=None, durability="stream", gateways=
     """A sequencer node that becomes the primary (nobody else beats)."""
     from satchel.node import Node
 
-    cluster = Cluster(bus, load_key(data, "gateway.key"), sequencer=True, durability=durability,
+    cluster = Cluster(bus, load_key(data, "admin.key"), sequencer=True, durability=durability,
                       takeover_after=takeover_after, allow_gateways=tuple(gateways))
     node = await nursery.start(Node(data, cfg, cluster).run)
     with trio.fail_after(10):
@@ -164,12 +164,14 @@ async def test_a_second_sequencer_is_fenced_never_both_extend_the_chain(tmp_path
 
     with nats_cluster(tmp_path / "nats", 1) as nats:
         async with Bus(nats.urls) as abus, Bus(nats.urls) as bbus, Bus(nats.urls) as rbus, trio.open_nursery() as nursery:
-            acluster = Cluster(abus, Keypair.generate(), sequencer=True, takeover_after=0.2)
+            acluster = Cluster(abus, load_key(tmp_path / "a", "admin.key"), sequencer=True, takeover_after=0.2)
             anode = await nursery.start(run, "a", Node(tmp_path / "a", None, acluster))
             with trio.fail_after(10):
                 await acluster.promoted.wait()
             await anode.submit_wait(Deposit(anode.admin.api_key, "alice", "USDC", 1))
-            bcluster = Cluster(bbus, Keypair.generate(), sequencer=True, takeover_after=60)
+            (tmp_path / "b").mkdir()  # a standby holds the primary's admin key: it signs blocks with it
+            (tmp_path / "b" / "admin.key").write_bytes((tmp_path / "a" / "admin.key").read_bytes())
+            bcluster = Cluster(bbus, load_key(tmp_path / "b", "admin.key"), sequencer=True, takeover_after=60)
             b = Node(tmp_path / "b", None, bcluster)
             nursery.start_soon(run, "b", b)
             with trio.fail_after(10):
@@ -332,3 +334,25 @@ async def test_strangers_on_nats_cannot_write_into_the_stream_nor_crash_a_standb
                 while standby.source.fetched < height + 1:  # and the standby still follows
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
+
+
+async def test_followers_take_only_blocks_the_admin_key_signed(tmp_path):
+    """A well-chained block in the stream that the admin key did not sign (someone who
+    can publish on the subject) stops a follower and a validator at that block."""
+    from satchel.ledger.journal import read_records
+    from satchel.node import Node
+    from satchel.verify.validator import Validator
+
+    await run_node(tmp_path / "origin", workload)
+    records = list(read_records(tmp_path / "origin" / "journal"))
+    with nats_cluster(tmp_path / "nats", 1) as nats:
+        async with Bus(nats.urls) as bus:
+            await stream.ensure_stream(bus)
+            admin = load_key(tmp_path / "origin", "admin.key")
+            await stream.publish_blocks(bus, [(1, records[0], None)], admin)
+            await stream.publish_blocks(bus, [(h, r, None) for h, r in enumerate(records[1:], 2)], Keypair.generate())
+            with pytest.raises(stream.Forged, match="block 2 in the stream is not signed by the admin key"):
+                await Node(tmp_path / "replica", None, Cluster(bus, Keypair.generate(), sequencer=False)).run()
+            with pytest.raises(BaseExceptionGroup) as eg:
+                await Validator(tmp_path / "v").follow_nats(nats.urls)
+            assert eg.group_contains(stream.Forged)

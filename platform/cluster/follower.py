@@ -55,8 +55,9 @@ class StreamSource:
     ``submit`` forwards to the sequencer. Stops at the stream's end when ``drain`` is
     called (a standby taking over)."""
 
-    def __init__(self, bus: Bus, forwarder: Any, next_height: int):
+    def __init__(self, bus: Bus, forwarder: Any, next_height: int, admin: Callable[[], str | None] = lambda: None):
         self.bus = bus
+        self.admin = admin  # the admin key the chain names, which signs every block in the stream
         self.forwarder = forwarder
         self.next_height = next_height
         self._reads: deque = deque()
@@ -88,6 +89,7 @@ class StreamSource:
                 item = self._blocks.popleft()
                 self._taken.set()
                 block = decode_block(item.payload)
+                stream.check_signed(item, block.header, self.admin(), block)
                 self.next_height = block.header.height + 1
                 return Received(block, item.payload, item.state_hash, self.forwarder.claim(block))
             if self.closed or (self._drain_to is not None and self.next_height > self._drain_to):

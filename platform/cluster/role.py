@@ -26,12 +26,14 @@ Durability (``--durability``):
 from __future__ import annotations
 
 import os
+import time
 from contextlib import closing
 from collections import deque
 from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import orjson
 import structlog
 import trio
@@ -41,13 +43,15 @@ from satchel.cluster.bus import Bus, BusError, TooLarge
 from satchel.cluster.follower import StreamSource
 from satchel.cluster.intake import Forwarder, IntakeServer
 from satchel.ledger.replication import _batch, _records
-from satchel.signing import Keypair
+from satchel.signing import Keypair, decode_key, verify
 
 log = structlog.get_logger("satchel.cluster")
 
 HEARTBEAT = "satchel.sequencer.heartbeat"
 HEARTBEAT_EVERY_S = 0.2
 TAKEOVER_AFTER_S = 3.0
+HEARTBEAT_FRESH_MS = 10_000  # a heartbeat stamped further from this node's clock is ignored
+_envelope = msgspec.msgpack.Decoder(tuple[bytes, bytes, bytes])
 _RETRY_S = 0.2
 STOP_PATIENCE_S = 5.0  # a node asked to stop gives up storing its last blocks after this long
 _QUEUE_LIMIT = 10_000  # journal mode: blocks held for the stream before reading them back from the journal
@@ -61,7 +65,9 @@ class Cluster:
         if durability not in ("journal", "stream"):
             raise ValueError("durability is 'journal' or 'stream'")
         self.bus = bus
-        self.key = key  # a gateway's key: signs its intake batches
+        # a gateway's key signs its intake batches; a sequencer's is the admin key, which
+        # also signs its blocks and heartbeats (every sequencer of the cluster holds it)
+        self.key = key
         self.can_sequence = sequencer
         self.durability = durability
         self.replicas = replicas
@@ -75,6 +81,7 @@ class Cluster:
         self.published = 0  # the stream's last height as this node knows it
         self.promoted = trio.Event()
         self._last_beat = 0.0
+        self._admin: Callable[[], str | None] = lambda: None
         self._others_seen = False  # another sequencer's heartbeat was heard
         self._stopping = False
         self._scope = trio.CancelScope()
@@ -94,7 +101,8 @@ class Cluster:
     async def start(self, node: Any) -> StreamSource:
         """Make sure the stream exists; the source the node's engine stage reads from."""
         self.published = await stream.ensure_stream(self.bus, self.replicas, create=self.can_sequence)
-        self.source = StreamSource(self.bus, self.forwarder, node.chain.height + 1)
+        self._admin = lambda: node.engine.admin  # the key the chain names: blocks and heartbeats are its
+        self.source = StreamSource(self.bus, self.forwarder, node.chain.height + 1, self._admin)
         log.info("cluster.following", height=node.chain.height, stream=self.published,
                  role="sequencer candidate" if self.can_sequence else "follower")
         return self.source
@@ -115,13 +123,23 @@ class Cluster:
         self._scope.cancel()
 
     def _beat(self, msg: Any) -> None:
+        """A heartbeat counts only signed by the admin key the chain names (once it names
+        one), and only if recent: nobody else can hold a standby back."""
         try:
-            beat = orjson.loads(msg.data)
-        except orjson.JSONDecodeError:
+            public, signature, body = _envelope.decode(msg.data)
+            beat = orjson.loads(body)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
             return
-        if isinstance(beat, dict) and beat.get("id") != self.id:
-            self._last_beat = trio.current_time()
-            self._others_seen = True
+        admin = self._admin()
+        if admin is not None and (public != decode_key(admin)
+                                  or verify(public, (b"satchel-heartbeat:" + body,), signature) is None):
+            return
+        if not isinstance(beat, dict) or beat.get("id") == self.id or not isinstance(beat.get("at"), int):
+            return
+        if abs(beat["at"] - time.time() * 1000) > HEARTBEAT_FRESH_MS:
+            return  # an old one sent again
+        self._last_beat = trio.current_time()
+        self._others_seen = True
 
     async def _watch(self, node: Any) -> None:
         sub = await self.bus.subscribe(HEARTBEAT, self._beat)
@@ -172,7 +190,9 @@ class Cluster:
 
     async def _heartbeat(self, node: Any) -> None:
         while True:
-            self.bus.publish_nowait(HEARTBEAT, orjson.dumps({"id": self.id, "height": node.chain.height}))
+            body = orjson.dumps({"id": self.id, "height": node.chain.height, "at": int(time.time() * 1000)})
+            signature = self.key.sign(b"satchel-heartbeat:" + body)
+            self.bus.publish_nowait(HEARTBEAT, msgspec.msgpack.encode((self.key.public, signature, body)))
             await trio.sleep(HEARTBEAT_EVERY_S)
 
     async def publish(self, blocks: list) -> None:
@@ -181,7 +201,7 @@ class Cluster:
         since = trio.current_time()
         while True:
             try:
-                await stream.publish_blocks(self.bus, blocks)
+                await stream.publish_blocks(self.bus, blocks, self.key)
                 self.published = blocks[-1][0]
                 return
             except (stream.Fenced, TooLarge):

@@ -11,7 +11,11 @@ byte-identical), with headers:
   stream's last one. Two sequencers can then never both extend the chain: the stale
   one's publish fails and it stops (``Fenced``);
 - ``Satchel-State: <hash>`` at the heights where the sequencer took a snapshot, so a
-  validator compares whole-state hashes there, as on the WebSocket block stream.
+  validator compares whole-state hashes there, as on the WebSocket block stream;
+- ``Satchel-Sig: <base64>``: the admin key's signature over ``satchel-block:`` and the
+  block's hash. Gateways, standbys and validators take a block only so signed
+  (``check_signed``): whoever else can publish on the subject can disturb the stream
+  (fence the primary), but cannot feed a follower a block of its own.
 
 JetStream checks the message id before the expected sequence (measured on 2.9.10): had
 the id been the height alone, a stale sequencer's *different* block at a height already
@@ -22,6 +26,7 @@ block (read back and compared).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +35,7 @@ import structlog
 import trio
 
 from satchel.cluster.bus import Bus, BusError, Fenced
+from satchel.signing import Keypair, decode_key, verify
 from satchel.core.messages import header_decoder
 from satchel.ledger.chain import header_hash
 
@@ -38,10 +44,15 @@ log = structlog.get_logger("satchel.cluster.stream")
 STREAM = "SATCHEL_BLOCKS"
 SUBJECT = "satchel.blocks"
 STATE_HEADER = "Satchel-State"
+SIG_HEADER = "Satchel-Sig"
 DUPLICATE_WINDOW_S = 120.0
 FETCH_BATCH = 256
 CONSUMER_TIMEOUT_S = 2.0  # creating one waits no longer (a cluster re-electing answers late)
 STALL_CHECK_S = 2.0  # a follower idle this long checks that its consumer still delivers
+
+
+class Forged(BusError):
+    """A block in the stream that no sequencer holding the admin key signed."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,35 @@ class StreamBlock:
     height: int
     payload: bytes
     state_hash: str | None
+    signature: bytes | None = None  # the sequencer's, over the block's hash (``check_signed``)
+
+
+def _block(height: int, data: bytes, headers: dict | None) -> StreamBlock:
+    headers = headers or {}
+    sig = headers.get(SIG_HEADER)
+    try:
+        signature = base64.b64decode(sig, validate=True) if sig else None
+    except ValueError:
+        signature = None
+    return StreamBlock(height, data, headers.get(STATE_HEADER), signature)
+
+
+def block_message(block_hash: bytes) -> bytes:
+    """What a sequencer signs for a block: a prefix of its own, then the block's hash."""
+    return b"satchel-block:" + block_hash
+
+
+def check_signed(item: StreamBlock, header: Any, admin: str | None, block: Any = None) -> None:
+    """``Forged`` unless the block carries the admin key's signature over its hash. The
+    admin key is the one the chain names; block 1 names it (``SetAdmin``) and must be
+    signed by that very key. So a follower trusts nothing NATS delivers but what a
+    sequencer holding the admin key sent, whoever else may publish on the stream."""
+    if admin is None and block is not None and block.txs and block.txs[0].__class__.__name__ == "SetAdmin":
+        admin = block.txs[0].key
+    public = decode_key(admin) if admin else None
+    if public is None or item.signature is None or verify(public, (block_message(header_hash(header)),),
+                                                          item.signature) is None:
+        raise Forged(f"block {item.height} in the stream is not signed by the admin key")
 
 
 async def ensure_stream(bus: Bus, replicas: int = 1, create: bool = True) -> int:
@@ -121,7 +161,7 @@ def message_id(height: int, block_hash: bytes) -> str:
     return f"{height}:{block_hash[:16].hex()}"
 
 
-async def publish_blocks(bus: Bus, blocks: Sequence[tuple[int, bytes, str | None]]) -> None:
+async def publish_blocks(bus: Bus, blocks: Sequence[tuple[int, bytes, str | None]], key: Keypair) -> None:
     """Append consecutive blocks ``(height, payload, state hash or None)`` to the stream,
     each only if it extends the one before; returns once JetStream has stored them all
     (acknowledged by the stream's quorum). ``Fenced`` if another sequencer got there first.
@@ -130,12 +170,14 @@ async def publish_blocks(bus: Bus, blocks: Sequence[tuple[int, bytes, str | None
     before) and ``Nats-Expected-Last-Msg-Id`` (that block's id, its hash in it). The id
     matters when blocks are pipelined: if another sequencer took height H, this one's H+1
     still expects sequence H and would be stored on top of the other's H; it does not
-    expect the other's id, so it is refused too."""
+    expect the other's id, so it is refused too. ``key`` (the admin key every sequencer
+    holds) signs each block's hash: followers take only signed blocks."""
     items = []
     for height, payload, state in blocks:
         header = header_decoder.decode(payload).header
-        headers = {"Nats-Msg-Id": message_id(height, header_hash(header)),
-                   "Nats-Expected-Last-Sequence": str(height - 1)}
+        block_hash = header_hash(header)
+        headers = {"Nats-Msg-Id": message_id(height, block_hash), "Nats-Expected-Last-Sequence": str(height - 1),
+                   SIG_HEADER: base64.b64encode(key.sign(block_message(block_hash))).decode()}
         if height > 1:
             headers["Nats-Expected-Last-Msg-Id"] = message_id(height - 1, header.prev_hash)
         if state is not None:
@@ -180,7 +222,7 @@ async def follow(bus: Bus, start: int, idle_timeout: float = 1.0) -> AsyncIterat
             msgs = await s.fetch(FETCH_BATCH, timeout=idle_timeout)
         except (NatsTimeout, TimeoutError):
             return []
-        return [StreamBlock(m.metadata.sequence.stream, m.data, (m.headers or {}).get(STATE_HEADER)) for m in msgs]
+        return [_block(m.metadata.sequence.stream, m.data, m.headers) for m in msgs]
 
     async def direct(at: int) -> list[StreamBlock]:
         out = []
@@ -189,7 +231,7 @@ async def follow(bus: Bus, start: int, idle_timeout: float = 1.0) -> AsyncIterat
                 m = await bus.js.get_msg(STREAM, height)
             except NotFoundError:
                 break
-            out.append(StreamBlock(height, m.data, (m.headers or {}).get(STATE_HEADER)))
+            out.append(_block(height, m.data, m.headers))
         return out
 
     idle_since = trio.current_time()

@@ -39,7 +39,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from satchel.core import instructions
 from satchel.core.engine import Engine, events_hash
-from satchel.core.messages import Block, events_decoder, events_encoder
+from satchel.core.messages import Block, events_decoder, events_encoder, header_decoder
 from satchel.ledger import snapshots
 from satchel.ledger.chain import Chain, decode_block, header_hash, recover_chain
 from satchel.ledger.journal import Journal, read_records
@@ -236,6 +236,9 @@ class Validator:
                     try:
                         async for batch in stream.follow(bus, self.chain.height + 1):
                             for b in batch:
+                                admin = self.chain.engine.admin  # block 1 names it: then it is read from the block
+                                header = header_decoder.decode(b.payload).header
+                                stream.check_signed(b, header, admin, decode_block(b.payload) if admin is None else None)
                                 await self._one(b.payload, None, b.state_hash, journal)
                     except Divergence as d:
                         progress.cancel()
