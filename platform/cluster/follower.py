@@ -26,7 +26,7 @@ from satchel.ledger.sequencer import Read
 
 log = structlog.get_logger("satchel.cluster.follower")
 
-MAX_QUEUED_BLOCKS = 2048  # fetched ahead of the engine at most (one fetch batch more)
+MAX_QUEUED_BYTES = 64 << 20  # fetched ahead of the engine at most (one fetch batch more): a block is up to MBs
 
 
 class Received:
@@ -67,6 +67,7 @@ class StreamSource:
         self.closed = False
         self._drain_to: int | None = None
         self.fetched = next_height - 1
+        self._queued_bytes = 0
 
     # ------------------------------------------------------------------ the node's side
 
@@ -87,6 +88,7 @@ class StreamSource:
                 return self._reads.popleft()
             if self._blocks:
                 item = self._blocks.popleft()
+                self._queued_bytes -= len(item.payload)
                 self._taken.set()
                 block = decode_block(item.payload)
                 stream.check_signed(item, block.header, self.admin(), block)
@@ -122,14 +124,15 @@ class StreamSource:
     # ------------------------------------------------------------------ the stream's side
 
     async def run(self) -> None:
-        """Fetch blocks from the stream into the queue, at most ``MAX_QUEUED_BLOCKS`` ahead."""
+        """Fetch blocks from the stream into the queue, at most ``MAX_QUEUED_BYTES`` ahead."""
         async for batch in stream.follow(self.bus, self.next_height):
-            while len(self._blocks) >= MAX_QUEUED_BLOCKS:
+            while self._queued_bytes >= MAX_QUEUED_BYTES:
                 self._taken = trio.Event()
                 await self._taken.wait()
             if self._drain_to is not None:
                 batch = [b for b in batch if b.height <= self._drain_to]
             self._blocks.extend(batch)
+            self._queued_bytes += sum(len(b.payload) for b in batch)
             if batch:
                 self.fetched = batch[-1].height
             self._arrived.set()

@@ -54,7 +54,7 @@ HEARTBEAT_FRESH_MS = 10_000  # a heartbeat stamped further from this node's cloc
 _envelope = msgspec.msgpack.Decoder(tuple[bytes, bytes, bytes])
 _RETRY_S = 0.2
 STOP_PATIENCE_S = 5.0  # a node asked to stop gives up storing its last blocks after this long
-_QUEUE_LIMIT = 10_000  # journal mode: blocks held for the stream before reading them back from the journal
+_QUEUE_BYTES = 256 << 20  # journal mode: block bytes held for the stream before reading them back from the journal
 
 
 class Cluster:
@@ -86,6 +86,7 @@ class Cluster:
         self._stopping = False
         self._scope = trio.CancelScope()
         self._queue: deque = deque()  # journal mode: durable blocks not yet in the stream
+        self._queue_bytes = 0
         self._queued = trio.Event()
         self._from_journal = False
         self._durable = 0  # journal mode: the node's durable height
@@ -220,12 +221,14 @@ class Cluster:
         if self._from_journal:
             self._queued.set()
             return
-        if len(self._queue) >= _QUEUE_LIMIT:
+        if self._queue_bytes >= _QUEUE_BYTES:
             self._queue.clear()
+            self._queue_bytes = 0
             self._from_journal = True
             log.warning("cluster.stream_behind", why="NATS is not keeping up: the stream catches up from the journal")
         else:
             self._queue.append((header.height, payload, state_hash))
+            self._queue_bytes += len(payload)
         self._queued.set()
 
     async def _replicate(self, node: Any) -> None:
@@ -242,12 +245,13 @@ class Cluster:
                     while self.published < upto and (batch := await trio.to_thread.run_sync(_batch, records)):
                         await self.publish([(h, p, None) for h, p in batch])
             while self._queue and self._queue[0][0] <= self.published:
-                self._queue.popleft()
+                self._queue_bytes -= len(self._queue.popleft()[1])
             if not self._queue:
                 self._queued = trio.Event()
                 await self._queued.wait()
                 continue
             blocks = [self._queue.popleft() for _ in range(min(len(self._queue), 256))]
+            self._queue_bytes -= sum(len(b[1]) for b in blocks)
             await self.publish(blocks)
 
     def validators(self, height: int) -> list[dict]:
