@@ -12,9 +12,12 @@ in front of the sequencer. Validators still re-verify every client signature.
 The sequencer answers a batch as soon as it has queued it (``ok``); the gateway learns
 each transaction's outcome from the block stream, where its own replay of the block
 produces the events (``follower``). A batch nobody answers (no sequencer subscribed
-during a failover, or a timeout) is sent again; a transaction not seen in a block after
-``RESEND_AFTER_S`` is sent again too. Both are safe: the engine refuses a signature it
-has already sequenced (``DUPLICATE_REQUEST``), and the first copy's events are the answer.
+during a failover, or a timeout) is sent again; a transaction a sequencer took but no
+block showed is sent again when the heartbeats show a new primary (``primary_changed``),
+or after ``RESEND_AFTER_S`` -- not after a few seconds, which a stream re-electing (~5 s)
+would pass with the transaction still queued. Both are safe: the engine refuses a
+signature it has already sequenced (``DUPLICATE_REQUEST``), and the first copy's events
+are the answer.
 
 Why request/reply rather than an intake stream (``benchmarks/cluster``, section 4, the
 same signed batches): on a three-server cluster an R3 intake stream carried 43-56% of
@@ -49,7 +52,7 @@ QUEUE = "sequencer"
 MAX_BATCH = 2048  # transactions per intake message
 IN_FLIGHT = 4  # intake messages awaiting the sequencer's answer, per gateway
 REQUEST_TIMEOUT_S = 2.0
-RESEND_AFTER_S = 3.0
+RESEND_AFTER_S = 15.0  # not seen in a block since the sequencer took it, and no new primary meanwhile
 # transactions waiting in the sequencer before intake answers "busy": about a second of its
 # engine (35-60k tx/s measured, benchmarks/cluster), well inside RESEND_AFTER_S, so a
 # gateway never resends what is still queued there
@@ -125,6 +128,13 @@ class Forwarder:
                 if p is not None:
                     out[i] = p.callback if not p.again else _with_repeats(p)
         return out
+
+    def primary_changed(self) -> None:
+        """Another sequencer took over: what the old one took and no block showed is sent
+        again at the next watch (the new one refuses what was in fact sequenced)."""
+        for p in self._pending.values():
+            if not p.sending:
+                p.sent = 0.0
 
     def requeue_all(self) -> list[Any]:
         """Everything still pending, for a standby that became the sequencer itself."""

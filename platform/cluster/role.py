@@ -83,6 +83,7 @@ class Cluster:
         self._last_beat = 0.0
         self._admin: Callable[[], str | None] = lambda: None
         self._others_seen = False  # another sequencer's heartbeat was heard
+        self._primary_id: str | None = None  # the id in the primary's heartbeats
         self._stopping = False
         self._scope = trio.CancelScope()
         self._queue: deque = deque()  # journal mode: durable blocks not yet in the stream
@@ -114,6 +115,7 @@ class Cluster:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await self.bus.subscribe(reports.SUBJECT, self.validator_reports.on_message)
+                await self.bus.subscribe(HEARTBEAT, self._beat)
                 nursery.start_soon(self.source.run)
                 nursery.start_soon(self.forwarder.run)
                 if self.can_sequence:
@@ -125,7 +127,9 @@ class Cluster:
 
     def _beat(self, msg: Any) -> None:
         """A heartbeat counts only signed by the admin key the chain names (once it names
-        one), and only if recent: nobody else can hold a standby back."""
+        one), and only if recent: nobody else can hold a standby back. A new primary's
+        first one has this node's gateway send again what the old one took and never
+        sequenced (rather than after a timeout, which a stream re-electing would pass)."""
         try:
             public, signature, body = _envelope.decode(msg.data)
             beat = orjson.loads(body)
@@ -141,9 +145,13 @@ class Cluster:
             return  # an old one sent again
         self._last_beat = trio.current_time()
         self._others_seen = True
+        if beat["id"] != self._primary_id:
+            if self._primary_id is not None:
+                log.info("cluster.new_primary", id=beat["id"], height=beat.get("height"))
+                self.forwarder.primary_changed()
+            self._primary_id = beat["id"]
 
     async def _watch(self, node: Any) -> None:
-        sub = await self.bus.subscribe(HEARTBEAT, self._beat)
         self._last_beat = trio.current_time()  # a new node waits a full period before it takes over
         while trio.current_time() - self._last_beat < self.takeover_after:
             await trio.sleep(0.05)
@@ -153,8 +161,6 @@ class Cluster:
             log.error("cluster.no_takeover", why="journal durability: one sequencer only; the primary's heartbeat "
                                                  "lapsed, use --durability stream for a standby that takes over")
             await trio.sleep_forever()
-        with trio.move_on_after(2):
-            await self.bus.unsubscribe(sub)
         while True:  # the stream may be re-electing (the primary's machine held a NATS node too)
             try:
                 last = await stream.last_height(self.bus)
