@@ -1417,6 +1417,9 @@ async def _raw_exchange(port: int, payload: bytes, timeout: float, eof: bool) ->
 # ---------------------------------------------------------------- a node under supervision
 
 
+CLUSTER = False  # --cluster: LiveServer is a sequencer and a gateway node over NATS
+
+
 class LiveServer:
     """A node and its gateway on 127.0.0.1 (as ``tests/conftest.py::start_server``), run so
     that their death is recorded rather than propagated: ``error`` holds what killed them."""
@@ -1445,18 +1448,47 @@ class LiveServer:
         if self.gateway_settings:
             cfg = msgspec.structs.replace(cfg, gateway=msgspec.structs.replace(cfg.gateway, **self.gateway_settings))
         try:
-            async with trio.open_nursery() as n:
-                self._scope = n.cancel_scope
-                self.node = await n.start(Node(self.data, cfg).run)
-                self.gateway = await n.start(Gateway(self.node, "127.0.0.1", 0).run)
-                self.url, self.port = self.gateway.url, self.gateway.port
-                task_status.started(self)
+            if CLUSTER:
+                await self._run_cluster(cfg, task_status)
+            else:
+                async with trio.open_nursery() as n:
+                    self._scope = n.cancel_scope
+                    self.node = await n.start(Node(self.data, cfg).run)
+                    self.gateway = await n.start(Gateway(self.node, "127.0.0.1", 0).run)
+                    self.url, self.port = self.gateway.url, self.gateway.port
+                    task_status.started(self)
         except BaseException as exc:  # the node died: recorded for the report
             self.error = exc
             if not isinstance(exc, Exception):  # cancelled from outside as well: not ours to swallow
                 raise
         finally:
             self.stopped.set()
+
+    async def _run_cluster(self, cfg: Any, task_status: Any) -> None:
+        """``--cluster``: the frames go to a gateway node following a sequencer over NATS
+        (one nats-server), the path ``satchel gateway`` serves; either node's death counts."""
+        from satchel.cluster.bus import Bus
+        from satchel.cluster.natsserver import NatsCluster
+        from satchel.cluster.role import Cluster
+        from satchel.gateway import Gateway
+        from satchel.node import Node
+        from satchel.signing import Keypair, load_key
+
+        gkey = Keypair.generate()
+        with NatsCluster(self.data / "nats", 1) as nats:
+            async with Bus(nats.urls) as sbus, Bus(nats.urls) as gbus, trio.open_nursery() as n:
+                self._scope = n.cancel_scope
+                role = Cluster(sbus, load_key(self.data / "seq", "admin.key"), sequencer=True, takeover_after=0.2,
+                               allow_gateways=(gkey.public,))
+                seq = await n.start(Node(self.data / "seq", cfg, role).run)
+                await role.promoted.wait()
+                self.node = await n.start(Node(self.data / "gw", cfg, Cluster(gbus, gkey, sequencer=False)).run)
+                while self.node.chain.height < seq.chain.height:
+                    await trio.sleep(0.01)
+                self.node.admin = seq.admin  # the renderer signs admin requests with it
+                self.gateway = await n.start(Gateway(self.node, "127.0.0.1", 0).run)
+                self.url, self.port = self.gateway.url, self.gateway.port
+                task_status.started(self)
 
     @property
     def alive(self) -> bool:
@@ -2447,7 +2479,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="client processes (0: everything in this process)")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--default-limits", action="store_true", help="keep the gateway's rate limits (default: lifted, so frames reach the checks)")
-    sys.exit(trio.run(soak, ap.parse_args()))
+    ap.add_argument("--cluster", action="store_true",
+                    help="fuzz a gateway node following a sequencer over NATS (satchel.cluster) instead of one node")
+    args = ap.parse_args()
+    global CLUSTER
+    CLUSTER = args.cluster
+    sys.exit(trio.run(soak, args))
 
 
 if __name__ == "__main__":
