@@ -40,10 +40,12 @@ import msgspec
 import structlog
 import trio
 
+from satchel.cluster import envelope
 from satchel.cluster.bus import Bus, BusError, TooLarge
 from satchel.core.errors import Code
 from satchel.core.messages import Tx, TxRejected, block_encoder
-from satchel.signing import Keypair, decode_key, verify
+from satchel.ledger.replication import parse_followers
+from satchel.signing import Keypair
 
 log = structlog.get_logger("satchel.cluster.intake")
 
@@ -59,7 +61,6 @@ RESEND_AFTER_S = 15.0  # not seen in a block since the sequencer took it, and no
 MAX_BACKLOG = 50_000
 GIVE_UP_GRACE_S = 30.0  # after the transaction's own window: the engine would refuse it as EXPIRED by then
 _txs = msgspec.msgpack.Decoder(list[Tx])
-_envelope = msgspec.msgpack.Decoder(tuple[bytes, bytes, bytes])
 
 
 def tx_key(tx: Any) -> bytes | None:
@@ -145,7 +146,7 @@ class Forwarder:
 
     def seal(self, txs: list) -> bytes:
         body = block_encoder.encode(txs)
-        return msgspec.msgpack.encode((self.key.public, self.key.sign(body), body))
+        return envelope.seal(self.key, envelope.INTAKE, body)
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -257,15 +258,6 @@ def _with_repeats(p: _Pending) -> Callable[[list], None]:
 # ---------------------------------------------------------------- the sequencer's side
 
 
-def parse_gateways(text: str) -> set[bytes]:
-    keys = set()
-    for line in text.splitlines():
-        entry = line.split("#", 1)[0].strip()
-        if entry and (k := decode_key(entry)) is not None:
-            keys.add(k)
-    return keys
-
-
 class IntakeServer:
     """Takes batches from allowed gateways and submits their transactions in order."""
 
@@ -284,7 +276,7 @@ class IntakeServer:
     def allowed(self) -> set[bytes]:
         path = Path(self.node.data) / "gateways"
         try:
-            return self._cli_keys | parse_gateways(path.read_text())
+            return self._cli_keys | parse_followers(path.read_text(), str(path))  # the same file format
         except FileNotFoundError:
             return self._cli_keys
         except (OSError, UnicodeDecodeError):
@@ -324,17 +316,17 @@ class IntakeServer:
         if self.node.sequencer.backlog > MAX_BACKLOG:
             self.busy += 1
             return b"busy"  # before any work: the gateway sends it again after a pause
-        try:
-            public, signature, body = _envelope.decode(data)
-        except (msgspec.DecodeError, ValueError):
+        opened = envelope.unpack(data)
+        if opened is None:
             self.refused += 1
             return b"refused: not an intake batch"
+        public, signature, body = opened
         if public not in self._allowed:
             self._allowed = self.allowed()  # re-read: a gateway added since start
             if public not in self._allowed:
                 self.refused += 1
                 return b"refused: gateway key not allowed by this sequencer"
-        if verify(public, (body,), signature) is None:
+        if not envelope.signed(public, signature, envelope.INTAKE, body):
             self.refused += 1
             return b"refused: bad gateway signature"
         try:

@@ -16,7 +16,8 @@ from typing import Any
 import msgspec
 
 from satchel.ledger.replication import FollowerReport, ValidatorReports
-from satchel.signing import Keypair, verify
+from satchel.cluster import envelope
+from satchel.signing import Keypair
 
 SUBJECT = "satchel.validators"
 
@@ -27,13 +28,12 @@ class _Body(msgspec.Struct, forbid_unknown_fields=True):
     diverged: int | None = None
 
 
-_envelope = msgspec.msgpack.Decoder(tuple[bytes, bytes, bytes])
 _body = msgspec.json.Decoder(_Body)
 
 
 def seal(key: Keypair, verified: int, diverged: int | None = None) -> bytes:
     body = msgspec.json.encode(_Body(verified, int(time.time() * 1000), diverged))
-    return msgspec.msgpack.encode((key.public, key.sign(body), body))
+    return envelope.seal(key, envelope.REPORT, body)
 
 
 class BusReports:
@@ -44,13 +44,14 @@ class BusReports:
         self._last_at: dict[str, int] = {}
 
     def take(self, data: bytes) -> bool:
+        opened = envelope.unpack(data)
+        if opened is None or not envelope.signed(*opened[:2], envelope.REPORT, opened[2]):
+            return False
         try:
-            public, signature, raw = _envelope.decode(data)
-            body = _body.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+            body = _body.decode(opened[2])
+        except (msgspec.DecodeError, msgspec.ValidationError):
             return False
-        if len(public) != 32 or verify(public, (raw,), signature) is None:
-            return False
+        public = opened[0]
         key = base64.b64encode(public).decode()
         if body.at <= self._last_at.get(key, 0) or len(self._last_at) > 1024 and key not in self._last_at:
             return False  # stale, or a flood of keys

@@ -33,17 +33,16 @@ from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
 import orjson
 import structlog
 import trio
 
-from satchel.cluster import reports, stream
+from satchel.cluster import envelope, reports, stream
 from satchel.cluster.bus import Bus, BusError, TooLarge
 from satchel.cluster.follower import StreamSource
 from satchel.cluster.intake import Forwarder, IntakeServer
 from satchel.ledger.replication import _batch, _records
-from satchel.signing import Keypair, decode_key, verify
+from satchel.signing import Keypair, decode_key
 
 log = structlog.get_logger("satchel.cluster")
 
@@ -51,7 +50,6 @@ HEARTBEAT = "satchel.sequencer.heartbeat"
 HEARTBEAT_EVERY_S = 0.2
 TAKEOVER_AFTER_S = 3.0
 HEARTBEAT_FRESH_MS = 10_000  # a heartbeat stamped further from this node's clock is ignored
-_envelope = msgspec.msgpack.Decoder(tuple[bytes, bytes, bytes])
 _RETRY_S = 0.2
 STOP_PATIENCE_S = 5.0  # a node asked to stop gives up storing its last blocks after this long
 _QUEUE_BYTES = 256 << 20  # journal mode: block bytes held for the stream before reading them back from the journal
@@ -130,14 +128,17 @@ class Cluster:
         one), and only if recent: nobody else can hold a standby back. A new primary's
         first one has this node's gateway send again what the old one took and never
         sequenced (rather than after a timeout, which a stream re-electing would pass)."""
-        try:
-            public, signature, body = _envelope.decode(msg.data)
-            beat = orjson.loads(body)
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+        opened = envelope.unpack(msg.data)
+        if opened is None:
             return
+        public, signature, body = opened
         admin = self._admin()
         if admin is not None and (public != decode_key(admin)
-                                  or verify(public, (b"satchel-heartbeat:" + body,), signature) is None):
+                                  or not envelope.signed(public, signature, envelope.HEARTBEAT, body)):
+            return
+        try:
+            beat = orjson.loads(body)
+        except orjson.JSONDecodeError:
             return
         if not isinstance(beat, dict) or beat.get("id") == self.id or not isinstance(beat.get("at"), int):
             return
@@ -198,8 +199,7 @@ class Cluster:
     async def _heartbeat(self, node: Any) -> None:
         while True:
             body = orjson.dumps({"id": self.id, "height": node.chain.height, "at": int(time.time() * 1000)})
-            signature = self.key.sign(b"satchel-heartbeat:" + body)
-            self.bus.publish_nowait(HEARTBEAT, msgspec.msgpack.encode((self.key.public, signature, body)))
+            self.bus.publish_nowait(HEARTBEAT, envelope.seal(self.key, envelope.HEARTBEAT, body))
             await trio.sleep(HEARTBEAT_EVERY_S)
 
     async def publish(self, blocks: list) -> None:

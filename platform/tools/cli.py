@@ -100,10 +100,7 @@ async def _run_node(args: argparse.Namespace, cfg: config_mod.Config, host: str,
             # stderr carries log lines only (JSON, or readable on a terminal): no plain prints here
             structlog.get_logger("satchel").info("node.serving", url=gateway.url, data=str(Path(args.data).resolve()))
             edges.start_soon(_sequencing_edges, node, oracle, args.no_demo)
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    structlog.get_logger("satchel").info("node.shutdown_requested", signal=signal.Signals(signum).name)
-                    break
+            await _until_signal("node")
             edges.cancel_scope.cancel()
         node.shutdown()
     return 0
@@ -162,11 +159,7 @@ async def _gateway(args: argparse.Namespace) -> int:
                     await edges.start(serve_rest, gateway, host, args.rest_port)
                 structlog.get_logger("satchel").info("gateway.serving", url=gateway.url, key=key.api_key,
                                                      height=node.chain.height)
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        structlog.get_logger("satchel").info("gateway.shutdown_requested",
-                                                             signal=signal.Signals(signum).name)
-                        break
+                await _until_signal("gateway")
                 edges.cancel_scope.cancel()
             node.shutdown()
     return 0
@@ -523,12 +516,17 @@ def _leaves(eg: BaseExceptionGroup) -> list[BaseException]:
     return out
 
 
-async def _cancel_on_signal(scope: trio.CancelScope, what: str) -> None:
+async def _until_signal(what: str) -> None:
+    """Return at the first SIGINT or SIGTERM (logged as ``<what>.shutdown_requested``)."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             structlog.get_logger("satchel").info(f"{what}.shutdown_requested", signal=signal.Signals(signum).name)
-            scope.cancel()
             return
+
+
+async def _cancel_on_signal(scope: trio.CancelScope, what: str) -> None:
+    await _until_signal(what)
+    scope.cancel()
 
 
 async def _incident(args: argparse.Namespace) -> int:
