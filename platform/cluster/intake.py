@@ -270,18 +270,28 @@ class IntakeServer:
         self.refused = 0
         self.busy = 0
         self._sub: Any = None
+        self._file_keys: set[bytes] = set()
+        self._file_stamp: Any = None
         self._inbox: deque = deque()
         self._arrived = trio.Event()
 
     def allowed(self) -> set[bytes]:
+        """The allowed gateway keys; ``DATA/gateways`` (the followers file's format) is read
+        again only when it changed, so a stranger's batches cost no file read each."""
         path = Path(self.node.data) / "gateways"
         try:
-            return self._cli_keys | parse_followers(path.read_text(), str(path))  # the same file format
+            st = path.stat()
+            stamp: Any = (st.st_mtime_ns, st.st_size)
+            if stamp != self._file_stamp:
+                self._file_keys = parse_followers(path.read_text(), str(path))
         except FileNotFoundError:
-            return self._cli_keys
+            stamp, self._file_keys = None, set()
         except (OSError, UnicodeDecodeError):
-            log.error("intake.gateways_unreadable", file=str(path))
-            return self._cli_keys
+            if self._file_stamp != "unreadable":
+                log.error("intake.gateways_unreadable", file=str(path))
+            stamp, self._file_keys = "unreadable", set()
+        self._file_stamp = stamp
+        return self._cli_keys | self._file_keys
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Subscribe, then take the batches one at a time, each a step of its own: the
