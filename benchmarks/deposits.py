@@ -1,7 +1,11 @@
 """10,000 deposits through the simulated chain with an overloaded provider, beside trading.
 
-A node runs in this process on a temporary data directory, with the embedded simulated
-chain (blocks every 50 ms, 3 confirmations) and its adapter. Its first provider is
+A node runs in this process on a temporary data directory, with the simulated chain
+(blocks every 50 ms, 3 confirmations) and its adapter either in the node's process
+(``--edge node``, the default: the embedded default of ``satchel serve``) or in a process
+of their own reporting over the node's WebSocket API (``--edge process``: ``satchel
+chains`` beside ``satchel serve --no-chains``; the chain's users are there too, outside
+the exchange as they would be). The chain's first provider is
 overloaded (it answers 429 beyond 40 calls/s and takes 20 ms per call), the second is
 healthy: the pool fails over. Runs alternate in one process (``--rounds`` pairs):
 trading alone, then trading while ``--deposits`` transfers reach accounts' deposit
@@ -12,24 +16,35 @@ alternating spreads the drift over both), and checks that every deposit was cred
 exactly once (the balances equal what was sent, and the adapter's count of credits
 equals the transfers).
 
-Usage: python -m benchmarks.deposits [--deposits 10000] [--accounts 500] [--rate 400] [--seconds 8] [--rounds 3]
+Usage: python -m benchmarks.deposits [--edge node|process] [--deposits 10000] [--accounts 500] [--rate 400]
+       [--seconds 8] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import logging
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from typing import Any
 
 import msgspec
+import orjson
 import trio
 
 from satchel import config
-from satchel.chains.embedded import SimChains
+from satchel.chains.embedded import Chains, EdgeHost
+from satchel.chains.link import RemoteLink
 from satchel.core.messages import ASK, BID, GTC, IOC, LIMIT, REJECT_TAKER, BalanceOf, Deposit, PlaceOrder, SetLeverage
+from satchel.gateway import Gateway
 from satchel.node import Node
+from satchel.signing import Keypair
+from satchel.tools import client
 from satchel.tools.cli import setup_logging
 
 USDC = 10**6
@@ -61,44 +76,129 @@ async def trade(node: Node, rate: int, seconds: float) -> list[float]:
     return latencies
 
 
-async def run(deposits: int, accounts: int, rate: int, seconds: float, rounds: int, auto_lend: bool) -> dict:
+def bench_config() -> config.Config:
+    cfg = config.load()
+    sim = msgspec.structs.replace(cfg.chains["sim"], block_ms=50, confirmations=3)
+    return msgspec.structs.replace(cfg, chains={"sim": sim})
+
+
+def user(i: int) -> str:
+    """The ``i``-th depositing account: an API key (over the API an account is a key), the
+    same in both processes."""
+    return Keypair(hashlib.sha256(f"benchmarks.deposits/{i}".encode()).digest()).api_key
+
+
+def amount(i: int) -> int:
+    return (i % 7 + 1) * USDC
+
+
+class Users:
+    """The chain's side: the simulated chain (its first provider overloaded), the users'
+    wallets on it and the chain's adapter, wherever they run."""
+
+    def __init__(self, chains: Chains, deposits: int, accounts: int, seconds: float):
+        self.chains, self.deposits, self.accounts, self.seconds = chains, deposits, accounts, seconds
+        self.chain = chains.sims["sim"]
+        self.adapter = chains.adapters["sim"]
+        self.overloaded = chains.providers["sim"][0]
+        self.overloaded.rate_limit, self.overloaded.latency = 40, 0.02
+        self.users = [user(i) for i in range(accounts)]
+        self.wallets = {}  # account -> its deposit address
+        for account in self.users:  # users asked for their addresses before (each is fsynced once)
+            self.wallets[account] = chains.node.addresses.issue("sim", account)
+            self.chain.fund(f"user:{account}", "USDC", 10**9 * USDC)  # the user's own wallet on the chain
+
+    async def send(self, first_id: int) -> None:
+        """One round's transfers, handed to the chain a block at a time (one wake-up per
+        block, not per transfer; a wallet knows its destination, so no address is derived
+        per transfer)."""
+        start = trio.current_time()
+        deposits, chain = self.deposits, self.chain
+        per_block = max(1, round(deposits * chain.block_ms / 1000 / self.seconds))
+        for first in range(0, deposits, per_block):
+            await trio.sleep_until(start + first * self.seconds / deposits)
+            for i in range(first_id + first, first_id + min(first + per_block, deposits)):
+                account = self.users[i % self.accounts]
+                chain.transfer("USDC", f"user:{account}", self.wallets[account], amount(i))
+
+    async def credited(self, count: int, started: float) -> float:
+        """Seconds from ``started`` until the adapter has credited ``count`` (120 at most)."""
+        with trio.move_on_after(120):
+            while self.adapter.credited < count:
+                await trio.sleep(0.05)
+        return time.perf_counter() - started
+
+    def stats(self) -> dict:
+        return {"credited": self.adapter.credited, "provider_errors": self.adapter.providers.errors,
+                "overloaded_calls": self.overloaded.calls}
+
+
+async def child(url: str, data: str, deposits: int, accounts: int, seconds: float) -> None:
+    """``--edge process``: the chain, its users and the adapter (``satchel chains``), told
+    by the parent on stdin when to send a round ("go R") and when to stop ("quit")."""
+    async with trio.open_nursery() as nursery:
+        chains = await nursery.start(Chains(EdgeHost(data, bench_config()),
+                                            link=lambda decimals: RemoteLink(url, decimals, client)).run)
+        users = Users(chains, deposits, accounts, seconds)
+        print("ready", flush=True)
+        while True:
+            line = (await trio.to_thread.run_sync(sys.stdin.readline)).split()
+            if not line or line[0] == "quit":
+                break
+            r = int(line[1])
+            started = time.perf_counter()
+            await users.send(r * deposits)
+            print("credited", await users.credited((r + 1) * deposits, started), flush=True)
+        print(orjson.dumps(users.stats()).decode(), flush=True)
+        nursery.cancel_scope.cancel()
+
+
+class _Lines:
+    def __init__(self, stream: Any):
+        self.stream, self.buf = stream, b""
+
+    async def next(self) -> str:
+        while b"\n" not in self.buf:
+            chunk = await self.stream.receive_some()
+            if not chunk:
+                raise EOFError("the chain's process ended")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode()
+
+
+async def run(edge: str, deposits: int, accounts: int, rate: int, seconds: float, rounds: int, auto_lend: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = config.load()
-        sim = msgspec.structs.replace(cfg.chains["sim"], block_ms=50, confirmations=3)
-        cfg = msgspec.structs.replace(cfg, chains={"sim": sim})
+        cfg = bench_config()
         async with trio.open_nursery() as nursery:
             node = await nursery.start(Node(tmp, cfg).run)
-            chains = await nursery.start(SimChains(node).run)
-            overloaded = chains.providers["sim"][0]
-            overloaded.rate_limit, overloaded.latency = 40, 0.02
             admin = node.admin.api_key
             for i in range(10):
                 await node.submit_wait(Deposit(admin, f"mm{i}", "USDC", 10**7 * USDC))
                 await node.submit_wait(Deposit(admin, f"mm{i}", "SOL", 10**15))
-            chain = chains.sims["sim"]
-            wallets = {}  # account -> its deposit address
-            for i in range(accounts):  # users asked for their addresses before (each is fsynced once)
-                account = f"user{i}"
-                wallets[account] = node.addresses.issue("sim", account)
-                chain.fund(f"user:{account}", "USDC", 10**9 * USDC)  # the user's own wallet on the chain
-                if not auto_lend:
-                    await node.submit_wait(SetLeverage(account, 0, auto_lend=0))
-            sent: dict[str, int] = {}
-            adapter = chains.adapters["sim"]
+            if not auto_lend:
+                for i in range(accounts):
+                    await node.submit_wait(SetLeverage(user(i), 0, auto_lend=0))
+            if edge == "node":
+                users = Users(await nursery.start(Chains(node).run), deposits, accounts, seconds)
 
-            async def deposit_stream(first_id: int) -> None:
-                # the users' wallets, outside the exchange: their transfers reach the chain
-                # in the block they fall into, so they are handed to it a block at a time
-                # (one wake-up per block, not per transfer, on the loop this process shares;
-                # a wallet knows its destination, so no address is derived per transfer)
-                start = trio.current_time()
-                per_block = max(1, round(deposits * sim.block_ms / 1000 / seconds))
-                for first in range(0, deposits, per_block):
-                    await trio.sleep_until(start + first * seconds / deposits)
-                    for i in range(first_id + first, first_id + min(first + per_block, deposits)):
-                        account = f"user{i % accounts}"
-                        chain.transfer("USDC", f"user:{account}", wallets[account], (i % 7 + 1) * USDC)
-                        sent[account] = sent.get(account, 0) + (i % 7 + 1) * USDC
+                async def send_round(r: int) -> float:
+                    started = time.perf_counter()
+                    await users.send(r * deposits)
+                    return await users.credited((r + 1) * deposits, started)
+            else:
+                # the API the chain's process reports through; no history database, as in --edge node
+                gateway = await nursery.start(Gateway(node, "127.0.0.1", 0, history=False).run)
+                proc = await nursery.start(functools.partial(
+                    trio.run_process, [sys.executable, "-m", "benchmarks.deposits", "--child", gateway.url, tmp,
+                                       "--deposits", str(deposits), "--accounts", str(accounts),
+                                       "--seconds", str(seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+                lines = _Lines(proc.stdout)
+                assert await lines.next() == "ready"
+
+                async def send_round(r: int) -> float:
+                    await proc.stdin.send_all(f"go {r}\n".encode())
+                    return float((await lines.next()).split()[1])
 
             alone, beside, stages, stages_alone, to_credit = [], [], [], [], []
             pooled: dict[str, list[float]] = {"alone": [], "beside": []}  # every order of every round
@@ -109,28 +209,38 @@ async def run(deposits: int, accounts: int, rate: int, seconds: float, rounds: i
                 pooled["alone"] += latencies
                 stages_alone.append(node.latency.summary())
                 node.latency.reset()
-                t0 = time.perf_counter()
                 async with trio.open_nursery() as inner:
-                    inner.start_soon(deposit_stream, r * deposits)
+                    credit_time: list[float] = []
+                    inner.start_soon(lambda: _into(credit_time, send_round(r)))
                     latencies = await trade(node, rate, seconds)
                     beside.append(quantiles(latencies))
                     pooled["beside"] += latencies
-                stages.append(node.latency.summary())
-                with trio.move_on_after(120):
-                    while adapter.credited < (r + 1) * deposits:
-                        await trio.sleep(0.05)
-                to_credit.append(time.perf_counter() - t0)
+                    stages.append(node.latency.summary())
+                to_credit.append(credit_time[0])
             await trio.sleep(1.0)  # re-reports, if any, would be refused and change nothing
+            if edge == "node":
+                edge_stats = users.stats()
+            else:
+                await proc.stdin.send_all(b"quit\n")
+                edge_stats = orjson.loads(await lines.next())
+            sent: dict[str, int] = {}
+            accounts_ = [user(i) for i in range(accounts)]
+            for i in range(deposits * rounds):
+                sent[accounts_[i % accounts]] = sent.get(accounts_[i % accounts], 0) + amount(i)
             wrong = 0
-            for account, amount in sent.items():
+            for account, expected in sent.items():
                 free, held = await node.ask("risk", BalanceOf(account, "USDC"))
-                wrong += free + held != amount
-            result = {"alone": alone, "beside": beside, "pooled": {k: quantiles(v) for k, v in pooled.items()}, "stages": stages, "stages_alone": stages_alone, "credited": adapter.credited,
-                      "wrong_balances": wrong, "seconds_to_credit": to_credit,
-                      "provider_errors": adapter.providers.errors, "overloaded_calls": overloaded.calls}
+                wrong += free + held != expected
+            result = {"alone": alone, "beside": beside, "pooled": {k: quantiles(v) for k, v in pooled.items()},
+                      "stages": stages, "stages_alone": stages_alone, "wrong_balances": wrong,
+                      "seconds_to_credit": to_credit, **edge_stats}
             node.shutdown()
             nursery.cancel_scope.cancel()
     return result
+
+
+async def _into(out: list, awaitable: Any) -> None:
+    out.append(await awaitable)
 
 
 def main() -> None:
@@ -141,11 +251,19 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="each run's length (the deposits spread over it)")
     ap.add_argument("--rounds", type=int, default=3, help="runs alone and beside, alternated")
     ap.add_argument("--no-auto-lend", action="store_true", help="the depositing accounts do not auto-lend")
+    ap.add_argument("--edge", choices=["node", "process"], default="node",
+                    help="the chain and its adapter in a process of their own (satchel chains), or in the node's")
+    ap.add_argument("--child", nargs=2, metavar=("URL", "DATA"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     setup_logging(logging.WARNING)
-    r = trio.run(run, args.deposits, args.accounts, args.rate, args.seconds, args.rounds, not args.no_auto_lend)
+    if args.child:
+        trio.run(child, *args.child, args.deposits, args.accounts, args.seconds)
+        return
+    r = trio.run(run, args.edge, args.deposits, args.accounts, args.rate, args.seconds, args.rounds, not args.no_auto_lend)
     med = statistics.median
-    print(f"orders at {args.rate}/s, durable-ack latency ms (p50 / p99), {args.rounds} rounds alternated; "
+    where = "in their own process" if args.edge == "process" else "in the node's process"
+    print(f"chain and adapter {where}; orders at {args.rate}/s, durable-ack latency ms (p50 / p99), "
+          f"{args.rounds} rounds alternated; "
           f"{args.deposits:,} deposits over {args.seconds:g} s ({args.deposits / args.seconds:,.0f}/s) beside:")
     for i, (a, b) in enumerate(zip(r["alone"], r["beside"])):
         print(f"  round {i + 1}: alone {a[0]:6.2f} / {a[1]:6.2f}   beside the deposits {b[0]:6.2f} / {b[1]:6.2f}   "

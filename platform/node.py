@@ -27,7 +27,6 @@ import trio
 from satchel import config as config_mod
 from satchel.clock import now_us
 from satchel.core.engine import Engine
-from satchel.core.instructions import INSTRUCTIONS
 from satchel.core.messages import BlockHeader, Query
 from satchel.latency import StageLatency
 from satchel.ledger import snapshots
@@ -43,8 +42,6 @@ if TYPE_CHECKING:
     from satchel.cluster.role import Cluster
 
 log = structlog.get_logger("satchel.node")
-# transactions the sequencer lets ride along in others' blocks (a chain adapter's reports)
-BACKGROUND = frozenset(i.tx for i in INSTRUCTIONS if i.background)
 
 
 class Subscriber(Protocol):
@@ -139,8 +136,7 @@ class Node:
         self._stopped.set()
 
     def _new_sequencer(self) -> Sequencer:
-        return Sequencer(self.chain.height + 1, self.chain.next_seq, self.chain.last_timestamp, self.cfg.node.block_max_txs,
-                         background=BACKGROUND)
+        return Sequencer(self.chain.height + 1, self.chain.next_seq, self.chain.last_timestamp, self.cfg.node.block_max_txs)
 
     async def _genesis(self) -> None:
         if self.chain.height == 0:

@@ -355,3 +355,27 @@ def nats_cluster(directory, size: int = 3):
 if _nats_missing() and os.environ.get("SATCHEL_REQUIRE_NATS") == "1":
     raise RuntimeError(f"NATS tests required but {_nats_missing()}")
 nats_cluster.skip_without = pytest.mark.skipif(bool(_nats_missing()), reason=_nats_missing() or "nats-server found")
+
+
+# ------------------------------------------------------------------ waiting on a node (chain tests)
+
+
+async def until(check, timeout: float = 15) -> None:
+    """Poll ``check()`` (awaitable) until it is true, failing after ``timeout`` seconds."""
+    with trio.fail_after(timeout):
+        while not await check():
+            await trio.sleep(0.05)
+
+
+async def balance(node, account: str, asset: str = "USDC") -> int:
+    """An account's free + held balance of ``asset``, read from the engine."""
+    free, held = await node.ask("risk", BalanceOf(account, asset))
+    return free + held
+
+
+async def equals(value, expected) -> bool:
+    return (await value) == expected
+
+
+async def falsy(value) -> bool:
+    return not await value

@@ -9,12 +9,13 @@ import msgspec
 import pytest
 import trio
 
-from conftest import order
+from conftest import balance, equals, falsy, order, until
 from satchel import config
 from satchel.chains.adapter import Adapter
 from satchel.chains.embedded import SimChains
+from satchel.chains.link import LocalLink
 from satchel.core.messages import (
-    ASK, BID, IOC, BalanceOf, ChainsOf, Deposit, SetLeverage, Withdraw, WithdrawalsOf,
+    ASK, BID, IOC, ChainsOf, Deposit, SetLeverage, Withdraw, WithdrawalsOf,
 )
 from satchel.node import Node
 from satchel.signing import auth_for
@@ -28,15 +29,6 @@ def fast_chains() -> config.Config:
     return msgspec.structs.replace(cfg, chains={"sim": sim})
 
 
-async def until(check, timeout: float = 10) -> None:
-    with trio.fail_after(timeout):
-        while not await check():
-            await trio.sleep(0.02)
-
-
-async def balance(node: Node, account: str, asset: str = "USDC") -> int:
-    free, held = await node.ask("risk", BalanceOf(account, asset))
-    return free + held
 
 
 async def paused(node: Node) -> bool:
@@ -53,7 +45,7 @@ async def test_deposit_credited_once_and_a_reorg_before_confirmations_credits_no
     node, chains = await start(nursery, tmp_path)
     sim = chains.sims["sim"]
     chains.deposit("sim", "alice", "USDC", 250 * USDC)
-    await until(lambda: _eq(balance(node, "alice"), 250 * USDC))
+    await until(lambda: equals(balance(node, "alice"), 250 * USDC))
     # the adapter forgets where it was (a crash before it saved): the re-report is refused
     adapter = chains.adapters["sim"]
     adapter.cursor = 0
@@ -63,7 +55,7 @@ async def test_deposit_credited_once_and_a_reorg_before_confirmations_credits_no
     adapter.sweep_s = 0.1
     await until(lambda: _swept(adapter))
     address = node.addresses.issue("sim", "alice")
-    await until(lambda: _eq(_sim_balance(sim, adapter.hot), 250 * USDC))
+    await until(lambda: equals(_sim_balance(sim, adapter.hot), 250 * USDC))
     assert sim.balances[(address, "USDC")] == 0
     assert [t.ok for b in sim.blocks for t in b.transfers if t.sender == address] == [True]
     # a reorg before the deposit has its confirmations: never credited
@@ -103,8 +95,8 @@ async def test_providers_down_pause_the_chain_while_trading_goes_on(nursery, tmp
     # back up: resumed, and the deposit made meanwhile is credited exactly once
     for provider in chains.providers["sim"]:
         provider.down = False
-    await until(lambda: _not(paused(node)), timeout=40)
-    await until(lambda: _eq(balance(node, "carol"), 40 * USDC))
+    await until(lambda: falsy(paused(node)), timeout=40)
+    await until(lambda: equals(balance(node, "carol"), 40 * USDC))
     await trio.sleep(0.3)
     assert await balance(node, "carol") == 40 * USDC
     node.shutdown()
@@ -115,10 +107,10 @@ async def test_withdrawals_confirmed_or_failed_and_never_sent_twice(nursery, tmp
     sim = chains.sims["sim"]
     await node.submit_wait(SetLeverage("dave", 0, auto_lend=0))
     chains.deposit("sim", "dave", "USDC", 500 * USDC)
-    await until(lambda: _eq(balance(node, "dave"), 500 * USDC))
+    await until(lambda: equals(balance(node, "dave"), 500 * USDC))
     await node.submit_wait(Withdraw("dave", "sim", "USDC", 120 * USDC, "0xfriend"))
     await node.submit_wait(Withdraw("dave", "sim", "USDC", 30 * USDC, "fail-address"))
-    await until(lambda: _eq(_open(node), 0))
+    await until(lambda: equals(_open(node), 0))
     assert await balance(node, "dave") == 380 * USDC  # 120 left, the failed 30 came back
     assert sim.balances[("0xfriend", "USDC")] == 120 * USDC
     # an adapter that broadcast and died before reporting: a new one (as after a restart)
@@ -127,21 +119,15 @@ async def test_withdrawals_confirmed_or_failed_and_never_sent_twice(nursery, tmp
     adapter = chains.adapters["sim"]
     events = await node.submit_wait(Withdraw("dave", "sim", "USDC", 50 * USDC, "0xagain"))
     wid = next(e.withdrawal_id for e in events if e.__class__.__name__ == "WithdrawalUpdate")
-    restarted = Adapter(node, "sim", 3, adapter.providers, node.addresses, adapter.key, adapter.decimals, tmp_path / "data")
+    restarted = Adapter(LocalLink(node), "sim", 3, adapter.providers, node.addresses, adapter.key, adapter.decimals, tmp_path / "data")
     await restarted._withdraw(wid, "USDC", 50 * USDC, "0xagain", "Pending")
     await restarted._withdraw(wid, "USDC", 50 * USDC, "0xagain", "Pending")
-    await until(lambda: _eq(_open(node), 0))
+    await until(lambda: equals(_open(node), 0))
     sends = [t for b in sim.blocks for t in b.transfers if t.key == f"sim:{wid}"]
     assert len(sends) == 1 and sim.balances[("0xagain", "USDC")] == 50 * USDC
     node.shutdown()
 
 
-async def _eq(value, expected) -> bool:
-    return await value == expected
-
-
-async def _not(value) -> bool:
-    return not await value
 
 
 async def _open(node: Node) -> int:
@@ -165,9 +151,9 @@ async def test_reconcile_chain_against_books_and_ledger(nursery, tmp_path):
     await node.submit_wait(Deposit(admin.api_key, "faucet", "USDC", 7 * USDC, auth_for(admin, "deposit", params)))
     await node.submit_wait(SetLeverage("erin", 0, auto_lend=0))
     chains.deposit("sim", "erin", "USDC", 300 * USDC)
-    await until(lambda: _eq(balance(node, "erin"), 300 * USDC))
+    await until(lambda: equals(balance(node, "erin"), 300 * USDC))
     await node.submit_wait(Withdraw("erin", "sim", "USDC", 100 * USDC, "0xout"))
-    await until(lambda: _eq(_open(node), 0))
+    await until(lambda: equals(_open(node), 0))
     adapter = chains.adapters["sim"]
     await until(lambda: _swept(adapter))
     async with connect(gateway.url, admin) as client:

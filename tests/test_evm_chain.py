@@ -15,10 +15,11 @@ import msgspec
 import pytest
 import trio
 
-from conftest import order
+from conftest import balance, equals, falsy, order, until
 from satchel import config
 from satchel.chains.adapter import Adapter
 from satchel.chains.embedded import Chains
+from satchel.chains.link import LocalLink
 from satchel.chains.evm import devnode, erc20
 from satchel.chains.evm import transactions as txs
 from satchel.chains.evm.rpc import EvmRpc
@@ -172,15 +173,6 @@ async def start(nursery, tmp_path, dev, usdc, wallets, providers: list[str] | No
     return node, chains, updates
 
 
-async def until(check, timeout: float = 15) -> None:
-    with trio.fail_after(timeout):
-        while not await check():
-            await trio.sleep(0.05)
-
-
-async def balance(node: Node, account: str, asset: str = "USDC") -> int:
-    free, held = await node.ask("risk", BalanceOf(account, asset))
-    return free + held
 
 
 async def paused(node: Node) -> bool:
@@ -200,7 +192,7 @@ async def no_open_withdrawals(node: Node) -> bool:
     return not await node.ask("risk", WithdrawalsOf(None))
 
 
-def equals(coro_fn, expected):
+def becomes(coro_fn, expected):
     async def check() -> bool:
         return await coro_fn() == expected
     return check
@@ -218,8 +210,8 @@ async def test_usdc_and_eth_deposits_credited_once_and_swept_with_exact_gas(nurs
     await user.send_usdc(wallets[1], usdc, address, 250 * USDC)
     sent_eth = await user.send_eth(wallets[2], address, 3 * ETH // 2 + dust)
 
-    await until(equals(lambda: balance(node, alice), 250 * USDC))
-    await until(equals(lambda: balance(node, alice, "ETH"), 150_000_000))
+    await until(becomes(lambda: balance(node, alice), 250 * USDC))
+    await until(becomes(lambda: balance(node, alice, "ETH"), 150_000_000))
     adapter = chains.adapters[CHAIN]
     assert adapter.credited == 2
 
@@ -227,8 +219,8 @@ async def test_usdc_and_eth_deposits_credited_once_and_swept_with_exact_gas(nurs
     # exactly the books, the deposit address only the dust and the token send's unused gas
     custody = adapter.providers.slots[0].provider.custody
     hot = custody.hot.address
-    await until(lambda: _eq(erc20.balance_of(rpc, usdc, hot), 250 * USDC))
-    await until(lambda: _eq(rpc.get_balance(hot), 3 * ETH // 2))
+    await until(lambda: equals(erc20.balance_of(rpc, usdc, hot), 250 * USDC))
+    await until(lambda: equals(rpc.get_balance(hot), 3 * ETH // 2))
     assert await erc20.balance_of(rpc, usdc, address) == 0
     residue = await rpc.get_balance(address) - dust
     # one sweep per address and asset, of what the address held
@@ -282,7 +274,7 @@ async def test_a_reorg_below_the_confirmations_is_seen_and_credits_stay_once(nur
     pay = wallets[1].sign(txs.erc20_transfer(chain_id=dev.chain_id, nonce=await rpc.nonce(wallets[1].address),
                                              token=usdc, to=address, amount=10 * USDC, pricing=await user.pricing()))
     await txs.send(rpc, pay)
-    await until(equals(lambda: balance(node, carol), 10 * USDC))
+    await until(becomes(lambda: balance(node, carol), 10 * USDC))
     await rpc.set_interval_mining(0)
     await trio.sleep(0.3)
     scanned = adapter.cursor
@@ -338,8 +330,8 @@ async def test_providers_killed_pause_the_chain_while_trading_goes_on(nursery, t
 
     for proxy in proxies:
         await nursery.start(proxy.run)
-    await until(lambda: _not(paused(node)), timeout=40)
-    await until(equals(lambda: balance(node, dora), 15 * USDC))
+    await until(lambda: falsy(paused(node)), timeout=40)
+    await until(becomes(lambda: balance(node, dora), 15 * USDC))
     await trio.sleep(0.5)
     assert await balance(node, dora) == 15 * USDC and chains.adapters[CHAIN].credited == 4
     node.shutdown()
@@ -355,10 +347,10 @@ async def _funded(node: Node, rpc: EvmRpc, dev, usdc: str, wallets, asset: str, 
     chain_user = User(rpc, dev.chain_id)
     if asset == "USDC":
         await chain_user.send_usdc(wallets[1], usdc, address, amount)
-        await until(equals(lambda: balance(node, user.api_key), amount))
+        await until(becomes(lambda: balance(node, user.api_key), amount))
     else:
         await chain_user.send_eth(wallets[1], address, amount)
-        await until(equals(lambda: balance(node, user.api_key, "ETH"), amount // 10**10))
+        await until(becomes(lambda: balance(node, user.api_key, "ETH"), amount // 10**10))
     return user
 
 
@@ -381,7 +373,7 @@ async def test_a_withdrawal_that_fails_on_chain_is_released(nursery, tmp_path, d
     node, chains, updates = await start(nursery, tmp_path, dev, usdc, wallets)
     erin = await _funded(node, rpc, dev, usdc, wallets, "ETH", 2 * ETH)
     custody = chains.adapters[CHAIN].providers.slots[0].provider.custody
-    await until(lambda: _eq(rpc.get_balance(custody.hot.address), 2 * ETH))
+    await until(lambda: equals(rpc.get_balance(custody.hot.address), 2 * ETH))
     # ETH to the USDC contract: it has no receive function, the transaction reverts on chain
     wid = await withdraw(node, erin, "ETH", ETH_LEDGER // 2, usdc)
     await until(lambda: no_open_withdrawals(node), timeout=20)
@@ -411,7 +403,7 @@ async def test_an_adapter_killed_mid_send_does_not_send_twice(nursery, tmp_path,
         chains = await first.start(Chains(node, gas_tanks={CHAIN: wallets[9]}).run)
         frank = await _funded(node, rpc, dev, usdc, wallets, "USDC", 300 * USDC)
         custody = chains.adapters[CHAIN].providers.slots[0].provider.custody
-        await until(lambda: _eq(erc20.balance_of(rpc, usdc, custody.hot.address), 300 * USDC))
+        await until(lambda: equals(erc20.balance_of(rpc, usdc, custody.hot.address), 300 * USDC))
         # the process dies after journaling the withdrawal's transaction, before the node got it
         for slot in chains.adapters[CHAIN].providers.slots:
             broadcast = slot.provider.rpc.send_raw_transaction
@@ -449,7 +441,7 @@ async def test_an_adapter_killed_mid_send_does_not_send_twice(nursery, tmp_path,
     # same withdrawal twice beside the running one; the key finds the one transaction
     running = restarted.adapters[CHAIN]
     wid = await withdraw(node, frank, "USDC", 30 * USDC, dest)
-    other = Adapter(node, CHAIN, 2, running.providers, node.addresses, running.key, running.decimals, tmp_path / "data")
+    other = Adapter(LocalLink(node), CHAIN, 2, running.providers, node.addresses, running.key, running.decimals, tmp_path / "data")
     await other._withdraw(wid, "USDC", 30 * USDC, dest, "Pending")
     await other._withdraw(wid, "USDC", 30 * USDC, dest, "Pending")
     await until(lambda: no_open_withdrawals(node), timeout=20)
@@ -462,16 +454,10 @@ async def test_an_adapter_killed_mid_send_does_not_send_twice(nursery, tmp_path,
 
 # -- helpers --------------------------------------------------------------------------------------------
 
-async def _eq(value, expected) -> bool:
-    return await value == expected
-
 
 async def _gt(value, than) -> bool:
     return await value > await than
 
-
-async def _not(value) -> bool:
-    return not await value
 
 
 async def _value(v):

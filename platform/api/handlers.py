@@ -39,12 +39,13 @@ from satchel.core import instructions
 from satchel.core.engine import MAX_WINDOW_MS
 from satchel.core.errors import (
     EXPIRED, INVALID_ASSET, INVALID_REQUEST, INVALID_SIGNATURE, INVALID_SYMBOL, MAINTENANCE, RESOURCE_NOT_FOUND, UNAUTHORIZED,
-    RequestError,
+    Code, RequestError,
 )
 from satchel.core.messages import (
     LEND_SIDE_NAMES, NEW, PARTIALLY_FILLED, REJECTED, TRIGGER_PENDING, Auth, BalancesOf, BorrowLend, ChainCredited,
     CollateralOf, Fill, HistoryOf, LedgerOf, LendingOf, LendMoved, LeverageSet, MarksOf, OpenOrders, OrderDone, OrderOf,
-    LeaderboardOf, PermissionsOf, PlaceOrder, PoolsOf, PositionsOf, Query, RewardsOf, TriggerPlaced, TxRejected, Withdraw, WithdrawalUpdate,
+    LeaderboardOf, PermissionsOf, PlaceOrder, PoolsOf, PositionsOf, Query, RewardsOf, TriggerPlaced, TxRejected, Withdraw, WithdrawalsOf,
+    WithdrawalUpdate,
 )
 from satchel.history import queries as history_queries, views as history_views
 from satchel.history.store import Store
@@ -58,7 +59,7 @@ METHODS = (
     "openInterest", "accountUpdate", "accountQuery", "orderExecuteBatch", "orderHistoryQueryAll", "fillHistoryQueryAll",
     "borrowLendMarkets", "platformStats", "borrowLendExecute", "borrowLendPositionQuery", "borrowHistoryQueryAll",
     "interestHistoryQueryAll", "withdraw", "withdrawalQueryAll", "depositQueryAll", "depositAddressQuery",
-    "chainStatusQuery", "reconcileQuery", "chainStatus", "approveSweep", "depositConfirmed", "depositConfirmedBatch",
+    "chainStatusQuery", "chainWorkQuery", "reconcileQuery", "chainStatus", "approveSweep", "depositConfirmed", "depositConfirmedBatch",
     "withdrawalSent", "withdrawalConfirmed", "withdrawalFailed", "adminSetProfile", "adminSetTierLimits",
     "adminSetPermission", "accountPermissionsQuery", "adminSetSeason", "adminSetMultiplier", "referralCodeCreate",
     "referralCodeUse", "rewardsQuery", "leaderboard", "adminTransfer",
@@ -66,6 +67,10 @@ METHODS = (
 MAX_BATCH = 50  # orders in one POST /api/v1/orders (each journaled record keeps the whole signed batch)
 # requests whose params are a list of objects, each signed as its own segment
 BATCHED = frozenset({"orderExecuteBatch", "depositConfirmedBatch"})
+# a chain adapter's requests (``satchel chains``): a connection that sends one is handled
+# between orders from then on (``gateway.session``)
+CUSTODY_REPORTS = frozenset({"depositConfirmed", "depositConfirmedBatch", "withdrawalSent", "withdrawalConfirmed",
+                             "withdrawalFailed", "chainWorkQuery"})
 # requests that read no params: whatever params arrive, even malformed ones, are ignored
 PARAMLESS = frozenset({"ledgerTotals", "platformStats", "chainStatusQuery"})
 
@@ -74,6 +79,11 @@ Signature = list[str] | None
 
 class AccountParams(msgspec.Struct):
     account: str | None = None
+
+
+class ChainWorkParams(msgspec.Struct):
+    chain: str
+    after: str | None = None
 
 
 class RewardsParams(msgspec.Struct):
@@ -1205,6 +1215,35 @@ class Api:
                 replies.result(req_id, result)
 
         caller.verified(req_id, signed, lambda m: reconciliation.request(answer))
+
+    @_request
+    def chainWorkQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """What a chain's adapter running in its own process (``satchel chains``) is to do:
+        the chain's pause, its open withdrawals (``Pending``: to send; ``Sent``: to confirm)
+        and the custody moves after sequence number ``after`` that this node published
+        (the last 10,000 since it started). Signed by the chain's adapter key or the admin
+        key; answered once earlier blocks are durable."""
+        params = instructions.params_of(ChainWorkParams, texts)
+        after = instructions.uint(params.after, "after", 2**63) or 0
+        signed = self.check_signature("chainWorkQuery", texts, sig)
+        chains = self.chains
+        spec = None if chains is None else chains.chains.get(params.chain)
+        if spec is None:
+            raise RequestError(Code.INVALID_CHAIN, f"Unknown chain {params.chain}")
+        if signed.account not in (spec.adapter, self.node.admin.api_key):
+            raise RequestError(UNAUTHORIZED, f"chainWorkQuery must be signed by {spec.name}'s adapter key or the admin key")
+        fmt, chain, replies = self.fmt, spec.name, caller.replies
+
+        def reply(answers: list) -> None:
+            status = chains.status.get(chain, (False, ""))
+            replies.result(req_id, {
+                "chain": chain, "paused": status[0], "reason": status[1] or None,
+                "withdrawals": [{"id": wid, "account": w.account, "symbol": w.asset, "quantity": fmt.asset(w.asset, w.amount),
+                                 "address": w.address, "status": w.status, "txHash": w.tx_hash or None}
+                                for wid, w in answers[0] if w.chain == chain and w.status in ("Pending", "Sent")],
+                "moves": chains.moves_after(chain, after)})
+
+        caller.verified(req_id, signed, lambda m: self._read([Query("risk", WithdrawalsOf(None))], reply))
 
     @_request
     def chainStatusQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:

@@ -1,7 +1,9 @@
 """One chain's adapter: an edge that watches the chain and reports, never touching the ledger.
 
 It signs every report with the chain's adapter key (``chain-<name>.key``), so validators
-re-verify them like any other transaction, and it learns what to do from durable events.
+re-verify them like any other transaction, and it learns what to do from durable events:
+in the node's process as a subscriber, or in a process of its own (``satchel chains``)
+from its chain's work query (``chains.link``).
 
 * **Deposits.** It scans blocks once they have ``confirmations`` (a reorg shallower than
   that never reaches it), and reports each transfer to a deposit address handed out
@@ -21,7 +23,8 @@ re-verify them like any other transaction, and it learns what to do from durable
   nothing dropped from a full queue is lost.
 * **Custody moves.** ``CustodyMoved`` events (the hot wallet past its limit, an approved
   sweep) are carried out between the hot and cold addresses, keyed by their sequence
-  number.
+  number, once the source holds the amount (a deposit's excess goes to cold storage
+  once its address is swept in); the last one carried out is saved with the cursor.
 * **Circuit breaker.** When every provider fails ``BREAKER_FAILURES`` polls in a row the
   adapter reports ``chainStatus`` paused (deposits and withdrawals of this chain stop, new
   withdrawal requests get ``CHAIN_PAUSED``, trading goes on), probes with a backoff that
@@ -44,7 +47,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import orjson
 import structlog
 import trio
@@ -53,12 +55,13 @@ from satchel.chains.addresses import AddressBook
 from satchel.chains.base import ChainTransfer
 from satchel.chains.providers import AllProvidersFailing, Providers
 from satchel.core.amounts import format_units
+from satchel.chains.link import Outcome
 from satchel.core.messages import (
-    BlockHeader, ChainCredited, ChainDeposit, ChainsOf, ChainStatus, ChainStatusChanged, CustodyMoved, ReportedDeposit,
-    TxRejected, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent, WithdrawalsOf, WithdrawalUpdate,
+    BlockHeader, ChainDeposit, ChainStatus, ChainStatusChanged, CustodyMoved, ReportedDeposit, WithdrawalConfirmed,
+    WithdrawalFailed, WithdrawalSent, WithdrawalUpdate,
 )
 from satchel.core.instructions import MAX_REPORTED_DEPOSITS
-from satchel.signing import Keypair, auth_for, batch_auth_for
+from satchel.signing import Keypair
 
 log = structlog.get_logger()
 
@@ -75,7 +78,9 @@ SWEEP_BATCH = 20  # addresses swept per poll at most: custody housekeeping at a 
 # per chain block, 8 a report x1.2, 16 x1.4, 64 x1.9 at 1,250/s; per poll, 8 x1.37 and 32
 # x1.30 at 1,250/s, x1.08 and x0.99 at 100/s: fewer blocks beside orders at low rates, no
 # worse at high ones); a saturated node gets the rest in one report (at most
-# MAX_REPORTED_DEPOSITS), so deposits keep pace under any load
+# MAX_REPORTED_DEPOSITS), so deposits keep pace under any load. Tried and dropped
+# (2026-11-27): reports riding along in blocks cut for orders, 8 a report, 2 to 32 in
+# flight -- every order's block then carried deposits' work: p99 x1.8-2.8.
 REPORT_DEPOSITS = 32
 QUIET_S = 0.05  # each step waits this long at most for the node's pipeline to run dry (``Node.quiet``)
 REORG_RESCAN = 64  # blocks scanned again after a reorg deeper than the confirmations
@@ -87,9 +92,9 @@ class Undeliverable(Exception):
 
 
 class Adapter:
-    def __init__(self, node: Any, name: str, confirmations: int, providers: Providers, book: AddressBook,
+    def __init__(self, link: Any, name: str, confirmations: int, providers: Providers, book: AddressBook,
                  key: Keypair, decimals: dict[str, int], state_dir: Path):
-        self.node = node  # submit / submit_wait / ask / subscribers: what any edge gets
+        self.link = link  # the node, in this process or over its API (``chains.link``)
         self.name = name
         self.confirmations = max(confirmations, 1)
         self.providers = providers
@@ -105,12 +110,15 @@ class Adapter:
         # (deposit address, asset) -> [credited deposits not swept in yet, when the first was
         # credited]; oldest first; the amounts are saved with the cursor
         self.sweeps: dict[tuple[str, str], list] = {}
+        self.moved = 0  # the last custody move carried out (its sequence number), saved with the cursor
+        self.moves_waiting: dict[int, CustodyMoved] = {}  # by sequence number: their source not funded yet
         self._load()
         self.queue_send, self.queue = trio.open_memory_channel(BACKLOG)
         self.paused_by_me = False
         self.chain_paused: bool | None = None  # None: not read yet
         self.failures = 0
         self.inflight: set[int] = set()  # withdrawals queued or being handled
+        self.inflight_moves: set[int] = set()  # custody moves likewise
         self.sweep_s = SWEEP_S
         self.run_id = os.urandom(4).hex()  # this run's sweep keys: a restart never reuses one
         self._sweep_n = 0
@@ -121,15 +129,15 @@ class Adapter:
     # ------------------------------------------------------------------ life
 
     async def run(self) -> None:
-        self.node.subscribers.append(self)
-        self.node.chain_adapters[self.name] = self
+        self.link.attach(self)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.link.run, self)
             nursery.start_soon(self._scan_loop)
             nursery.start_soon(self._withdraw_loop)
             nursery.start_soon(self._resync_loop)
             nursery.start_soon(self._sweep_loop)
 
-    def publish(self, header: BlockHeader, events: list) -> None:
+    def publish(self, header: BlockHeader | None, events: list) -> None:
         """A durable block: queue this chain's pending withdrawals and custody moves; note a pause or resume."""
         for ev in events:
             cls = ev.__class__
@@ -138,10 +146,16 @@ class Adapter:
             elif cls is ChainStatusChanged and ev.chain == self.name:
                 self.chain_paused = ev.paused
             elif cls is CustodyMoved and ev.chain == self.name:
-                try:
-                    self.queue_send.send_nowait(ev)
-                except trio.WouldBlock:
-                    log.error("chain.backlog_full", chain=self.name, dropped="custody move", seq=ev.seq)
+                self._requeue(ev)
+
+    def _requeue(self, ev: CustodyMoved) -> None:
+        if ev.seq in self.inflight_moves:
+            return
+        try:
+            self.queue_send.send_nowait(ev)
+            self.inflight_moves.add(ev.seq)
+        except trio.WouldBlock:
+            self.moves_waiting[ev.seq] = ev  # the backlog is full: the next sweep poll tries again
 
     def _enqueue(self, ev: WithdrawalUpdate) -> None:
         if ev.withdrawal_id in self.inflight:
@@ -156,6 +170,7 @@ class Adapter:
         if self.state_path.exists():
             state = orjson.loads(self.state_path.read_bytes())
             self.cursor = state["cursor"]
+            self.moved = state.get("moved", 0)
             self.sweeps = {(address, asset): [amount, 0.0] for address, asset, amount in state.get("sweeps", [])}
 
     def _save(self, state: bytes) -> None:
@@ -164,12 +179,13 @@ class Adapter:
         tmp.replace(self.state_path)
 
     def _state(self) -> bytes:
-        return orjson.dumps({"cursor": self.cursor, "sweeps": [[*k, v[0]] for k, v in self.sweeps.items()]})
+        return orjson.dumps({"cursor": self.cursor, "moved": self._moved_floor(),
+                             "sweeps": [[*k, v[0]] for k, v in self.sweeps.items()]})
 
     # ------------------------------------------------------------------ signed reports
 
-    async def _submit(self, instruction: str, params: dict[str, str], tx: Any) -> list:
-        return await self.node.submit_wait(msgspec.structs.replace(tx, auth=auth_for(self.key, instruction, params)))
+    async def _submit(self, instruction: str, params: dict[str, str], tx: Any) -> Outcome:
+        return await self.link.report(self.key, instruction, params, tx)
 
     # ------------------------------------------------------------------ deposits
 
@@ -177,10 +193,7 @@ class Adapter:
         """Whether the chain is paused: read from the engine once, then kept from the
         durable ``ChainStatusChanged`` events (``publish``), not read on every poll."""
         if self.chain_paused is None:
-            paused = False
-            for view in await self.node.ask("risk", ChainsOf()):
-                if view.spec.name == self.name:
-                    paused = view.paused
+            paused = await self.link.paused(self.name)
             if self.chain_paused is None:  # else an event newer than the read came meanwhile
                 self.chain_paused = paused
         return self.chain_paused
@@ -200,12 +213,11 @@ class Adapter:
             await trio.sleep(POLL_S)
 
     async def _scan(self) -> None:
-        """The blocks past the cursor with ``confirmations``, their deposits reported
-        together (up to ``MAX_REPORTED_DEPOSITS``): at 100 deposits a second, one report a
-        poll instead of one per chain block, so a quarter of the engine blocks beside orders.
-        The cursor moves only past what was reported."""
+        """The blocks past the cursor with ``confirmations``, up to ``MAX_REPORTED_DEPOSITS``
+        deposits a poll, reported (``_report_deposits``) before the cursor moves past them."""
         head = await self.providers.call("head")
         safe = head - self.confirmations + 1
+        self.book.refresh()
         found: list[tuple[ChainTransfer, str]] = []
         scanned = (self.cursor, self.last_block)  # how far the blocks read so far reach
         while scanned[0] < safe:
@@ -247,31 +259,42 @@ class Adapter:
         restart) is marked for the sweep to the hot wallet."""
         first = 0
         while first < len(found):
-            size = REPORT_DEPOSITS if await self.node.quiet(QUIET_S) else MAX_REPORTED_DEPOSITS
+            size = REPORT_DEPOSITS if await self.link.quiet(QUIET_S) else MAX_REPORTED_DEPOSITS
             part = found[first:first + size]
             first += size
-            items = [{"chain": self.name, "txHash": t.tx_hash, "logIndex": str(t.log_index), "account": account,
-                      "symbol": t.asset, "quantity": format_units(t.amount, self.decimals[t.asset])} for t, account in part]
-            tx = ChainDeposit(self.key.api_key, self.name,
-                              tuple(ReportedDeposit(t.tx_hash, t.log_index, a, t.asset, t.amount) for t, a in part),
-                              batch_auth_for(self.key, "depositConfirmed", items))
-            events = await self.node.submit_wait(tx)
-            code = next((e.code for e in events if e.__class__ is TxRejected), None)
+            code, credited = await self._report(part)
             if code == "CHAIN_PAUSED":
                 raise _Paused()  # the block is scanned again once resumed; what was credited is skipped then
             if code not in (None, "ALREADY_CREDITED"):
-                if len(part) > 1:  # one deposit refuses the whole report: report each alone
-                    for one in part:
-                        await self._report_deposits([one])
-                else:
-                    log.error("chain.deposit_refused", chain=self.name, tx=part[0][0].tx_hash,
-                              log_index=part[0][0].log_index, code=code)
-                continue
-            self.credited += sum(e.__class__ is ChainCredited for e in events)
-            now = trio.current_time()
-            for t, _ in part:
-                entry = self.sweeps.setdefault((t.to, t.asset), [0, now])
-                entry[0] += t.amount
+                await self._report_each(part)
+            else:
+                self._credited(part, credited)
+
+    async def _report(self, part: list[tuple[ChainTransfer, str]]) -> Outcome:
+        items = [{"chain": self.name, "txHash": t.tx_hash, "logIndex": str(t.log_index), "account": account,
+                  "symbol": t.asset, "quantity": format_units(t.amount, self.decimals[t.asset])} for t, account in part]
+        tx = ChainDeposit(self.key.api_key, self.name,
+                          tuple(ReportedDeposit(t.tx_hash, t.log_index, a, t.asset, t.amount) for t, a in part))
+        return await self.link.report(self.key, "depositConfirmed", items, tx)
+
+    async def _report_each(self, part: list[tuple[ChainTransfer, str]]) -> None:
+        """One deposit refused the whole report: each reported alone."""
+        for one in part:
+            code, credited = await self._report([one])
+            if code == "CHAIN_PAUSED":
+                raise _Paused()
+            if code not in (None, "ALREADY_CREDITED"):
+                log.error("chain.deposit_refused", chain=self.name, tx=one[0].tx_hash, log_index=one[0].log_index,
+                          code=code)
+            else:
+                self._credited([one], credited)
+
+    def _credited(self, part: list[tuple[ChainTransfer, str]], credited: int) -> None:
+        self.credited += credited
+        now = trio.current_time()
+        for t, _ in part:
+            entry = self.sweeps.setdefault((t.to, t.asset), [0, now])
+            entry[0] += t.amount
 
     async def _sweep_loop(self) -> None:
         """Each deposit address is swept into the hot wallet ``SWEEP_S`` after its first
@@ -288,6 +311,8 @@ class Adapter:
         dust below the ledger's decimals) is not the books' and stays there."""
         while True:
             await trio.sleep(POLL_S)
+            for ev in list(self.moves_waiting.values()):  # custody moves waiting for sweeps: tried again
+                self._requeue(ev)
             now = trio.current_time()
             due = []
             for key, (credited, since) in self.sweeps.items():  # oldest first
@@ -295,7 +320,7 @@ class Adapter:
                     break
                 due.append((key, credited))
             for (address, asset), credited in due:
-                await self.node.quiet(QUIET_S)
+                await self.link.quiet(QUIET_S)
                 try:
                     amount = min(credited, await self.providers.call("balance", address, asset))
                     if amount > 0:
@@ -328,6 +353,8 @@ class Adapter:
                     break
             if ev.__class__ is WithdrawalUpdate:
                 self.inflight.discard(ev.withdrawal_id)
+            else:
+                self.inflight_moves.discard(ev.seq)
 
     async def _undeliverable(self, ev: WithdrawalUpdate | CustodyMoved, why: str) -> None:
         if ev.__class__ is CustodyMoved:
@@ -339,8 +366,24 @@ class Adapter:
                            WithdrawalFailed(self.key.api_key, self.name, wid, reason))
 
     async def _move(self, ev: CustodyMoved) -> None:
+        """Carry out a custody move once its source holds the amount: the books move a
+        deposit's excess to cold storage when it is credited, the chain only once the
+        deposit address is swept into the hot wallet (a move sent before would fail on
+        chain, and its key would never be sent again). Waiting moves are tried again at
+        each sweep poll."""
         frm, to = (self.hot, self.cold) if ev.to_cold else (self.cold, self.hot)
-        await self.providers.call("send", ev.asset, frm, to, ev.amount, f"custody:{ev.seq}:{ev.asset}")
+        key = f"custody:{ev.seq}:{ev.asset}"
+        if await self.providers.call("find", key) is None:
+            if await self.providers.call("balance", frm, ev.asset) < ev.amount:
+                self.moves_waiting[ev.seq] = ev
+                return
+            await self.providers.call("send", ev.asset, frm, to, ev.amount, key)
+        self.moves_waiting.pop(ev.seq, None)
+        self.moved = max(self.moved, ev.seq)
+
+    def _moved_floor(self) -> int:
+        """The move a restart asks again after: every one up to it carried out."""
+        return min(self.moves_waiting) - 1 if self.moves_waiting else self.moved
 
     async def _withdraw(self, wid: int, asset: str, amount: int, address: str, status: str) -> None:
         key = f"{self.name}:{wid}"
@@ -371,10 +414,8 @@ class Adapter:
         to look again at sent ones that were not yet confirmed."""
         while True:
             if not await self._paused():
-                for wid, w in await self.node.ask("risk", WithdrawalsOf(None)):
-                    if w.chain == self.name and w.status in ("Pending", "Sent"):
-                        self._enqueue(WithdrawalUpdate(0, wid, w.account, w.chain, w.asset, w.amount, w.address, w.status,
-                                                       w.tx_hash, "", 0))
+                for ev in await self.link.open_withdrawals(self.name):
+                    self._enqueue(ev)
             await trio.sleep(RESYNC_S)
 
     # ------------------------------------------------------------------ reconciliation

@@ -81,11 +81,27 @@ class AddressBook:
         # fills it from the node's configuration.
         self.kinds: dict[str, str] = dict(kinds or {})
         self.owners: dict[tuple[str, str], str] = {}
-        if self.path.exists():
-            for line in self.path.read_bytes().splitlines():
-                if line.strip():
-                    row = orjson.loads(line)
-                    self.owners[(row["chain"], row["address"])] = row["account"]
+        self._read = 0  # bytes of the file taken so far (whole lines)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Take the lines appended since the last read, by this process or another: in
+        ``satchel chains`` the node hands the addresses out and the adapters' process
+        reads them here before each scan (a stat when nothing changed)."""
+        try:
+            if self.path.stat().st_size <= self._read:
+                return
+        except FileNotFoundError:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self._read)
+            data = f.read()
+        end = data.rfind(b"\n") + 1  # a line still being written is taken next time
+        for line in data[:end].splitlines():
+            if line.strip():
+                row = orjson.loads(line)
+                self.owners[(row["chain"], row["address"])] = row["account"]
+        self._read += end
 
     def issue(self, chain: str, account: str) -> str:
         """The account's address on ``chain`` by the chain kind's derivation, recorded."""

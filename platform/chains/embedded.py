@@ -15,14 +15,19 @@ default node, with its simulated chain, needs nothing but its pip dependencies.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
 import trio
 
 from satchel.chains.adapter import Adapter
+from satchel.chains.addresses import SEED_FILE, AddressBook, load_seed
+from satchel.chains.link import LocalLink
 from satchel.chains.providers import Providers
 from satchel.chains.sim import SimChain, SimProvider
+from satchel.signing import load_key
 
 log = structlog.get_logger()
 
@@ -31,13 +36,20 @@ class Chains:
     """The node's chains and their adapters (``sims``, ``providers`` and ``adapters`` by
     name: tests and the load tester reach in to deposit and to break providers).
 
+    ``host``: what the chains need of the node -- ``cfg``, ``data``, ``addresses``,
+    ``chain_keys``, ``custody_seed`` -- the ``Node`` itself when they run in its process,
+    an ``EdgeHost`` in ``satchel chains``. ``link``: how an adapter reaches the node
+    (default ``LocalLink(host)``: in its process).
+
     ``gas_tanks``: chain name -> a funded ``evm.transactions.Wallet`` that pays the gas of
     custody transfers (tests pass a dev account); a chain not named uses the key file of its
     ``gas_key`` setting (``evm.provider.load_gas_key``).
     """
 
-    def __init__(self, node: Any, *, gas_tanks: dict[str, Any] | None = None):
+    def __init__(self, node: Any, *, gas_tanks: dict[str, Any] | None = None,
+                 link: Callable[[dict[str, int]], Any] | None = None):
         self.node = node
+        link = link or (lambda decimals: LocalLink(node))
         decimals = {a.symbol: a.decimals for a in node.cfg.asset_specs()}
         self.sims: dict[str, SimChain] = {}
         self.providers: dict[str, list[Any]] = {}
@@ -52,7 +64,7 @@ class Chains:
             else:
                 log.warning("chain.unknown_kind", chain=name, kind=c.kind)
                 continue
-            self.adapters[name] = Adapter(node, name, c.confirmations, Providers(self.providers[name]), node.addresses,
+            self.adapters[name] = Adapter(link(chain_decimals), name, c.confirmations, Providers(self.providers[name]), node.addresses,
                                           node.chain_keys[name], chain_decimals, node.data)
 
     def _evm_providers(self, name: str, c: Any, decimals: dict[str, int], tank: Any) -> list[Any]:
@@ -89,6 +101,24 @@ class Chains:
                     for p in providers:
                         if hasattr(p, "aclose"):
                             await p.aclose()
+
+
+class EdgeHost:
+    """What the chains need of a node, for ``satchel chains``: a process of its own beside
+    the node, on the node's data directory (its configuration, the chains' adapter keys
+    and the custody seed the node created, and the deposit-address book the node appends
+    to as it hands addresses out). Raises ``FileNotFoundError`` for a key the node has
+    not created yet: an adapter's key is the one the node's genesis registered."""
+
+    def __init__(self, data: Path | str, cfg: Any):
+        self.data = Path(data)
+        self.cfg = cfg
+        missing = [f"chain-{n}.key" for n in cfg.chains if not (self.data / f"chain-{n}.key").exists()]
+        if missing or not (self.data / SEED_FILE).exists():
+            raise FileNotFoundError(f"{self.data}: no {', '.join(missing) or SEED_FILE} (start the node on it first)")
+        self.chain_keys = {name: load_key(self.data, f"chain-{name}.key") for name in cfg.chains}
+        self.custody_seed = load_seed(self.data)
+        self.addresses = AddressBook(self.data, self.custody_seed, {n: c.kind for n, c in cfg.chains.items()})
 
 
 SimChains = Chains  # the name its first callers know (satchel serve, the deposit benchmark, tests)

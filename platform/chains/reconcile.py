@@ -38,12 +38,15 @@ class AssetLine(NamedTuple):
 
 
 def reconcile(on_chain: dict[tuple[str, str], int], books: dict[tuple[str, str], int],
-              ledger: dict[str, tuple[int, int, int, int]]) -> tuple[list[Line], list[AssetLine]]:
+              ledger: dict[str, tuple[int, int, int, int]], read: set[str] | None = None) -> tuple[list[Line], list[AssetLine]]:
     """``on_chain`` and ``books`` by (chain, asset); ``ledger`` as ``LedgerOf`` answers it
-    (deposits, withdrawals, fees, balances) by asset."""
+    (deposits, withdrawals, fees, balances) by asset; ``read``: the chains whose holdings
+    were read (None: all), the only ones with a line (a chain whose adapter runs in
+    ``satchel chains`` is not read by the node: no line rather than a false difference)."""
+    keys = set(on_chain) | {k for k in books if read is None or k[0] in read}
     lines = [Line(asset, chain, on_chain.get((chain, asset), 0), books.get((chain, asset), 0),
                   on_chain.get((chain, asset), 0) - books.get((chain, asset), 0))
-             for chain, asset in sorted(set(on_chain) | set(books), key=lambda k: (k[1], k[0]))]
+             for chain, asset in sorted(keys, key=lambda k: (k[1], k[0]))]
     assets = []
     for asset, (deposits, withdrawals, _fees, _balances) in sorted(ledger.items()):
         covered = sum(v for (_, a), v in books.items() if a == asset)
@@ -66,4 +69,4 @@ async def gather(node: Any) -> tuple[list[Line], list[AssetLine]]:
         for asset, amount in (*view.hot, *view.cold):
             key = (view.spec.name, asset)
             books[key] = books.get(key, 0) + amount
-    return reconcile(on_chain, books, await node.ask("risk", LedgerOf()))
+    return reconcile(on_chain, books, await node.ask("risk", LedgerOf()), set(node.chain_adapters))

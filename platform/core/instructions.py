@@ -682,10 +682,6 @@ class Instruction(NamedTuple):
     # the transaction carries every item of a batch request (``build`` gets a list of
     # params; one record, one signature), instead of one transaction per item
     many: bool = False
-    # a chain adapter's report: the sequencer lets it ride along in a block cut for other
-    # transactions rather than cut one for it (``ledger.sequencer``), so custody work never
-    # adds a block's fixed cost in front of an order
-    background: bool = False
 
 
 def _account(tx: Any) -> str:
@@ -746,14 +742,13 @@ INSTRUCTIONS = (
                 _CHAIN_ERRORS + (Code.INVALID_ADDRESS, Code.INSUFFICIENT_FUNDS, Code.INSUFFICIENT_MARGIN,
                                  Code.PRODUCT_RESTRICTED, Code.TIER_LIMIT)),
     Instruction("depositConfirmed", ChainDeposit, DepositConfirmedParams, _deposit_confirmed, _adapter, False, "trade",
-                _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_DEPOSIT, Code.ALREADY_CREDITED), many=True,
-                background=True),
+                _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_DEPOSIT, Code.ALREADY_CREDITED), many=True),
     Instruction("withdrawalSent", WithdrawalSent, WithdrawalRefParams, _withdrawal_sent, _adapter, False, "trade",
-                _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL), background=True),
+                _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL)),
     Instruction("withdrawalConfirmed", WithdrawalConfirmed, WithdrawalRefParams, _withdrawal_confirmed, _adapter, False,
-                "trade", _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL), background=True),
+                "trade", _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL)),
     Instruction("withdrawalFailed", WithdrawalFailed, WithdrawalRefParams, _withdrawal_failed, _adapter, False, "trade",
-                _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL), background=True),
+                _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL)),
     Instruction("chainStatus", ChainStatus, ChainStatusParams, _chain_status, lambda tx: tx.signer, False, "config",
                 (INVALID_REQUEST, Code.INVALID_CHAIN, Code.UNAUTHORIZED)),
     Instruction("approveSweep", ApproveSweep, ApproveSweepParams, _approve_sweep, _admin, True, "config",

@@ -34,7 +34,7 @@ import structlog
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from satchel.api.handlers import BATCHED, METHODS, PARAMLESS
+from satchel.api.handlers import BATCHED, CUSTODY_REPORTS, METHODS, PARAMLESS
 from satchel.api.marketdata import SILENT_STREAMS
 from satchel.gateway import protocol as P
 from satchel.gateway.wire import abort, send_frames
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from satchel.gateway.server import Gateway
 
 log = structlog.get_logger("satchel.gateway")
+CUSTODY_PATIENCE_S = 0.05  # a chain adapter's frame waits this long at most for the node to be idle
 
 
 class Session:
@@ -61,6 +62,7 @@ class Session:
         self._scope: trio.CancelScope | None = None
         self.closed = False
         self.dropped = False
+        self.custody = False  # a chain adapter's connection: its frames wait for the node's quiet moments
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -87,6 +89,11 @@ class Session:
                 text = await ws.get_message()
             except ConnectionClosed:
                 return
+            if self.custody:
+                # an adapter in its own process cannot see when the node is idle: its reports
+                # are handled between orders, as an adapter in the node's process submits
+                # them (``Node.quiet``), and at the latest after ``CUSTODY_PATIENCE_S``
+                await self.gw.node.quiet(CUSTODY_PATIENCE_S)
             try:
                 self.handle(text)
             except Exception as exc:  # no input may stop the node: answer, count, go on
@@ -196,6 +203,8 @@ class Session:
         if method == "SUBSCRIBE" or method == "UNSUBSCRIBE":
             return self._subscription(req, method == "SUBSCRIBE")
         handler = _METHODS.get(method)
+        if method in CUSTODY_REPORTS:
+            self.custody = True
         if handler is None:
             self.push(P.error_frame(req.id, P.UNKNOWN_METHOD, f"Unknown method {method}"))
             return

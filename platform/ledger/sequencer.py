@@ -9,20 +9,10 @@ as LMAX does it: on an idle pipeline a single order waits for nothing, and while
 engine is busy arrivals gather into the next block, so blocks grow with load (up to
 ``max_txs``) and latency stays low when it is light. A read is queued behind the
 transactions submitted before it, so it sees their effects.
-
-*Background* transactions (``background``: the classes of a chain adapter's reports,
-declared per instruction) never make a block of their own while anyone else's are
-coming: they ride along in the next block cut for other transactions, or go alone once
-they have waited ``background_wait`` seconds. A block costs the engine its fixed phases
-and the journal an fsync whatever it carries, and on one event loop an order arriving
-meanwhile waits for both; a report riding along adds only its own work to a block that
-was being cut anyway (measured with ``benchmarks/deposits``: orders' p99 beside 1,250
-deposits a second, see the README).
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -60,8 +50,7 @@ class Read:
 
 class Sequencer:
     def __init__(self, next_height: int, next_seq: int, last_timestamp: int, max_txs: int = 4096,
-                 clock: Callable[[], int] = now_us, background: frozenset[type] = frozenset(),
-                 background_wait: float = 0.02):
+                 clock: Callable[[], int] = now_us):
         self.next_height = next_height
         self.next_seq = next_seq
         self.last_timestamp = last_timestamp
@@ -69,11 +58,6 @@ class Sequencer:
         self._clock = clock
         self._txs: list = []
         self._callbacks: list = []
-        self.background = background
-        self.background_wait = background_wait
-        self._bg_txs: list = []
-        self._bg_callbacks: list = []
-        self._bg_due = 0.0  # when the oldest background transaction waiting goes, alone if need be
         self._queue: deque = deque()  # Read items, and blocks cut ahead of them, in order
         self._arrived = trio.Event()
         self.closed = False
@@ -82,14 +66,8 @@ class Sequencer:
         """Queue a transaction; ``callback(events)`` runs once its block is durable."""
         if self.closed:
             raise trio.ClosedResourceError("sequencer is shut down")
-        if tx.__class__ in self.background:
-            if not self._bg_txs:
-                self._bg_due = trio.current_time() + self.background_wait
-            self._bg_txs.append(tx)
-            self._bg_callbacks.append(callback)
-        else:
-            self._txs.append(tx)
-            self._callbacks.append(callback)
+        self._txs.append(tx)
+        self._callbacks.append(callback)
         self._arrived.set()
 
     def read(self, query: Any, callback: Callable[[Any], None]) -> None:
@@ -104,12 +82,6 @@ class Sequencer:
         n = self.max_txs
         txs, self._txs = self._txs[:n], self._txs[n:]
         callbacks, self._callbacks = self._callbacks[:n], self._callbacks[n:]
-        room = n - len(txs)
-        if room and self._bg_txs:  # the background rides along, after the others
-            txs += self._bg_txs[:room]
-            callbacks += self._bg_callbacks[:room]
-            self._bg_txs, self._bg_callbacks = self._bg_txs[room:], self._bg_callbacks[room:]
-            self._bg_due = trio.current_time() + self.background_wait
         ts = max(self._clock(), self.last_timestamp)
         block = Stamped(self.next_height, self.next_seq, ts, txs, callbacks)
         self.next_height += 1
@@ -118,7 +90,7 @@ class Sequencer:
         return block
 
     def _cut_all(self) -> None:
-        while self._txs or self._bg_txs:
+        while self._txs:
             self._queue.append(self._cut())
 
     async def next_item(self) -> "Stamped | Read | None":
@@ -127,23 +99,22 @@ class Sequencer:
         while True:
             if self._queue:
                 return self._queue.popleft()
-            if self._txs or (self._bg_txs and (self.closed or trio.current_time() >= self._bg_due)):
+            if self._txs:
                 return self._cut()
             if self.closed:
                 return None
             self._arrived = trio.Event()
-            with trio.move_on_at(self._bg_due if self._bg_txs else math.inf):
-                await self._arrived.wait()
+            await self._arrived.wait()
 
     @property
     def idle(self) -> bool:
         """Nothing submitted or queued that the engine has not taken yet."""
-        return not self._txs and not self._queue and not self._bg_txs
+        return not self._txs and not self._queue
 
     @property
     def backlog(self) -> int:
         """Transactions accepted but not yet handed to the engine."""
-        return len(self._txs) + len(self._bg_txs) + sum(len(i.txs) for i in self._queue if i.__class__ is Stamped)
+        return len(self._txs) + sum(len(i.txs) for i in self._queue if i.__class__ is Stamped)
 
     def close(self) -> None:
         """Stop accepting; what was submitted is still sequenced and made durable."""

@@ -99,16 +99,17 @@ async def _run_node(args: argparse.Namespace, cfg: config_mod.Config, host: str,
                 await edges.start(gateway.replicator.run)
             # stderr carries log lines only (JSON, or readable on a terminal): no plain prints here
             structlog.get_logger("satchel").info("node.serving", url=gateway.url, data=str(Path(args.data).resolve()))
-            edges.start_soon(_sequencing_edges, node, oracle, args.no_demo)
+            edges.start_soon(_sequencing_edges, node, oracle, args.no_demo, not args.no_chains)
             await _until_signal("node")
             edges.cancel_scope.cancel()
         node.shutdown()
     return 0
 
 
-async def _sequencing_edges(node: Any, oracle: Any, no_demo: bool) -> None:
-    """What submits transactions of its own (the oracle, the chains' adapters, the demo
-    market maker): on the node that sequences, so in a cluster once it is the primary."""
+async def _sequencing_edges(node: Any, oracle: Any, no_demo: bool, chains_here: bool = True) -> None:
+    """What submits transactions of its own (the oracle, the chains' adapters unless they
+    run in ``satchel chains``, the demo market maker): on the node that sequences, so in a
+    cluster once it is the primary."""
     from satchel.tools.demo import DemoDeposits, MarketMaker
     from satchel.oracle import Oracle
 
@@ -119,7 +120,7 @@ async def _sequencing_edges(node: Any, oracle: Any, no_demo: bool) -> None:
             settings, rows = oracle
             edges.start_soon(Oracle(node, settings, rows).run)
         chains = None
-        if node.cfg.chains:
+        if node.cfg.chains and chains_here:
             from satchel.chains.embedded import SimChains
 
             chains = await edges.start(SimChains(node).run)
@@ -127,6 +128,36 @@ async def _sequencing_edges(node: Any, oracle: Any, no_demo: bool) -> None:
             edges.start_soon(MarketMaker(node).run)
             if chains is not None:
                 edges.start_soon(DemoDeposits(node, chains).run)
+
+
+async def _chains(args: argparse.Namespace) -> int:
+    """The chains' adapters (and simulated chains) in a process of their own beside the
+    node (``satchel serve --no-chains``), reporting over its WebSocket API with their keys
+    (``satchel.chains.link``): the node's event loop only credits what they report."""
+    from satchel.chains.embedded import Chains, EdgeHost
+    from satchel.chains.link import RemoteLink
+    from satchel.tools import client
+    from satchel.tools.demo import DemoDeposits
+
+    cfg = config_mod.load(args.config)
+    try:
+        host = EdgeHost(args.data, cfg)
+    except FileNotFoundError as exc:
+        print(f"satchel chains: {exc}", file=sys.stderr)
+        return 2
+    if not cfg.chains:
+        print("satchel chains: no [chains] in the configuration", file=sys.stderr)
+        return 2
+    url = args.url or f"ws://{cfg.node.host}:{cfg.node.port}"
+    async with trio.open_nursery() as nursery:
+        chains = await nursery.start(Chains(host, link=lambda decimals: RemoteLink(url, decimals, client)).run)
+        if args.demo:
+            nursery.start_soon(DemoDeposits(host, chains).run)
+        structlog.get_logger("satchel").info("chains.serving", node=url, chains=sorted(chains.adapters),
+                                             data=str(Path(args.data).resolve()))
+        await _until_signal("chains")
+        nursery.cancel_scope.cancel()
+    return 0
 
 
 async def _gateway(args: argparse.Namespace) -> int:
@@ -694,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=None, help="WebSocket port (default 8765; 0 picks a free one)")
     p.add_argument("--config", default=None, help="TOML file replacing the packaged defaults")
     p.add_argument("--no-demo", action="store_true", help="no demo accounts and market maker")
+    p.add_argument("--no-chains", action="store_true",
+                   help="run no chain adapters here: they run in their own process (satchel chains)")
     oracle = p.add_mutually_exclusive_group()
     oracle.add_argument("--no-oracle", action="store_true",
                         help="no index prices for the perps (their risk-increasing orders are refused)")
@@ -720,6 +753,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="take over when the primary's heartbeat has lapsed this long (default 3 s)")
     cl.add_argument("--allow-gateway", action="append", default=[], metavar="KEY",
                     help="a gateway key (satchel gateway --print-key) whose transactions are taken; also DATA/gateways")
+
+    p = sub.add_parser("chains", help="the chains' adapters in a process of their own beside satchel serve --no-chains")
+    p.add_argument("--url", default=None, help="the node's WebSocket URL (default from the config: ws://127.0.0.1:8765)")
+    p.add_argument("--data", default="./data", help="the node's data directory (chain keys, custody seed, address book)")
+    p.add_argument("--config", default=None, help="the node's TOML file, if it has one (the [chains])")
+    p.add_argument("--demo", action="store_true", help="demo deposits on the simulated chains, as satchel serve's demo")
 
     p = sub.add_parser("gateway", help="a gateway process: WebSocket and REST over the block stream on NATS")
     p.add_argument("--nats", metavar="URL", help="the cluster's NATS servers (comma-separated; required unless --print-key)")
@@ -881,7 +920,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.embedded = True
             return loadtest(args)
         runner = {"serve": _serve, "faucet": _faucet, "replay": _replay, "admin": _admin, "snapshot": _snapshot,
-                  "validator": _validator, "gateway": _gateway, "incident": _incident, "compensate": _compensate, "stats": _stats, "rewards": _rewards, "status": _status,
+                  "validator": _validator, "gateway": _gateway, "chains": _chains, "incident": _incident, "compensate": _compensate, "stats": _stats, "rewards": _rewards, "status": _status,
                   "reconcile": _reconcile}[args.command]
         with fatal_errors_unwrapped():  # the serve/validator nurseries wrap them in groups
             return trio.run(runner, args)

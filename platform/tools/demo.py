@@ -128,7 +128,7 @@ class DemoDeposits:
     the ledger."""
 
     def __init__(self, node, chains, period: float = 10.0, amount: str = "100"):
-        self.node = node
+        self.node = node  # the node, or the ``EdgeHost`` of ``satchel chains`` (its cfg and data)
         self.chains = chains  # ``satchel.chains.embedded`` (its ``sims`` and ``deposit``)
         self.period = period
         self.amount = amount
@@ -136,9 +136,10 @@ class DemoDeposits:
 
     async def run(self) -> None:
         sims = [name for name, sim in sorted(self.chains.sims.items()) if "USDC" in self.node.cfg.chains[name].assets]
-        if not sims or "USDC" not in self.node.engine.assets:
+        decimals = {a.symbol: a.decimals for a in self.node.cfg.asset_specs()}
+        if not sims or "USDC" not in decimals:
             return
-        units = to_units(self.amount, self.node.engine.assets["USDC"].decimals)
+        units = to_units(self.amount, decimals["USDC"])
         log.info("demo.deposits", chains=sims, account=self.account, every_s=self.period, amount=self.amount)
         while True:
             await trio.sleep(self.period)
