@@ -221,6 +221,9 @@ class Adapter:
         found: list[tuple[ChainTransfer, str]] = []
         scanned = (self.cursor, self.last_block)  # how far the blocks read so far reach
         while scanned[0] < safe:
+            # a checkpoint per block: a provider answering at once (the simulated chain's)
+            # would make the whole scan one step on the loop, and an order waits for it
+            await trio.sleep(0)
             block = await self.providers.call("block", scanned[0] + 1)
             if block is None:
                 break  # a provider behind the one that answered head: the next poll reads it
