@@ -83,7 +83,7 @@ ASSETS = ["USDC", "SOL", "BTC", "ETH"]
 SIGNED_METHODS = ["orderExecute", "orderCancel", "orderCancelAll", "orderQuery", "orderQueryAll", "balanceQuery",
                   "deposit", "adminSetTrading", "adminSetFees"]
 # deposits and withdrawals: the account's requests, the admin's chain control, the adapter's reports
-CHAIN_METHODS = ["withdraw", "withdrawalQueryAll", "depositQueryAll", "depositAddressQuery", "reconcileQuery",
+CHAIN_METHODS = ["withdraw", "withdrawalQueryAll", "depositQueryAll", "depositAddressQuery", "reconcileQuery", "chainWorkQuery",
                  "chainStatus", "approveSweep", "depositConfirmed", "withdrawalSent", "withdrawalConfirmed",
                  "withdrawalFailed"]
 # compliance, points seasons, compensation: the admin's changes, the accounts' referrals and reads

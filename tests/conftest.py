@@ -373,6 +373,12 @@ async def balance(node, account: str, asset: str = "USDC") -> int:
     return free + held
 
 
+async def admin_deposit(node, account: str, asset: str, amount: int) -> list:
+    """A faucet deposit signed by the node's admin key (as ``satchel faucet``)."""
+    params = {"account": account, "asset": asset, "quantity": str(amount)}
+    return await node.submit_wait(Deposit(node.admin.api_key, account, asset, amount, auth_for(node.admin, "deposit", params)))
+
+
 async def equals(value, expected) -> bool:
     return (await value) == expected
 

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 import trio
 
-from conftest import balance, equals, falsy, order, until
+from conftest import admin_deposit, balance, equals, falsy, order, until
 from satchel import config
 from satchel.chains.adapter import Adapter
 from satchel.chains.embedded import SimChains
@@ -76,10 +76,8 @@ async def test_deposit_credited_once_and_a_reorg_before_confirmations_credits_no
 
 async def test_providers_down_pause_the_chain_while_trading_goes_on(nursery, tmp_path):
     node, chains = await start(nursery, tmp_path)
-    admin = node.admin
     for account, asset, amount in (("seller", "SOL", 10**10), ("buyer", "USDC", 10_000 * USDC)):
-        params = {"account": account, "asset": asset, "quantity": str(amount)}
-        await node.submit_wait(Deposit(admin.api_key, account, asset, amount, auth_for(admin, "deposit", params)))
+        await admin_deposit(node, account, asset, amount)
     for provider in chains.providers["sim"]:
         provider.down = True
     await until(lambda: paused(node))

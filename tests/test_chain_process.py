@@ -15,14 +15,14 @@ import msgspec
 import pytest
 import trio
 
-from conftest import balance, equals, falsy, order, until
+from conftest import admin_deposit, balance, equals, falsy, order, until
 from satchel import config
 from satchel.chains.embedded import Chains, EdgeHost
 from satchel.chains.link import RemoteLink
-from satchel.core.messages import ASK, BID, IOC, ChainsOf, Deposit, SetLeverage, Withdraw, WithdrawalsOf
+from satchel.core.messages import ASK, BID, IOC, ChainsOf, SetLeverage, Withdraw, WithdrawalsOf
 from satchel.gateway import Gateway
 from satchel.node import Node
-from satchel.signing import Keypair, auth_for
+from satchel.signing import Keypair
 from satchel.tools import client
 from satchel.tools.client import ReplyError, connect, free_port
 
@@ -71,10 +71,8 @@ async def test_deposits_moves_and_withdrawals_over_the_api(nursery, tmp_path):
 
 async def test_providers_down_pause_the_chain_and_the_work_query_is_the_adapters(nursery, tmp_path):
     node, gateway, chains = await start_apart(nursery, tmp_path, cfg_with())
-    admin = node.admin
     for account, asset, amount in (("seller", "SOL", 10**10), ("buyer", "USDC", 10_000 * USDC)):
-        params = {"account": account, "asset": asset, "quantity": str(amount)}
-        await node.submit_wait(Deposit(admin.api_key, account, asset, amount, auth_for(admin, "deposit", params)))
+        await admin_deposit(node, account, asset, amount)
     for provider in chains.providers["sim"]:
         provider.down = True
     await until(lambda: _paused(node))

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 import trio
 
-from conftest import balance, equals, falsy, order, until
+from conftest import admin_deposit, balance, equals, falsy, order, until
 from satchel import config
 from satchel.chains.adapter import Adapter
 from satchel.chains.embedded import Chains
@@ -25,7 +25,7 @@ from satchel.chains.evm import transactions as txs
 from satchel.chains.evm.rpc import EvmRpc
 from satchel.core.amounts import format_units
 from satchel.core.messages import (
-    ASK, BID, IOC, BalanceOf, ChainsOf, Deposit, SetLeverage, Withdraw, WithdrawalsOf, WithdrawalUpdate,
+    ASK, BID, IOC, BalanceOf, ChainsOf, SetLeverage, Withdraw, WithdrawalsOf, WithdrawalUpdate,
 )
 from satchel.node import Node
 from satchel.signing import Keypair, auth_for
@@ -305,10 +305,8 @@ async def test_providers_killed_pause_the_chain_while_trading_goes_on(nursery, t
     for proxy in proxies:
         await nursery.start(proxy.run)
     node, chains, _ = await start(nursery, tmp_path, dev, usdc, wallets, providers=[p.url for p in proxies])
-    admin = node.admin
     for account, asset, amount in (("seller", "SOL", 10**10), ("buyer", "USDC", 10_000 * USDC)):
-        params = {"account": account, "asset": asset, "quantity": str(amount)}
-        await node.submit_wait(Deposit(admin.api_key, account, asset, amount, auth_for(admin, "deposit", params)))
+        await admin_deposit(node, account, asset, amount)
     user = User(rpc, dev.chain_id)
     dora = Keypair.generate().api_key
     address = node.addresses.issue(CHAIN, dora)

@@ -53,9 +53,9 @@ import trio
 
 from satchel.chains.addresses import AddressBook
 from satchel.chains.base import ChainTransfer
+from satchel.chains.link import Outcome
 from satchel.chains.providers import AllProvidersFailing, Providers
 from satchel.core.amounts import format_units
-from satchel.chains.link import Outcome
 from satchel.core.messages import (
     BlockHeader, ChainDeposit, ChainStatus, ChainStatusChanged, CustodyMoved, ReportedDeposit, WithdrawalConfirmed,
     WithdrawalFailed, WithdrawalSent, WithdrawalUpdate,
@@ -117,8 +117,7 @@ class Adapter:
         self.paused_by_me = False
         self.chain_paused: bool | None = None  # None: not read yet
         self.failures = 0
-        self.inflight: set[int] = set()  # withdrawals queued or being handled
-        self.inflight_moves: set[int] = set()  # custody moves likewise
+        self.inflight: set[tuple] = set()  # withdrawals and custody moves queued or being handled
         self.sweep_s = SWEEP_S
         self.run_id = os.urandom(4).hex()  # this run's sweep keys: a restart never reuses one
         self._sweep_n = 0
@@ -146,25 +145,21 @@ class Adapter:
             elif cls is ChainStatusChanged and ev.chain == self.name:
                 self.chain_paused = ev.paused
             elif cls is CustodyMoved and ev.chain == self.name:
-                self._requeue(ev)
+                self._enqueue(ev)
 
-    def _requeue(self, ev: CustodyMoved) -> None:
-        if ev.seq in self.inflight_moves:
+    def _enqueue(self, ev: WithdrawalUpdate | CustodyMoved) -> None:
+        """Queue a withdrawal or a custody move unless it is queued or being handled; with
+        the backlog full a withdrawal is found again by the next resync, a move is kept for
+        the next sweep poll."""
+        key = _inflight_key(ev)
+        if key in self.inflight:
             return
         try:
             self.queue_send.send_nowait(ev)
-            self.inflight_moves.add(ev.seq)
+            self.inflight.add(key)
         except trio.WouldBlock:
-            self.moves_waiting[ev.seq] = ev  # the backlog is full: the next sweep poll tries again
-
-    def _enqueue(self, ev: WithdrawalUpdate) -> None:
-        if ev.withdrawal_id in self.inflight:
-            return
-        try:
-            self.queue_send.send_nowait(ev)
-            self.inflight.add(ev.withdrawal_id)
-        except trio.WouldBlock:
-            pass  # the backlog is full: the next resync finds it
+            if ev.__class__ is CustodyMoved:
+                self.moves_waiting[ev.seq] = ev
 
     def _load(self) -> None:
         if self.state_path.exists():
@@ -265,39 +260,28 @@ class Adapter:
             size = REPORT_DEPOSITS if await self.link.quiet(QUIET_S) else MAX_REPORTED_DEPOSITS
             part = found[first:first + size]
             first += size
-            code, credited = await self._report(part)
-            if code == "CHAIN_PAUSED":
-                raise _Paused()  # the block is scanned again once resumed; what was credited is skipped then
-            if code not in (None, "ALREADY_CREDITED"):
-                await self._report_each(part)
-            else:
-                self._credited(part, credited)
+            await self._report_part(part)
 
-    async def _report(self, part: list[tuple[ChainTransfer, str]]) -> Outcome:
+    async def _report_part(self, part: list[tuple[ChainTransfer, str]]) -> None:
         items = [{"chain": self.name, "txHash": t.tx_hash, "logIndex": str(t.log_index), "account": account,
                   "symbol": t.asset, "quantity": format_units(t.amount, self.decimals[t.asset])} for t, account in part]
         tx = ChainDeposit(self.key.api_key, self.name,
                           tuple(ReportedDeposit(t.tx_hash, t.log_index, a, t.asset, t.amount) for t, a in part))
-        return await self.link.report(self.key, "depositConfirmed", items, tx)
-
-    async def _report_each(self, part: list[tuple[ChainTransfer, str]]) -> None:
-        """One deposit refused the whole report: each reported alone."""
-        for one in part:
-            code, credited = await self._report([one])
-            if code == "CHAIN_PAUSED":
-                raise _Paused()
-            if code not in (None, "ALREADY_CREDITED"):
-                log.error("chain.deposit_refused", chain=self.name, tx=one[0].tx_hash, log_index=one[0].log_index,
-                          code=code)
-            else:
-                self._credited([one], credited)
-
-    def _credited(self, part: list[tuple[ChainTransfer, str]], credited: int) -> None:
-        self.credited += credited
-        now = trio.current_time()
-        for t, _ in part:
-            entry = self.sweeps.setdefault((t.to, t.asset), [0, now])
-            entry[0] += t.amount
+        code, credited = await self.link.report(self.key, "depositConfirmed", items, tx)
+        if code == "CHAIN_PAUSED":
+            raise _Paused()  # the block is scanned again once resumed; what was credited is skipped then
+        if code in (None, "ALREADY_CREDITED"):
+            self.credited += credited
+            now = trio.current_time()
+            for t, _ in part:
+                entry = self.sweeps.setdefault((t.to, t.asset), [0, now])
+                entry[0] += t.amount
+        elif len(part) > 1:  # one deposit refuses the whole report: each reported alone
+            for one in part:
+                await self._report_part([one])
+        else:
+            log.error("chain.deposit_refused", chain=self.name, tx=part[0][0].tx_hash, log_index=part[0][0].log_index,
+                      code=code)
 
     async def _sweep_loop(self) -> None:
         """Each deposit address is swept into the hot wallet ``SWEEP_S`` after its first
@@ -315,7 +299,7 @@ class Adapter:
         while True:
             await trio.sleep(POLL_S)
             for ev in list(self.moves_waiting.values()):  # custody moves waiting for sweeps: tried again
-                self._requeue(ev)
+                self._enqueue(ev)
             now = trio.current_time()
             due = []
             for key, (credited, since) in self.sweeps.items():  # oldest first
@@ -354,10 +338,7 @@ class Adapter:
                 except Undeliverable as exc:
                     await self._undeliverable(ev, str(exc))
                     break
-            if ev.__class__ is WithdrawalUpdate:
-                self.inflight.discard(ev.withdrawal_id)
-            else:
-                self.inflight_moves.discard(ev.seq)
+            self.inflight.discard(_inflight_key(ev))
 
     async def _undeliverable(self, ev: WithdrawalUpdate | CustodyMoved, why: str) -> None:
         if ev.__class__ is CustodyMoved:
@@ -453,6 +434,10 @@ class Adapter:
             self.paused_by_me = False
             await self._submit("chainStatus", {"chain": self.name, "paused": "false", "reason": "providers healthy"},
                                ChainStatus(self.key.api_key, self.name, False, "providers healthy"))
+
+
+def _inflight_key(ev: WithdrawalUpdate | CustodyMoved) -> tuple:
+    return (True, ev.withdrawal_id) if ev.__class__ is WithdrawalUpdate else (False, ev.seq)
 
 
 class _Paused(Exception):
