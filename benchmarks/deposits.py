@@ -117,13 +117,14 @@ class Users:
         per_block = max(1, round(deposits * chain.block_ms / 1000 / self.seconds))
         for first in range(0, deposits, per_block):
             await trio.sleep_until(start + first * self.seconds / deposits)
-            for i in range(first_id + first, first_id + min(first + per_block, deposits)):
-                account = self.users[i % self.accounts]
-                chain.transfer("USDC", f"user:{account}", self.wallets[account], amount(i))
-                if i % 8 == 7:
-                    # the users are not the exchange: in the node's process (--edge node) they
-                    # yield to it every few transfers rather than hold its loop for a block's worth
-                    await trio.sleep(0)
+            end = first_id + min(first + per_block, deposits)
+            for i in range(first_id + first, end, 8):
+                # the users are not the exchange: in the node's process (--edge node) they send
+                # a few transfers a turn of its loop (``Node.turn``), not a block's worth a step
+                async with self.chains.node.turn():
+                    for j in range(i, min(i + 8, end)):
+                        account = self.users[j % self.accounts]
+                        chain.transfer("USDC", f"user:{account}", self.wallets[account], amount(j))
 
     async def credited(self, count: int, started: float) -> float:
         """Seconds from ``started`` until the adapter has credited ``count`` (120 at most)."""

@@ -224,6 +224,59 @@ async def test_background_steps_wait_for_the_pipeline_to_run_dry(nursery, tmp_pa
     node._in_pipeline -= 1
 
 
+async def test_background_turns_run_one_at_a_time_and_only_between_blocks(nursery, tmp_path):
+    """``Node.turn``: background steps (a report's signing, a few transfers sealed) take
+    turns, one step at a time, and none starts while a block is in the pipeline."""
+    node = await nursery.start(Node(tmp_path / "data", fast_chains()).run)
+    log: list[str] = []
+
+    async def step(name: str) -> None:
+        async with node.turn(10):
+            log.append(f"{name} in, pipeline {'idle' if node._idle() else 'busy'}")
+            await trio.sleep(0)  # another turn waiting cannot start meanwhile
+            log.append(f"{name} out")
+
+    node.submit(Deposit(node.admin.api_key, "a", "USDC", USDC), lambda events: log.append("answered"))
+    with trio.fail_after(5):
+        async with trio.open_nursery() as steps:
+            steps.start_soon(step, "first")
+            steps.start_soon(step, "second")
+    first, second = log[1].split()[0], log[3].split()[0]  # trio starts tasks in either order
+    assert {first, second} == {"first", "second"}
+    assert log == ["answered", f"{first} in, pipeline idle", f"{first} out", f"{second} in, pipeline idle", f"{second} out"]
+
+
+async def test_the_simulated_chain_seals_in_steps_and_a_reorg_meanwhile_finishes_the_block_first(nursery):
+    """``run`` seals a block a few transfers a turn; the block appears whole, and a reorg
+    (or ``mine``) arriving in the middle finishes it first: blocks stay whole and chained."""
+    from satchel.chains import sim as sim_mod
+
+    chain = sim_mod.SimChain("x", block_ms=10)
+    chain.fund("a", "USDC", 10**6)
+    turns: list[int] = []
+
+    class Turn:  # counts the steps, and reorganises in the middle of the first block's
+        async def __aenter__(self) -> None:
+            turns.append(len(chain.blocks))
+            if len(turns) == 2:
+                chain.reorg(1)
+                after.append((chain.head, chain.balances[("a", "USDC")]))
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+    after: list[tuple[int, int]] = []
+    for i in range(3 * sim_mod.SEAL_STEP):
+        chain.transfer("USDC", "a", f"b{i}", 1)
+    nursery.start_soon(chain.run, Turn)
+    with trio.fail_after(5):
+        while chain.head < 3:
+            await trio.sleep(0.005)
+    assert after == [(0, 10**6)]  # the block was sealed whole first, then reorganised away
+    blocks = [chain.block(n) for n in range(chain.head + 1)]
+    assert all(b.parent == a.hash and b.number == a.number + 1 for a, b in zip(blocks, blocks[1:]))
+    assert not any(b.transfers for b in blocks)
+
 def test_the_simulated_chain_keeps_its_idempotency_keys_across_a_restart_and_a_reorg(tmp_path):
     """Keyed transfers (withdrawals, sweeps) are appended to a log at each save, not
     rewritten: a restarted chain still finds them, and one a reorg dropped stays gone."""

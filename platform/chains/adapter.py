@@ -73,15 +73,14 @@ BREAKER_FAILURES = 3
 MAX_PROBE_S = 30.0
 SWEEP_S = 2.0  # an address is swept this long after its first deposit not swept yet (later ones go along)
 SWEEP_BATCH = 20  # addresses swept per poll at most: custody housekeeping at a steady pace, never a burst
-# deposits per report while the node has idle moments: each report is one short step on the
-# loop and one short block (orders' p99 beside deposits over alone's, benchmarks.deposits:
-# per chain block, 8 a report x1.2, 16 x1.4, 64 x1.9 at 1,250/s; per poll, 8 x1.37 and 32
-# x1.30 at 1,250/s, x1.08 and x0.99 at 100/s: fewer blocks beside orders at low rates, no
-# worse at high ones); a saturated node gets the rest in one report (at most
-# MAX_REPORTED_DEPOSITS), so deposits keep pace under any load. Tried and dropped
-# (2026-11-27): reports riding along in blocks cut for orders, 8 a report, 2 to 32 in
-# flight -- every order's block then carried deposits' work: p99 x1.8-2.8.
-REPORT_DEPOSITS = 32
+# deposits per report: a report rides along in a block cut for orders (the sequencer's
+# background lane, a budget of 8 deposits a block), where it adds ~4 us a deposit to that
+# block instead of a block's fixed ~450 us in front of the next order. Measured
+# (benchmarks.deposits, orders at 400/s beside 1,250 deposits/s, p99 beside/alone): reports
+# of 32 in blocks of their own, paced by the node's idle moments, x1.5-2.1; riding along,
+# 8 a report, see the README. Tried and dropped before (2026-11-27): 8, 16 and 64 a report
+# in blocks of their own (x1.2-1.9).
+REPORT_DEPOSITS = 8
 QUIET_S = 0.05  # each step waits this long at most for the node's pipeline to run dry (``Node.quiet``)
 REORG_RESCAN = 64  # blocks scanned again after a reorg deeper than the confirmations
 
@@ -199,7 +198,8 @@ class Adapter:
                 if not (await self._paused() and not self.paused_by_me):  # the admin's pause is the admin's
                     await self.providers.call("head")  # a probe: resume first, then report deposits
                     await self._healthy()
-                    await self._scan()
+                    if await self._scan():
+                        continue  # stopped at a full report: the next blocks at once, no poll interval
             except AllProvidersFailing as exc:
                 await self._failing(str(exc))
                 continue
@@ -207,18 +207,16 @@ class Adapter:
                 pass  # paused between the check and the report: the block is scanned again later
             await trio.sleep(POLL_S)
 
-    async def _scan(self) -> None:
+    async def _scan(self) -> bool:
         """The blocks past the cursor with ``confirmations``, up to ``MAX_REPORTED_DEPOSITS``
-        deposits a poll, reported (``_report_deposits``) before the cursor moves past them."""
+        deposits a poll, reported (``_report_deposits``) before the cursor moves past them;
+        True if it stopped there with more blocks to read (an adapter catching up)."""
         head = await self.providers.call("head")
         safe = head - self.confirmations + 1
         self.book.refresh()
         found: list[tuple[ChainTransfer, str]] = []
         scanned = (self.cursor, self.last_block)  # how far the blocks read so far reach
         while scanned[0] < safe:
-            # a checkpoint per block: a provider answering at once (the simulated chain's)
-            # would make the whole scan one step on the loop, and an order waits for it
-            await trio.sleep(0)
             block = await self.providers.call("block", scanned[0] + 1)
             if block is None:
                 break  # a provider behind the one that answered head: the next poll reads it
@@ -233,10 +231,11 @@ class Adapter:
                 self.last_block = (-1, "")
                 scanned = (self.cursor, self.last_block)
                 continue
-            for t in block.transfers:
-                owner = self.book.owner(self.name, t.to) if t.ok else None
-                if owner is not None and t.asset in self.decimals:
-                    found.append((t, owner))
+            async with self.link.turn():  # a block's transfers a step: a whole scan in one held the loop
+                for t in block.transfers:
+                    owner = self.book.owner(self.name, t.to) if t.ok else None
+                    if owner is not None and t.asset in self.decimals:
+                        found.append((t, owner))
             scanned = (block.number, (block.number, block.hash))
             if len(found) >= MAX_REPORTED_DEPOSITS:
                 break
@@ -249,27 +248,33 @@ class Adapter:
             # engine skips what it credited before
             self.saved_at = now
             await trio.to_thread.run_sync(self._save, self._state())
+        return len(found) >= MAX_REPORTED_DEPOSITS and scanned[0] < safe
 
     async def _report_deposits(self, found: list[tuple[ChainTransfer, str]]) -> None:
         """A poll's deposits, reported in transactions of ``REPORT_DEPOSITS`` under one
-        signature each, each once the node's pipeline is quiet (between orders), or all the
-        rest at once when it stays busy; then each address credited (now, or before a
-        restart) is marked for the sweep to the hot wallet."""
-        first = 0
-        while first < len(found):
-            size = REPORT_DEPOSITS if await self.link.quiet(QUIET_S) else MAX_REPORTED_DEPOSITS
-            part = found[first:first + size]
-            first += size
-            await self._report_part(part)
+        signature each, all in flight at once (they ride along in the node's blocks), each
+        signed in a turn of its own (``Node.turn``); then each address credited (now, or
+        before a restart) is marked for the sweep to the hot wallet."""
+        paused: list[bool] = []
 
-    async def _report_part(self, part: list[tuple[ChainTransfer, str]]) -> None:
+        async def report(part: list[tuple[ChainTransfer, str]]) -> None:
+            paused.append(await self._report_part(part))
+
+        async with trio.open_nursery() as nursery:
+            for first in range(0, len(found), REPORT_DEPOSITS):
+                nursery.start_soon(report, found[first:first + REPORT_DEPOSITS])
+        if any(paused):
+            raise _Paused()  # the block is scanned again once resumed; what was credited is skipped then
+
+    async def _report_part(self, part: list[tuple[ChainTransfer, str]]) -> bool:
+        """One report; True if the engine refused it because the chain was paused meanwhile."""
         items = [{"chain": self.name, "txHash": t.tx_hash, "logIndex": str(t.log_index), "account": account,
                   "symbol": t.asset, "quantity": format_units(t.amount, self.decimals[t.asset])} for t, account in part]
         tx = ChainDeposit(self.key.api_key, self.name,
                           tuple(ReportedDeposit(t.tx_hash, t.log_index, a, t.asset, t.amount) for t, a in part))
         code, credited = await self.link.report(self.key, "depositConfirmed", items, tx)
         if code == "CHAIN_PAUSED":
-            raise _Paused()  # the block is scanned again once resumed; what was credited is skipped then
+            return True
         if code in (None, "ALREADY_CREDITED"):
             self.credited += credited
             now = trio.current_time()
@@ -278,10 +283,12 @@ class Adapter:
                 entry[0] += t.amount
         elif len(part) > 1:  # one deposit refuses the whole report: each reported alone
             for one in part:
-                await self._report_part([one])
+                if await self._report_part([one]):
+                    return True
         else:
             log.error("chain.deposit_refused", chain=self.name, tx=part[0][0].tx_hash, log_index=part[0][0].log_index,
                       code=code)
+        return False
 
     async def _sweep_loop(self) -> None:
         """Each deposit address is swept into the hot wallet ``SWEEP_S`` after its first

@@ -15,6 +15,8 @@ default node, with its simulated chain, needs nothing but its pip dependencies.
 
 from __future__ import annotations
 
+import contextlib
+
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ class Chains:
     name: tests and the load tester reach in to deposit and to break providers).
 
     ``host``: what the chains need of the node -- ``cfg``, ``data``, ``addresses``,
-    ``chain_keys``, ``custody_seed`` -- the ``Node`` itself when they run in its process,
+    ``chain_keys``, ``custody_seed``, ``turn`` -- the ``Node`` itself when they run in its process,
     an ``EdgeHost`` in ``satchel chains``. ``link``: how an adapter reaches the node
     (default ``LocalLink(host)``: in its process).
 
@@ -90,7 +92,7 @@ class Chains:
             async with trio.open_nursery() as nursery:
                 for name, adapter in self.adapters.items():
                     if name in self.sims:
-                        nursery.start_soon(self.sims[name].run)
+                        nursery.start_soon(self.sims[name].run, self.node.turn)
                     nursery.start_soon(adapter.run)
                     log.info("chain.started", chain=name, kind=self.node.cfg.chains[name].kind,
                              confirmations=adapter.confirmations, providers=len(self.providers[name]))
@@ -119,6 +121,10 @@ class EdgeHost:
         self.chain_keys = {name: load_key(self.data, f"chain-{name}.key") for name in cfg.chains}
         self.custody_seed = load_seed(self.data)
         self.addresses = AddressBook(self.data, self.custody_seed, {n: c.kind for n, c in cfg.chains.items()})
+
+    def turn(self) -> contextlib.nullcontext:
+        """A step of work: at once (in a process of their own the chains have its loop to themselves)."""
+        return contextlib.nullcontext()
 
 
 SimChains = Chains  # the name its first callers know (satchel serve, the deposit benchmark, tests)

@@ -3,7 +3,8 @@
 An adapter needs five things of the node, and nothing else: to report (a signed
 transaction, answered with its refusal code or the deposits credited), whether its chain
 is paused, the chain's open withdrawals, the custody moves to carry out, and -- when it
-shares the node's event loop -- a quiet moment to work in. Two links give them:
+shares the node's event loop -- quiet moments and turns to work in (``Node.quiet``,
+``Node.turn``). Two links give them:
 
 * ``LocalLink``: the adapter runs in the node's process (``satchel serve``, the embedded
   default). Reports are submitted to the sequencer; withdrawals, moves and pauses arrive
@@ -22,6 +23,7 @@ shares the node's event loop -- a quiet moment to work in. Two links give them:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, NamedTuple
 
@@ -63,8 +65,18 @@ class LocalLink:
         """Nothing to poll: the events come to the adapter."""
 
     async def report(self, key: Keypair, instruction: str, params: dict | list, tx: Any) -> Outcome:
-        auth = batch_auth_for(key, instruction, params) if isinstance(params, list) else auth_for(key, instruction, params)
-        events = await self.node.submit_wait(msgspec.structs.replace(tx, auth=auth))
+        done = trio.Event()
+        answer: list = []
+
+        def durable(events: list) -> None:
+            answer.append(events)
+            done.set()
+
+        async with self.node.turn():  # signed in a turn of its own; then waits, turn given back
+            auth = batch_auth_for(key, instruction, params) if isinstance(params, list) else auth_for(key, instruction, params)
+            self.node.submit(msgspec.structs.replace(tx, auth=auth), durable)
+        await done.wait()
+        events = answer[0]
         code = next((e.code for e in events if e.__class__ is TxRejected), None)
         return Outcome(code, sum(e.__class__ is ChainCredited for e in events))
 
@@ -78,6 +90,9 @@ class LocalLink:
 
     async def quiet(self, patience: float) -> bool:
         return await self.node.quiet(patience)
+
+    def turn(self) -> Any:
+        return self.node.turn()
 
 
 class RemoteLink:
@@ -165,6 +180,9 @@ class RemoteLink:
 
     async def quiet(self, patience: float) -> bool:
         return True  # the node's loop is not this process's
+
+    def turn(self) -> Any:
+        return contextlib.nullcontext()
 
     async def _work(self, chain: str) -> list:
         """``chainWorkQuery``: the pause, custody moves and withdrawals, as the events an

@@ -24,6 +24,9 @@ from __future__ import annotations
 import hashlib
 import random
 from pathlib import Path
+import contextlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import msgspec
@@ -35,6 +38,7 @@ from satchel.chains.base import ChainBlock, ChainTransfer, ProviderDown, RateLim
 KEEP_BLOCKS = 100_000  # blocks kept in memory (~14 h at 500 ms); an adapter further behind reads None
 SAVE_S = 1.0  # the chain's state is written at most this often (and when it stops)
 SAVED_BLOCKS = 64  # the newest blocks kept in the saved state, for an adapter a few blocks behind
+SEAL_STEP = 16  # transfers sealed per step of the event loop while ``run`` mines
 
 
 class _Saved(msgspec.Struct, array_like=True):
@@ -81,6 +85,7 @@ class SimChain:
         # event loop of milliseconds every second, measured beside trading)
         self._encoded: dict[int, bytes] = {}
         self._keyed_new: list[bytes] = []  # keyed transfers mined since the last save, framed for the log
+        self._sealing: Iterator[None] | None = None  # the block ``run`` is sealing, step by step
         if path is not None and path.exists():
             self._restore(msgspec.msgpack.decode(path.read_bytes(), type=_Saved))
 
@@ -109,22 +114,34 @@ class SimChain:
         return tx_hash
 
     def mine(self) -> ChainBlock:
+        """Seal everything submitted since the last block into the next one, at once."""
+        self._finish_sealing()
+        for _ in self._seal():
+            pass
+        return self.blocks[-1]
+
+    def _seal(self) -> Iterator[None]:
+        """Seal the mempool into the next block, pausing every ``SEAL_STEP`` transfers;
+        the block appears whole at the end (``run`` gives the event loop a step between)."""
         parent = self.blocks[-1]
+        pending, self.mempool = self.mempool, []
         number = parent.number + 1
-        block_hash = _hash(self.name, f"block/{number}/{parent.hash}/{len(self.mempool)}/{self._n}")
+        block_hash = _hash(self.name, f"block/{number}/{parent.hash}/{len(pending)}/{self._n}")
         sealed = []
-        for i, t in enumerate(self.mempool):
-            ok = not t.to.startswith("fail") and self.balances.get((t.sender, t.asset), 0) >= t.amount
+        balances = self.balances
+        for i, t in enumerate(pending):
+            ok = not t.to.startswith("fail") and balances.get((t.sender, t.asset), 0) >= t.amount
             if ok:
-                self.balances[(t.sender, t.asset)] -= t.amount
-                self.balances[(t.to, t.asset)] = self.balances.get((t.to, t.asset), 0) + t.amount
+                balances[(t.sender, t.asset)] -= t.amount
+                balances[(t.to, t.asset)] = balances.get((t.to, t.asset), 0) + t.amount
             mined = ChainTransfer(t.tx_hash, i, t.sender, t.to, t.asset, t.amount, number, block_hash, t.key, ok)
             sealed.append(mined)
             if t.key:
                 self.keyed[t.tx_hash] = mined
                 if self.path is not None:
                     self._keyed_new.append(_framed(mined))
-        self.mempool = []
+            if i % SEAL_STEP == SEAL_STEP - 1:
+                yield
         block = ChainBlock(number, block_hash, parent.hash, sealed)
         self.blocks.append(block)
         if self.path is not None:
@@ -132,10 +149,18 @@ class SimChain:
             self._encoded.pop(number - SAVED_BLOCKS, None)
         if len(self.blocks) > KEEP_BLOCKS:
             del self.blocks[: len(self.blocks) - KEEP_BLOCKS]
-        return block
+
+    def _finish_sealing(self) -> None:
+        """A block ``run`` is sealing step by step is finished first, at once: blocks are
+        mined and reorganised whole, one after another."""
+        sealing, self._sealing = self._sealing, None
+        if sealing is not None:
+            for _ in sealing:
+                pass
 
     def reorg(self, depth: int) -> None:
         """Drop the newest ``depth`` blocks and everything in them (moves undone)."""
+        self._finish_sealing()
         for block in self.blocks[-depth:]:
             for t in block.transfers:
                 if t.ok:
@@ -154,15 +179,23 @@ class SimChain:
         tx_hash = self.keys.get(key)
         return None if tx_hash is None else self.keyed.get(tx_hash)
 
-    async def run(self) -> None:
+    async def run(self, turn: Callable[[], AbstractAsyncContextManager] = contextlib.nullcontext) -> None:
         """Mine every ``block_ms``; save the state at most once a second, in a worker thread,
         and once more when stopped. A crash loses at most that second of the chain, as a
-        reorg deeper than any confirmations would (``satchel reconcile`` shows what it took)."""
+        reorg deeper than any confirmations would (``satchel reconcile`` shows what it took).
+        ``turn``: where the step that seals a few transfers runs (``Node.turn`` in the
+        node's process: a chain stands for another machine, and yields to the exchange)."""
         saved_at = trio.current_time()
         try:
             while True:
                 await trio.sleep(self.block_ms / 1000)
-                self.mine()
+                # sealed a few transfers a step: a block of a busy second's deposits sealed
+                # at once held the event loop ~0.5 ms, and an order in flight with it
+                self._sealing = sealing = self._seal()
+                while self._sealing is sealing:
+                    async with turn():
+                        if next(sealing, True):  # sealed, or finished at once by ``mine``/``reorg``
+                            self._sealing = None
                 if self.path is not None and trio.current_time() - saved_at >= SAVE_S:
                     saved_at = trio.current_time()
                     # copied here (shallow: blocks and transfers are immutable), encoded and

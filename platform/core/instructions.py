@@ -682,6 +682,11 @@ class Instruction(NamedTuple):
     # the transaction carries every item of a batch request (``build`` gets a list of
     # params; one record, one signature), instead of one transaction per item
     many: bool = False
+    # a chain adapter's report: its weight (a report's deposits); the sequencer lets it ride
+    # along in blocks cut for other transactions, a few of weight a block, rather than cut
+    # one for it (``ledger.sequencer``): custody work never puts a block's fixed cost in
+    # front of an order
+    background: Callable[[Any], int] | None = None
 
 
 def _account(tx: Any) -> str:
@@ -694,6 +699,10 @@ def _admin(tx: Any) -> str:
 
 def _adapter(tx: Any) -> str:
     return tx.adapter
+
+
+def _one(tx: Any) -> int:
+    return 1
 
 
 _ORDER_ERRORS = (INVALID_REQUEST, INVALID_SYMBOL, INVALID_DECIMAL, INVALID_PRICE, INVALID_QUANTITY)
@@ -742,13 +751,14 @@ INSTRUCTIONS = (
                 _CHAIN_ERRORS + (Code.INVALID_ADDRESS, Code.INSUFFICIENT_FUNDS, Code.INSUFFICIENT_MARGIN,
                                  Code.PRODUCT_RESTRICTED, Code.TIER_LIMIT)),
     Instruction("depositConfirmed", ChainDeposit, DepositConfirmedParams, _deposit_confirmed, _adapter, False, "trade",
-                _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_DEPOSIT, Code.ALREADY_CREDITED), many=True),
+                _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_DEPOSIT, Code.ALREADY_CREDITED), many=True,
+                background=lambda tx: len(tx.deposits)),
     Instruction("withdrawalSent", WithdrawalSent, WithdrawalRefParams, _withdrawal_sent, _adapter, False, "trade",
-                _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL)),
+                _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL), background=_one),
     Instruction("withdrawalConfirmed", WithdrawalConfirmed, WithdrawalRefParams, _withdrawal_confirmed, _adapter, False,
-                "trade", _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL)),
+                "trade", _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL), background=_one),
     Instruction("withdrawalFailed", WithdrawalFailed, WithdrawalRefParams, _withdrawal_failed, _adapter, False, "trade",
-                _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL)),
+                _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL), background=_one),
     Instruction("chainStatus", ChainStatus, ChainStatusParams, _chain_status, lambda tx: tx.signer, False, "config",
                 (INVALID_REQUEST, Code.INVALID_CHAIN, Code.UNAUTHORIZED)),
     Instruction("approveSweep", ApproveSweep, ApproveSweepParams, _approve_sweep, _admin, True, "config",
