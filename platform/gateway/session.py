@@ -90,14 +90,19 @@ class Session:
             except ConnectionClosed:
                 return
             if self.custody:
-                # an adapter in its own process cannot see when the node is idle: its reports
-                # are handled between orders, as an adapter in the node's process submits
-                # them (``Node.quiet``), and at the latest after ``CUSTODY_PATIENCE_S``
-                await self.gw.node.quiet(CUSTODY_PATIENCE_S)
-            try:
-                self.handle(text)
-            except Exception as exc:  # no input may stop the node: answer, count, go on
-                self._failed(P.request_id(text) if isinstance(text, str) else None, exc)
+                # an adapter in its own process cannot see when the node is idle: each of its
+                # reports is handled in a turn of background work, as an adapter in the node's
+                # process signs them (``Node.turn``), at the latest after ``CUSTODY_PATIENCE_S``
+                async with self.gw.node.turn(CUSTODY_PATIENCE_S):
+                    self._handle(text)
+            else:
+                self._handle(text)
+
+    def _handle(self, text: str | bytes) -> None:
+        try:
+            self.handle(text)
+        except Exception as exc:  # no input may stop the node: answer, count, go on
+            self._failed(P.request_id(text) if isinstance(text, str) else None, exc)
 
     def _failed(self, req_id: Any, exc: Exception) -> None:
         gw = self.gw
