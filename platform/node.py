@@ -339,7 +339,7 @@ class Node:
         Trio has no task priorities: background work cut into small steps otherwise runs
         in the same scheduler batches as the engine's actor round trips, and an order's
         block waits for every step that runs meanwhile, a few each round trip (measured,
-        ``benchmarks/deposits``: orders' p99 x4 beside deposits, against x1.x with turns).
+        ``benchmarks/deposits``: orders' p99 x4.4 beside deposits, against x1.2-1.5 with turns).
         With turns an order waits at most for the one step that began before it came."""
         async with self._turns:
             with trio.move_on_after(patience):

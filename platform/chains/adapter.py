@@ -8,8 +8,11 @@ from its chain's work query (``chains.link``).
 * **Deposits.** It scans blocks once they have ``confirmations`` (a reorg shallower than
   that never reaches it), and reports each transfer to a deposit address handed out
   (``AddressBook``), the deposits of the blocks one poll reads together in
-  ``depositConfirmed`` reports under one signature each (per deposit, signing cost as much
-  as the engine's whole credit); then it moves the deposits to the hot wallet.
+  ``depositConfirmed`` reports of ``REPORT_DEPOSITS`` under one signature each (per
+  deposit, signing cost as much as the engine's whole credit), all in flight at once: they
+  ride along in blocks cut for orders (the sequencer's background lane), and each is
+  signed in a turn of the node's loop (``Node.turn``); then it moves the deposits to the
+  hot wallet.
   Its scan position is a file written at most once a second, so a crash re-reports at most
   a second of blocks, and the engine skips what it credited before (a report of nothing
   new is refused ``ALREADY_CREDITED``): credit stays exactly once across restarts.
@@ -77,8 +80,9 @@ SWEEP_BATCH = 20  # addresses swept per poll at most: custody housekeeping at a 
 # background lane, a budget of 8 deposits a block), where it adds ~4 us a deposit to that
 # block instead of a block's fixed ~450 us in front of the next order. Measured
 # (benchmarks.deposits, orders at 400/s beside 1,250 deposits/s, p99 beside/alone): reports
-# of 32 in blocks of their own, paced by the node's idle moments, x1.5-2.1; riding along,
-# 8 a report, see the README. Tried and dropped before (2026-11-27): 8, 16 and 64 a report
+# of 32 in blocks of their own, paced by the node's idle moments, x1.8-2.1; riding along
+# with the adapter's steps in turns, 8 a report x1.2-1.5, 4 a report x1.2-1.3 (the same
+# within the noise; half as many signatures with 8). Dropped before: 8, 16 and 64 a report
 # in blocks of their own (x1.2-1.9).
 REPORT_DEPOSITS = 8
 QUIET_S = 0.05  # each step waits this long at most for the node's pipeline to run dry (``Node.quiet``)

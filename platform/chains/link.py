@@ -14,11 +14,11 @@ shares the node's event loop -- quiet moments and turns to work in (``Node.quiet
   ``depositConfirmedBatch`` and the withdrawal reports, and ``chainWorkQuery`` (polled
   every ``WORK_S``) answers the chain's pause, open withdrawals and custody moves. The
   node's loop is spared the adapter's scans and sweeps and the simulated chain, but
-  decodes each report frame (~1.2-1.9 ms for 32 deposits on a 2-core machine, more than
-  the in-process adapter's whole report) and cannot offer it its idle moments: orders'
-  p99 beside deposits is higher this way on one machine (``benchmarks/deposits --edge
-  process``). It buys isolation -- the hot wallet's keys and the chains' RPC traffic off
-  the matching node -- not latency.
+  decodes and checks each report frame (the gateway handles them in ``Node.turn``s, yet
+  trio-websocket reads them off the socket in a task of its own): orders' p99 beside
+  deposits is higher this way on one machine (``benchmarks/deposits --edge process``:
+  x1.5-1.6 against x1.2-1.5 in the node's process). It buys isolation -- the hot
+  wallet's keys and the chains' RPC traffic off the matching node -- not latency.
 """
 
 from __future__ import annotations
