@@ -317,10 +317,11 @@ class Node:
         applied, being made durable or answered), or ``patience`` seconds at most; True if
         it ran dry, False if the patience ran out (the node is saturated).
 
-        Background work at the edges (a chain adapter's reports and sweeps) calls this
-        before each step, so it runs between orders rather than beside them: on one event
-        loop an order in flight waits for every step that runs meanwhile (measured: a
-        block's deposits handled beside orders tripled their p99, ``benchmarks/deposits``).
+        Background work at the edges calls this before each step (a chain adapter's sweeps;
+        its other steps take ``turn``s, which wait for this too), so it runs between orders
+        rather than beside them: on one event loop an order in flight waits for every step
+        that runs meanwhile (measured: a block's deposits handled beside orders tripled
+        their p99, ``benchmarks/deposits``).
         ``patience`` bounds the wait, so under saturation that work still goes on."""
         with trio.move_on_after(patience):
             while not self._idle():

@@ -204,7 +204,7 @@ async def test_the_simulated_chain_survives_a_restart(tmp_path):
 
 
 async def test_background_steps_wait_for_the_pipeline_to_run_dry(nursery, tmp_path):
-    """``Node.quiet``, what an adapter awaits before each report and sweep: at once when
+    """``Node.quiet``, what an adapter awaits before each sweep and each turn: at once when
     nothing is in the pipeline, after the transactions in flight were answered, and never
     longer than its patience."""
     node = await nursery.start(Node(tmp_path / "data", fast_chains()).run)
@@ -219,7 +219,7 @@ async def test_background_steps_wait_for_the_pipeline_to_run_dry(nursery, tmp_pa
     assert seen == ["answered 0", "answered 1", "answered 2", "quiet"]
     node._in_pipeline += 1  # as if a block never came back: the patience bounds the wait
     start = trio.current_time()
-    assert not await node.quiet(0.1)  # saturated: the adapter then reports a block's deposits at once
+    assert not await node.quiet(0.1)  # saturated: background work then goes on anyway
     assert 0.1 <= trio.current_time() - start < 1
     node._in_pipeline -= 1
 

@@ -16,7 +16,6 @@ default node, with its simulated chain, needs nothing but its pip dependencies.
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

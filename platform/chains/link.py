@@ -65,18 +65,9 @@ class LocalLink:
         """Nothing to poll: the events come to the adapter."""
 
     async def report(self, key: Keypair, instruction: str, params: dict | list, tx: Any) -> Outcome:
-        done = trio.Event()
-        answer: list = []
-
-        def durable(events: list) -> None:
-            answer.append(events)
-            done.set()
-
-        async with self.node.turn():  # signed in a turn of its own; then waits, turn given back
+        async with self.node.turn():  # signed in a turn of its own; the wait for its block is not
             auth = batch_auth_for(key, instruction, params) if isinstance(params, list) else auth_for(key, instruction, params)
-            self.node.submit(msgspec.structs.replace(tx, auth=auth), durable)
-        await done.wait()
-        events = answer[0]
+        events = await self.node.submit_wait(msgspec.structs.replace(tx, auth=auth))
         code = next((e.code for e in events if e.__class__ is TxRejected), None)
         return Outcome(code, sum(e.__class__ is ChainCredited for e in events))
 

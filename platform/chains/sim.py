@@ -21,12 +21,11 @@ answers "rate limited"), or down altogether -- the article's overloaded provider
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
-from pathlib import Path
-import contextlib
 from collections.abc import Callable, Iterator
-from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -179,7 +178,7 @@ class SimChain:
         tx_hash = self.keys.get(key)
         return None if tx_hash is None else self.keyed.get(tx_hash)
 
-    async def run(self, turn: Callable[[], AbstractAsyncContextManager] = contextlib.nullcontext) -> None:
+    async def run(self, turn: Callable[[], contextlib.AbstractAsyncContextManager] = contextlib.nullcontext) -> None:
         """Mine every ``block_ms``; save the state at most once a second, in a worker thread,
         and once more when stopped. A crash loses at most that second of the chain, as a
         reorg deeper than any confirmations would (``satchel reconcile`` shows what it took).
