@@ -14,9 +14,11 @@ addresses. Trading is a steady stream of orders (resting bids and asks crossing,
 p99 alone and beside the deposits per round and their medians (a shared machine drifts:
 alternating spreads the drift over both), and checks that every deposit was credited
 exactly once (the balances equal what was sent, and the adapter's count of credits
-equals the transfers).
+equals the transfers). ``--edge none`` takes the chain and the adapter away: the same
+deposits reach the node in reports signed beforehand, at the same pace, so what it
+shows is the ledger's own share (``Direct``).
 
-Usage: python -m benchmarks.deposits [--edge node|process] [--deposits 10000] [--accounts 500] [--rate 400]
+Usage: python -m benchmarks.deposits [--edge node|process|none] [--deposits 10000] [--accounts 500] [--rate 400]
        [--seconds 8] [--rounds 3]
 """
 
@@ -38,12 +40,15 @@ import orjson
 import trio
 
 from satchel import config
+from satchel.chains.adapter import REPORT_DEPOSITS, deposit_report
+from satchel.chains.base import ChainTransfer
 from satchel.chains.embedded import Chains, EdgeHost
 from satchel.chains.link import RemoteLink
-from satchel.core.messages import ASK, BID, GTC, IOC, LIMIT, REJECT_TAKER, BalanceOf, Deposit, PlaceOrder, SetLeverage
+from satchel.core.messages import (ASK, BID, GTC, IOC, LIMIT, REJECT_TAKER, BalanceOf, ChainCredited, Deposit, PlaceOrder,
+                                   SetLeverage)
 from satchel.gateway import Gateway
 from satchel.node import Node
-from satchel.signing import Keypair
+from satchel.signing import Keypair, batch_auth_for
 from satchel.tools import client
 from satchel.tools.cli import setup_logging
 
@@ -138,6 +143,59 @@ class Users:
                 "overloaded_calls": self.overloaded.calls}
 
 
+class Direct:
+    """``--edge none``: no chain and no adapter. The same deposits, in the adapter's reports
+    (``REPORT_DEPOSITS`` each, built and signed before the round), go straight to the node
+    at the same pace: what is left is the ledger's own share of the work (crediting,
+    journaling and publishing the deposits), the floor of any way to take them in."""
+
+    def __init__(self, node: Node, deposits: int, accounts: int, seconds: float, per_report: int = REPORT_DEPOSITS):
+        self.node, self.deposits, self.accounts, self.seconds = node, deposits, accounts, seconds
+        self.per_report = per_report
+        self.users = [user(i) for i in range(accounts)]
+        self.credited = 0
+        self.reports: list = []
+
+    def prepare(self, r: int) -> None:
+        """Sign round ``r``'s reports, before its orders start (signing is the adapter's
+        work, not the ledger's), and within their validity window (60 s)."""
+        self.reports = self.signed(r * self.deposits)
+
+    def signed(self, first_id: int) -> list:
+        """The reports of deposits ``first_id`` to ``first_id + deposits`` (their ids make their
+        transaction hashes), signed now by the chain's adapter key."""
+        key = self.node.chain_keys["sim"]
+        reports = []
+        end = first_id + self.deposits
+        for first in range(first_id, end, self.per_report):
+            part = [(ChainTransfer(f"0x{j:064x}", 0, "", "", "USDC", amount(j), 0, "", "", True),
+                     self.users[j % self.accounts]) for j in range(first, min(first + self.per_report, end))]
+            items, tx = deposit_report(key.api_key, "sim", {"USDC": 6}, part)
+            reports.append(msgspec.structs.replace(tx, auth=batch_auth_for(key, "depositConfirmed", items)))
+        return reports
+
+    async def send_round(self, r: int) -> float:
+        """Round ``r``'s deposits; seconds until all are credited."""
+        first_id = r * self.deposits
+        reports = self.reports
+        started = time.perf_counter()
+        start = trio.current_time()
+
+        def counted(events: list) -> None:
+            self.credited += sum(e.__class__ is ChainCredited for e in events)
+
+        for i, tx in enumerate(reports):
+            await trio.sleep_until(start + i * self.seconds / len(reports))
+            self.node.submit(tx, counted)
+        with trio.move_on_after(120):
+            while self.credited < first_id + self.deposits:
+                await trio.sleep(0.05)
+        return time.perf_counter() - started
+
+    def stats(self) -> dict:
+        return {"credited": self.credited, "provider_errors": 0, "overloaded_calls": 0}
+
+
 async def child(url: str, data: str, deposits: int, accounts: int, seconds: float) -> None:
     """``--edge process``: the chain, its users and the adapter (``satchel chains``), told
     by the parent on stdin when to send a round ("go R") and when to stop ("quit")."""
@@ -184,7 +242,10 @@ async def run(edge: str, deposits: int, accounts: int, rate: int, seconds: float
             if not auto_lend:
                 for i in range(accounts):
                     await node.submit_wait(SetLeverage(user(i), 0, auto_lend=0))
-            if edge == "node":
+            if edge == "none":
+                users = Direct(node, deposits, accounts, seconds)
+                send_round = users.send_round
+            elif edge == "node":
                 users = Users(await nursery.start(Chains(node).run), deposits, accounts, seconds)
 
                 async def send_round(r: int) -> float:
@@ -208,6 +269,8 @@ async def run(edge: str, deposits: int, accounts: int, rate: int, seconds: float
             alone, beside, stages, stages_alone, to_credit = [], [], [], [], []
             pooled: dict[str, list[float]] = {"alone": [], "beside": []}  # every order of every round
             for r in range(rounds):
+                if edge == "none":
+                    users.prepare(r)
                 node.latency.reset()
                 latencies = await trade(node, rate, seconds)
                 alone.append(quantiles(latencies))
@@ -223,7 +286,7 @@ async def run(edge: str, deposits: int, accounts: int, rate: int, seconds: float
                     stages.append(node.latency.summary())
                 to_credit.append(credit_time[0])
             await trio.sleep(1.0)  # re-reports, if any, would be refused and change nothing
-            if edge == "node":
+            if edge != "process":
                 edge_stats = users.stats()
             else:
                 await proc.stdin.send_all(b"quit\n")
@@ -256,8 +319,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="each run's length (the deposits spread over it)")
     ap.add_argument("--rounds", type=int, default=3, help="runs alone and beside, alternated")
     ap.add_argument("--no-auto-lend", action="store_true", help="the depositing accounts do not auto-lend")
-    ap.add_argument("--edge", choices=["node", "process"], default="node",
-                    help="the chain and its adapter in a process of their own (satchel chains), or in the node's")
+    ap.add_argument("--edge", choices=["node", "process", "none"], default="node",
+                    help="the chain and its adapter in the node's process, in a process of their own (satchel "
+                         "chains), or none: their reports, signed beforehand, straight to the node")
     ap.add_argument("--child", nargs=2, metavar=("URL", "DATA"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     setup_logging(logging.WARNING)
@@ -266,8 +330,9 @@ def main() -> None:
         return
     r = trio.run(run, args.edge, args.deposits, args.accounts, args.rate, args.seconds, args.rounds, not args.no_auto_lend)
     med = statistics.median
-    where = "in their own process" if args.edge == "process" else "in the node's process"
-    print(f"chain and adapter {where}; orders at {args.rate}/s, durable-ack latency ms (p50 / p99), "
+    where = {"process": "chain and adapter in their own process", "node": "chain and adapter in the node's process",
+             "none": "no chain: the adapter's reports, signed beforehand, straight to the node"}[args.edge]
+    print(f"{where}; orders at {args.rate}/s, durable-ack latency ms (p50 / p99), "
           f"{args.rounds} rounds alternated; "
           f"{args.deposits:,} deposits over {args.seconds:g} s ({args.deposits / args.seconds:,.0f}/s) beside:")
     for i, (a, b) in enumerate(zip(r["alone"], r["beside"])):
@@ -279,6 +344,9 @@ def main() -> None:
     pa, pb = r["pooled"]["alone"], r["pooled"]["beside"]
     print(f"  every order of the rounds pooled: alone {pa[0]:6.2f} / {pa[1]:6.2f}   beside {pb[0]:6.2f} / {pb[1]:6.2f}   "
           f"p99 ratio beside/alone {pb[1] / pa[1]:.2f}")
+    alone_p99s = sorted(a[1] for a in r["alone"])
+    print(f"  the machine's own noise: alone, with nothing else changed, p99 {alone_p99s[0]:.2f} to {alone_p99s[-1]:.2f} "
+          f"from round to round (x{alone_p99s[-1] / alone_p99s[0]:.2f})")
     print("the node's stages, us, median of the rounds (p50 / p99; per block, weighted by its txs):")
     for stage in ("apply", "durable"):
         alone_s, beside_s = r["stages_alone"], r["stages"]

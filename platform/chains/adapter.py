@@ -272,10 +272,7 @@ class Adapter:
 
     async def _report_part(self, part: list[tuple[ChainTransfer, str]]) -> bool:
         """One report; True if the engine refused it because the chain was paused meanwhile."""
-        items = [{"chain": self.name, "txHash": t.tx_hash, "logIndex": str(t.log_index), "account": account,
-                  "symbol": t.asset, "quantity": format_units(t.amount, self.decimals[t.asset])} for t, account in part]
-        tx = ChainDeposit(self.key.api_key, self.name,
-                          tuple(ReportedDeposit(t.tx_hash, t.log_index, a, t.asset, t.amount) for t, a in part))
+        items, tx = deposit_report(self.key.api_key, self.name, self.decimals, part)
         code, credited = await self.link.report(self.key, "depositConfirmed", items, tx)
         if code == "CHAIN_PAUSED":
             return True
@@ -445,6 +442,16 @@ class Adapter:
             self.paused_by_me = False
             await self._submit("chainStatus", {"chain": self.name, "paused": "false", "reason": "providers healthy"},
                                ChainStatus(self.key.api_key, self.name, False, "providers healthy"))
+
+
+def deposit_report(adapter: str, chain: str, decimals: dict[str, int],
+                   part: list[tuple[ChainTransfer, str]]) -> tuple[list[dict[str, str]], ChainDeposit]:
+    """A ``depositConfirmed`` report of ``part`` ((transfer, account) pairs): the items
+    its signature covers, as the API takes them, and the transaction they build."""
+    items = [{"chain": chain, "txHash": t.tx_hash, "logIndex": str(t.log_index), "account": account,
+              "symbol": t.asset, "quantity": format_units(t.amount, decimals[t.asset])} for t, account in part]
+    return items, ChainDeposit(adapter, chain, tuple(ReportedDeposit(t.tx_hash, t.log_index, a, t.asset, t.amount)
+                                                     for t, a in part))
 
 
 def _inflight_key(ev: WithdrawalUpdate | CustodyMoved) -> tuple:
