@@ -15,11 +15,11 @@ instruction with their weight, a report's deposits) never make a block of their 
 anyone else's are coming: they ride along in blocks cut for other transactions, at most
 ``background_budget`` of weight a block, oldest first, or go all together once the oldest
 has waited ``background_wait`` seconds. A block costs the engine its fixed phases and the
-journal an fsync whatever it carries (~450 us on a 2-core machine, ~4 us more a deposit),
-and on one event loop an order arriving meanwhile waits for both: a block of reports of its
-own delays every order that comes during it, a report riding along adds only its own few
-deposits to a block that was being cut anyway (measured with ``benchmarks/deposits``:
-orders' p99 beside 1,250 deposits a second, see the README).
+journal an fsync whatever it carries (~450 us on a 2-core machine), and on one event loop an
+order arriving meanwhile waits for all of it: a block of reports of its own delays every
+order that comes during it, a report riding along adds only its own share (~57 us and ~16
+us a deposit, ``benchmarks/ridealong``) to a block that was being cut anyway (orders' p99
+beside 1,250 deposits a second: ``benchmarks/deposits``, see the README).
 """
 
 from __future__ import annotations
