@@ -44,6 +44,7 @@ from satchel.chains.adapter import REPORT_DEPOSITS, deposit_report
 from satchel.chains.base import ChainTransfer
 from satchel.chains.embedded import Chains, EdgeHost
 from satchel.chains.link import RemoteLink
+from satchel.core import instructions
 from satchel.core.messages import (ASK, BID, GTC, IOC, LIMIT, REJECT_TAKER, BalanceOf, ChainCredited, Deposit, PlaceOrder,
                                    SetLeverage)
 from satchel.gateway import Gateway
@@ -171,7 +172,9 @@ class Direct:
             part = [(ChainTransfer(f"0x{j:064x}", 0, "", "", "USDC", amount(j), 0, "", "", True),
                      self.users[j % self.accounts]) for j in range(first, min(first + self.per_report, end))]
             items, tx = deposit_report(key.api_key, "sim", {"USDC": 6}, part)
-            reports.append(msgspec.structs.replace(tx, auth=batch_auth_for(key, "depositConfirmed", items)))
+            # journaled as the adapter's in the node's process are (``LocalLink``)
+            reports.append(instructions.compact(msgspec.structs.replace(tx, auth=batch_auth_for(key, "depositConfirmed", items)),
+                                                {"USDC": 6}))
         return reports
 
     async def send_round(self, r: int) -> float:

@@ -27,6 +27,8 @@ from satchel.core.messages import (
     WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent, WithdrawalUpdate,
 )
 from satchel.history import queries, views
+from satchel.ledger.chain import decode_block
+from satchel.ledger.journal import read_records
 from satchel.history.schema import open_db
 from satchel.history.writes import Batch
 from satchel.rest import serve
@@ -510,6 +512,10 @@ async def test_odd_but_valid_texts_in_chain_requests_get_an_answer_and_validator
                   "quantity": "1"} for text in odd if text.isascii()]
         credited = await ad.request_batch("depositConfirmedBatch", "depositConfirmed", batch)
         assert [d["credited"] for d in credited] == [True] * len(batch)
+        # journaled once, in the transaction (canonical texts); "1.000" is kept as signed, beside it
+        other = [{**item, "logIndex": "3", "quantity": "1.000"} for item in batch]
+        credited = await ad.request_batch("depositConfirmedBatch", "depositConfirmed", other)
+        assert [d["credited"] for d in credited] == [True] * len(other)
         assert not any("INTERNAL_ERROR" in str(a) for a in answers)
         assert {kind for kind, _ in answers} == {"result", "error"}
         assert (await c.request("depth", {"symbol": "SOL_USDC"}, sign=False)) is not None  # still serving
@@ -520,6 +526,9 @@ async def test_odd_but_valid_texts_in_chain_requests_get_an_answer_and_validator
                                  capture_stderr=True, check=False)
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     assert "blocks=1.." in out.stdout.decode()
+    reports = [tx for payload in read_records(node.data / "journal") for tx in decode_block(payload).txs
+               if isinstance(tx, ChainDeposit) and len(tx.deposits) > 1]
+    assert [(r.auth.batch != (), r.deposits[0].log_index) for r in reports] == [(False, 2), (True, 3)]
 
 
 async def test_malformed_deposit_batches_are_refused_and_change_nothing(server):

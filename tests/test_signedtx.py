@@ -9,9 +9,9 @@ from conftest import LISTING, signed_order
 from satchel import config
 from satchel.core import instructions
 from satchel.core.errors import RequestError
-from satchel.core.messages import AssetSpec, CancelOrder
+from satchel.core.messages import AssetSpec, CancelOrder, ChainDeposit, block_encoder
 from satchel.verify.signedtx import matches
-from satchel.signing import Keypair, auth_for, signed_message, signing_string, verify
+from satchel.signing import Keypair, auth_for, batch_auth_for, signed_message, signing_string, verify
 
 
 def test_matching_transactions_pass():
@@ -86,3 +86,41 @@ def test_genesis_listings_rebuild_from_their_signed_parameters():
     for tx in config.genesis(config.load(), admin):
         assert matches(tx, LISTING), tx
     assert LISTING.assets["USDC"] == AssetSpec("USDC", 6)
+
+
+def _report(key: Keypair, quantity: str) -> ChainDeposit:
+    """A chain adapter's report of three deposits, built and signed as the gateway takes it."""
+    account = Keypair.generate().api_key
+    items = [{"chain": "sim", "txHash": f"0x{i:064x}", "logIndex": str(i), "account": account, "symbol": "USDC",
+              "quantity": quantity} for i in range(3)]
+    tx = instructions.build("depositConfirmed", items, key.api_key, LISTING)
+    return msgspec.structs.replace(tx, auth=batch_auth_for(key, "depositConfirmed", items))
+
+
+DECIMALS = {symbol: asset.decimals for symbol, asset in LISTING.assets.items()}
+
+
+def _signature_holds(key: Keypair, tx: ChainDeposit) -> bool:
+    auth = instructions.full_auth(tx, LISTING)
+    return verify(key.public, (signed_message("depositConfirmed", auth),), auth.signature) is not None
+
+
+def test_a_report_in_canonical_texts_is_journaled_once_and_rebuilt():
+    key = Keypair.generate()
+    tx = _report(key, "3.5")
+    journaled = instructions.compact(tx, DECIMALS)
+    assert journaled.auth.batch == () and journaled.auth.params == ()
+    assert len(block_encoder.encode([journaled])) < 0.6 * len(block_encoder.encode([tx]))
+    assert instructions.full_auth(journaled, LISTING) == tx.auth
+    assert matches(journaled, LISTING) and _signature_holds(key, journaled)
+    # a deposit changed in the record: the texts rebuilt from it are not what was signed
+    first = msgspec.structs.replace(journaled.deposits[0], amount=10**12)
+    altered = msgspec.structs.replace(journaled, deposits=(first, *journaled.deposits[1:]))
+    assert not _signature_holds(key, altered)
+
+
+def test_a_report_in_other_texts_keeps_them_as_signed():
+    key = Keypair.generate()
+    tx = _report(key, "3.50")  # 3.5 is written back "3.5": the record keeps what was signed
+    assert instructions.compact(tx, DECIMALS) is tx
+    assert matches(tx, LISTING) and _signature_holds(key, tx)

@@ -623,7 +623,10 @@ class Api:
                                      "credited": (d.tx_hash, d.log_index) in credited} for d in tx.deposits])
 
         def go(message: bytes) -> None:
-            self._submit(caller, req_id, msgspec.structs.replace(tx, auth=signed.auth(message, None)), reply, received)
+            # the items are journaled once, in the transaction, when their texts are canonical
+            signed_tx = msgspec.structs.replace(tx, auth=signed.auth(message, None))
+            decimals = {name: a.decimals for name, a in self.listing.assets.items()}
+            self._submit(caller, req_id, instructions.compact(signed_tx, decimals), reply, received)
 
         caller.verified(req_id, signed, go)
 

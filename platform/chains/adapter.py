@@ -58,12 +58,11 @@ from satchel.chains.addresses import AddressBook
 from satchel.chains.base import ChainTransfer
 from satchel.chains.link import Outcome
 from satchel.chains.providers import AllProvidersFailing, Providers
-from satchel.core.amounts import format_units
 from satchel.core.messages import (
     BlockHeader, ChainDeposit, ChainStatus, ChainStatusChanged, CustodyMoved, ReportedDeposit, WithdrawalConfirmed,
     WithdrawalFailed, WithdrawalSent, WithdrawalUpdate,
 )
-from satchel.core.instructions import MAX_REPORTED_DEPOSITS
+from satchel.core.instructions import MAX_REPORTED_DEPOSITS, deposit_texts
 from satchel.signing import Keypair
 
 log = structlog.get_logger()
@@ -448,10 +447,8 @@ def deposit_report(adapter: str, chain: str, decimals: dict[str, int],
                    part: list[tuple[ChainTransfer, str]]) -> tuple[list[dict[str, str]], ChainDeposit]:
     """A ``depositConfirmed`` report of ``part`` ((transfer, account) pairs): the items
     its signature covers, as the API takes them, and the transaction they build."""
-    items = [{"chain": chain, "txHash": t.tx_hash, "logIndex": str(t.log_index), "account": account,
-              "symbol": t.asset, "quantity": format_units(t.amount, decimals[t.asset])} for t, account in part]
-    return items, ChainDeposit(adapter, chain, tuple(ReportedDeposit(t.tx_hash, t.log_index, a, t.asset, t.amount)
-                                                     for t, a in part))
+    tx = ChainDeposit(adapter, chain, tuple(ReportedDeposit(t.tx_hash, t.log_index, a, t.asset, t.amount) for t, a in part))
+    return deposit_texts(tx, decimals), tx
 
 
 def _inflight_key(ev: WithdrawalUpdate | CustodyMoved) -> tuple:

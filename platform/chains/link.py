@@ -32,6 +32,7 @@ import structlog
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError
 
+from satchel.core import instructions
 from satchel.core.amounts import to_units
 from satchel.core.messages import (
     ChainCredited, ChainsOf, ChainStatusChanged, CustodyMoved, TxRejected, WithdrawalsOf, WithdrawalUpdate,
@@ -56,8 +57,10 @@ class LocalLink:
 
     def __init__(self, node: Any):
         self.node = node
+        self.decimals: dict[str, int] = {}
 
     def attach(self, adapter: Any) -> None:
+        self.decimals = adapter.decimals  # a report's items are journaled once, in its transaction
         self.node.subscribers.append(adapter)  # durable events: withdrawals, moves, pauses
         self.node.chain_adapters[adapter.name] = adapter  # ``satchel reconcile`` reads the chain through it
 
@@ -67,7 +70,8 @@ class LocalLink:
     async def report(self, key: Keypair, instruction: str, params: dict | list, tx: Any) -> Outcome:
         async with self.node.turn():  # signed in a turn of its own; the wait for its block is not
             auth = batch_auth_for(key, instruction, params) if isinstance(params, list) else auth_for(key, instruction, params)
-        events = await self.node.submit_wait(msgspec.structs.replace(tx, auth=auth))
+            tx = instructions.compact(msgspec.structs.replace(tx, auth=auth), self.decimals)
+        events = await self.node.submit_wait(tx)
         code = next((e.code for e in events if e.__class__ is TxRejected), None)
         return Outcome(code, sum(e.__class__ is ChainCredited for e in events))
 

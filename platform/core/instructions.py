@@ -412,6 +412,12 @@ def _withdraw(p: WithdrawParams, account: str, listing: Listing) -> Withdraw:
 MAX_REPORTED_DEPOSITS = 256  # deposits in one depositConfirmed (its block's apply stays short)
 
 
+def deposit_texts(tx: ChainDeposit, decimals: Mapping[str, int]) -> list[dict[str, str]]:
+    """A report's items in their canonical texts (what ``_deposit_confirmed`` builds it from)."""
+    return [{"chain": tx.chain, "txHash": d.tx_hash, "logIndex": str(d.log_index), "account": d.account,
+             "symbol": d.asset, "quantity": format_units(d.amount, decimals[d.asset])} for d in tx.deposits]
+
+
 def _deposit_confirmed(items: list[DepositConfirmedParams], adapter: str, listing: Listing) -> ChainDeposit:
     if not 1 <= len(items) <= MAX_REPORTED_DEPOSITS:
         raise RequestError(INVALID_REQUEST, f"a report holds 1..{MAX_REPORTED_DEPOSITS} deposits")
@@ -687,6 +693,11 @@ class Instruction(NamedTuple):
     # one for it (``ledger.sequencer``): custody work never puts a block's fixed cost in
     # front of an order
     background: Callable[[Any], int] | None = None
+    # for a ``many`` instruction: the items its transaction is signed as when their texts
+    # are canonical (the builder's inverse: (tx, decimals per asset) -> items). A record of
+    # such items leaves them out (``Auth.batch`` empty) and they are rebuilt from the
+    # transaction (``full_auth``): a report's deposits are journaled once, not twice
+    texts: Callable[[Any, Mapping[str, int]], list[dict[str, str]]] | None = None
 
 
 def _account(tx: Any) -> str:
@@ -752,7 +763,7 @@ INSTRUCTIONS = (
                                  Code.PRODUCT_RESTRICTED, Code.TIER_LIMIT)),
     Instruction("depositConfirmed", ChainDeposit, DepositConfirmedParams, _deposit_confirmed, _adapter, False, "trade",
                 _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_DEPOSIT, Code.ALREADY_CREDITED), many=True,
-                background=lambda tx: len(tx.deposits)),
+                background=lambda tx: len(tx.deposits), texts=deposit_texts),
     Instruction("withdrawalSent", WithdrawalSent, WithdrawalRefParams, _withdrawal_sent, _adapter, False, "trade",
                 _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL), background=_one),
     Instruction("withdrawalConfirmed", WithdrawalConfirmed, WithdrawalRefParams, _withdrawal_confirmed, _adapter, False,
@@ -790,6 +801,36 @@ def build(name: str, texts: "Mapping[str, str] | Sequence[Mapping[str, str]]", s
         items = [texts] if isinstance(texts, Mapping) else texts
         return decl.build([params_of(decl.schema, t) for t in items], signer, listing)
     return decl.build(params_of(decl.schema, texts), signer, listing)
+
+
+def _item_texts(decl: Instruction, tx: Any, decimals: Mapping[str, int]) -> tuple | None:
+    try:  # as ``Auth.batch`` keeps them: each item's (key, text) pairs sorted by key
+        return tuple(tuple(sorted(item.items())) for item in decl.texts(tx, decimals))
+    except KeyError:  # an asset without decimals: not canonical, so never left out
+        return None
+
+
+def compact(tx: Any, decimals: Mapping[str, int]) -> Any:
+    """The transaction as journaled: a ``many`` instruction's items left out of its
+    record when they are exactly the canonical texts ``full_auth`` rebuilds."""
+    decl = BY_TX[tx.__class__]
+    auth = tx.auth
+    if decl.texts is None or auth is None or auth.params or not auth.batch:
+        return tx
+    if auth.batch != _item_texts(decl, tx, decimals):
+        return tx
+    return msgspec.structs.replace(tx, auth=msgspec.structs.replace(auth, batch=()))
+
+
+def full_auth(tx: Any, listing: Listing) -> Any:
+    """The transaction's ``Auth`` with the items a compact record left out rebuilt from
+    the transaction (``compact``): what its signature covers and its params rebuild."""
+    auth = tx.auth
+    decl = BY_TX.get(tx.__class__)
+    if auth is None or auth.params or auth.batch or decl is None or decl.texts is None:
+        return auth
+    decimals = {name: a.decimals for name, a in listing.assets.items()}
+    return msgspec.structs.replace(auth, batch=_item_texts(decl, tx, decimals) or ())
 
 
 def signed_params(auth: Any) -> "dict[str, str] | list[dict[str, str]]":

@@ -17,8 +17,8 @@ anyone else's are coming: they ride along in blocks cut for other transactions, 
 has waited ``background_wait`` seconds. A block costs the engine its fixed phases and the
 journal an fsync whatever it carries (~450 us on a 2-core machine), and on one event loop an
 order arriving meanwhile waits for all of it: a block of reports of its own delays every
-order that comes during it, a report riding along adds only its own share (~57 us and ~16
-us a deposit, ``benchmarks/ridealong``) to a block that was being cut anyway (orders' p99
+order that comes during it, a report riding along adds only its own share (~160-180 us
+for 8 deposits, ``benchmarks/ridealong``) to a block that was being cut anyway (orders' p99
 beside 1,250 deposits a second: ``benchmarks/deposits``, see the README).
 """
 

@@ -23,7 +23,8 @@ def matches(tx: Any, listing: instructions.Listing) -> bool:
     if decl is None or tx.auth is None:
         return False
     try:
-        expected = instructions.build(decl.name, instructions.signed_params(tx.auth), decl.signer(tx), listing)
+        auth = instructions.full_auth(tx, listing)
+        expected = instructions.build(decl.name, instructions.signed_params(auth), decl.signer(tx), listing)
     except RequestError:
         return False
     return expected == msgspec.structs.replace(tx, auth=None)

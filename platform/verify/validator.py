@@ -108,7 +108,8 @@ class Validator:
                 if public is None or not signedtx.matches(tx, engine):
                     problems.append(f"seq {seq}: signed parameters do not match the transaction")
                 else:
-                    pending.append((seq, public, signed_message(decl.name, auth), auth.signature))
+                    pending.append((seq, public, signed_message(decl.name, instructions.full_auth(tx, engine)),
+                                    auth.signature))
             seq += 1
         if pending:
             results = await _verify_all(self.verifier, pending)
