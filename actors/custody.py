@@ -26,6 +26,9 @@ should hold on each chain, and ``satchel reconcile`` compares them with the chai
   changes nothing (``INVALID_WITHDRAWAL``).
 * ``ChainStatus`` (adapter's circuit breaker or admin): pause / resume one chain's
   deposits and withdrawals; trading and other chains go on.
+* ``MoveDone`` (adapter): a custody move (``CustodyMoved``, kept open in the books until
+  then) is carried out on chain. An open move is what the adapter is asked for, after a
+  restart of either too; reporting one that is not open is refused (``RESOURCE_NOT_FOUND``).
 
 Conservation: deposits - withdrawals = balances + fees + pools' cash (+ insurance) per
 asset; per chain and asset, hot + cold = credited - confirmed withdrawals.
@@ -41,9 +44,10 @@ from satchel.actors.risk import Ledger
 from satchel.core.errors import Code
 from satchel.core.messages import (
     ApproveSweep, ChainCredited, ChainDeposit, ChainSpec, ChainStatus, ChainStatusChanged, CustodyMoved, Deposited,
+    MoveDone,
     SetChain, TxRejected, Withdraw, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent, WithdrawalUpdate,
 )
-from satchel.core.state import ChainState, CustodyState, WithdrawalState
+from satchel.core.state import ChainState, CustodyState, MoveState, WithdrawalState
 
 copy = msgspec.structs.replace  # a record's shallow copy (its fields are immutable)
 
@@ -89,6 +93,10 @@ class Custody:
         # aliases a record the actor goes on changing)
         self.open: dict[int, WithdrawalState] = {}
         self.withdrawn: dict[str, int] = {}  # confirmed withdrawals per asset
+        # custody moves booked and not yet reported carried out, by (booking seq, asset):
+        # what the chain's adapter is asked for until it reports each (``MoveDone``), also
+        # after either side restarts
+        self.moves: dict[tuple[int, str], MoveState] = {}
         self.now = 0
 
     # ------------------------------------------------------------------ configuration (at a sequence number)
@@ -122,7 +130,7 @@ class Custody:
             return
         self.cold[key] -= tx.amount
         self.hot[key] = self.hot.get(key, 0) + tx.amount
-        out.append(CustodyMoved(seq, tx.chain, tx.asset, tx.amount, False, self.now))
+        self._book_move(seq, tx.chain, tx.asset, tx.amount, False, out)
         self._release_queue(seq, tx.chain, out)
 
     def _release_queue(self, seq: int, chain: str, out: list) -> None:
@@ -186,7 +194,18 @@ class Custody:
             if excess > 0:
                 self.hot[hot] -= excess
                 self.cold[hot] = self.cold.get(hot, 0) + excess
-                out.append(CustodyMoved(seq, tx.chain, asset, excess, True, self.now))
+                self._book_move(seq, tx.chain, asset, excess, True, out)
+
+    def _book_move(self, seq: int, chain: str, asset: str, amount: int, to_cold: bool, out: list) -> None:
+        self.moves[(seq, asset)] = MoveState(seq, chain, asset, amount, to_cold)
+        out.append(CustodyMoved(seq, chain, asset, amount, to_cold, self.now))
+
+    def _move_done(self, seq: int, tx: MoveDone, out: list) -> None:
+        self._spec(tx.chain, tx.adapter)
+        move = self.moves.get((tx.seq, tx.asset))
+        if move is None or move.chain != tx.chain:
+            raise Refused(Code.RESOURCE_NOT_FOUND, f"no open custody move {tx.seq} of {tx.asset} on {tx.chain}")
+        del self.moves[(tx.seq, tx.asset)]
 
     def _withdraw(self, seq: int, tx: Withdraw, out: list) -> None:
         spec = self._spec(tx.chain)
@@ -270,6 +289,9 @@ class Custody:
     def withdrawals(self, account: str | None) -> list[tuple[int, WithdrawalState]]:
         return [(wid, copy(w)) for wid, w in self.open.items() if account is None or w.account == account]
 
+    def open_moves(self, chain: str) -> list[MoveState]:
+        return [copy(m) for _, m in sorted(self.moves.items()) if m.chain == chain]
+
     # ------------------------------------------------------------------ state
 
     def canonical(self) -> CustodyState:
@@ -281,6 +303,7 @@ class Custody:
             hot=rows(self.hot), cold=rows(self.cold), reserved=rows(self.reserved),
             withdrawals=[copy(w) for _, w in sorted(self.open.items())],
             withdrawn=sorted(self.withdrawn.items()),
+            moves=[copy(m) for _, m in sorted(self.moves.items())],
         )
 
     def restore(self, state: CustodyState | None) -> None:
@@ -298,6 +321,7 @@ class Custody:
         self.reserved = {(c, a): v for c, a, v in state.reserved}
         self.open = {w.withdrawal_id: copy(w) for w in state.withdrawals}
         self.withdrawn = dict(state.withdrawn)
+        self.moves = {(m.seq, m.asset): copy(m) for m in state.moves}
 
 
 def _signer(tx: object) -> str:
@@ -306,6 +330,6 @@ def _signer(tx: object) -> str:
 
 _APPLY = {
     ChainDeposit: Custody._deposit, Withdraw: Custody._withdraw, WithdrawalSent: Custody._sent,
-    WithdrawalConfirmed: Custody._confirmed, WithdrawalFailed: Custody._failed,
+    WithdrawalConfirmed: Custody._confirmed, WithdrawalFailed: Custody._failed, MoveDone: Custody._move_done,
 }
 CUSTODY_TXS = tuple(_APPLY)

@@ -58,7 +58,7 @@ from satchel.core.errors import Code
 from satchel.core.instructions import INSURANCE_ACCOUNT
 from satchel.core.messages import (
     BID, CANCELLED, EXPIRED, LIQUIDATION, PPB,
-    AssetSpec, BorrowLend, ChainCommand, ChainsOf, ComplianceCommand, PermissionsOf, LendingOf, PoolsUsed, UsePools, Withdraw, WithdrawalsOf, BalanceChanged, BalanceOf, BalancesOf, CancelAll, CancelOrder, CollateralOf, CollateralRow, CollateralView,
+    AssetSpec, BorrowLend, ChainCommand, ChainsOf, ComplianceCommand, PermissionsOf, LendingOf, MovesOf, PoolsUsed, UsePools, Withdraw, WithdrawalsOf, BalanceChanged, BalanceOf, BalancesOf, CancelAll, CancelOrder, CollateralOf, CollateralRow, CollateralView,
     Deposit, Deposited, Entry, Escalate, Fill, FundingPaid, FundingPayment, HistoryOf, LedgerOf, LeverageSet,
     Liquidation, ListAssetSpec, ListMarginSpec, ListMarketSpec, MarginSpec, MarketSpec, MarkPrice, MarksOf, OpenInterest, OrderDone,
     PerpPrices, PlaceOrder, PositionChanged, PositionsOf, PositionsView, PreTrade, PreTraded, Remark, Restore,
@@ -556,6 +556,9 @@ class Margin:
     def _withdrawals_of(self, msg: WithdrawalsOf) -> list:
         return self.custody.withdrawals(msg.account)
 
+    def _moves_of(self, msg: MovesOf) -> list:
+        return self.custody.open_moves(msg.chain)
+
     def _provide(self, seq: int, tx: PlaceOrder, asset: str, bal: object, need: int | None, out: list) -> None:
         self.loans.provide(seq, tx, asset, bal, need, out)
         self._pass.pop(tx.account, None)
@@ -1044,6 +1047,6 @@ class Margin:
         BalancesOf: _balances_of, Totals: _totals, LedgerOf: _ledger, PositionsOf: _positions_of,
         CollateralOf: _collateral_of, HistoryOf: _history_of, MarksOf: _marks_of, StateOf: _state, Restore: _restore,
         UsePools: _use_pools, PoolsUsed: _pools_used, LendingOf: _lending_of, ChainCommand: _chain_command,
-        ChainsOf: _chains_of, WithdrawalsOf: _withdrawals_of, ComplianceCommand: _compliance_command,
+        ChainsOf: _chains_of, WithdrawalsOf: _withdrawals_of, MovesOf: _moves_of, ComplianceCommand: _compliance_command,
         PermissionsOf: _permissions_of,
     })

@@ -1,7 +1,7 @@
 """The chains' adapters in a process of their own (``satchel chains``, ``chains.link.RemoteLink``):
 everything an adapter in the node does, over the node's WebSocket API with the chain's key --
 deposits credited once, the excess over the hot wallet's limit moved to cold storage on
-chain, withdrawals sent and confirmed, every provider down pausing the chain while orders
+chain (also when the adapter stopped before it could), withdrawals sent and confirmed, every provider down pausing the chain while orders
 fill, and ``chainWorkQuery`` refused to anyone but the adapter and the admin."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from conftest import admin_deposit, balance, equals, falsy, order, until
 from satchel import config
 from satchel.chains.embedded import Chains, EdgeHost
 from satchel.chains.link import RemoteLink
-from satchel.core.messages import ASK, BID, IOC, ChainsOf, SetLeverage, Withdraw, WithdrawalsOf
+from satchel.core.messages import ASK, BID, IOC, ChainsOf, MovesOf, SetLeverage, Withdraw, WithdrawalsOf
 from satchel.gateway import Gateway
 from satchel.node import Node
 from satchel.signing import Keypair
@@ -61,11 +61,45 @@ async def test_deposits_moves_and_withdrawals_over_the_api(nursery, tmp_path):
     # the books moved the excess over the hot wallet's 100 to cold storage: once the deposit
     # address is swept into the hot wallet, the adapter moves it on chain, once
     await until(lambda: equals(_sim(sim, adapter.cold), 150 * USDC))
-    assert _sim_now(sim, adapter.hot) == 100 * USDC and adapter.moved > 0
+    assert _sim_now(sim, adapter.hot) == 100 * USDC
+    await until(lambda: equals(node.ask("risk", MovesOf("sim")), []))  # reported done: the books ask no more
     # a withdrawal within the hot wallet: sent, confirmed, debited
     await node.submit_wait(Withdraw(dave, "sim", "USDC", 60 * USDC, "0xfriend"))
     await until(lambda: equals(_open(node), 0))
     assert sim.balances[("0xfriend", "USDC")] == 60 * USDC and await balance(node, dave) == 190 * USDC
+    node.shutdown()
+
+
+async def test_a_move_booked_before_a_stop_is_made_after_the_restart(nursery, tmp_path):
+    """A custody move is ledger state until the adapter reports it done: when the node and
+    the adapter stopped after the books moved a deposit's excess to cold storage, but
+    before the adapter could move it on chain (the deposit address not swept in yet), the
+    restarted adapter is asked for it and makes it, once."""
+    cfg = cfg_with(hot_limit="100")
+    dave = Keypair.generate().api_key
+    async with trio.open_nursery() as before:
+        node = await before.start(Node(tmp_path / "data", cfg).run)
+        gateway = await before.start(Gateway(node, "127.0.0.1", 0).run)
+        chains = await before.start(Chains(EdgeHost(tmp_path / "data", cfg),
+                                           link=lambda decimals: RemoteLink(gateway.url, decimals, client)).run)
+        chains.adapters["sim"].sweep_s = 60  # not swept in before the stop: the move cannot be made yet
+        await node.submit_wait(SetLeverage(dave, 0, auto_lend=0))
+        chains.deposit("sim", dave, "USDC", 250 * USDC)
+        await until(lambda: equals(balance(node, dave), 250 * USDC))
+        await trio.sleep(1.3)  # the adapter's scan position and sweep saved (once a second)
+        assert len(await node.ask("risk", MovesOf("sim"))) == 1
+        node.shutdown()
+        await node.wait_stopped()
+        before.cancel_scope.cancel()
+    node, gateway, chains = await start_apart(nursery, tmp_path, cfg)  # both restarted
+    sim, adapter = chains.sims["sim"], chains.adapters["sim"]
+    adapter.sweep_s = 0.1
+    (move,) = await node.ask("risk", MovesOf("sim"))  # recovered from the journal
+    assert (move.amount, move.to_cold) == (150 * USDC, True)
+    await until(lambda: equals(node.ask("risk", MovesOf("sim")), []))
+    await until(lambda: equals(_sim(sim, adapter.cold), 150 * USDC))
+    assert _sim_now(sim, adapter.hot) == 100 * USDC and await balance(node, dave) == 250 * USDC
+    assert len([t for b in sim.blocks for t in b.transfers if t.key.startswith("custody:")]) == 1
     node.shutdown()
 
 

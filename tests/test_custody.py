@@ -12,7 +12,7 @@ from satchel import config
 from satchel.core.engine import Engine
 from satchel.core.messages import (
     ASK, BID, IOC, ApproveSweep, ChainCredited, ChainDeposit, ChainsOf, ChainSpec, ChainStatus, CustodyMoved, Deposited,
-    ReportedDeposit, SetChain, SetLeverage, TxRejected, Withdraw, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent, WithdrawalsOf,
+    MoveDone, MovesOf, ReportedDeposit, SetChain, SetLeverage, TxRejected, Withdraw, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent, WithdrawalsOf,
     WithdrawalUpdate,
 )
 
@@ -159,6 +159,25 @@ async def test_withdrawals_beyond_the_hot_wallet_wait_for_a_cold_sweep(nursery):
     await conserved(ex)
 
 
+async def test_a_custody_move_stays_open_until_its_adapter_reports_it_done(nursery):
+    """What the adapter is asked for after a restart of either side: ledger state, kept
+    in snapshots, closed only by the chain's adapter, once."""
+    ex = await start(nursery)
+    events = await ex.block([credit("a", 1_200 * USDC, "0xm"), SetLeverage("a", 0, auto_lend=0)])
+    (moved,) = [e for e in events if e.__class__ is CustodyMoved]
+    open_ = await ex.engine.risk.call(MovesOf("sim"))
+    assert [(m.seq, m.asset, m.amount, m.to_cold) for m in open_] == [(moved.seq, "USDC", 200 * USDC, True)]
+    copy = Engine(nursery)  # a node restarted from a snapshot still asks for it
+    await copy.restore(await ex.engine.canonical())
+    assert await copy.risk.call(MovesOf("sim")) == open_
+    assert codes(await ex.block([MoveDone("OTHER", "sim", moved.seq, "USDC")])) == ["UNAUTHORIZED"]
+    assert codes(await ex.block([MoveDone(ADAPTER, "sim", moved.seq, "ETH")])) == ["RESOURCE_NOT_FOUND"]
+    assert codes(await ex.block([MoveDone(ADAPTER, "sim", moved.seq, "USDC")])) == []
+    assert await ex.engine.risk.call(MovesOf("sim")) == []
+    assert codes(await ex.block([MoveDone(ADAPTER, "sim", moved.seq, "USDC")])) == ["RESOURCE_NOT_FOUND"]  # once
+    await conserved(ex)
+
+
 async def test_an_auto_lent_balance_is_redeemed_for_a_withdrawal_and_margin_is_kept(nursery):
     ex = await start(nursery)
     await ex.block([credit("a", 100 * USDC)])
@@ -182,6 +201,7 @@ op_st = st.one_of(
     st.tuples(st.just("failed"), st.just(""), st.integers(0, 9), st.just(0)),
     st.tuples(st.just("pause"), st.just(""), st.integers(0, 1), st.just(0)),
     st.tuples(st.just("sweep"), st.just(""), st.integers(1, 900), st.just(0)),
+    st.tuples(st.just("moved"), st.just(""), st.integers(0, 9), st.just(0)),
 )
 
 
@@ -189,6 +209,7 @@ async def run(blocks: list, restore_at: int | None) -> list[str]:
     async with trio.open_nursery() as nursery:
         ex = await start(nursery)
         ids: list[int] = []
+        moves: list[int] = []  # the booking seqs of custody moves
         hashes = []
         custody = 0
         for n, ops in enumerate(blocks):
@@ -199,6 +220,7 @@ async def run(blocks: list, restore_at: int | None) -> list[str]:
             txs = []
             for kind, account, amount, log in ops:
                 pick = ids[amount % len(ids)] if ids else 0
+                move = moves[amount % len(moves)] if moves else 0
                 txs.append({
                     "credit": lambda: credit(account, amount * USDC, f"0x{amount}", log),
                     "withdraw": lambda: Withdraw(account, "sim", "USDC", amount * USDC, "0xdest"),
@@ -207,10 +229,12 @@ async def run(blocks: list, restore_at: int | None) -> list[str]:
                     "failed": lambda: WithdrawalFailed(ADAPTER, "sim", pick, "reverted"),
                     "pause": lambda: ChainStatus(ADAPTER, "sim", bool(amount), "test"),
                     "sweep": lambda: ApproveSweep(ADMIN, "sim", "USDC", amount * USDC),
+                    "moved": lambda: MoveDone(ADAPTER, "sim", move, "USDC"),
                 }[kind]())
             ex.ts += 400_000
             events = await ex.block(txs)
             ids += [e.withdrawal_id for e in events if e.__class__ is WithdrawalUpdate and e.status in ("Queued", "Pending")]
+            moves += [e.seq for e in events if e.__class__ is CustodyMoved]
             custody += sum(e.amount for e in events if e.__class__ is ChainCredited)
             custody -= sum(e.amount for e in events if e.__class__ is WithdrawalUpdate and e.status == "Confirmed")
             await conserved(ex)
@@ -221,6 +245,9 @@ async def run(blocks: list, restore_at: int | None) -> list[str]:
             # every open withdrawal is held, and the reserve is what Pending and Sent ones promise
             open_ = await ex.engine.risk.call(WithdrawalsOf())
             assert reserved.get("USDC", 0) == sum(w.amount for _, w in open_ if w.status in ("Pending", "Sent"))
+            # a custody move stays open until its adapter reports it done, and only then
+            open_moves = {m.seq for m in await ex.engine.risk.call(MovesOf("sim"))}
+            assert open_moves <= set(moves)
             hashes.append(await ex.engine.state_hash())
         nursery.cancel_scope.cancel()
     return hashes

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -32,10 +31,9 @@ from satchel.api.marketdata import MarketData
 from satchel.chains.addresses import DERIVATIONS
 from satchel.clock import now_us
 from satchel.core.errors import Code, RequestError
-from satchel.core.messages import BlockHeader, ChainsOf, ChainStatusChanged, ConfigChanged, CustodyMoved, Query
+from satchel.core.messages import BlockHeader, ChainsOf, ChainStatusChanged, ConfigChanged, Query
 
 STREAM = "chainStatus"
-MOVES_KEPT = 10_000
 
 Read = Callable[[Query, Callable[[Any], None]], None]
 
@@ -97,9 +95,6 @@ class ChainStatus(ReadPerBlock):
         # chain -> (paused, reason, signer or None when not known, sequenced time of the change)
         self.status: dict[str, tuple[bool, str, str | None, int]] = {
             name: (False, "", None, timestamp) for name in sorted(chains)}
-        # chain -> the custody moves of the blocks published since the node started, the
-        # last ``MOVES_KEPT``: what an adapter in its own process carries out (``chainWorkQuery``)
-        self.moves: dict[str, deque[CustodyMoved]] = {}
         ReadPerBlock.__init__(self, height)  # ``latest``: the last ChainsOf answer
         self._ts = timestamp
         marketdata.add_feed(STREAM, self._frames)
@@ -120,18 +115,9 @@ class ChainStatus(ReadPerBlock):
             if cls is ChainStatusChanged:
                 self.status[ev.chain] = (ev.paused, ev.reason, ev.signer, ts)
                 self._send(ev.chain)
-            elif cls is CustodyMoved:
-                self.moves.setdefault(ev.chain, deque(maxlen=MOVES_KEPT)).append(ev)
             elif cls is ConfigChanged and ev.chain is not None and ev.chain.name not in self.status:
                 self.status[ev.chain.name] = (False, "", None, ts)
                 self._send(ev.chain.name)
-
-    def moves_after(self, chain: str, seq: int) -> list[dict]:
-        """The chain's custody moves after sequence number ``seq``, oldest first (at most
-        ``MOVES_KEPT``: the ones published since this node started)."""
-        fmt = self.fmt
-        return [{"seq": m.seq, "symbol": m.asset, "quantity": fmt.asset(m.asset, m.amount), "toCold": m.to_cold}
-                for m in self.moves.get(chain, ()) if m.seq > seq]
 
     def paused(self, chain: str) -> bool:
         """Whether the chain's deposits and withdrawals are paused, as of the last published block."""

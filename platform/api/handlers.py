@@ -44,7 +44,7 @@ from satchel.core.errors import (
 from satchel.core.messages import (
     LEND_SIDE_NAMES, NEW, PARTIALLY_FILLED, REJECTED, TRIGGER_PENDING, Auth, BalancesOf, BorrowLend, ChainCredited,
     CollateralOf, Fill, HistoryOf, LedgerOf, LendingOf, LendMoved, LeverageSet, MarksOf, OpenOrders, OrderDone, OrderOf,
-    LeaderboardOf, PermissionsOf, PlaceOrder, PoolsOf, PositionsOf, Query, RewardsOf, TriggerPlaced, TxRejected, Withdraw, WithdrawalsOf,
+    LeaderboardOf, PermissionsOf, PlaceOrder, MovesOf, PoolsOf, PositionsOf, Query, RewardsOf, TriggerPlaced, TxRejected, Withdraw, WithdrawalsOf,
     WithdrawalUpdate,
 )
 from satchel.history import queries as history_queries, views as history_views
@@ -60,7 +60,7 @@ METHODS = (
     "borrowLendMarkets", "platformStats", "borrowLendExecute", "borrowLendPositionQuery", "borrowHistoryQueryAll",
     "interestHistoryQueryAll", "withdraw", "withdrawalQueryAll", "depositQueryAll", "depositAddressQuery",
     "chainStatusQuery", "chainWorkQuery", "reconcileQuery", "chainStatus", "approveSweep", "depositConfirmed", "depositConfirmedBatch",
-    "withdrawalSent", "withdrawalConfirmed", "withdrawalFailed", "adminSetProfile", "adminSetTierLimits",
+    "withdrawalSent", "withdrawalConfirmed", "withdrawalFailed", "custodyMoveDone", "adminSetProfile", "adminSetTierLimits",
     "adminSetPermission", "accountPermissionsQuery", "adminSetSeason", "adminSetMultiplier", "referralCodeCreate",
     "referralCodeUse", "rewardsQuery", "leaderboard", "adminTransfer",
 )
@@ -70,7 +70,7 @@ BATCHED = frozenset({"orderExecuteBatch", "depositConfirmedBatch"})
 # a chain adapter's requests (``satchel chains``): a connection that sends one is handled
 # between orders from then on (``gateway.session``)
 CUSTODY_REPORTS = frozenset({"depositConfirmed", "depositConfirmedBatch", "withdrawalSent", "withdrawalConfirmed",
-                             "withdrawalFailed", "chainWorkQuery"})
+                             "withdrawalFailed", "custodyMoveDone", "chainWorkQuery"})
 # requests that read no params: whatever params arrive, even malformed ones, are ignored
 PARAMLESS = frozenset({"ledgerTotals", "platformStats", "chainStatusQuery"})
 
@@ -633,6 +633,8 @@ class Api:
     withdrawalSent = _acked("withdrawalSent")
     withdrawalConfirmed = _acked("withdrawalConfirmed")
     withdrawalFailed = _acked("withdrawalFailed")
+    custodyMoveDone = _acked("custodyMoveDone", """A custody move (``chainWorkQuery``'s ``moves``: ``seq``,
+        ``symbol``) carried out on chain, from the chain's adapter: the books stop asking for it.""")
 
     @_request
     def deposit(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
@@ -1223,8 +1225,8 @@ class Api:
     def chainWorkQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
         """What a chain's adapter running in its own process (``satchel chains``) is to do:
         the chain's pause, its open withdrawals (``Pending``: to send; ``Sent``: to confirm)
-        and the custody moves after sequence number ``after`` that this node published
-        (the last 10,000 since it started). Signed by the chain's adapter key or the admin
+        and its open custody moves (booked, not yet reported done with ``custodyMoveDone``)
+        after sequence number ``after``. Signed by the chain's adapter key or the admin
         key; answered once earlier blocks are durable."""
         params = instructions.params_of(ChainWorkParams, texts)
         after = instructions.uint(params.after, "after", 2**63) or 0
@@ -1244,9 +1246,11 @@ class Api:
                 "withdrawals": [{"id": wid, "account": w.account, "symbol": w.asset, "quantity": fmt.asset(w.asset, w.amount),
                                  "address": w.address, "status": w.status, "txHash": w.tx_hash or None}
                                 for wid, w in answers[0] if w.chain == chain and w.status in ("Pending", "Sent")],
-                "moves": chains.moves_after(chain, after)})
+                "moves": [{"seq": m.seq, "symbol": m.asset, "quantity": fmt.asset(m.asset, m.amount), "toCold": m.to_cold}
+                          for m in answers[1] if m.seq > after]})
 
-        caller.verified(req_id, signed, lambda m: self._read([Query("risk", WithdrawalsOf(None))], reply))
+        caller.verified(req_id, signed, lambda m: self._read([Query("risk", WithdrawalsOf(None)),
+                                                               Query("risk", MovesOf(chain))], reply))
 
     @_request
     def chainStatusQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:

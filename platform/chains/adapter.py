@@ -26,8 +26,10 @@ from its chain's work query (``chains.link``).
   nothing dropped from a full queue is lost.
 * **Custody moves.** ``CustodyMoved`` events (the hot wallet past its limit, an approved
   sweep) are carried out between the hot and cold addresses, keyed by their sequence
-  number, once the source holds the amount (a deposit's excess goes to cold storage
-  once its address is swept in); the last one carried out is saved with the cursor.
+  number and asset, once the source holds the amount (a deposit's excess goes to cold
+  storage once its address is swept in), and reported ``custodyMoveDone``. The books keep
+  each move open until then, and the adapter re-reads the open ones every ``RESYNC_S``:
+  a move booked just before either side restarted is still carried out.
 * **Circuit breaker.** When every provider fails ``BREAKER_FAILURES`` polls in a row the
   adapter reports ``chainStatus`` paused (deposits and withdrawals of this chain stop, new
   withdrawal requests get ``CHAIN_PAUSED``, trading goes on), probes with a backoff that
@@ -59,7 +61,7 @@ from satchel.chains.base import ChainTransfer
 from satchel.chains.link import Outcome
 from satchel.chains.providers import AllProvidersFailing, Providers
 from satchel.core.messages import (
-    BlockHeader, ChainDeposit, ChainStatus, ChainStatusChanged, CustodyMoved, ReportedDeposit, WithdrawalConfirmed,
+    BlockHeader, ChainDeposit, ChainStatus, ChainStatusChanged, CustodyMoved, MoveDone, ReportedDeposit, WithdrawalConfirmed,
     WithdrawalFailed, WithdrawalSent, WithdrawalUpdate,
 )
 from satchel.core.instructions import MAX_REPORTED_DEPOSITS, deposit_texts
@@ -112,8 +114,7 @@ class Adapter:
         # (deposit address, asset) -> [credited deposits not swept in yet, when the first was
         # credited]; oldest first; the amounts are saved with the cursor
         self.sweeps: dict[tuple[str, str], list] = {}
-        self.moved = 0  # the last custody move carried out (its sequence number), saved with the cursor
-        self.moves_waiting: dict[int, CustodyMoved] = {}  # by sequence number: their source not funded yet
+        self.moves_waiting: dict[tuple[int, str], CustodyMoved] = {}  # by (seq, asset): their source not funded yet
         self._load()
         self.queue_send, self.queue = trio.open_memory_channel(BACKLOG)
         self.paused_by_me = False
@@ -161,13 +162,12 @@ class Adapter:
             self.inflight.add(key)
         except trio.WouldBlock:
             if ev.__class__ is CustodyMoved:
-                self.moves_waiting[ev.seq] = ev
+                self.moves_waiting[(ev.seq, ev.asset)] = ev
 
     def _load(self) -> None:
         if self.state_path.exists():
             state = orjson.loads(self.state_path.read_bytes())
             self.cursor = state["cursor"]
-            self.moved = state.get("moved", 0)
             self.sweeps = {(address, asset): [amount, 0.0] for address, asset, amount in state.get("sweeps", [])}
 
     def _save(self, state: bytes) -> None:
@@ -176,8 +176,7 @@ class Adapter:
         tmp.replace(self.state_path)
 
     def _state(self) -> bytes:
-        return orjson.dumps({"cursor": self.cursor, "moved": self._moved_floor(),
-                             "sweeps": [[*k, v[0]] for k, v in self.sweeps.items()]})
+        return orjson.dumps({"cursor": self.cursor, "sweeps": [[*k, v[0]] for k, v in self.sweeps.items()]})
 
     # ------------------------------------------------------------------ signed reports
 
@@ -366,15 +365,14 @@ class Adapter:
         key = f"custody:{ev.seq}:{ev.asset}"
         if await self.providers.call("find", key) is None:
             if await self.providers.call("balance", frm, ev.asset) < ev.amount:
-                self.moves_waiting[ev.seq] = ev
+                self.moves_waiting[(ev.seq, ev.asset)] = ev
                 return
             await self.providers.call("send", ev.asset, frm, to, ev.amount, key)
-        self.moves_waiting.pop(ev.seq, None)
-        self.moved = max(self.moved, ev.seq)
-
-    def _moved_floor(self) -> int:
-        """The move a restart asks again after: every one up to it carried out."""
-        return min(self.moves_waiting) - 1 if self.moves_waiting else self.moved
+        self.moves_waiting.pop((ev.seq, ev.asset), None)
+        # the books keep asking for the move (after a restart too) until this lands; asked
+        # again, it is found by its key and only reported again (refused: not open any more)
+        await self._submit("custodyMoveDone", {"chain": self.name, "seq": str(ev.seq), "symbol": ev.asset},
+                           MoveDone(self.key.api_key, self.name, ev.seq, ev.asset))
 
     async def _withdraw(self, wid: int, asset: str, amount: int, address: str, status: str) -> None:
         key = f"{self.name}:{wid}"
@@ -401,11 +399,13 @@ class Adapter:
                                WithdrawalFailed(self.key.api_key, self.name, wid, reason))
 
     async def _resync_loop(self) -> None:
-        """The open withdrawals, re-read from the engine: after a restart, a full queue, or
-        to look again at sent ones that were not yet confirmed."""
+        """The open withdrawals and custody moves, re-read from the engine: after a restart,
+        a full queue, or to look again at sent ones that were not yet confirmed."""
         while True:
             if not await self._paused():
                 for ev in await self.link.open_withdrawals(self.name):
+                    self._enqueue(ev)
+                for ev in await self.link.open_moves(self.name):
                     self._enqueue(ev)
             await trio.sleep(RESYNC_S)
 

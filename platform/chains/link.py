@@ -35,7 +35,7 @@ from trio_websocket import ConnectionClosed, HandshakeError
 from satchel.core import instructions
 from satchel.core.amounts import to_units
 from satchel.core.messages import (
-    ChainCredited, ChainsOf, ChainStatusChanged, CustodyMoved, TxRejected, WithdrawalsOf, WithdrawalUpdate,
+    ChainCredited, ChainsOf, ChainStatusChanged, CustodyMoved, MovesOf, TxRejected, WithdrawalsOf, WithdrawalUpdate,
 )
 from satchel.signing import Keypair, auth_for, batch_auth_for
 
@@ -83,6 +83,10 @@ class LocalLink:
                 for wid, w in await self.node.ask("risk", WithdrawalsOf(None))
                 if w.chain == chain and w.status in ("Pending", "Sent")]
 
+    async def open_moves(self, chain: str) -> list[CustodyMoved]:
+        return [CustodyMoved(m.seq, m.chain, m.asset, m.amount, m.to_cold, 0)
+                for m in await self.node.ask("risk", MovesOf(chain))]
+
     async def quiet(self, patience: float) -> bool:
         return await self.node.quiet(patience)
 
@@ -95,10 +99,9 @@ class RemoteLink:
 
     Each request waits while the connection is down and is sent again once it is back
     (a report signed anew: the engine credits a deposit once and takes a withdrawal's
-    report once, however often it is repeated). Custody moves are asked for after the
-    last one the adapter carried out (``Adapter.moved``, saved with its scan position),
-    so a move handed over before a crash is handed over again (its transfer carries an
-    idempotency key: it is made once)."""
+    report once, however often it is repeated). The open custody moves come with every
+    ``chainWorkQuery`` until the adapter reports each done, so a move handed over before a
+    crash is handed over again (its transfer carries an idempotency key: it is made once)."""
 
     def __init__(self, url: str, decimals: dict[str, int], client: Any):
         self.url = url
@@ -110,11 +113,11 @@ class RemoteLink:
         self._connected = trio.Event()
         self._polled = trio.Event()
         self._paused = False
-        self._after = 0  # the last custody move handed to the adapter
         self._withdrawals: list[WithdrawalUpdate] = []
+        self._moves: list[CustodyMoved] = []
 
     def attach(self, adapter: Any) -> None:
-        self._after = adapter.moved
+        """Nothing to subscribe to: the work comes with each ``chainWorkQuery``."""
 
     async def run(self, adapter: Any) -> None:
         """Stay connected; every ``WORK_S`` hand the adapter its chain's work."""
@@ -173,6 +176,10 @@ class RemoteLink:
         await self._polled.wait()
         return self._withdrawals
 
+    async def open_moves(self, chain: str) -> list[CustodyMoved]:
+        await self._polled.wait()
+        return self._moves
+
     async def quiet(self, patience: float) -> bool:
         return True  # the node's loop is not this process's
 
@@ -180,18 +187,17 @@ class RemoteLink:
         return contextlib.nullcontext()
 
     async def _work(self, chain: str) -> list:
-        """``chainWorkQuery``: the pause, custody moves and withdrawals, as the events an
-        adapter in the node would have received."""
-        work = await self._call(lambda c: c.request("chainWorkQuery", {"chain": chain, "after": str(self._after)}))
+        """``chainWorkQuery``: the pause, as the event an adapter in the node would have
+        received, and the open withdrawals and custody moves (``open_withdrawals``,
+        ``open_moves``)."""
+        work = await self._call(lambda c: c.request("chainWorkQuery", {"chain": chain}))
         events: list = []
         if work["paused"] != self._paused or not self._polled.is_set():
             self._paused = work["paused"]
             events.append(ChainStatusChanged(0, chain, work["paused"], work["reason"] or "", "", 0))
         units = self.decimals
-        for m in work["moves"]:
-            events.append(CustodyMoved(m["seq"], chain, m["symbol"], to_units(m["quantity"], units[m["symbol"]]),
-                                       m["toCold"], 0))
-            self._after = max(self._after, m["seq"])
+        self._moves = [CustodyMoved(m["seq"], chain, m["symbol"], to_units(m["quantity"], units[m["symbol"]]), m["toCold"], 0)
+                       for m in work["moves"]]
         self._withdrawals = [
             WithdrawalUpdate(0, w["id"], w["account"], chain, w["symbol"], to_units(w["quantity"], units[w["symbol"]]),
                              w["address"], w["status"], w["txHash"] or "", "", 0) for w in work["withdrawals"]]

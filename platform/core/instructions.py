@@ -32,7 +32,7 @@ from satchel.core.messages import (
     ChainSpec, ChainStatus, ReportedDeposit, SetChain, Withdraw, WithdrawalConfirmed, WithdrawalFailed, WithdrawalSent,
     CancelAll, CancelOrder, Deposit, ListAsset, ListMarket, MarginSpec, MarketSpec, PerpSpec, PlaceOrder, SetAdmin,
     LendingSpec, SetFees, SetIndex, SetLending, SetLeverage, SetMargin, SetProfile, SetRule, SetTierLimits, SetTrading,
-    ReferralCode, SeasonSpec, SetMultiplier, SetSeason, Transfer, UseReferral,
+    ReferralCode, SeasonSpec, SetMultiplier, SetSeason, Transfer, UseReferral, MoveDone,
 )
 
 
@@ -105,6 +105,12 @@ class WithdrawalRefParams(msgspec.Struct):
     withdrawalId: str
     txHash: str | None = None
     reason: str | None = None
+
+
+class MoveDoneParams(msgspec.Struct):
+    chain: str
+    seq: str  # the custody move's id: the sequence number of the transaction that booked it
+    symbol: str
 
 
 class ChainStatusParams(msgspec.Struct):
@@ -440,6 +446,10 @@ def _withdrawal_sent(p: WithdrawalRefParams, adapter: str, listing: Listing) -> 
     return WithdrawalSent(adapter, p.chain, uint(p.withdrawalId, "withdrawalId"), _text(p.txHash, "txHash"))
 
 
+def _move_done(p: MoveDoneParams, adapter: str, listing: Listing) -> MoveDone:
+    return MoveDone(adapter, p.chain, uint(p.seq, "seq"), p.symbol)
+
+
 def _withdrawal_confirmed(p: WithdrawalRefParams, adapter: str, listing: Listing) -> WithdrawalConfirmed:
     return WithdrawalConfirmed(adapter, p.chain, uint(p.withdrawalId, "withdrawalId"))
 
@@ -770,6 +780,8 @@ INSTRUCTIONS = (
                 "trade", _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL), background=_one),
     Instruction("withdrawalFailed", WithdrawalFailed, WithdrawalRefParams, _withdrawal_failed, _adapter, False, "trade",
                 _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_WITHDRAWAL), background=_one),
+    Instruction("custodyMoveDone", MoveDone, MoveDoneParams, _move_done, _adapter, False, "trade",
+                _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.RESOURCE_NOT_FOUND), background=_one),
     Instruction("chainStatus", ChainStatus, ChainStatusParams, _chain_status, lambda tx: tx.signer, False, "config",
                 (INVALID_REQUEST, Code.INVALID_CHAIN, Code.UNAUTHORIZED)),
     Instruction("approveSweep", ApproveSweep, ApproveSweepParams, _approve_sweep, _admin, True, "config",

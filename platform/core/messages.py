@@ -419,6 +419,17 @@ class WithdrawalFailed(_Rec, tag=22):
     auth: Auth | None = None
 
 
+class MoveDone(_Rec, tag=46):
+    """A chain adapter's report (``custodyMoveDone``): the custody move of ``asset``
+    booked by transaction ``seq`` is carried out on chain; the books stop asking for it."""
+
+    adapter: str
+    chain: str
+    seq: int
+    asset: str
+    auth: Auth | None = None
+
+
 class ChainStatus(_Rec, tag=23):
     """Pause or resume a chain's deposits and withdrawals (``chainStatus``), signed by its
     adapter (its circuit breaker) or the admin."""
@@ -535,7 +546,7 @@ class Transfer(_Rec, tag=32):
 Tx = Union[SetAdmin, ListAsset, ListMarket, Deposit, SetTrading, SetFees, PlaceOrder, CancelOrder, CancelAll, SetMargin,
            SetIndex, SetLeverage, SetLending, BorrowLend, SetChain, ChainDeposit, Withdraw, WithdrawalSent,
            WithdrawalConfirmed, WithdrawalFailed, ChainStatus, ApproveSweep, SetProfile, SetTierLimits, SetRule, SetSeason,
-           SetMultiplier, ReferralCode, UseReferral, Transfer]
+           SetMultiplier, ReferralCode, UseReferral, Transfer, MoveDone]
 
 
 # ---------------------------------------------------------------- events
@@ -1090,6 +1101,12 @@ class WithdrawalsOf(msgspec.Struct):
     """An account's open withdrawals (None: every open one, for adapters)."""
 
     account: str | None = None
+
+
+class MovesOf(msgspec.Struct):
+    """A chain's custody moves not yet reported carried out (``MoveState`` list), by id."""
+
+    chain: str
 
 
 class ListLendingSpec(msgspec.Struct):

@@ -136,6 +136,16 @@ class WithdrawalState(_State):
     client_id: int | None
 
 
+class MoveState(_State):
+    """A custody move booked but not yet reported carried out by the chain's adapter."""
+
+    seq: int  # the transaction that booked it (its id)
+    chain: str
+    asset: str
+    amount: int
+    to_cold: bool
+
+
 class CustodyState(_State):
     chains: list[ChainState]  # sorted by name
     credited: list[str]  # "chain/tx_hash/log_index" of every credited deposit, sorted
@@ -144,6 +154,7 @@ class CustodyState(_State):
     reserved: list[tuple[str, str, int]]
     withdrawals: list[WithdrawalState]  # open ones, by id
     withdrawn: list[tuple[str, int]]  # confirmed withdrawals per asset, sorted
+    moves: list[MoveState] = []  # open ones, by id
 
 
 
