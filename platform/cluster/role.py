@@ -41,7 +41,7 @@ from satchel.cluster import envelope, reports, stream
 from satchel.cluster.bus import Bus, BusError, TooLarge
 from satchel.cluster.follower import StreamSource
 from satchel.cluster.intake import Forwarder, IntakeServer
-from satchel.ledger.replication import _batch, _records
+from satchel.ledger.journal import read_heights, take_batch
 from satchel.signing import Keypair, decode_key
 
 log = structlog.get_logger("satchel.cluster")
@@ -247,8 +247,8 @@ class Cluster:
                 # catching up (after an outage, or blocks journaled before we ran): from the files
                 self._from_journal = False
                 upto = self._durable
-                with closing(_records(journal_dir, self.published + 1, upto)) as records:
-                    while self.published < upto and (batch := await trio.to_thread.run_sync(_batch, records)):
+                with closing(read_heights(journal_dir, self.published + 1, upto)) as records:
+                    while self.published < upto and (batch := await trio.to_thread.run_sync(take_batch, records)):
                         await self.publish([(h, p, None) for h, p in batch])
             while self._queue and self._queue[0][0] <= self.published:
                 self._queue_bytes -= len(self._queue.popleft()[1])

@@ -28,7 +28,10 @@ from pathlib import Path
 
 import structlog
 
+from satchel.core.messages import header_decoder
+
 MAGIC = b"SATJRNL1"
+BATCH_BYTES = 256 << 10  # journal bytes read per worker-thread hop (``take_batch``): bounds memory, amortises the hop
 _HEADER = struct.Struct("<II")
 _MAX_RECORD = 1 << 30
 
@@ -89,6 +92,55 @@ def read_records(directory: str | Path) -> Iterator[bytes]:
                 log.warning("journal.torn_tail", file=str(path), offset=offset, bytes=len(data) - offset)
                 return
             yield payload
+
+
+def read_heights(directory: Path, start: int, upto: int) -> Iterator[tuple[int, bytes]]:
+    """(height, payload) for heights start..upto, read from the segments a record at a time.
+
+    Blocking: advance it from a worker thread. Segments are named by their first height,
+    so whole segments below ``start`` are skipped unread.
+    """
+    segs = sorted(directory.glob("*.seg"))
+    firsts = [int(p.stem) if p.stem.isdigit() else 0 for p in segs]
+    last = start - 1
+    for i, path in enumerate(segs):
+        if i + 1 < len(segs) and firsts[i + 1] <= start:
+            continue
+        if last >= upto:
+            break
+        with open(path, "rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                raise JournalCorrupt(path, 0, "bad segment magic")
+            while last < upto:
+                pos = f.tell()
+                head = f.read(_HEADER.size)
+                if len(head) < _HEADER.size:
+                    break
+                length, crc = _HEADER.unpack(head)
+                # never ask read() for more than the file holds: a bad length would allocate it
+                if length == 0 or pos + _HEADER.size + length > os.fstat(f.fileno()).st_size:
+                    break
+                payload = f.read(length)
+                if zlib.crc32(payload) != crc:
+                    raise JournalCorrupt(path, pos, "checksum mismatch")
+                height = header_decoder.decode(payload).header.height
+                if height >= start:
+                    last = height
+                    yield height, payload
+    if last < upto:
+        # a gap here would surface at the follower as a chain that does not extend
+        raise JournalCorrupt(directory, 0, f"history ends at height {last}, before the durable height {upto}")
+
+
+def take_batch(records: Iterator[tuple[int, bytes]], limit: int = BATCH_BYTES) -> list[tuple[int, bytes]]:
+    """The next records of ``records`` up to ``limit`` bytes (at least one, if any is left)."""
+    out, size = [], 0
+    for item in records:
+        out.append(item)
+        size += len(item[1])
+        if size >= limit:
+            break
+    return out
 
 
 class Journal:

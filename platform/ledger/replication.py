@@ -20,9 +20,9 @@ blocks read back from the journal, which stores only transactions), and
 without a gap: the follower's live queue is registered before the journal is read,
 and blocks already sent are skipped.
 
-History is read from the segment files a record at a time, in batches of at most
-``_BATCH_BYTES``, and each batch is sent before the next is read: a follower that
-stops reading holds one batch, not a copy of the journal. A follower that falls more
+History is read from the segment files a record at a time (``journal.read_heights``),
+in batches of at most ``journal.BATCH_BYTES``, and each batch is sent before the next is
+read: a follower that stops reading holds one batch, not a copy of the journal. A follower that falls more
 than ``buffer_blocks`` behind the live stream, or does not take a message within
 ``send_timeout`` seconds, is disconnected; it reconnects from its own height.
 """
@@ -30,10 +30,8 @@ than ``buffer_blocks`` behind the live stream, or does not take a message within
 from __future__ import annotations
 
 import base64
-import os
 import time
-import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -45,8 +43,8 @@ import trio
 from trio_websocket import ConnectionClosed, serve_websocket
 
 from satchel.ledger import snapshots
-from satchel.ledger.journal import _HEADER, MAGIC, JournalCorrupt
-from satchel.core.messages import BlockHeader, header_decoder
+from satchel.ledger.journal import JournalCorrupt, read_heights, take_batch
+from satchel.core.messages import BlockHeader
 from satchel.signing import Keypair, decode_key, decode_signature, signing_string, verify
 
 log = structlog.get_logger("satchel.ledger.replication")
@@ -55,7 +53,6 @@ _encode = msgspec.msgpack.encode
 MAX_WINDOW_MS = 60_000
 POLICY_VIOLATION = 1008  # refused hello
 TRY_AGAIN_LATER = 1013  # too many followers
-_BATCH_BYTES = 256 << 10  # journal bytes read per worker-thread hop: bounds memory, amortises the hop
 _HELLO_TIMEOUT_S = 10.0
 _REFUSAL_LOG_EVERY_S = 60.0
 
@@ -123,54 +120,6 @@ def parse_followers(text: str, source: str = "followers") -> set[bytes]:
 
 
 # ---------------------------------------------------------------- reading history
-
-
-def _records(directory: Path, start: int, upto: int) -> Iterator[tuple[int, bytes]]:
-    """(height, payload) for heights start..upto, read from the segments a record at a time.
-
-    Blocking: advance it from a worker thread. Segments are named by their first height,
-    so whole segments below ``start`` are skipped unread.
-    """
-    segs = sorted(directory.glob("*.seg"))
-    firsts = [int(p.stem) if p.stem.isdigit() else 0 for p in segs]
-    last = start - 1
-    for i, path in enumerate(segs):
-        if i + 1 < len(segs) and firsts[i + 1] <= start:
-            continue
-        if last >= upto:
-            break
-        with open(path, "rb") as f:
-            if f.read(len(MAGIC)) != MAGIC:
-                raise JournalCorrupt(path, 0, "bad segment magic")
-            while last < upto:
-                pos = f.tell()
-                head = f.read(_HEADER.size)
-                if len(head) < _HEADER.size:
-                    break
-                length, crc = _HEADER.unpack(head)
-                # never ask read() for more than the file holds: a bad length would allocate it
-                if length == 0 or pos + _HEADER.size + length > os.fstat(f.fileno()).st_size:
-                    break
-                payload = f.read(length)
-                if zlib.crc32(payload) != crc:
-                    raise JournalCorrupt(path, pos, "checksum mismatch")
-                height = header_decoder.decode(payload).header.height
-                if height >= start:
-                    last = height
-                    yield height, payload
-    if last < upto:
-        # a gap here would surface at the follower as a chain that does not extend
-        raise JournalCorrupt(directory, 0, f"history ends at height {last}, before the durable height {upto}")
-
-
-def _batch(records: Iterator[tuple[int, bytes]], limit: int = _BATCH_BYTES) -> list[tuple[int, bytes]]:
-    out, size = [], 0
-    for item in records:
-        out.append(item)
-        size += len(item[1])
-        if size >= limit:
-            break
-    return out
 
 
 def _checkpoints(snaps: Path) -> dict[int, str]:
@@ -374,9 +323,9 @@ class Replicator:
     async def _send_blocks(self, ws: Any, peer: str, key: str, start: int, upto: int,
                            recv: trio.MemoryReceiveChannel) -> None:
         try:
-            records = _records(Path(self.node.data) / "journal", start, upto)
+            records = read_heights(Path(self.node.data) / "journal", start, upto)
             with closing(records):
-                while batch := await trio.to_thread.run_sync(_batch, records):
+                while batch := await trio.to_thread.run_sync(take_batch, records):
                     for height, payload in batch:
                         await self._send(ws, _encode([payload, None, self.checkpoints.get(height)]))
                     del batch  # before the next read: one batch per follower at a time
