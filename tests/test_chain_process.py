@@ -97,8 +97,9 @@ async def test_a_move_booked_before_a_stop_is_made_after_the_restart(nursery, tm
     (move,) = await node.ask("risk", MovesOf("sim"))  # recovered from the journal
     assert (move.amount, move.to_cold) == (150 * USDC, True)
     await until(lambda: equals(node.ask("risk", MovesOf("sim")), []))
-    await until(lambda: equals(_sim(sim, adapter.cold), 150 * USDC))
-    assert _sim_now(sim, adapter.hot) == 100 * USDC and await balance(node, dave) == 250 * USDC
+    # reported done only once the transfer is confirmations deep: on chain by then
+    assert _sim_now(sim, adapter.cold) == 150 * USDC and _sim_now(sim, adapter.hot) == 100 * USDC
+    assert await balance(node, dave) == 250 * USDC
     assert len([t for b in sim.blocks for t in b.transfers if t.key.startswith("custody:")]) == 1
     node.shutdown()
 

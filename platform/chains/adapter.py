@@ -360,15 +360,23 @@ class Adapter:
         deposit's excess to cold storage when it is credited, the chain only once the
         deposit address is swept into the hot wallet (a move sent before would fail on
         chain, and its key would never be sent again). Waiting moves are tried again at
-        each sweep poll."""
+        each sweep poll. A sent move is reported done once ``confirmations`` deep, at a
+        later resync; one that failed on chain is logged and reported done, like an
+        undeliverable one."""
         frm, to = (self.hot, self.cold) if ev.to_cold else (self.cold, self.hot)
         key = f"custody:{ev.seq}:{ev.asset}"
-        if await self.providers.call("find", key) is None:
+        found = await self.providers.call("find", key)
+        if found is None:  # not sent, or not mined yet (a send with the same key is the same transfer)
             if await self.providers.call("balance", frm, ev.asset) < ev.amount:
                 self.moves_waiting[(ev.seq, ev.asset)] = ev
                 return
+            self.moves_waiting.pop((ev.seq, ev.asset), None)
             await self.providers.call("send", ev.asset, frm, to, ev.amount, key)
-        self.moves_waiting.pop((ev.seq, ev.asset), None)
+            return  # reported done once confirmed: the books ask again at each resync until then
+        if (await self.providers.call("head")) - found.block + 1 < self.confirmations:
+            return
+        if not found.ok:
+            log.error("chain.move_failed", chain=self.name, seq=ev.seq, asset=ev.asset, tx=found.tx_hash)
         # the books keep asking for the move (after a restart too) until this lands; asked
         # again, it is found by its key and only reported again (refused: not open any more)
         await self._submit("custodyMoveDone", {"chain": self.name, "seq": str(ev.seq), "symbol": ev.asset},
