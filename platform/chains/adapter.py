@@ -114,7 +114,6 @@ class Adapter:
         # (deposit address, asset) -> [credited deposits not swept in yet, when the first was
         # credited]; oldest first; the amounts are saved with the cursor
         self.sweeps: dict[tuple[str, str], list] = {}
-        self.moves_waiting: dict[tuple[int, str], CustodyMoved] = {}  # by (seq, asset): their source not funded yet
         self._load()
         self.queue_send, self.queue = trio.open_memory_channel(BACKLOG)
         self.paused_by_me = False
@@ -152,8 +151,7 @@ class Adapter:
 
     def _enqueue(self, ev: WithdrawalUpdate | CustodyMoved) -> None:
         """Queue a withdrawal or a custody move unless it is queued or being handled; with
-        the backlog full a withdrawal is found again by the next resync, a move is kept for
-        the next sweep poll."""
+        the backlog full it is found again by the next resync (both stay open in the books)."""
         key = _inflight_key(ev)
         if key in self.inflight:
             return
@@ -161,8 +159,7 @@ class Adapter:
             self.queue_send.send_nowait(ev)
             self.inflight.add(key)
         except trio.WouldBlock:
-            if ev.__class__ is CustodyMoved:
-                self.moves_waiting[(ev.seq, ev.asset)] = ev
+            pass  # the next resync finds it again (withdrawals and moves are open in the books)
 
     def _load(self) -> None:
         if self.state_path.exists():
@@ -304,8 +301,6 @@ class Adapter:
         dust below the ledger's decimals) is not the books' and stays there."""
         while True:
             await trio.sleep(POLL_S)
-            for ev in list(self.moves_waiting.values()):  # custody moves waiting for sweeps: tried again
-                self._enqueue(ev)
             now = trio.current_time()
             due = []
             for key, (credited, since) in self.sweeps.items():  # oldest first
@@ -359,8 +354,8 @@ class Adapter:
         """Carry out a custody move once its source holds the amount: the books move a
         deposit's excess to cold storage when it is credited, the chain only once the
         deposit address is swept into the hot wallet (a move sent before would fail on
-        chain, and its key would never be sent again). Waiting moves are tried again at
-        each sweep poll. A sent move is reported done once ``confirmations`` deep, at a
+        chain, and its key would never be sent again); the next resync tries a waiting
+        one again. A sent move is reported done once ``confirmations`` deep, at a
         later resync; one that failed on chain is logged and reported done, like an
         undeliverable one."""
         frm, to = (self.hot, self.cold) if ev.to_cold else (self.cold, self.hot)
@@ -368,9 +363,7 @@ class Adapter:
         found = await self.providers.call("find", key)
         if found is None:  # not sent, or not mined yet (a send with the same key is the same transfer)
             if await self.providers.call("balance", frm, ev.asset) < ev.amount:
-                self.moves_waiting[(ev.seq, ev.asset)] = ev
-                return
-            self.moves_waiting.pop((ev.seq, ev.asset), None)
+                return  # the source is not funded yet (a deposit not swept in): the next resync tries again
             await self.providers.call("send", ev.asset, frm, to, ev.amount, key)
             return  # reported done once confirmed: the books ask again at each resync until then
         if (await self.providers.call("head")) - found.block + 1 < self.confirmations:
