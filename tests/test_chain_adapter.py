@@ -128,6 +128,40 @@ async def test_withdrawals_confirmed_or_failed_and_never_sent_twice(nursery, tmp
 
 
 
+async def test_withdrawals_waiting_for_confirmations_cost_no_provider_call_each(nursery, tmp_path):
+    """Sent withdrawals mined but short of their confirmations are not looked up at every
+    resync (the head tells when they can be deep enough, and is read once a poll): a
+    rate-limited provider is not spent on them. Once deep they are confirmed."""
+    node, chains = await start(nursery, tmp_path)
+    sim, adapter, providers = chains.sims["sim"], chains.adapters["sim"], chains.providers["sim"]
+    await node.submit_wait(SetLeverage("erin", 0, auto_lend=0))
+    chains.deposit("sim", "erin", "USDC", 100 * USDC)
+    await until(lambda: equals(balance(node, "erin"), 100 * USDC))
+    adapter.sweep_s = 0.1
+    await until(lambda: equals(_sim_balance(sim, adapter.hot), 100 * USDC))
+    sim.block_ms = 10**6  # stop the chain's clock: mine by hand
+    await trio.sleep(0.1)
+    for i in range(20):
+        await node.submit_wait(Withdraw("erin", "sim", "USDC", USDC, f"0xfriend{i}"))
+    await until(lambda: equals(_statuses(node), ["Sent"] * 20))
+    sim.mine()  # each is one block deep of three
+    await trio.sleep(1.5)  # a resync has looked each up once
+    calls = sum(p.calls for p in providers)
+    await trio.sleep(2.0)  # two more resyncs, ten polls
+    spent = sum(p.calls for p in providers) - calls
+    assert spent < 20, spent  # 9 here; a look-up and a head for each at every resync before (100)
+    assert await _statuses(node) == ["Sent"] * 20
+    sim.mine()
+    sim.mine()
+    await until(lambda: equals(_open(node), 0))
+    assert all(sim.balances[(f"0xfriend{i}", "USDC")] == USDC for i in range(20))
+    node.shutdown()
+
+
+async def _statuses(node: Node) -> list[str]:
+    return sorted(w.status for _, w in await node.ask("risk", WithdrawalsOf(None)))
+
+
 async def _open(node: Node) -> int:
     return len(await node.ask("risk", WithdrawalsOf(None)))
 

@@ -28,3 +28,9 @@ async def test_a_report_rides_in_the_orders_block():
     for n in (1, 8):
         assert set(r[n]) == {"alone", "with"}
         assert all(v > 0 for v in r[n]["alone"] + r[n]["with"])
+
+
+def test_the_sign_test_of_paired_rounds():
+    assert deposits.sign_test(6, 6) == deposits.sign_test(0, 6) == 2 / 64  # all pairs one way
+    assert deposits.sign_test(3, 6) == 1.0
+    assert deposits.sign_test(5, 6) == 2 * 7 / 64

@@ -48,6 +48,7 @@ from its chain's work query (``chains.link``).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,11 @@ class Adapter:
         self.credited = 0
         self.sent = 0
         self.reorgs = 0  # reorgs seen below the confirmations
+        self.head_read: tuple[int, float] = (0, -math.inf)  # (the chain's head, when a provider said so)
+        # key -> block of a sent transfer seen mined but not yet ``confirmations`` deep: not
+        # looked up again before the head says it can be (one provider call a resync saved
+        # for every withdrawal and custody move waiting; a reorg is caught at the look-up then)
+        self.mined: dict[str, int] = {}
 
     # ------------------------------------------------------------------ life
 
@@ -195,9 +201,9 @@ class Adapter:
         while True:
             try:
                 if not (await self._paused() and not self.paused_by_me):  # the admin's pause is the admin's
-                    await self.providers.call("head")  # a probe: resume first, then report deposits
+                    head = await self._read_head()  # a probe: resume first, then report deposits
                     await self._healthy()
-                    if await self._scan():
+                    if await self._scan(head):
                         continue  # stopped at a full report: the next blocks at once, no poll interval
             except AllProvidersFailing as exc:
                 await self._failing(str(exc))
@@ -206,11 +212,41 @@ class Adapter:
                 pass  # paused between the check and the report: the block is scanned again later
             await trio.sleep(POLL_S)
 
-    async def _scan(self) -> bool:
-        """The blocks past the cursor with ``confirmations``, up to ``MAX_REPORTED_DEPOSITS``
-        deposits a poll, reported (``_report_deposits``) before the cursor moves past them;
-        True if it stopped there with more blocks to read (an adapter catching up)."""
+    async def _read_head(self) -> int:
         head = await self.providers.call("head")
+        self.head_read = (head, trio.current_time())
+        return head
+
+    async def _head(self) -> int:
+        """The chain's head as read within the last poll interval, else read now: every
+        withdrawal and custody move waiting for its confirmations asks at each resync, and
+        the same answer must not cost a rate-limited provider a call each."""
+        head, at = self.head_read
+        return head if trio.current_time() - at < POLL_S else await self._read_head()
+
+    async def _deep(self, key: str, found: ChainTransfer | None) -> bool:
+        """Whether the transfer sent for ``key`` (``found``: as a provider answered) is
+        ``confirmations`` deep; a mined one that is not yet is remembered (``mined``)."""
+        if found is None:
+            self.mined.pop(key, None)  # not mined (pending, or lost by a reorg): looked up each time
+            return False
+        if await self._head() - found.block + 1 < self.confirmations:
+            self.mined[key] = found.block
+            return False
+        self.mined.pop(key, None)
+        return True
+
+    async def _too_recent(self, key: str) -> bool:
+        """Whether the transfer sent for ``key`` was seen mined too recently to be deep
+        enough yet, so that looking it up again would tell nothing new."""
+        block = self.mined.get(key)
+        return block is not None and await self._head() - block + 1 < self.confirmations
+
+    async def _scan(self, head: int) -> bool:
+        """The blocks past the cursor with ``confirmations`` (``head``: the chain's, just
+        read), up to ``MAX_REPORTED_DEPOSITS`` deposits a poll, reported
+        (``_report_deposits``) before the cursor moves past them; True if it stopped there
+        with more blocks to read (an adapter catching up)."""
         safe = head - self.confirmations + 1
         self.book.refresh()
         found: list[tuple[ChainTransfer, str]] = []
@@ -360,13 +396,16 @@ class Adapter:
         undeliverable one."""
         frm, to = (self.hot, self.cold) if ev.to_cold else (self.cold, self.hot)
         key = f"custody:{ev.seq}:{ev.asset}"
+        if await self._too_recent(key):
+            return
         found = await self.providers.call("find", key)
         if found is None:  # not sent, or not mined yet (a send with the same key is the same transfer)
+            self.mined.pop(key, None)
             if await self.providers.call("balance", frm, ev.asset) < ev.amount:
                 return  # the source is not funded yet (a deposit not swept in): the next resync tries again
             await self.providers.call("send", ev.asset, frm, to, ev.amount, key)
             return  # reported done once confirmed: the books ask again at each resync until then
-        if (await self.providers.call("head")) - found.block + 1 < self.confirmations:
+        if not await self._deep(key, found):
             return
         if not found.ok:
             log.error("chain.move_failed", chain=self.name, seq=ev.seq, asset=ev.asset, tx=found.tx_hash)
@@ -377,6 +416,8 @@ class Adapter:
 
     async def _withdraw(self, wid: int, asset: str, amount: int, address: str, status: str) -> None:
         key = f"{self.name}:{wid}"
+        if status != "Pending" and await self._too_recent(key):
+            return
         found = await self.providers.call("find", key)
         if status == "Pending":
             if found is None and await self.providers.call("balance", self.hot, asset) < amount:
@@ -388,8 +429,7 @@ class Adapter:
             self.sent += 1
             return
         # Sent: confirmed or failed once deep enough; nothing yet: the next resync looks again
-        head = await self.providers.call("head")
-        if found is None or head - found.block + 1 < self.confirmations:
+        if not await self._deep(key, found):
             return
         if found.ok:
             await self._submit("withdrawalConfirmed", {"chain": self.name, "withdrawalId": str(wid)},
