@@ -18,7 +18,7 @@ import msgspec
 if TYPE_CHECKING:
     from satchel.signing import Keypair
 
-from satchel.core.amounts import decimals_of, to_units
+from satchel.core.amounts import asset_decimals, decimals_of, to_units
 from satchel.core.lending import LendingSpec, spec_problem
 from satchel.core.messages import (
     AssetSpec, ChainSpec, ListAsset, ListMarket, MarginSpec, MarketSpec, PerpSpec, SetAdmin, SetChain, SetLending, SetMargin,
@@ -165,7 +165,7 @@ class Config(msgspec.Struct, frozen=True):
 
     def chain_specs(self, adapters: dict[str, str]) -> list[ChainSpec]:
         """The chains' specs, each with its adapter's API key (``adapters``: name -> key)."""
-        decimals = {a.symbol: a.decimals for a in self.assets}
+        decimals = self.decimals()
         specs = []
         for name, c in sorted(self.chains.items()):
             unknown = sorted(a for a in [*c.assets, *c.hot_limit] if a not in decimals)
@@ -193,6 +193,9 @@ class Config(msgspec.Struct, frozen=True):
                 specs.append(spec)
         return specs
 
+    def decimals(self) -> dict[str, int]:
+        return asset_decimals(self.assets)
+
     def asset_specs(self) -> list[AssetSpec]:
         return [AssetSpec(a.symbol, a.decimals, fraction(a.collateral_weight), fraction(a.haircut_penalty))
                 for a in self.assets]
@@ -207,7 +210,7 @@ class Config(msgspec.Struct, frozen=True):
         )
 
     def market_specs(self) -> list[MarketSpec]:
-        decimals = {a.symbol: a.decimals for a in self.assets}
+        decimals = self.decimals()
         return [market_spec(m, decimals) for m in self.markets]
 
 

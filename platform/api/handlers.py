@@ -36,6 +36,7 @@ from satchel.api.marketdata import MarketData
 from satchel.api.stats import PlatformStats
 from satchel.clock import now_ms
 from satchel.core import instructions
+from satchel.core.amounts import asset_decimals
 from satchel.core.engine import MAX_WINDOW_MS
 from satchel.core.errors import (
     EXPIRED, INVALID_ASSET, INVALID_REQUEST, INVALID_SIGNATURE, INVALID_SYMBOL, MAINTENANCE, RESOURCE_NOT_FOUND, UNAUTHORIZED,
@@ -625,7 +626,7 @@ class Api:
         def go(message: bytes) -> None:
             # the items are journaled once, in the transaction, when their texts are canonical
             signed_tx = msgspec.structs.replace(tx, auth=signed.auth(message, None))
-            decimals = {name: a.decimals for name, a in self.listing.assets.items()}
+            decimals = asset_decimals(self.listing.assets.values())
             self._submit(caller, req_id, instructions.compact(signed_tx, decimals), reply, received)
 
         caller.verified(req_id, signed, go)

@@ -51,7 +51,7 @@ class Chains:
                  link: Callable[[dict[str, int]], Any] | None = None):
         self.node = node
         link = link or (lambda decimals: LocalLink(node))
-        decimals = {a.symbol: a.decimals for a in node.cfg.asset_specs()}
+        decimals = node.cfg.decimals()
         self.sims: dict[str, SimChain] = {}
         self.providers: dict[str, list[Any]] = {}
         self.adapters: dict[str, Adapter] = {}

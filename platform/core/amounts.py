@@ -14,6 +14,9 @@ out more than the exact rebate.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 
 # Every integer in the ledger stays below this, so it fits the journal's 64-bit
 # encoding with room for sums: orders and deposits beyond it are refused at the edge
@@ -23,6 +26,12 @@ MAX_UNITS = 2**62
 
 class AmountError(ValueError):
     """A decimal string that is malformed, negative, or finer than allowed."""
+
+
+def asset_decimals(assets: Iterable[Any]) -> dict[str, int]:
+    """Each asset's decimals by its symbol, from the configuration's assets or the
+    engine's ``AssetSpec`` records alike (anything with ``symbol`` and ``decimals``)."""
+    return {a.symbol: a.decimals for a in assets}
 
 
 def _digits(text: str) -> bool:

@@ -21,7 +21,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 import msgspec
 
-from satchel.core.amounts import MAX_UNITS, AmountError, format_units, to_units
+from satchel.core.amounts import MAX_UNITS, AmountError, asset_decimals, format_units, to_units
 from satchel.core.errors import (
     Code,
     INVALID_ASSET, INVALID_DECIMAL, INVALID_PRICE, INVALID_QUANTITY, INVALID_REQUEST, INVALID_SYMBOL, RequestError,
@@ -841,7 +841,7 @@ def full_auth(tx: Any, listing: Listing) -> Any:
     decl = BY_TX.get(tx.__class__)
     if auth is None or auth.params or auth.batch or decl is None or decl.texts is None:
         return auth
-    decimals = {name: a.decimals for name, a in listing.assets.items()}
+    decimals = asset_decimals(listing.assets.values())
     return msgspec.structs.replace(auth, batch=_item_texts(decl, tx, decimals) or ())
 
 

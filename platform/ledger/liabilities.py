@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from satchel.core.amounts import format_units
+from satchel.core.amounts import asset_decimals, format_units
 from satchel.core.state import EngineState
 
 _leaf_encoder = msgspec.msgpack.Encoder()
@@ -39,7 +39,7 @@ MAX_PATH = 64  # a tree of 2**64 leaves
 def ledger_of(state: EngineState) -> tuple[list[tuple[str, str, int]], dict[str, int]]:
     """The one place that reads an ``Engine.canonical()`` state: every (account, asset,
     free + held) and each listed asset's decimals."""
-    decimals = {spec.symbol: spec.decimals for spec in state.assets}
+    decimals = asset_decimals(state.assets)
     balances = [(row.account, b.asset, b.free + b.held) for row in state.risk.balances for b in row.assets]
     return balances, decimals
 

@@ -136,7 +136,7 @@ class DemoDeposits:
 
     async def run(self) -> None:
         sims = [name for name, sim in sorted(self.chains.sims.items()) if "USDC" in self.node.cfg.chains[name].assets]
-        decimals = {a.symbol: a.decimals for a in self.node.cfg.asset_specs()}
+        decimals = self.node.cfg.decimals()
         if not sims or "USDC" not in decimals:
             return
         units = to_units(self.amount, decimals["USDC"])

@@ -41,7 +41,7 @@ import trio
 from satchel.actors.margin import HISTORY
 from satchel.core import lending
 from satchel.ledger import snapshots
-from satchel.core.amounts import format_units
+from satchel.core.amounts import asset_decimals, format_units
 from satchel.core.engine import Engine
 from satchel.ledger.journal import read_records
 from satchel.core.messages import SIDE_NAMES, Block, Liquidation, header_decoder
@@ -67,7 +67,7 @@ class _Units:
     """Integer units as decimal strings, by the canonical state's listings."""
 
     def __init__(self, state: EngineState):
-        self.decimals = {spec.symbol: spec.decimals for spec in state.assets}
+        self.decimals = asset_decimals(state.assets)
         self.markets = {spec.symbol: spec for spec in state.markets}
         self.settlement = state.margin.settlement_asset if state.margin is not None else None
 

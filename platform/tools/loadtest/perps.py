@@ -145,7 +145,7 @@ class CrashRun:
         self.markets = Markets([p.symbol for p in plans], cfg.margin.settlement_asset)
         self.config_text = with_backstop(config_text, self.backstop.api_key)
         self.warmup = warmup
-        decimals = {a.symbol: a.decimals for a in cfg.assets}
+        decimals = cfg.decimals()
         self.lending: list[LendPlan | None] = lending.cohort(roles, decimals[lending.ASSET]) \
             if lending.ASSET in decimals else [None] * len(roles)
 

@@ -225,7 +225,7 @@ def check_conservation(url: str, keys: list[Keypair], deposited: dict[str, Decim
     except LedgerTotalsUnavailable as exc:
         return {"conservation_ok": None, "conservation_error": str(exc)}
     if decimals is None:
-        decimals = {a.symbol: a.decimals for a in config_mod.load().assets}
+        decimals = config_mod.load().decimals()
     settle = perps.settlement_asset if perps else None
     allowed = lending.rounding_allowed(reading.accounts, decimals)
     rows, ok = conservation(deposited, _holdings(reading.accounts, settle), reading.totals, stream_fees,
@@ -338,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
             # every trader is done: the verdict comes from the node's own figures
             stream_fees = {k: Decimal(v) for k, v in report.pop("_fees").items()}
             accounts = keys + ([crash.backstop] if crash else [])
-            decimals = {a.symbol: a.decimals for a in cfg.assets}
+            decimals = cfg.decimals()
             report["correctness"].update(check_conservation(url, accounts, _deposited(deposits), stream_fees,
                                                             crash.markets if crash else None, cohort, decimals))
         else:
