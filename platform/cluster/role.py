@@ -15,7 +15,7 @@ sequencers never both extend the chain is JetStream's expected-last-sequence che
 Durability (``--durability``):
 
 - ``journal`` (the embedded default's model): a block is released once fsynced to the
-  local journal; JetStream gets it right after, as a replica (a publisher task, in
+  local journal; JetStream gets it right after, as a replica (``streamcopy``: in
   order, catching up from the journal after an outage). A primary lost with its disk
   may take its last, unpublished blocks with it: use it with one sequencer.
 - ``stream``: a block is released only once JetStream stored it (all replicas of an R3
@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import closing
-from collections import deque
 from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -41,7 +39,7 @@ from satchel.cluster import envelope, reports, stream
 from satchel.cluster.bus import Bus, BusError, TooLarge
 from satchel.cluster.follower import StreamSource
 from satchel.cluster.intake import Forwarder, IntakeServer
-from satchel.ledger.journal import read_heights, take_batch
+from satchel.cluster.streamcopy import StreamCopy
 from satchel.signing import Keypair, decode_key
 
 log = structlog.get_logger("satchel.cluster")
@@ -52,7 +50,6 @@ TAKEOVER_AFTER_S = 3.0
 HEARTBEAT_FRESH_MS = 10_000  # a heartbeat stamped further from this node's clock is ignored
 _RETRY_S = 0.2
 STOP_PATIENCE_S = 5.0  # a node asked to stop gives up storing its last blocks after this long
-_QUEUE_BYTES = 256 << 20  # journal mode: block bytes held for the stream before reading them back from the journal
 
 
 class Cluster:
@@ -84,11 +81,6 @@ class Cluster:
         self._primary_id: str | None = None  # the id in the primary's heartbeats
         self._stopping = False
         self._scope = trio.CancelScope()
-        self._queue: deque = deque()  # journal mode: durable blocks not yet in the stream
-        self._queue_bytes = 0
-        self._queued = trio.Event()
-        self._from_journal = False
-        self._durable = 0  # journal mode: the node's durable height
         self._nursery: trio.Nursery | None = None
         self.validator_reports = reports.BusReports()  # validators following the stream (nodeStats, /ops)
 
@@ -185,8 +177,10 @@ class Cluster:
 
     async def _primary(self, node: Any, genesis: Callable[[], Awaitable[None]]) -> None:
         await genesis()  # on an empty stream: the first block, before anyone's transactions
-        if not self.stream_durable:
-            self._nursery.start_soon(self._replicate, node)
+        if not self.stream_durable:  # the stream gets each block once it is durable here
+            copy = StreamCopy(self, Path(node.data) / "journal", node.chain.height)
+            node.block_listeners.append(copy)
+            self._nursery.start_soon(copy.run)
         self.intake = IntakeServer(node, self.bus, self.allow_gateways)
         await self._nursery.start(self.intake.run)
         # what this node's own gateway forwarded and never saw sequenced goes in now (a
@@ -220,45 +214,6 @@ class Cluster:
                                    f"(they were never released): {exc}") from exc
                 log.warning("cluster.publish_retry", height=blocks[0][0], error=str(exc))
                 await trio.sleep(_RETRY_S)
-
-    def block(self, header: Any, payload: bytes, events_bytes: bytes, state_hash: str | None) -> None:
-        """Journal durability: a block listener; the stream gets durable blocks in order."""
-        self._durable = header.height
-        if self._from_journal:
-            self._queued.set()
-            return
-        if self._queue_bytes >= _QUEUE_BYTES:
-            self._queue.clear()
-            self._queue_bytes = 0
-            self._from_journal = True
-            log.warning("cluster.stream_behind", why="NATS is not keeping up: the stream catches up from the journal")
-        else:
-            self._queue.append((header.height, payload, state_hash))
-            self._queue_bytes += len(payload)
-        self._queued.set()
-
-    async def _replicate(self, node: Any) -> None:
-        node.block_listeners.append(self)
-        self._durable = node.chain.height  # everything applied so far came from the stream or the journal
-        journal_dir = Path(node.data) / "journal"
-        while True:
-            if self.published < self._durable and (self._from_journal or not self._queue
-                                                      or self._queue[0][0] > self.published + 1):
-                # catching up (after an outage, or blocks journaled before we ran): from the files
-                self._from_journal = False
-                upto = self._durable
-                with closing(read_heights(journal_dir, self.published + 1, upto)) as records:
-                    while self.published < upto and (batch := await trio.to_thread.run_sync(take_batch, records)):
-                        await self.publish([(h, p, None) for h, p in batch])
-            while self._queue and self._queue[0][0] <= self.published:
-                self._queue_bytes -= len(self._queue.popleft()[1])
-            if not self._queue:
-                self._queued = trio.Event()
-                await self._queued.wait()
-                continue
-            blocks = [self._queue.popleft() for _ in range(min(len(self._queue), 256))]
-            self._queue_bytes -= sum(len(b[1]) for b in blocks)
-            await self.publish(blocks)
 
     def validators(self, height: int) -> list[dict]:
         return self.validator_reports.reports.rows(height)
