@@ -26,15 +26,20 @@ from its chain's work query (``chains.link``).
   nothing dropped from a full queue is lost.
 * **Custody moves.** ``CustodyMoved`` events (the hot wallet past its limit, an approved
   sweep) are carried out between the hot and cold addresses, keyed by their sequence
-  number and asset, once the source holds the amount (a deposit's excess goes to cold
-  storage once its address is swept in), and reported ``custodyMoveDone``. The books keep
-  each move open until then, and the adapter re-reads the open ones every ``RESYNC_S``:
-  a move booked just before either side restarted is still carried out.
+  number and asset (``custody:<seq>:<asset>``), once the source holds the amount (a
+  deposit's excess goes to cold storage once its address is swept in), and reported
+  ``custodyMoveDone`` once ``confirmations`` deep. The books keep each move open until
+  then, and the adapter re-reads the open ones every ``RESYNC_S``: a move booked just
+  before either side restarted is still carried out. One that failed on chain (its source
+  short after all: two moves checked before either was mined) is sent again under the
+  next key, ``custody:<seq>:<asset>:<n>``, so the books and the chain stay in step.
 * **Circuit breaker.** When every provider fails ``BREAKER_FAILURES`` polls in a row the
   adapter reports ``chainStatus`` paused (deposits and withdrawals of this chain stop, new
   withdrawal requests get ``CHAIN_PAUSED``, trading goes on), probes with a backoff that
-  doubles up to ``MAX_PROBE_S``, and reports resumed once a provider answers. It never
-  resumes a chain the admin paused.
+  doubles up to ``MAX_PROBE_S``, and reports resumed once a provider answers. It resumes
+  only its own pause: not a chain the admin paused, nor one the admin paused again
+  after it (in the node's process it sees who signed each pause; over the API the work
+  query does not say, so a remote adapter resumes a pause it made whoever paused since).
 * **Reorgs deeper than the confirmations.** It remembers the hash of the last block it
   scanned; when the next block's parent is another, the chain reorganised below the
   confirmations. It logs an error and scans again from ``REORG_RESCAN`` blocks back:
@@ -43,7 +48,10 @@ from its chain's work query (``chains.link``).
   credited: that is for an operator (``satchel reconcile`` shows it).
 * **Undeliverable transfers.** A provider that refuses a transfer for good (a malformed
   destination, a transaction the node rejects) raises ``Undeliverable``: the withdrawal is
-  reported failed (its funds are released), a sweep or custody move is logged and dropped.
+  reported failed (its funds are released), a sweep is logged and dropped, and a custody
+  move stays open in the books and is tried again after a delay that doubles up to
+  ``MAX_HOLD_S``, logged each time (for an operator: the books and the chain differ until
+  it is made).
 """
 
 from __future__ import annotations
@@ -89,6 +97,7 @@ SWEEP_BATCH = 20  # addresses swept per poll at most: custody housekeeping at a 
 REPORT_DEPOSITS = 8
 QUIET_S = 0.05  # each step waits this long at most for the node's pipeline to run dry (``Node.quiet``)
 REORG_RESCAN = 64  # blocks scanned again after a reorg deeper than the confirmations
+MAX_HOLD_S = 600.0  # an undeliverable custody move is tried again at most this far apart
 
 
 class Undeliverable(Exception):
@@ -132,6 +141,11 @@ class Adapter:
         # looked up again before the head says it can be (one provider call a resync saved
         # for every withdrawal and custody move waiting; a reorg is caught at the look-up then)
         self.mined: dict[str, int] = {}
+        # (seq, asset) of open custody moves -> the attempt to look up first (earlier ones
+        # failed on chain; after a restart they are looked up again), and -> (times
+        # undeliverable, not before): bounded by the open moves, dropped once one is done
+        self.move_attempts: dict[tuple[int, str], int] = {}
+        self.held_back: dict[tuple[int, str], tuple[int, float]] = {}
 
     # ------------------------------------------------------------------ life
 
@@ -152,6 +166,8 @@ class Adapter:
                 self._enqueue(ev)
             elif cls is ChainStatusChanged and ev.chain == self.name:
                 self.chain_paused = ev.paused
+                if ev.signer and ev.signer != self.key.api_key:
+                    self.paused_by_me = False  # the admin paused or resumed it since: its call, not ours
             elif cls is CustodyMoved and ev.chain == self.name:
                 self._enqueue(ev)
 
@@ -230,7 +246,10 @@ class Adapter:
         if found is None:
             self.mined.pop(key, None)  # not mined (pending, or lost by a reorg): looked up each time
             return False
-        if await self._head() - found.block + 1 < self.confirmations:
+        # the cached head first (free), then, to act on it, one read after the look-up: a
+        # reorg may have shortened the chain since the cached one
+        if await self._head() - found.block + 1 < self.confirmations \
+                or await self._read_head() - found.block + 1 < self.confirmations:
             self.mined[key] = found.block
             return False
         self.mined.pop(key, None)
@@ -379,7 +398,12 @@ class Adapter:
 
     async def _undeliverable(self, ev: WithdrawalUpdate | CustodyMoved, why: str) -> None:
         if ev.__class__ is CustodyMoved:
-            log.error("chain.move_undeliverable", chain=self.name, seq=ev.seq, why=why)
+            # it stays open in the books: tried again, but not at every resync
+            times, _ = self.held_back.get((ev.seq, ev.asset), (0, 0.0))
+            delay = min(RESYNC_S * 2 ** times, MAX_HOLD_S)
+            self.held_back[(ev.seq, ev.asset)] = (times + 1, trio.current_time() + delay)
+            log.error("chain.move_undeliverable", chain=self.name, seq=ev.seq, asset=ev.asset, why=why,
+                      retry_in_s=delay)
             return
         wid, reason = ev.withdrawal_id, why[:256]
         log.warning("chain.withdrawal_undeliverable", chain=self.name, withdrawal=wid, why=why)
@@ -389,30 +413,40 @@ class Adapter:
     async def _move(self, ev: CustodyMoved) -> None:
         """Carry out a custody move once its source holds the amount: the books move a
         deposit's excess to cold storage when it is credited, the chain only once the
-        deposit address is swept into the hot wallet (a move sent before would fail on
-        chain, and its key would never be sent again); the next resync tries a waiting
-        one again. A sent move is reported done once ``confirmations`` deep, at a
-        later resync; one that failed on chain is logged and reported done, like an
-        undeliverable one."""
+        deposit address is swept into the hot wallet; the next resync tries a waiting one
+        again. A sent move is reported done once ``confirmations`` deep, at a later
+        resync; one that failed on chain is sent again under the next attempt's key."""
+        move = (ev.seq, ev.asset)
+        held = self.held_back.get(move)
+        if held is not None and trio.current_time() < held[1]:
+            return
         frm, to = (self.hot, self.cold) if ev.to_cold else (self.cold, self.hot)
-        key = f"custody:{ev.seq}:{ev.asset}"
-        if await self._too_recent(key):
-            return
-        found = await self.providers.call("find", key)
-        if found is None:  # not sent, or not mined yet (a send with the same key is the same transfer)
-            self.mined.pop(key, None)
-            if await self.providers.call("balance", frm, ev.asset) < ev.amount:
-                return  # the source is not funded yet (a deposit not swept in): the next resync tries again
-            await self.providers.call("send", ev.asset, frm, to, ev.amount, key)
-            return  # reported done once confirmed: the books ask again at each resync until then
-        if not await self._deep(key, found):
-            return
-        if not found.ok:
-            log.error("chain.move_failed", chain=self.name, seq=ev.seq, asset=ev.asset, tx=found.tx_hash)
+        attempt = self.move_attempts.get(move, 0)
+        while True:
+            key = move_key(ev.seq, ev.asset, attempt)
+            if await self._too_recent(key):
+                return
+            found = await self.providers.call("find", key)
+            if found is None:  # not sent, or not mined yet (a send with the same key is the same transfer)
+                self.mined.pop(key, None)
+                if await self.providers.call("balance", frm, ev.asset) < ev.amount:
+                    return  # the source is not funded yet (a deposit not swept in): the next resync tries again
+                await self.providers.call("send", ev.asset, frm, to, ev.amount, key)
+                return  # reported done once confirmed: the books ask again at each resync until then
+            if not await self._deep(key, found):
+                return
+            if found.ok:
+                break
+            attempt += 1
+            self.move_attempts[move] = attempt
+            log.error("chain.move_failed", chain=self.name, seq=ev.seq, asset=ev.asset, tx=found.tx_hash,
+                      next_key=move_key(ev.seq, ev.asset, attempt))
         # the books keep asking for the move (after a restart too) until this lands; asked
         # again, it is found by its key and only reported again (refused: not open any more)
         await self._submit("custodyMoveDone", {"chain": self.name, "seq": str(ev.seq), "symbol": ev.asset},
                            MoveDone(self.key.api_key, self.name, ev.seq, ev.asset))
+        self.move_attempts.pop(move, None)
+        self.held_back.pop(move, None)
 
     async def _withdraw(self, wid: int, asset: str, amount: int, address: str, status: str) -> None:
         key = f"{self.name}:{wid}"
@@ -492,8 +526,15 @@ def deposit_report(adapter: str, chain: str, decimals: dict[str, int],
     return deposit_texts(tx, decimals), tx
 
 
+def move_key(seq: int, asset: str, attempt: int = 0) -> str:
+    """A custody move's idempotency key on chain: one transfer per attempt, and a new
+    attempt only once the one before failed on chain."""
+    return f"custody:{seq}:{asset}" if attempt == 0 else f"custody:{seq}:{asset}:{attempt}"
+
+
 def _inflight_key(ev: WithdrawalUpdate | CustodyMoved) -> tuple:
-    return (True, ev.withdrawal_id) if ev.__class__ is WithdrawalUpdate else (False, ev.seq)
+    # a report may book moves of several assets at one sequence number
+    return (True, ev.withdrawal_id) if ev.__class__ is WithdrawalUpdate else (False, ev.seq, ev.asset)
 
 
 class _Paused(Exception):
