@@ -25,7 +25,9 @@ should hold on each chain, and ``satchel reconcile`` compares them with the chai
   releases both. Each is accepted only in the state it follows, so a repeated report
   changes nothing (``INVALID_WITHDRAWAL``).
 * ``ChainStatus`` (adapter's circuit breaker or admin): pause / resume one chain's
-  deposits and withdrawals; trading and other chains go on.
+  deposits and withdrawals; trading and other chains go on. A pause the admin signed is
+  the admin's to lift: the adapter's resume is refused (``UNAUTHORIZED``), also when
+  the admin paused on top of the adapter's own pause.
 * ``MoveDone`` (adapter): a custody move (``CustodyMoved``, kept open in the books until
   then) is carried out on chain. An open move is what the adapter is asked for, after a
   restart of either too; reporting one that is not open is refused (``RESOURCE_NOT_FOUND``).
@@ -83,6 +85,7 @@ class Custody:
         self.fund = fund
         self.chains: dict[str, ChainSpec] = {}
         self.paused: dict[str, str] = {}  # chain -> reason
+        self.paused_by: dict[str, str] = {}  # chain -> the key that signed the pause in force
         self.credited: dict[str, None] = {}  # "chain/tx_hash/log_index" of every credited deposit
         self.credited_count: dict[str, int] = {}  # per chain, for reads (derived from ``credited``)
         self.hot: dict[tuple[str, str], int] = {}
@@ -114,10 +117,17 @@ class Custody:
         return out
 
     def _status(self, seq: int, tx: ChainStatus, out: list) -> None:
+        adapter = self.chains[tx.chain].adapter  # the engine took it from the admin or this key only
+        if not tx.paused and tx.signer == adapter and self.paused_by.get(tx.chain, adapter) != adapter:
+            out.append(TxRejected(seq, tx.signer, Code.UNAUTHORIZED,
+                                  f"{tx.chain} was paused by the admin: only the admin resumes it"))
+            return
         if tx.paused:
             self.paused[tx.chain] = tx.reason
+            self.paused_by[tx.chain] = tx.signer
         else:
             self.paused.pop(tx.chain, None)
+            self.paused_by.pop(tx.chain, None)
         out.append(ChainStatusChanged(seq, tx.chain, tx.paused, tx.reason, tx.signer, self.now))
         if not tx.paused:
             self._release_queue(seq, tx.chain, out)
@@ -298,7 +308,8 @@ class Custody:
         def rows(d: dict) -> list[tuple[str, str, int]]:
             return [(c, a, v) for (c, a), v in sorted(d.items())]
         return CustodyState(
-            chains=[ChainState(spec, self.paused.get(name)) for name, spec in sorted(self.chains.items())],
+            chains=[ChainState(spec, self.paused.get(name), self.paused_by.get(name, ""))
+                    for name, spec in sorted(self.chains.items())],
             credited=sorted(self.credited),
             hot=rows(self.hot), cold=rows(self.cold), reserved=rows(self.reserved),
             withdrawals=[copy(w) for _, w in sorted(self.open.items())],
@@ -311,6 +322,7 @@ class Custody:
             return
         self.chains = {c.spec.name: c.spec for c in state.chains}
         self.paused = {c.spec.name: c.paused for c in state.chains if c.paused is not None}
+        self.paused_by = {c.spec.name: c.paused_by for c in state.chains if c.paused is not None}
         self.credited = dict.fromkeys(state.credited)
         self.credited_count = {}
         for key in state.credited:

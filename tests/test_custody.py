@@ -141,6 +141,24 @@ async def test_a_paused_chain_refuses_withdrawals_and_deposits_while_trading_goe
     await conserved(ex)
 
 
+async def test_a_pause_the_admin_signed_is_lifted_by_the_admin_only(nursery):
+    ex = await start(nursery)
+    await ex.block([ChainStatus(ADMIN, "sim", True, "maintenance")])
+    assert codes(await ex.block([ChainStatus(ADAPTER, "sim", False, "providers healthy")])) == ["UNAUTHORIZED"]
+    assert (await chain(ex)).paused
+    await ex.block([ChainStatus(ADMIN, "sim", False, "done")])
+    # the adapter lifts its own pause, but not once the admin paused on top of it
+    await ex.block([ChainStatus(ADAPTER, "sim", True, "every provider failing")])
+    assert codes(await ex.block([ChainStatus(ADAPTER, "sim", False, "providers healthy")])) == []
+    assert not (await chain(ex)).paused
+    await ex.block([ChainStatus(ADAPTER, "sim", True, "every provider failing"), ChainStatus(ADMIN, "sim", True, "hold")])
+    assert codes(await ex.block([ChainStatus(ADAPTER, "sim", False, "providers healthy")])) == ["UNAUTHORIZED"]
+    view = await chain(ex)
+    assert view.paused and view.reason == "hold"
+    await ex.block([ChainStatus(ADMIN, "sim", False, "")])
+    assert not (await chain(ex)).paused
+
+
 async def test_withdrawals_beyond_the_hot_wallet_wait_for_a_cold_sweep(nursery):
     ex = await start(nursery)
     events = await ex.block([credit("a", 1_500 * USDC), SetLeverage("a", 0, auto_lend=0)])

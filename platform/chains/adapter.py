@@ -38,8 +38,8 @@ from its chain's work query (``chains.link``).
   withdrawal requests get ``CHAIN_PAUSED``, trading goes on), probes with a backoff that
   doubles up to ``MAX_PROBE_S``, and reports resumed once a provider answers. It resumes
   only its own pause: not a chain the admin paused, nor one the admin paused again
-  after it (in the node's process it sees who signed each pause; over the API the work
-  query does not say, so a remote adapter resumes a pause it made whoever paused since).
+  after it (the engine refuses that resume; in the node's process the adapter sees who
+  signed each pause and does not send it).
 * **Reorgs deeper than the confirmations.** It remembers the hash of the last block it
   scanned; when the next block's parent is another, the chain reorganised below the
   confirmations. It logs an error and scans again from ``REORG_RESCAN`` blocks back:

@@ -107,12 +107,13 @@ from satchel.core.messages import (
     events_encoder,
 )
 
-RULES_VERSION = 10  # 4: batch orders (one signature covers several transactions); 5: lending pools;
+RULES_VERSION = 11  # 4: batch orders (one signature covers several transactions); 5: lending pools;
 # 6: accounts lend and borrow (borrowLendExecute, spot-margin order flags, auto-lend); 7: chains (deposits,
 # withdrawals, custody books); 8: a depositConfirmed carries a block's deposits under one signature;
 # 9: compliance (KYC profiles, tier limits, product and market rules), rewards (seasons, points, referrals);
 # 10: a report's record may leave out its items' texts, rebuilt from the transaction (``instructions.full_auth``);
-# custody moves stay open in the books until the adapter reports them done (``MoveDone``)
+# custody moves stay open in the books until the adapter reports them done (``MoveDone``);
+# 11: a chain the admin paused is resumed only by the admin (``ChainState.paused_by``)
 # Longest validity window a signed request may ask for (Backpack's maximum). Part of
 # the rules, not the configuration: replay must judge windows exactly as the node did.
 MAX_WINDOW_MS = 60_000

@@ -122,6 +122,7 @@ class LoansState(_State):
 class ChainState(_State):
     spec: ChainSpec
     paused: str | None  # the reason, None when open
+    paused_by: str = ""  # the key that signed the pause in force
 
 
 class WithdrawalState(_State):
