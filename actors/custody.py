@@ -78,11 +78,13 @@ class Refused(Exception):
 
 
 class Custody:
-    def __init__(self, ledger: Ledger, fund: Callable[[int, str, str, int, list], str]) -> None:
+    def __init__(self, ledger: Ledger, fund: Callable[[int, str, str, int, list], str],
+                 text: Callable[[str, int], str]) -> None:
         self.ledger = ledger
         # (seq, account, asset, amount, out) -> "" when the account can give the amount (the margin
         # engine redeems an auto-lent claim and checks margin), else a refusal code
         self.fund = fund
+        self.text = text  # (asset, units) -> "100 USDC": amounts in refusals as clients wrote them
         self.chains: dict[str, ChainSpec] = {}
         self.paused: dict[str, str] = {}  # chain -> reason
         self.paused_by: dict[str, str] = {}  # chain -> the key that signed the pause in force
@@ -136,7 +138,7 @@ class Custody:
         key = (tx.chain, tx.asset)
         if not 0 < tx.amount <= self.cold.get(key, 0):
             out.append(TxRejected(seq, tx.admin, Code.INVALID_QUANTITY,
-                                  f"cold storage holds {self.cold.get(key, 0)} of {tx.asset} on {tx.chain}"))
+                                  f"cold storage holds {self.text(tx.asset, self.cold.get(key, 0))} on {tx.chain}"))
             return
         self.cold[key] -= tx.amount
         self.hot[key] = self.hot.get(key, 0) + tx.amount
@@ -228,7 +230,7 @@ class Custody:
             raise Refused(Code.INVALID_QUANTITY, "quantity must be positive")
         problem = self.fund(seq, tx.account, tx.asset, tx.amount, out)
         if problem:
-            raise Refused(problem, f"cannot withdraw {tx.amount} of {tx.asset}")
+            raise Refused(problem, f"cannot withdraw {self.text(tx.asset, tx.amount)}")
         bal = self.ledger.bal(tx.account, tx.asset)
         self.ledger.hold(seq, tx.account, tx.asset, bal, tx.amount)
         w = WithdrawalState(seq, tx.account, tx.chain, tx.asset, tx.amount, tx.address, QUEUED, "", tx.client_id)

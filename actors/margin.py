@@ -53,7 +53,7 @@ from satchel.actors.risk import Ledger, Permissions, SpotHolds, _malformed
 from satchel.actors.triggers import Triggers, reference
 from satchel.core import margin as rules
 from satchel.core.actor import dispatcher
-from satchel.core.amounts import MAX_UNITS
+from satchel.core.amounts import MAX_UNITS, format_units
 from satchel.core.errors import Code
 from satchel.core.instructions import INSURANCE_ACCOUNT
 from satchel.core.messages import (
@@ -139,7 +139,7 @@ class Margin:
         self.traded: dict[str, None] = {}  # accounts with perp fills since the last check
         self.liquidator = Liquidator(self)
         self.loans = Loans(self.ledger, self._borrow_ok)  # lend and borrow positions
-        self.custody = Custody(self.ledger, self._fund_withdrawal)  # chains: deposits, withdrawals
+        self.custody = Custody(self.ledger, self._fund_withdrawal, self._amount_text)  # chains: deposits, withdrawals
         self.compliance = Compliance()  # KYC profiles, tier limits, product and market rules
         self.now = 0  # the block being applied, us (event times)
         self._pass: dict[str, list] = {}  # pre-trade's margin figures per account, for one pass
@@ -487,6 +487,11 @@ class Margin:
                 out.append(LeverageSet(seq, tx.account, self.leverage.get(tx.account, 0), *self.loans.settings(tx.account)))
         return PreTraded(routed, out)
 
+    def _amount_text(self, asset: str, units: int) -> str:
+        """``units`` of ``asset`` as a client writes them ("100.5 USDC"), for refusals."""
+        spec = self.assets.get(asset)
+        return f"{units if spec is None else format_units(units, spec.decimals)} {asset}"
+
     def _fund_withdrawal(self, seq: int, account: str, asset: str, amount: int, out: list) -> str:
         """Whether the account can give ``amount`` of ``asset`` away (a withdrawal, the
         source of a transfer; "" if it can): an auto-lent claim is redeemed for what the
@@ -520,7 +525,7 @@ class Margin:
         self._pass.pop(tx.target, None)
         code = self._fund_withdrawal(seq, tx.source, tx.asset, tx.amount, out)
         if code:
-            out.append(TxRejected(seq, tx.admin, code, f"{tx.source} cannot give {tx.amount} {tx.asset}"))
+            out.append(TxRejected(seq, tx.admin, code, f"{tx.source} cannot give {self._amount_text(tx.asset, tx.amount)}"))
             return
         ledger = self.ledger
         ledger.bal(tx.source, tx.asset).free -= tx.amount

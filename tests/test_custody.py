@@ -119,6 +119,7 @@ async def test_withdrawal_held_sent_confirmed_or_failed_and_released(nursery):
     events = await ex.block([Withdraw("a", "sim", "USDC", 301 * USDC, "0xdest"), Withdraw("a", "sim", "SOL", 1, "0xdest"),
                              Withdraw("a", "sim", "USDC", 1, ""), Withdraw("a", "nope", "USDC", 1, "0x")])
     assert codes(events) == ["INSUFFICIENT_FUNDS", "INVALID_ASSET", "INVALID_ADDRESS", "INVALID_CHAIN"]
+    assert events[0].message == "cannot withdraw 301 USDC"  # in the asset's units, as it was asked for
     assert await ex.balance("a", "USDC") == (300 * USDC, 0)
     view = await chain(ex)
     assert dict(view.hot)["USDC"] == 300 * USDC and dict(view.reserved)["USDC"] == 0
@@ -167,7 +168,8 @@ async def test_withdrawals_beyond_the_hot_wallet_wait_for_a_cold_sweep(nursery):
     first = statuses(await ex.block([Withdraw("a", "sim", "USDC", 800 * USDC, "0x1")]))
     second = statuses(await ex.block([Withdraw("a", "sim", "USDC", 300 * USDC, "0x2")]))
     assert first[0][1] == "Pending" and second[0][1] == "Queued"  # 200 left in the hot wallet
-    assert codes(await ex.block([ApproveSweep(ADMIN, "sim", "USDC", 600 * USDC)])) == ["INVALID_QUANTITY"]  # cold holds 500
+    events = await ex.block([ApproveSweep(ADMIN, "sim", "USDC", 600 * USDC)])
+    assert codes(events) == ["INVALID_QUANTITY"] and events[0].message == "cold storage holds 500 USDC on sim"
     events = await ex.block([ApproveSweep(ADMIN, "sim", "USDC", 500 * USDC)])
     assert statuses(events) == [(second[0][0], "Pending")]
     assert codes(await ex.block([ApproveSweep(ADAPTER, "sim", "USDC", 1)])) == ["UNAUTHORIZED"]

@@ -113,7 +113,8 @@ RULES_VERSION = 11  # 4: batch orders (one signature covers several transactions
 # 9: compliance (KYC profiles, tier limits, product and market rules), rewards (seasons, points, referrals);
 # 10: a report's record may leave out its items' texts, rebuilt from the transaction (``instructions.full_auth``);
 # custody moves stay open in the books until the adapter reports them done (``MoveDone``);
-# 11: a chain the admin paused is resumed only by the admin (``ChainState.paused_by``)
+# 11: a chain the admin paused is resumed only by the admin (``ChainState.paused_by``); refusals of
+# withdrawals, sweeps and transfers name amounts in the asset's units ("cannot withdraw 301 USDC")
 # Longest validity window a signed request may ask for (Backpack's maximum). Part of
 # the rules, not the configuration: replay must judge windows exactly as the node did.
 MAX_WINDOW_MS = 60_000
