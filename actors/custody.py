@@ -11,10 +11,12 @@ should hold on each chain, and ``satchel reconcile`` compares them with the chai
   log index) -- a re-delivered or re-observed deposit changes nothing (a report whose every
   deposit was credited before is refused ``ALREADY_CREDITED``), across adapter restarts and
   journal replay, because the keys are ledger state. A deposit of an asset the chain does
-  not take refuses the whole report. The hot wallet's books grow; past the chain's
+  not take refuses the whole report, and so do deposits that would take an asset's total
+  past ``MAX_UNITS`` (``INVALID_DEPOSIT``; the journal's integers, as for the faucet). The hot wallet's books grow; past the chain's
   ``hot_limit`` the excess is booked to cold storage (``CustodyMoved``: the adapter moves it).
 * ``Withdraw`` (account): refused while the chain is paused (``CHAIN_PAUSED``), for an
-  unknown chain or asset, a bad address, short funds (an auto-lent claim is redeemed as
+  unknown chain or asset, a bad address, ``MAX_OPEN_WITHDRAWALS`` of the account's on
+  their way already (``WITHDRAWAL_LIMIT``), short funds (an auto-lent claim is redeemed as
   for an order), or when equity would fall below the initial margin; else the amount is
   held (the hold's id is the withdrawal's id: its sequence number). If the hot wallet's
   books cover it beside the withdrawals already out, it is ``Pending`` (the adapter sends
@@ -43,6 +45,7 @@ from collections.abc import Callable
 import msgspec
 
 from satchel.actors.risk import Ledger
+from satchel.core.amounts import MAX_UNITS
 from satchel.core.errors import Code
 from satchel.core.messages import (
     ApproveSweep, ChainCredited, ChainDeposit, ChainSpec, ChainStatus, ChainStatusChanged, CustodyMoved, Deposited,
@@ -55,6 +58,10 @@ copy = msgspec.structs.replace  # a record's shallow copy (its fields are immuta
 
 QUEUED, PENDING, SENT, CONFIRMED, FAILED = "Queued", "Pending", "Sent", "Confirmed", "Failed"
 MAX_ADDRESS = 128  # characters; the adapter checks the chain's own format before sending
+# withdrawals of one account not yet confirmed or failed: the chain's adapter sends them in
+# turn, and without a bound one account's 10,000 withdrawals of a millionth of a USDC held
+# every other account's for half an hour
+MAX_OPEN_WITHDRAWALS = 16
 
 
 class ChainView(msgspec.Struct, frozen=True):
@@ -97,6 +104,7 @@ class Custody:
         # own type, so the state is these records (copied: a snapshot or a read never
         # aliases a record the actor goes on changing)
         self.open: dict[int, WithdrawalState] = {}
+        self.open_of: dict[str, int] = {}  # account -> its withdrawals in ``open`` (derived)
         self.withdrawn: dict[str, int] = {}  # confirmed withdrawals per asset
         # custody moves booked and not yet reported carried out, by (booking seq, asset):
         # what the chain's adapter is asked for until it reports each (``MoveDone``), also
@@ -120,7 +128,8 @@ class Custody:
 
     def _status(self, seq: int, tx: ChainStatus, out: list) -> None:
         adapter = self.chains[tx.chain].adapter  # the engine took it from the admin or this key only
-        if not tx.paused and tx.signer == adapter and self.paused_by.get(tx.chain, adapter) != adapter:
+        if tx.signer == adapter and self.paused_by.get(tx.chain, adapter) != adapter:
+            # neither lifted nor taken over (a pause of its own on top would be its to lift)
             out.append(TxRejected(seq, tx.signer, Code.UNAUTHORIZED,
                                   f"{tx.chain} was paused by the admin: only the admin resumes it"))
             return
@@ -182,14 +191,24 @@ class Custody:
                 raise Refused(Code.INVALID_DEPOSIT, f"{d.asset} is not taken on {tx.chain}, or the amount is not positive")
         credited = self.credited
         fresh = []
+        seen: dict[str, None] = {}  # in report order: the books stay the same on every node
         for d in tx.deposits:
             key = f"{tx.chain}/{d.tx_hash}/{d.log_index}"
-            if key not in credited:
-                credited[key] = None
+            if key not in credited and key not in seen:
+                seen[key] = None
                 fresh.append(d)
         if not fresh:
             what = "every deposit it reports was" if len(tx.deposits) > 1 else f"{key} was"
             raise Refused(Code.ALREADY_CREDITED, f"{what} credited before")
+        total: dict[str, int] = {}
+        for d in fresh:
+            total[d.asset] = total.get(d.asset, 0) + d.amount
+        for asset, amount in total.items():
+            # every balance, book and total stays below MAX_UNITS (the journal's integers),
+            # as the faucet's deposits do: a report past it is refused whole
+            if amount > MAX_UNITS - self.ledger.deposits.get(asset, 0):
+                raise Refused(Code.INVALID_DEPOSIT, f"{asset} deposits would exceed the ledger's limit")
+        credited.update(seen)
         self.credited_count[tx.chain] = self.credited_count.get(tx.chain, 0) + len(fresh)
         by_asset: dict[str, int] = {}
         for d in fresh:  # the rest were credited before: re-reported, they change nothing
@@ -228,6 +247,9 @@ class Custody:
             raise Refused(Code.INVALID_ADDRESS, "address must be 1 to 128 printable ASCII characters")
         if tx.amount <= 0:
             raise Refused(Code.INVALID_QUANTITY, "quantity must be positive")
+        if self.open_of.get(tx.account, 0) >= MAX_OPEN_WITHDRAWALS:
+            raise Refused(Code.WITHDRAWAL_LIMIT, f"{MAX_OPEN_WITHDRAWALS} withdrawals on their way already: "
+                                                 "another once one is confirmed or failed")
         problem = self.fund(seq, tx.account, tx.asset, tx.amount, out)
         if problem:
             raise Refused(problem, f"cannot withdraw {self.text(tx.asset, tx.amount)}")
@@ -237,7 +259,16 @@ class Custody:
         if self._reserve(w):
             w.status = PENDING
         self.open[seq] = w
+        self.open_of[tx.account] = self.open_of.get(tx.account, 0) + 1
         out.append(self._update(seq, seq, w, ""))
+
+    def _close(self, wid: int) -> None:
+        account = self.open.pop(wid).account
+        left = self.open_of[account] - 1
+        if left:
+            self.open_of[account] = left
+        else:
+            del self.open_of[account]
 
     def _reserve(self, w: WithdrawalState) -> bool:
         key = (w.chain, w.asset)
@@ -269,7 +300,7 @@ class Custody:
         key = (w.chain, w.asset)
         self.hot[key] -= w.amount
         self.reserved[key] -= w.amount
-        del self.open[tx.withdrawal_id]
+        self._close(tx.withdrawal_id)
         w.status = CONFIRMED
         out.append(self._update(seq, tx.withdrawal_id, w, ""))
 
@@ -277,7 +308,7 @@ class Custody:
         w = self._report(tx, (PENDING, SENT))
         self.ledger.release(tx.withdrawal_id)
         self.reserved[(w.chain, w.asset)] -= w.amount
-        del self.open[tx.withdrawal_id]
+        self._close(tx.withdrawal_id)
         w.status = FAILED
         out.append(self._update(seq, tx.withdrawal_id, w, tx.reason))
         self._release_queue(seq, w.chain, out)
@@ -334,6 +365,9 @@ class Custody:
         self.cold = {(c, a): v for c, a, v in state.cold}
         self.reserved = {(c, a): v for c, a, v in state.reserved}
         self.open = {w.withdrawal_id: copy(w) for w in state.withdrawals}
+        self.open_of = {}
+        for w in self.open.values():
+            self.open_of[w.account] = self.open_of.get(w.account, 0) + 1
         self.withdrawn = dict(state.withdrawn)
         self.moves = {(m.seq, m.asset): copy(m) for m in state.moves}
 

@@ -141,20 +141,20 @@ async def test_withdrawals_waiting_for_confirmations_cost_no_provider_call_each(
     await until(lambda: equals(_sim_balance(sim, adapter.hot), 100 * USDC))
     sim.block_ms = 10**6  # stop the chain's clock: mine by hand
     await trio.sleep(0.1)
-    for i in range(20):
+    for i in range(16):  # as many as an account may have on their way
         await node.submit_wait(Withdraw("erin", "sim", "USDC", USDC, f"0xfriend{i}"))
-    await until(lambda: equals(_statuses(node), ["Sent"] * 20))
+    await until(lambda: equals(_statuses(node), ["Sent"] * 16))
     sim.mine()  # each is one block deep of three
     await trio.sleep(1.5)  # a resync has looked each up once
     calls = sum(p.calls for p in providers)
     await trio.sleep(2.0)  # two more resyncs, ten polls
     spent = sum(p.calls for p in providers) - calls
-    assert spent < 20, spent  # 9 here; a look-up and a head for each at every resync before (100)
-    assert await _statuses(node) == ["Sent"] * 20
+    assert spent < 16, spent  # 9 here; a look-up and a head for each at every resync before (~80)
+    assert await _statuses(node) == ["Sent"] * 16
     sim.mine()
     sim.mine()
     await until(lambda: equals(_open(node), 0))
-    assert all(sim.balances[(f"0xfriend{i}", "USDC")] == USDC for i in range(20))
+    assert all(sim.balances[(f"0xfriend{i}", "USDC")] == USDC for i in range(16))
     node.shutdown()
 
 

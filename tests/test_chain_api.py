@@ -533,7 +533,7 @@ async def test_odd_but_valid_texts_in_chain_requests_get_an_answer_and_validator
 
 async def test_malformed_deposit_batches_are_refused_and_change_nothing(server):
     """``depositConfirmedBatch`` with params that are not a list of deposit objects, an
-    empty list, an item missing a field or of another chain: each gets an error, never
+    empty list, an item missing a field or of another chain, one deposit twice: each gets an error, never
     INTERNAL_ERROR, nothing is credited, and the node keeps serving."""
     key, carol = server.node.chain_keys[CHAIN], Keypair.generate()
     good = {"chain": CHAIN, "txHash": "0xgood", "logIndex": "0", "account": carol.api_key, "symbol": "USDC",
@@ -545,7 +545,7 @@ async def test_malformed_deposit_batches_are_refused_and_change_nothing(server):
                                                                "params": params, "signature": signature}), raw=True)
             assert "error" in reply and reply["error"]["code"] != "INTERNAL_ERROR", (params, reply)
         for items in ([], [{k: v for k, v in good.items() if k != "account"}], [good, {**good, "chain": "other"}],
-                      [{**good, "logIndex": "-1"}]):
+                      [{**good, "logIndex": "-1"}], [good, {**good, "logIndex": "00", "quantity": "999"}]):
             with pytest.raises(ReplyError) as refused:
                 await adapter.request_batch("depositConfirmedBatch", "depositConfirmed", items)
             assert "INTERNAL_ERROR" not in str(refused.value)

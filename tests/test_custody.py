@@ -9,6 +9,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import ADMIN, Exchange, order
 from satchel import config
+from satchel.actors.custody import MAX_OPEN_WITHDRAWALS
+from satchel.core.amounts import MAX_UNITS
 from satchel.core.engine import Engine
 from satchel.core.messages import (
     ASK, BID, IOC, ApproveSweep, ChainCredited, ChainDeposit, ChainsOf, ChainSpec, ChainStatus, CustodyMoved, Deposited,
@@ -126,6 +128,40 @@ async def test_withdrawal_held_sent_confirmed_or_failed_and_released(nursery):
     await conserved(ex)
 
 
+async def test_an_account_has_at_most_sixteen_withdrawals_on_their_way(nursery):
+    """Dust withdrawals (no fee, no minimum) cannot fill the chain's queue: past
+    MAX_OPEN_WITHDRAWALS of its own not yet confirmed or failed an account is refused
+    WITHDRAWAL_LIMIT, nothing held; one finishing makes room; others are not affected."""
+    ex = await start(nursery)
+    await ex.block([credit("a", 100 * USDC), credit("b", 100 * USDC, "0xb")])
+    first = statuses(await ex.block([Withdraw("a", "sim", "USDC", 1, f"0x{i}") for i in range(MAX_OPEN_WITHDRAWALS)]))
+    assert len(first) == MAX_OPEN_WITHDRAWALS
+    events = await ex.block([Withdraw("a", "sim", "USDC", 1, "0xmore"), Withdraw("b", "sim", "USDC", 1, "0xb")])
+    assert codes(events) == ["WITHDRAWAL_LIMIT"] and len(statuses(events)) == 1  # b's goes
+    assert await ex.balance("a", "USDC") == (100 * USDC - MAX_OPEN_WITHDRAWALS, MAX_OPEN_WITHDRAWALS)
+    wid = first[0][0]
+    await ex.block([WithdrawalSent(ADAPTER, "sim", wid, "0xout"), WithdrawalFailed(ADAPTER, "sim", wid, "reverted")])
+    assert codes(await ex.block([Withdraw("a", "sim", "USDC", 1, "0xmore")])) == []
+    assert codes(await ex.block([Withdraw("a", "sim", "USDC", 1, "0xmore")])) == ["WITHDRAWAL_LIMIT"]
+    await conserved(ex)
+
+
+async def test_deposits_past_the_ledgers_limit_are_refused_whole(nursery):
+    """Each amount fits, their sum would not: every balance and total stays below
+    MAX_UNITS (the journal's integers), as for the faucet -- else the block's events and
+    the snapshot could not be encoded and the node would stop, and not start again."""
+    ex = await start(nursery)
+    big = MAX_UNITS // 2 + 1
+    report = ChainDeposit(ADAPTER, "sim", (ReportedDeposit("0x1", 0, "a", "USDC", big), ReportedDeposit("0x2", 0, "b", "USDC", big)))
+    events = await ex.block([report])
+    assert codes(events) == ["INVALID_DEPOSIT"] and events[0].message == "USDC deposits would exceed the ledger's limit"
+    assert codes(await ex.block([credit("a", big, "0x1")])) == []
+    assert codes(await ex.block([credit("b", big, "0x2")])) == ["INVALID_DEPOSIT"]  # in another report alike
+    assert await ex.balance("a", "USDC") == (big, 0) and await ex.balance("b", "USDC") == (0, 0)
+    await ex.engine.state_hash()  # the state still encodes
+    await conserved(ex)
+
+
 async def test_a_paused_chain_refuses_withdrawals_and_deposits_while_trading_goes_on(nursery):
     ex = await start(nursery)
     await ex.block([credit("a", 500 * USDC), credit("b", 10**9, "0xe", asset="ETH")])
@@ -154,6 +190,9 @@ async def test_a_pause_the_admin_signed_is_lifted_by_the_admin_only(nursery):
     assert not (await chain(ex)).paused
     await ex.block([ChainStatus(ADAPTER, "sim", True, "every provider failing"), ChainStatus(ADMIN, "sim", True, "hold")])
     assert codes(await ex.block([ChainStatus(ADAPTER, "sim", False, "providers healthy")])) == ["UNAUTHORIZED"]
+    # nor taken over by pausing again on top of it
+    assert codes(await ex.block([ChainStatus(ADAPTER, "sim", True, "mine"),
+                                 ChainStatus(ADAPTER, "sim", False, "providers healthy")])) == ["UNAUTHORIZED"] * 2
     view = await chain(ex)
     assert view.paused and view.reason == "hold"
     await ex.block([ChainStatus(ADMIN, "sim", False, "")])

@@ -68,6 +68,7 @@ METHODS = (
 MAX_BATCH = 50  # orders in one POST /api/v1/orders (each journaled record keeps the whole signed batch)
 # requests whose params are a list of objects, each signed as its own segment
 BATCHED = frozenset({"orderExecuteBatch", "depositConfirmedBatch"})
+WORK_LIMIT = 1_000  # withdrawals and custody moves a chainWorkQuery answer lists at most, oldest first
 # a chain adapter's requests (``satchel chains``): a connection that sends one is handled
 # between orders from then on (``gateway.session``)
 CUSTODY_REPORTS = frozenset({"depositConfirmed", "depositConfirmedBatch", "withdrawalSent", "withdrawalConfirmed",
@@ -1227,7 +1228,8 @@ class Api:
         """What a chain's adapter running in its own process (``satchel chains``) is to do:
         the chain's pause, its open withdrawals (``Pending``: to send; ``Sent``: to confirm)
         and its open custody moves (booked, not yet reported done with ``custodyMoveDone``)
-        after sequence number ``after``. Signed by the chain's adapter key or the admin
+        after sequence number ``after``, the oldest ``WORK_LIMIT`` of each (the next poll
+        gets the next ones once those are done). Signed by the chain's adapter key or the admin
         key; answered once earlier blocks are durable."""
         params = instructions.params_of(ChainWorkParams, texts)
         after = instructions.uint(params.after, "after", 2**63) or 0
@@ -1246,9 +1248,9 @@ class Api:
                 "chain": chain, "paused": status[0], "reason": status[1] or None,
                 "withdrawals": [{"id": wid, "account": w.account, "symbol": w.asset, "quantity": fmt.asset(w.asset, w.amount),
                                  "address": w.address, "status": w.status, "txHash": w.tx_hash or None}
-                                for wid, w in answers[0] if w.chain == chain and w.status in ("Pending", "Sent")],
+                                for wid, w in answers[0] if w.chain == chain and w.status in ("Pending", "Sent")][:WORK_LIMIT],
                 "moves": [{"seq": m.seq, "symbol": m.asset, "quantity": fmt.asset(m.asset, m.amount), "toCold": m.to_cold}
-                          for m in answers[1] if m.seq > after]})
+                          for m in answers[1] if m.seq > after][:WORK_LIMIT]})
 
         caller.verified(req_id, signed, lambda m: self._read([Query("risk", WithdrawalsOf(None)),
                                                                Query("risk", MovesOf(chain))], reply))

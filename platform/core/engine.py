@@ -114,7 +114,8 @@ RULES_VERSION = 11  # 4: batch orders (one signature covers several transactions
 # 10: a report's record may leave out its items' texts, rebuilt from the transaction (``instructions.full_auth``);
 # custody moves stay open in the books until the adapter reports them done (``MoveDone``);
 # 11: a chain the admin paused is resumed only by the admin (``ChainState.paused_by``); refusals of
-# withdrawals, sweeps and transfers name amounts in the asset's units ("cannot withdraw 301 USDC")
+# withdrawals, sweeps and transfers name amounts in the asset's units ("cannot withdraw 301 USDC"); a
+# chain's deposits keep an asset's total below MAX_UNITS; an account has at most 16 withdrawals on their way
 # Longest validity window a signed request may ask for (Backpack's maximum). Part of
 # the rules, not the configuration: replay must judge windows exactly as the node did.
 MAX_WINDOW_MS = 60_000

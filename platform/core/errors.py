@@ -39,6 +39,7 @@ class Code(StrEnum):
     INVALID_WITHDRAWAL = "INVALID_WITHDRAWAL"  # no such open withdrawal, or not in a state for this report
     PRODUCT_RESTRICTED = "PRODUCT_RESTRICTED"  # the account may not use this product (compliance)
     TIER_LIMIT = "TIER_LIMIT"  # beyond the account's KYC tier limit (withdrawals a day)
+    WITHDRAWAL_LIMIT = "WITHDRAWAL_LIMIT"  # the account has its most withdrawals on their way already
     INVALID_SEASON = "INVALID_SEASON"  # a points season that overlaps another, ends before it starts, ...
     INVALID_MULTIPLIER = "INVALID_MULTIPLIER"
     INVALID_REFERRAL = "INVALID_REFERRAL"  # unknown, taken or own referral code, or already referred

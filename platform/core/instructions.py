@@ -429,14 +429,19 @@ def _deposit_confirmed(items: list[DepositConfirmedParams], adapter: str, listin
         raise RequestError(INVALID_REQUEST, f"a report holds 1..{MAX_REPORTED_DEPOSITS} deposits")
     chain = items[0].chain
     deposits = []
+    places: dict[tuple[str, int], int] = {}  # (txHash, logIndex) -> its place: each is reported once
     for i, p in enumerate(items):
         try:
             if p.chain != chain:
                 raise RequestError(INVALID_REQUEST, "every deposit of a report is on the same chain")
             if not is_api_key(p.account):
                 raise RequestError(INVALID_REQUEST, "account must be an API key")
-            deposits.append(ReportedDeposit(_text(p.txHash, "txHash"), uint(p.logIndex, "logIndex"), p.account,
-                                            p.symbol, _amount(listing, p.symbol, p.quantity)))
+            d = ReportedDeposit(_text(p.txHash, "txHash"), uint(p.logIndex, "logIndex"), p.account,
+                                p.symbol, _amount(listing, p.symbol, p.quantity))
+            first = places.setdefault((d.tx_hash, d.log_index), i)
+            if first != i:
+                raise RequestError(INVALID_REQUEST, f"the same txHash and logIndex as deposit {first}")
+            deposits.append(d)
         except RequestError as exc:
             raise RequestError(exc.code, f"deposit {i}: {exc.message}" if len(items) > 1 else exc.message) from exc
     return ChainDeposit(adapter, chain, tuple(deposits))
@@ -770,7 +775,7 @@ INSTRUCTIONS = (
                 (INVALID_REQUEST, Code.INVALID_LEVERAGE, Code.PRODUCT_RESTRICTED)),
     Instruction("withdraw", Withdraw, WithdrawParams, _withdraw, _account, False, "trade",
                 _CHAIN_ERRORS + (Code.INVALID_ADDRESS, Code.INSUFFICIENT_FUNDS, Code.INSUFFICIENT_MARGIN,
-                                 Code.PRODUCT_RESTRICTED, Code.TIER_LIMIT)),
+                                 Code.PRODUCT_RESTRICTED, Code.TIER_LIMIT, Code.WITHDRAWAL_LIMIT)),
     Instruction("depositConfirmed", ChainDeposit, DepositConfirmedParams, _deposit_confirmed, _adapter, False, "trade",
                 _CHAIN_ERRORS + (Code.UNAUTHORIZED, Code.INVALID_DEPOSIT, Code.ALREADY_CREDITED), many=True,
                 background=lambda tx: len(tx.deposits), texts=deposit_texts),
