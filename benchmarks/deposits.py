@@ -87,6 +87,8 @@ def sign_test(higher: int, pairs: int) -> float:
     """Two-sided p of ``higher`` of ``pairs`` paired rounds coming out higher if either
     side were as likely: a test that asks nothing of the latencies' distribution, which
     on a shared machine has bursts no model fits."""
+    if not pairs:
+        return 1.0
     tail = min(higher, pairs - higher)
     return min(1.0, 2 * sum(math.comb(pairs, k) for k in range(tail + 1)) / 2**pairs)
 
@@ -357,9 +359,12 @@ def main() -> None:
     print(f"  every order of the rounds pooled: alone {pa[0]:6.2f} / {pa[1]:6.2f}   beside {pb[0]:6.2f} / {pb[1]:6.2f}   "
           f"p99 ratio beside/alone {pb[1] / pa[1]:.2f}")
     for i, what in ((0, "p50"), (1, "p99")):
-        higher = sum(b[i] > a[i] for a, b in zip(r["alone"], r["beside"]))
+        pairs = [(round(a[i], 2), round(b[i], 2)) for a, b in zip(r["alone"], r["beside"])]  # as printed, to 10 us
+        higher = sum(b > a for a, b in pairs)
+        differ = sum(b != a for a, b in pairs)  # a tie says neither
         print(f"  {what} beside above alone's in the same pair of rounds: {higher} of {args.rounds} "
-              f"(sign test, two-sided p = {sign_test(higher, args.rounds):.3f})")
+              f"({args.rounds - differ} equal; sign test over the {differ} that differ, two-sided "
+              f"p = {sign_test(higher, differ):.3f})")
     alone_p99s = sorted(a[1] for a in r["alone"])
     print(f"  the machine's own noise: alone, with nothing else changed, p99 {alone_p99s[0]:.2f} to {alone_p99s[-1]:.2f} "
           f"from round to round (x{alone_p99s[-1] / alone_p99s[0]:.2f})")

@@ -34,3 +34,4 @@ def test_the_sign_test_of_paired_rounds():
     assert deposits.sign_test(6, 6) == deposits.sign_test(0, 6) == 2 / 64  # all pairs one way
     assert deposits.sign_test(3, 6) == 1.0
     assert deposits.sign_test(5, 6) == 2 * 7 / 64
+    assert deposits.sign_test(0, 0) == 1.0  # every pair tied: nothing to tell
