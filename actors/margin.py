@@ -450,7 +450,8 @@ class Margin:
             elif cls is Deposit:
                 if tx.asset not in self.assets or not 0 < tx.amount <= MAX_UNITS - ledger.deposits[tx.asset] or (
                         tx.account == INSURANCE_ACCOUNT and tx.asset != self.settle_asset):
-                    out.append(TxRejected(seq, tx.account, Code.INVALID_DEPOSIT, "Unknown asset or non-positive amount"))
+                    out.append(TxRejected(seq, tx.account, Code.INVALID_DEPOSIT,
+                                          "Unknown asset, non-positive amount, or past the ledger's limit"))
                     continue
                 self._pass.pop(tx.account, None)
                 if tx.account == INSURANCE_ACCOUNT:

@@ -444,6 +444,9 @@ async def test_chain_control_and_adapter_reports_through_the_gateway(server):
             await c.request("approveSweep", {"chain": CHAIN, "symbol": "USDC", "quantity": "1"})
         [sim] = await c.request("chainStatusQuery", sign=False)
         assert sim["paused"] is False
+        for odd in ("line\nbreak", "\u202eesrever", "x" * 257):  # shown by `satchel status` and the stream as sent
+            with pytest.raises(ReplyError, match="INVALID_CLIENT_REQUEST"):
+                await a.request("chainStatus", {"chain": CHAIN, "paused": "true", "reason": odd})
         assert (await a.request("chainStatus", {"chain": CHAIN, "paused": "true", "reason": "maintenance"}))["paused"] == "true"
         [sim] = await c.request("chainStatusQuery", sign=False)
         assert (sim["paused"], sim["reason"]) == (True, "maintenance")

@@ -464,7 +464,8 @@ def _withdrawal_failed(p: WithdrawalRefParams, adapter: str, listing: Listing) -
 
 
 def _chain_status(p: ChainStatusParams, signer: str, listing: Listing) -> ChainStatus:
-    return ChainStatus(signer, p.chain, boolean(p.paused), p.reason[:256])
+    # shown by `satchel status` and every chainStatus stream: no control or direction characters
+    return ChainStatus(signer, p.chain, boolean(p.paused), p.reason and _text(p.reason, "reason", 256))
 
 
 def _approve_sweep(p: ApproveSweepParams, admin: str, listing: Listing) -> ApproveSweep:
