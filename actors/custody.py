@@ -200,7 +200,7 @@ class Custody:
         if not fresh:
             what = "every deposit it reports was" if len(tx.deposits) > 1 else f"{key} was"
             raise Refused(Code.ALREADY_CREDITED, f"{what} credited before")
-        total: dict[str, int] = {}
+        total: dict[str, int] = {}  # per asset, in report order: the limit check and the hot books
         for d in fresh:
             total[d.asset] = total.get(d.asset, 0) + d.amount
         for asset, amount in total.items():
@@ -210,14 +210,12 @@ class Custody:
                 raise Refused(Code.INVALID_DEPOSIT, f"{asset} deposits would exceed the ledger's limit")
         credited.update(seen)
         self.credited_count[tx.chain] = self.credited_count.get(tx.chain, 0) + len(fresh)
-        by_asset: dict[str, int] = {}
         for d in fresh:  # the rest were credited before: re-reported, they change nothing
             self.ledger.deposit(d.account, d.asset, d.amount)
             out.append(Deposited(seq, d.account, d.asset, d.amount))
             out.append(ChainCredited(seq, tx.chain, d.tx_hash, d.log_index, d.account, d.asset, d.amount, self.now))
-            by_asset[d.asset] = by_asset.get(d.asset, 0) + d.amount
         limits = dict(spec.hot_limit)
-        for asset, amount in by_asset.items():
+        for asset, amount in total.items():
             hot = (tx.chain, asset)
             self.hot[hot] = self.hot.get(hot, 0) + amount
             limit = limits.get(asset)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import deque
 from datetime import date, timedelta
 from collections.abc import Callable, Mapping
+from itertools import islice
 from typing import Any, Protocol
 
 import msgspec
@@ -1244,13 +1245,16 @@ class Api:
 
         def reply(answers: list) -> None:
             status = chains.status.get(chain, (False, ""))
+            # the oldest WORK_LIMIT of each, formatted only those
+            withdrawals = islice(((wid, w) for wid, w in answers[0] if w.chain == chain and w.status in ("Pending", "Sent")),
+                                 WORK_LIMIT)
             replies.result(req_id, {
                 "chain": chain, "paused": status[0], "reason": status[1] or None,
                 "withdrawals": [{"id": wid, "account": w.account, "symbol": w.asset, "quantity": fmt.asset(w.asset, w.amount),
                                  "address": w.address, "status": w.status, "txHash": w.tx_hash or None}
-                                for wid, w in answers[0] if w.chain == chain and w.status in ("Pending", "Sent")][:WORK_LIMIT],
+                                for wid, w in withdrawals],
                 "moves": [{"seq": m.seq, "symbol": m.asset, "quantity": fmt.asset(m.asset, m.amount), "toCold": m.to_cold}
-                          for m in answers[1] if m.seq > after][:WORK_LIMIT]})
+                          for m in islice((m for m in answers[1] if m.seq > after), WORK_LIMIT)]})
 
         caller.verified(req_id, signed, lambda m: self._read([Query("risk", WithdrawalsOf(None)),
                                                                Query("risk", MovesOf(chain))], reply))
