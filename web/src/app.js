@@ -15,6 +15,7 @@ async function main() {
   client = new Client(cfg.ws);
   await keys.load();
   showKey();
+  wireForms();  // before the network waits below: a click while the page loads is not lost
   const list = await (await fetch("/api/v1/markets")).json();
   for (const m of list) markets[m.symbol] = m;
   chart = createChart($("chart"), { layout: { background: { color: "#182028" }, textColor: "#dde3ea" },
@@ -25,7 +26,6 @@ async function main() {
   setInterval(showMarkets, 5000);
   await select(location.hash.slice(1) in markets ? location.hash.slice(1) : list[0].symbol);
   setInterval(refreshAccount, 2000);
-  wireForms();
 }
 
 async function showMarkets() {
