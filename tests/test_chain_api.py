@@ -459,12 +459,14 @@ async def test_chain_control_and_adapter_reports_through_the_gateway(server):
         await adapter.request("depositConfirmed", report)
         with pytest.raises(ReplyError, match="ALREADY_CREDITED"):
             await adapter.request("depositConfirmed", report)
+        with pytest.raises(ReplyError, match="ALREADY_CREDITED"):  # one hexadecimal number, whatever its case
+            await adapter.request("depositConfirmed", {**report, "txHash": "0xFEED"})
         with pytest.raises(ReplyError, match="UNAUTHORIZED"):  # only the chain's adapter reports its deposits
             await c.request("depositConfirmed", {**report, "txHash": "0xbeef"})
         assert (await c.request("balanceQuery"))["USDC"]["available"] == "12"
         # a block's deposits under one signature, applied as one transaction: what was credited
         # before is skipped (and said so), the rest credited once
-        block = [report, {**report, "txHash": "0xb1", "quantity": "1"}, {**report, "txHash": "0xb2", "quantity": "2"}]
+        block = [report, {**report, "txHash": "0XB1", "quantity": "1"}, {**report, "txHash": "0xb2", "quantity": "2"}]
         answer = await adapter.request_batch("depositConfirmedBatch", "depositConfirmed", block)
         assert [(d["txHash"], d["credited"]) for d in answer] == [("0xfeed", False), ("0xb1", True), ("0xb2", True)]
         with pytest.raises(ReplyError, match="ALREADY_CREDITED"):
@@ -519,6 +521,10 @@ async def test_odd_but_valid_texts_in_chain_requests_get_an_answer_and_validator
         other = [{**item, "logIndex": "3", "quantity": "1.000"} for item in batch]
         credited = await ad.request_batch("depositConfirmedBatch", "depositConfirmed", other)
         assert [d["credited"] for d in credited] == [True] * len(other)
+        # a hexadecimal hash in upper case is keyed in lower case; its signed text is kept beside
+        upper = [{**batch[0], "txHash": h, "logIndex": "4"} for h in ("0XAB12", "0xcd34")]
+        credited = await ad.request_batch("depositConfirmedBatch", "depositConfirmed", upper)
+        assert [d["txHash"] for d in credited] == ["0xab12", "0xcd34"]
         assert not any("INTERNAL_ERROR" in str(a) for a in answers)
         assert {kind for kind, _ in answers} == {"result", "error"}
         assert (await c.request("depth", {"symbol": "SOL_USDC"}, sign=False)) is not None  # still serving
@@ -531,7 +537,7 @@ async def test_odd_but_valid_texts_in_chain_requests_get_an_answer_and_validator
     assert "blocks=1.." in out.stdout.decode()
     reports = [tx for payload in read_records(node.data / "journal") for tx in decode_block(payload).txs
                if isinstance(tx, ChainDeposit) and len(tx.deposits) > 1]
-    assert [(r.auth.batch != (), r.deposits[0].log_index) for r in reports] == [(False, 2), (True, 3)]
+    assert [(r.auth.batch != (), r.deposits[0].log_index) for r in reports] == [(False, 2), (True, 3), (True, 4)]
 
 
 async def test_malformed_deposit_batches_are_refused_and_change_nothing(server):

@@ -399,6 +399,20 @@ def _text(text: str | None, what: str, limit: int = 128) -> str:
     return text
 
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def tx_hash(text: str | None) -> str:
+    """A chain transaction's hash as the ledger keys it. A ``0x`` hexadecimal hash is one
+    number whatever its letters' case: it is taken in lower case, so a provider answering
+    ``0xAB..`` cannot get a deposit credited a second time. Other forms (base58) are
+    case-sensitive and kept as sent."""
+    text = _text(text, "txHash")
+    if text[:2] in ("0x", "0X") and len(text) > 2 and _HEX.issuperset(text[2:]):
+        return "0x" + text[2:].lower()
+    return text
+
+
 def chain_name(listing: Listing, text: str) -> str:
     """The listed chain ``text`` names: its name, or the one name equal to it ignoring case
     (Backpack's clients send ``Solana``, ``Ethereum``; a chain is configured as
@@ -436,7 +450,7 @@ def _deposit_confirmed(items: list[DepositConfirmedParams], adapter: str, listin
                 raise RequestError(INVALID_REQUEST, "every deposit of a report is on the same chain")
             if not is_api_key(p.account):
                 raise RequestError(INVALID_REQUEST, "account must be an API key")
-            d = ReportedDeposit(_text(p.txHash, "txHash"), uint(p.logIndex, "logIndex"), p.account,
+            d = ReportedDeposit(tx_hash(p.txHash), uint(p.logIndex, "logIndex"), p.account,
                                 p.symbol, _amount(listing, p.symbol, p.quantity))
             first = places.setdefault((d.tx_hash, d.log_index), i)
             if first != i:
@@ -448,7 +462,7 @@ def _deposit_confirmed(items: list[DepositConfirmedParams], adapter: str, listin
 
 
 def _withdrawal_sent(p: WithdrawalRefParams, adapter: str, listing: Listing) -> WithdrawalSent:
-    return WithdrawalSent(adapter, p.chain, uint(p.withdrawalId, "withdrawalId"), _text(p.txHash, "txHash"))
+    return WithdrawalSent(adapter, p.chain, uint(p.withdrawalId, "withdrawalId"), tx_hash(p.txHash))
 
 
 def _move_done(p: MoveDoneParams, adapter: str, listing: Listing) -> MoveDone:
