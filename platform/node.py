@@ -34,6 +34,7 @@ from satchel.core.messages import BlockHeader, Query
 from satchel.latency import StageLatency
 from satchel.ledger import snapshots
 from satchel.ledger.chain import Applied, Chain, DivergedError, recover_chain
+from satchel.ledger.durability import Durability
 from satchel.ledger.journal import Journal
 from satchel.ledger.sequencer import Read, Sequencer
 from satchel.runtime import fatal_errors_unwrapped, tune_gc
@@ -66,6 +67,7 @@ class Node:
         # in a cluster (``satchel.cluster``) blocks come from the stream until this node sequences
         self.cluster = cluster
         self.journal = Journal(self.data / "journal", self.cfg.node.segment_bytes)
+        self.durability = Durability(self.journal, cluster)
         if cluster is not None and not cluster.can_sequence:
             # a gateway or read replica holds no secret of the exchange: admin requests are
             # checked against the admin key the chain itself names, deposit addresses are
@@ -91,8 +93,6 @@ class Node:
         self.block_times = (0.0, 0.0, 0.0)  # its (sequenced, applied, durable) trio times
         self.latency = StageLatency()
         self._in_pipeline = 0  # blocks and reads taken by the engine and not yet answered
-        self._unstored = 0  # stream durability: blocks sequenced here and not yet stored in the stream
-        self._stored = trio.Event()
         self._quiet = trio.Event()  # set when the pipeline ran dry (``quiet``)
         self._turns = trio.Lock()  # background work's steps, one at a time (``turn``)
 
@@ -180,8 +180,7 @@ class Node:
         async with send:
             while True:
                 source = self.sequencer
-                if self._unstored:
-                    await self._until_stored()
+                await self.durability.before_cut()
                 item = await source.next_item()
                 if item is None:
                     if source.closed or self.cluster is None:
@@ -197,13 +196,12 @@ class Node:
                         applied = await self.chain.follow(item)
                     else:
                         applied = await self.chain.extend(item)
-                        if self.cluster is not None and self.cluster.stream_durable:
-                            self._unstored += 1
+                        self.durability.sequenced()
                     applied.applied_at = trio.current_time()
                     if applied.header.height % self.cfg.node.snapshot_blocks == 0:
                         # written by the writer right after this block is durable
                         applied.snapshot = await self.chain.snapshot()
-                        if item.__class__ is Received and item.state_hash not in (None, applied.snapshot.state_hash):
+                        if applied.followed and item.state_hash not in (None, applied.snapshot.state_hash):
                             raise DivergedError(f"block {applied.header.height}: this node's state differs from the sequencer's")
                     await send.send(applied)
 
@@ -219,29 +217,7 @@ class Node:
                         break
                 blocks = [a for a in batch if a.__class__ is Applied]
                 if blocks:
-                    cluster = self.cluster
-                    if cluster is not None and cluster.stream_durable:
-                        # the stream is the durability point: released once JetStream stored it
-                        mine = [(a.header.height, a.payload, None if a.snapshot is None else a.snapshot.state_hash)
-                                for a in blocks if a.item.__class__ is not Received]
-                        if mine:
-                            await cluster.publish(mine)
-                            self._unstored -= len(mine)
-                            self._stored.set()
-                    records = [(a.header.height, a.payload) for a in blocks]
-                    # on the event loop, not in a worker thread: while the loop is busy a
-                    # worker waits milliseconds for the GIL to start, to write and to hand the
-                    # result back, and every block behind waits with it. Measured
-                    # (benchmarks/e2e, 20 connections x 32 in flight): 3,130 orders/s inline
-                    # against 2,548 with the thread, durable stage p50 2.2 ms against 19 ms;
-                    # and beside a chain's deposits (benchmarks/deposits) orders' p99 halved.
-                    # Where the stream holds these blocks already (a follower's, or a primary's
-                    # under stream durability) the journal is a copy: no fsync per block, only
-                    # before a snapshot, which must never cover blocks a crash could take from
-                    # the journal (measured: the fsync was 8% of a busy gateway's time)
-                    copies = cluster is not None and (cluster.stream_durable
-                                                      or all(a.item.__class__ is Received for a in blocks))
-                    self.journal.append(records, sync=not copies or any(a.snapshot is not None for a in blocks))
+                    await self.durability.store(blocks)
                     durable = trio.current_time()
                     for a in blocks:
                         a.durable_at = durable
@@ -286,17 +262,6 @@ class Node:
                 for listener in self.block_listeners:
                     listener.block(header, applied.payload, applied.events_bytes, state)
                 self._ran_dry()
-
-    async def _until_stored(self) -> None:
-        """Stream durability: cut the next block once the last one is in the stream. While
-        its publish is in flight transactions gather into the next block, as they do while
-        the engine is busy (natural batching, paced by the stream's round trip): every
-        gateway and validator pays per block it replays, and a sequencer that is not busy
-        would otherwise cut blocks of a few transactions (measured: 4 a block, and a
-        gateway saturated by them at 362 orders/s, benchmarks/cluster)."""
-        while self._unstored:
-            self._stored = trio.Event()
-            await self._stored.wait()
 
     def _idle(self) -> bool:
         return not self._in_pipeline and self.sequencer.idle

@@ -51,10 +51,13 @@ def header_hash(header: BlockHeader) -> bytes:
 class Applied:
     """A block the engine has applied, on its way to the journal and then out."""
 
-    __slots__ = ("item", "header", "payload", "events", "events_bytes", "snapshot", "applied_at", "durable_at")
+    __slots__ = ("item", "header", "payload", "events", "events_bytes", "followed", "snapshot", "applied_at",
+                 "durable_at")
 
-    def __init__(self, item: "Stamped", header: BlockHeader, payload: bytes, events: list, events_bytes: bytes):
+    def __init__(self, item: "Stamped", header: BlockHeader, payload: bytes, events: list, events_bytes: bytes,
+                 followed: bool = False):
         self.item = item
+        self.followed = followed  # sequenced elsewhere: a cluster's stream holds it already
         self.header = header
         self.payload = payload
         self.events = events
@@ -119,7 +122,7 @@ class Chain:
         if hashlib.sha256(ev_bytes).digest() != h.events_hash:
             raise DivergedError(f"block {h.height}: this node's events differ from the sequencer's commitment")
         self.advance(h)
-        return Applied(item, h, item.payload, events, ev_bytes)
+        return Applied(item, h, item.payload, events, ev_bytes, followed=True)
 
     async def load(self, snap: snapshots.Snapshot) -> None:
         """Start from a snapshot instead of genesis."""
