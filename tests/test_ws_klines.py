@@ -305,10 +305,13 @@ async def _ccxt(rest: str, ws: str, between) -> dict:
         out["seeded"] = list(candles[-1])
         trio.from_thread.run(between)  # blocks this loop briefly; ccxt's socket buffers meanwhile
         for _ in range(3):  # a closed candle (X true) may come first when the minute turns
-            candles = await asyncio.wait_for(ex.watch_ohlcv("SOL/USDC", "1m"), 5)
-            if candles[-1][5] in (0.75, 0.25):
+            await asyncio.wait_for(ex.watch_ohlcv("SOL/USDC", "1m"), 5)
+            # ccxt's cache, not the watch's answer: the new minute's frame may have been handled
+            # in the same read as the closed one, and a next watch would wait for a frame to come
+            latest = list(ex.ohlcvs["SOL/USDC"]["1m"][-1])
+            if latest[5] in (0.75, 0.25):
                 break
-        out["updated"] = list(candles[-1])
+        out["updated"] = latest
         return out
     finally:
         await asyncio.wait_for(ex.close(), 5)

@@ -14,15 +14,19 @@ Points are kept in millionths (``actors.rewards.MICRO``) and shown as decimal st
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
 import trio
 
+from satchel.api.caller import Caller, Replies, Signature
 from satchel.api.marketdata import MarketData
+from satchel.api.requests import Requests, acked, request
+from satchel.core import instructions
 from satchel.core.amounts import format_units
-from satchel.core.messages import BlockHeader, LeaderboardOf, Query, RewardUpdate
+from satchel.core.errors import INVALID_REQUEST, RESOURCE_NOT_FOUND, RequestError
+from satchel.core.messages import BlockHeader, LeaderboardOf, Query, RewardsOf, RewardUpdate
 
 STREAM = "leaderboard"
 PRIVATE_STREAM = "account.rewardUpdate"
@@ -91,3 +95,62 @@ class Leaderboard:
         data = {"e": "leaderboard", "E": self._ts, **board_view(answer)}
         self._frame = msgspec.json.encode({"stream": STREAM, "data": data}).decode()
         self.md.broadcast(STREAM, self._frame)
+
+
+class RewardsParams(msgspec.Struct):
+    account: str | None = None
+    season: str | None = None
+
+
+class LeaderboardParams(msgspec.Struct):
+    season: str | None = None
+    limit: str | None = None
+
+
+class RewardsRequests(Requests):
+    """Points seasons, referrals and the leaderboard."""
+
+    # points seasons (``actors.rewards``)
+    adminSetSeason = acked("adminSetSeason", """A points season (``{"id", "name", "start", "end"
+        (ms of sequenced time), "asset", "makerWeight", "takerWeight" (percent of a point per
+        whole unit traded), "referralBps"}``; admin).""")
+    adminSetMultiplier = acked("adminSetMultiplier", """A points multiplier (``{"factor"
+        (decimal), "fromHeight", "toHeight", "account" or "tag" or neither for everyone}``;
+        admin); a range already past applies to the points earned there.""")
+    referralCodeCreate = acked("referralCodeCreate", """The account's referral code (``{"code"}``).""")
+    referralCodeUse = acked("referralCodeUse", """Join under a referrer's code (``{"code"}``), once.""")
+
+    @request
+    def rewardsQuery(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """The account's points in a season (``season``, default the latest): total and by
+        source, rank, volume, streak, achievements with their block heights, referral code,
+        referrer and referees, the points of each block it traded in (the last 1,000 at
+        least) and the multipliers that apply. The admin key may name another ``account``."""
+        params = instructions.params_of(RewardsParams, texts)
+        season = instructions.uint(params.season, "season", 2**32)
+        signed = self.check_signature("rewardsQuery", texts, sig)
+        account = self._subject(signed.account, params.account, "rewards")
+        query = Query("rewards", RewardsOf(account, season))
+        replies = caller.replies
+        caller.verified(req_id, signed, lambda m: self._read([query], lambda a: self._found(replies, req_id,
+                                                                                             rewards_view(a[0]))))
+
+    @request
+    def leaderboard(self, caller: Caller, req_id: Any, texts: Mapping[str, str], sig: Signature) -> None:
+        """A season's leaderboard (``season``, default the latest; ``limit`` 1..1000, default
+        100): ``{season, accounts, rows: [{rank, account, points}]}`` as of the last block."""
+        params = instructions.params_of(LeaderboardParams, texts)
+        season = instructions.uint(params.season, "season", 2**32)
+        limit = instructions.uint(params.limit, "limit", self.max_page + 1) if params.limit is not None else 100
+        if not limit:
+            raise RequestError(INVALID_REQUEST, f"limit must be 1..{self.max_page}")
+        replies = caller.replies
+        self._read([Query("rewards", LeaderboardOf(season, limit))],
+                   lambda a: self._found(replies, req_id, board_view(a[0])))
+
+    @staticmethod
+    def _found(replies: Replies, req_id: Any, answer: Any) -> None:
+        if answer is None:
+            replies.error(req_id, RESOURCE_NOT_FOUND, "No such season")
+        else:
+            replies.result(req_id, answer)
