@@ -70,11 +70,12 @@ from nacl.bindings import crypto_sign_open
 from trio_websocket import ConnectionClosed, HandshakeError, connect_websocket_url
 
 from satchel.core.messages import StateHashOf
+from satchel.gateway.server import HARD_CAP_FACTOR
 from satchel.gateway.wire import send_frames
 from satchel.signing import Keypair, sign_request
 
 SOFT_MAX = 16_384  # [gateway] max_frame_bytes: above it PAYLOAD_TOO_LARGE, connection stays
-HARD_MAX = 1 << 20  # trio-websocket's cap in the gateway: above it the connection is closed
+HARD_MAX = HARD_CAP_FACTOR * SOFT_MAX  # trio-websocket's cap in the gateway: above it the connection is closed
 MAX_WINDOW_MS = 60_000
 FUTURE_MARGIN_MS = 10_000  # a "future" timestamp is this far beyond its window: never valid within a round
 

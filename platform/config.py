@@ -51,6 +51,7 @@ class GatewaySettings(msgspec.Struct, frozen=True):
     ping_timeout_s: float = 20.0
     verify_processes: int = 1  # 0 = verify in threads of this process instead
     max_backlog: int = 100_000  # signed requests are refused while more than this wait
+    max_connections: int = 10_000  # WebSocket connections at once; more are answered HTTP 503
     # an empty depth delta to a quiet book's subscribers this often (0: never); see defaults.toml
     depth_heartbeat_ms: Annotated[int, msgspec.Meta(ge=0)] = 100
 

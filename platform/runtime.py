@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
+
+import trio
 
 
 def tune_gc() -> None:
@@ -47,3 +50,35 @@ def _first_leaf(eg: BaseExceptionGroup, types: tuple) -> BaseException | None:
         elif isinstance(exc, types):
             return exc
     return None
+
+
+# what a connection raises when its peer went away (closed, reset, or never finished the
+# handshake): nothing to answer, nothing wrong with the node
+_PEER_GONE: tuple[type[BaseException], ...] = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def contained(handler: Callable[[Any], Awaitable[None]], log: Any, event: str) -> Callable[[Any], Awaitable[None]]:
+    """``handler`` for one connection of a trio-websocket server, whose failure stays its own.
+
+    trio-websocket runs every handler in the server's nursery: an exception from one
+    connection -- a client closing or resetting right after its upgrade request, so
+    ``accept`` or the peer's address fails -- would end the server and the node with it.
+    The peer going away ends only its connection, silently; anything else is logged
+    (``event``, with the traceback) and ends only its connection too."""
+
+    async def run(request: Any) -> None:
+        try:
+            await handler(request)
+        except Exception as exc:
+            if not _peer_gone(exc):
+                log.exception(event)
+
+    return run
+
+
+def _peer_gone(exc: BaseException) -> bool:
+    from trio_websocket import ConnectionClosed, HandshakeError
+
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_peer_gone(e) for e in exc.exceptions)
+    return isinstance(exc, (*_PEER_GONE, ConnectionClosed, HandshakeError))

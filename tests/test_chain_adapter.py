@@ -237,6 +237,34 @@ async def test_the_simulated_chain_survives_a_restart(tmp_path):
     assert again.block(again.head).parent == sim.block(sim.head).hash
 
 
+async def test_a_failed_save_of_the_simulated_chain_stops_nothing(tmp_path, monkeypatch):
+    """An outside test ran a node out of file descriptors: the simulated chain's save once a
+    second raised EMFILE and the error ended the node. A failed save is now logged, the
+    chain goes on mining, and the next save writes what the failed one held."""
+    from satchel.chains import sim as sim_mod
+    from satchel.chains.sim import SimChain
+
+    path = tmp_path / "sim-chain-sim.bin"
+    chain = SimChain("sim", 5, path)
+    chain.fund("user", "USDC", 100)
+    write, failing = chain._write, [True]
+
+    def flaky(state):
+        if failing[0]:
+            raise OSError(24, "Too many open files")
+        write(state)
+
+    monkeypatch.setattr(chain, "_write", flaky)
+    monkeypatch.setattr(sim_mod, "SAVE_S", 0.0)
+    sent = chain.transfer("USDC", "user", "out", 25, key="sim:1")
+    with trio.move_on_after(0.1):
+        await chain.run()  # saves fail every block: the chain still mines
+    assert chain.head > 1 and chain.find("sim:1").tx_hash == sent
+    failing[0] = False
+    chain._write(chain._state())  # the next save holds the keyed transfer the failed ones did not write
+    assert SimChain("sim", 5, path).find("sim:1").tx_hash == sent
+
+
 async def test_background_steps_wait_for_the_pipeline_to_run_dry(nursery, tmp_path):
     """``Node.quiet``, what an adapter awaits before each sweep and each turn: at once when
     nothing is in the pipeline, after the transactions in flight were answered, and never

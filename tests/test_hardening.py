@@ -8,7 +8,7 @@ import time
 import orjson
 import pytest
 import trio
-from trio_websocket import open_websocket_url
+from trio_websocket import ConnectionClosed, open_websocket_url
 
 from conftest import ADMIN, order, start_server
 from satchel.actors import book as book_mod
@@ -41,7 +41,7 @@ async def test_deep_nesting_and_binary_garbage_get_errors_and_the_node_goes_on(s
     before = await state(server)
     deep = '{"id":1,"method":"depth","params":' + "[" * 1000 + "]" * 1000 + "}"
     deep_value = '{"id":2,"method":"orderExecute","params":{"symbol":' + "[" * 5000 + "]" * 5000 + "}}"
-    deep_top = "[" * 100_000 + "]" * 100_000
+    deep_top = "[" * 30_000 + "]" * 30_000  # 60 KB: under 4 x max_frame_bytes, answered
     async with open_websocket_url(server.url, max_message_size=1 << 22) as ws:
         assert (await raw_reply(ws, deep))["error"]["code"] in ("INVALID_JSON", "INVALID_CLIENT_REQUEST")
         assert (await raw_reply(ws, deep_value))["error"]["code"] in ("INVALID_JSON", "INVALID_CLIENT_REQUEST")
@@ -52,6 +52,10 @@ async def test_deep_nesting_and_binary_garbage_get_errors_and_the_node_goes_on(s
         r = await raw_reply(ws, b'{"id":3,"method":"depth","params":{"symbol":"SOL_USDC"}}')
         assert r["id"] == 3 and "bids" in r["result"]
         assert "result" in await raw_reply(ws, '{"id":4,"method":"depth","params":{"symbol":"SOL_USDC"}}')
+    async with open_websocket_url(server.url, max_message_size=1 << 22) as ws:
+        with pytest.raises(ConnectionClosed) as closed:  # over 4 x max_frame_bytes: the connection is closed
+            await raw_reply(ws, "[" * 100_000 + "]" * 100_000)
+        assert closed.value.reason.code == 1009
     assert await state(server) == before
 
 

@@ -8,6 +8,7 @@ import time
 import httpx
 import msgspec
 import pytest
+import trio
 
 from satchel.rest import serve
 from satchel.signing import Keypair, sign_request
@@ -178,3 +179,45 @@ async def test_malformed_bodies_get_errors_and_the_node_keeps_serving(rest, serv
         r = await c.post("/api/v1/order", json=odd, headers=signed_headers(alice, "orderExecute", odd))
         assert r.status_code == 200 and r.json()["status"] == "New", r.text  # odd but valid values are signed as sent
         assert (await c.get("/api/v1/depth", params={"symbol": "SOL_USDC"})).status_code == 200
+
+
+async def _raw_post(rest: str, head: bytes, body_mb: int) -> tuple[bytes, int]:
+    """POST ``head`` (the request line and headers), then up to ``body_mb`` MB of body
+    while the server reads it; the first bytes of its answer and the MB it took."""
+    port = int(rest.rsplit(":", 1)[1])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    sent = 0
+    async with stream:
+        await stream.send_all(head)
+        chunk = b"a" * (1 << 20)
+        with trio.move_on_after(10):
+            try:
+                while sent < body_mb:
+                    with trio.move_on_after(1) as stalled:
+                        await stream.send_all(chunk)
+                    if stalled.cancelled_caught:  # the server stopped reading
+                        break
+                    sent += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # it answered and closed
+        with trio.fail_after(5):
+            answer = await stream.receive_some(500)
+    return answer, sent
+
+
+async def test_a_large_body_is_refused_before_it_is_read(rest):
+    """An outside test held 200 MB in a node with one upload: the body was read whole
+    before its size was checked. Now a declared length over 16 KB is refused before any
+    of it is read, and an undeclared (chunked) one as soon as it streams past 16 KB."""
+    head = b"POST /api/v1/order HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    answer, sent = await _raw_post(rest, head + b"Content-Length: 1000000000\r\n\r\n", 64)
+    assert answer.startswith(b"HTTP/1.1 413") and b"PAYLOAD_TOO_LARGE" in answer, answer
+    assert sent < 64, sent
+    answer, sent = await _raw_post(rest, head + b"Transfer-Encoding: chunked\r\n\r\n100000\r\n", 64)
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert sent < 64, sent
+    async with httpx.AsyncClient(base_url=rest) as c:  # and a body within the limit is read as before
+        r = await c.post("/api/v1/order", content=b"{" * 16_000, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["code"] != "PAYLOAD_TOO_LARGE", r.text
+        r = await c.post("/api/v1/order", content=b" " * 16_385, headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and r.json()["code"] == "PAYLOAD_TOO_LARGE", r.text

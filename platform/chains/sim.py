@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import structlog
 import trio
 
 from satchel.chains.base import ChainBlock, ChainTransfer, ProviderDown, RateLimited
 
+log = structlog.get_logger("satchel.chains.sim")
 
 KEEP_BLOCKS = 100_000  # blocks kept in memory (~14 h at 500 ms); an adapter further behind reads None
 SAVE_S = 1.0  # the chain's state is written at most this often (and when it stops)
@@ -200,10 +202,26 @@ class SimChain:
                     # copied here (shallow: blocks and transfers are immutable), encoded and
                     # written in a worker thread: encoding thousands of transfers on the loop
                     # would stall every other task for milliseconds once a second
-                    await trio.to_thread.run_sync(self._write, self._state())
+                    state = self._state()
+                    try:
+                        await trio.to_thread.run_sync(self._write, state)
+                    except OSError as exc:
+                        self._unsaved(state, exc)
         finally:
             if self.path is not None:
-                self._write(self._state())
+                state = self._state()
+                try:
+                    self._write(state)
+                except OSError as exc:
+                    self._unsaved(state, exc)
+
+    def _unsaved(self, state: tuple[Any, ...], exc: OSError) -> None:
+        """A save failed (out of file descriptors or disk space): the chain goes on, and the
+        next save writes this one's keyed transfers too (some maybe twice: the log is
+        replayed in order into a map, so they restore once). A crash before then loses
+        what a crash loses between two saves."""
+        self._keyed_new.insert(0, state[3])
+        log.warning("sim.save_failed", chain=self.path.name, error=str(exc))
 
     def _state(self) -> tuple[Any, ...]:
         # pending transfers are not saved: like a node's mempool, they are gone after a restart

@@ -62,6 +62,7 @@ class Session:
         self._scope: trio.CancelScope | None = None
         self.closed = False
         self.dropped = False
+        self._mid_write = False  # the writer is in a socket write (a frame may be half sent)
         self.custody = False  # a chain adapter's connection: its frames wait for the node's quiet moments
 
     # ------------------------------------------------------------------ lifecycle
@@ -77,7 +78,12 @@ class Session:
         finally:
             self.closed = True
             self.gw.marketdata.drop(self, self._streams)
-            if self.dropped:
+            if self.dropped and self._mid_write:
+                # the writer was cancelled part-way through a write: a close frame now would
+                # land inside the frame it was sending (the client reads a torn frame), so the
+                # connection is dropped without the close handshake
+                await abort(self.ws)
+            elif self.dropped:
                 with trio.move_on_after(1) as cs:
                     cs.shield = True
                     await self.ws.aclose(code=1008, reason="slow consumer")
@@ -142,7 +148,9 @@ class Session:
                         frames.append(recv.receive_nowait())
                     except trio.WouldBlock:
                         break
+                self._mid_write = True
                 await send_frames(ws, frames)
+                self._mid_write = False
                 self._queued_bytes -= sum(len(f) for f in frames)
         except ConnectionClosed:
             pass

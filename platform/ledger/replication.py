@@ -45,6 +45,7 @@ from trio_websocket import ConnectionClosed, serve_websocket
 from satchel.ledger import snapshots
 from satchel.ledger.journal import JournalCorrupt, read_heights, take_batch
 from satchel.core.messages import BlockHeader
+from satchel.runtime import contained
 from satchel.signing import Keypair, decode_key, decode_signature, signing_string, verify
 
 log = structlog.get_logger("satchel.ledger.replication")
@@ -256,7 +257,8 @@ class Replicator:
         self.checkpoints.update(await trio.to_thread.run_sync(_checkpoints, Path(self.node.data) / "snapshots"))
         async with trio.open_nursery() as nursery:
             server = await nursery.start(lambda task_status: serve_websocket(
-                self._handle, self.host, self.port, None, max_message_size=1 << 12, connect_timeout=_HELLO_TIMEOUT_S,
+                contained(self._handle, log, "replication.connection_failed"), self.host, self.port, None,
+                max_message_size=1 << 12, connect_timeout=_HELLO_TIMEOUT_S,
                 disconnect_timeout=5.0, task_status=task_status))
             self.port = server.port
             keys = len(self.allowed())
@@ -269,9 +271,9 @@ class Replicator:
             task_status.started(self)
 
     async def _handle(self, request: Any) -> None:
-        ws = await request.accept()
-        remote = request.remote
+        remote = request.remote  # read before accepting: a peer gone since has no address
         peer = f"{remote.address}:{remote.port}" if hasattr(remote, "address") else str(remote)
+        ws = await request.accept()
         try:
             with trio.fail_after(_HELLO_TIMEOUT_S):
                 text = await ws.get_message()
