@@ -105,6 +105,9 @@ class Custody:
         # aliases a record the actor goes on changing)
         self.open: dict[int, WithdrawalState] = {}
         self.open_of: dict[str, int] = {}  # account -> its withdrawals in ``open`` (derived)
+        # account -> asset -> the amount its open withdrawals hold (derived): on its way out,
+        # so no longer the account's collateral (``Margin.collateral``)
+        self.leaving: dict[str, dict[str, int]] = {}
         self.withdrawn: dict[str, int] = {}  # confirmed withdrawals per asset
         # custody moves booked and not yet reported carried out, by (booking seq, asset):
         # what the chain's adapter is asked for until it reports each (``MoveDone``), also
@@ -257,16 +260,28 @@ class Custody:
         if self._reserve(w):
             w.status = PENDING
         self.open[seq] = w
-        self.open_of[tx.account] = self.open_of.get(tx.account, 0) + 1
+        self._count(w, 1)
         out.append(self._update(seq, seq, w, ""))
 
     def _close(self, wid: int) -> None:
-        account = self.open.pop(wid).account
-        left = self.open_of[account] - 1
+        self._count(self.open.pop(wid), -1)
+
+    def _count(self, w: WithdrawalState, sign: int) -> None:
+        """An open withdrawal in (1) or out (-1) of the derived per-account figures."""
+        account = w.account
+        left = self.open_of.get(account, 0) + sign
         if left:
             self.open_of[account] = left
         else:
             del self.open_of[account]
+        assets = self.leaving.setdefault(account, {})
+        amount = assets.get(w.asset, 0) + sign * w.amount
+        if amount:
+            assets[w.asset] = amount
+        else:
+            del assets[w.asset]
+            if not assets:
+                del self.leaving[account]
 
     def _reserve(self, w: WithdrawalState) -> bool:
         key = (w.chain, w.asset)
@@ -364,8 +379,9 @@ class Custody:
         self.reserved = {(c, a): v for c, a, v in state.reserved}
         self.open = {w.withdrawal_id: copy(w) for w in state.withdrawals}
         self.open_of = {}
+        self.leaving = {}
         for w in self.open.values():
-            self.open_of[w.account] = self.open_of.get(w.account, 0) + 1
+            self._count(w, 1)
         self.withdrawn = dict(state.withdrawn)
         self.moves = {(m.seq, m.asset): copy(m) for m in state.moves}
 

@@ -49,6 +49,7 @@ class Hold(msgspec.Struct, gc=False):
     account: str
     asset: str
     amount: int
+    base: str = ""  # a spot bid's: the asset its quote becomes as it fills (``mark_bid``)
 
 
 def _malformed(tx: PlaceOrder) -> str:
@@ -96,6 +97,7 @@ class Ledger:
     def __init__(self) -> None:
         self.balances: dict[str, dict[str, Balance]] = {}
         self.holds: dict[int, Hold] = {}  # order id -> what is still held for it
+        self.bids_of: dict[str, dict[int, None]] = {}  # account -> its spot bids' holds (derived)
         self.fees: dict[str, int] = {}
         self.deposits: dict[str, int] = {}
         self.touched: dict[tuple[str, str], None] = {}
@@ -171,10 +173,19 @@ class Ledger:
             return rest - extra
         return 0
 
+    def mark_bid(self, order_id: int, base: str) -> None:
+        """The hold is a spot bid's, buying ``base``: what it holds counts in the margin
+        engine's initial requirement as the conversion it becomes (``Margin.bid_loss``)."""
+        h = self.holds[order_id]
+        h.base = base
+        self.bids_of.setdefault(h.account, {})[order_id] = None
+
     def release(self, order_id: int) -> None:
         """The order left the book: what is still held for it goes back to free."""
         h = self.holds.pop(order_id, None)
         if h is not None:
+            if h.base:
+                self._unmark(h.account, order_id)
             bal = self.balances[h.account][h.asset]
             bal.free += h.amount
             bal.held -= h.amount
@@ -213,12 +224,22 @@ class Ledger:
             for acct, assets in sorted(self.balances.items())
         ]
 
+    def _unmark(self, account: str, order_id: int) -> None:
+        bids = self.bids_of[account]
+        del bids[order_id]
+        if not bids:
+            del self.bids_of[account]
+
     def hold_rows(self) -> list[HoldState]:
-        return [HoldState(oid, h.account, h.asset, h.amount) for oid, h in sorted(self.holds.items())]
+        return [HoldState(oid, h.account, h.asset, h.amount, h.base) for oid, h in sorted(self.holds.items())]
 
     def restore(self, state: RiskState) -> None:
         self.balances = {row.account: {b.asset: Balance(b.free, b.held) for b in row.assets} for row in state.balances}
-        self.holds = {h.order_id: Hold(h.account, h.asset, h.amount) for h in state.holds}
+        self.holds = {h.order_id: Hold(h.account, h.asset, h.amount, h.base) for h in state.holds}
+        self.bids_of = {}
+        for oid, h in self.holds.items():
+            if h.base:
+                self.bids_of.setdefault(h.account, {})[oid] = None
         self.fees = {f.asset: f.amount for f in state.fees}
         self.deposits = {d.asset: d.amount for d in state.deposits}
 

@@ -32,12 +32,18 @@ class Triggers:
     def __init__(self) -> None:
         self.pending: dict[int, Trigger] = {}  # order id -> trigger
         self.by_market: dict[str, dict[int, None]] = {}
+        self.counts: dict[tuple[str, str], int] = {}  # (account, symbol) -> its pending triggers
+
+    def count(self, account: str, symbol: str) -> int:
+        return self.counts.get((account, symbol), 0)
 
     def place(self, order_id: int, tx: PlaceOrder, view: MarkView | None) -> None:
         ref = reference(view, tx.trigger_by)
         rising = tx.trigger_price > ref
         self.pending[order_id] = Trigger(msgspec.structs.replace(tx, auth=None), rising)
         self.by_market.setdefault(tx.symbol, {})[order_id] = None
+        key = (tx.account, tx.symbol)
+        self.counts[key] = self.counts.get(key, 0) + 1
 
     def find(self, account: str, order_id: int | None, client_id: int | None) -> int | None:
         """The id of one of the account's pending triggers, by order id or client id."""
@@ -55,6 +61,12 @@ class Triggers:
         del market[order_id]
         if not market:
             del self.by_market[t.order.symbol]
+        key = (t.order.account, t.order.symbol)
+        left = self.counts[key] - 1
+        if left:
+            self.counts[key] = left
+        else:
+            del self.counts[key]
         return t.order
 
     def of(self, account: str, symbol: str) -> list[int]:
@@ -81,6 +93,9 @@ class Triggers:
     def restore(self, rows: list[TriggerState]) -> None:
         self.pending = {}
         self.by_market = {}
+        self.counts = {}
         for row in rows:
             self.pending[row.order_id] = Trigger(row.order, row.rising)
             self.by_market.setdefault(row.order.symbol, {})[row.order_id] = None
+            key = (row.order.account, row.order.symbol)
+            self.counts[key] = self.counts.get(key, 0) + 1

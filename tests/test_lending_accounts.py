@@ -392,3 +392,32 @@ async def test_a_burst_of_idle_accounts_is_swept_over_several_blocks(nursery, mo
             ex.engine = copy
     assert per_block == [["acct0", "acct1", "acct2"], ["acct3", "acct4", "acct5"], ["acct6"], []]
     await conserved(ex)
+
+
+async def test_auto_borrowing_bids_in_one_batch_stay_within_the_borrow_limit(nursery):
+    """An outside test sent 50 auto-borrowing bids in one batch: each passed the borrow
+    limit against equity before the others' fills, six filled, and the account ended
+    with equity below zero (-573 USDC), the lenders' money spent. An open spot bid now
+    counts in the initial requirement as the conversion it becomes, so the batch stops
+    where bids sent one at a time stop."""
+    async def run(batched: bool) -> tuple[int, object]:
+        ex = await start(nursery)
+        await ex.block([Deposit(ADMIN, "whale", "USDC", 1_000_000 * USDC), Deposit(ADMIN, "a", "USDC", 1_000 * USDC),
+                        Deposit(ADMIN, "mm", "SOL", 10_000 * SOL), SetLeverage("a", 0, auto_lend=0),
+                        SetLeverage("mm", 0, auto_lend=0)])
+        await idle(ex)  # the whale's USDC is lent: the pool has cash
+        await ex.block([order("mm", ASK, 15_000, 1_000 * 100)])
+        bids = [msgspec.structs.replace(order("a", BID, 15_000, 9 * 100, tif=IOC), auto=AUTO_BORROW) for _ in range(50)]
+        if batched:
+            await ex.block(bids)
+        else:
+            for bid in bids:
+                await ex.block([bid])
+        view = await ex.engine.risk.call(CollateralOf("a"))
+        await conserved(ex)
+        return (await ex.balance("a", "SOL"))[0], view
+
+    alone, one_by_one = await run(False)
+    together, batch = await run(True)
+    assert together == alone > 0  # the same bids fill, batched or not
+    assert batch.equity >= batch.initial > 0 and one_by_one.equity >= one_by_one.initial

@@ -7,7 +7,7 @@ import msgspec
 import pytest
 import trio
 
-from conftest import ADMIN, Exchange, cancel, order
+from conftest import ADMIN, Exchange, cancel, cancel_all, order
 from satchel import config
 from satchel.core.engine import Engine
 from satchel.core.messages import (
@@ -122,6 +122,32 @@ async def test_initial_margin_is_checked_with_open_orders(px):
     await px.at(4, [SetLeverage("a", 10)])  # IMF 10%: the open bids already need 450
     ev = await px.at(5, [buy("a", 149, 1)])
     assert reasons(ev) == ["InsufficientMargin"]
+
+
+async def test_reduce_only_orders_together_close_at_most_the_position(px):
+    """An outside test flipped a 1 SOL long to a 37.6 short with 40 reduce-only asks in one
+    batch (each was capped at the whole position), and three reduce-only stops firing in
+    one block left a user short. What the account's other reduce-only orders on the side
+    may close is now spoken for: resting or earlier in the block."""
+    await px.block([Deposit(ADMIN, "a", "USDC", 1000 * USDC), Deposit(ADMIN, "b", "USDC", 10_000 * USDC)])
+    await px.at(0, [index(150)])
+    await px.at(1, [buy("a", 150, 1), sell("b", 150, 1)])
+    await px.at(2, [buy("b", 149, 50)])  # a deep bid: every ask below would fill
+    ev = await px.at(3, [sell("a", 149, 1, reduce_only=True, tif=IOC) for _ in range(5)])
+    assert reasons(ev) == ["ReduceOnly"] * 4
+    assert await px.position("a") == 0
+    await px.conserved()
+    # a resting reduce-only order speaks for its part: the next may close only the rest
+    await px.at(4, [buy("a", 150, 2), sell("b", 150, 2)])
+    await px.at(5, [sell("a", 160, 1.5, reduce_only=True)])  # rests above the bids
+    ev = await px.at(6, [sell("a", 149, 2, reduce_only=True, tif=IOC)])
+    assert await px.position("a") == 150  # capped at 0.5: the 1.5 resting closes the rest
+    ev = await px.at(7, [sell("a", 149, 1, reduce_only=True, tif=IOC)])
+    assert reasons(ev) == ["ReduceOnly"] and await px.position("a") == 150
+    await px.at(8, [cancel_all("a", P)])  # cancelled, it speaks for nothing any more
+    ev = await px.at(9, [sell("a", 149, 1.5, reduce_only=True, tif=IOC)])
+    assert not reasons(ev) and await px.position("a") == 0
+    await px.conserved()
 
 
 async def test_reduce_only_expires_when_it_would_grow_the_position(px):
@@ -313,3 +339,67 @@ async def test_perp_state_survives_a_snapshot_and_replays_identically(nursery):
         await engine.restore(state)
         assert await engine.state_hash() == h1
         inner.cancel_scope.cancel()
+
+
+async def test_reduce_only_stops_firing_together_close_at_most_the_position(px):
+    """Three reduce-only stops, each for the whole long, fired in one block: one closes it,
+    the others expire (before, the user was left short twice the long)."""
+    await px.block([Deposit(ADMIN, "a", "USDC", 1000 * USDC), Deposit(ADMIN, "b", "USDC", 10_000 * USDC)])
+    await px.at(0, [index(150)])
+    await px.at(1, [buy("a", 150, 1.44), sell("b", 150, 1.44), buy("b", 140, 10)])
+    stops = [PlaceOrder("a", P, ASK, MARKET, 0, False, 0, 144, 0, None, 0, True, 14500, BY_MARK) for _ in range(3)]
+    await px.at(2, stops)
+    ev = await px.at(3, [index(145)])
+    assert reasons(ev) == ["ReduceOnly"] * 2
+    assert await px.position("a") == 0
+    await px.conserved()
+
+
+async def test_the_open_interest_limit_holds_for_a_batch(nursery):
+    """Each order was checked against the open interest before the block: a batch of
+    50 x 12 BTC passed a 500 BTC limit (an outside test). This block's orders before an
+    order now count too."""
+    px = await start(nursery, perp_config(open_interest_limit="5"))
+    await px.block([Deposit(ADMIN, "a", "USDC", 100_000 * USDC), Deposit(ADMIN, "b", "USDC", 100_000 * USDC)])
+    await px.at(0, [index(150)])
+    await px.at(1, [sell("b", 150, 5)])
+    await px.at(1.5, [sell("b", 150, 5)])  # resting asks are checked as they are placed
+    ev = await px.at(2, [buy("a", 150, 1, tif=IOC) for _ in range(8)])
+    assert reasons(ev) == ["OpenInterestLimit"] * 3
+    assert await px.position("a") == 500
+    await px.conserved()
+
+
+async def test_money_held_for_a_withdrawal_is_no_longer_collateral(nursery):
+    """An outside test withdrew all of 100 USDC and, while it was held, opened a 37x long
+    on it: the held amount still counted as collateral. It no longer does."""
+    from satchel.core.messages import ChainSpec, SetChain, Withdraw
+
+    px = await start(nursery, perp_config())
+    await px.block([SetChain(ADMIN, ChainSpec("sim", "ADAPTER", ["USDC"], 3, [("USDC", 10**9 * USDC)]))])
+    await px.block([Deposit(ADMIN, "a", "USDC", 100 * USDC), Deposit(ADMIN, "b", "USDC", 10_000 * USDC)])
+    await px.at(0, [index(150)])
+    await px.at(1, [sell("b", 150, 30)])
+    ev = await px.at(2, [Withdraw("a", "sim", "USDC", 100 * USDC, "0xdest")])
+    assert not [e for e in ev if e.__class__.__name__ == "TxRejected"]
+    assert (await px.collateral("a")).equity == 0
+    ev = await px.at(3, [buy("a", 150, 25, tif=IOC)])
+    assert reasons(ev) == ["InsufficientMargin"] and await px.position("a") == 0
+    ev = await px.at(4, [buy("a", 150, 0.1, tif=IOC)])
+    assert reasons(ev) == ["InsufficientMargin"]
+
+
+async def test_pending_triggers_are_bounded_and_need_equity(px, monkeypatch):
+    """A key never funded placed 100,000 pending triggers (55 MB; 1.1 s for the block they
+    fired in). A trigger now needs equity, and an account holds at most as many pending in
+    a market as it may rest there."""
+    from satchel.actors import margin as margin_mod
+
+    monkeypatch.setattr(margin_mod, "MAX_OPEN_ORDERS", 3)
+    await px.block([Deposit(ADMIN, "a", "USDC", 1000 * USDC)])
+    await px.at(0, [index(150)])
+    stop = PlaceOrder("nobody", P, ASK, MARKET, 0, False, 0, 100, 0, None, 0, False, 14500, BY_MARK)
+    ev = await px.at(1, [stop])
+    assert reasons(ev) == ["InsufficientMargin"] and not of(ev, TriggerPlaced)
+    ev = await px.at(2, [msgspec.structs.replace(stop, account="a") for _ in range(5)])
+    assert len(of(ev, TriggerPlaced)) == 3 and reasons(ev) == ["TooManyOpenOrders"] * 2

@@ -47,6 +47,7 @@ class HoldState(_State):
     account: str
     asset: str
     amount: int
+    base: str = ""  # a spot bid's: the asset it buys (its hold counts in initial margin)
 
 
 class AssetAmount(_State):
