@@ -37,7 +37,7 @@ from satchel.ledger.chain import Applied, Chain, DivergedError, recover_chain
 from satchel.ledger.durability import Durability
 from satchel.ledger.journal import Journal
 from satchel.ledger.sequencer import Read, Sequencer
-from satchel.runtime import fatal_errors_unwrapped, tune_gc
+from satchel.runtime import fatal_errors_unwrapped, raise_fd_limit, tune_gc
 from satchel.chains.addresses import AddressBook, load_seed
 from satchel.signing import Keypair, load_key
 from satchel.cluster.follower import Received
@@ -116,6 +116,7 @@ class Node:
 
     async def _run(self, task_status: Any) -> None:
         tune_gc()
+        raise_fd_limit()
         async with trio.open_nursery() as actors:
             self.chain = Chain(Engine(actors))
             await self._recover()
@@ -136,10 +137,19 @@ class Node:
                 task_status.started(self)
             self.journal.close()
             if self.chain.height and self.chain.height != self._last_snapshot_height():
-                await trio.to_thread.run_sync(snapshots.write, self.data / "snapshots", await self.chain.snapshot())
+                await self._write_snapshot(await self.chain.snapshot())
             log.info("node.stopped", height=self.chain.height, txs=self.chain.txs, state=await self.engine.state_hash())
             actors.cancel_scope.cancel()
         self._stopped.set()
+
+    async def _write_snapshot(self, snap: snapshots.Snapshot) -> None:
+        """A snapshot shortens recovery; the journal holds the truth without it. One that
+        cannot be written now (out of file descriptors or disk space) is logged and the
+        node goes on: the next snapshot height tries again."""
+        try:
+            await trio.to_thread.run_sync(snapshots.write, self.data / "snapshots", snap)
+        except OSError as exc:
+            log.warning("node.snapshot_failed", height=snap.height, error=str(exc))
 
     def _new_sequencer(self) -> Sequencer:
         return Sequencer(self.chain.height + 1, self.chain.next_seq, self.chain.last_timestamp, self.cfg.node.block_max_txs,
@@ -222,7 +232,7 @@ class Node:
                     for a in blocks:
                         a.durable_at = durable
                         if a.snapshot is not None:
-                            await trio.to_thread.run_sync(snapshots.write, self.data / "snapshots", a.snapshot)
+                            await self._write_snapshot(a.snapshot)
                 for entry in batch:
                     await send.send(entry)
 

@@ -22,6 +22,24 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; returns it.
+
+    Every connection holds a descriptor: at a soft limit of 1,024 (a common default) a
+    thousand idle connections leave none for the journal's next segment or a snapshot.
+    The hard limit is what the operator allowed (``LimitNOFILE`` in deploy/systemd)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 @contextmanager
 def fatal_errors_unwrapped() -> Iterator[None]:
     """Re-raise a JournalCorrupt, DivergedError or BusError (the cluster's: fenced by

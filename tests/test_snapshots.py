@@ -42,6 +42,27 @@ async def test_damaged_snapshot_is_skipped(tmp_path):
     assert restarted == live
 
 
+async def test_a_snapshot_that_cannot_be_written_stops_nothing(tmp_path, monkeypatch):
+    """Out of file descriptors (an outside test held 21,000 connections), a snapshot's
+    write failed and the error ended the node. It is now logged and skipped: the journal
+    holds the truth, and the node replays from an older snapshot after a restart."""
+    data = tmp_path / "data"
+    write, calls = snapshots.write, []
+
+    def failing(directory, snap):
+        calls.append(snap.height)
+        if len(calls) % 2:
+            raise OSError(24, "Too many open files")
+        write(directory, snap)
+
+    monkeypatch.setattr(snapshots, "write", failing)
+    _, live = await run_node(data, workload, small_snapshots())
+    assert len(calls) > 2
+    monkeypatch.setattr(snapshots, "write", write)
+    _, restarted = await run_node(data, cfg=small_snapshots())
+    assert restarted == live
+
+
 def test_snapshot_command(tmp_path):
     data = tmp_path / "data"
     _, live = trio.run(run_node, data, workload, small_snapshots())
