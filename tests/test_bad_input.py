@@ -71,6 +71,11 @@ CASES = {
     "expired": (lambda k: signed_frame(k, order(), timestamp=int(time.time() * 1000) - 60_000), "EXPIRED"),
     "future": (lambda k: signed_frame(k, order(), timestamp=int(time.time() * 1000) + 60_000), "EXPIRED"),
     "window_too_large": (lambda k: signed_frame(k, order(), window=600_000), "INVALID_CLIENT_REQUEST"),
+    "window_negative": (lambda k: orjson.dumps({"id": 1, "method": "orderExecute", "params": order(), "signature":
+                        sign_request(k, "orderExecute", order())[1][:3] + ["-1"]}), "INVALID_CLIENT_REQUEST"),
+    "limit_zero": (lambda k: signed_frame(k, {"limit": "0"}, method="orderQueryAll"), "INVALID_CLIENT_REQUEST"),
+    "history_limit_zero": (lambda k: signed_frame(k, {"limit": "0"}, method="orderHistoryQueryAll"),
+                           "INVALID_CLIENT_REQUEST"),
     "reduce_only_spot": (lambda k: signed_frame(k, order(reduceOnly=True)), "INVALID_CLIENT_REQUEST"),
     "deposit_not_admin": (lambda k: signed_frame(k, {"account": k.api_key, "asset": "USDC", "quantity": "5"}, method="deposit"), "UNAUTHORIZED"),
 }

@@ -124,9 +124,10 @@ class Requests:
         if public is None or signature is None:
             raise RequestError(INVALID_SIGNATURE, "Malformed API key or signature")
         ts = instructions.uint(sig[2], "timestamp")
-        window = instructions.uint(sig[3], "window")
-        if not 0 < window <= MAX_WINDOW_MS:
+        window = sig[3]
+        if not (0 < len(window) <= 20 and window.isascii() and window.isdigit()) or not 0 < int(window) <= MAX_WINDOW_MS:
             raise RequestError(INVALID_REQUEST, f"window must be 1..{MAX_WINDOW_MS}")
+        window = int(window)
         now = now_ms()
         if ts + window < now or ts - window > now:
             raise RequestError(EXPIRED, "Request timestamp is outside its window")
@@ -234,7 +235,6 @@ class Requests:
         return {
             "since_us": None if since is None else since * 1000,
             "until_us": None if until is None else (until + 1) * 1000,
-            "limit": history_queries.DEFAULT_LIMIT if params.limit is None else
-            uint(params.limit, "limit", history_queries.MAX_LIMIT + 1),
+            "limit": instructions.page_limit(params.limit, history_queries.MAX_LIMIT, history_queries.DEFAULT_LIMIT),
             "offset": uint(params.offset, "offset") or 0,
         }

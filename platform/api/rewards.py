@@ -25,7 +25,7 @@ from satchel.api.marketdata import MarketData
 from satchel.api.requests import Requests, acked, request
 from satchel.core import instructions
 from satchel.core.amounts import format_units
-from satchel.core.errors import INVALID_REQUEST, RESOURCE_NOT_FOUND, RequestError
+from satchel.core.errors import RESOURCE_NOT_FOUND
 from satchel.core.messages import BlockHeader, LeaderboardOf, Query, RewardsOf, RewardUpdate
 
 STREAM = "leaderboard"
@@ -141,9 +141,7 @@ class RewardsRequests(Requests):
         100): ``{season, accounts, rows: [{rank, account, points}]}`` as of the last block."""
         params = instructions.params_of(LeaderboardParams, texts)
         season = instructions.uint(params.season, "season", 2**32)
-        limit = instructions.uint(params.limit, "limit", self.max_page + 1) if params.limit is not None else 100
-        if not limit:
-            raise RequestError(INVALID_REQUEST, f"limit must be 1..{self.max_page}")
+        limit = instructions.page_limit(params.limit, self.max_page, 100)
         replies = caller.replies
         self._read([Query("rewards", LeaderboardOf(season, limit))],
                    lambda a: self._found(replies, req_id, board_view(a[0])))

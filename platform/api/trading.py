@@ -172,7 +172,7 @@ class TradingRequests(Requests):
     def _page(self, params: OptionalSymbolParams) -> slice:
         """The ``limit``/``offset`` window of a list (at most ``max_page`` items)."""
         top = self.max_page
-        limit = instructions.uint(params.limit, "limit", top + 1) if params.limit is not None else top
+        limit = instructions.page_limit(params.limit, top, top)
         offset = instructions.uint(params.offset, "offset") if params.offset is not None else 0
         return slice(offset, offset + limit)
 

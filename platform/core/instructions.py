@@ -239,6 +239,15 @@ def uint(text: str | None, what: str, limit: int = MAX_UNITS) -> int | None:
     return int(text)
 
 
+def page_limit(text: str | None, top: int, default: int) -> int:
+    """A page's ``limit``: 1..``top``, ``default`` when absent (0 would answer nothing)."""
+    if text is None:
+        return default
+    if not (0 < len(text) <= 20 and text.isascii() and text.isdigit()) or not 1 <= int(text) <= top:
+        raise RequestError(INVALID_REQUEST, f"limit must be 1..{top}")
+    return int(text)
+
+
 def sint(text: str, what: str, limit: int) -> int:
     """An integer, possibly negative, with absolute value below ``limit``."""
     value = uint(text[1:] if text.startswith("-") else text, what, limit)
