@@ -998,10 +998,11 @@ class Margin:
         f = self.figures(account)
         rows = []
         loans = {p.asset: p for p in self.loans.positions(account)}
+        leaving = self.custody.leaving.get(account, _NONE)  # as ``collateral`` counts it
         for asset, bal in sorted(self.ledger.balances.get(account, {}).items()):
             loan = loans.get(asset)
             lent, owed = (loan.lent, loan.borrowed) if loan is not None else (0, 0)
-            total = bal.free + bal.held + lent - owed
+            total = bal.free + bal.held - leaving.get(asset, 0) + lent - owed
             if asset == self.settle_asset:
                 rows.append(CollateralRow(asset, total, bal.held, self.quote_unit, PPB, total, lent, owed))
                 continue

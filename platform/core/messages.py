@@ -1200,7 +1200,7 @@ class PositionsView(msgspec.Struct, frozen=True):
 
 class CollateralRow(msgspec.Struct, frozen=True):
     asset: str
-    total: int  # free + held + lent - borrowed, asset units (negative: owed)
+    total: int  # free + held - held for withdrawals + lent - borrowed, asset units (negative: owed)
     held: int
     price: int  # quote units per whole asset unit (10**decimals asset units)
     weight: int  # PPB at this size
