@@ -268,6 +268,10 @@ class Loans:
                 elif move == self.redeem:
                     pool, _ = pools.redeem(pool, amount, lent, priced=False)
                 else:
+                    if not pools.within_max(pool, amount):
+                        raise Refused(Code.INSUFFICIENT_LIQUIDITY,
+                                      f"borrowing {amount} would take {asset}'s utilization past its maximum "
+                                      f"{pool.spec.max_utilization // 10_000_000}%: the rest stays for lenders to redeem")
                     pool, _ = pools.borrow(pool, amount, priced=False)
         except LendingError as exc:
             code = {pools.Refusal.INVALID_AMOUNT: Code.INVALID_QUANTITY}.get(exc.code, exc.code.value)
@@ -289,7 +293,8 @@ class Loans:
         if need is not None and tx.auto & AUTO_BORROW and bal.free < need:
             loan = self.loans.get(account, {}).get(asset)
             amount = need - bal.free
-            if (loan is None or not loan.lent) and amount <= self.pools[asset].cash and self.borrow_ok(account, asset, amount, tx):
+            if (loan is None or not loan.lent) and amount <= self.pools[asset].cash \
+                    and pools.within_max(self.pools[asset], amount) and self.borrow_ok(account, asset, amount, tx):
                 self.borrow(seq, account, asset, amount, SPOT_MARGIN, out)
 
     def redeem_shortfall(self, seq: int, account: str, asset: str, bal: Balance, need: int | None, forced: bool,

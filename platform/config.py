@@ -119,6 +119,7 @@ class LendingConfig(msgspec.Struct, frozen=True):
     reserve_factor: str = "0.1"  # the reserve's share of borrowers' interest
     borrow_imf: str = "0.1"  # initial margin of a borrow, as a fraction of its value (10x)
     borrow_mmf: str = "0.05"  # maintenance margin of a borrow
+    max_utilization: str = "0.95"  # an account's own borrows stop here: lenders can redeem the rest
 
 
 class ChainConfig(msgspec.Struct, frozen=True):
@@ -188,7 +189,7 @@ class Config(msgspec.Struct, frozen=True):
                 c = self.lending[symbol]
                 spec = LendingSpec(symbol, fraction(c.base_rate), fraction(c.slope1), fraction(c.slope2),
                                    fraction(c.optimal_utilization), fraction(c.reserve_factor), fraction(c.borrow_imf),
-                                   fraction(c.borrow_mmf))
+                                   fraction(c.borrow_mmf), fraction(c.max_utilization))
                 if problem := spec_problem(spec):
                     raise ConfigError(f"lending: {problem}")
                 specs.append(spec)

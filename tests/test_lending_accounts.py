@@ -75,17 +75,17 @@ async def test_borrow_against_collateral_interest_and_repay(nursery):
     # it is held, so the limit is equity >= 10% (borrow IMF) of the debt: 200,000 USDC is over it
     before = await ex.engine.risk.call(BalancesOf("borrower"))
     assert rejected(await ex.block([BorrowLend("borrower", "USDC", BORROW, 200_000 * USDC)])) == ["INSUFFICIENT_LIQUIDITY"]
-    assert rejected(await ex.block([BorrowLend("borrower", "USDC", BORROW, 7_999 * USDC),
+    assert rejected(await ex.block([BorrowLend("borrower", "USDC", BORROW, 7_500 * USDC),
                                     BorrowLend("borrower", "SOL", BORROW, 1)])) == ["INSUFFICIENT_LIQUIDITY"]
     await ex.block([SetLeverage("borrower", 0, auto_lend=0)])
     await ex.block([Deposit(ADMIN, "whale", "USDC", 1_000_000 * USDC)])
     await idle(ex)  # the whale's deposit is swept into the pool (auto-lend is on by default)
     assert (await position(ex, "whale", "USDC"))[0] >= 1_000_000 * USDC - 1  # a claim rounds down
     assert rejected(await ex.block([BorrowLend("borrower", "USDC", BORROW, 200_000 * USDC)])) == ["BORROW_LIMIT"]
-    assert (await ex.engine.risk.call(BalancesOf("borrower")))["USDC"][0] == 7_999 * USDC
+    assert (await ex.engine.risk.call(BalancesOf("borrower")))["USDC"][0] == 7_500 * USDC
     assert before["SOL"] == (await ex.engine.risk.call(BalancesOf("borrower")))["SOL"]
     lent, owed = await position(ex, "borrower", "USDC")
-    assert lent == 0 and 7_999 * USDC < owed < 7_999 * USDC + USDC // 100  # two seconds of interest
+    assert lent == 0 and 7_500 * USDC < owed < 7_500 * USDC + USDC // 100  # two seconds of interest
     view = await ex.engine.risk.call(CollateralOf("borrower"))
     assert view.borrow_liability == owed and view.initial >= owed // 10
     await conserved(ex)
@@ -95,7 +95,7 @@ async def test_borrow_against_collateral_interest_and_repay(nursery):
     await later(ex, DAY)
     p1 = await pool(ex, "USDC")
     debt = (await position(ex, "borrower", "USDC"))[1]
-    assert debt > 7_999 * USDC and p1.borrow_index > p0.borrow_index and p1.lend_index > p0.lend_index
+    assert debt > 7_500 * USDC and p1.borrow_index > p0.borrow_index and p1.lend_index > p0.lend_index
     paid = pools.borrowed_total(p1) - pools.borrowed_total(p0)
     earned = pools.lent_total(p1) - pools.lent_total(p0)
     assert paid == earned + (p1.reserve - p0.reserve) and p1.reserve > p0.reserve
@@ -103,7 +103,7 @@ async def test_borrow_against_collateral_interest_and_repay(nursery):
     await conserved(ex)
 
     # Lend q repays the whole debt first, then lends the rest
-    extra = debt - 7_999 * USDC + 5 * USDC
+    extra = debt - 7_500 * USDC + 5 * USDC
     await ex.block([Deposit(ADMIN, "borrower", "USDC", extra)])
     events = await ex.block([BorrowLend("borrower", "USDC", LEND, debt + 5 * USDC)])
     assert [(m.kind, m.amount) for m in events if m.__class__ is LendMoved] == [("BorrowRepay", debt), ("Lend", 5 * USDC)]
@@ -117,7 +117,10 @@ async def test_redeem_at_full_utilization_is_refused_and_changes_nothing(nursery
     await ex.block([SetLeverage("l", 0, auto_lend=0), SetLeverage("b", 0, auto_lend=0),
                     Deposit(ADMIN, "l", "USDC", 100 * USDC), Deposit(ADMIN, "b", "SOL", 100 * SOL)])
     await ex.block([BorrowLend("l", "USDC", LEND, 100 * USDC)])
-    await ex.block([BorrowLend("b", "USDC", BORROW, 100 * USDC)])
+    # a borrow stops at the pool's max utilization (95%); the lender redeeming the rest empties it
+    assert rejected(await ex.block([BorrowLend("b", "USDC", BORROW, 96 * USDC)])) == ["INSUFFICIENT_LIQUIDITY"]
+    await ex.block([BorrowLend("b", "USDC", BORROW, 95 * USDC)])
+    await ex.block([BorrowLend("l", "USDC", BORROW, 5 * USDC)])  # Borrow redeems a lend first
     assert pools.pool_utilization(await pool(ex, "USDC")) == 10**9
 
     async def scaled() -> tuple:  # what interest does not move
@@ -129,7 +132,7 @@ async def test_redeem_at_full_utilization_is_refused_and_changes_nothing(nursery
     events = await ex.block([BorrowLend("l", "USDC", BORROW, 1 * USDC)])
     assert rejected(events) == ["INSUFFICIENT_LIQUIDITY"] and not [e for e in events if e.__class__ is LendMoved]
     assert state == await scaled()
-    assert rejected(await ex.block([BorrowLend("l", "USDC", LEND, 1 * USDC)])) == ["INSUFFICIENT_FUNDS"]
+    assert rejected(await ex.block([BorrowLend("l", "USDC", LEND, 6 * USDC)])) == ["INSUFFICIENT_FUNDS"]
     assert rejected(await ex.block([BorrowLend("l", "NOPE", LEND, 1)])) == ["INVALID_ASSET"]
     await conserved(ex)
 
@@ -421,3 +424,28 @@ async def test_auto_borrowing_bids_in_one_batch_stay_within_the_borrow_limit(nur
     together, batch = await run(True)
     assert together == alone > 0  # the same bids fill, batched or not
     assert batch.equity >= batch.initial > 0 and one_by_one.equity >= one_by_one.initial
+
+
+async def test_a_borrower_cannot_take_a_pools_last_cash(nursery):
+    """An outside test borrowed all of a pool's cash and so froze every auto-lent balance
+    (auto-lend is on by default): orders and withdrawals could not redeem. An account's
+    own borrows now stop at the pool's max utilization (95%), and lenders redeem the rest."""
+    ex = await start(nursery)
+    await ex.block([Deposit(ADMIN, "victim", "USDC", 1_000 * USDC), Deposit(ADMIN, "x", "SOL", 1_000 * SOL),
+                    Deposit(ADMIN, "mm", "SOL", 100 * SOL), SetLeverage("x", 0, auto_lend=0),
+                    SetLeverage("mm", 0, auto_lend=0)])
+    await idle(ex)
+    assert (await position(ex, "victim", "USDC"))[0] >= 1_000 * USDC - 1  # all of it lent
+    assert rejected(await ex.block([BorrowLend("x", "USDC", BORROW, 999 * USDC)])) == ["INSUFFICIENT_LIQUIDITY"]
+    grab = msgspec.structs.replace(order("x", BID, 15_000, 100 * 100), auto=AUTO_BORROW)  # 15,000 USDC: refused
+    assert not [e for e in await ex.block([grab]) if e.__class__ is LendMoved]
+    await ex.block([BorrowLend("x", "USDC", BORROW, 940 * USDC)])
+    await ex.block([order("mm", ASK, 15_000, 100)])
+    # 45 USDC: redeemed from the 5% the borrower had to leave (a pool of many lenders keeps
+    # that share of all of their money for whoever redeems first)
+    ev = await ex.block([order("victim", BID, 15_000, 30, tif=IOC)])
+    assert not [getattr(e, "reason", "") for e in ev if getattr(e, "reason", "")]
+    assert (await ex.balance("victim", "SOL"))[0] == 3 * SOL // 10
+    view = [m for m in await ex.engine.lending.call(PoolsOf()) if m.spec.asset == "USDC"][0]
+    assert view.spec.max_utilization == 950_000_000
+    await conserved(ex)

@@ -372,7 +372,7 @@ class Formatter:
             "availableQuantity": self.asset(asset, pool.cash), "reserveQuantity": self.asset(asset, pool.reserve),
             "utilization": fraction(lending.pool_utilization(pool)),
             "optimalUtilization": fraction(pool.spec.optimal_utilization),
-            "maxUtilization": "1", "fee": fraction(pool.spec.reserve_factor),
+            "maxUtilization": fraction(pool.spec.max_utilization), "fee": fraction(pool.spec.reserve_factor),
             "timestamp": naive_iso(timestamp_us),
         }
 

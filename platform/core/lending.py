@@ -89,6 +89,8 @@ def spec_problem(spec: LendingSpec) -> str:
         return f"{spec.asset}: rates must not be negative"
     if not 0 < spec.optimal_utilization <= PPB:
         return f"{spec.asset}: optimal utilization must lie in (0, 1]"
+    if not 0 < spec.max_utilization <= PPB:
+        return f"{spec.asset}: max utilization must lie in (0, 1]"
     if not 0 <= spec.reserve_factor <= PPB:
         return f"{spec.asset}: reserve factor must lie in [0, 1]"
     if spec.base_rate + spec.slope1 + spec.slope2 > 100 * PPB:
@@ -304,6 +306,13 @@ def redeem(pool: Pool, amount: int, lent_scaled: int, priced: bool = True) -> tu
     dust = (lent_total(pool) - lent) - amount
     return _moved(pool, priced, lent_scaled=pool.lent_scaled - scaled, cash=pool.cash - amount,
                    reserve=pool.reserve + dust), scaled
+
+
+def within_max(pool: Pool, amount: int) -> bool:
+    """Whether borrowing ``amount`` leaves the pool at or below its ``max_utilization``
+    (an account's own borrows; those liquidation and settlement force are not held to it)."""
+    debt = pool.borrowed_scaled * pool.borrow_index + amount * RAY
+    return utilization(debt, debt + (pool.cash - amount) * RAY) <= pool.spec.max_utilization
 
 
 def borrow(pool: Pool, amount: int, priced: bool = True) -> tuple[Pool, int]:

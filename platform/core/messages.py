@@ -191,6 +191,9 @@ class LendingSpec(msgspec.Struct, array_like=True, frozen=True):
     reserve_factor: int  # the reserve's share of borrowers' interest, 0 <= f <= PPB
     borrow_imf: int = 100_000_000  # initial margin a borrow needs: its value x this (PPB)
     borrow_mmf: int = 50_000_000  # maintenance margin of a borrow (PPB)
+    # an account's own borrows (borrowLendExecute, autoBorrow) stop at this utilization,
+    # so lenders can still redeem the rest of the cash (Backpack's maxUtilization)
+    max_utilization: int = 1_000_000_000
 
 
 # ---------------------------------------------------------------- transactions
