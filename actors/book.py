@@ -281,6 +281,11 @@ class Book:
         order_key = limit_key
         if impact_key is not None and impact_key < limit_key:
             limit_key = impact_key
+        margin_key = None  # a perp market order's worst price its margin affords (``Entry.price_cap``)
+        if entry.price_cap is not None:
+            margin_key = entry.price_cap if side == BID else -entry.price_cap
+            if margin_key < limit_key:
+                limit_key = margin_key
         want = entry.qty_cap
         if tx.tif == FOK and not self._fok_fillable(tx, limit_key, want, entry.quote_cap):
             out.append(OrderDone(seq, seq, tx.account, tx.symbol, tx.client_id, side, price, tx.quantity, EXPIRED, "FillOrKill",
@@ -299,6 +304,8 @@ class Book:
             status, reason = CANCELLED, halt
         elif taker.remaining == 0 or (tx.quote_quantity and self._capped):
             status, reason = FILLED, ""
+        elif limit_key == margin_key and (self._best_key(ASK if side == BID else BID) or _NO_LIMIT) <= order_key:
+            status, reason = EXPIRED, "InsufficientMargin"  # the rest would fill at a loss its margin cannot take
         elif limit_key != order_key and (self._best_key(ASK if side == BID else BID) or _NO_LIMIT) <= order_key:
             status, reason = EXPIRED, "ImpactBound"  # resting would cross the book beyond the bound
         elif not is_limit or tx.tif != GTC:

@@ -58,7 +58,7 @@ from satchel.core.amounts import MAX_UNITS, format_units
 from satchel.core.errors import Code
 from satchel.core.instructions import INSURANCE_ACCOUNT
 from satchel.core.messages import (
-    BID, CANCELLED, EXPIRED, LIQUIDATION, PPB,
+    BID, CANCELLED, EXPIRED, LIMIT, LIQUIDATION, PPB,
     AssetSpec, BorrowLend, ChainCommand, ChainsOf, ComplianceCommand, PermissionsOf, LendingOf, MovesOf, PoolsUsed, UsePools, Withdraw, WithdrawalsOf, BalanceChanged, BalanceOf, BalancesOf, CancelAll, CancelOrder, CollateralOf, CollateralRow, CollateralView,
     Deposit, Deposited, Entry, Escalate, Fill, FundingPaid, FundingPayment, HistoryOf, LedgerOf, LeverageSet,
     Liquidation, ListAssetSpec, ListMarginSpec, ListMarketSpec, MarginSpec, MarketSpec, MarkPrice, MarksOf, OpenInterest, OrderDone,
@@ -147,6 +147,7 @@ class Margin:
         self.now = 0  # the block being applied, us (event times)
         self._pass: dict[str, list] = {}  # pre-trade's margin figures per account, for one pass
         self._oi_pass: dict[str, int] = {}  # symbol -> what this pass's orders may add to its open interest
+        self._loss_pass: dict[str, int] = {}  # account -> what this pass's perp orders may lose against the mark
 
     # ------------------------------------------------------------------ configuration
 
@@ -437,6 +438,7 @@ class Margin:
         now = msg.timestamp
         self._pass = {}
         self._oi_pass = {}
+        self._loss_pass = {}
         self.loans.now = now
         for seq, tx in msg.batch:
             cls = tx.__class__
@@ -689,20 +691,50 @@ class Margin:
                 equity, terms, initial = margin
                 term = self.initial_term(tx.account, symbol, tx.side, qty)
                 initial += term - terms.get(symbol, 0)
-                if equity < initial:
+                loss, price_cap = self._off_mark(tx, mark, qty, spec, equity - self._loss_pass.get(tx.account, 0) - initial)
+                if equity - self._loss_pass.get(tx.account, 0) - loss < initial:
                     out.append(order_rejected(seq, tx, "InsufficientMargin"))
                     return None
                 terms[symbol] = term  # what the market asks once this order is open
                 margin[2] = initial
                 self._oi_pass[symbol] = pending + grows
-            else:
-                self._pass.pop(tx.account, None)
-        else:
-            self._pass.pop(tx.account, None)
+                self._loss_pass[tx.account] = self._loss_pass.get(tx.account, 0) + loss
+                return self._entered(seq, tx, symbol, qty, mark, Entry(seq, tx, qty_cap, quote_cap, price_cap))
+        entry = Entry(seq, tx, qty_cap, quote_cap)
+        if tx.origin != LIQUIDATION:
+            # an order that adds no risk may still fill off the mark: the loss it books at once
+            # must leave equity at or above zero, or the insurance fund pays for it
+            equity = self.equity(tx.account) - self._loss_pass.get(tx.account, 0)
+            loss, entry.price_cap = self._off_mark(tx, mark, qty, spec, equity)
+            if loss and loss > equity:
+                out.append(order_rejected(seq, tx, "InsufficientMargin"))
+                return None
+            self._loss_pass[tx.account] = self._loss_pass.get(tx.account, 0) + loss
+            self._pass.pop(tx.account, None)  # its open quantity changes unchecked
+        return self._entered(seq, tx, symbol, qty, mark, entry)
+
+    def _entered(self, seq: int, tx: PlaceOrder, symbol: str, qty: int, mark: int, entry: Entry) -> Entry:
+        """A perp order on its way to the book: its open-order risk recorded."""
         self.orders[seq] = PerpOrder(tx.account, symbol, tx.side, qty, tx.price or mark, tx.reduce_only,
                                      tx.origin == LIQUIDATION)
         self._open_add(tx.account, symbol, tx.side, qty, tx.reduce_only and tx.origin != LIQUIDATION)
-        return Entry(seq, tx, qty_cap, quote_cap)
+        return entry
+
+    @staticmethod
+    def _off_mark(tx: PlaceOrder, mark: int, qty: int, spec: MarketSpec, budget: int) -> tuple[int, int | None]:
+        """(the most the order may lose against the mark as it fills, a market order's worst
+        price): a limit order's loss at its price; a market order may lose ``budget`` at most,
+        so its fills stop at the price where that is spent. Two accounts of one owner
+        otherwise drained the insurance fund: one bought at the band's edge (mark x 1.0999)
+        from the other, its equity went below zero in the same block, and the fund paid the
+        deficit (6,625 USDC in one trade, an outside test)."""
+        mult = spec.notional_mult
+        if tx.order_type == LIMIT:
+            off = tx.price - mark if tx.side == BID else mark - tx.price
+            return (off * qty * mult if off > 0 else 0), None
+        per_unit = max(budget, 0) // max(qty * mult, 1)
+        cap = mark + per_unit if tx.side == BID else max(mark - per_unit, 1)
+        return per_unit * qty * mult, cap
 
     def _margin_of(self, account: str) -> list:
         """[equity, initial margin per market, total initial margin] of an account, kept for

@@ -404,3 +404,27 @@ async def test_pending_triggers_are_bounded_and_need_equity(px, monkeypatch):
     assert reasons(ev) == ["InsufficientMargin"] and not of(ev, TriggerPlaced)
     ev = await px.at(2, [msgspec.structs.replace(stop, account="a") for _ in range(5)])
     assert len(of(ev, TriggerPlaced)) == 3 and reasons(ev) == ["TooManyOpenOrders"] * 2
+
+
+async def test_an_order_cannot_lose_more_against_the_mark_than_its_margin_allows(px):
+    """Two accounts of one owner drained the insurance fund (an outside test: 6,625 USDC in
+    one trade): one bought at the band's edge (mark x 1.0999) from the other, at 50x; its
+    equity went below zero in the same block and the fund paid. The loss a fill books
+    against the mark now counts: a limit order's at its price, and a market order's fills
+    stop where its margin is spent."""
+    await px.block([Deposit(ADMIN, "a", "USDC", 100 * USDC), Deposit(ADMIN, "b", "USDC", 10_000 * USDC)])
+    await px.at(0, [index(150)])
+    # 30 SOL at 150 needs 90 USDC at 50x; bought at 164.98 it loses 449 at once
+    ev = await px.at(1, [sell("b", 164.98, 30), buy("a", 164.98, 30, tif=IOC)])
+    assert reasons(ev) == ["InsufficientMargin"] and await px.position("a") == 0
+    ev = await px.at(2, [sell("b", 150, 30), buy("a", 150, 30, tif=IOC)])  # at the mark: as before
+    assert not reasons(ev) and await px.position("a") == 3000
+    await px.at(3, [buy("b", 150, 30), sell("a", 150, 30, tif=IOC)])
+    assert await px.position("a") == 0
+    # a market order takes the off-mark ask (still resting) only as far as its margin goes
+    ev = await px.at(5, [PlaceOrder("a", P, BID, MARKET, IOC, False, 0, 3000, 0, None, 0)])
+    done = [e for e in of(ev, OrderDone) if e.account == "a"]
+    assert done and done[0].reason == "InsufficientMargin" and await px.position("a") == 0
+    view = await px.collateral("a")
+    assert view.equity >= 0
+    await px.conserved()

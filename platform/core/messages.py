@@ -927,13 +927,14 @@ Event = Union[OrderAccepted, Fill, OrderDone, TxRejected, Deposited, BalanceChan
 class Entry:
     """An order that passed pre-trade, with the caps its hold allows (risk -> book)."""
 
-    __slots__ = ("seq", "tx", "qty_cap", "quote_cap")
+    __slots__ = ("seq", "tx", "qty_cap", "quote_cap", "price_cap")
 
-    def __init__(self, seq: int, tx: "PlaceOrder", qty_cap: int, quote_cap: int | None):
+    def __init__(self, seq: int, tx: "PlaceOrder", qty_cap: int, quote_cap: int | None, price_cap: int | None = None):
         self.seq = seq
         self.tx = tx
         self.qty_cap = qty_cap  # quantity units the order may fill at most
         self.quote_cap = quote_cap  # notional it may spend/receive at most; None = no cap
+        self.price_cap = price_cap  # a perp market order's worst fill price its margin affords; None = no cap
 
 
 class PreTrade(msgspec.Struct):
