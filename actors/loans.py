@@ -87,6 +87,9 @@ class Loans:
         self.loans: dict[str, dict[str, Loan]] = {}
         self.debtors: dict[str, None] = {}  # accounts with a debt: re-checked when marks move
         self.auto_lend_off: dict[str, None] = {}
+        # whether compliance lets the account lend (``Margin`` sets it): the sweep lends for
+        # no one else, default auto-lend included
+        self.may_lend: Callable[[str], bool] = lambda account: True
         self.auto_repay_on: dict[str, None] = {}
         self.due: dict[str, None] = {}  # accounts whose balances changed since the last sweep
         self.pending: dict[str, None] = {}  # ... in the interval before it: lent if quiet since
@@ -418,7 +421,7 @@ class Loans:
                 continue
             self.swept[account] = None
             flags = accounts[account]
-            lend = flags & AUTO_LEND or (flags & _IDLE and account not in self.auto_lend_off)
+            lend = (flags & AUTO_LEND or (flags & _IDLE and account not in self.auto_lend_off)) and self.may_lend(account)
             repay = flags & AUTO_BORROW_REPAY or account in self.auto_repay_on
             for asset, bal in sorted(balances.get(account, {}).items()):
                 pool = self.pools.get(asset)

@@ -142,6 +142,7 @@ class Margin:
         self.traded: dict[str, None] = {}  # accounts with perp fills since the last check
         self.liquidator = Liquidator(self)
         self.loans = Loans(self.ledger, self._borrow_ok)  # lend and borrow positions
+        self.loans.may_lend = self._may_lend
         self.custody = Custody(self.ledger, self._fund_withdrawal, self._amount_text)  # chains: deposits, withdrawals
         self.compliance = Compliance()  # KYC profiles, tier limits, product and market rules
         self.now = 0  # the block being applied, us (event times)
@@ -516,6 +517,12 @@ class Margin:
                 self.loans.configure(seq, tx.account, tx.auto_lend, tx.auto_repay, out)
                 out.append(LeverageSet(seq, tx.account, self.leverage.get(tx.account, 0), *self.loans.settings(tx.account)))
         return PreTraded(routed, out)
+
+    def _may_lend(self, account: str) -> bool:
+        """A lending ban stops the auto-lend sweep too: with auto-lend on by default, an
+        account denied lending was still made a lender by its first idle deposit (an
+        outside test: 50,000 USDC lent within 4 s, interest and lending points earned)."""
+        return not self.compliance.active or not self.compliance.auto_lend(account)[0]
 
     def _amount_text(self, asset: str, units: int) -> str:
         """``units`` of ``asset`` as a client writes them ("100.5 USDC"), for refusals."""

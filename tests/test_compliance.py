@@ -127,6 +127,21 @@ async def test_lending_and_margin_products(ex):
     assert reasons(ev) == ["ProductRestricted"]
 
 
+async def test_a_lending_ban_stops_the_default_auto_lend_too(ex):
+    """An account denied lending before its first deposit was still made a lender by the
+    auto-lend sweep (on by default): 50,000 USDC lent within 4 s (an outside test)."""
+    from satchel.core.messages import Deposit, LendingOf
+
+    await ex.block([SetRule(ADMIN, "account", "dora", "lending", False)])
+    await ex.block([Deposit(ADMIN, "dora", "USDC", 50_000 * USDC), Deposit(ADMIN, "erin", "USDC", 50_000 * USDC)])
+    for _ in range(3):  # idle a whole sweep interval: the sweep lends erin's, never dora's
+        ex.ts += 10**6
+        await ex.block([])
+    lent = {a: sum(p.lent for p in await ex.engine.risk.call(LendingOf(a))) for a in ("dora", "erin")}
+    assert lent["dora"] == 0 and lent["erin"] > 0
+    assert await ex.balance("dora", "USDC") == (50_000 * USDC, 0)
+
+
 async def test_withdrawals_per_day_and_withdrawals_product(ex):
     await funded(ex)
     day = compliance.DAY_US

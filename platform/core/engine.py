@@ -107,7 +107,7 @@ from satchel.core.messages import (
     events_encoder,
 )
 
-RULES_VERSION = 14  # 4: batch orders (one signature covers several transactions); 5: lending pools;
+RULES_VERSION = 15  # 4: batch orders (one signature covers several transactions); 5: lending pools;
 # 6: accounts lend and borrow (borrowLendExecute, spot-margin order flags, auto-lend); 7: chains (deposits,
 # withdrawals, custody books); 8: a depositConfirmed carries a block's deposits under one signature;
 # 9: compliance (KYC profiles, tier limits, product and market rules), rewards (seasons, points, referrals);
@@ -123,6 +123,7 @@ RULES_VERSION = 14  # 4: batch orders (one signature covers several transactions
 # 13: an account's own borrows stop at the pool's max_utilization (LendingSpec.max_utilization)
 # 14: a perp order's loss against the mark counts: a limit order's at its price (initial margin for one
 # adding risk, equity for one reducing it), a market order's fills stop where its margin is spent
+# 15: the auto-lend sweep lends for no account compliance denies lending
 # Longest validity window a signed request may ask for (Backpack's maximum). Part of
 # the rules, not the configuration: replay must judge windows exactly as the node did.
 MAX_WINDOW_MS = 60_000
