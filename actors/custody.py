@@ -47,6 +47,7 @@ import msgspec
 from satchel.actors.risk import Ledger
 from satchel.core.amounts import MAX_UNITS
 from satchel.core.errors import Code
+from satchel.core.tally import tally
 from satchel.core.messages import (
     ApproveSweep, ChainCredited, ChainDeposit, ChainSpec, ChainStatus, ChainStatusChanged, CustodyMoved, Deposited,
     MoveDone,
@@ -269,19 +270,11 @@ class Custody:
     def _count(self, w: WithdrawalState, sign: int) -> None:
         """An open withdrawal in (1) or out (-1) of the derived per-account figures."""
         account = w.account
-        left = self.open_of.get(account, 0) + sign
-        if left:
-            self.open_of[account] = left
-        else:
-            del self.open_of[account]
+        tally(self.open_of, account, sign)
         assets = self.leaving.setdefault(account, {})
-        amount = assets.get(w.asset, 0) + sign * w.amount
-        if amount:
-            assets[w.asset] = amount
-        else:
-            del assets[w.asset]
-            if not assets:
-                del self.leaving[account]
+        tally(assets, w.asset, sign * w.amount)
+        if not assets:
+            del self.leaving[account]
 
     def _reserve(self, w: WithdrawalState) -> bool:
         key = (w.chain, w.asset)

@@ -42,6 +42,7 @@ market once per interval.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import msgspec
 
@@ -50,7 +51,7 @@ from satchel.actors.compliance import Compliance
 from satchel.actors.custody import CUSTODY_TXS, Custody
 from satchel.actors.liquidation import Liquidator
 from satchel.actors.loans import Loans
-from satchel.actors.risk import Ledger, Permissions, SpotHolds, _malformed
+from satchel.actors.risk import Balance, Ledger, Permissions, SpotHolds, _malformed
 from satchel.actors.triggers import Triggers, reference
 from satchel.core import margin as rules
 from satchel.core.actor import dispatcher
@@ -279,18 +280,21 @@ class Margin:
     def collateral(self, account: str) -> int:
         """The account's weighted collateral (see the module docstring)."""
         collateral = 0
-        loans = self.loans.loans.get(account)
-        # held for a withdrawal: on its way out, no longer collateral (an outside test opened
-        # a 37x position on 100 USDC being withdrawn, and borrowed against it)
-        leaving = self.custody.leaving.get(account, _NONE)
         for asset, bal in self.ledger.balances.get(account, {}).items():
-            total = bal.free + bal.held - leaving.get(asset, 0)
-            if loans is not None and asset in loans:
-                total += self.loans.net(asset, loans[asset])
+            total = self._holding(account, asset, bal)
             if not total:
                 continue
             collateral += total if asset == self.settle_asset else self.asset_value(asset, total)[2]
         return collateral
+
+    def _holding(self, account: str, asset: str, bal: Balance) -> int:
+        """What of ``asset`` counts as the account's (``bal`` its balance): free + held, less
+        what its open withdrawals hold (on its way out: an outside test opened a 37x position
+        on 100 USDC being withdrawn, and borrowed against it), plus a lend's claim or less a
+        debt, asset units."""
+        total = bal.free + bal.held - self.custody.leaving.get(account, _NONE).get(asset, 0)
+        loan = self.loans.loans.get(account, _NONE).get(asset)
+        return total + self.loans.net(asset, loan) if loan is not None else total
 
     def equity(self, account: str) -> int:
         """Collateral + unrealized PnL at the marks."""
@@ -543,9 +547,7 @@ class Margin:
             if asset == self.settle_asset:
                 loss = amount
             else:
-                total = bal.free + bal.held - self.custody.leaving.get(account, _NONE).get(asset, 0)
-                if asset in self.loans.loans.get(account, {}):
-                    total += self.loans.net(asset, self.loans.loans[account][asset])
+                total = self._holding(account, asset, bal)
                 loss = self.asset_value(asset, total)[2] - self.asset_value(asset, total - amount)[2]
             f = self.figures(account)
             if f.equity - loss < f.initial:
@@ -698,8 +700,9 @@ class Margin:
                 equity, terms, initial = margin
                 term = self.initial_term(tx.account, symbol, tx.side, qty)
                 initial += term - terms.get(symbol, 0)
-                loss, price_cap = self._off_mark(tx, mark, qty, spec, equity - self._loss_pass.get(tx.account, 0) - initial)
-                if equity - self._loss_pass.get(tx.account, 0) - loss < initial:
+                equity -= self._loss_pass.get(tx.account, 0)  # what this block's orders before it may lose
+                loss, price_cap = self._off_mark(tx, mark, qty, spec, lambda: equity - initial)
+                if equity - loss < initial:
                     out.append(order_rejected(seq, tx, "InsufficientMargin"))
                     return None
                 terms[symbol] = term  # what the market asks once this order is open
@@ -711,9 +714,11 @@ class Margin:
         if tx.origin != LIQUIDATION:
             # an order that adds no risk may still fill off the mark: the loss it books at once
             # must leave equity at or above zero, or the insurance fund pays for it
-            equity = self.equity(tx.account) - self._loss_pass.get(tx.account, 0)
-            loss, entry.price_cap = self._off_mark(tx, mark, qty, spec, equity)
-            if loss and loss > equity:
+            def budget() -> int:  # equity is only computed for an order that may lose something
+                return self.equity(tx.account) - self._loss_pass.get(tx.account, 0)
+
+            loss, entry.price_cap = self._off_mark(tx, mark, qty, spec, budget)
+            if loss and entry.price_cap is None and loss > budget():  # a market order's is within it
                 out.append(order_rejected(seq, tx, "InsufficientMargin"))
                 return None
             self._loss_pass[tx.account] = self._loss_pass.get(tx.account, 0) + loss
@@ -728,10 +733,11 @@ class Margin:
         return entry
 
     @staticmethod
-    def _off_mark(tx: PlaceOrder, mark: int, qty: int, spec: MarketSpec, budget: int) -> tuple[int, int | None]:
+    def _off_mark(tx: PlaceOrder, mark: int, qty: int, spec: MarketSpec,
+                  budget: Callable[[], int]) -> tuple[int, int | None]:
         """(the most the order may lose against the mark as it fills, a market order's worst
-        price): a limit order's loss at its price; a market order may lose ``budget`` at most,
-        so its fills stop at the price where that is spent. Two accounts of one owner
+        price): a limit order's loss at its price; a market order may lose ``budget()`` at
+        most, so its fills stop at the price where that is spent. Two accounts of one owner
         otherwise drained the insurance fund: one bought at the band's edge (mark x 1.0999)
         from the other, its equity went below zero in the same block, and the fund paid the
         deficit (6,625 USDC in one trade, an outside test)."""
@@ -739,7 +745,7 @@ class Margin:
         if tx.order_type == LIMIT:
             off = tx.price - mark if tx.side == BID else mark - tx.price
             return (off * qty * mult if off > 0 else 0), None
-        per_unit = max(budget, 0) // max(qty * mult, 1)
+        per_unit = max(budget(), 0) // max(qty * mult, 1)
         cap = mark + per_unit if tx.side == BID else max(mark - per_unit, 1)
         return per_unit * qty * mult, cap
 
@@ -1037,11 +1043,10 @@ class Margin:
         f = self.figures(account)
         rows = []
         loans = {p.asset: p for p in self.loans.positions(account)}
-        leaving = self.custody.leaving.get(account, _NONE)  # as ``collateral`` counts it
         for asset, bal in sorted(self.ledger.balances.get(account, {}).items()):
             loan = loans.get(asset)
             lent, owed = (loan.lent, loan.borrowed) if loan is not None else (0, 0)
-            total = bal.free + bal.held - leaving.get(asset, 0) + lent - owed
+            total = self._holding(account, asset, bal)  # as ``collateral`` counts it
             if asset == self.settle_asset:
                 rows.append(CollateralRow(asset, total, bal.held, self.quote_unit, PPB, total, lent, owed))
                 continue

@@ -178,7 +178,10 @@ class Ledger:
         engine's initial requirement as the conversion it becomes (``Margin.bid_loss``)."""
         h = self.holds[order_id]
         h.base = base
-        self.bids_of.setdefault(h.account, {})[order_id] = None
+        self._index_bid(h.account, order_id)
+
+    def _index_bid(self, account: str, order_id: int) -> None:
+        self.bids_of.setdefault(account, {})[order_id] = None
 
     def release(self, order_id: int) -> None:
         """The order left the book: what is still held for it goes back to free."""
@@ -239,7 +242,7 @@ class Ledger:
         self.bids_of = {}
         for oid, h in self.holds.items():
             if h.base:
-                self.bids_of.setdefault(h.account, {})[oid] = None
+                self._index_bid(h.account, oid)
         self.fees = {f.asset: f.amount for f in state.fees}
         self.deposits = {d.asset: d.amount for d in state.deposits}
 

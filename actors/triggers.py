@@ -14,6 +14,7 @@ import msgspec
 
 from satchel.core.messages import BY_INDEX, BY_LAST, TRIGGERED, MarkView, PlaceOrder
 from satchel.core.state import TriggerState
+from satchel.core.tally import tally
 
 
 class Trigger(msgspec.Struct, gc=False):
@@ -40,10 +41,12 @@ class Triggers:
     def place(self, order_id: int, tx: PlaceOrder, view: MarkView | None) -> None:
         ref = reference(view, tx.trigger_by)
         rising = tx.trigger_price > ref
-        self.pending[order_id] = Trigger(msgspec.structs.replace(tx, auth=None), rising)
-        self.by_market.setdefault(tx.symbol, {})[order_id] = None
-        key = (tx.account, tx.symbol)
-        self.counts[key] = self.counts.get(key, 0) + 1
+        self._add(order_id, Trigger(msgspec.structs.replace(tx, auth=None), rising))
+
+    def _add(self, order_id: int, t: Trigger) -> None:
+        self.pending[order_id] = t
+        self.by_market.setdefault(t.order.symbol, {})[order_id] = None
+        tally(self.counts, (t.order.account, t.order.symbol), 1)
 
     def find(self, account: str, order_id: int | None, client_id: int | None) -> int | None:
         """The id of one of the account's pending triggers, by order id or client id."""
@@ -61,12 +64,7 @@ class Triggers:
         del market[order_id]
         if not market:
             del self.by_market[t.order.symbol]
-        key = (t.order.account, t.order.symbol)
-        left = self.counts[key] - 1
-        if left:
-            self.counts[key] = left
-        else:
-            del self.counts[key]
+        tally(self.counts, (t.order.account, t.order.symbol), -1)
         return t.order
 
     def of(self, account: str, symbol: str) -> list[int]:
@@ -95,7 +93,4 @@ class Triggers:
         self.by_market = {}
         self.counts = {}
         for row in rows:
-            self.pending[row.order_id] = Trigger(row.order, row.rising)
-            self.by_market.setdefault(row.order.symbol, {})[row.order_id] = None
-            key = (row.order.account, row.order.symbol)
-            self.counts[key] = self.counts.get(key, 0) + 1
+            self._add(row.order_id, Trigger(row.order, row.rising))

@@ -94,6 +94,13 @@ def contained(handler: Callable[[Any], Awaitable[None]], log: Any, event: str) -
     return run
 
 
+def peer_name(request: Any) -> str:
+    """``host:port`` of a trio-websocket request's peer, read before accepting it (a peer
+    gone by then has no address to read)."""
+    remote = request.remote
+    return f"{remote.address}:{remote.port}" if hasattr(remote, "address") else str(remote)
+
+
 def _peer_gone(exc: BaseException) -> bool:
     from trio_websocket import ConnectionClosed, HandshakeError
 

@@ -202,26 +202,21 @@ class SimChain:
                     # copied here (shallow: blocks and transfers are immutable), encoded and
                     # written in a worker thread: encoding thousands of transfers on the loop
                     # would stall every other task for milliseconds once a second
-                    state = self._state()
-                    try:
-                        await trio.to_thread.run_sync(self._write, state)
-                    except OSError as exc:
-                        self._unsaved(state, exc)
+                    await trio.to_thread.run_sync(self._save, self._state())
         finally:
             if self.path is not None:
-                state = self._state()
-                try:
-                    self._write(state)
-                except OSError as exc:
-                    self._unsaved(state, exc)
+                self._save(self._state())
 
-    def _unsaved(self, state: tuple[Any, ...], exc: OSError) -> None:
-        """A save failed (out of file descriptors or disk space): the chain goes on, and the
-        next save writes this one's keyed transfers too (some maybe twice: the log is
-        replayed in order into a map, so they restore once). A crash before then loses
-        what a crash loses between two saves."""
-        self._keyed_new.insert(0, state[3])
-        log.warning("sim.save_failed", chain=self.path.name, error=str(exc))
+    def _save(self, state: tuple[Any, ...]) -> None:
+        """Write ``state``. One that cannot be written (out of file descriptors or disk
+        space) is logged and the chain goes on: the next save writes this one's keyed
+        transfers too (some maybe twice: the log is replayed in order into a map, so they
+        restore once). A crash before then loses what a crash loses between two saves."""
+        try:
+            self._write(state)
+        except OSError as exc:
+            self._keyed_new.insert(0, state[3])
+            log.warning("sim.save_failed", chain=self.path.name, error=str(exc))
 
     def _state(self) -> tuple[Any, ...]:
         # pending transfers are not saved: like a node's mempool, they are gone after a restart

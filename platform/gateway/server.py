@@ -20,7 +20,7 @@ from satchel.api.rewards import Leaderboard
 from satchel.api.stats import PlatformStats, Rejects
 from satchel.gateway.session import Session
 from satchel.history import Store, catch_up
-from satchel.runtime import contained
+from satchel.runtime import contained, peer_name
 from satchel.signing import ProcessVerifier, Verifier
 
 if TYPE_CHECKING:
@@ -152,8 +152,7 @@ class Gateway:
             md.depth_heartbeat()
 
     async def _handle(self, request: Any) -> None:
-        remote = request.remote  # read before accepting: a peer gone since has no address
-        peer = f"{remote.address}:{remote.port}" if hasattr(remote, "address") else str(remote)
+        peer = peer_name(request)
         if self.sessions >= self.settings.max_connections:
             self.refused_connections += 1
             await request.reject(503, body=b"too many connections: try again later")

@@ -45,7 +45,7 @@ from trio_websocket import ConnectionClosed, serve_websocket
 from satchel.ledger import snapshots
 from satchel.ledger.journal import JournalCorrupt, read_heights, take_batch
 from satchel.core.messages import BlockHeader
-from satchel.runtime import contained
+from satchel.runtime import contained, peer_name
 from satchel.signing import Keypair, decode_key, decode_signature, signing_string, verify
 
 log = structlog.get_logger("satchel.ledger.replication")
@@ -271,8 +271,7 @@ class Replicator:
             task_status.started(self)
 
     async def _handle(self, request: Any) -> None:
-        remote = request.remote  # read before accepting: a peer gone since has no address
-        peer = f"{remote.address}:{remote.port}" if hasattr(remote, "address") else str(remote)
+        peer = peer_name(request)
         ws = await request.accept()
         try:
             with trio.fail_after(_HELLO_TIMEOUT_S):
